@@ -1,0 +1,2 @@
+//! Simulated Kuzzle node (placeholder; being written).
+#![forbid(unsafe_code)]

@@ -1,0 +1,256 @@
+//! Data plane: one Kuzzle node as the proxy sees it: address, live state (atomics), counters, connection pool.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Counted;
+use crate::health::HealthState;
+use crate::stats::NodeCounters;
+
+/// Body sent to a node: the client's streamed body, or nothing (health checks, re-sent GETs).
+pub type UpBody = Either<Counted<Incoming>, Empty<Bytes>>;
+
+/// A connection to a node, ready to carry one request at a time.
+pub type Sender = http1::SendRequest<UpBody>;
+
+/// Idle connections kept per node; more than this are closed when released.
+const MAX_IDLE_PER_NODE: usize = 512;
+
+/// Operator's override of a node, set through the ops listener; survives reloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Normal: traffic as health allows.
+    Ready = 0,
+    /// No new traffic; existing requests and tunnels continue.
+    Drain = 1,
+    /// No traffic at all; tunnels are closed.
+    Maint = 2,
+}
+
+impl AdminState {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// Whether the node is still a member of the configuration / cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Configured or discovered: takes new traffic when healthy.
+    Active = 0,
+    /// Removed (reload, `cluster:remove`, heartbeat timeout): existing traffic only.
+    Draining = 1,
+}
+
+/// How a node came to be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A `[[node]]` of the configuration file.
+    Static,
+    /// Redis pub/sub or the plugin's discovery set.
+    Plugin,
+    /// A Kuzzle 2 ID card.
+    Kuzzle2,
+}
+
+/// One node. Shared as `Arc<Backend>` between snapshots, in-flight requests and tunnels, so a
+/// removed node lives until its last connection ends.
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Precomputed `Host`-free authority for logs and stats.
+    pub addr_str: String,
+    pub origin: Origin,
+    /// Counters; shared with any earlier or later `Backend` of the same name so history survives.
+    pub counters: Arc<NodeCounters>,
+    pub health: HealthState,
+    admin: AtomicU8,
+    membership: AtomicU8,
+    /// Open requests plus tunnels: what leastconn compares.
+    active: AtomicU64,
+    /// Cancelled when the node must drop its tunnels (marked DOWN, MAINT); replaced afterwards.
+    tunnel_kill: ArcSwap<CancellationToken>,
+    /// Stops this node's background tasks (health checks) when it leaves for good.
+    pub tasks: CancellationToken,
+    idle: ArrayQueue<(Sender, Instant)>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("name", &self.name).field("addr", &self.addr).finish()
+    }
+}
+
+impl Backend {
+    pub fn new(
+        name: String,
+        addr: SocketAddr,
+        origin: Origin,
+        counters: Arc<NodeCounters>,
+        initially_up: bool,
+    ) -> Self {
+        Backend {
+            addr_str: addr.to_string(),
+            name,
+            addr,
+            origin,
+            counters,
+            health: HealthState::new(initially_up),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            membership: AtomicU8::new(Membership::Active as u8),
+            active: AtomicU64::new(0),
+            tunnel_kill: ArcSwap::from_pointee(CancellationToken::new()),
+            tasks: CancellationToken::new(),
+            idle: ArrayQueue::new(MAX_IDLE_PER_NODE),
+        }
+    }
+
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
+    pub fn set_admin(&self, s: AdminState) {
+        let old = AdminState::from_u8(self.admin.swap(s as u8, Ordering::Relaxed));
+        if s == AdminState::Maint && old != AdminState::Maint {
+            self.kill_tunnels();
+        }
+    }
+
+    pub fn membership(&self) -> Membership {
+        if self.membership.load(Ordering::Relaxed) == Membership::Draining as u8 {
+            Membership::Draining
+        } else {
+            Membership::Active
+        }
+    }
+
+    pub fn set_membership(&self, m: Membership) {
+        self.membership.store(m as u8, Ordering::Relaxed);
+    }
+
+    /// May this node take a new request or tunnel?
+    #[inline]
+    pub fn eligible(&self) -> bool {
+        self.health.is_up()
+            && self.admin.load(Ordering::Relaxed) == AdminState::Ready as u8
+            && self.membership.load(Ordering::Relaxed) == Membership::Active as u8
+    }
+
+    /// Open requests plus tunnels.
+    #[inline]
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Count one request or tunnel on this node until the guard drops.
+    pub fn track(self: &Arc<Self>) -> ActiveGuard {
+        let now = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.counters.session_started(now);
+        ActiveGuard { backend: self.clone() }
+    }
+
+    /// A token cancelled when this node's tunnels must close.
+    pub fn tunnel_kill_token(&self) -> CancellationToken {
+        (**self.tunnel_kill.load()).clone()
+    }
+
+    /// Close every tunnel currently open on this node (with a 1001 close frame for WebSockets).
+    pub fn kill_tunnels(&self) {
+        let old = self.tunnel_kill.swap(Arc::new(CancellationToken::new()));
+        old.cancel();
+    }
+
+    /// An idle pooled connection, or a new one. Errors are connect failures: nothing was sent.
+    pub async fn checkout(&self, connect_timeout: Duration, pool_idle: Duration) -> Result<Sender, ConnectError> {
+        while let Some((mut sender, since)) = self.idle.pop() {
+            if since.elapsed() >= pool_idle || sender.is_closed() {
+                continue;
+            }
+            // A released connection is idle already; `ready` only confirms it is still open.
+            if sender.ready().await.is_ok() {
+                return Ok(sender);
+            }
+        }
+        self.connect(connect_timeout).await
+    }
+
+    /// A fresh connection (also used by the health checker).
+    pub async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
+            Ok(Err(e)) => return Err(ConnectError::Io(e.kind())),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| ConnectError::Io(std::io::ErrorKind::Other))?;
+        // The connection task ends when the node closes it or every `Sender` is dropped.
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    /// Give a connection back after a complete exchange.
+    pub fn release(&self, sender: Sender) {
+        if !sender.is_closed() {
+            let _ = self.idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Drop every pooled idle connection (node removed).
+    pub fn clear_pool(&self) {
+        while self.idle.pop().is_some() {}
+    }
+}
+
+/// Counts one open request or tunnel on a node for leastconn and stats.
+#[derive(Debug)]
+pub struct ActiveGuard {
+    pub backend: Arc<Backend>,
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why a connection to a node could not be made (nothing was sent: safe to retry anything).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connection refused")]
+    Refused,
+    #[error("connect timed out")]
+    Timeout,
+    #[error("connect failed: {0}")]
+    Io(std::io::ErrorKind),
+}

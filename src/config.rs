@@ -1,0 +1,593 @@
+//! Control plane: the TOML configuration, its validation, and errors that name file, line and key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where `kuzzle-gateway` looks when no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "proxy-configs/gateway.toml";
+
+/// A configuration error: which file, where in it, which key, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based line, 0 when the error is not tied to a place in the file (unreadable file).
+    pub line: usize,
+    /// Dotted key such as `timeouts.connect` or `node[2].name`, empty when unknown.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.key.is_empty()) {
+            (0, true) => write!(f, "{}: {}", self.file, self.message),
+            (0, false) => write!(f, "{}: key `{}`: {}", self.file, self.key, self.message),
+            (l, true) => write!(f, "{}:{}: {}", self.file, l, self.message),
+            (l, false) => write!(f, "{}:{}: key `{}`: {}", self.file, l, self.key, self.message),
+        }
+    }
+}
+
+/// A duration written as "500ms", "5s", "2h" (humantime syntax).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"500ms\", \"5s\", \"2h\""))
+        })
+    }
+}
+
+/// Balancing algorithm over the eligible nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// Round robin over eligible nodes.
+    Roundrobin,
+    /// Fewest open requests plus tunnels (haproxy's leastconn).
+    #[default]
+    Leastconn,
+    /// Rendezvous hash of the client IP: stable while the node set is stable.
+    Source,
+}
+
+impl Algorithm {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Roundrobin => "roundrobin",
+            Algorithm::Leastconn => "leastconn",
+            Algorithm::Source => "source",
+        }
+    }
+}
+
+/// What happens to the WebSocket tunnels of a node that health checks mark DOWN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMarkedDown {
+    /// Close them with a 1001 "going away" frame so SDKs reconnect elsewhere.
+    #[default]
+    ShutdownTunnels,
+    /// Leave them alone.
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    pub listen: SocketAddr,
+    /// Worker threads; 0 = one per core. Not reloadable.
+    pub threads: usize,
+    /// How long shutdown waits for tunnels before closing them with a close frame.
+    pub shutdown_grace: Dur,
+    /// Old process lifetime cap after a binary upgrade or a shutdown (haproxy's hard-stop-after).
+    pub hard_stop_after: Dur,
+    /// Cap on concurrent client connections.
+    pub max_connections: usize,
+    /// Unix socket a new process asks for the listening sockets on (binary upgrade).
+    pub upgrade_socket: Option<PathBuf>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7512)),
+            threads: 0,
+            shutdown_grace: Dur(Duration::from_secs(10)),
+            hard_stop_after: Dur(Duration::from_secs(2 * 3600)),
+            max_connections: 100_000,
+            upgrade_socket: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub connect: Dur,
+    pub client: Dur,
+    pub server: Dur,
+    pub tunnel: Dur,
+    /// Idle pooled connections to nodes are closed after this; keep it below the nodes' own
+    /// keep-alive timeout (Node.js: 5 s) so a request never races a node closing its end.
+    pub pool_idle: Dur,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        TimeoutsSection {
+            connect: Dur(Duration::from_secs(5)),
+            client: Dur(Duration::from_secs(30)),
+            server: Dur(Duration::from_secs(60)),
+            tunnel: Dur(Duration::from_secs(2 * 3600)),
+            pool_idle: Dur(Duration::from_secs(4)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BalanceSection {
+    pub algorithm: Algorithm,
+    pub retries: u32,
+    pub redispatch: bool,
+}
+
+impl Default for BalanceSection {
+    fn default() -> Self {
+        BalanceSection { algorithm: Algorithm::Leastconn, retries: 3, redispatch: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSection {
+    pub path: String,
+    pub interval: Dur,
+    /// Interval while a node is changing state (haproxy's fastinter); defaults to `interval`.
+    pub fastinter: Option<Dur>,
+    /// Interval while a node is DOWN (haproxy's downinter); defaults to `interval`.
+    pub downinter: Option<Dur>,
+    pub timeout: Dur,
+    pub rise: u32,
+    pub fall: u32,
+    /// Count connect failures and timeouts of real traffic against a node.
+    pub passive: bool,
+    pub on_marked_down: OnMarkedDown,
+}
+
+impl Default for HealthSection {
+    fn default() -> Self {
+        HealthSection {
+            path: "/_plugin/cluster/health".into(),
+            interval: Dur(Duration::from_secs(10)),
+            fastinter: None,
+            downinter: None,
+            timeout: Dur(Duration::from_secs(2)),
+            rise: 2,
+            fall: 3,
+            passive: true,
+            on_marked_down: OnMarkedDown::ShutdownTunnels,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatsSection {
+    pub listen: SocketAddr,
+    pub uri: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    pub refresh: Dur,
+}
+
+impl Default for StatsSection {
+    fn default() -> Self {
+        StatsSection {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7575)),
+            uri: "/hastats".into(),
+            user: Some("kuzzle".into()),
+            password: Some("kuzzle".into()),
+            refresh: Dur(Duration::from_secs(30)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    #[serde(default = "default_tls_listen")]
+    pub listen: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+fn default_tls_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    pub redis: Option<String>,
+    pub redis_cluster: Option<Vec<String>>,
+    pub node_port: u16,
+    pub heartbeat_timeout: Dur,
+    pub allowed_networks: Vec<ipnet::IpNet>,
+    /// Membership sources, each can be turned off.
+    pub pubsub: bool,
+    pub discovery: bool,
+    pub kuzzle2: bool,
+    /// How often the plugin discovery set and the Kuzzle 2 ID cards are re-read.
+    pub poll_interval: Dur,
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            redis: None,
+            redis_cluster: None,
+            node_port: 7512,
+            heartbeat_timeout: Dur(Duration::from_secs(10)),
+            allowed_networks: ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+                .iter()
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+            pubsub: true,
+            discovery: true,
+            kuzzle2: true,
+            poll_interval: Dur(Duration::from_secs(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    pub name: Spanned<String>,
+    pub address: Spanned<String>,
+}
+
+/// Raw file shape; `Config` is the validated form.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    gateway: GatewaySection,
+    #[serde(default)]
+    timeouts: TimeoutsSection,
+    #[serde(default)]
+    balance: BalanceSection,
+    #[serde(default)]
+    health: HealthSection,
+    #[serde(default)]
+    stats: StatsSection,
+    tls: Option<TlsSection>,
+    cluster: Option<ClusterSection>,
+    #[serde(default)]
+    node: Vec<NodeSection>,
+}
+
+/// A statically configured node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticNode {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// File it came from (for messages).
+    pub source: String,
+    pub gateway: GatewaySection,
+    pub timeouts: TimeoutsSection,
+    pub balance: BalanceSection,
+    pub health: HealthSection,
+    pub stats: StatsSection,
+    pub tls: Option<TlsSection>,
+    pub cluster: Option<ClusterSection>,
+    pub nodes: Vec<StaticNode>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: "<default>".into(),
+            gateway: GatewaySection::default(),
+            timeouts: TimeoutsSection::default(),
+            balance: BalanceSection::default(),
+            health: HealthSection::default(),
+            stats: StatsSection::default(),
+            tls: None,
+            cluster: None,
+            nodes: Vec::new(),
+        }
+    }
+}
+
+/// A node name must be a plain URL path segment: it is matched verbatim as `/<name>/`.
+pub fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
+}
+
+impl Config {
+    /// Read and validate a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parse and validate TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, key) = match e.span() {
+                Some(span) => (line_of(text, span.start), key_at(text, span.start)),
+                None => (0, String::new()),
+            };
+            ConfigError { file: file.into(), line, key, message: e.message().trim().to_string() }
+        })?;
+        let err =
+            |line: usize, key: &str, message: String| ConfigError { file: file.into(), line, key: key.into(), message };
+
+        let mut nodes = Vec::with_capacity(raw.node.len());
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for (i, n) in raw.node.iter().enumerate() {
+            let name = n.name.get_ref();
+            let nline = line_of(text, n.name.span().start);
+            if !valid_node_name(name) {
+                return Err(err(
+                    nline,
+                    &format!("node[{i}].name"),
+                    format!(
+                        "invalid node name {name:?}: it is also the URL prefix /{name}/, so use only letters, digits, '_', '-', '.', '~' (not \".\" or \"..\")"
+                    ),
+                ));
+            }
+            if let Some(first) = seen.insert(name.clone(), nline) {
+                return Err(err(
+                    nline,
+                    &format!("node[{i}].name"),
+                    format!("duplicate node name {name:?} (first defined at line {first})"),
+                ));
+            }
+            let aline = line_of(text, n.address.span().start);
+            let addr: SocketAddr = n.address.get_ref().parse().map_err(|_| {
+                err(
+                    aline,
+                    &format!("node[{i}].address"),
+                    format!("invalid address {:?}: expected IP:PORT such as \"127.0.0.1:7512\"", n.address.get_ref()),
+                )
+            })?;
+            nodes.push(StaticNode { name: name.clone(), addr });
+        }
+
+        let place = |key: &str| find_key(text, key);
+        let h = &raw.health;
+        if !h.path.starts_with('/') {
+            let (l, k) = place("health.path");
+            return Err(err(l, &k, format!("health check path {:?} must start with '/'", h.path)));
+        }
+        if h.rise == 0 || h.fall == 0 {
+            let (l, k) = place(if h.rise == 0 { "health.rise" } else { "health.fall" });
+            return Err(err(l, &k, "rise and fall must be at least 1".into()));
+        }
+        for (key, d) in [
+            ("health.interval", Some(h.interval)),
+            ("health.fastinter", h.fastinter),
+            ("health.downinter", h.downinter),
+            ("health.timeout", Some(h.timeout)),
+            ("timeouts.connect", Some(raw.timeouts.connect)),
+            ("timeouts.client", Some(raw.timeouts.client)),
+            ("timeouts.server", Some(raw.timeouts.server)),
+            ("timeouts.tunnel", Some(raw.timeouts.tunnel)),
+            ("timeouts.pool_idle", Some(raw.timeouts.pool_idle)),
+        ] {
+            if d.is_some_and(|d| d.0.is_zero()) {
+                let (l, k) = place(key);
+                return Err(err(l, &k, "duration must be greater than zero".into()));
+            }
+        }
+        if !raw.stats.uri.starts_with('/') {
+            let (l, k) = place("stats.uri");
+            return Err(err(l, &k, format!("stats uri {:?} must start with '/'", raw.stats.uri)));
+        }
+        if raw.stats.user.is_some() != raw.stats.password.is_some() {
+            let (l, k) = place(if raw.stats.user.is_some() { "stats.user" } else { "stats.password" });
+            return Err(err(l, &k, "set both user and password, or neither (no auth)".into()));
+        }
+        if raw.stats.listen == raw.gateway.listen {
+            let (l, k) = place("stats.listen");
+            return Err(err(l, &k, "stats listener cannot share the client listener's address".into()));
+        }
+        if let Some(c) = &raw.cluster {
+            match (&c.redis, &c.redis_cluster) {
+                (Some(_), Some(_)) => {
+                    let (l, k) = place("cluster.redis_cluster");
+                    return Err(err(l, &k, "set either redis or redis_cluster, not both".into()));
+                }
+                (None, None) => {
+                    let (l, k) = place("cluster");
+                    return Err(err(
+                        l,
+                        &k,
+                        "[cluster] needs redis = \"redis://host:port/0\" or redis_cluster = [...]".into(),
+                    ));
+                }
+                (Some(u), None) => check_redis_url(u, false).map_err(|m| {
+                    let (l, k) = place("cluster.redis");
+                    err(l, &k, m)
+                })?,
+                (None, Some(list)) => {
+                    if list.is_empty() {
+                        let (l, k) = place("cluster.redis_cluster");
+                        return Err(err(l, &k, "redis_cluster needs at least one seed URL".into()));
+                    }
+                    for u in list {
+                        check_redis_url(u, true).map_err(|m| {
+                            let (l, k) = place("cluster.redis_cluster");
+                            err(l, &k, m)
+                        })?;
+                    }
+                }
+            }
+            if c.heartbeat_timeout.0.is_zero() || c.poll_interval.0.is_zero() {
+                let (l, k) = place("cluster.heartbeat_timeout");
+                return Err(err(l, &k, "durations must be greater than zero".into()));
+            }
+        }
+
+        Ok(Config {
+            source: file.into(),
+            gateway: raw.gateway,
+            timeouts: raw.timeouts,
+            balance: raw.balance,
+            health: raw.health,
+            stats: raw.stats,
+            tls: raw.tls,
+            cluster: raw.cluster,
+            nodes,
+        })
+    }
+}
+
+fn check_redis_url(u: &str, cluster: bool) -> Result<(), String> {
+    if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+        return Err(format!("invalid Redis URL {u:?}: expected redis://host:port[/db]"));
+    }
+    let db = u.split('/').nth(3).unwrap_or("");
+    if cluster && !db.is_empty() && db != "0" {
+        return Err(format!("Redis Cluster supports database 0 only, {u:?} names database {db}"));
+    }
+    Ok(())
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset.min(text.len())).map_or(0, |s| s.matches('\n').count()) + 1
+}
+
+/// Best-effort dotted key for an error at `offset`: the enclosing table header plus the key on that line.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let mut table = String::new();
+    for l in text[..line_start].lines().rev() {
+        let l = l.trim();
+        if l.starts_with('[') {
+            table = l.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            break;
+        }
+    }
+    if line.starts_with('[') {
+        return line.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+    }
+    let key = line.split('=').next().unwrap_or("").trim().trim_matches('"');
+    match (table.is_empty(), key.is_empty()) {
+        (true, _) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// Line of `table.key` in the text (for semantic errors); the table header if the key is absent.
+fn find_key(text: &str, dotted: &str) -> (usize, String) {
+    let (table, key) = dotted.split_once('.').unwrap_or((dotted, ""));
+    let mut in_table = false;
+    let mut header_line = 0;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            in_table = t.trim_matches(|c| c == '[' || c == ']').trim() == table;
+            if in_table {
+                header_line = i + 1;
+            }
+            continue;
+        }
+        if in_table && !key.is_empty() {
+            let k = t.split('=').next().unwrap_or("").trim();
+            if k == key {
+                return (i + 1, dotted.to_string());
+            }
+        }
+    }
+    (header_line, dotted.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_interface() {
+        let c = Config::parse("", "t.toml").expect("empty config is valid");
+        assert_eq!(c.gateway.listen.port(), 7512);
+        assert_eq!(c.balance.algorithm, Algorithm::Leastconn);
+        assert_eq!(c.health.path, "/_plugin/cluster/health");
+        assert_eq!(c.stats.uri, "/hastats");
+        assert_eq!(c.timeouts.tunnel.0, Duration::from_secs(7200));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = Config::parse("[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "g.toml").unwrap_err();
+        assert_eq!(e.line, 3, "{e}");
+        assert_eq!(e.key, "gateway.listn", "{e}");
+        assert!(e.to_string().starts_with("g.toml:3:"), "{e}");
+        assert!(e.message.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_and_address() {
+        let e = Config::parse("[timeouts]\nconnect = \"5 parsecs\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "timeouts.connect"), "{e}");
+        assert!(e.message.contains("invalid duration"), "{e}");
+        let e = Config::parse("[[node]]\nname = \"a\"\naddress = \"nowhere\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "node[0].address"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_and_invalid_names() {
+        let t =
+            "[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[node]]\nname = \"a\"\naddress = \"127.0.0.1:2\"\n";
+        let e = Config::parse(t, "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (5, "node[1].name"), "{e}");
+        assert!(e.message.contains("first defined at line 2"), "{e}");
+        for bad in ["a/b", "..", "", "a b", "a%2fb"] {
+            let t = format!("[[node]]\nname = {bad:?}\naddress = \"127.0.0.1:1\"\n");
+            assert!(Config::parse(&t, "g.toml").is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_point_at_key() {
+        let e = Config::parse("[health]\ninterval = \"1s\"\nrise = 0\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (3, "health.rise"), "{e}");
+        let e = Config::parse("[cluster]\nnode_port = 1\n", "g.toml").unwrap_err();
+        assert_eq!(e.line, 1, "{e}");
+        let e = Config::parse("[cluster]\nredis_cluster = [\"redis://a:1/3\"]\n", "g.toml").unwrap_err();
+        assert!(e.message.contains("database 0"), "{e}");
+    }
+}

@@ -1,0 +1,93 @@
+//! `kuzzle-gateway` binary: command line, runtime, signals.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kuzzle_gateway::config::{Config, DEFAULT_CONFIG_PATH};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kuzzle-gateway",
+    version,
+    about = "Cluster gateway for Kuzzle: HTTP/WebSocket balancing, health checks, hot reload, Redis membership"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, value_name = "FILE", default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Validate the configuration and exit (0 = valid, 1 = invalid), like `nginx -t`.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the gateway in front of 3 simulated Kuzzle nodes on this machine.
+    Demo(kuzzle_gateway::demo::DemoArgs),
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+}
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        b.worker_threads(threads);
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    if let Some(Cmd::Demo(args)) = cli.cmd {
+        let rt = match runtime(0) {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("kuzzle-gateway: cannot start the runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match rt.block_on(kuzzle_gateway::demo::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kuzzle-gateway demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kuzzle-gateway: configuration error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("kuzzle-gateway: configuration file {} is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match runtime(config.gateway.threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kuzzle-gateway: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(kuzzle_gateway::run::run_until_signal(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kuzzle-gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

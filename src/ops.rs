@@ -1,0 +1,192 @@
+//! Control plane: the ops listener (7575): basic auth, stats page and feeds, metrics, cluster status
+//! and reset, reload, node maintenance states.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::AdminState;
+use crate::state::Gateway;
+
+pub type OpsResponse = Response<Full<Bytes>>;
+
+/// Serve the ops listener until `stop`.
+pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ops accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let gw2 = gw.clone();
+        let stop2 = stop.clone();
+        gw.background.spawn(async move {
+            let g = gw2.clone();
+            let svc = service_fn(move |req| {
+                let g = g.clone();
+                async move { Ok::<_, Infallible>(handle(&g, req).await) }
+            });
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30));
+            let conn = b.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop2.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+}
+
+/// Route one ops request.
+pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> OpsResponse {
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
+    let cfg = gw.config();
+    if let Some(resp) = check_auth(&cfg.stats, req.headers()) {
+        return resp;
+    }
+    let uri = cfg.stats.uri.as_str();
+    let m = req.method().clone();
+    match (&m, path.as_str()) {
+        (&Method::GET | &Method::HEAD, p) if p == uri => html(crate::hastats::html(gw)),
+        (&Method::GET | &Method::HEAD, p) if p.strip_prefix(uri) == Some(";csv") => {
+            typed(StatusCode::OK, "text/csv; charset=utf-8", crate::hastats::csv(gw))
+        }
+        (&Method::GET | &Method::HEAD, p) if p.strip_prefix(uri) == Some(";json") => {
+            typed(StatusCode::OK, "application/json", crate::hastats::json(gw))
+        }
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(gw))
+        }
+        (&Method::GET, "/cluster/status") => {
+            let v = crate::cluster::status(gw).await;
+            typed(StatusCode::OK, "application/json", v.to_string())
+        }
+        (&Method::POST, "/cluster/reset") => match crate::cluster::reset(gw).await {
+            Ok(v) => typed(StatusCode::OK, "application/json", v.to_string()),
+            Err(e) => json_msg(StatusCode::SERVICE_UNAVAILABLE, &e),
+        },
+        (&Method::POST, "/reload") => match crate::control::reload(gw) {
+            Ok(()) => json_msg(StatusCode::OK, "reloaded"),
+            Err(e) => json_msg(StatusCode::BAD_REQUEST, &e.to_string()),
+        },
+        (&Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/state") => {
+            let name = &p["/nodes/".len()..p.len() - "/state".len()];
+            let name = name.to_string();
+            set_state(gw, &name, req).await
+        }
+        (_, p)
+            if p == uri
+                || p.starts_with("/nodes/")
+                || p == "/metrics"
+                || p.starts_with("/cluster/")
+                || p == "/reload" =>
+        {
+            json_msg(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => json_msg(StatusCode::NOT_FOUND, &format!("no ops endpoint at {path}")),
+    }
+}
+
+/// `POST /nodes/<name>/state` with `ready`, `drain` or `maint` as the body (plain or
+/// `{"state": "..."}`) or as `?state=`.
+async fn set_state(gw: &Arc<Gateway>, name: &str, req: Request<Incoming>) -> OpsResponse {
+    let from_query =
+        req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("state="))).map(str::to_string);
+    let body = match Limited::new(req.into_body(), 4096).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return json_msg(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+    };
+    let raw = from_query.unwrap_or_else(|| {
+        let s = String::from_utf8_lossy(&body).trim().to_string();
+        serde_json::from_str::<serde_json::Value>(&s)
+            .ok()
+            .and_then(|v| v.get("state").and_then(|s| s.as_str()).map(str::to_string))
+            .unwrap_or(s)
+    });
+    let state = match raw.to_ascii_lowercase().as_str() {
+        "ready" | "up" => AdminState::Ready,
+        "drain" => AdminState::Drain,
+        "maint" => AdminState::Maint,
+        other => {
+            return json_msg(StatusCode::BAD_REQUEST, &format!("unknown state {other:?}: use ready, drain or maint"))
+        }
+    };
+    if gw.set_admin(name, state) {
+        tracing::info!(node = %name, state = state.as_str(), "operator changed node state");
+        json_msg(StatusCode::OK, &format!("node {name} is now {}", state.as_str()))
+    } else {
+        json_msg(StatusCode::NOT_FOUND, &format!("no node named {name:?}"))
+    }
+}
+
+/// None when allowed; otherwise the 401 to send.
+fn check_auth(stats: &crate::config::StatsSection, headers: &http::HeaderMap) -> Option<OpsResponse> {
+    let (Some(user), Some(pass)) = (&stats.user, &stats.password) else {
+        return None;
+    };
+    let expected = format!("{user}:{pass}");
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b.trim()).ok())
+        .unwrap_or_default();
+    // Constant-time: a wrong password must not be found byte by byte through timing.
+    if bool::from(given.as_slice().ct_eq(expected.as_bytes())) {
+        return None;
+    }
+    let mut r = json_msg(StatusCode::UNAUTHORIZED, "authentication required");
+    r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"kuzzle-gateway\""));
+    Some(r)
+}
+
+fn typed(status: StatusCode, ctype: &'static str, body: String) -> OpsResponse {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ctype));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+fn html(body: String) -> OpsResponse {
+    typed(StatusCode::OK, "text/html; charset=utf-8", body)
+}
+
+fn text(status: StatusCode, body: &str) -> OpsResponse {
+    typed(status, "text/plain; charset=utf-8", body.to_string())
+}
+
+/// A JSON answer in Kuzzle's envelope.
+pub fn json_msg(status: StatusCode, message: &str) -> OpsResponse {
+    let ok = status.is_success();
+    let v = serde_json::json!({
+        "status": status.as_u16(),
+        "error": if ok { serde_json::Value::Null } else { serde_json::json!({"status": status.as_u16(), "message": message}) },
+        "result": if ok { serde_json::json!(message) } else { serde_json::Value::Null },
+    });
+    typed(status, "application/json", v.to_string())
+}

@@ -1,0 +1,366 @@
+//! Data plane: the bidirectional tunnel behind an upgraded connection (WebSocket), with idle timeout
+//! and a clean 1001 close frame when the node goes away or the gateway stops.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::ActiveGuard;
+use crate::state::Gateway;
+
+/// How long a closing tunnel waits for the node to finish the frame it is sending.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+const BUF: usize = 16 * 1024;
+
+/// Start the tunnel task once both sides have switched protocols.
+pub fn spawn(gw: &Arc<Gateway>, guard: ActiveGuard, client: OnUpgrade, node: OnUpgrade, websocket: bool) {
+    let gw2 = gw.clone();
+    gw.tracker.spawn(async move {
+        let (client, node) = match tokio::try_join!(client, node) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let backend = guard.backend.clone();
+        let idle = gw2.snapshot.load().config.timeouts.tunnel.0;
+        let kill = backend.tunnel_kill_token();
+        let f = &gw2.frontend;
+        let c = &backend.counters;
+        f.tunnels.fetch_add(1, Ordering::Relaxed);
+        f.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        c.tunnels.fetch_add(1, Ordering::Relaxed);
+        c.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        let io = TunnelIo { bytes_in: [&f.bytes_in, &c.bytes_in], bytes_out: [&f.bytes_out, &c.bytes_out] };
+        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &gw2.close_tunnels, &io).await;
+        tracing::debug!(node = %backend.name, ?end, "tunnel closed");
+        f.tunnels.fetch_sub(1, Ordering::Relaxed);
+        c.tunnels.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
+    });
+}
+
+/// Counters one tunnel feeds.
+pub struct TunnelIo<'a> {
+    pub bytes_in: [&'a AtomicU64; 2],
+    pub bytes_out: [&'a AtomicU64; 2],
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// One side closed normally.
+    Closed,
+    /// A read or write failed.
+    Error,
+    /// Idle for the tunnel timeout.
+    Idle,
+    /// The node was marked down / put in maintenance.
+    NodeGone,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// Copy both ways until one side ends, a stop signal fires, or nothing moves for `idle`.
+pub async fn run<C, N>(
+    client: C,
+    node: N,
+    websocket: bool,
+    idle: Duration,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    io: &TunnelIo<'_>,
+) -> TunnelEnd
+where
+    C: AsyncRead + AsyncWrite + Send,
+    N: AsyncRead + AsyncWrite + Send,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut nr, mut nw) = tokio::io::split(node);
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let stop = CancellationToken::new();
+
+    let client_to_node = async {
+        let mut buf = vec![0u8; BUF];
+        loop {
+            let n = cr.read(&mut buf).await?;
+            if n == 0 {
+                let _ = nw.shutdown().await;
+                return Ok::<(), std::io::Error>(());
+            }
+            nw.write_all(&buf[..n]).await?;
+            touch();
+            for a in io.bytes_in {
+                a.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    };
+
+    let node_to_client = async {
+        let mut buf = vec![0u8; BUF];
+        let mut frames = FrameTracker::default();
+        let mut closing: Option<(tokio::time::Instant, &'static str)> = None;
+        loop {
+            let n = tokio::select! {
+                r = nr.read(&mut buf) => match r {
+                    Ok(n) => n,
+                    Err(_) => return TunnelEnd::Error,
+                },
+                _ = stop.cancelled(), if closing.is_none() => {
+                    let why = if shutdown.is_cancelled() { "gateway shutting down" } else { "node going away" };
+                    if !websocket || frames.at_boundary() {
+                        if websocket {
+                            let _ = cw.write_all(&close_frame(1001, why)).await;
+                        }
+                        let _ = cw.shutdown().await;
+                        return stop_reason(kill, shutdown);
+                    }
+                    closing = Some((tokio::time::Instant::now() + CLOSE_WAIT, why));
+                    continue;
+                }
+                _ = async { if let Some((d, _)) = closing { tokio::time::sleep_until(d).await } }, if closing.is_some() => {
+                    return stop_reason(kill, shutdown);
+                }
+            };
+            if n == 0 {
+                // The node went away without a close frame: tell the client it may reconnect.
+                if websocket && frames.at_boundary() && !frames.saw_close {
+                    let _ = cw.write_all(&close_frame(1001, "node going away")).await;
+                }
+                let _ = cw.shutdown().await;
+                return TunnelEnd::Closed;
+            }
+            let data = &buf[..n];
+            let upto = if websocket { frames.advance(data, closing.is_some()) } else { n };
+            if cw.write_all(&data[..upto]).await.is_err() {
+                return TunnelEnd::Error;
+            }
+            touch();
+            for a in io.bytes_out {
+                a.fetch_add(upto as u64, Ordering::Relaxed);
+            }
+            if let Some((_, why)) = closing {
+                if frames.at_boundary() {
+                    let _ = cw.write_all(&close_frame(1001, why)).await;
+                    let _ = cw.shutdown().await;
+                    return stop_reason(kill, shutdown);
+                }
+            }
+        }
+    };
+
+    let watcher = async {
+        let idle_ms = idle.as_millis() as u64;
+        let idled = async {
+            loop {
+                let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                if since >= idle_ms {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+            }
+        };
+        let was_idle = tokio::select! {
+            _ = kill.cancelled() => false,
+            _ = shutdown.cancelled() => false,
+            _ = idled => true,
+        };
+        stop.cancel();
+        was_idle
+    };
+
+    tokio::pin!(client_to_node, node_to_client, watcher);
+    let mut client_done = false;
+    let mut idle_fired = false;
+    loop {
+        tokio::select! {
+            end = &mut node_to_client => {
+                return if idle_fired { TunnelEnd::Idle } else { end };
+            }
+            r = &mut client_to_node, if !client_done => {
+                client_done = true;
+                if r.is_err() {
+                    return TunnelEnd::Error;
+                }
+            }
+            was_idle = &mut watcher, if !stop.is_cancelled() => {
+                idle_fired = was_idle;
+            }
+        }
+    }
+}
+
+fn stop_reason(kill: &CancellationToken, shutdown: &CancellationToken) -> TunnelEnd {
+    if shutdown.is_cancelled() {
+        TunnelEnd::Shutdown
+    } else if kill.is_cancelled() {
+        TunnelEnd::NodeGone
+    } else {
+        TunnelEnd::Idle
+    }
+}
+
+/// An unmasked (server to client) WebSocket close frame.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut f = Vec::with_capacity(4 + reason.len());
+    f.push(0x88);
+    f.push((2 + reason.len()) as u8);
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason);
+    f
+}
+
+/// Follows WebSocket frame boundaries in one direction of a byte stream, so that the gateway can
+/// inject a close frame without cutting a frame in two.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    hdr: [u8; 14],
+    have: usize,
+    remaining: u64,
+    in_payload: bool,
+    opcode: u8,
+    /// The last complete frame was a close frame.
+    pub saw_close: bool,
+}
+
+impl FrameTracker {
+    pub fn at_boundary(&self) -> bool {
+        !self.in_payload && self.have == 0
+    }
+
+    /// Consume `data`; with `stop_at_boundary`, stop right after the first frame that completes
+    /// (or at once if already at a boundary). Returns how many bytes were consumed.
+    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut i = 0;
+        if stop_at_boundary && self.at_boundary() {
+            return 0;
+        }
+        while i < data.len() {
+            if self.in_payload {
+                let take = (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                i += take;
+                self.remaining -= take as u64;
+                if self.remaining == 0 {
+                    self.frame_done();
+                    if stop_at_boundary {
+                        return i;
+                    }
+                }
+                continue;
+            }
+            self.hdr[self.have] = data[i];
+            self.have += 1;
+            i += 1;
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.hdr[1] & 0x7f;
+            let ext = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.hdr[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + ext + mask {
+                continue;
+            }
+            let len = match ext {
+                2 => u64::from(u16::from_be_bytes([self.hdr[2], self.hdr[3]])),
+                8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.hdr[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                _ => u64::from(len7),
+            };
+            self.opcode = self.hdr[0] & 0x0f;
+            self.have = 0;
+            if len == 0 {
+                self.frame_done();
+                if stop_at_boundary {
+                    return i;
+                }
+            } else {
+                self.in_payload = true;
+                self.remaining = len;
+            }
+        }
+        i
+    }
+
+    fn frame_done(&mut self) {
+        self.in_payload = false;
+        self.saw_close = self.opcode == 0x8;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x81];
+        let m = if masked { 0x80 } else { 0 };
+        match payload_len {
+            0..=125 => f.push(m | payload_len as u8),
+            126..=65535 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(payload_len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(b'x', payload_len));
+        f
+    }
+
+    #[test]
+    fn tracks_boundaries_across_splits() {
+        let mut stream = Vec::new();
+        for (len, masked) in [(5, false), (0, false), (300, true), (70_000, false), (1, true)] {
+            stream.extend(frame(len, masked));
+        }
+        for chunk in [1, 3, 7, 1000, stream.len()] {
+            let mut t = FrameTracker::default();
+            for c in stream.chunks(chunk) {
+                assert_eq!(t.advance(c, false), c.len());
+            }
+            assert!(t.at_boundary(), "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn stops_at_first_boundary() {
+        let mut stream = frame(10, false);
+        let first = stream.len();
+        stream.extend(frame(10, false));
+        let mut t = FrameTracker::default();
+        assert_eq!(t.advance(&stream[..4], false), 4);
+        assert!(!t.at_boundary());
+        assert_eq!(t.advance(&stream[4..], true), first - 4);
+        assert!(t.at_boundary());
+        assert_eq!(t.advance(&stream[first..], true), 0);
+    }
+
+    #[test]
+    fn close_frame_layout() {
+        assert_eq!(close_frame(1001, ""), vec![0x88, 2, 0x03, 0xE9]);
+        let mut t = FrameTracker::default();
+        t.advance(&close_frame(1000, "bye"), false);
+        assert!(t.saw_close && t.at_boundary());
+    }
+}
