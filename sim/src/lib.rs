@@ -1,2 +1,170 @@
-//! Simulated Kuzzle node (placeholder; being written).
+//! Simulated Kuzzle node: HTTP routes, WebSocket real-time API and the cluster's Redis behaviour.
+//!
+//! # Layout
+//! - [`config`]: [`SimConfig`], what one node is (name, Redis, mode, knobs at start).
+//! - `node`: the state one node shares between its tasks (identity, knobs, Redis pool view).
+//! - `server`: the accept loop and one task per connection (hyper, http1, keep-alive, upgrades).
+//! - `http`: the HTTP routes, in Kuzzle's response envelope; `envelope` builds that envelope.
+//! - `ws`: one WebSocket session (Kuzzle JSON requests, pings, notifications).
+//! - `realtime` and `filters`: rooms, channels and the Koncorde filter subset behind them.
+//! - `cluster`: the Redis side (plugin 3.x registration and heartbeats, or a Kuzzle 2 ID card;
+//!   cross-node notifications), with reconnection.
+//! - `cli`: the `kuzzle-node-sim` command line ([`cli_main`]).
+//!
+//! Every task is spawned on one [`tokio_util::task::TaskTracker`] and watches one
+//! [`tokio_util::sync::CancellationToken`]: [`SimHandle::kill`] cancels it (no goodbye at all),
+//! [`SimHandle::shutdown`] first leaves the cluster cleanly.
 #![forbid(unsafe_code)]
+
+mod cli;
+mod cluster;
+pub mod config;
+mod envelope;
+mod filters;
+mod http;
+mod node;
+mod realtime;
+mod server;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use cli::cli_main;
+pub use config::SimConfig;
+
+/// Why a simulated node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The configuration cannot work (zero heartbeat, bad URL, bad percentage...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The Redis URL (or a cluster seed URL) does not parse.
+    #[error("invalid Redis URL {url:?}: {source}")]
+    RedisUrl {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The listener's own address cannot be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How long a clean leave may take before the node stops anyway (Redis may be down).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long stopping waits for the node's tasks to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `start` waits for the first Redis registration and subscription before it returns
+/// anyway (a node whose Redis is down still serves, and keeps retrying).
+const FIRST_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A running simulated node. Dropping it without [`SimHandle::shutdown`] acts as
+/// [`SimHandle::kill`].
+pub struct SimHandle {
+    /// The address the node serves HTTP and WebSocket on (the listener's local address).
+    pub addr: SocketAddr,
+    node: Arc<node::Node>,
+    /// Cancelled to stop every task of this node.
+    stop: CancellationToken,
+    /// Every task of this node, so shutdown can wait for them.
+    tracker: TaskTracker,
+    /// The Redis side, when the node has one: asked to say goodbye on a clean leave.
+    cluster: Option<cluster::ClusterLink>,
+}
+
+impl SimHandle {
+    /// The node's name (also its URL prefix on the gateway).
+    pub fn name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// The node's identity in the cluster protocol: its `pub` address (`tcp://ip:port`).
+    pub fn pub_addr(&self) -> &str {
+        &self.node.identity.pub_addr
+    }
+
+    /// The node's random UUID (as in plugin 3.x).
+    pub fn uuid(&self) -> &str {
+        &self.node.identity.uuid
+    }
+
+    /// The descriptor this node publishes right now (`{uuid, pub, router, ready, name, http}`).
+    pub fn descriptor(&self) -> serde_json::Value {
+        serde_json::to_value(self.node.descriptor()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Ready knob: health routes answer "ok"/200 when true, "ko"/404 (503 for `/_healthCheck`)
+    /// when false; the next heartbeat carries the new flag.
+    pub fn set_ready(&self, ready: bool) {
+        self.node.set_ready(ready);
+    }
+
+    /// Latency knob: added before every HTTP answer but the health and `/_sim` control routes.
+    pub fn set_latency(&self, latency: Duration) {
+        self.node.set_latency(latency);
+    }
+
+    /// Errors knob: that share (0..=100) of HTTP requests, health and control routes aside,
+    /// answer a 500 envelope.
+    pub fn set_error_percent(&self, percent: u8) {
+        self.node.set_error_percent(percent);
+    }
+
+    /// Clean leave: `cluster:remove` + `SREM cluster:discovery` (or the Kuzzle 2 ID card deleted
+    /// and removed from its index), then every task and connection stops.
+    pub async fn shutdown(mut self) {
+        if let Some(link) = self.cluster.take() {
+            link.leave(LEAVE_TIMEOUT).await;
+        }
+        self.stop.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(STOP_TIMEOUT, self.tracker.wait()).await.is_err() {
+            tracing::warn!(node = %self.node.name, "some tasks did not stop within {STOP_TIMEOUT:?}");
+        }
+    }
+
+    /// Abrupt stop, like SIGKILL: every task and connection is cancelled, nothing is said to Redis
+    /// (the discovery member stays, a Kuzzle 2 ID card expires by itself).
+    pub fn kill(mut self) {
+        self.cluster.take();
+        self.stop.cancel();
+        self.tracker.close();
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        // Idempotent: after shutdown or kill this changes nothing.
+        self.stop.cancel();
+        self.tracker.close();
+    }
+}
+
+/// Start a simulated node on `listener`; returns once it serves (and, with Redis, once its first
+/// registration and subscription were attempted, so a test can rely on them).
+pub async fn start(cfg: SimConfig, listener: TcpListener) -> Result<SimHandle, SimError> {
+    cfg.validate()?;
+    let addr = listener.local_addr()?;
+    let targets = cluster::RedisTargets::from_config(&cfg)?;
+    let node = Arc::new(node::Node::new(&cfg, addr));
+    let stop = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let mut link = targets.map(|t| cluster::ClusterLink::spawn(t, node.clone(), &stop, &tracker));
+    // The real-time side publishes cross-node notifications through the link, when there is one.
+    let publisher = link.as_ref().map(|l| l.publisher());
+    let server = server::Server::new(node.clone(), publisher, stop.clone(), tracker.clone());
+    tracker.spawn(server.run(listener));
+
+    if let Some(l) = &mut link {
+        l.first_attempt(FIRST_REGISTRATION_TIMEOUT).await;
+    }
+    tracing::info!(node = %node.name, %addr, "serving");
+    Ok(SimHandle { addr, node, stop, tracker, cluster: link })
+}

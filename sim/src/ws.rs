@@ -1,0 +1,247 @@
+//! One WebSocket session: the upgrade handshake, Kuzzle JSON requests and their responses,
+//! Kuzzle's JSON ping, and the notifications of the rooms the connection subscribed to.
+
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Publisher;
+use crate::envelope::{ApiError, Envelope};
+use crate::node::{now_ms, random_uuid, Node};
+use crate::realtime::{ConnId, Published};
+
+/// Notifications queued for one connection before it counts as too slow and misses some.
+const NOTIFY_QUEUE: usize = 4096;
+
+/// What one session needs from its node.
+#[derive(Clone)]
+pub(crate) struct WsContext {
+    pub node: Arc<Node>,
+    pub publisher: Option<Publisher>,
+    pub stop: CancellationToken,
+}
+
+/// Whether a request asks for a WebSocket upgrade (on any path, as Kuzzle accepts).
+pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        req.headers().get_all(name).iter().any(|v| {
+            v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    req.method() == Method::GET && has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The 101 answer to a valid handshake, or why it is refused.
+pub(crate) fn handshake(headers: &HeaderMap) -> Result<Response<()>, ApiError> {
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v.as_bytes() == b"13");
+    if !version_ok {
+        return Err(ApiError::bad_request("WebSocket upgrade: Sec-WebSocket-Version must be 13"));
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(ApiError::bad_request("WebSocket upgrade: missing Sec-WebSocket-Key"));
+    };
+    let accept = HeaderValue::from_str(&derive_accept_key(key.as_bytes()))
+        .map_err(|_| ApiError::bad_request("WebSocket upgrade: bad key"))?;
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    Ok(resp)
+}
+
+/// Removes the connection from the room registry however the session ends (cancellation too).
+struct Registration {
+    node: Arc<Node>,
+    conn: ConnId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.node.realtime.unregister(self.conn);
+    }
+}
+
+/// Run one session on an upgraded connection until the peer closes it or the node stops.
+pub(crate) async fn session(upgraded: hyper::upgrade::Upgraded, cx: WsContext) {
+    let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let (tx, mut notes) = mpsc::channel::<Utf8Bytes>(NOTIFY_QUEUE);
+    let reg = Registration { node: cx.node.clone(), conn: cx.node.realtime.register(tx) };
+    let conn = reg.conn;
+    let (mut sink, mut stream) = ws.split();
+    tracing::debug!(node = %cx.node.name, conn, "websocket session open");
+    loop {
+        let out = tokio::select! {
+            _ = cx.stop.cancelled() => break,
+            note = notes.recv() => match note {
+                Some(text) => Message::Text(text),
+                None => break,
+            },
+            msg = stream.next() => match msg {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::debug!(node = %cx.node.name, conn, "websocket read: {e}");
+                    break;
+                }
+                Some(Ok(Message::Text(t))) => match on_text(&cx, conn, t.as_str()) {
+                    Some(m) => m,
+                    None => continue,
+                },
+                Some(Ok(Message::Binary(b))) => match std::str::from_utf8(&b) {
+                    Ok(t) => match on_text(&cx, conn, t) {
+                        Some(m) => m,
+                        None => continue,
+                    },
+                    Err(_) => continue,
+                },
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the closing reply: send it, then end the session.
+                    let _ = tokio::select! { _ = cx.stop.cancelled() => Ok(()), r = sink.close() => r };
+                    break;
+                }
+                Some(Ok(Message::Ping(_))) => {
+                    // tungstenite queued the pong; flushing sends it now.
+                    let flushed = tokio::select! { _ = cx.stop.cancelled() => break, r = sink.flush() => r };
+                    if flushed.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Some(Ok(_)) => continue,
+            },
+        };
+        let sent = tokio::select! { _ = cx.stop.cancelled() => break, r = sink.send(out) => r };
+        if let Err(e) = sent {
+            tracing::debug!(node = %cx.node.name, conn, "websocket write: {e}");
+            break;
+        }
+    }
+    tracing::debug!(node = %cx.node.name, conn, "websocket session closed");
+    drop(reg);
+}
+
+/// Answer one text frame; a publish also notifies local subscribers (this connection included,
+/// after its response is queued first) and the other nodes.
+fn on_text(cx: &WsContext, conn: ConnId, text: &str) -> Option<Message> {
+    let Ok(req) = serde_json::from_str::<Value>(text) else {
+        let env = Envelope::err(ApiError::new(400, "api.assert.invalid_argument", "invalid JSON request"));
+        return Some(Message::text(env.render(&cx.node.name)));
+    };
+    // Kuzzle's JSON ping (browsers cannot send WebSocket pings).
+    if req.get("p").and_then(Value::as_i64) == Some(1) && req.get("controller").is_none() {
+        return Some(Message::text(json!({"p": 2}).to_string()));
+    }
+    let (env, published) = handle(cx, conn, &req);
+    let msg = Message::text(env.render(&cx.node.name));
+    if let Some(doc) = published {
+        // The response goes out first in the session loop; notifications queue behind it for
+        // this connection because they are sent on the next loop turns.
+        cx.node.realtime.dispatch(&doc);
+        if let Some(p) = &cx.publisher {
+            p.notify_document(&doc);
+        }
+    }
+    Some(msg)
+}
+
+/// A string argument of the request, required.
+fn required_str<'a>(req: &'a Value, name: &str) -> Result<&'a str, ApiError> {
+    match req.get(name) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) | None | Some(Value::Null) => {
+            Err(ApiError::new(400, "api.assert.missing_argument", format!("Missing argument \"{name}\".")))
+        }
+        Some(_) => Err(ApiError::new(400, "api.assert.invalid_type", format!("Wrong type for argument \"{name}\"."))),
+    }
+}
+
+/// Route one Kuzzle request; returns its envelope (room = requestId) and a document to fan out.
+fn handle(cx: &WsContext, conn: ConnId, req: &Value) -> (Envelope, Option<Published>) {
+    let request_id = match req.get("requestId") {
+        Some(Value::String(s)) => Value::from(s.as_str()),
+        Some(Value::Number(n)) => Value::from(n.to_string()),
+        _ => Value::from(random_uuid()),
+    };
+    let controller = req.get("controller").and_then(Value::as_str).unwrap_or("");
+    let action = req.get("action").and_then(Value::as_str).unwrap_or("");
+    let (result, published) = match route(cx, conn, controller, action, req) {
+        Ok((r, p)) => (Envelope::ok(r), p),
+        Err(e) => (Envelope::err(e), None),
+    };
+    let mut env = result;
+    env.room = Some(request_id.clone());
+    env.request_id = request_id;
+    env.controller = req.get("controller").cloned().unwrap_or(Value::Null);
+    env.action = req.get("action").cloned().unwrap_or(Value::Null);
+    env.index = req.get("index").cloned().unwrap_or(Value::Null);
+    env.collection = req.get("collection").cloned().unwrap_or(Value::Null);
+    env.volatile = req.get("volatile").cloned().unwrap_or(Value::Null);
+    (env, published)
+}
+
+type Routed = Result<(Value, Option<Published>), ApiError>;
+
+fn route(cx: &WsContext, conn: ConnId, controller: &str, action: &str, req: &Value) -> Routed {
+    let node = &cx.node;
+    let body = req.get("body").unwrap_or(&Value::Null);
+    let ok = |v: Value| -> Routed { Ok((v, None)) };
+    match (controller, action) {
+        ("", _) => Err(ApiError::new(400, "api.assert.missing_argument", "Missing argument \"controller\".")),
+        (_, "") => Err(ApiError::new(400, "api.assert.missing_argument", "Missing argument \"action\".")),
+        ("server", "now") => ok(json!({"now": now_ms()})),
+        ("server", "info") => ok(node.server_info()),
+        ("server", "healthCheck") => {
+            if node.is_ready() {
+                ok(json!({"status": "green", "services": {"internalCache": "green", "memoryStorage": "green", "storageEngine": "green"}}))
+            } else {
+                Err(ApiError::new(503, "api.process.unhealthy", "The node is not ready"))
+            }
+        }
+        // The SDK asks these on a reconnection when it believes it is logged in; the sim has only
+        // the anonymous user.
+        ("auth", "checkToken") => ok(json!({"valid": true, "kuid": "-1", "expiresAt": -1, "state": "Valid token"})),
+        ("auth", "getCurrentUser") => ok(json!({"_id": "-1", "_source": {"profileIds": ["anonymous"]}, "strategies": []})),
+        ("realtime", "subscribe") => {
+            let index = required_str(req, "index")?;
+            let collection = required_str(req, "collection")?;
+            let (room_id, channel) = node.realtime.subscribe(conn, index, collection, body, req)?;
+            ok(json!({"roomId": room_id, "channel": channel}))
+        }
+        ("realtime", "unsubscribe") => {
+            let room_id = required_str(body, "roomId")?;
+            node.realtime.unsubscribe(conn, room_id)?;
+            ok(json!({"roomId": room_id}))
+        }
+        ("realtime", "count") => {
+            let room_id = required_str(body, "roomId")?;
+            ok(json!({"count": node.realtime.count(room_id)?}))
+        }
+        ("realtime", "publish") => {
+            let index = required_str(req, "index")?;
+            let collection = required_str(req, "collection")?;
+            if !body.is_object() {
+                return Err(ApiError::new(400, "api.assert.body_required", "The request must specify a body."));
+            }
+            let doc = Published {
+                index: index.to_owned(),
+                collection: collection.to_owned(),
+                body: body.clone(),
+                volatile: req.get("volatile").cloned().unwrap_or(Value::Null),
+                id: req.get("_id").cloned().unwrap_or(Value::Null),
+            };
+            Ok((json!({"published": true}), Some(doc)))
+        }
+        (c, a) => Err(ApiError::new(404, "api.process.action_not_found", format!("API action \"{c}\":\"{a}\" not found"))),
+    }
+}
