@@ -185,18 +185,29 @@ impl Backend {
         old.cancel();
     }
 
-    /// An idle pooled connection, or a new one. Errors are connect failures: nothing was sent.
-    pub async fn checkout(&self, connect_timeout: Duration, pool_idle: Duration) -> Result<Sender, ConnectError> {
+    /// An idle pooled connection (`reused` = true), or a new one. Errors are connect failures:
+    /// nothing was sent.
+    pub async fn checkout(
+        &self,
+        connect_timeout: Duration,
+        pool_idle: Duration,
+    ) -> Result<(Sender, bool), ConnectError> {
         while let Some((mut sender, since)) = self.idle.pop() {
             if since.elapsed() >= pool_idle || sender.is_closed() {
                 continue;
             }
-            // A released connection is idle already; `ready` only confirms it is still open.
-            if sender.ready().await.is_ok() {
-                return Ok(sender);
+            // A released connection is normally ready at once; it may still be finishing the
+            // upload of a request body its node answered early: wait a bounded time, then drop it.
+            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
+                return Ok((sender, true));
             }
         }
-        self.connect(connect_timeout).await
+        self.connect(connect_timeout).await.map(|s| (s, false))
+    }
+
+    /// Idle pooled connections right now (stats, tests).
+    pub fn idle_connections(&self) -> usize {
+        self.idle.len()
     }
 
     /// A fresh connection (also used by the health checker).

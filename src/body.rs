@@ -1,53 +1,67 @@
-//! Data plane: body wrappers that count bytes and hand a node connection back to its pool when a response ends.
+//! Data plane: body wrappers that count bytes, bound a node's silence mid-body, and hand a node
+//! connection back to its pool when a response ends.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
 use crate::backend::{ActiveGuard, Sender};
+use crate::stats::{FrontendCounters, NodeCounters};
+
+/// Which direction a body's bytes count in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Bytes from clients (bytes_in).
+    Inbound,
+    /// Bytes to clients (bytes_out).
+    Outbound,
+}
 
 pin_project_lite::pin_project! {
-    /// A body that adds the size of each data frame to two counters (frontend and node).
+    /// A body that adds the size of each data frame to the frontend's and the node's counters.
+    /// Holds the counters themselves (no per-request allocation, only reference counts).
     pub struct Counted<B> {
         #[pin]
         inner: B,
-        a: Arc<Counter2>,
-    }
-}
-
-/// The pair of byte counters one direction of one exchange feeds.
-#[derive(Debug)]
-pub struct Counter2 {
-    pub frontend: Arc<crate::stats::FrontendCounters>,
-    pub node: Arc<crate::stats::NodeCounters>,
-    /// true: bytes from clients (bytes_in); false: bytes to clients (bytes_out).
-    pub inbound: bool,
-}
-
-impl Counter2 {
-    fn add(&self, n: u64) {
-        let (f, b): (&AtomicU64, &AtomicU64) = if self.inbound {
-            (&self.frontend.bytes_in, &self.node.bytes_in)
-        } else {
-            (&self.frontend.bytes_out, &self.node.bytes_out)
-        };
-        f.fetch_add(n, Ordering::Relaxed);
-        b.fetch_add(n, Ordering::Relaxed);
+        frontend: Arc<FrontendCounters>,
+        // None until the node is known (a request body is built before a node is picked).
+        node: Option<Arc<NodeCounters>>,
+        dir: Direction,
     }
 }
 
 impl<B> Counted<B> {
-    pub fn new(inner: B, counters: Arc<Counter2>) -> Self {
-        Counted { inner, a: counters }
+    pub fn new(inner: B, frontend: Arc<FrontendCounters>, node: Option<Arc<NodeCounters>>, dir: Direction) -> Self {
+        Counted { inner, frontend, node, dir }
     }
 
-    /// Count into other counters from now on (the request body learns its node late).
-    pub fn set_counters(&mut self, counters: Arc<Counter2>) {
-        self.a = counters;
+    /// Count into this node from now on (the request body learns its node late).
+    pub fn set_node(&mut self, node: Arc<NodeCounters>) {
+        self.node = Some(node);
+    }
+
+    fn add(frontend: &FrontendCounters, node: Option<&NodeCounters>, dir: Direction, n: u64) {
+        match dir {
+            Direction::Inbound => {
+                frontend.bytes_in.fetch_add(n, Ordering::Relaxed);
+                if let Some(c) = node {
+                    c.bytes_in.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            Direction::Outbound => {
+                frontend.bytes_out.fetch_add(n, Ordering::Relaxed);
+                if let Some(c) = node {
+                    c.bytes_out.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+        }
     }
 }
 
@@ -60,7 +74,7 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
         let frame = ready!(this.inner.poll_frame(cx));
         if let Some(Ok(f)) = &frame {
             if let Some(d) = f.data_ref() {
-                this.a.add(d.len() as u64);
+                Self::add(this.frontend, this.node.as_deref(), *this.dir, d.len() as u64);
             }
         }
         Poll::Ready(frame)
@@ -75,43 +89,90 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
     }
 }
 
-/// A node's response body on its way to the client. Holds the node's active count until it ends
-/// and returns the connection to the pool once the body was read to its end.
-pub struct Tracked {
-    inner: Counted<Incoming>,
-    sender: Option<Sender>,
-    guard: ActiveGuard,
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("node connection failed mid-body: {0}")]
+    Node(#[from] hyper::Error),
+    #[error("node sent nothing for {0:?} in the middle of a response body")]
+    Stalled(Duration),
+}
+
+pin_project_lite::pin_project! {
+    /// A node's response body on its way to the client. Holds the node's active count until it
+    /// ends, returns the connection to the pool once the body was read to its end (never after an
+    /// error), and fails the body if the node stays silent for `idle` in the middle of it, so a
+    /// frozen node cannot hang a client forever.
+    pub struct Tracked {
+        inner: Counted<Incoming>,
+        sender: Option<Sender>,
+        guard: ActiveGuard,
+        idle: Duration,
+        // Armed only while the node keeps us waiting: no timer work while data flows.
+        #[pin]
+        stall: Sleep,
+        armed: bool,
+    }
+
+    impl PinnedDrop for Tracked {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            // Empty bodies (HEAD, 204, 304) may be dropped unpolled: the connection is still reusable.
+            if this.inner.is_end_stream() {
+                if let Some(s) = this.sender.take() {
+                    this.guard.backend.release(s);
+                }
+            }
+        }
+    }
 }
 
 impl Tracked {
-    pub fn new(inner: Counted<Incoming>, sender: Sender, guard: ActiveGuard) -> Self {
-        Tracked { inner, sender: Some(sender), guard }
-    }
-
-    fn finish(&mut self) {
-        if let Some(s) = self.sender.take() {
-            self.guard.backend.release(s);
+    pub fn new(inner: Counted<Incoming>, sender: Sender, guard: ActiveGuard, idle: Duration) -> Self {
+        Tracked {
+            inner,
+            sender: Some(sender),
+            guard,
+            idle,
+            stall: tokio::time::sleep_until(Instant::now() + idle),
+            armed: false,
         }
     }
 }
 
 impl Body for Tracked {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let mut this = self.project();
+        let frame = match Pin::new(&mut *this.inner).poll_frame(cx) {
+            Poll::Ready(f) => f,
+            Poll::Pending => {
+                if !*this.armed {
+                    this.stall.as_mut().reset(Instant::now() + *this.idle);
+                    *this.armed = true;
+                }
+                if this.stall.as_mut().poll(cx).is_ready() {
+                    // The connection is mid-body: never reuse it.
+                    *this.sender = None;
+                    this.guard.backend.counters.response_errors.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(BodyError::Stalled(*this.idle))));
+                }
+                return Poll::Pending;
+            }
+        };
+        *this.armed = false;
         match &frame {
-            None => this.finish(),
-            Some(Ok(_)) if this.inner.is_end_stream() => this.finish(),
+            None => release(this.sender, this.guard),
+            Some(Ok(_)) if this.inner.is_end_stream() => release(this.sender, this.guard),
             Some(Err(_)) => {
-                this.sender = None;
+                *this.sender = None;
                 this.guard.backend.counters.response_errors.fetch_add(1, Ordering::Relaxed);
             }
             Some(Ok(_)) => {}
         }
-        Poll::Ready(frame)
+        Poll::Ready(frame.map(|r| r.map_err(BodyError::Node)))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -123,11 +184,8 @@ impl Body for Tracked {
     }
 }
 
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        // Empty bodies (HEAD, 204, 304) may be dropped unpolled: the connection is still reusable.
-        if self.inner.is_end_stream() {
-            self.finish();
-        }
+fn release(sender: &mut Option<Sender>, guard: &ActiveGuard) {
+    if let Some(s) = sender.take() {
+        guard.backend.release(s);
     }
 }

@@ -96,6 +96,11 @@ pub struct GatewaySection {
     pub max_connections: usize,
     /// Unix socket a new process asks for the listening sockets on (binary upgrade).
     pub upgrade_socket: Option<PathBuf>,
+    /// After a node leaves (reload, Redis), its remaining tunnels are closed with 1001 after this
+    /// long; unset = they stay until they end.
+    pub drain_timeout: Option<Dur>,
+    /// Reload when the configuration file changes on disk.
+    pub watch: bool,
 }
 
 impl Default for GatewaySection {
@@ -107,6 +112,8 @@ impl Default for GatewaySection {
             hard_stop_after: Dur(Duration::from_secs(2 * 3600)),
             max_connections: 100_000,
             upgrade_socket: None,
+            drain_timeout: None,
+            watch: true,
         }
     }
 }
@@ -403,6 +410,7 @@ impl Config {
             ("timeouts.server", Some(raw.timeouts.server)),
             ("timeouts.tunnel", Some(raw.timeouts.tunnel)),
             ("timeouts.pool_idle", Some(raw.timeouts.pool_idle)),
+            ("gateway.drain_timeout", raw.gateway.drain_timeout),
         ] {
             if d.is_some_and(|d| d.0.is_zero()) {
                 let (l, k) = place(key);
@@ -417,9 +425,17 @@ impl Config {
             let (l, k) = place(if raw.stats.user.is_some() { "stats.user" } else { "stats.password" });
             return Err(err(l, &k, "set both user and password, or neither (no auth)".into()));
         }
-        if raw.stats.listen == raw.gateway.listen {
+        // Port 0 asks the OS for a free port: two such listeners never clash.
+        let clash = |a: SocketAddr, b: SocketAddr| a == b && a.port() != 0;
+        if clash(raw.stats.listen, raw.gateway.listen) {
             let (l, k) = place("stats.listen");
             return Err(err(l, &k, "stats listener cannot share the client listener's address".into()));
+        }
+        if let Some(t) = &raw.tls {
+            if clash(t.listen, raw.gateway.listen) || clash(t.listen, raw.stats.listen) {
+                let (l, k) = place("tls.listen");
+                return Err(err(l, &k, "TLS listener cannot share the client or stats listener's address".into()));
+            }
         }
         if let Some(c) = &raw.cluster {
             match (&c.redis, &c.redis_cluster) {
@@ -458,13 +474,22 @@ impl Config {
             }
         }
 
+        // A [stats] table that names neither user nor password turns auth off ("omit both to
+        // disable auth"); with no [stats] table at all the seed's kuzzle:kuzzle applies.
+        let mut stats = raw.stats;
+        let stats_table = text.parse::<toml::Table>().ok().and_then(|t| t.get("stats").and_then(|s| s.as_table().cloned()));
+        if stats_table.is_some_and(|t| !t.contains_key("user") && !t.contains_key("password")) {
+            stats.user = None;
+            stats.password = None;
+        }
+
         Ok(Config {
             source: file.into(),
             gateway: raw.gateway,
             timeouts: raw.timeouts,
             balance: raw.balance,
             health: raw.health,
-            stats: raw.stats,
+            stats,
             tls: raw.tls,
             cluster: raw.cluster,
             nodes,
@@ -579,6 +604,18 @@ mod tests {
             let t = format!("[[node]]\nname = {bad:?}\naddress = \"127.0.0.1:1\"\n");
             assert!(Config::parse(&t, "g.toml").is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn listeners_clash_unless_ephemeral() {
+        let t = "[gateway]\nlisten = \"127.0.0.1:0\"\n[stats]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(Config::parse(t, "g.toml").is_ok(), "port 0 twice is two free ports");
+        let t = "[gateway]\nlisten = \"127.0.0.1:9\"\n[stats]\nlisten = \"127.0.0.1:9\"\n";
+        let e = Config::parse(t, "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "stats.listen"), "{e}");
+        let t = "[gateway]\nlisten = \"127.0.0.1:9\"\n[tls]\nlisten = \"127.0.0.1:9\"\ncert = \"c\"\nkey = \"k\"\n";
+        let e = Config::parse(t, "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (4, "tls.listen"), "{e}");
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub mod body;
 pub mod cluster;
 pub mod config;
 pub mod control;
-#[cfg(any())]
+pub mod upgrade;
+pub mod watch;
 pub mod demo;
 pub mod hastats;
 pub mod health;

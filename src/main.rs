@@ -21,6 +21,10 @@ struct Cli {
     /// Validate the configuration and exit (0 = valid, 1 = invalid), like `nginx -t`.
     #[arg(long)]
     check: bool,
+    /// Take over the listening sockets of the gateway running with this configuration (binary
+    /// upgrade: no connection refused; the old process drains and exits).
+    #[arg(long, conflicts_with = "check")]
+    upgrade: bool,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -83,7 +87,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(kuzzle_gateway::run::run_until_signal(config)) {
+    match rt.block_on(kuzzle_gateway::upgrade::run_process(config, cli.upgrade)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kuzzle-gateway: {e}");

@@ -1,13 +1,234 @@
-//! Control plane: Prometheus text exposition of the gateway's counters. Minimal for now; the ops issue completes it.
+//! Control plane: `/metrics`, the gateway's counters in Prometheus text format (0.0.4), with
+//! `# HELP`/`# TYPE` for every family and a `node` label per node.
+//!
+//! Counters never go backwards: node counters are shared by name across reloads and rejoins
+//! (`state::Registry`), health-check counts are carried over by `stats::HealthCarry`.
 
-use std::sync::atomic::Ordering;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
+use crate::hastats::{collect, NodeView, StatsView, StatusClass};
 use crate::state::Gateway;
+use crate::stats::STATUS_CLASS_NAMES;
 
+/// Prefix of every metric name.
+pub const PREFIX: &str = "kuzzle_gateway_";
+
+/// Escape a label value (backslash, double quote, newline), as the text format requires.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Writes families one at a time: HELP and TYPE once, then the samples.
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {PREFIX}{name} {help}\n# TYPE {PREFIX}{name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
+        if labels.is_empty() {
+            let _ = writeln!(self.0, "{PREFIX}{name} {v}");
+        } else {
+            let _ = writeln!(self.0, "{PREFIX}{name}{{{labels}}} {v}");
+        }
+    }
+
+    /// One family with one sample per node.
+    fn per_node(&mut self, v: &StatsView, name: &str, kind: &str, help: &str, f: impl Fn(&NodeView) -> String) {
+        self.family(name, kind, help);
+        for n in &v.nodes {
+            self.sample(name, &node_labels(n), f(n));
+        }
+    }
+}
+
+fn node_labels(n: &NodeView) -> String {
+    format!("node=\"{}\"", label(&n.name))
+}
+
+fn s(v: impl ToString) -> String {
+    v.to_string()
+}
+
+/// Render a view (pure: what the tests use).
+pub fn render_view(v: &StatsView) -> String {
+    let mut o = Out(String::with_capacity(4096 + 3072 * v.nodes.len()));
+    let p = &v.process;
+    let f = &v.frontend;
+
+    o.family("build_info", "gauge", "Always 1; the version is a label.");
+    o.sample("build_info", &format!("version=\"{}\"", label(p.version)), 1);
+    o.family("start_time_seconds", "gauge", "Start time of the process, seconds since the epoch.");
+    o.sample("start_time_seconds", "", p.started_at);
+    o.family("uptime_seconds", "gauge", "Seconds since the process started.");
+    o.sample("uptime_seconds", "", p.uptime);
+    o.family("reloads_total", "counter", "Configuration reloads, by result.");
+    o.sample("reloads_total", "result=\"ok\"", p.reloads_ok);
+    o.sample("reloads_total", "result=\"failed\"", p.reloads_failed);
+    if let Some(r) = &p.last_reload {
+        o.family("last_reload_success", "gauge", "1 if the last configuration reload was applied, 0 if refused.");
+        o.sample("last_reload_success", "", u8::from(r.ok));
+        o.family("last_reload_timestamp_seconds", "gauge", "Time of the last configuration reload attempt.");
+        o.sample("last_reload_timestamp_seconds", "", r.at);
+    }
+    o.family("config_generation", "gauge", "Routing snapshot generation (increases with each change).");
+    o.sample("config_generation", "", p.generation);
+
+    o.family("connections", "gauge", "Client connections open now.");
+    o.sample("connections", "", f.cur);
+    o.family("connections_max", "gauge", "Highest number of simultaneous client connections.");
+    o.sample("connections_max", "", f.max);
+    o.family("connections_limit", "gauge", "Configured cap on client connections.");
+    o.sample("connections_limit", "", p.max_connections);
+    o.family("connections_total", "counter", "Client connections accepted.");
+    o.sample("connections_total", "", f.total);
+    o.family("connection_rate", "gauge", "Client connections accepted during the last second.");
+    o.sample("connection_rate", "", f.rate);
+    o.family("requests_total", "counter", "Client requests received.");
+    o.sample("requests_total", "", f.req_tot);
+    o.family("request_rate", "gauge", "Client requests received during the last second.");
+    o.sample("request_rate", "", f.req_rate.unwrap_or(0));
+    o.family(
+        "request_errors_total",
+        "counter",
+        "Requests the gateway answered with its own error (bad request, no node, timeout).",
+    );
+    o.sample("request_errors_total", "", f.req_errors.unwrap_or(0));
+    o.family("tunnels", "gauge", "WebSocket (upgraded) tunnels open now.");
+    o.sample("tunnels", "", f.tunnels);
+    o.family("tunnels_total", "counter", "WebSocket (upgraded) tunnels opened.");
+    o.sample("tunnels_total", "", f.tunnels_total);
+    o.family("bytes_in_total", "counter", "Bytes received from clients (bodies and tunnel data).");
+    o.sample("bytes_in_total", "", f.bytes_in);
+    o.family("bytes_out_total", "counter", "Bytes sent to clients (bodies and tunnel data).");
+    o.sample("bytes_out_total", "", f.bytes_out);
+    o.family("responses_total", "counter", "Responses sent to clients, by status class.");
+    for (c, n) in STATUS_CLASS_NAMES.iter().zip(f.responses) {
+        o.sample("responses_total", &format!("code=\"{c}\""), n);
+    }
+    o.family("nodes", "gauge", "Nodes known (members and leaving ones), and those taking traffic.");
+    o.sample("nodes", "state=\"known\"", p.nodes_total);
+    o.sample("nodes", "state=\"eligible\"", p.nodes_eligible);
+
+    o.per_node(v, "node_up", "gauge", "1 if health checks count the node UP.", |n| s(u8::from(n.up)));
+    o.per_node(v, "node_eligible", "gauge", "1 if the node takes new traffic now (UP, ready, member).", |n| {
+        s(u8::from(n.eligible))
+    });
+    o.per_node(
+        v,
+        "node_member",
+        "gauge",
+        "1 while the node is in the configuration or cluster, 0 while it leaves.",
+        |n| s(u8::from(n.member)),
+    );
+    o.family("node_status", "gauge", "1 for the node's current status (haproxy's colours), 0 for the others.");
+    let classes = [
+        StatusClass::Up,
+        StatusClass::GoingDown,
+        StatusClass::Down,
+        StatusClass::GoingUp,
+        StatusClass::Drain,
+        StatusClass::Maint,
+        StatusClass::NoCheck,
+    ];
+    for n in &v.nodes {
+        for c in classes {
+            o.sample("node_status", &format!("{},state=\"{}\"", node_labels(n), c.css()), u8::from(n.class == c));
+        }
+    }
+    o.family(
+        "node_admin_state",
+        "gauge",
+        "1 for the operator state of the node (ready, drain, maint), 0 for the others.",
+    );
+    for n in &v.nodes {
+        for a in ["ready", "drain", "maint"] {
+            o.sample("node_admin_state", &format!("{},state=\"{a}\"", node_labels(n)), u8::from(n.admin == a));
+        }
+    }
+    o.per_node(v, "node_weight", "gauge", "Balancing weight now (0 when the node takes no new traffic).", |n| {
+        s(n.weight)
+    });
+    o.per_node(v, "node_active", "gauge", "Requests plus tunnels open on the node now.", |n| s(n.traffic.cur));
+    o.per_node(v, "node_active_max", "gauge", "Highest number of simultaneous requests plus tunnels.", |n| {
+        s(n.traffic.max)
+    });
+    o.per_node(
+        v,
+        "node_sessions_total",
+        "counter",
+        "Requests and tunnels sent to the node (attempts included).",
+        |n| s(n.traffic.total),
+    );
+    o.per_node(v, "node_session_rate", "gauge", "Sessions started on the node during the last second.", |n| {
+        s(n.traffic.rate)
+    });
+    o.per_node(v, "node_tunnels", "gauge", "WebSocket tunnels open on the node now.", |n| s(n.traffic.tunnels));
+    o.per_node(v, "node_tunnels_total", "counter", "WebSocket tunnels opened on the node.", |n| {
+        s(n.traffic.tunnels_total)
+    });
+    o.per_node(v, "node_bytes_in_total", "counter", "Bytes sent by clients to the node.", |n| s(n.traffic.bytes_in));
+    o.per_node(v, "node_bytes_out_total", "counter", "Bytes sent by the node to clients.", |n| s(n.traffic.bytes_out));
+    o.per_node(v, "node_connect_errors_total", "counter", "Failed connections to the node (haproxy's econ).", |n| {
+        s(n.traffic.conn_errors)
+    });
+    o.per_node(v, "node_response_errors_total", "counter", "Broken or timed out responses (haproxy's eresp).", |n| {
+        s(n.traffic.resp_errors)
+    });
+    o.per_node(v, "node_retries_total", "counter", "Retried attempts on the node (haproxy's wretr).", |n| {
+        s(n.traffic.retries)
+    });
+    o.per_node(v, "node_redispatches_total", "counter", "Requests moved away from the node (haproxy's wredis).", |n| {
+        s(n.traffic.redispatches)
+    });
+    o.family("node_responses_total", "counter", "Responses from the node, by status class.");
+    for n in &v.nodes {
+        for (c, x) in STATUS_CLASS_NAMES.iter().zip(n.traffic.responses) {
+            o.sample("node_responses_total", &format!("{},code=\"{c}\"", node_labels(n)), x);
+        }
+    }
+    o.per_node(v, "node_idle_connections", "gauge", "Pooled idle connections to the node.", |n| s(n.idle_connections));
+    o.per_node(v, "node_check_failures_total", "counter", "Failed health checks (haproxy's chkfail).", |n| {
+        s(n.health.failed_checks)
+    });
+    o.per_node(v, "node_down_transitions_total", "counter", "UP to DOWN transitions (haproxy's chkdown).", |n| {
+        s(n.health.down_transitions)
+    });
+    o.per_node(v, "node_downtime_seconds_total", "counter", "Seconds the node spent DOWN.", |n| s(n.health.downtime));
+    o.per_node(v, "node_last_change_seconds", "gauge", "Seconds since the node's last UP/DOWN change.", |n| {
+        s(n.lastchg)
+    });
+    let checked: Vec<&NodeView> = v.nodes.iter().filter(|n| n.health.last_check.is_some()).collect();
+    if !checked.is_empty() {
+        o.family("node_last_check_success", "gauge", "1 if the node's last health check passed.");
+        for n in &checked {
+            if let Some(c) = &n.health.last_check {
+                o.sample("node_last_check_success", &node_labels(n), u8::from(c.kind.is_ok()));
+            }
+        }
+        o.family("node_last_check_duration_seconds", "gauge", "Duration of the node's last health check.");
+        for n in &checked {
+            if let Some(c) = &n.health.last_check {
+                o.sample("node_last_check_duration_seconds", &node_labels(n), c.duration.as_secs_f64());
+            }
+        }
+    }
+    o.0
+}
+
+/// `/metrics`.
 pub fn render(gw: &Arc<Gateway>) -> String {
-    let mut s = String::new();
-    s.push_str("# HELP kuzzle_gateway_requests_total Client requests received.\n# TYPE kuzzle_gateway_requests_total counter\n");
-    s.push_str(&format!("kuzzle_gateway_requests_total {}\n", gw.frontend.requests_total.load(Ordering::Relaxed)));
-    s
+    render_view(&collect(gw))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_escaping() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }

@@ -71,8 +71,11 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> OpsResponse {
     let uri = cfg.stats.uri.as_str();
     let m = req.method().clone();
     match (&m, path.as_str()) {
-        (&Method::GET | &Method::HEAD, p) if p == uri => html(crate::hastats::html(gw)),
-        (&Method::GET | &Method::HEAD, p) if p.strip_prefix(uri) == Some(";csv") => {
+        // haproxy's own spellings work too: `/hastats;norefresh`, `/hastats;csv;norefresh`.
+        (&Method::GET | &Method::HEAD, p) if p == uri || p.strip_prefix(uri) == Some(";norefresh") => {
+            html(crate::hastats::html(gw, &page_options(&req, uri)))
+        }
+        (&Method::GET | &Method::HEAD, p) if matches!(p.strip_prefix(uri), Some(";csv" | ";csv;norefresh")) => {
             typed(StatusCode::OK, "text/csv; charset=utf-8", crate::hastats::csv(gw))
         }
         (&Method::GET | &Method::HEAD, p) if p.strip_prefix(uri) == Some(";json") => {
@@ -109,6 +112,20 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> OpsResponse {
         }
         _ => json_msg(StatusCode::NOT_FOUND, &format!("no ops endpoint at {path}")),
     }
+}
+
+/// What the stats page needs from its request: the host the browser used (node links point at
+/// the client port of that host) and whether `?norefresh` was asked.
+fn page_options(req: &Request<Incoming>, uri: &str) -> crate::hastats::HtmlOptions {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_string());
+    let no_refresh = req.uri().path().ends_with(";norefresh")
+        || req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "norefresh"));
+    crate::hastats::HtmlOptions { host, no_refresh, uri: uri.to_string() }
 }
 
 /// `POST /nodes/<name>/state` with `ready`, `drain` or `maint` as the body (plain or

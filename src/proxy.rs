@@ -1,6 +1,7 @@
 //! Data plane: one client request: route, pick a node, forward with retries, stream the response or open a tunnel.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::backend::{Backend, ConnectError, UpBody};
 use crate::balance;
-use crate::body::{Counted, Counter2, Tracked};
+use crate::body::{Counted, Direction, Tracked};
 use crate::route::{self, RouteError};
 use crate::state::{Gateway, Snapshot};
 use crate::tunnel;
@@ -152,10 +153,14 @@ async fn forward(
         };
         GatewayError::new(StatusCode::BAD_REQUEST, msg)
     })?;
-    let uri: Uri = routed
-        .path_and_query
-        .parse()
-        .map_err(|_| GatewayError::new(StatusCode::BAD_REQUEST, "bad request: invalid path"))?;
+    let uri: Uri = match req.uri().path_and_query() {
+        // Nothing to rewrite: reuse the parsed request target (no copy).
+        Some(pq) if routed.unchanged() => Uri::from(pq.clone()),
+        _ => routed
+            .path_and_query()
+            .parse()
+            .map_err(|_| GatewayError::new(StatusCode::BAD_REQUEST, "bad request: invalid path"))?,
+    };
     let pinned = routed.node;
 
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_of(req.headers()) } else { None };
@@ -177,7 +182,8 @@ async fn forward(
         && upgrade.is_none();
     let template = resendable.then(|| (parts.method.clone(), uri.clone(), headers.clone()));
 
-    let mut pending = Some(build(parts.method, uri, headers, Either::Left(Counted::new(body, bytes_in(gw, None)))));
+    let body = Counted::new(body, gw.frontend.clone(), None, Direction::Inbound);
+    let mut pending = Some(build(parts.method, uri, headers, Either::Left(body)));
     let cfg = &snap.config;
     let attempts = cfg.balance.retries + 1;
     let mut tried: Vec<usize> = Vec::new();
@@ -194,7 +200,7 @@ async fn forward(
             node.counters.retries.fetch_add(1, Ordering::Relaxed);
         }
         let guard = node.track();
-        let sender = match node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0).await {
+        let (mut sender, reused) = match node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0).await {
             Ok(s) => s,
             Err(e) => {
                 note_connect_failure(gw, &node, e);
@@ -209,8 +215,9 @@ async fn forward(
             }
         };
         let Some(mut request) = pending.take() else { break };
-        rebind_counters(&mut request, gw, &node);
-        let mut sender = sender;
+        if let Either::Left(body) = request.body_mut() {
+            body.set_node(node.counters.clone());
+        }
         let send = sender.try_send_request(request);
         let result = match tokio::time::timeout(cfg.timeouts.server.0, send).await {
             Err(_) => {
@@ -244,14 +251,29 @@ async fn forward(
                 node.counters.responses.record(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let body = Tracked::new(Counted::new(body, bytes_out(gw, &node)), sender, guard);
+                let body = Counted::new(body, gw.frontend.clone(), Some(node.counters.clone()), Direction::Outbound);
+                let body = Tracked::new(body, sender, guard, cfg.timeouts.server.0);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
             }
             Err(mut e) => {
                 if let Some(back) = e.take_message() {
-                    // Never written: the pooled connection had closed. Safe to try again.
+                    // Never written: safe to send again. A pooled connection that had closed
+                    // meanwhile costs no attempt (the pool is finite, so this ends); a fresh one
+                    // that fails at once counts like a failed connect.
                     pending = Some(back);
-                    attempt -= 1;
+                    if reused {
+                        attempt -= 1;
+                    } else {
+                        node.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+                        crate::health::passive_failure(gw, &node);
+                        last_err = GatewayError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("no node available: node {} closed the connection at once", node.name),
+                        );
+                        if cfg.balance.redispatch && pinned.is_none() {
+                            tried.push(idx);
+                        }
+                    }
                     continue;
                 }
                 node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
@@ -307,12 +329,14 @@ fn choose(
     Ok(picked)
 }
 
+/// The error left when every attempt failed to connect: 504 for a timeout, else 503 (as haproxy
+/// does: nothing reached a node, so the service is unavailable rather than a node misbehaving).
 fn connect_error(node: &Backend, e: ConnectError) -> GatewayError {
     match e {
         ConnectError::Timeout => {
             GatewayError::new(StatusCode::GATEWAY_TIMEOUT, format!("node {}: connect timed out", node.name))
         }
-        e => GatewayError::new(StatusCode::BAD_GATEWAY, format!("node {}: {e}", node.name)),
+        e => GatewayError::new(StatusCode::SERVICE_UNAVAILABLE, format!("no node available: node {}: {e}", node.name)),
     }
 }
 
@@ -331,32 +355,17 @@ fn build(method: Method, uri: Uri, headers: HeaderMap, body: UpBody) -> Request<
     r
 }
 
-/// Byte counters for the request body; the node half is set once the node is known.
-fn bytes_in(gw: &Gateway, node: Option<&Backend>) -> Arc<Counter2> {
-    Arc::new(Counter2 {
-        frontend: gw.frontend.clone(),
-        node: node.map_or_else(Default::default, |n| n.counters.clone()),
-        inbound: true,
-    })
-}
-
-fn bytes_out(gw: &Gateway, node: &Backend) -> Arc<Counter2> {
-    Arc::new(Counter2 { frontend: gw.frontend.clone(), node: node.counters.clone(), inbound: false })
-}
-
-/// Point the request body's node counter at the node it is finally sent to.
-fn rebind_counters(req: &mut Request<UpBody>, gw: &Gateway, node: &Backend) {
-    if let Either::Left(c) = req.body_mut() {
-        c.set_counters(bytes_in(gw, Some(node)));
-    }
-}
-
 fn add_forwarded(h: &mut HeaderMap, client: ClientInfo, host: Option<HeaderValue>) {
-    let ip = client.addr.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
-    };
+    // Several X-Forwarded-For lines form one list (RFC 9110 section 5.3): keep them all, in order.
+    let mut xff = String::new();
+    for prev in h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+        let prev = prev.trim();
+        if !prev.is_empty() {
+            xff.push_str(prev);
+            xff.push_str(", ");
+        }
+    }
+    let _ = write!(xff, "{}", client.addr.ip());
     if let Ok(v) = HeaderValue::from_str(&xff) {
         h.insert("x-forwarded-for", v);
     }
@@ -401,9 +410,11 @@ mod tests {
     fn forwarded_headers_append() {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
         let c = ClientInfo { addr: "127.0.0.9:5".parse().expect("addr"), scheme: Scheme::Https };
         add_forwarded(&mut h, c, Some(HeaderValue::from_static("gw:7512")));
-        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "gw:7512");
     }

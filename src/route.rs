@@ -18,8 +18,25 @@ use std::borrow::Cow;
 pub struct Routed<'a, T> {
     /// The node the prefix names, if any.
     pub node: Option<T>,
+    /// Path to send to the node (borrowed when it is the request's own path, unchanged).
+    pub path: Cow<'a, str>,
+    /// Query, unchanged.
+    pub query: Option<&'a str>,
+}
+
+impl<T> Routed<'_, T> {
+    /// The request's own path and query go to the node as they are: the caller may reuse them.
+    pub fn unchanged(&self) -> bool {
+        self.node.is_none() && matches!(self.path, Cow::Borrowed(_))
+    }
+
     /// Path and query to send to the node.
-    pub path_and_query: Cow<'a, str>,
+    pub fn path_and_query(&self) -> Cow<'_, str> {
+        match self.query {
+            None => Cow::Borrowed(&*self.path),
+            Some(q) => Cow::Owned(format!("{}?{q}", self.path)),
+        }
+    }
 }
 
 /// Why a path was refused.
@@ -52,21 +69,11 @@ pub fn route<'a, T>(
         }
         lookup(&decoded)
     };
-    let path_and_query = match (&node, path) {
-        (Some(_), p) => {
-            let rest = if rest_start >= p.len() { "/" } else { &p[rest_start..] };
-            join(Cow::Owned(rest.to_string()), query)
-        }
-        (None, p) => join(p, query),
+    let path = match (&node, path) {
+        (Some(_), p) => Cow::Owned(if rest_start >= p.len() { "/" } else { &p[rest_start..] }.to_string()),
+        (None, p) => p,
     };
-    Ok(Routed { node, path_and_query })
-}
-
-fn join<'a>(path: Cow<'a, str>, query: Option<&'a str>) -> Cow<'a, str> {
-    match query {
-        None => path,
-        Some(q) => Cow::Owned(format!("{path}?{q}")),
-    }
+    Ok(Routed { node, path, query })
 }
 
 /// Cheap test: does any segment look like a dot segment (possibly encoded)?
@@ -150,7 +157,7 @@ mod tests {
     fn r(path: &str, query: Option<&str>) -> Result<(Option<u8>, String), RouteError> {
         let names = ["cluster_kuzzle_1", "cluster_kuzzle_2", "cluster_kuzzle_10"];
         route(path, query, |s| names.iter().position(|n| *n == s).map(|i| i as u8 + 1))
-            .map(|x| (x.node, x.path_and_query.into_owned()))
+            .map(|x| (x.node, x.path_and_query().into_owned()))
     }
 
     #[test]
@@ -165,6 +172,16 @@ mod tests {
         assert_eq!(r("/_now", None), Ok((None, "/_now".into())));
         assert_eq!(r("/", None), Ok((None, "/".into())));
         assert_eq!(r("//cluster_kuzzle_1/x", None), Ok((None, "//cluster_kuzzle_1/x".into())));
+    }
+
+    #[test]
+    fn unchanged_paths_are_borrowed() {
+        let lookup = |s: &str| (s == "n").then_some(1);
+        let x = route("/a/b", Some("q=1"), lookup).expect("ok");
+        assert!(x.unchanged());
+        assert_eq!(x.path_and_query(), "/a/b?q=1");
+        assert!(!route("/a/../b", None, lookup).expect("ok").unchanged());
+        assert!(!route("/n/b", None, lookup).expect("ok").unchanged());
     }
 
     #[test]

@@ -1,10 +1,12 @@
-//! Process wiring: bind listeners, start the data plane accept loops and the control-plane tasks,
-//! and run the graceful shutdown sequence.
+//! Data plane wiring: the listening sockets (bound, inherited on upgrade, re-bound on reload only
+//! when their address changed), the accept loops, and the graceful shutdown sequence.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -17,7 +19,7 @@ use crate::config::Config;
 use crate::proxy::{self, ClientInfo, Scheme};
 use crate::state::Gateway;
 
-/// Errors starting the gateway.
+/// Errors starting the gateway or (re)binding a listener.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -26,28 +28,68 @@ pub enum StartError {
     Tls(String),
 }
 
+/// The three listeners a gateway can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Clients, `[gateway] listen`.
+    Http,
+    /// Ops, `[stats] listen`.
+    Stats,
+    /// Clients over TLS, `[tls] listen`.
+    Tls,
+}
+
+impl ListenerKind {
+    pub fn what(self) -> &'static str {
+        match self {
+            ListenerKind::Http => "client listener",
+            ListenerKind::Stats => "stats listener",
+            ListenerKind::Tls => "TLS listener",
+        }
+    }
+
+    /// The address the configuration asks for (None: this listener is not configured).
+    pub fn configured(self, config: &Config) -> Option<SocketAddr> {
+        match self {
+            ListenerKind::Http => Some(config.gateway.listen),
+            ListenerKind::Stats => Some(config.stats.listen),
+            ListenerKind::Tls => config.tls.as_ref().map(|t| t.listen),
+        }
+    }
+
+    pub const ALL: [ListenerKind; 3] = [ListenerKind::Http, ListenerKind::Stats, ListenerKind::Tls];
+}
+
 /// Listening sockets, bound up front (or inherited from an older process on upgrade).
 pub struct Listeners {
-    pub http: TcpListener,
-    pub stats: TcpListener,
-    pub tls: Option<TcpListener>,
+    pub http: std::net::TcpListener,
+    pub stats: std::net::TcpListener,
+    pub tls: Option<std::net::TcpListener>,
 }
 
 impl Listeners {
     /// Bind every listener the configuration names.
     pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
         Ok(Listeners {
-            http: bind("client listener", config.gateway.listen).await?,
-            stats: bind("stats listener", config.stats.listen).await?,
+            http: bind_std(ListenerKind::Http.what(), config.gateway.listen)?,
+            stats: bind_std(ListenerKind::Stats.what(), config.stats.listen)?,
             tls: match &config.tls {
-                Some(t) => Some(bind("TLS listener", t.listen).await?),
+                Some(t) => Some(bind_std(ListenerKind::Tls.what(), t.listen)?),
                 None => None,
             },
         })
     }
 }
 
+/// Bind and listen (SO_REUSEADDR, backlog 4096), as a tokio listener.
 pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    let l = bind_std(what, addr)?;
+    TcpListener::from_std(l).map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Bind and listen without a runtime: a non-blocking std listener (the reload path is sync).
+pub fn bind_std(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, StartError> {
     let sock = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
@@ -56,8 +98,161 @@ pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, S
         s.set_reuseaddr(true)?;
         s.bind(addr)?;
         s.listen(4096)
-    });
+    })
+    .and_then(|l| l.into_std());
     sock.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// One serving listener.
+struct Live {
+    kind: ListenerKind,
+    /// The address from the configuration (what reloads compare), not the bound one (port 0).
+    configured: SocketAddr,
+    local: SocketAddr,
+    /// A duplicate of the socket the accept loop owns: handed to a new process on upgrade.
+    fd: std::net::TcpListener,
+    /// Stops this accept loop only; its connections are left alone.
+    stop: CancellationToken,
+}
+
+/// The listening side of a running gateway. Written by the control plane (start, reload, upgrade
+/// handover) under a short sync lock; accept loops never take it.
+#[derive(Default)]
+pub struct LiveListeners {
+    live: Mutex<Vec<Live>>,
+    /// The TLS acceptor, swapped on reload (new certificate files) without touching the socket.
+    tls: ArcSwapOption<tokio_rustls::TlsAcceptor>,
+    /// Connection cap shared by the client accept loops (`gateway.max_connections`, fixed at start).
+    limit: OnceLock<Arc<Semaphore>>,
+    /// Serialises reloads from all triggers (file watcher, SIGHUP, `POST /reload`).
+    pub reload_lock: Mutex<()>,
+    /// Cancelled once a new process took over the listening sockets (binary upgrade).
+    pub handed_over: CancellationToken,
+}
+
+impl LiveListeners {
+    /// Bound addresses, by kind.
+    pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
+    }
+
+    /// (kind, configured address, bound address) of each serving listener.
+    pub fn describe(&self) -> Vec<(ListenerKind, SocketAddr, SocketAddr)> {
+        lock(&self.live).iter().map(|l| (l.kind, l.configured, l.local)).collect()
+    }
+
+    /// Call `f` with the serving sockets (for fd passing); the lock is held only during `f`.
+    pub fn with_fds<T>(&self, f: impl FnOnce(&[(ListenerKind, SocketAddr, BorrowedFd<'_>)]) -> T) -> T {
+        let live = lock(&self.live);
+        let fds: Vec<_> = live.iter().map(|l| (l.kind, l.configured, l.fd.as_fd())).collect();
+        f(&fds)
+    }
+
+    /// Stop every accept loop (the sockets close once this process no longer holds them).
+    pub fn stop_all(&self) {
+        for l in lock(&self.live).drain(..) {
+            l.stop.cancel();
+        }
+    }
+}
+
+/// New listeners bound (and a TLS acceptor built) for a configuration, not yet serving: made
+/// before the configuration is applied so that a failure refuses the reload.
+pub struct Rebind {
+    new: Vec<(ListenerKind, SocketAddr, std::net::TcpListener)>,
+    /// Listeners to stop: their address changed, or the listener is gone from the configuration.
+    retire: Vec<ListenerKind>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+impl Rebind {
+    /// Human summary for the reload log line.
+    pub fn summary(&self) -> Vec<String> {
+        let mut s: Vec<String> = self.new.iter().map(|(k, a, _)| format!("{} now on {a}", k.what())).collect();
+        for k in &self.retire {
+            if !self.new.iter().any(|(n, _, _)| n == k) {
+                s.push(format!("{} closed", k.what()));
+            }
+        }
+        s
+    }
+}
+
+/// Bind what `config` needs that is not served yet; the old sockets keep serving meanwhile.
+pub fn prepare_rebind(gw: &Gateway, config: &Config) -> Result<Rebind, StartError> {
+    let current: Vec<(ListenerKind, SocketAddr)> =
+        lock(&gw.listeners.live).iter().map(|l| (l.kind, l.configured)).collect();
+    let mut plan = Rebind { new: Vec::new(), retire: Vec::new(), tls: None };
+    for kind in ListenerKind::ALL {
+        let want = kind.configured(config);
+        let have = current.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a);
+        if want == have {
+            continue;
+        }
+        if let Some(addr) = want {
+            plan.new.push((kind, addr, bind_std(kind.what(), addr)?));
+        }
+        if have.is_some() {
+            plan.retire.push(kind);
+        }
+    }
+    // Certificates are re-read on every reload: renewed files at the same paths take effect.
+    if let Some(t) = &config.tls {
+        plan.tls = Some(crate::tls::acceptor(t).map_err(StartError::Tls)?);
+    }
+    Ok(plan)
+}
+
+/// Start serving the new listeners, then stop the retired ones: a changed address is served
+/// before the old one closes, and no connection of the old one is touched.
+pub fn commit_rebind(gw: &Arc<Gateway>, plan: Rebind) {
+    gw.listeners.tls.store(plan.tls.map(Arc::new));
+    let mut started = Vec::new();
+    for (kind, configured, l) in plan.new {
+        match serve_listener(gw, kind, configured, l) {
+            Ok(live) => {
+                tracing::info!(listener = kind.what(), addr = %live.local, "listening (new address)");
+                started.push(live);
+            }
+            Err(e) => tracing::error!(error = %e, "cannot serve a re-bound listener"),
+        }
+    }
+    let mut live = lock(&gw.listeners.live);
+    for kind in plan.retire {
+        if let Some(pos) = live.iter().position(|l| l.kind == kind) {
+            let old = live.remove(pos);
+            old.stop.cancel();
+            tracing::info!(listener = kind.what(), addr = %old.local, "old listener closed");
+        }
+    }
+    live.extend(started);
+}
+
+/// Spawn the accept loop of one listener; returns its record (not yet registered).
+fn serve_listener(
+    gw: &Arc<Gateway>,
+    kind: ListenerKind,
+    configured: SocketAddr,
+    std_listener: std::net::TcpListener,
+) -> Result<Live, StartError> {
+    let err = |source| StartError::Bind { what: kind.what(), addr: configured, source };
+    std_listener.set_nonblocking(true).map_err(err)?;
+    let local = std_listener.local_addr().map_err(err)?;
+    let fd = std_listener.try_clone().map_err(err)?;
+    let listener = TcpListener::from_std(std_listener).map_err(err)?;
+    let stop = gw.shutdown.child_token();
+    match kind {
+        ListenerKind::Http => {
+            gw.background.spawn(accept_loop(gw.clone(), listener, Scheme::Http, stop.clone()));
+        }
+        ListenerKind::Tls => {
+            gw.background.spawn(accept_loop(gw.clone(), listener, Scheme::Https, stop.clone()));
+        }
+        ListenerKind::Stats => {
+            gw.background.spawn(crate::ops::serve(gw.clone(), listener, stop.clone()));
+        }
+    }
+    Ok(Live { kind, configured, local, fd, stop })
 }
 
 /// A running gateway.
@@ -76,23 +271,28 @@ pub async fn start_with(config: Config, listeners: Listeners) -> Result<Handle, 
     };
     let gw = Gateway::new(config.clone());
     crate::health::install(&gw);
+    let _ = gw.listeners.limit.set(Arc::new(Semaphore::new(config.gateway.max_connections.max(1))));
+    gw.listeners.tls.store(tls.map(Arc::new));
+    let tls_listen = config.tls.as_ref().map(|t| t.listen);
+    let http_listen = config.gateway.listen;
+    let stats_listen = config.stats.listen;
     gw.apply_config(config);
 
-    let http_addr = listeners.http.local_addr().map_err(|source| StartError::Bind {
-        what: "client listener",
-        addr: gw.config().gateway.listen,
-        source,
-    })?;
-    let stats_addr = listeners.stats.local_addr().unwrap_or(gw.config().stats.listen);
-    let tls_addr = listeners.tls.as_ref().and_then(|l| l.local_addr().ok());
-
-    let stop = gw.shutdown.clone();
-    gw.background.spawn(accept_loop(gw.clone(), listeners.http, Scheme::Http, None, stop.clone()));
-    if let (Some(l), Some(acceptor)) = (listeners.tls, tls) {
-        gw.background.spawn(accept_loop(gw.clone(), l, Scheme::Https, Some(acceptor), stop.clone()));
+    let mut live = vec![
+        serve_listener(&gw, ListenerKind::Http, http_listen, listeners.http)?,
+        serve_listener(&gw, ListenerKind::Stats, stats_listen, listeners.stats)?,
+    ];
+    if let (Some(l), Some(addr)) = (listeners.tls, tls_listen) {
+        live.push(serve_listener(&gw, ListenerKind::Tls, addr, l)?);
     }
-    gw.background.spawn(crate::ops::serve(gw.clone(), listeners.stats, stop.clone()));
+    let http_addr = live[0].local;
+    let stats_addr = live[1].local;
+    let tls_addr = live.get(2).map(|l| l.local);
+    lock(&gw.listeners.live).extend(live);
+
     crate::control::start(&gw);
+    // Redis membership: idles until a [cluster] section is configured, follows reloads.
+    crate::cluster::start(&gw);
     tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = gw.snapshot.load().nodes.len(), "kuzzle-gateway serving");
     Ok(Handle { gw, http_addr, stats_addr, tls_addr })
 }
@@ -115,6 +315,7 @@ pub async fn shutdown(gw: &Arc<Gateway>) {
     let cfg = gw.config();
     tracing::info!(grace = ?cfg.gateway.shutdown_grace.0, "shutting down: no new connections");
     gw.shutdown.cancel();
+    gw.listeners.stop_all();
     gw.tracker.close();
     gw.background.close();
     if tokio::time::timeout(cfg.gateway.shutdown_grace.0, gw.tracker.wait()).await.is_err() {
@@ -128,15 +329,32 @@ pub async fn shutdown(gw: &Arc<Gateway>) {
     let _ = tokio::time::timeout(Duration::from_secs(5), gw.background.wait()).await;
 }
 
-/// Accept clients until `stop`; each connection is served on the gateway's tracker.
-pub async fn accept_loop(
-    gw: Arc<Gateway>,
-    listener: TcpListener,
-    scheme: Scheme,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    stop: CancellationToken,
-) {
-    let limit = Arc::new(Semaphore::new(gw.config().gateway.max_connections.max(1)));
+/// After a binary upgrade: this process no longer accepts; in-flight requests finish, WebSocket
+/// tunnels stay until their clients or nodes close them, or until `hard_stop_after`.
+pub async fn drain_after_handover(gw: &Arc<Gateway>, stop_now: impl std::future::Future<Output = ()>) {
+    let cfg = gw.config();
+    gw.listeners.stop_all();
+    gw.shutdown.cancel();
+    gw.tracker.close();
+    gw.background.close();
+    tracing::info!(open = gw.tracker.len(), hard_stop_after = ?cfg.gateway.hard_stop_after.0, "handed over: draining");
+    tokio::select! {
+        _ = gw.tracker.wait() => tracing::info!("last connection closed"),
+        _ = tokio::time::sleep(cfg.gateway.hard_stop_after.0) => {
+            tracing::info!(open = gw.tracker.len(), "hard_stop_after reached: closing tunnels");
+        }
+        _ = stop_now => tracing::info!(open = gw.tracker.len(), "stop signal while draining: closing tunnels"),
+    }
+    gw.close_tunnels.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), gw.tracker.wait()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), gw.background.wait()).await;
+}
+
+/// Accept clients until `stop`; each connection is served on the gateway's tracker and outlives
+/// the loop (a re-bound or handed-over listener leaves its connections alone).
+pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, scheme: Scheme, stop: CancellationToken) {
+    let limit =
+        gw.listeners.limit.get_or_init(|| Arc::new(Semaphore::new(gw.config().gateway.max_connections.max(1)))).clone();
     loop {
         // Backpressure: past the connection cap, stop accepting until one closes.
         let permit = tokio::select! {
@@ -157,13 +375,15 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let gw2 = gw.clone();
-        let tls = tls.clone();
+        // Read per connection: a reload with new certificates applies to the next handshake.
+        let tls = if scheme == Scheme::Https { gw.listeners.tls.load_full() } else { None };
         gw.tracker.spawn(async move {
             let client = ClientInfo { addr, scheme };
             match tls {
+                None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
                 None => serve_conn(gw2, stream, client).await,
                 Some(acceptor) => {
-                    if let Some(s) = tls_handshake(&gw2, acceptor, stream).await {
+                    if let Some(s) = tls_handshake(&gw2, (*acceptor).clone(), stream).await {
                         serve_conn(gw2, s, client).await;
                     }
                 }
@@ -214,4 +434,9 @@ where
         }
     }
     gw.frontend.connection_closed();
+}
+
+/// Lock a control-plane mutex; a panic elsewhere must not take the listeners down with it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

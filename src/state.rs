@@ -91,6 +91,8 @@ pub struct Gateway {
     last_reload: Mutex<Option<ReloadStatus>>,
     registry: Mutex<Registry>,
     on_new_backend: Mutex<Option<Arc<BackendHook>>>,
+    /// Listening sockets and their accept loops (reload re-binds, upgrade hands them over).
+    pub listeners: crate::server::LiveListeners,
 }
 
 fn now_epoch() -> u64 {
@@ -130,6 +132,7 @@ impl Gateway {
                 started: false,
             }),
             on_new_backend: Mutex::new(None),
+            listeners: Default::default(),
         })
     }
 

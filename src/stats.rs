@@ -68,6 +68,25 @@ impl StatusClasses {
     pub fn get(&self, i: usize) -> u64 {
         self.0.get(i).map_or(0, |a| a.load(Ordering::Relaxed))
     }
+
+    /// All six classes, in order (1xx, 2xx, 3xx, 4xx, 5xx, other).
+    pub fn all(&self) -> [u64; 6] {
+        std::array::from_fn(|i| self.get(i))
+    }
+
+    /// Responses of every class.
+    pub fn total(&self) -> u64 {
+        self.all().iter().sum()
+    }
+}
+
+/// Names of the classes, as haproxy's `hrsp_*` suffixes and Prometheus `code` labels.
+pub const STATUS_CLASS_NAMES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Relaxed read of a counter (stats are advisory: no ordering with other counters needed).
+#[inline]
+pub fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
 }
 
 /// Per-node counters (haproxy's server row). Monotonic, never reset by reloads.
@@ -93,6 +112,40 @@ pub struct NodeCounters {
     pub responses: StatusClasses,
     /// Epoch seconds of the last request sent to it.
     pub last_session: AtomicU64,
+    /// Health-check history carried over from earlier `Backend`s of this name (read side only).
+    pub health_carry: HealthCarry,
+}
+
+/// Keeps health-check counts (failed checks, DOWN transitions, downtime) monotonic per node name.
+/// Those counts live in each `Backend`'s health state, which starts from zero when a node that
+/// left for good comes back; this adds what the earlier incarnations had reached. Touched only by
+/// the stats readers (control plane), never by the data plane.
+#[derive(Debug, Default)]
+pub struct HealthCarry(std::sync::Mutex<CarryState>);
+
+#[derive(Debug, Default)]
+struct CarryState {
+    /// Identity of the backend last seen (address of its `Arc`), 0 before the first read.
+    backend: usize,
+    last: [u64; 3],
+    base: [u64; 3],
+}
+
+impl HealthCarry {
+    /// Totals since the name was first seen, given the current backend's identity and its own
+    /// counts `[failed_checks, down_transitions, downtime]`. Never decreases between calls.
+    pub fn totals(&self, backend: usize, now: [u64; 3]) -> [u64; 3] {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let reset = st.backend != 0 && (st.backend != backend || now.iter().zip(st.last).any(|(n, l)| *n < l));
+        if reset {
+            for i in 0..3 {
+                st.base[i] += st.last[i];
+            }
+        }
+        st.backend = backend;
+        st.last = now;
+        std::array::from_fn(|i| st.base[i] + now[i])
+    }
 }
 
 impl NodeCounters {
@@ -146,6 +199,16 @@ mod tests {
             c.record(s);
         }
         assert_eq!((0..6).map(|i| c.get(i)).collect::<Vec<_>>(), vec![1, 2, 1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn health_carry_is_monotonic_across_backends() {
+        let c = HealthCarry::default();
+        assert_eq!(c.totals(1, [2, 1, 10]), [2, 1, 10]);
+        assert_eq!(c.totals(1, [3, 1, 12]), [3, 1, 12]);
+        // The node left and came back: a new backend starts from zero.
+        assert_eq!(c.totals(2, [0, 0, 0]), [3, 1, 12]);
+        assert_eq!(c.totals(2, [1, 1, 4]), [4, 2, 16]);
     }
 
     #[test]

@@ -15,7 +15,17 @@ use crate::state::Gateway;
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-const BUF: usize = 16 * 1024;
+/// Copy buffers start small (most Kuzzle messages are, and an idle WebSocket should cost little
+/// memory: thousands stay open for hours) and double while reads fill them, up to `BUF_MAX`.
+const BUF_MIN: usize = 4 * 1024;
+const BUF_MAX: usize = 64 * 1024;
+
+/// Double `buf` when the last read filled it: the peer is sending more than it holds.
+fn grow(buf: &mut Vec<u8>, filled: usize) {
+    if filled == buf.len() && buf.len() < BUF_MAX {
+        buf.resize(buf.len() * 2, 0);
+    }
+}
 
 /// Start the tunnel task once both sides have switched protocols.
 pub fn spawn(gw: &Arc<Gateway>, guard: ActiveGuard, client: OnUpgrade, node: OnUpgrade, websocket: bool) {
@@ -89,7 +99,7 @@ where
     let stop = CancellationToken::new();
 
     let client_to_node = async {
-        let mut buf = vec![0u8; BUF];
+        let mut buf = vec![0u8; BUF_MIN];
         loop {
             let n = cr.read(&mut buf).await?;
             if n == 0 {
@@ -101,11 +111,12 @@ where
             for a in io.bytes_in {
                 a.fetch_add(n as u64, Ordering::Relaxed);
             }
+            grow(&mut buf, n);
         }
     };
 
     let node_to_client = async {
-        let mut buf = vec![0u8; BUF];
+        let mut buf = vec![0u8; BUF_MIN];
         let mut frames = FrameTracker::default();
         let mut closing: Option<(tokio::time::Instant, &'static str)> = None;
         loop {
@@ -147,6 +158,7 @@ where
             for a in io.bytes_out {
                 a.fetch_add(upto as u64, Ordering::Relaxed);
             }
+            grow(&mut buf, n);
             if let Some((_, why)) = closing {
                 if frames.at_boundary() {
                     let _ = cw.write_all(&close_frame(1001, why)).await;
@@ -354,6 +366,18 @@ mod tests {
         assert_eq!(t.advance(&stream[4..], true), first - 4);
         assert!(t.at_boundary());
         assert_eq!(t.advance(&stream[first..], true), 0);
+    }
+
+    #[test]
+    fn buffers_grow_only_when_filled() {
+        let mut b = vec![0u8; BUF_MIN];
+        grow(&mut b, 10);
+        assert_eq!(b.len(), BUF_MIN);
+        for _ in 0..10 {
+            let n = b.len();
+            grow(&mut b, n);
+        }
+        assert_eq!(b.len(), BUF_MAX);
     }
 
     #[test]

@@ -37,7 +37,12 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Read child stdout lines until one satisfies `f`, within `timeout`.
-fn wait_line(child: &mut Child, timeout: Duration, what: &str, f: impl Fn(&str) -> Option<String> + Send + 'static) -> String {
+fn wait_line(
+    child: &mut Child,
+    timeout: Duration,
+    what: &str,
+    f: impl Fn(&str) -> Option<String> + Send + 'static,
+) -> String {
     let stdout = child.stdout.take().expect("child stdout is piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -133,9 +138,7 @@ pub fn nodes_toml(sims: &[&Sim]) -> String {
 /// Gateway configuration text on ephemeral ports, with the given extra sections appended.
 /// `extra` must not contain `[gateway]` listen or `[stats]` listen (they are set here).
 pub fn gateway_toml(extra: &str) -> String {
-    format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:0\"\n{extra}"
-    )
+    format!("[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:0\"\n{extra}")
 }
 
 /// Start an in-process gateway from configuration text.
@@ -198,7 +201,13 @@ impl Client {
         self.try_send(method, path, headers, body).await.unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
-    pub async fn try_send(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Resp, String> {
+    pub async fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Resp, String> {
         let mut b = http::Request::builder().method(method).uri(path).header("host", self.addr.to_string());
         for (k, v) in headers {
             b = b.header(*k, *v);
@@ -375,7 +384,10 @@ impl RedisCluster {
             .map(|_| {
                 let port = free_port();
                 let conf = format!("nodes-{port}.conf");
-                RedisServer::start_on(port, &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"])
+                RedisServer::start_on(
+                    port,
+                    &["--cluster-enabled", "yes", "--cluster-config-file", &conf, "--cluster-node-timeout", "2000"],
+                )
             })
             .collect();
         let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
@@ -390,7 +402,10 @@ impl RedisCluster {
         let deadline = Instant::now() + READY_TIMEOUT;
         for n in &nodes {
             loop {
-                let o = Command::new("redis-cli").args(["-p", &n.port.to_string(), "cluster", "info"]).output().expect("redis-cli");
+                let o = Command::new("redis-cli")
+                    .args(["-p", &n.port.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli");
                 if String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok") {
                     break;
                 }

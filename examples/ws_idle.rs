@@ -1,0 +1,235 @@
+//! Benchmark tool (not part of the gateway): opens N WebSockets through a URL, does one Kuzzle
+//! `server:now` request/response on each, holds them idle, and prints `ready N MS` once all are open.
+//!
+//! Used by `bench/run.sh` to read a proxy's memory with 1,000 idle WebSockets open.
+//!
+//! ```text
+//! cargo run --release --example ws_idle -- ws://127.0.0.1:7512/ --count 1000 [--concurrency 50]
+//!     [--hold 600] [--timeout 20]
+//! ```
+//! Holding ends at the first of: a line or EOF on stdin, SIGTERM/SIGINT, `--hold` seconds. Then each
+//! connection does one more request/response (so a proxy that silently dropped a tunnel is seen),
+//! the tool prints `verified OK/N`, closes every socket with a close frame, and exits 0 only if all
+//! N were opened and all N still answered.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::AsyncBufReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+struct Args {
+    url: String,
+    count: usize,
+    concurrency: usize,
+    hold: Duration,
+    timeout: Duration,
+}
+
+const USAGE: &str =
+    "usage: ws_idle URL [--count N] [--concurrency C] [--hold SECS] [--timeout SECS]  (e.g. ws://127.0.0.1:7512/)";
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut a = Args {
+        url: String::new(),
+        count: 1000,
+        concurrency: 50,
+        hold: Duration::from_secs(600),
+        timeout: Duration::from_secs(20),
+    };
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> Result<u64, String> {
+            let v = it.next().ok_or_else(|| format!("{name} needs a value"))?;
+            v.parse::<u64>().map_err(|_| format!("{name}: {v:?} is not a number"))
+        };
+        match arg.as_str() {
+            "--count" => a.count = num("--count")? as usize,
+            "--concurrency" => a.concurrency = (num("--concurrency")? as usize).max(1),
+            "--hold" => a.hold = Duration::from_secs(num("--hold")?),
+            "--timeout" => a.timeout = Duration::from_secs(num("--timeout")?.max(1)),
+            "-h" | "--help" => return Err(USAGE.into()),
+            s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
+            s if a.url.is_empty() => a.url = s.to_string(),
+            s => return Err(format!("unexpected argument {s:?}\n{USAGE}")),
+        }
+    }
+    if !(a.url.starts_with("ws://") || a.url.starts_with("wss://")) {
+        return Err(format!("need a ws:// URL\n{USAGE}"));
+    }
+    Ok(a)
+}
+
+/// Send one `server:now` request and wait for the response that echoes its requestId.
+async fn round_trip(ws: &mut Ws, id: &str, timeout: Duration) -> Result<(), String> {
+    let req = serde_json::json!({ "controller": "server", "action": "now", "requestId": id });
+    ws.send(Message::text(req.to_string())).await.map_err(|e| format!("send: {e}"))?;
+    let wait = async {
+        // Bounded: at most 100 unrelated messages before giving up on this one.
+        for _ in 0..100 {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).map_err(|e| format!("bad JSON: {e}"))?;
+                    if v.get("requestId").and_then(|r| r.as_str()) == Some(id) {
+                        return match v.get("status").and_then(|s| s.as_u64()) {
+                            Some(200) => Ok(()),
+                            s => Err(format!("status {s:?} in {t}")),
+                        };
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(format!("read: {e}")),
+                None => return Err("closed by the server".into()),
+            }
+        }
+        Err("no matching response in 100 messages".into())
+    };
+    tokio::time::timeout(timeout, wait).await.map_err(|_| format!("no response within {timeout:?}"))?
+}
+
+/// One connection: open, first exchange, report, idle until released, verify, close.
+async fn one(
+    i: usize,
+    a: Arc<Args>,
+    gate: Arc<Semaphore>,
+    opened: mpsc::Sender<Result<(), String>>,
+    mut release: watch::Receiver<bool>,
+    verified: Arc<AtomicUsize>,
+) {
+    let ws = {
+        let Ok(_permit) = gate.acquire().await else { return };
+        let open = async {
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(a.url.as_str()).await.map_err(|e| format!("connect: {e}"))?;
+            round_trip(&mut ws, &format!("open-{i}"), a.timeout).await?;
+            Ok::<Ws, String>(ws)
+        };
+        match tokio::time::timeout(a.timeout, open).await.unwrap_or_else(|_| Err("open timed out".into())) {
+            Ok(ws) => {
+                let _ = opened.send(Ok(())).await;
+                ws
+            }
+            Err(e) => {
+                let _ = opened.send(Err(format!("connection {i}: {e}"))).await;
+                return;
+            }
+        }
+    };
+    let mut ws = ws;
+    // Idle, but keep reading so pings are answered and an early close is noticed.
+    let alive = loop {
+        tokio::select! {
+            r = release.changed() => { let _ = r; break true; }
+            m = ws.next() => match m {
+                Some(Ok(_)) => {}
+                _ => break false,
+            },
+        }
+    };
+    if alive && round_trip(&mut ws, &format!("verify-{i}"), a.timeout).await.is_ok() {
+        verified.fetch_add(1, Ordering::Relaxed);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
+}
+
+async fn run(a: Args) -> Result<(), String> {
+    let a = Arc::new(a);
+    let gate = Arc::new(Semaphore::new(a.concurrency));
+    let (tx, mut rx) = mpsc::channel(a.count.max(1));
+    let (release_tx, release_rx) = watch::channel(false);
+    let verified = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..a.count {
+        tasks.spawn(one(i, a.clone(), gate.clone(), tx.clone(), release_rx.clone(), verified.clone()));
+    }
+    drop(tx);
+    let mut ok = 0usize;
+    let mut first_err: Option<String> = None;
+    while let Some(r) = rx.recv().await {
+        match r {
+            Ok(()) => ok += 1,
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    let failed = match &first_err {
+        None => {
+            println!("ready {ok} {}", started.elapsed().as_millis());
+            false
+        }
+        Some(e) => {
+            println!("failed {ok}/{}: {e}", a.count);
+            true
+        }
+    };
+    if !failed {
+        hold(a.hold).await;
+    }
+    let _ = release_tx.send(true);
+    // Bounded: every task's own steps have timeouts; this is a last guard.
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(a.timeout + Duration::from_secs(10), drain).await.is_err() {
+        tasks.abort_all();
+    }
+    let v = verified.load(Ordering::Relaxed);
+    println!("verified {v}/{}", a.count);
+    if failed || v != a.count {
+        return Err(format!("{ok} opened, {v} still answering, of {}", a.count));
+    }
+    Ok(())
+}
+
+/// Wait for a line or EOF on stdin, a stop signal, or the hold limit.
+async fn hold(limit: Duration) {
+    let stdin = async {
+        let mut line = String::new();
+        let _ = tokio::io::BufReader::new(tokio::io::stdin()).read_line(&mut line).await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = stdin => {}
+        _ = term => {}
+        _ = tokio::signal::ctrl_c() => {}
+        _ = tokio::time::sleep(limit) => {}
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ws_idle: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ws_idle: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ws_idle: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! Control plane: the membership table. Turns checked Redis events (messages, discovery set, ID
+//! cards, heartbeat expiry) into registry calls (`upsert_dynamic` / `remove_dynamic`).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use super::message::{Candidate, Kind};
+use crate::backend::Origin;
+use crate::state::{DynamicNode, Gateway};
+
+/// How many departed nodes the status keeps showing as "gone".
+const GONE_HISTORY: usize = 64;
+
+/// One node learned from Redis.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub key: String,
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    pub origin: Origin,
+    pub ready: bool,
+    /// Last heartbeat / ready message (control-plane clock, for expiry).
+    pub last_seen: Option<Instant>,
+    /// The same as wall-clock epoch milliseconds, for the status page.
+    pub last_seen_ms: Option<u64>,
+    /// Heard on pub/sub: the heartbeat timeout applies. Otherwise (plugin 3.x member or ID card)
+    /// its presence in Redis and health checks decide.
+    pub heartbeats: bool,
+    /// Epoch milliseconds of the join.
+    pub joined_ms: u64,
+    /// Has been UP since it joined (status shows "joining" before).
+    pub up_seen: bool,
+}
+
+/// A node that left, for the status page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Gone {
+    pub name: String,
+    pub address: String,
+    pub origin: Origin,
+    pub reason: &'static str,
+    /// Epoch milliseconds.
+    pub at: u64,
+}
+
+/// Nodes known from Redis, by identity (`pub` address or card key).
+pub struct Table {
+    pub metrics: Arc<super::ClusterMetrics>,
+    pub members: HashMap<String, Member>,
+    /// Identities that left (remove, heartbeat timeout): a stale discovery member of theirs is
+    /// not a rejoin; only a new message is.
+    left: HashSet<String>,
+    pub gone: VecDeque<Gone>,
+}
+
+pub fn epoch_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Table {
+    pub fn new(metrics: Arc<super::ClusterMetrics>) -> Table {
+        Table { metrics, members: HashMap::new(), left: HashSet::new(), gone: VecDeque::new() }
+    }
+
+    /// A membership source was turned off (or `[cluster]` removed): its nodes leave.
+    pub fn drop_origin(&mut self, gw: &Arc<Gateway>, origin: Origin) {
+        let keys: Vec<String> = self.members.values().filter(|m| m.origin == origin).map(|m| m.key.clone()).collect();
+        for k in keys {
+            if let Some(m) = self.members.remove(&k) {
+                self.leave(gw, m, "membership source turned off");
+            }
+        }
+    }
+
+    /// Note nodes that passed a health check since they joined (status: "joining" until then).
+    pub fn note_up(&mut self, gw: &Arc<Gateway>) {
+        let snap = gw.snapshot.load();
+        for m in self.members.values_mut().filter(|m| !m.up_seen) {
+            m.up_seen = snap.node(&m.name).is_some_and(|b| b.health.is_up());
+        }
+    }
+    /// A ready / heartbeat / remove message.
+    pub fn on_message(&mut self, gw: &Arc<Gateway>, kind: Kind, c: Candidate, now: Instant) {
+        if kind == Kind::Remove {
+            if let Some(m) = self.members.remove(&c.key) {
+                self.leave(gw, m, "remove");
+                self.remember_left(c.key);
+            }
+            return;
+        }
+        self.left.remove(&c.key);
+        self.join_or_update(gw, c, Origin::Plugin, true, now);
+    }
+
+    /// The full `cluster:discovery` set (already parsed; bad members dropped). `may_remove` is
+    /// false right after a (re)connection, when Redis may have lost its data and nodes have not
+    /// re-registered yet.
+    pub fn on_discovery(&mut self, gw: &Arc<Gateway>, set: Vec<Candidate>, may_remove: bool, now: Instant) {
+        let keys: HashSet<String> = set.iter().map(|c| c.key.clone()).collect();
+        // Forget departures whose member is gone too: keeps `left` bounded.
+        self.left.retain(|k| keys.contains(k));
+        for c in set {
+            if self.left.contains(&c.key) {
+                continue;
+            }
+            match self.members.get(&c.key) {
+                // Heartbeating nodes are governed by their messages.
+                Some(m) if m.heartbeats => {}
+                _ => self.join_or_update(gw, c, Origin::Plugin, false, now),
+            }
+        }
+        if may_remove {
+            let stale: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| m.origin == Origin::Plugin && !m.heartbeats && !keys.contains(&m.key))
+                .map(|m| m.key.clone())
+                .collect();
+            for k in stale {
+                if let Some(m) = self.members.remove(&k) {
+                    self.leave(gw, m, "discovery member removed");
+                }
+            }
+        }
+    }
+
+    /// Every live Kuzzle 2 ID card (parsed); a card absent from `cards` has expired.
+    pub fn on_cards(&mut self, gw: &Arc<Gateway>, cards: Vec<Candidate>, may_remove: bool, now: Instant) {
+        let keys: HashSet<String> = cards.iter().map(|c| c.key.clone()).collect();
+        for c in cards {
+            self.join_or_update(gw, c, Origin::Kuzzle2, false, now);
+        }
+        if may_remove {
+            let stale: Vec<String> = self
+                .members
+                .values()
+                .filter(|m| m.origin == Origin::Kuzzle2 && !keys.contains(&m.key))
+                .map(|m| m.key.clone())
+                .collect();
+            for k in stale {
+                if let Some(m) = self.members.remove(&k) {
+                    self.leave(gw, m, "ID card expired");
+                }
+            }
+        }
+    }
+
+    /// Drop heartbeating nodes silent for `timeout`. `since` is when the subscription last
+    /// became healthy: silence while Redis was unreachable is not the node's fault.
+    pub fn expire(&mut self, gw: &Arc<Gateway>, timeout: Duration, since: Instant, now: Instant) {
+        let dead: Vec<String> = self
+            .members
+            .values()
+            .filter(|m| m.heartbeats)
+            .filter(|m| {
+                let last = m.last_seen.map_or(since, |l| l.max(since));
+                now.saturating_duration_since(last) >= timeout
+            })
+            .map(|m| m.key.clone())
+            .collect();
+        for k in dead {
+            if let Some(m) = self.members.remove(&k) {
+                self.remember_left(k);
+                self.leave(gw, m, "heartbeat timeout");
+            }
+        }
+    }
+
+    fn join_or_update(&mut self, gw: &Arc<Gateway>, c: Candidate, origin: Origin, message: bool, now: Instant) {
+        // One name, one member: a node that restarts with a new identity but the same name
+        // replaces its old record (the registry keeps the name's counters).
+        let clash: Vec<String> =
+            self.members.values().filter(|m| m.name == c.name && m.key != c.key).map(|m| m.key.clone()).collect();
+        for k in clash {
+            self.members.remove(&k);
+        }
+        let ready_now = c.ready == Some(true);
+        match self.members.get_mut(&c.key) {
+            Some(m) => {
+                if message {
+                    m.last_seen = Some(now);
+                    m.last_seen_ms = Some(epoch_ms());
+                    m.heartbeats = true;
+                }
+                let became_ready = ready_now && !m.ready;
+                let renamed = m.name != c.name;
+                if renamed {
+                    gw.remove_dynamic(&m.name);
+                }
+                if renamed || m.addr != c.addr || became_ready {
+                    m.name = c.name.clone();
+                    m.addr = c.addr;
+                    m.ready = m.ready || ready_now;
+                    gw.upsert_dynamic(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: m.ready });
+                }
+                if became_ready {
+                    // The node's own word counts as a passing check: it may take traffic now
+                    // (the checker still takes it out if it fails).
+                    if let Some(b) = gw.snapshot.load().node(&c.name) {
+                        if !b.health.is_up() {
+                            b.health.set_up(true);
+                        }
+                    }
+                }
+            }
+            None => {
+                tracing::info!(node = %c.name, addr = %c.addr, ?origin, ready = ready_now, "cluster: node joined");
+                self.metrics.joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.gone.retain(|g| g.name != c.name);
+                gw.upsert_dynamic(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: ready_now });
+                self.members.insert(
+                    c.key.clone(),
+                    Member {
+                        key: c.key,
+                        name: c.name,
+                        addr: c.addr,
+                        origin,
+                        ready: ready_now,
+                        last_seen: message.then_some(now),
+                        last_seen_ms: message.then(epoch_ms),
+                        heartbeats: message,
+                        joined_ms: epoch_ms(),
+                        up_seen: false,
+                    },
+                );
+            }
+        }
+    }
+
+    fn remember_left(&mut self, key: String) {
+        // Bounded even when the discovery set (which prunes it) is not read.
+        if self.left.len() >= 4096 {
+            self.left.clear();
+        }
+        self.left.insert(key);
+    }
+
+    fn leave(&mut self, gw: &Arc<Gateway>, m: Member, reason: &'static str) {
+        tracing::info!(node = %m.name, addr = %m.addr, reason, "cluster: node left (draining)");
+        self.metrics.leaves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        gw.remove_dynamic(&m.name);
+        self.gone.retain(|g| g.name != m.name);
+        self.gone.push_back(Gone {
+            name: m.name,
+            address: m.addr.to_string(),
+            origin: m.origin,
+            reason,
+            at: epoch_ms(),
+        });
+        while self.gone.len() > GONE_HISTORY {
+            self.gone.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Membership;
+    use crate::config::Config;
+
+    fn cand(key: &str, name: &str, port: u16, ready: Option<bool>) -> Candidate {
+        Candidate { key: key.into(), name: name.into(), addr: ([127, 0, 0, 1], port).into(), ready }
+    }
+
+    fn setup() -> (Arc<Gateway>, Table) {
+        let gw = Gateway::new(Config::default());
+        gw.apply_config(Config::default());
+        (gw, Table::new(Arc::default()))
+    }
+
+    fn eligible(gw: &Gateway, name: &str) -> Option<bool> {
+        gw.snapshot.load().node(name).map(|b| b.eligible())
+    }
+
+    #[test]
+    fn ready_joins_at_once_heartbeat_waits_and_remove_drains() {
+        let (gw, mut t) = setup();
+        let now = Instant::now();
+        t.on_message(&gw, Kind::Heartbeat, cand("p1", "a", 1, Some(false)), now);
+        assert_eq!(eligible(&gw, "a"), Some(false), "not ready: waits for a health check");
+        t.on_message(&gw, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
+        assert_eq!(eligible(&gw, "a"), Some(true), "ready flag lets it in");
+        t.on_message(&gw, Kind::Remove, cand("p1", "a", 1, None), now);
+        assert_eq!(gw.snapshot.load().node("a").map(|b| b.membership()), Some(Membership::Draining));
+        assert_eq!(t.gone.back().map(|g| g.reason), Some("remove"));
+        assert_eq!(t.metrics.joins.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(t.metrics.leaves.load(std::sync::atomic::Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn heartbeat_timeout_counts_from_the_last_healthy_subscription() {
+        let (gw, mut t) = setup();
+        let t0 = Instant::now();
+        t.on_message(&gw, Kind::Ready, cand("p1", "a", 1, Some(true)), t0);
+        let timeout = Duration::from_secs(10);
+        // Redis was down and came back at t0+9s: the node gets a full timeout from there.
+        t.expire(&gw, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(15));
+        assert_eq!(eligible(&gw, "a"), Some(true));
+        t.expire(&gw, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(19));
+        assert_eq!(eligible(&gw, "a"), Some(false));
+        // Its stale discovery member is not a rejoin; a new message is.
+        t.on_discovery(&gw, vec![cand("p1", "a", 1, None)], true, t0 + Duration::from_secs(20));
+        assert!(!t.members.contains_key("p1"));
+        t.on_message(&gw, Kind::Heartbeat, cand("p1", "a", 1, Some(true)), t0 + Duration::from_secs(21));
+        assert_eq!(eligible(&gw, "a"), Some(true));
+    }
+
+    #[test]
+    fn discovery_and_cards_leave_only_outside_the_grace() {
+        let (gw, mut t) = setup();
+        let now = Instant::now();
+        t.on_discovery(&gw, vec![cand("tcp://10.0.0.5:7511", "10_0_0_5", 7512, None)], true, now);
+        t.on_cards(&gw, vec![cand("{cluster/node}/k1", "k1", 2, None)], true, now);
+        assert_eq!(gw.dynamic_names(Origin::Plugin), vec!["10_0_0_5".to_string()]);
+        assert_eq!(gw.dynamic_names(Origin::Kuzzle2), vec!["k1".to_string()]);
+        // Empty Redis right after a reconnection: nobody leaves yet.
+        t.on_discovery(&gw, vec![], false, now);
+        t.on_cards(&gw, vec![], false, now);
+        assert_eq!(t.members.len(), 2);
+        t.on_discovery(&gw, vec![], true, now);
+        t.on_cards(&gw, vec![], true, now);
+        assert!(t.members.is_empty());
+        assert!(gw.dynamic_names(Origin::Plugin).is_empty() && gw.dynamic_names(Origin::Kuzzle2).is_empty());
+    }
+
+    #[test]
+    fn same_name_new_identity_replaces_and_keeps_counters() {
+        let (gw, mut t) = setup();
+        let now = Instant::now();
+        t.on_message(&gw, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
+        let b1 = gw.snapshot.load().node("a").cloned().expect("a");
+        b1.counters.bytes_in.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
+        t.on_message(&gw, Kind::Ready, cand("p2", "a", 2, Some(true)), now);
+        assert_eq!(t.members.len(), 1);
+        let b2 = gw.snapshot.load().node("a").cloned().expect("a");
+        assert_eq!(b2.addr.port(), 2);
+        assert_eq!(b2.counters.bytes_in.load(std::sync::atomic::Ordering::Relaxed), 5);
+        t.drop_origin(&gw, Origin::Plugin);
+        assert!(gw.dynamic_names(Origin::Plugin).is_empty());
+    }
+}

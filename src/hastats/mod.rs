@@ -1,0 +1,436 @@
+//! Control plane: the `/hastats` views (HTML page, haproxy CSV, JSON), built from one read of the
+//! gateway's counters and health into a plain [`StatsView`] that every format renders.
+
+mod csv;
+mod html;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::backend::{AdminState, Backend, Membership};
+use crate::health::{CheckKind, HealthView};
+use crate::state::{Gateway, ReloadStatus};
+use crate::stats::{get, FrontendCounters, NodeCounters};
+
+pub use csv::{csv, HAPROXY_CSV_FIELDS};
+pub use html::{html, HtmlOptions};
+
+/// Proxy name of every CSV row (the seed's haproxy config called its frontend and backend so).
+pub const PXNAME: &str = "kuzzle";
+
+/// Everything the stats formats show, read once (counters are relaxed atomics: each value is
+/// exact, the set is not a transaction, as in haproxy).
+#[derive(Debug, Clone, Serialize)]
+pub struct StatsView {
+    pub process: ProcessView,
+    pub frontend: Traffic,
+    /// Members first (config order), then nodes leaving the cluster.
+    pub nodes: Vec<NodeView>,
+    pub backend: BackendView,
+}
+
+/// The process: haproxy's "General process information".
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessView {
+    pub version: &'static str,
+    pub pid: u32,
+    /// Epoch seconds.
+    pub started_at: u64,
+    pub now: u64,
+    pub uptime: u64,
+    pub algorithm: &'static str,
+    /// Auto-refresh period of the page, seconds.
+    pub refresh: u64,
+    pub client_listen: String,
+    pub tls_listen: Option<String>,
+    pub max_connections: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
+    pub last_reload: Option<ReloadStatus>,
+    /// Snapshot generation: increases with every change of the node set or configuration.
+    pub generation: u64,
+    pub nodes_total: usize,
+    /// Nodes that may take new traffic now.
+    pub nodes_eligible: usize,
+}
+
+/// Traffic figures of one row (frontend, node or backend total).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Traffic {
+    /// Open now: client connections (frontend), requests plus tunnels (node, backend).
+    pub cur: u64,
+    pub max: u64,
+    pub limit: Option<u64>,
+    pub total: u64,
+    /// Sessions (connections or requests + tunnels) per second over the last second.
+    pub rate: u64,
+    pub rate_max: u64,
+    /// HTTP requests per second (frontend only).
+    pub req_rate: Option<u64>,
+    pub req_rate_max: Option<u64>,
+    pub req_tot: u64,
+    pub tunnels: u64,
+    pub tunnels_total: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Requests the gateway answered itself with an error (frontend only).
+    pub req_errors: Option<u64>,
+    pub conn_errors: u64,
+    pub resp_errors: u64,
+    pub retries: u64,
+    pub redispatches: u64,
+    /// 1xx, 2xx, 3xx, 4xx, 5xx, other.
+    pub responses: [u64; 6],
+    /// Seconds since the last session, None if never.
+    pub last_session: Option<u64>,
+}
+
+/// One node row.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeView {
+    pub name: String,
+    pub address: String,
+    pub origin: crate::backend::Origin,
+    /// haproxy's status text: UP, DOWN, "UP 1/3", "DOWN 1/2", DRAIN, MAINT, "no check".
+    pub status: String,
+    /// Colour class of the row (haproxy's palette).
+    pub class: StatusClass,
+    pub up: bool,
+    pub admin: &'static str,
+    /// False once the node left the configuration or the cluster (it drains, then disappears).
+    pub member: bool,
+    /// Takes new traffic now.
+    pub eligible: bool,
+    /// 1 when the node may be picked by the balancer, else 0 (all nodes weigh the same).
+    pub weight: u64,
+    pub health: HealthView,
+    /// Seconds since the last UP/DOWN change.
+    pub lastchg: u64,
+    pub idle_connections: usize,
+    pub traffic: Traffic,
+    /// Kept for scripts written against the first version of this feed.
+    pub active: u64,
+    pub sessions_total: u64,
+}
+
+/// The backend total row.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendView {
+    /// UP when at least one node takes traffic, else DOWN.
+    pub status: &'static str,
+    pub weight: u64,
+    pub active_nodes: u64,
+    pub traffic: Traffic,
+    pub down_transitions: u64,
+}
+
+/// Row colours, after haproxy's stats page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusClass {
+    Up,
+    Down,
+    /// UP, failing checks ("UP 1/3").
+    GoingDown,
+    /// DOWN, passing checks ("DOWN 1/2").
+    GoingUp,
+    Drain,
+    Maint,
+    NoCheck,
+}
+
+impl StatusClass {
+    pub fn css(self) -> &'static str {
+        match self {
+            StatusClass::Up => "up",
+            StatusClass::Down => "down",
+            StatusClass::GoingDown => "going_down",
+            StatusClass::GoingUp => "going_up",
+            StatusClass::Drain => "drain",
+            StatusClass::Maint => "maint",
+            StatusClass::NoCheck => "nocheck",
+        }
+    }
+}
+
+pub(crate) fn now_epoch() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The status haproxy would print for a server with this health and operator state: MAINT wins,
+/// a drained node shows DRAIN where haproxy would say UP ("DRAIN 1/3" while going down), and a
+/// DOWN node stays DOWN whatever the operator said.
+pub fn node_status(h: &HealthView, admin: AdminState, membership: Membership) -> (String, StatusClass) {
+    if admin == AdminState::Maint {
+        return ("MAINT".into(), StatusClass::Maint);
+    }
+    let draining = admin == AdminState::Drain || membership == Membership::Draining;
+    let s = h.status.trim();
+    if draining {
+        if let Some(rest) = s.strip_prefix("UP") {
+            return (format!("DRAIN{rest}"), StatusClass::Drain);
+        }
+        if s == "no check" {
+            return ("DRAIN".into(), StatusClass::Drain);
+        }
+    }
+    let class = if s == "UP" {
+        StatusClass::Up
+    } else if s.starts_with("UP") {
+        StatusClass::GoingDown
+    } else if s == "DOWN" {
+        StatusClass::Down
+    } else if s.starts_with("DOWN") {
+        StatusClass::GoingUp
+    } else if s == "no check" {
+        StatusClass::NoCheck
+    } else if h.up {
+        StatusClass::Up
+    } else {
+        StatusClass::Down
+    };
+    (s.to_string(), class)
+}
+
+/// haproxy's long description of a check result (`check_desc`).
+pub fn check_desc(kind: CheckKind) -> &'static str {
+    match kind {
+        CheckKind::L4OK => "Layer4 check passed",
+        CheckKind::L4CON => "Layer4 connection problem",
+        CheckKind::L4TOUT => "Layer4 timeout",
+        CheckKind::L7OK => "Layer7 check passed",
+        CheckKind::L7STS => "Layer7 wrong status",
+        CheckKind::L7TOUT => "Layer7 timeout",
+        CheckKind::L7RSP => "Layer7 invalid response",
+    }
+}
+
+fn node_traffic(b: &Backend, c: &NodeCounters, now: u64) -> Traffic {
+    let last = get(&c.last_session);
+    let responses = c.responses.all();
+    Traffic {
+        cur: b.active(),
+        max: get(&c.max_active),
+        limit: None,
+        total: get(&c.sessions_total),
+        rate: c.session_rate.per_sec(),
+        rate_max: c.session_rate.max(),
+        req_rate: None,
+        req_rate_max: None,
+        req_tot: responses.iter().sum(),
+        tunnels: get(&c.tunnels),
+        tunnels_total: get(&c.tunnels_total),
+        bytes_in: get(&c.bytes_in),
+        bytes_out: get(&c.bytes_out),
+        req_errors: None,
+        conn_errors: get(&c.connect_errors),
+        resp_errors: get(&c.response_errors),
+        retries: get(&c.retries),
+        redispatches: get(&c.redispatches),
+        responses,
+        last_session: (last > 0).then(|| now.saturating_sub(last)),
+    }
+}
+
+fn frontend_traffic(f: &FrontendCounters, limit: u64) -> Traffic {
+    Traffic {
+        cur: get(&f.connections),
+        max: get(&f.max_connections),
+        limit: Some(limit),
+        total: get(&f.connections_total),
+        rate: f.connection_rate.per_sec(),
+        rate_max: f.connection_rate.max(),
+        req_rate: Some(f.request_rate.per_sec()),
+        req_rate_max: Some(f.request_rate.max()),
+        req_tot: get(&f.requests_total),
+        tunnels: get(&f.tunnels),
+        tunnels_total: get(&f.tunnels_total),
+        bytes_in: get(&f.bytes_in),
+        bytes_out: get(&f.bytes_out),
+        req_errors: Some(get(&f.request_errors)),
+        conn_errors: 0,
+        resp_errors: 0,
+        retries: 0,
+        redispatches: 0,
+        responses: f.responses.all(),
+        last_session: None,
+    }
+}
+
+fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
+    let mut health = b.health.view();
+    // Health counts as totals since the name was first seen, like the traffic counters.
+    let [failed, downs, downtime] = b
+        .counters
+        .health_carry
+        .totals(Arc::as_ptr(b) as usize, [health.failed_checks, health.down_transitions, health.downtime]);
+    (health.failed_checks, health.down_transitions, health.downtime) = (failed, downs, downtime);
+    let admin = b.admin();
+    let membership = b.membership();
+    let (status, class) = node_status(&health, admin, membership);
+    let eligible = b.eligible();
+    let since = if health.last_change > 0 { health.last_change } else { started };
+    let traffic = node_traffic(b, &b.counters, now);
+    NodeView {
+        name: b.name.clone(),
+        address: b.addr_str.clone(),
+        origin: b.origin,
+        status,
+        class,
+        up: health.up,
+        admin: admin.as_str(),
+        member: membership == Membership::Active,
+        eligible,
+        weight: u64::from(eligible),
+        lastchg: now.saturating_sub(since),
+        health,
+        idle_connections: b.idle_connections(),
+        active: traffic.cur,
+        sessions_total: traffic.total,
+        traffic,
+    }
+}
+
+/// The backend total: sums of the node rows; maxima are the largest node's (the gateway keeps no
+/// separate backend-wide peak).
+fn backend_view(nodes: &[NodeView]) -> BackendView {
+    let mut t = Traffic::default();
+    let mut last: Option<u64> = None;
+    for n in nodes {
+        let x = &n.traffic;
+        t.cur += x.cur;
+        t.max = t.max.max(x.max);
+        t.total += x.total;
+        t.rate += x.rate;
+        t.rate_max = t.rate_max.max(x.rate_max);
+        t.req_tot += x.req_tot;
+        t.tunnels += x.tunnels;
+        t.tunnels_total += x.tunnels_total;
+        t.bytes_in += x.bytes_in;
+        t.bytes_out += x.bytes_out;
+        t.conn_errors += x.conn_errors;
+        t.resp_errors += x.resp_errors;
+        t.retries += x.retries;
+        t.redispatches += x.redispatches;
+        for (a, b) in t.responses.iter_mut().zip(x.responses) {
+            *a += b;
+        }
+        if let Some(l) = x.last_session {
+            last = Some(last.map_or(l, |m: u64| m.min(l)));
+        }
+    }
+    t.rate_max = t.rate_max.max(t.rate);
+    t.max = t.max.max(t.cur);
+    t.last_session = last;
+    let weight: u64 = nodes.iter().map(|n| n.weight).sum();
+    BackendView {
+        status: if weight > 0 { "UP" } else { "DOWN" },
+        weight,
+        active_nodes: weight,
+        down_transitions: nodes.iter().map(|n| n.health.down_transitions).sum(),
+        traffic: t,
+    }
+}
+
+/// Read the gateway once into a [`StatsView`].
+pub fn collect(gw: &Gateway) -> StatsView {
+    let snap = gw.snapshot.load();
+    let cfg = &snap.config;
+    let now = now_epoch();
+    let started = gw.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started)).collect();
+    let backend = backend_view(&nodes);
+    let max_conn = cfg.gateway.max_connections as u64;
+    StatsView {
+        process: ProcessView {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            started_at: started,
+            now,
+            uptime: now.saturating_sub(started),
+            algorithm: cfg.balance.algorithm.as_str(),
+            refresh: cfg.stats.refresh.0.as_secs(),
+            client_listen: cfg.gateway.listen.to_string(),
+            tls_listen: cfg.tls.as_ref().map(|t| t.listen.to_string()),
+            max_connections: max_conn,
+            reloads_ok: gw.reloads_ok.load(Ordering::Relaxed),
+            reloads_failed: gw.reloads_failed.load(Ordering::Relaxed),
+            last_reload: gw.last_reload(),
+            generation: snap.generation,
+            nodes_total: nodes.len(),
+            nodes_eligible: nodes.iter().filter(|n| n.eligible).count(),
+        },
+        frontend: frontend_traffic(&gw.frontend, max_conn),
+        nodes,
+        backend,
+    }
+}
+
+/// `/hastats;json`: the same view as the page, as one JSON document.
+pub fn json(gw: &Arc<Gateway>) -> String {
+    serde_json::to_string(&collect(gw)).unwrap_or_else(|e| format!("{{\"error\":\"stats: {e}\"}}"))
+}
+
+/// `1d2h`, `3m4s`, `5s`: haproxy's compact durations.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if d > 0 {
+        format!("{d}d{h}h")
+    } else if h > 0 {
+        format!("{h}h{m}m")
+    } else if m > 0 {
+        format!("{m}m{s}s")
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hv(status: &str, up: bool) -> HealthView {
+        HealthView {
+            up,
+            status: status.into(),
+            last_check: None,
+            last_change: 0,
+            downtime: 0,
+            down_transitions: 0,
+            failed_checks: 0,
+        }
+    }
+
+    #[test]
+    fn statuses_as_haproxy_prints_them() {
+        use AdminState::*;
+        use Membership::*;
+        let cases = [
+            ("UP", true, Ready, Active, "UP", StatusClass::Up),
+            ("UP 1/3", true, Ready, Active, "UP 1/3", StatusClass::GoingDown),
+            ("DOWN 1/2", false, Ready, Active, "DOWN 1/2", StatusClass::GoingUp),
+            ("DOWN", false, Ready, Active, "DOWN", StatusClass::Down),
+            ("no check", true, Ready, Active, "no check", StatusClass::NoCheck),
+            ("UP", true, Drain, Active, "DRAIN", StatusClass::Drain),
+            ("UP 1/3", true, Drain, Active, "DRAIN 1/3", StatusClass::Drain),
+            ("UP", true, Ready, Draining, "DRAIN", StatusClass::Drain),
+            ("DOWN", false, Drain, Active, "DOWN", StatusClass::Down),
+            ("UP", true, Maint, Active, "MAINT", StatusClass::Maint),
+            ("DOWN", false, Maint, Draining, "MAINT", StatusClass::Maint),
+        ];
+        for (h, up, a, m, want, class) in cases {
+            assert_eq!(node_status(&hv(h, up), a, m), (want.to_string(), class), "{h} {a:?} {m:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(human_duration(5), "5s");
+        assert_eq!(human_duration(125), "2m5s");
+        assert_eq!(human_duration(7260), "2h1m");
+        assert_eq!(human_duration(90_000), "1d1h");
+    }
+}

@@ -1,0 +1,364 @@
+//! Control plane: the pure health state machine (haproxy rise/fall semantics, counters, check
+//! scheduling); no I/O, time is passed in so it can be tested with paused tokio time.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{CheckResult, HealthView};
+use crate::config::HealthSection;
+
+/// Check scheduling and thresholds, read from `[health]` before every round so reloads apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// Between checks of a node that is steadily UP.
+    pub interval: Duration,
+    /// Between checks while a node is changing state (UP going down, DOWN going up).
+    pub fastinter: Duration,
+    /// Between checks of a node that is steadily DOWN.
+    pub downinter: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    /// Each delay is spread by up to +/- this percentage so checks of many nodes do not align.
+    pub jitter_pct: u32,
+}
+
+/// Default spread of check delays (haproxy's `spread-checks` is often set to a few percent).
+pub const DEFAULT_JITTER_PCT: u32 = 10;
+
+impl Timing {
+    pub fn from_config(h: &HealthSection) -> Timing {
+        Timing {
+            interval: h.interval.0,
+            fastinter: h.fastinter.map_or(h.interval.0, |d| d.0),
+            downinter: h.downinter.map_or(h.interval.0, |d| d.0),
+            rise: h.rise.max(1),
+            fall: h.fall.max(1),
+            jitter_pct: DEFAULT_JITTER_PCT,
+        }
+    }
+}
+
+/// What a recorded result did to the node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    /// DOWN -> UP: the node takes traffic again.
+    Up,
+    /// UP -> DOWN: no new traffic; tunnels may be closed.
+    Down,
+}
+
+/// One node's health history. Consecutive semantics as haproxy's `health` counter: while UP, any
+/// success resets the failure streak; while DOWN, any failure resets the success streak.
+#[derive(Debug, Clone)]
+pub struct Machine {
+    up: bool,
+    /// Consecutive failures while UP, or consecutive successes while DOWN.
+    streak: u32,
+    /// A node that joined after start-up and was never UP: its first success is enough.
+    joining: bool,
+    rise: u32,
+    fall: u32,
+    last_check: Option<CheckResult>,
+    /// Epoch seconds of the last transition (or of creation).
+    last_change: u64,
+    down_since: Option<Instant>,
+    /// DOWN time of finished DOWN periods.
+    downtime: Duration,
+    down_transitions: u64,
+    failed_checks: u64,
+}
+
+impl Machine {
+    /// A node counted UP (`up`, the nodes the gateway starts with) or joining (DOWN until its
+    /// first successful check).
+    pub fn new(up: bool, now: Instant, epoch: u64) -> Machine {
+        Machine {
+            up,
+            streak: 0,
+            joining: !up,
+            rise: 2,
+            fall: 3,
+            last_check: None,
+            last_change: epoch,
+            down_since: (!up).then_some(now),
+            downtime: Duration::ZERO,
+            down_transitions: 0,
+            failed_checks: 0,
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// Apply (possibly reloaded) thresholds; a streak already past a lowered threshold acts at
+    /// the next result.
+    pub fn set_limits(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
+    /// Record one active check.
+    pub fn record(&mut self, r: CheckResult, now: Instant, epoch: u64) -> Transition {
+        self.last_check = Some(r);
+        if r.kind.is_ok() {
+            self.success(now, epoch)
+        } else {
+            self.failed_checks += 1;
+            self.failure(now, epoch)
+        }
+    }
+
+    /// Record `n` failures seen on real traffic (passive checks). They count like failed checks
+    /// but only against a node that is UP: a DOWN node gets no traffic to judge it by.
+    pub fn record_passive(&mut self, n: u32, now: Instant, epoch: u64) -> Transition {
+        let mut t = Transition::None;
+        for _ in 0..n {
+            if !self.up {
+                break;
+            }
+            self.failed_checks += 1;
+            if self.failure(now, epoch) == Transition::Down {
+                t = Transition::Down;
+            }
+        }
+        t
+    }
+
+    /// Operator or test override: set the state at once.
+    pub fn force(&mut self, up: bool, now: Instant, epoch: u64) -> Transition {
+        if up == self.up {
+            self.streak = 0;
+            return Transition::None;
+        }
+        self.set(up, now, epoch)
+    }
+
+    fn success(&mut self, now: Instant, epoch: u64) -> Transition {
+        if self.up {
+            self.streak = 0;
+            return Transition::None;
+        }
+        self.streak += 1;
+        if self.joining || self.streak >= self.rise {
+            return self.set(true, now, epoch);
+        }
+        Transition::None
+    }
+
+    fn failure(&mut self, now: Instant, epoch: u64) -> Transition {
+        if !self.up {
+            self.streak = 0;
+            return Transition::None;
+        }
+        self.streak += 1;
+        if self.streak >= self.fall {
+            return self.set(false, now, epoch);
+        }
+        Transition::None
+    }
+
+    fn set(&mut self, up: bool, now: Instant, epoch: u64) -> Transition {
+        self.up = up;
+        self.streak = 0;
+        self.last_change = epoch;
+        if up {
+            self.joining = false;
+            if let Some(since) = self.down_since.take() {
+                self.downtime += now.saturating_duration_since(since);
+            }
+            Transition::Up
+        } else {
+            self.down_transitions += 1;
+            self.down_since = Some(now);
+            Transition::Down
+        }
+    }
+
+    /// haproxy's status text: "UP", "UP 2/3" (one failure seen, two more to go down), "DOWN",
+    /// "DOWN 1/2" (one success seen out of two needed to go up).
+    pub fn status(&self) -> String {
+        match (self.up, self.streak) {
+            (true, 0) => "UP".into(),
+            (true, f) => format!("UP {}/{}", self.fall.saturating_sub(f).max(1), self.fall),
+            (false, 0) => "DOWN".into(),
+            (false, s) => format!("DOWN {}/{}", s.min(self.rise), self.rise),
+        }
+    }
+
+    /// Total DOWN time, the current DOWN period included.
+    pub fn downtime(&self, now: Instant) -> Duration {
+        self.downtime + self.down_since.map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+
+    /// Delay before the next check: `fastinter` while changing state (or joining), `downinter`
+    /// while DOWN, `interval` while UP; spread by the jitter (`rand01` uniform in [0, 1)).
+    pub fn next_delay(&self, t: &Timing, rand01: f64) -> Duration {
+        let base = if self.streak > 0 || self.joining {
+            t.fastinter
+        } else if self.up {
+            t.interval
+        } else {
+            t.downinter
+        };
+        let spread = f64::from(t.jitter_pct.min(100)) / 100.0;
+        let factor = 1.0 + spread * (2.0 * rand01.clamp(0.0, 1.0) - 1.0);
+        base.mul_f64(factor).max(Duration::from_millis(1))
+    }
+
+    pub fn view(&self, now: Instant) -> HealthView {
+        HealthView {
+            up: self.up,
+            status: self.status(),
+            last_check: self.last_check,
+            last_change: self.last_change,
+            downtime: self.downtime(now).as_secs(),
+            down_transitions: self.down_transitions,
+            failed_checks: self.failed_checks,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::CheckKind;
+
+    fn res(kind: CheckKind) -> CheckResult {
+        CheckResult { kind, code: None, duration: Duration::from_millis(1), at: 0 }
+    }
+
+    fn ok() -> CheckResult {
+        res(CheckKind::L7OK)
+    }
+
+    fn ko() -> CheckResult {
+        CheckResult { code: Some(404), ..res(CheckKind::L7STS) }
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            interval: Duration::from_secs(10),
+            fastinter: Duration::from_secs(1),
+            downinter: Duration::from_secs(30),
+            rise: 2,
+            fall: 3,
+            jitter_pct: 0,
+        }
+    }
+
+    #[test]
+    fn fall_then_rise_with_haproxy_texts() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(true, t0, 100);
+        assert_eq!(m.status(), "UP");
+        assert_eq!(m.record(ko(), t0, 101), Transition::None);
+        assert_eq!(m.status(), "UP 2/3");
+        assert_eq!(m.record(ko(), t0, 102), Transition::None);
+        assert_eq!(m.status(), "UP 1/3");
+        let t1 = t0 + Duration::from_secs(5);
+        assert_eq!(m.record(ko(), t1, 103), Transition::Down);
+        assert_eq!(m.status(), "DOWN");
+        assert!(!m.is_up());
+        assert_eq!(m.record(ok(), t1, 104), Transition::None);
+        assert_eq!(m.status(), "DOWN 1/2");
+        let t2 = t1 + Duration::from_secs(7);
+        assert_eq!(m.record(ok(), t2, 105), Transition::Up);
+        let v = m.view(t2 + Duration::from_secs(100));
+        assert_eq!(
+            (v.up, v.status.as_str(), v.last_change, v.downtime, v.down_transitions, v.failed_checks),
+            (true, "UP", 105, 7, 1, 3)
+        );
+        assert_eq!(v.last_check.map(|c| c.kind), Some(CheckKind::L7OK));
+    }
+
+    #[test]
+    fn streaks_are_consecutive() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(true, t0, 0);
+        for _ in 0..5 {
+            m.record(ko(), t0, 0);
+            m.record(ko(), t0, 0);
+            m.record(ok(), t0, 0);
+        }
+        assert!(m.is_up(), "two failures then a success never reach fall=3");
+        for _ in 0..3 {
+            m.record(ko(), t0, 0);
+        }
+        assert!(!m.is_up());
+        for _ in 0..5 {
+            m.record(ok(), t0, 0);
+            m.record(ko(), t0, 0);
+        }
+        assert!(!m.is_up(), "one success then a failure never reach rise=2");
+        assert_eq!(m.view(t0).failed_checks, 18);
+    }
+
+    #[test]
+    fn joining_node_goes_up_on_first_success_only() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(false, t0, 0);
+        assert_eq!(m.status(), "DOWN");
+        assert_eq!(m.record(ok(), t0 + Duration::from_secs(2), 0), Transition::Up);
+        assert_eq!(m.view(t0 + Duration::from_secs(2)).downtime, 2);
+        m.record(ko(), t0, 0);
+        m.record(ko(), t0, 0);
+        assert_eq!(m.record(ko(), t0, 0), Transition::Down);
+        assert_eq!(m.record(ok(), t0, 0), Transition::None, "once it was UP, rise applies again");
+        assert_eq!(m.record(ok(), t0, 0), Transition::Up);
+    }
+
+    #[test]
+    fn passive_failures_count_only_while_up() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(true, t0, 0);
+        assert_eq!(m.record_passive(2, t0, 0), Transition::None);
+        assert_eq!(m.status(), "UP 1/3");
+        assert_eq!(m.record_passive(5, t0, 0), Transition::Down);
+        assert_eq!(m.view(t0).failed_checks, 3, "failures past DOWN are not counted");
+        assert_eq!(m.record_passive(1, t0, 0), Transition::None);
+        assert_eq!(m.view(t0).down_transitions, 1);
+    }
+
+    #[test]
+    fn limits_follow_reloads_and_force_overrides() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(true, t0, 0);
+        m.set_limits(1, 1);
+        assert_eq!(m.record(ko(), t0, 0), Transition::Down);
+        m.set_limits(0, 0);
+        assert_eq!(m.record(ok(), t0, 0), Transition::Up, "limits are at least 1");
+        assert_eq!(m.force(false, t0, 0), Transition::Down);
+        assert_eq!(m.force(false, t0, 0), Transition::None);
+        assert_eq!(m.force(true, t0, 0), Transition::Up);
+    }
+
+    #[test]
+    fn delays_by_state() {
+        let t = timing();
+        let t0 = Instant::now();
+        let mut m = Machine::new(true, t0, 0);
+        assert_eq!(m.next_delay(&t, 0.5), t.interval);
+        m.record(ko(), t0, 0);
+        assert_eq!(m.next_delay(&t, 0.5), t.fastinter, "going down");
+        m.record(ko(), t0, 0);
+        m.record(ko(), t0, 0);
+        assert_eq!(m.next_delay(&t, 0.5), t.downinter, "down");
+        m.record(ok(), t0, 0);
+        assert_eq!(m.next_delay(&t, 0.5), t.fastinter, "going up");
+        let joining = Machine::new(false, t0, 0);
+        assert_eq!(joining.next_delay(&t, 0.5), t.fastinter, "joining nodes are checked fast");
+    }
+
+    #[test]
+    fn jitter_spreads_within_bounds() {
+        let t = Timing { jitter_pct: 10, ..timing() };
+        let m = Machine::new(true, Instant::now(), 0);
+        assert_eq!(m.next_delay(&t, 0.0), Duration::from_secs(9));
+        assert_eq!(m.next_delay(&t, 0.5), Duration::from_secs(10));
+        assert!(m.next_delay(&t, 0.999_999) <= Duration::from_secs(11));
+        assert!(m.next_delay(&t, 0.999_999) > Duration::from_millis(10_990));
+    }
+}

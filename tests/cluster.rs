@@ -1,0 +1,359 @@
+//! Redis membership end to end: real redis-server processes (one server, and a 3-master Redis
+//! Cluster), simulated nodes as real processes, the gateway in-process. Short heartbeats
+//! (300 ms) and a 1 s heartbeat timeout keep the file to a few seconds.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use kuzzle_gateway::server::Handle;
+use serde_json::{json, Value};
+
+/// Basic auth `kuzzle:kuzzle` (the ops listener's default).
+const OPS_AUTH: (&str, &str) = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
+/// Generous bound for anything membership must reach (it needs about a second).
+const WAIT: Duration = Duration::from_secs(15);
+const HEARTBEAT: &str = "300ms";
+const FAST_HEALTH: &str = "[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n";
+
+fn cluster_toml(redis_line: &str, extra: &str) -> String {
+    gateway_toml(&format!(
+        "{FAST_HEALTH}[cluster]\n{redis_line}\nheartbeat_timeout = \"1s\"\npoll_interval = \"200ms\"\n{extra}"
+    ))
+}
+
+async fn gw_single(redis: &RedisServer, extra: &str) -> Handle {
+    gateway(&cluster_toml(&format!("redis = \"{}\"", redis.url()), extra)).await
+}
+
+fn redis_conn(url: &str) -> redis::Connection {
+    redis::Client::open(url).and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5))).expect("test Redis connection")
+}
+
+fn publish(url: &str, room: &str, payload: &[u8]) {
+    let mut c = redis_conn(url);
+    let _: i64 = redis::cmd("PUBLISH").arg(room).arg(payload).query(&mut c).expect("PUBLISH");
+}
+
+async fn status(h: &Handle) -> Value {
+    kuzzle_gateway::cluster::status(&h.gw).await
+}
+
+/// State of `name` in the status ("up", "joining", "draining", "gone", ...), None if absent.
+async fn state_of(h: &Handle, name: &str) -> Option<String> {
+    let s = status(h).await;
+    let find = |k: &str| {
+        s[k].as_array().and_then(|a| a.iter().find(|n| n["name"] == name)).and_then(|n| n["state"].as_str().map(String::from))
+    };
+    find("nodes").or_else(|| find("gone"))
+}
+
+/// GET through the gateway: which node answered, if any.
+async fn via(h: &Handle, path: &str) -> (u16, Option<String>) {
+    let r = get(h.http_addr, path).await;
+    (r.status, r.node().map(String::from))
+}
+
+async fn wait_routable(h: &Handle, name: &str) {
+    eventually(WAIT, &format!("{name} routable through the gateway"), || async {
+        let (status, node) = via(h, &format!("/{name}/_now")).await;
+        (status == 200 && node.as_deref() == Some(name)).then_some(())
+    })
+    .await;
+}
+
+async fn wait_state(h: &Handle, name: &str, states: &[&str]) -> String {
+    eventually(WAIT, &format!("{name} in state {states:?}"), || async {
+        state_of(h, name).await.filter(|s| states.contains(&s.as_str()))
+    })
+    .await
+}
+
+fn dropped(h: &Handle) -> u64 {
+    kuzzle_gateway::cluster::metrics(&h.gw).expect("membership started").dropped_total()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_node_joins_without_config_and_sigterm_drains_it() {
+    let redis = RedisServer::start();
+    let h = gw_single(&redis, "").await;
+    assert!(h.gw.snapshot.load().nodes.is_empty(), "no static nodes");
+    let mut a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+    wait_routable(&h, "cluster_kuzzle_1").await;
+    // Balanced traffic reaches it too (it is the only node).
+    assert_eq!(via(&h, "/_now").await, (200, Some("cluster_kuzzle_1".into())));
+    let s = status(&h).await;
+    let n = s["nodes"].as_array().and_then(|a| a.iter().find(|n| n["name"] == "cluster_kuzzle_1")).cloned().expect("in status");
+    assert_eq!(n["state"], "up");
+    assert_eq!(n["origin"], "plugin");
+    assert_eq!(n["address"], a.addr.to_string());
+    assert!(n["last_heartbeat"].as_u64().is_some(), "heartbeats recorded: {n}");
+    assert_eq!(s["redis"]["connected"], true);
+
+    a.term();
+    let st = wait_state(&h, "cluster_kuzzle_1", &["draining", "gone"]).await;
+    assert!(st == "draining" || st == "gone");
+    eventually(WAIT, "prefix of the drained node answers 503", || async {
+        let (code, _) = via(&h, "/cluster_kuzzle_1/_now").await;
+        (code == 503).then_some(())
+    })
+    .await;
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counters() {
+    let redis = RedisServer::start();
+    let h = gw_single(&redis, "").await;
+    let mut a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+    let b = Sim::start("cluster_kuzzle_2", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+    wait_routable(&h, "cluster_kuzzle_1").await;
+    wait_routable(&h, "cluster_kuzzle_2").await;
+    let before = h.gw.snapshot.load().node("cluster_kuzzle_1").expect("a").counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(before >= 1);
+
+    a.kill();
+    wait_state(&h, "cluster_kuzzle_1", &["draining", "gone"]).await;
+    // Only b takes balanced traffic now.
+    for _ in 0..5 {
+        assert_eq!(via(&h, "/_now").await, (200, Some("cluster_kuzzle_2".into())));
+    }
+    let left = status(&h).await["metrics"]["leaves"].as_u64().expect("leaves counter");
+    assert!(left >= 1);
+
+    // Same name comes back (new process, new port): same node, counters continue.
+    let _a2 = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+    wait_routable(&h, "cluster_kuzzle_1").await;
+    let after = h.gw.snapshot.load().node("cluster_kuzzle_1").expect("a").counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(after > before, "counters continue across leave and return ({before} -> {after})");
+    drop(b);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuzzle2_nodes_join_from_id_cards_and_leave_when_the_card_expires() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let extra = format!("node_port = {port}\n");
+    let cfg = gateway_toml(&format!(
+        "[health]\npath = \"/_healthCheck\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n\
+         [cluster]\nredis = \"{}\"\nheartbeat_timeout = \"1s\"\npoll_interval = \"200ms\"\npubsub = false\ndiscovery = false\n{extra}",
+        redis.url()
+    ));
+    let h = gateway(&cfg).await;
+    let args = ["--redis", &redis.url(), "--kuzzle2", "--heartbeat", HEARTBEAT];
+    let mut a = Sim::start_on(&format!("127.0.0.2:{port}"), "knode-a-1", &args);
+    let b = Sim::start_on(&format!("127.0.0.3:{port}"), "knode-b-2", &args);
+    wait_routable(&h, "knode-a-1").await;
+    wait_routable(&h, "knode-b-2").await;
+    let s = status(&h).await;
+    for (n, ip) in [("knode-a-1", "127.0.0.2"), ("knode-b-2", "127.0.0.3")] {
+        let node = s["nodes"].as_array().and_then(|a| a.iter().find(|x| x["name"] == n)).cloned().expect("listed");
+        assert_eq!(node["origin"], "kuzzle2");
+        assert_eq!(node["address"], format!("{ip}:{port}"));
+    }
+    a.kill();
+    wait_state(&h, "knode-a-1", &["draining", "gone"]).await;
+    assert_eq!(via(&h, "/_now").await, (200, Some("knode-b-2".into())));
+    drop(b);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_while_a_node_joins_converges() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let url = redis.url();
+    let h = gw_single(&redis, "").await;
+    let a = Sim::start("cluster_kuzzle_1", &["--redis", &url, "--heartbeat", HEARTBEAT]);
+    wait_routable(&h, "cluster_kuzzle_1").await;
+
+    redis.kill();
+    eventually(WAIT, "gateway notices Redis is down", || async {
+        (status(&h).await["redis"]["connected"] == false).then_some(())
+    })
+    .await;
+    // Redis down: the known node keeps serving, well past the heartbeat timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(via(&h, "/cluster_kuzzle_1/_now").await, (200, Some("cluster_kuzzle_1".into())));
+    // A node joins while Redis is down (it keeps retrying), then Redis comes back empty.
+    let b = Sim::start("cluster_kuzzle_2", &["--redis", &url, "--heartbeat", HEARTBEAT]);
+    let _redis2 = RedisServer::start_on(port, &[]);
+    wait_routable(&h, "cluster_kuzzle_2").await;
+    wait_routable(&h, "cluster_kuzzle_1").await;
+    let s = status(&h).await;
+    assert_eq!(s["redis"]["connected"], true);
+    assert!(s["metrics"]["connects"].as_u64().unwrap_or(0) >= 2, "reconnected: {}", s["metrics"]);
+    drop((a, b));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realtime_notification_crosses_nodes_through_the_gateway() {
+    let redis = RedisServer::start();
+    let h = gw_single(&redis, "").await;
+    let _a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+    let _b = Sim::start("cluster_kuzzle_2", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+    wait_routable(&h, "cluster_kuzzle_1").await;
+    wait_routable(&h, "cluster_kuzzle_2").await;
+
+    let mut sub = ws(h.http_addr, "/cluster_kuzzle_1/").await;
+    let (r, _) = ws_call(
+        &mut sub,
+        json!({"requestId": "s1", "controller": "realtime", "action": "subscribe", "index": "i", "collection": "c", "body": {}}),
+    )
+    .await;
+    assert_eq!(r["status"], 200, "subscribe: {r}");
+    assert_eq!(r["node"], "cluster_kuzzle_1");
+    let channel = r["result"]["channel"].as_str().expect("channel").to_string();
+
+    let mut publ = ws(h.http_addr, "/cluster_kuzzle_2/").await;
+    let (p, _) = ws_call(
+        &mut publ,
+        json!({"requestId": "p1", "controller": "realtime", "action": "publish", "index": "i", "collection": "c", "body": {"hello": "world"}}),
+    )
+    .await;
+    assert_eq!(p["status"], 200, "publish: {p}");
+    assert_eq!(p["node"], "cluster_kuzzle_2");
+    let note = loop {
+        let m = ws_next_json(&mut sub, Duration::from_secs(10)).await.expect("notification on node 1 within 10 s");
+        if m["room"] == channel.as_str() {
+            break m;
+        }
+    };
+    assert_eq!(note["result"]["_source"]["hello"], "world");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dropped_and_counted() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let h = gw_single(&redis, "allowed_networks = [\"127.0.0.0/8\"]\n").await;
+    let _a = Sim::start("cluster_kuzzle_1", &["--redis", &url, "--heartbeat", HEARTBEAT]);
+    wait_routable(&h, "cluster_kuzzle_1").await;
+    let names = |h: &Handle| h.gw.snapshot.load().nodes.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+    let before_nodes = names(&h);
+    let before = dropped(&h);
+
+    let huge = format!("[\"cluster:heartbeat\", {{\"pub\": \"tcp://127.0.0.1:1\", \"pad\": \"{}\"}}]", "x".repeat(100_000));
+    let garbage: Vec<(&str, Vec<u8>)> = vec![
+        ("cluster:heartbeat", b"not json at all".to_vec()),
+        ("cluster:heartbeat", b"{\"pub\": 1}".to_vec()),
+        ("cluster:ready", b"[\"cluster:ready\", {\"pub\": 42}]".to_vec()),
+        ("cluster:ready", b"[\"cluster:sync\", {\"pub\": \"tcp://127.0.0.1:1\"}]".to_vec()),
+        ("cluster:ready", br#"["cluster:ready", {"pub": "tcp://8.8.8.8:7511", "name": "evil"}]"#.to_vec()),
+        ("cluster:ready", br#"["cluster:ready", {"pub": "tcp://127.0.0.1:7511", "name": "../x"}]"#.to_vec()),
+        ("cluster:heartbeat", huge.into_bytes()),
+        ("cluster:remove", vec![0xff, 0xfe, 0x00]),
+    ];
+    let n = garbage.len() as u64;
+    for (room, p) in &garbage {
+        publish(&url, room, p);
+    }
+    eventually(WAIT, "every malformed message counted as dropped", || async { (dropped(&h) >= before + n).then_some(()) })
+        .await;
+    assert_eq!(names(&h), before_nodes, "node set unchanged");
+    assert_eq!(via(&h, "/cluster_kuzzle_1/_now").await, (200, Some("cluster_kuzzle_1".into())));
+    let by_reason = &status(&h).await["metrics"]["dropped"];
+    for reason in ["bad_json", "bad_shape", "unknown_room", "not_allowed", "bad_name", "too_large"] {
+        assert!(by_reason[reason].as_u64().unwrap_or(0) >= 1, "{reason} counted: {by_reason}");
+    }
+    // The ops listener serves the same status.
+    let r = request(h.stats_addr, "GET", "/cluster/status", &[OPS_AUTH], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.json()["nodes"].as_array().is_some_and(|a| a.iter().any(|n| n["name"] == "cluster_kuzzle_1")));
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin3_discovery_member_becomes_a_node_at_node_port() {
+    let redis = RedisServer::start();
+    let port = free_port();
+    let h = gw_single(&redis, &format!("node_port = {port}\n")).await;
+    // A plain node (no Redis) on 127.0.0.2:node_port, announced the plugin 3.x way: {pub, router}.
+    let _n = Sim::start_on(&format!("127.0.0.2:{port}"), "plain", &[]);
+    let mut c = redis_conn(&redis.url());
+    let member = r#"{"pub":"tcp://127.0.0.2:7511","router":"tcp://127.0.0.2:7510"}"#;
+    let _: i64 = redis::cmd("SADD").arg("cluster:discovery").arg(member).query(&mut c).expect("SADD");
+    // Named by the documented rule: the IP with '.' -> '_'; health checks let it in.
+    wait_routable(&h, "127_0_0_2").await;
+    let _: i64 = redis::cmd("SREM").arg("cluster:discovery").arg(member).query(&mut c).expect("SREM");
+    wait_state(&h, "127_0_0_2", &["draining", "gone"]).await;
+    h.shutdown().await;
+}
+
+/// Keys in slots owned by different masters (hash tags spread them), as the plugin writes them.
+const STATE_KEYS: [&str; 6] = [
+    "cluster:room_ids",
+    "cluster:room_counts:{i/a}r1",
+    "cluster:room_counts:{i/b}r2",
+    "cluster:room_counts:{j/c}r3",
+    "cluster:filters:{x/y}r4",
+    "cluster:version{q/z}",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_membership_status_and_reset_on_every_master() {
+    let rc = RedisCluster::start();
+    let seeds: Vec<String> = rc.urls();
+    let cluster = redis::cluster::ClusterClient::new(seeds.clone()).expect("cluster client");
+    let mut c = cluster.get_connection().expect("cluster connection");
+    for k in STATE_KEYS {
+        if k == "cluster:room_ids" {
+            let _: i64 = redis::cmd("SADD").arg(k).arg("r1").arg("r2").query(&mut c).expect("SADD");
+        } else {
+            let _: () = redis::cmd("SET").arg(k).arg("2").query(&mut c).expect("SET");
+        }
+    }
+    let _: i64 = redis::cmd("SADD").arg("cluster:discovery").arg("{}").query(&mut c).expect("SADD");
+
+    let list = seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let h = gateway(&cluster_toml(&format!("redis_cluster = [{list}]"), "")).await;
+    eventually(WAIT, "connected to the Redis Cluster", || async {
+        (status(&h).await["redis"]["connected"] == true).then_some(())
+    })
+    .await;
+    // A node announced on the cluster's pub/sub (published on one master, heard through another).
+    let sim = Sim::start("cluster_kuzzle_3", &[]);
+    let desc = json!(["cluster:ready", {"pub": "tcp://127.0.0.1:1", "router": "tcp://127.0.0.1:2", "name": "cluster_kuzzle_3", "http": format!("http://{}", sim.addr), "ready": true}]);
+    eventually(WAIT, "node announced on the Redis Cluster routable", || async {
+        for s in &seeds {
+            publish(s, "cluster:ready", desc.to_string().as_bytes());
+        }
+        let (code, node) = via(&h, "/cluster_kuzzle_3/_now").await;
+        (code == 200 && node.as_deref() == Some("cluster_kuzzle_3")).then_some(())
+    })
+    .await;
+
+    let s = status(&h).await;
+    assert_eq!(s["rooms"], 2, "rooms from cluster:room_ids: {s}");
+    assert_eq!(s["subscribers"], 6, "sum of room_counts across masters: {s}");
+
+    // Someone listening on cluster:sync sees the reset.
+    let mut subc = redis::Client::open(seeds[0].as_str()).expect("client").get_connection().expect("conn");
+    let mut ps = subc.as_pubsub();
+    ps.subscribe("cluster:sync").expect("SUBSCRIBE");
+    ps.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+
+    let r = request(h.stats_addr, "POST", "/cluster/reset", &[OPS_AUTH], Bytes::new()).await;
+    assert_eq!(r.status, 200, "reset: {}", String::from_utf8_lossy(&r.body));
+    let body = r.json();
+    assert_eq!(body["masters"].as_array().map(Vec::len), Some(3), "{body}");
+    let msg = ps.get_message().expect("cluster:sync message");
+    let payload: String = msg.get_payload().expect("payload");
+    assert_eq!(serde_json::from_str::<Value>(&payload).expect("json"), json!(["cluster:sync", {"event": "state:reset"}]));
+
+    for k in STATE_KEYS {
+        let n: i64 = redis::cmd("EXISTS").arg(k).query(&mut c).expect("EXISTS");
+        assert_eq!(n, 0, "{k} deleted");
+    }
+    let kept: i64 = redis::cmd("EXISTS").arg("cluster:discovery").query(&mut c).expect("EXISTS");
+    assert_eq!(kept, 1, "cluster:discovery kept");
+    // Unauthenticated reset is refused.
+    let r = request(h.stats_addr, "POST", "/cluster/reset", &[], Bytes::new()).await;
+    assert_eq!(r.status, 401);
+    h.shutdown().await;
+}

@@ -1,0 +1,539 @@
+//! Hot reload and binary upgrade under load: config changes written to the watched file (nodes
+//! added and removed, algorithm switched, a broken file in the middle), a listener moved to a new
+//! address, `drain_timeout`, and the real binary handing its sockets to a new process. Every
+//! test asserts zero refused connections, zero non-2xx, zero unexpected WebSocket disconnects and
+//! every message echoed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use kuzzle_gateway::config::Config;
+use kuzzle_gateway::server;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const WS_CLIENTS: usize = 50;
+const CHANGES: usize = 20;
+/// Hard cap on how long any load loop runs, whatever happens.
+const LOAD_CAP: Duration = Duration::from_secs(40);
+
+/// A fresh temporary directory for this test's files.
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kgw-reload-{tag}-{}-{}", std::process::id(), free_port()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Replace the file as editors and config-management tools do: write aside, rename over.
+fn write_by_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp config");
+    std::fs::rename(&tmp, path).expect("rename config into place");
+}
+
+fn node_lines(sims: &[&Sim]) -> String {
+    nodes_toml(sims)
+}
+
+/// What the load generators saw.
+#[derive(Default)]
+struct Tally {
+    http_ok: AtomicU64,
+    http_non2xx: AtomicU64,
+    http_errors: AtomicU64,
+    refused: AtomicU64,
+    ws_sent: AtomicU64,
+    ws_echoed: AtomicU64,
+    ws_disconnects: AtomicU64,
+}
+
+impl Tally {
+    fn report(&self) -> String {
+        format!(
+            "http ok {} non-2xx {} errors {} refused {}; ws sent {} echoed {} disconnects {}",
+            self.http_ok.load(Ordering::Relaxed),
+            self.http_non2xx.load(Ordering::Relaxed),
+            self.http_errors.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+            self.ws_sent.load(Ordering::Relaxed),
+            self.ws_echoed.load(Ordering::Relaxed),
+            self.ws_disconnects.load(Ordering::Relaxed),
+        )
+    }
+
+    fn assert_clean(&self) {
+        let r = self.report();
+        assert!(self.http_ok.load(Ordering::Relaxed) > 0, "no HTTP request succeeded: {r}");
+        assert_eq!(self.http_non2xx.load(Ordering::Relaxed), 0, "{r}");
+        assert_eq!(self.http_errors.load(Ordering::Relaxed), 0, "{r}");
+        assert_eq!(self.refused.load(Ordering::Relaxed), 0, "{r}");
+        assert_eq!(self.ws_disconnects.load(Ordering::Relaxed), 0, "{r}");
+        assert_eq!(self.ws_sent.load(Ordering::Relaxed), self.ws_echoed.load(Ordering::Relaxed), "{r}");
+    }
+}
+
+/// HTTP load: `fresh` = a new connection per request (what a refused connection shows on),
+/// otherwise one keep-alive connection. Runs until `stop` (bounded by `LOAD_CAP`).
+fn http_load(addr: SocketAddr, fresh: bool, stop: Arc<AtomicBool>, t: Arc<Tally>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut keep: Option<Client> = None;
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < LOAD_CAP {
+            if fresh || keep.is_none() {
+                match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => drop(s),
+                    _ => {
+                        t.refused.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                }
+                keep = Some(Client::connect(addr).await);
+            }
+            let Some(c) = keep.as_mut() else { continue };
+            match c.try_send("GET", "/_serverInfo", &[], Bytes::new()).await {
+                Ok(r) if (200..300).contains(&r.status) => {
+                    t.http_ok.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(r) => {
+                    eprintln!("non-2xx {}: {}", r.status, String::from_utf8_lossy(&r.body));
+                    t.http_non2xx.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    eprintln!("HTTP error: {e}");
+                    t.http_errors.fetch_add(1, Ordering::Relaxed);
+                    keep = None;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+}
+
+/// One WebSocket client sending `server:now` every ~`every` and checking each answer comes back,
+/// until `stop`; then it closes normally. Returns the node it was tunnelled to.
+async fn ws_client(
+    ws: Ws,
+    id: usize,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    t: Arc<Tally>,
+) -> tokio::task::JoinHandle<String> {
+    tokio::spawn(async move {
+        let mut ws = ws;
+        let mut node = String::new();
+        let start = Instant::now();
+        let mut k = 0u64;
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < LOAD_CAP {
+            k += 1;
+            let rid = format!("c{id}-{k}");
+            t.ws_sent.fetch_add(1, Ordering::Relaxed);
+            let req = json!({"controller": "server", "action": "now", "requestId": rid});
+            if ws.send(Message::text(req.to_string())).await.is_err() {
+                t.ws_disconnects.fetch_add(1, Ordering::Relaxed);
+                return node;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, ws.next()).await {
+                    Ok(Some(Ok(Message::Text(txt)))) => {
+                        let v: serde_json::Value = serde_json::from_str(&txt).unwrap_or_default();
+                        if v["requestId"] == rid.as_str() {
+                            t.ws_echoed.fetch_add(1, Ordering::Relaxed);
+                            node = v["node"].as_str().unwrap_or_default().to_string();
+                            break;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => continue,
+                    other => {
+                        eprintln!("ws client {id} lost its connection waiting for {rid}: {other:?}");
+                        t.ws_disconnects.fetch_add(1, Ordering::Relaxed);
+                        return node;
+                    }
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+        let _ = ws.close(None).await;
+        node
+    })
+}
+
+/// Open `n` WebSockets to `addr` (all must succeed).
+async fn open_ws(addr: SocketAddr, path: &str, n: usize) -> Vec<Ws> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(ws(addr, path).await);
+    }
+    v
+}
+
+fn config_text(listen: &str, stats: &str, algorithm: &str, extra: &str, nodes: &str) -> String {
+    format!(
+        "[gateway]\nlisten = \"{listen}\"\nshutdown_grace = \"1s\"\n{extra}\n\
+         [stats]\nlisten = \"{stats}\"\n\
+         [balance]\nalgorithm = \"{algorithm}\"\n\
+         [health]\npath = \"/_healthCheck\"\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 2\n\
+         {nodes}"
+    )
+}
+
+// -------------------------------------------------------------------------------------------------
+
+/// 50 WebSocket clients and HTTP load while 20 changes are written to the watched file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_changes_under_load_lose_nothing() {
+    let sims = [Sim::start("n1", &[]), Sim::start("n2", &[]), Sim::start("n3", &[]), Sim::start("n4", &[])];
+    let dir = temp_dir("watch");
+    let file = dir.join("gw.toml");
+    let algos = ["leastconn", "roundrobin", "source"];
+    let text0 = config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", "", &node_lines(&[&sims[0], &sims[1]]));
+    std::fs::write(&file, &text0).expect("write config");
+    let cfg = Config::load(&file).expect("valid config");
+    let h = server::start(cfg).await.expect("gateway starts");
+    let gw = h.gw.clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Arc::new(Tally::default());
+    let mut loads = Vec::new();
+    for i in 0..4 {
+        loads.push(http_load(h.http_addr, i % 2 == 0, stop.clone(), t.clone()));
+    }
+    let mut clients = Vec::new();
+    for (i, w) in open_ws(h.http_addr, "/", WS_CLIENTS).await.into_iter().enumerate() {
+        clients.push(ws_client(w, i, Duration::from_millis(150), stop.clone(), t.clone()).await);
+    }
+
+    let mut rng_state = 7u64;
+    let mut next = move || {
+        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        rng_state >> 33
+    };
+    let broken_at = CHANGES / 2;
+    for step in 0..CHANGES {
+        let ok_before = gw.reloads_ok.load(Ordering::Relaxed);
+        let failed_before = gw.reloads_failed.load(Ordering::Relaxed);
+        if step == broken_at {
+            // A broken file: refused, the running configuration stays.
+            let running = gw.config();
+            let bad = text0.replace("[balance]\n", "[balance]\nalgoritm = \"random\"\n");
+            write_by_rename(&file, &bad);
+            eventually(Duration::from_secs(10), "broken config refused", || async {
+                (gw.reloads_failed.load(Ordering::Relaxed) > failed_before).then_some(())
+            })
+            .await;
+            let st = gw.last_reload().expect("reload recorded");
+            assert!(!st.ok, "broken config accepted: {st:?}");
+            assert!(st.message.contains("gw.toml:"), "no file:line in {:?}", st.message);
+            assert!(st.message.contains("balance.algoritm"), "no key in {:?}", st.message);
+            assert_eq!(*gw.config(), *running, "broken file changed the running configuration");
+            continue;
+        }
+        // n1 always stays; the others come and go.
+        let mut set: Vec<&Sim> = vec![&sims[0]];
+        for s in &sims[1..] {
+            if next() % 2 == 0 {
+                set.push(s);
+            }
+        }
+        let algo = algos[step % algos.len()];
+        let text = config_text("127.0.0.1:0", "127.0.0.1:0", algo, "", &node_lines(&set));
+        if step % 2 == 0 {
+            write_by_rename(&file, &text);
+        } else {
+            std::fs::write(&file, &text).expect("write config in place");
+        }
+        let want: Vec<String> = set.iter().map(|s| s.name.clone()).collect();
+        eventually(Duration::from_secs(10), &format!("change {step} applied"), || async {
+            let c = gw.config();
+            let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+            (names == want && c.balance.algorithm.as_str() == algo).then_some(())
+        })
+        .await;
+        assert!(gw.reloads_ok.load(Ordering::Relaxed) > ok_before || step == 0 || text == text0);
+        // Listeners did not move.
+        assert_eq!(gw.listeners.local_addr(server::ListenerKind::Http), Some(h.http_addr));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // A last interval of traffic on the final configuration, then stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.expect("load task");
+    }
+    for c in clients {
+        c.await.expect("ws task");
+    }
+    eprintln!("config_changes_under_load: {}", t.report());
+    t.assert_clean();
+    assert!(
+        t.ws_echoed.load(Ordering::Relaxed) >= (WS_CLIENTS * CHANGES) as u64 / 4,
+        "too little WS traffic: {}",
+        t.report()
+    );
+    assert!(
+        gw.reloads_ok.load(Ordering::Relaxed) >= (CHANGES - 2) as u64,
+        "reloads ok: {}",
+        gw.reloads_ok.load(Ordering::Relaxed)
+    );
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Moving the client and stats listeners: the new addresses serve before the old close, open
+/// connections on the old address keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_address_change_keeps_serving() {
+    let a = Sim::start("la", &[]);
+    let dir = temp_dir("move");
+    let file = dir.join("gw.toml");
+    let (p1, p2, s1, s2) = (free_port(), free_port(), free_port(), free_port());
+    let l1 = format!("127.0.0.1:{p1}");
+    let st1 = format!("127.0.0.1:{s1}");
+    std::fs::write(&file, config_text(&l1, &st1, "leastconn", "watch = false", &node_lines(&[&a]))).expect("write");
+    let h = server::start(Config::load(&file).expect("valid")).await.expect("start");
+    let old_addr: SocketAddr = l1.parse().expect("addr");
+    let mut keep = Client::connect(old_addr).await;
+    assert_eq!(keep.send("GET", "/_serverInfo", &[], Bytes::new()).await.status, 200);
+    let mut w = ws(old_addr, "/").await;
+    let (r, _) = ws_call(&mut w, json!({"controller": "server", "action": "now", "requestId": "before"})).await;
+    assert_eq!(r["status"], 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Arc::new(Tally::default());
+    let load = http_load(old_addr, false, stop.clone(), t.clone());
+
+    // Move both listeners; reload through the ops endpoint (authenticated).
+    let l2 = format!("127.0.0.1:{p2}");
+    let st2 = format!("127.0.0.1:{s2}");
+    std::fs::write(&file, config_text(&l2, &st2, "roundrobin", "watch = false", &node_lines(&[&a]))).expect("write");
+    let auth = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
+    let r = request(h.stats_addr, "POST", "/reload", &[auth], Bytes::new()).await;
+    assert_eq!(r.status, 200, "reload: {}", String::from_utf8_lossy(&r.body));
+    let new_addr: SocketAddr = l2.parse().expect("addr");
+    assert_eq!(h.gw.listeners.local_addr(server::ListenerKind::Http), Some(new_addr));
+    let fresh = get(new_addr, "/_serverInfo").await;
+    assert_eq!(fresh.status, 200);
+    let ops = request(st2.parse().expect("addr"), "GET", "/healthz", &[], Bytes::new()).await;
+    assert_eq!(ops.status, 200, "stats listener moved");
+    // The old address no longer accepts (its accept loop stopped and the socket closed).
+    eventually(Duration::from_secs(5), "old client address closed", || async {
+        TcpStream::connect(old_addr).await.is_err().then_some(())
+    })
+    .await;
+    // Connections opened on the old address are untouched.
+    assert_eq!(keep.send("GET", "/_serverInfo", &[], Bytes::new()).await.status, 200);
+    let (r, _) = ws_call(&mut w, json!({"controller": "server", "action": "now", "requestId": "after"})).await;
+    assert_eq!(r["status"], 200);
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load");
+    t.assert_clean();
+
+    // A listener that cannot be bound refuses the whole reload.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr");
+    std::fs::write(&file, config_text(&busy_addr.to_string(), &st2, "source", "watch = false", &node_lines(&[&a])))
+        .expect("write");
+    let r = request(st2.parse().expect("addr"), "POST", "/reload", &[auth], Bytes::new()).await;
+    assert_eq!(r.status, 400, "reload onto a busy port must be refused");
+    assert!(String::from_utf8_lossy(&r.body).contains(&busy_addr.to_string()), "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(h.gw.config().balance.algorithm.as_str(), "roundrobin", "refused reload left the config as it was");
+    assert_eq!(get(new_addr, "/_serverInfo").await.status, 200);
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A removed node keeps its tunnels until `drain_timeout`, then they get a 1001 close; tunnels on
+/// nodes that stay are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_timeout_closes_only_removed_nodes_tunnels() {
+    let a = Sim::start("da", &[]);
+    let b = Sim::start("db", &[]);
+    let dir = temp_dir("drain");
+    let file = dir.join("gw.toml");
+    let extra = "watch = false\ndrain_timeout = \"1s\"";
+    std::fs::write(&file, config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", extra, &node_lines(&[&a, &b])))
+        .expect("write");
+    let h = server::start(Config::load(&file).expect("valid")).await.expect("start");
+    let mut on_a = ws(h.http_addr, "/da").await;
+    let mut on_b = ws(h.http_addr, "/db").await;
+    let (r, _) = ws_call(&mut on_b, json!({"controller": "server", "action": "now", "requestId": "b1"})).await;
+    assert_eq!(r["node"], "db");
+
+    std::fs::write(&file, config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", extra, &node_lines(&[&a])))
+        .expect("write");
+    kuzzle_gateway::control::reload(&h.gw).expect("reload");
+    let removed_at = Instant::now();
+    // Still served while draining.
+    let (r, _) = ws_call(&mut on_b, json!({"controller": "server", "action": "now", "requestId": "b2"})).await;
+    assert_eq!(r["node"], "db", "draining node's tunnel still works");
+    // Then closed with 1001 once drain_timeout passed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, on_b.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| f.code),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("expected a close frame on the drained node's tunnel, got {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(CloseCode::Away));
+    assert!(removed_at.elapsed() >= Duration::from_millis(900), "closed before drain_timeout");
+    let (r, _) = ws_call(&mut on_a, json!({"controller": "server", "action": "now", "requestId": "a1"})).await;
+    assert_eq!(r["node"], "da", "tunnel on the surviving node untouched");
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Binary upgrade with the real binary
+// ---------------------------------------------------------------------------------------------
+
+/// Spawn `kuzzle-gateway ARGS`; its output lines go to a channel (and to stderr for debugging).
+fn spawn_gateway(args: &[&str]) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(bin("kuzzle-gateway"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start kuzzle-gateway: {e}"));
+    let out = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[gateway {}] {line}", args_tag());
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+fn args_tag() -> &'static str {
+    "child"
+}
+
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(needle) => return,
+            Ok(_) => continue,
+            Err(_) => panic!("no output line containing {needle:?} within {timeout:?}"),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_hands_over_sockets_without_refusing() {
+    let a = Sim::start("ua", &[]);
+    let b = Sim::start("ub", &[]);
+    let dir = temp_dir("upgrade");
+    let file = dir.join("gw.toml");
+    let sock = dir.join("upgrade.sock");
+    let (p, s) = (free_port(), free_port());
+    let extra = format!("upgrade_socket = \"{}\"\nhard_stop_after = \"60s\"", sock.display());
+    let text =
+        config_text(&format!("127.0.0.1:{p}"), &format!("127.0.0.1:{s}"), "leastconn", &extra, &node_lines(&[&a, &b]));
+    std::fs::write(&file, text).expect("write");
+    let cfg = file.to_str().expect("utf-8 path");
+    let addr: SocketAddr = format!("127.0.0.1:{p}").parse().expect("addr");
+    let stats: SocketAddr = format!("127.0.0.1:{s}").parse().expect("addr");
+
+    let (mut old, old_out) = spawn_gateway(&["--config", cfg]);
+    wait_for_line(&old_out, "upgrade socket ready", READY_TIMEOUT);
+    assert_eq!(get(stats, "/healthz").await.status, 200);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Arc::new(Tally::default());
+    let mut loads = Vec::new();
+    for i in 0..4 {
+        loads.push(http_load(addr, i % 2 == 0, stop.clone(), t.clone()));
+    }
+    // WebSockets opened on the old process: they must keep working across the hand-over.
+    let ws_stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (i, w) in open_ws(addr, "/", 10).await.into_iter().enumerate() {
+        clients.push(ws_client(w, i, Duration::from_millis(100), ws_stop.clone(), t.clone()).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (mut new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
+    wait_for_line(&new_out, "upgrade complete", READY_TIMEOUT);
+    wait_for_line(&new_out, "upgrade socket ready", READY_TIMEOUT);
+    // Load continues on the new process; the old one is alive for its tunnels.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(old.try_wait().expect("try_wait").is_none(), "old process exited while its WebSockets were open");
+    let echoed_before = t.ws_echoed.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.ws_echoed.load(Ordering::Relaxed) > echoed_before, "WebSockets on the old process stalled");
+    // New WebSockets go to the new process and work.
+    let mut w = ws(addr, "/").await;
+    let (r, _) = ws_call(&mut w, json!({"controller": "server", "action": "now", "requestId": "new-1"})).await;
+    assert_eq!(r["status"], 200);
+    drop(w);
+    assert_eq!(get(stats, "/healthz").await.status, 200, "stats listener handed over too");
+
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.expect("load");
+    }
+    // Closing the old process's last tunnels lets it exit 0.
+    ws_stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.expect("ws task");
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut old, Duration::from_secs(20));
+        if s.is_none() {
+            let _ = old.kill();
+        }
+        s
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "old process did not exit 0 after its last tunnel closed");
+    eprintln!("binary_upgrade: {}", t.report());
+    t.assert_clean();
+
+    // The new process is a normal gateway now: SIGTERM stops it.
+    let _ = Command::new("kill").args(["-TERM", &new.id().to_string()]).status();
+    let status = tokio::task::spawn_blocking(move || {
+        let s = wait_exit(&mut new, Duration::from_secs(20));
+        if s.is_none() {
+            let _ = new.kill();
+        }
+        s
+    })
+    .await
+    .expect("join");
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "new process did not stop on SIGTERM");
+    let _ = std::fs::remove_dir_all(&dir);
+}

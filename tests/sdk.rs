@@ -1,0 +1,130 @@
+//! The official Kuzzle JavaScript SDK (`kuzzle-sdk` from npm) through the gateway, in front of two
+//! simulated nodes: runs `sim/tests/sdk/sdk-check.js HOST PORT` with node. Node.js and npm are
+//! required; a missing tool fails the test and says what to install.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn sdk_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sim/tests/sdk")
+}
+
+fn need(tool: &str) {
+    match Command::new(tool).arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => panic!(
+            "{tool} is not installed: the SDK test needs Node.js and npm (apt-get install nodejs npm, or run scripts/test which installs them)"
+        ),
+    }
+}
+
+/// Run a command with a deadline, killing it if it overruns; returns its output.
+fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let (mut out, mut err) = (child.stdout.take().expect("stdout"), child.stderr.take().expect("stderr"));
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut out, &mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut err, &mut v);
+        v
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stdout = t_out.join().unwrap_or_default();
+            let stderr = t_err.join().unwrap_or_default();
+            panic!(
+                "{what} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&stdout),
+                String::from_utf8_lossy(&stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Output { status, stdout: t_out.join().unwrap_or_default(), stderr: t_err.join().unwrap_or_default() }
+}
+
+/// `npm install` once (offline cache first) when the SDK is not there yet.
+fn ensure_sdk_installed(dir: &Path) {
+    if dir.join("node_modules/kuzzle-sdk").is_dir() {
+        return;
+    }
+    need("npm");
+    let ci = dir.join("package-lock.json").exists();
+    let mut cmd = Command::new("npm");
+    cmd.current_dir(dir).args(if ci { &["ci"][..] } else { &["install"][..] }).args([
+        "--no-audit",
+        "--no-fund",
+        "--prefer-offline",
+    ]);
+    let out = run_bounded(&mut cmd, Duration::from_secs(300), "npm install");
+    assert!(
+        out.status.success(),
+        "npm install in {} failed:\n{}\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.join("node_modules/kuzzle-sdk").is_dir(), "npm install did not install kuzzle-sdk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_sdk_works_through_the_gateway() {
+    need("node");
+    let dir = sdk_dir();
+    let script = dir.join("sdk-check.js");
+    assert!(script.is_file(), "{} is missing (the simulator's SDK check script)", script.display());
+    ensure_sdk_installed(&dir);
+
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    let n2 = Sim::start("cluster_kuzzle_2", &[]);
+    let gw = gateway(&gateway_toml(&nodes_toml(&[&n1, &n2]))).await;
+    let port = gw.http_addr.port().to_string();
+
+    // Twice: the balancer sends the two WebSocket sessions to both nodes.
+    for round in 1..=2 {
+        let (dir, port) = (dir.clone(), port.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            let mut cmd = Command::new("node");
+            cmd.current_dir(&dir).arg("sdk-check.js").args(["127.0.0.1", &port]);
+            run_bounded(&mut cmd, Duration::from_secs(60), "node sdk-check.js")
+        })
+        .await
+        .expect("SDK check task");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "round {round}: the Kuzzle SDK failed through the gateway:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+    }
+    // The SDK's WebSocket sessions really went through the gateway, one on each node.
+    let total = gw.gw.frontend.tunnels_total.load(Ordering::Relaxed);
+    assert!(total >= 2, "the SDK checks passed with {total} WebSocket tunnel(s) through the gateway");
+    let snap = gw.gw.snapshot.load_full();
+    for name in ["cluster_kuzzle_1", "cluster_kuzzle_2"] {
+        let t = snap.node(name).expect("node").counters.tunnels_total.load(Ordering::Relaxed);
+        assert!(t >= 1, "no SDK session reached {name}");
+    }
+    gw.shutdown().await;
+}
