@@ -86,8 +86,8 @@ impl RedisTargets {
     pub fn from_config(cfg: &SimConfig) -> Result<Option<RedisTargets>, SimError> {
         let Some(spec) = &cfg.redis else { return Ok(None) };
         if !cfg.redis_cluster {
-            let client =
-                redis::Client::open(spec.as_str()).map_err(|source| SimError::RedisUrl { url: spec.clone(), source })?;
+            let client = redis::Client::open(spec.as_str())
+                .map_err(|source| SimError::RedisUrl { url: spec.clone(), source })?;
             return Ok(Some(RedisTargets::Single(client)));
         }
         let seeds: Vec<String> = spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();

@@ -13,7 +13,13 @@ pub(crate) enum Filter {
     Equals(String, Value),
     In(String, Vec<Value>),
     Exists(String),
-    Range { field: String, gt: Option<f64>, gte: Option<f64>, lt: Option<f64>, lte: Option<f64> },
+    Range {
+        field: String,
+        gt: Option<f64>,
+        gte: Option<f64>,
+        lt: Option<f64>,
+        lte: Option<f64>,
+    },
     Ids(Vec<String>),
     And(Vec<Filter>),
     Or(Vec<Filter>),
@@ -118,7 +124,8 @@ fn compile(v: &Value, depth: usize) -> Result<Filter, ApiError> {
             Ok(Filter::Range { field, gt: get("gt")?, gte: get("gte")?, lt: get("lt")?, lte: get("lte")? })
         }
         "ids" => {
-            let vals = arg.get("values").and_then(Value::as_array).ok_or_else(|| bad("\"ids\" takes {values: [...]}"))?;
+            let vals =
+                arg.get("values").and_then(Value::as_array).ok_or_else(|| bad("\"ids\" takes {values: [...]}"))?;
             let ids = vals.iter().map(|x| x.as_str().map(str::to_owned)).collect::<Option<Vec<_>>>();
             Ok(Filter::Ids(ids.ok_or_else(|| bad("ids must be strings"))?))
         }

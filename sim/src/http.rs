@@ -246,7 +246,8 @@ fn empty() -> RespBody {
 fn envelope(node: &str, env: Envelope) -> Response<RespBody> {
     let status = StatusCode::from_u16(env.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let text = env.render(node);
-    let mut resp = Response::new(Full::new(Bytes::from(text)).map_err(|e: Infallible| -> BoxError { match e {} }).boxed_unsync());
+    let mut resp =
+        Response::new(Full::new(Bytes::from(text)).map_err(|e: Infallible| -> BoxError { match e {} }).boxed_unsync());
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp

@@ -34,9 +34,10 @@ pub(crate) struct WsContext {
 /// Whether a request asks for a WebSocket upgrade (on any path, as Kuzzle accepts).
 pub(crate) fn is_upgrade(req: &Request<Incoming>) -> bool {
     let has_token = |name: header::HeaderName, token: &str| {
-        req.headers().get_all(name).iter().any(|v| {
-            v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
+        req.headers()
+            .get_all(name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
     };
     req.method() == Method::GET && has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
 }
@@ -82,7 +83,10 @@ pub(crate) async fn session(upgraded: hyper::upgrade::Upgraded, cx: WsContext) {
     let (mut sink, mut stream) = ws.split();
     tracing::debug!(node = %cx.node.name, conn, "websocket session open");
     loop {
+        // Biased: queued notifications go out before the next request is read, so a client sees
+        // them in a deterministic order relative to its later responses.
         let out = tokio::select! {
+            biased;
             _ = cx.stop.cancelled() => break,
             note = notes.recv() => match note {
                 Some(text) => Message::Text(text),
@@ -203,7 +207,9 @@ fn route(cx: &WsContext, conn: ConnId, controller: &str, action: &str, req: &Val
         ("server", "info") => ok(node.server_info()),
         ("server", "healthCheck") => {
             if node.is_ready() {
-                ok(json!({"status": "green", "services": {"internalCache": "green", "memoryStorage": "green", "storageEngine": "green"}}))
+                ok(
+                    json!({"status": "green", "services": {"internalCache": "green", "memoryStorage": "green", "storageEngine": "green"}}),
+                )
             } else {
                 Err(ApiError::new(503, "api.process.unhealthy", "The node is not ready"))
             }
@@ -211,7 +217,9 @@ fn route(cx: &WsContext, conn: ConnId, controller: &str, action: &str, req: &Val
         // The SDK asks these on a reconnection when it believes it is logged in; the sim has only
         // the anonymous user.
         ("auth", "checkToken") => ok(json!({"valid": true, "kuid": "-1", "expiresAt": -1, "state": "Valid token"})),
-        ("auth", "getCurrentUser") => ok(json!({"_id": "-1", "_source": {"profileIds": ["anonymous"]}, "strategies": []})),
+        ("auth", "getCurrentUser") => {
+            ok(json!({"_id": "-1", "_source": {"profileIds": ["anonymous"]}, "strategies": []}))
+        }
         ("realtime", "subscribe") => {
             let index = required_str(req, "index")?;
             let collection = required_str(req, "collection")?;
@@ -242,6 +250,8 @@ fn route(cx: &WsContext, conn: ConnId, controller: &str, action: &str, req: &Val
             };
             Ok((json!({"published": true}), Some(doc)))
         }
-        (c, a) => Err(ApiError::new(404, "api.process.action_not_found", format!("API action \"{c}\":\"{a}\" not found"))),
+        (c, a) => {
+            Err(ApiError::new(404, "api.process.action_not_found", format!("API action \"{c}\":\"{a}\" not found")))
+        }
     }
 }

@@ -1,0 +1,230 @@
+//! HTTP side of the sim: routes, envelope, headers, knobs, streaming helpers, stop.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::BodyExt;
+use kuzzle_node_sim::SimConfig;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+fn assert_envelope(r: &Resp, node: &str, status: u16) -> Value {
+    assert_eq!(r.status, status, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-kuzzle-node"), Some(node));
+    let v = r.json();
+    for k in ["requestId", "status", "error", "controller", "action", "index", "collection", "volatile", "result"] {
+        assert!(v.get(k).is_some(), "envelope misses {k}: {v}");
+    }
+    assert_eq!(v["status"], status);
+    assert_eq!(v["node"], node);
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_envelopes_and_headers() {
+    let s = sim(SimConfig::new("node_a")).await;
+    let a = s.addr;
+
+    let v = assert_envelope(&get(a, "/_now").await, "node_a", 200);
+    let now = v["result"]["now"].as_u64().expect("now");
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(now.abs_diff(wall) < 60_000, "{now} vs {wall}");
+    assert_eq!((v["controller"].as_str(), v["action"].as_str()), (Some("server"), Some("now")));
+
+    let v = assert_envelope(&get(a, "/_serverInfo").await, "node_a", 200);
+    assert_eq!(v["result"]["serverInfo"]["kuzzle"]["nodeName"], "node_a");
+    assert!(v["result"]["serverInfo"]["kuzzle"]["version"].is_string());
+
+    let v = assert_envelope(&get(a, "/_plugin/cluster/health").await, "node_a", 200);
+    assert_eq!(v["result"], "ok");
+    assert!(v["error"].is_null());
+    let v = assert_envelope(&get(a, "/_healthCheck").await, "node_a", 200);
+    assert_eq!(v["result"]["status"], "green");
+
+    // Without Redis the pool is the node itself.
+    let v = assert_envelope(&get(a, "/_plugin/cluster/status").await, "node_a", 200);
+    assert_eq!(v["result"]["count"], 1);
+    assert_eq!(v["result"]["current"]["pub"], s.pub_addr());
+    assert_eq!(v["result"]["current"]["pub"], format!("tcp://{a}"), "default pub rule");
+    assert_eq!(v["result"]["current"]["ready"], true);
+    assert_eq!(v["result"]["pool"][0]["name"], "node_a");
+
+    // Unknown route: Kuzzle's 404, naming the path; x-sim-path is the path and query as received.
+    let r = get(a, "/no/such/route?a=1&b=%2F").await;
+    let v = assert_envelope(&r, "node_a", 404);
+    assert!(v["error"]["message"].as_str().unwrap().contains("/no/such/route"), "{v}");
+    assert_eq!(v["error"]["status"], 404);
+    assert_eq!(r.header("x-sim-path"), Some("/no/such/route?a=1&b=%2F"));
+    assert_eq!(get(a, "/_now?x=%41").await.header("x-sim-path"), Some("/_now?x=%41"));
+
+    // What the node received: method, path with query, lowercase headers (repeats as arrays).
+    let mut c = Client::connect(a).await;
+    let r = c
+        .send(
+            "PUT",
+            "/_sim/request?q=1",
+            &[("X-Forwarded-For", "10.1.1.1"), ("x-two", "a"), ("x-two", "b")],
+            Bytes::from_static(b"12345"),
+        )
+        .await;
+    let v = assert_envelope(&r, "node_a", 200);
+    let seen = &v["result"];
+    assert_eq!(seen["method"], "PUT");
+    assert_eq!(seen["path"], "/_sim/request?q=1");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "10.1.1.1");
+    assert_eq!(seen["headers"]["x-two"], json!(["a", "b"]));
+    assert_eq!(seen["headers"]["host"], a.to_string());
+    assert_eq!(seen["body_length"], 5);
+
+    // Keep-alive: the same connection serves more requests.
+    for _ in 0..3 {
+        assert_eq!(c.send("GET", "/_now", &[], Bytes::new()).await.status, 200);
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn knobs_ready_latency_errors() {
+    let mut cfg = SimConfig::new("knobs");
+    cfg.ready = false;
+    let s = sim(cfg).await;
+    let a = s.addr;
+
+    // Not ready from the start.
+    let v = assert_envelope(&get(a, "/_plugin/cluster/health").await, "knobs", 404);
+    assert_eq!(v["result"], "ko");
+    assert_eq!(v["error"]["message"], "ko");
+    assert_envelope(&get(a, "/_healthCheck").await, "knobs", 503);
+
+    assert_envelope(&request(a, "POST", "/_sim/ready/true").await, "knobs", 200);
+    assert_envelope(&get(a, "/_plugin/cluster/health").await, "knobs", 200);
+    assert_envelope(&get(a, "/_healthCheck").await, "knobs", 200);
+    assert_envelope(&request(a, "POST", "/_sim/ready/false").await, "knobs", 200);
+    assert_envelope(&get(a, "/_healthCheck").await, "knobs", 503);
+    s.set_ready(true);
+    assert_envelope(&get(a, "/_plugin/cluster/health").await, "knobs", 200);
+
+    // Bad knob values are 400s.
+    assert_envelope(&request(a, "POST", "/_sim/ready/maybe").await, "knobs", 400);
+    assert_envelope(&request(a, "POST", "/_sim/latency/soon").await, "knobs", 400);
+    assert_envelope(&request(a, "POST", "/_sim/errors/101").await, "knobs", 400);
+
+    // Latency: every answer but health and control routes waits.
+    assert_envelope(&request(a, "POST", "/_sim/latency/400").await, "knobs", 200);
+    let t0 = Instant::now();
+    assert_envelope(&get(a, "/_now").await, "knobs", 200);
+    assert!(t0.elapsed() >= Duration::from_millis(400), "latency not applied: {:?}", t0.elapsed());
+    let t0 = Instant::now();
+    get(a, "/_plugin/cluster/health").await;
+    get(a, "/_healthCheck").await;
+    request(a, "POST", "/_sim/errors/0").await;
+    assert!(t0.elapsed() < Duration::from_millis(400), "health and control routes are exempt: {:?}", t0.elapsed());
+    s.set_latency(Duration::ZERO);
+    let t0 = Instant::now();
+    get(a, "/_now").await;
+    assert!(t0.elapsed() < Duration::from_millis(400));
+
+    // Errors: 100 % answer 500, health and control routes aside.
+    assert_envelope(&request(a, "POST", "/_sim/errors/100").await, "knobs", 200);
+    for _ in 0..5 {
+        let v = assert_envelope(&get(a, "/_now").await, "knobs", 500);
+        assert_eq!(v["error"]["status"], 500);
+    }
+    assert_eq!(get(a, "/_sim/request").await.status, 500);
+    assert_envelope(&get(a, "/_plugin/cluster/health").await, "knobs", 200);
+    // About half with 50 %.
+    s.set_error_percent(50);
+    let mut errors = 0;
+    let mut c = Client::connect(a).await;
+    for _ in 0..200 {
+        if c.send("GET", "/_now", &[], Bytes::new()).await.status == 500 {
+            errors += 1;
+        }
+    }
+    assert!((40..=160).contains(&errors), "{errors}/200 errors at 50 %");
+    assert_envelope(&request(a, "POST", "/_sim/errors/0").await, "knobs", 200);
+    assert_envelope(&get(a, "/_now").await, "knobs", 200);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_and_bytes_stream() {
+    let s = sim(SimConfig::new("streams")).await;
+    let a = s.addr;
+    const MIB: usize = 1 << 20;
+    let payload: Bytes = (0..MIB).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+
+    // 1 MiB with a length, echoed as octets.
+    let mut c = Client::connect(a).await;
+    let r = c.send("POST", "/_sim/echo", &[("content-type", "application/octet-stream")], payload.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(r.header("x-kuzzle-node"), Some("streams"));
+    assert!(r.body == payload, "echoed body differs ({} bytes)", r.body.len());
+
+    // 1 MiB generated, chunked.
+    let r = c.send("GET", "/_sim/bytes/1048576", &[], Bytes::new()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), MIB);
+    assert!(r.body.iter().all(|b| *b == b'x'));
+    assert!(r.headers.get("content-length").is_none());
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(c.send("GET", "/_sim/bytes/0", &[], Bytes::new()).await.body.len(), 0);
+    assert_eq!(c.send("GET", "/_sim/bytes/lots", &[], Bytes::new()).await.status, 400);
+
+    // Chunked request: the echo starts while the request is still open (no whole-body buffer).
+    let (tx, rx) = mpsc::channel::<Bytes>(4);
+    tx.send(payload.slice(..64 * 1024)).await.expect("first chunk");
+    let mut c = Client::connect(a).await;
+    let resp = c.send_streaming("POST", "/_sim/echo", &[], ChanBody(rx).boxed_unsync()).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-length").is_none());
+    let mut body = resp.into_body();
+    let mut got = Vec::with_capacity(MIB);
+    while got.len() < 64 * 1024 {
+        let f = tokio::time::timeout(T, body.frame())
+            .await
+            .expect("echo bytes while the request is still open")
+            .expect("frame")
+            .expect("frame ok");
+        if let Ok(d) = f.into_data() {
+            got.extend_from_slice(&d);
+        }
+    }
+    for chunk in payload.slice(64 * 1024..).chunks(64 * 1024) {
+        tx.send(Bytes::copy_from_slice(chunk)).await.expect("chunk");
+    }
+    drop(tx);
+    let rest = tokio::time::timeout(T, body.collect()).await.expect("rest in time").expect("rest");
+    got.extend_from_slice(&rest.to_bytes());
+    assert!(got == payload[..], "chunked echo differs ({} bytes)", got.len());
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_and_shutdown_stop_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for kill in [true, false] {
+        let s = sim(SimConfig::new("stopper")).await;
+        let a = s.addr;
+        // A keep-alive connection held open across the stop is cut too.
+        let mut held = tokio::net::TcpStream::connect(a).await.expect("connect");
+        held.write_all(b"GET /_now HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(T, held.read(&mut buf)).await.expect("answer in time").expect("read");
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+        if kill {
+            s.kill();
+        } else {
+            s.shutdown().await;
+        }
+        let n = tokio::time::timeout(T, held.read(&mut buf)).await.expect("held connection closed in time");
+        assert!(matches!(n, Ok(0) | Err(_)), "held connection still open after stop (kill={kill})");
+        eventually(T, "listener closed", || async { tokio::net::TcpStream::connect(a).await.is_err().then_some(()) })
+            .await;
+    }
+}
