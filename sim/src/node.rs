@@ -18,6 +18,8 @@ use crate::realtime::Realtime;
 const KUZZLE1_VERSION: &str = "1.10.3";
 /// Kuzzle version reported in `--kuzzle2` mode (the current 2.x release).
 const KUZZLE2_VERSION: &str = "2.56.0";
+/// Most nodes the pool view keeps.
+const POOL_CAP: usize = 512;
 
 /// How the node names itself on the cluster protocol.
 ///
@@ -194,6 +196,16 @@ impl Node {
             return; // this node is always reported from its live state
         }
         if let Ok(mut pool) = self.pool.lock() {
+            // Heartbeats are network input: past a few hundred nodes, forget the silent ones first
+            // and refuse newcomers rather than grow without bound.
+            if pool.len() >= POOL_CAP && !pool.contains_key(&key) {
+                let horizon = self.heartbeat.saturating_mul(2);
+                pool.retain(|_, e| e.seen.elapsed() <= horizon);
+                if pool.len() >= POOL_CAP {
+                    tracing::warn!(node = %self.name, "pool full ({POOL_CAP} nodes): {key} ignored");
+                    return;
+                }
+            }
             pool.insert(key, PoolEntry { descriptor, seen: Instant::now() });
         }
     }

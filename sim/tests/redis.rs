@@ -261,3 +261,27 @@ async fn survives_a_redis_restart() {
     let _ = &mut conn;
     n.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_redis_is_down_then_registers() {
+    let port = free_port();
+    let mut c = SimConfig::new("early_bird");
+    c.redis = Some(format!("redis://127.0.0.1:{port}/0"));
+    c.heartbeat = Duration::from_millis(300);
+    let t0 = std::time::Instant::now();
+    let n = sim(c).await;
+    assert!(t0.elapsed() < Duration::from_secs(6), "start is bounded when Redis is down: {:?}", t0.elapsed());
+    assert_eq!(get(n.addr, "/_plugin/cluster/health").await.status, 200, "serves without Redis");
+
+    let r = RedisServer::start_on(port);
+    let mut conn = r.conn().await;
+    eventually(Duration::from_secs(15), "registered once Redis is up", || {
+        let mut conn = conn.clone();
+        async move { (!discovery(&mut conn).await.is_empty()).then_some(()) }
+    })
+    .await;
+    let members = discovery(&mut conn).await;
+    assert_eq!(members[0]["pub"], n.pub_addr());
+    n.shutdown().await;
+    assert!(discovery(&mut conn).await.is_empty(), "clean leave after a late registration");
+}

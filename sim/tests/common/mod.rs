@@ -136,9 +136,13 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// On a given port (e.g. one a sim was already told to use while nothing listened there).
+    pub fn start_on(port: u16) -> RedisServer {
         need("redis-server");
         let dir = scratch_dir("redis");
-        let port = free_port();
         let child = spawn_redis(port, &dir, &[]);
         RedisServer { port, dir, child: Some(child) }
     }
