@@ -3,7 +3,7 @@
 # kuzzle-gateway and behind haproxy 2.6 (option redispatch, retries 3, the same check interval,
 # timeout, rise and fall). Same load for each: wrk, keep-alive, half GET /_now, half
 # POST /_sim/echo. Prints a table: requests, failed requests (non-2xx answers + socket errors)
-# and detection time (kill -> the proxy's stats CSV shows the node DOWN).
+# detection time (kill -> the proxy's stats CSV shows the node DOWN), p99 and max latency.
 #
 # Usage: bench/failover.sh
 # Environment (defaults in brackets):
@@ -57,8 +57,8 @@ request = function()
 end
 done = function(s, latency, requests)
   local e = s.errors
-  io.write(string.format("RESULT requests=%d status=%d connect=%d read=%d write=%d timeout=%d\n",
-    s.requests, e.status, e.connect, e.read, e.write, e.timeout))
+  io.write(string.format("RESULT requests=%d status=%d connect=%d read=%d write=%d timeout=%d p99=%.1f max=%.1f\n",
+    s.requests, e.status, e.connect, e.read, e.write, e.timeout, latency:percentile(99) / 1000, latency.max / 1000))
 end
 EOF
 
@@ -145,7 +145,7 @@ for round in $(seq 1 "$ROUNDS"); do
     sock=$((W_connect + W_read + W_write + W_timeout))
     failed=$((W_status + sock))
     pct=$(awk -v f=$failed -v n="$W_requests" 'BEGIN { printf "%.3f", n ? 100 * f / n : 0 }')
-    ROWS+=("$(printf '%-15s %5s %10s %8s %8s %9s %8s %12s' "$kind" "$round" "$W_requests" "$W_status" "$sock" "$failed" "$pct" "$detect")")
+    ROWS+=("$(printf '%-15s %5s %9s %8s %8s %7s %8s %10s %9s %9s' "$kind" "$round" "$W_requests" "$W_status" "$sock" "$failed" "$pct" "$detect" "$W_p99" "$W_max")")
     log "$kind: $W_requests requests, $failed failed ($W_status non-2xx, $sock socket errors), DOWN after ${detect}s"
     stop_pids "$PROXY_PID" "${SIM_PIDS[@]}"
   done
@@ -155,7 +155,7 @@ done
   echo
   echo "Failover: 1 of 3 nodes SIGKILLed ${KILL_AT}s into ${DURATION}s of wrk load ($CONNS keep-alive connections, half GET /_now, half POST /_sim/echo)"
   echo "checks every $INTER, timeout 1s, rise 2, fall 3; retries 3 + redispatch; $(haproxy -v | head -1 | awk '{ print "haproxy " $3 }'); pin=$PIN"
-  printf '%-15s %5s %10s %8s %8s %9s %8s %12s\n' proxy round requests non-2xx sockerr failed "failed%" "detect(s)"
+  printf '%-15s %5s %9s %8s %8s %7s %8s %10s %9s %9s\n' proxy round requests non-2xx sockerr failed "failed%" "detect(s)" "p99(ms)" "max(ms)"
   printf '%s\n' "${ROWS[@]}"
 } | tee "$WORK/table.txt"
 mkdir -p target/bench

@@ -2,7 +2,7 @@
 # Screenshot of /hastats for docs/hastats.png: release gateway in front of 3 simulated nodes, some
 # traffic and one open WebSocket, cluster_kuzzle_2 put in DRAIN through the ops listener and
 # cluster_kuzzle_3 killed (DOWN after its health checks fail), then headless Chromium renders it.
-# Usage: bench/hastats-screenshot.sh [OUT.png]   (default docs/hastats.png)
+# Usage: bench/hastats-screenshot.sh [OUT.png]   (default docs/hastats.png; WINDOW=W,H sets the size)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${1:-$ROOT/docs/hastats.png}
@@ -10,10 +10,22 @@ OUT=${1:-$ROOT/docs/hastats.png}
 . "$ROOT/bench/lib.sh"
 
 need_tools chromium:chromium curl:curl python3:python3
-log "building release binaries"
-(cd "$ROOT" && cargo build --release --bins --quiet)
+if [ -z "${SKIP_BUILD:-}" ]; then   # SKIP_BUILD=1: use the release binaries already built
+  log "building release binaries"
+  (cd "$ROOT" && cargo build --release --bins --quiet)
+fi
 
-start_sims 0-1
+# Sims on port 0: each prints the address it got.
+SIM_PORTS=(); SIM_PIDS=()
+for i in 1 2 3; do
+  RUST_LOG=warn "$ROOT/target/release/kuzzle-node-sim" --listen 127.0.0.1:0 --name "cluster_kuzzle_$i" \
+    >"$WORK/sim$i.log" 2>&1 &
+  PIDS+=($!); SIM_PIDS+=($!)
+done
+for i in 1 2 3; do
+  wait_for_line "$WORK/sim$i.log" "listening on" "kuzzle-node-sim cluster_kuzzle_$i"
+  SIM_PORTS+=("$(sed -n 's/.* listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$WORK/sim$i.log" | head -1)")
+done
 PORT=$(pick_port 27512)
 STATS=$(pick_port 27575)
 CONF="$WORK/gateway.toml"
@@ -45,7 +57,7 @@ wait_http "http://127.0.0.1:$STATS/hastats" "gateway stats"
 wait_http "http://127.0.0.1:$PORT/_now" "gateway"
 
 log "traffic: 300 requests, a few errors, one WebSocket held open"
-for i in $(seq 1 300); do echo "url = \"http://127.0.0.1:$PORT/_now\""; done >"$WORK/curl.cfg"
+for i in $(seq 1 300); do printf 'url = "http://127.0.0.1:%s/_now"\noutput = "/dev/null"\n' "$PORT"; done >"$WORK/curl.cfg"
 curl -s -K "$WORK/curl.cfg" -o /dev/null
 curl -s -o /dev/null -X POST --data-binary @"$ROOT/Cargo.lock" "http://127.0.0.1:$PORT/cluster_kuzzle_1/_sim/echo"
 curl -s -o /dev/null "http://127.0.0.1:$PORT/cluster_kuzzle_1/_sim/bytes/200000"

@@ -40,13 +40,16 @@ need_tools() {
     die "cannot install ${pkgs[*]}"
 }
 
-# A loopback port nobody listens on and that this run has not handed out yet, from $1 upwards.
-TAKEN=" "
+# A loopback port no socket uses (a listener, or a TIME-WAIT left by a previous run, which makes a
+# bind without SO_REUSEADDR fail) and that this run has not handed out yet, from $1 upwards.
+# Handed-out ports are kept in a file so that `$(pick_port N)` (a subshell) remembers them too.
 pick_port() {
   local p=$1
+  touch "$WORK/ports.taken"
   for _ in $(seq 1 200); do
-    if [[ $TAKEN != *" $p "* ]] && ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-      TAKEN="$TAKEN$p "
+    if ! grep -qx "$p" "$WORK/ports.taken" && [ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ] &&
+      ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      echo "$p" >>"$WORK/ports.taken"
       echo "$p"
       return 0
     fi
@@ -82,6 +85,19 @@ rss_kib() {
   while [ ${#todo[@]} -gt 0 ]; do
     p=${todo[0]}; todo=("${todo[@]:1}")
     total=$((total + $(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
+    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
+    for k in $kids; do todo+=("$k"); done
+  done
+  echo "$total"
+}
+# CPU time (user + system) in clock ticks (getconf CLK_TCK, usually 100/s) of a process plus its
+# descendants (nginx workers).
+cpu_ticks() {
+  local total=0 p kids
+  local todo=("$1")
+  while [ ${#todo[@]} -gt 0 ]; do
+    p=${todo[0]}; todo=("${todo[@]:1}")
+    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
     kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
     for k in $kids; do todo+=("$k"); done
   done

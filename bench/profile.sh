@@ -15,7 +15,7 @@ VARIANT=${VARIANT:-keep-alive}
 CALLGRAPH=${CALLGRAPH:-0}
 TOP=${TOP:-40}
 . "$ROOT/bench/lib.sh"
-need_tools wrk curl perf:linux-perf taskset:util-linux
+need_tools wrk curl perf:linux-perf taskset:util-linux ss:iproute2
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries"
@@ -42,11 +42,17 @@ PERF_PID=$!; PIDS+=("$PERF_PID")
 taskset -c "$LOAD" wrk --latency -t1 -c"$CONNS" -d"${DURATION}s" "${hdr[@]}" \
   "http://127.0.0.1:$GW_PORT/_now" | tee "$WORK/wrk.txt" | grep -E 'Requests/sec|99%|50%|errors|Non-2xx' >&2 || true
 wait "$PERF_PID" || die "perf record failed: $(cat "$WORK/perf.log")"
+log "perf data kept in target/bench/perf.data (perf report -i target/bench/perf.data)"
 
 echo "== top symbols by self time (gateway, $VARIANT, $CONNS connections) =="
+set +o pipefail    # head closes the pipe early on purpose
+mkdir -p "$ROOT/target/bench" && cp "$WORK/perf.data" "$ROOT/target/bench/perf.data"
 if [ "$CALLGRAPH" = 1 ]; then
-  perf report -i "$WORK/perf.data" --stdio --children --percent-limit 2 2>/dev/null | grep -v '^$' | head -n $((TOP * 4))
+  echo "(inclusive time: the symbol and everything it calls)"
+  perf report -i "$WORK/perf.data" --stdio --children --sort symbol -g none --percent-limit 0.5 2>/dev/null |
+    grep -vE '^#|^$' | sed 's/[ -]*$//' | head -n "$TOP"
 else
   perf report -i "$WORK/perf.data" --stdio --no-children --sort dso,symbol 2>/dev/null |
-    grep -vE '^#|^$' | head -n "$TOP"
+    grep -vE '^#|^$' | sed 's/[ -]*$//' | head -n "$TOP"
 fi
+exit 0

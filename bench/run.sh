@@ -32,7 +32,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 NCPU=$(nproc)
 
 . "$ROOT/bench/lib.sh"
-need_tools wrk nginx haproxy curl taskset:util-linux
+need_tools wrk nginx haproxy curl taskset:util-linux ss:iproute2
 
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
@@ -74,7 +74,7 @@ nginx -q -t -p "$WORK/nginx/" -c "$WORK/nginx.conf" 2>"$WORK/nginx-t.log" || die
 
 subst_nodes <proxy-configs/haproxy.cfg |
   sed -e "s/bind :7513/bind 127.0.0.1:$HA_PORT/" -e "s/bind 127\.0\.0\.1:7575/bind 127.0.0.1:$HA_STATS/" \
-    -e "s/^    maxconn 20000/    maxconn 20000\n    nbthread $WORKERS/" >"$WORK/haproxy.cfg"
+    -e "s/^    maxconn \([0-9]*\)/    nbthread $WORKERS\n    maxconn \1/" >"$WORK/haproxy.cfg"
 haproxy -q -c -f "$WORK/haproxy.cfg" || die "haproxy config copy is invalid: $WORK/haproxy.cfg"
 
 # --- start the proxies -----------------------------------------------------------------------
@@ -151,12 +151,19 @@ parse_wrk() {
     END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, err }'
 }
 
-run_wrk() { # target variant duration -> parsed line
-  local t=$1 v=$2 d=$3 hdr=()
+CLK_TCK=$(getconf CLK_TCK)
+# run_wrk TARGET VARIANT DURATION -> "rps p50_ms p99_ms errors cpu_pct cpu_us_per_request", the CPU
+# being the target's own (the proxy's, or the node's for direct), in % of one core.
+run_wrk() {
+  local t=$1 v=$2 d=$3 hdr=() c0 c1 t0 t1
   [ "$v" = close ] && hdr=(-H "Connection: close")
+  c0=$(cpu_ticks "${PID[$t]}"); t0=$(date +%s%N)
   taskset -c "$LOAD_CPUS" wrk --latency -t"$WRK_THREADS" -c"$CONNS" -d"$d" --timeout 5s "${hdr[@]}" \
     "http://${URL[$t]}/_now" >"$WORK/wrk-$t-$v.txt" 2>&1 || die "wrk failed on $t: $(tail -3 "$WORK/wrk-$t-$v.txt")"
-  parse_wrk <"$WORK/wrk-$t-$v.txt"
+  c1=$(cpu_ticks "${PID[$t]}"); t1=$(date +%s%N)
+  parse_wrk <"$WORK/wrk-$t-$v.txt" | awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" \
+    -v n="$(awk '/requests in/ { print $1 }' "$WORK/wrk-$t-$v.txt")" \
+    '{ cpu = c / hz; printf "%s %.0f %.1f\n", $0, 100 * cpu / (ns / 1e9), (n > 0 ? 1e6 * cpu / n : 0) }'
 }
 
 VARIANTS=(keep-alive)
@@ -170,7 +177,7 @@ for v in "${VARIANTS[@]}"; do
     for t in "${TARGETS[@]}"; do
       line=$(run_wrk "$t" "$v" "$d")
       RES[$t,$v]="${RES[$t,$v]:-}$line"$'\n'
-      log "round $r $v $t: $line (rps p50 p99 errors)"
+      log "round $r $v $t: $line (req/s p50 p99 errors cpu% cpu-us/req)"
     done
   done
 done
@@ -191,14 +198,17 @@ OUT=target/bench/last-run.txt
   echo "load: wrk --latency -t$WRK_THREADS -c$CONNS -d$DURATION http://HOST/_now (keep-alive)" \
     "and -H 'Connection: close' -d$CLOSE_DURATION; $ROUNDS round(s), median shown"
   echo
-  printf '| %-14s | %-10s | %9s | %9s | %8s | %8s | %6s |\n' target variant "req/s" "vs direct" "p50 ms" "p99 ms" errors
-  printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------------- ------------ -----------: -----------: ----------: ----------: --------:
+  printf '| %-14s | %-10s | %9s | %9s | %8s | %8s | %6s | %6s | %10s |\n' target variant "req/s" "vs direct" \
+    "p50 ms" "p99 ms" errors "CPU %" "CPU us/req"
+  printf '|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n' ---------------- ------------ ----------: ----------: ---------: \
+    ---------: -------: -------: -----------:
   for v in "${VARIANTS[@]}"; do
     base=$(printf '%s' "${RES[direct,$v]}" | median_line | awk '{ print $1 }')
     for t in "${TARGETS[@]}"; do
-      read -r rps p50 p99 err < <(printf '%s' "${RES[$t,$v]}" | median_line)
+      read -r rps p50 p99 err cpu us < <(printf '%s' "${RES[$t,$v]}" | median_line)
       ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "-" }')
-      printf '| %-14s | %-10s | %9s | %9s | %8s | %8s | %6s |\n' "$t" "$v" "$rps" "$ratio" "$p50" "$p99" "$err"
+      printf '| %-14s | %-10s | %9s | %9s | %8s | %8s | %6s | %6s | %10s |\n' "$t" "$v" "$rps" "$ratio" "$p50" \
+        "$p99" "$err" "$cpu" "$us"
     done
   done
   if [ "$WS" -gt 0 ]; then
@@ -206,7 +216,8 @@ OUT=target/bench/last-run.txt
     echo "memory (VmRSS of the process and its children; 'direct' is the simulated node itself):"
     echo
     printf '| %-14s | %9s | %14s | %12s | %10s | %9s | %13s |\n' target "idle MiB" "$WS WS MiB" "KiB per WS" "open ms" verified "after load MiB"
-    printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------------- -----------: ----------------: --------------: ------------: -----------: ---------------:
+    printf '|%s|%s|%s|%s|%s|%s|%s|\n' ---------------- ----------: ---------------: -------------: \
+      -----------: ----------: --------------:
     for t in "${TARGETS[@]}"; do
       per=$(awk -v a="${RSS1[$t]}" -v b="${RSS0[$t]}" -v n="$WS" 'BEGIN { printf "%.1f", (a - b) / n }')
       printf '| %-14s | %9s | %14s | %12s | %10s | %9s | %13s |\n' "$t" "$(mib "${RSS0[$t]}")" \

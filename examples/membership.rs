@@ -89,7 +89,8 @@ fn start_redis(cluster: bool, procs: &mut Procs) -> (String, Vec<String>) {
     for p in &ports {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let o = Command::new("redis-cli").args(["-p", &p.to_string(), "cluster", "info"]).output().expect("redis-cli");
+            let o =
+                Command::new("redis-cli").args(["-p", &p.to_string(), "cluster", "info"]).output().expect("redis-cli");
             if String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok") {
                 break;
             }

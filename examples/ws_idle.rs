@@ -153,12 +153,14 @@ async fn run(a: Args) -> Result<(), String> {
     drop(tx);
     let mut ok = 0usize;
     let mut first_err: Option<String> = None;
-    while let Some(r) = rx.recv().await {
-        match r {
-            Ok(()) => ok += 1,
-            Err(e) => {
+    // Each task reports once (its sender lives on while it holds its socket, so count reports).
+    for _ in 0..a.count {
+        match rx.recv().await {
+            Some(Ok(())) => ok += 1,
+            Some(Err(e)) => {
                 first_err.get_or_insert(e);
             }
+            None => break,
         }
     }
     let failed = match &first_err {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -19,8 +19,9 @@ use crate::body::Counted;
 use crate::health::HealthState;
 use crate::stats::NodeCounters;
 
-/// Body sent to a node: the client's streamed body, or nothing (health checks, re-sent GETs).
-pub type UpBody = Either<Counted<Incoming>, Empty<Bytes>>;
+/// Body sent to a node: the client's streamed body, or one held in memory (health checks, small
+/// bodies kept so that their request can be re-sent, re-sent GETs).
+pub type UpBody = Either<Counted<Incoming>, Full<Bytes>>;
 
 /// A connection to a node, ready to carry one request at a time.
 pub type Sender = http1::SendRequest<UpBody>;

@@ -220,7 +220,10 @@ pub fn render_view(v: &StatsView) -> String {
 
 /// `/metrics`.
 pub fn render(gw: &Arc<Gateway>) -> String {
-    render_view(&collect(gw))
+    let mut out = render_view(&collect(gw));
+    // Redis membership counters (empty when the membership task never started).
+    out.push_str(&crate::cluster::prometheus(gw, PREFIX));
+    out
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body as _, Incoming};
 
 use crate::backend::{Backend, ConnectError, UpBody};
@@ -177,14 +177,35 @@ async fn forward(
     add_forwarded(&mut headers, client, host);
 
     // A body-less idempotent request may be re-sent once if its node breaks before answering.
+    // The copy costs an allocation: only make it when there is another node to re-send to.
     let resendable = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
         && body.is_end_stream()
-        && upgrade.is_none();
-    let template = resendable.then(|| (parts.method.clone(), uri.clone(), headers.clone()));
-
-    let body = Counted::new(body, gw.frontend.clone(), None, Direction::Inbound);
-    let mut pending = Some(build(parts.method, uri, headers, Either::Left(body)));
+        && upgrade.is_none()
+        && pinned.is_none()
+        && snap.nodes.len() > 1;
     let cfg = &snap.config;
+    // A small body of known length is read first and kept: if the node resets the connection
+    // without having read the request (it died), the request goes to another node, POST included.
+    let keep_body = !body.is_end_stream()
+        && upgrade.is_none()
+        && pinned.is_none()
+        && snap.nodes.len() > 1
+        && body.size_hint().exact().is_some_and(|n| n <= RESEND_BODY_MAX);
+    let body = Counted::new(body, gw.frontend.clone(), None, Direction::Inbound);
+    let (first_body, kept): (UpBody, Option<Bytes>) = if keep_body {
+        let bytes = match tokio::time::timeout(cfg.timeouts.client.0, body.collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(_)) => return Err(GatewayError::new(StatusCode::BAD_REQUEST, "bad request: request body cut short")),
+            Err(_) => {
+                return Err(GatewayError::new(StatusCode::REQUEST_TIMEOUT, "request body not received in time"))
+            }
+        };
+        (Either::Right(Full::new(bytes.clone())), Some(bytes))
+    } else {
+        (Either::Left(body), None)
+    };
+    let template = (resendable || kept.is_some()).then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+    let mut pending = Some(build(parts.method, uri, headers, first_body));
     let attempts = cfg.balance.retries + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut resent = false;
@@ -215,8 +236,12 @@ async fn forward(
             }
         };
         let Some(mut request) = pending.take() else { break };
-        if let Either::Left(body) = request.body_mut() {
-            body.set_node(node.counters.clone());
+        match request.body_mut() {
+            Either::Left(body) => body.set_node(node.counters.clone()),
+            Either::Right(full) => {
+                let n = full.size_hint().exact().unwrap_or(0);
+                node.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
+            }
         }
         let send = sender.try_send_request(request);
         let result = match tokio::time::timeout(cfg.timeouts.server.0, send).await {
@@ -279,12 +304,16 @@ async fn forward(
                 node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
                 crate::health::passive_failure(gw, &node);
                 tracing::debug!(node = %node.name, error = %e.error(), "node broke the exchange");
+                // Body-less GET/HEAD/OPTIONS: re-sent whatever happened. A kept body: only when
+                // the node reset the connection, so it never read the whole request.
+                let again = resendable || node_never_read(e.error());
                 match (&template, resent) {
-                    (Some((m, u, h)), false) if pinned.is_none() => {
+                    (Some((m, u, h)), false) if pinned.is_none() && again => {
                         resent = true;
                         tried.push(idx);
                         node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                        pending = Some(build(m.clone(), u.clone(), h.clone(), Either::Right(Empty::new())));
+                        let body = Full::new(kept.clone().unwrap_or_default());
+                        pending = Some(build(m.clone(), u.clone(), h.clone(), Either::Right(body)));
                         attempt -= 1;
                         continue;
                     }
@@ -299,6 +328,24 @@ async fn forward(
         }
     }
     Err(last_err)
+}
+
+/// Request bodies up to this size (known Content-Length) are kept so that their request can be
+/// re-sent when the node reset the connection before reading it.
+const RESEND_BODY_MAX: u64 = 64 * 1024;
+
+/// Did the node reset the connection (or was it gone when the request was written)? A node that
+/// read the whole request and then died closes with a FIN; a reset means request bytes were still
+/// unread in its socket (or arrived after it closed), so it cannot have acted on the request.
+fn node_never_read(e: &hyper::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
+        }
+        src = s.source();
+    }
+    false
 }
 
 /// The node for this attempt: the prefixed one (503 unless it may take traffic) or the balancer's pick.

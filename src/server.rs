@@ -3,10 +3,12 @@
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
+use futures_util::FutureExt;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -409,6 +411,11 @@ async fn tls_handshake(
     }
 }
 
+/// After a hand-over, how long an idle keep-alive connection of the old process waits for one more
+/// request (answered with `Connection: close`) before it is closed: closing an idle connection
+/// races with a client sending on it, answering its next request with `close` does not.
+pub const HANDOVER_KEEPALIVE_LINGER: Duration = Duration::from_secs(5);
+
 /// Serve one client connection (HTTP/1.1, keep-alive, upgrades) until it closes or shutdown.
 pub async fn serve_conn<I>(gw: Arc<Gateway>, io: I, client: ClientInfo)
 where
@@ -417,7 +424,30 @@ where
     gw.frontend.connection_opened();
     let timeout = gw.config().timeouts.client.0;
     let gw_svc = gw.clone();
-    let svc = service_fn(move |req| proxy::handle(gw_svc.clone(), req, client));
+    // Requests started on this connection: lets a draining connection close right after a response.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let busy = Arc::new(AtomicBool::new(false));
+    let (started_svc, busy_svc) = (started.clone(), busy.clone());
+    let svc = service_fn(move |req| {
+        busy_svc.store(true, Ordering::Release);
+        started_svc.notify_one();
+        let fut = proxy::handle(gw_svc.clone(), req, client);
+        let (busy, gw) = (busy_svc.clone(), gw_svc.clone());
+        async move {
+            let mut r = fut.await;
+            busy.store(false, Ordering::Release);
+            // Draining: say so, so the client opens its next request elsewhere instead of racing
+            // our close of an idle keep-alive connection.
+            if gw.shutdown.is_cancelled() {
+                if let Ok(resp) = &mut r {
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                }
+            }
+            r
+        }
+    });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
     let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
@@ -429,6 +459,22 @@ where
             }
         }
         _ = gw.shutdown.cancelled() => {
+            // A permit left by an earlier request says nothing about now: drop it, then look.
+            let _ = started.notified().now_or_never();
+            if gw.listeners.handed_over.is_cancelled() && !busy.load(Ordering::Acquire) {
+                // Wait for the next request (its response then says `Connection: close`), or idle out.
+                let linger = tokio::time::sleep(HANDOVER_KEEPALIVE_LINGER.min(timeout));
+                tokio::pin!(linger);
+                tokio::select! {
+                    _ = started.notified() => {}
+                    _ = &mut linger => {}
+                    _ = gw.close_tunnels.cancelled() => {}
+                    _ = conn.as_mut() => {
+                        gw.frontend.connection_closed();
+                        return;
+                    }
+                }
+            }
             conn.as_mut().graceful_shutdown();
             let _ = conn.await;
         }

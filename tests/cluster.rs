@@ -18,9 +18,10 @@ const WAIT: Duration = Duration::from_secs(15);
 const HEARTBEAT: &str = "300ms";
 const FAST_HEALTH: &str = "[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n";
 
+/// Gateway configuration; the first lines land in `gateway_toml`'s `[stats]` (ops auth on).
 fn cluster_toml(redis_line: &str, extra: &str) -> String {
     gateway_toml(&format!(
-        "{FAST_HEALTH}[cluster]\n{redis_line}\nheartbeat_timeout = \"1s\"\npoll_interval = \"200ms\"\n{extra}"
+        "user = \"kuzzle\"\npassword = \"kuzzle\"\n{FAST_HEALTH}[cluster]\n{redis_line}\nheartbeat_timeout = \"1s\"\npoll_interval = \"200ms\"\n{extra}"
     ))
 }
 
@@ -29,7 +30,9 @@ async fn gw_single(redis: &RedisServer, extra: &str) -> Handle {
 }
 
 fn redis_conn(url: &str) -> redis::Connection {
-    redis::Client::open(url).and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5))).expect("test Redis connection")
+    redis::Client::open(url)
+        .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(5)))
+        .expect("test Redis connection")
 }
 
 fn publish(url: &str, room: &str, payload: &[u8]) {
@@ -45,7 +48,9 @@ async fn status(h: &Handle) -> Value {
 async fn state_of(h: &Handle, name: &str) -> Option<String> {
     let s = status(h).await;
     let find = |k: &str| {
-        s[k].as_array().and_then(|a| a.iter().find(|n| n["name"] == name)).and_then(|n| n["state"].as_str().map(String::from))
+        s[k].as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == name))
+            .and_then(|n| n["state"].as_str().map(String::from))
     };
     find("nodes").or_else(|| find("gone"))
 }
@@ -57,9 +62,14 @@ async fn via(h: &Handle, path: &str) -> (u16, Option<String>) {
 }
 
 async fn wait_routable(h: &Handle, name: &str) {
-    eventually(WAIT, &format!("{name} routable through the gateway"), || async {
-        let (status, node) = via(h, &format!("/{name}/_now")).await;
-        (status == 200 && node.as_deref() == Some(name)).then_some(())
+    wait_prefix(h, name, name).await;
+}
+
+/// `/<prefix>/` reaches the node that calls itself `node`.
+async fn wait_prefix(h: &Handle, prefix: &str, node: &str) {
+    eventually(WAIT, &format!("/{prefix}/ routable to {node} through the gateway"), || async {
+        let (status, answered) = via(h, &format!("/{prefix}/_now")).await;
+        (status == 200 && answered.as_deref() == Some(node)).then_some(())
     })
     .await;
 }
@@ -85,7 +95,11 @@ async fn redis_node_joins_without_config_and_sigterm_drains_it() {
     // Balanced traffic reaches it too (it is the only node).
     assert_eq!(via(&h, "/_now").await, (200, Some("cluster_kuzzle_1".into())));
     let s = status(&h).await;
-    let n = s["nodes"].as_array().and_then(|a| a.iter().find(|n| n["name"] == "cluster_kuzzle_1")).cloned().expect("in status");
+    let n = s["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "cluster_kuzzle_1"))
+        .cloned()
+        .expect("in status");
     assert_eq!(n["state"], "up");
     assert_eq!(n["origin"], "plugin");
     assert_eq!(n["address"], a.addr.to_string());
@@ -111,7 +125,14 @@ async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counter
     let b = Sim::start("cluster_kuzzle_2", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
     wait_routable(&h, "cluster_kuzzle_2").await;
-    let before = h.gw.snapshot.load().node("cluster_kuzzle_1").expect("a").counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed);
+    let before =
+        h.gw.snapshot
+            .load()
+            .node("cluster_kuzzle_1")
+            .expect("a")
+            .counters
+            .sessions_total
+            .load(std::sync::atomic::Ordering::Relaxed);
     assert!(before >= 1);
 
     a.kill();
@@ -126,7 +147,14 @@ async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counter
     // Same name comes back (new process, new port): same node, counters continue.
     let _a2 = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
-    let after = h.gw.snapshot.load().node("cluster_kuzzle_1").expect("a").counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed);
+    let after =
+        h.gw.snapshot
+            .load()
+            .node("cluster_kuzzle_1")
+            .expect("a")
+            .counters
+            .sessions_total
+            .load(std::sync::atomic::Ordering::Relaxed);
     assert!(after > before, "counters continue across leave and return ({before} -> {after})");
     drop(b);
     h.shutdown().await;
@@ -224,6 +252,12 @@ async fn realtime_notification_crosses_nodes_through_the_gateway() {
         }
     };
     assert_eq!(note["result"]["_source"]["hello"], "world");
+    // The status reads the real-time state the nodes keep in Redis (the plugin's keys).
+    eventually(WAIT, "status counts the room and its subscriber", || async {
+        let s = status(&h).await;
+        (s["rooms"].as_u64() >= Some(1) && s["subscribers"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
     h.shutdown().await;
 }
 
@@ -238,7 +272,8 @@ async fn malformed_messages_are_dropped_and_counted() {
     let before_nodes = names(&h);
     let before = dropped(&h);
 
-    let huge = format!("[\"cluster:heartbeat\", {{\"pub\": \"tcp://127.0.0.1:1\", \"pad\": \"{}\"}}]", "x".repeat(100_000));
+    let huge =
+        format!("[\"cluster:heartbeat\", {{\"pub\": \"tcp://127.0.0.1:1\", \"pad\": \"{}\"}}]", "x".repeat(100_000));
     let garbage: Vec<(&str, Vec<u8>)> = vec![
         ("cluster:heartbeat", b"not json at all".to_vec()),
         ("cluster:heartbeat", b"{\"pub\": 1}".to_vec()),
@@ -253,14 +288,25 @@ async fn malformed_messages_are_dropped_and_counted() {
     for (room, p) in &garbage {
         publish(&url, room, p);
     }
-    eventually(WAIT, "every malformed message counted as dropped", || async { (dropped(&h) >= before + n).then_some(()) })
-        .await;
+    eventually(WAIT, "every malformed message counted as dropped", || async {
+        (dropped(&h) >= before + n).then_some(())
+    })
+    .await;
     assert_eq!(names(&h), before_nodes, "node set unchanged");
     assert_eq!(via(&h, "/cluster_kuzzle_1/_now").await, (200, Some("cluster_kuzzle_1".into())));
     let by_reason = &status(&h).await["metrics"]["dropped"];
     for reason in ["bad_json", "bad_shape", "unknown_room", "not_allowed", "bad_name", "too_large"] {
         assert!(by_reason[reason].as_u64().unwrap_or(0) >= 1, "{reason} counted: {by_reason}");
     }
+    // /metrics shows the drops by reason.
+    let m = request(h.stats_addr, "GET", "/metrics", &[OPS_AUTH], Bytes::new()).await;
+    let text = String::from_utf8_lossy(&m.body).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("kuzzle_gateway_cluster_dropped_total{reason=\"bad_json\"}"))
+        .unwrap_or_else(|| panic!("no dropped metric in:\n{text}"));
+    assert!(line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v >= 1), "{line}");
+    assert!(text.contains("kuzzle_gateway_cluster_redis_connected 1"), "connected gauge");
     // The ops listener serves the same status.
     let r = request(h.stats_addr, "GET", "/cluster/status", &[OPS_AUTH], Bytes::new()).await;
     assert_eq!(r.status, 200);
@@ -279,7 +325,7 @@ async fn plugin3_discovery_member_becomes_a_node_at_node_port() {
     let member = r#"{"pub":"tcp://127.0.0.2:7511","router":"tcp://127.0.0.2:7510"}"#;
     let _: i64 = redis::cmd("SADD").arg("cluster:discovery").arg(member).query(&mut c).expect("SADD");
     // Named by the documented rule: the IP with '.' -> '_'; health checks let it in.
-    wait_routable(&h, "127_0_0_2").await;
+    wait_prefix(&h, "127_0_0_2", "plain").await;
     let _: i64 = redis::cmd("SREM").arg("cluster:discovery").arg(member).query(&mut c).expect("SREM");
     wait_state(&h, "127_0_0_2", &["draining", "gone"]).await;
     h.shutdown().await;
@@ -311,22 +357,25 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
     let _: i64 = redis::cmd("SADD").arg("cluster:discovery").arg("{}").query(&mut c).expect("SADD");
 
     let list = seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
-    let h = gateway(&cluster_toml(&format!("redis_cluster = [{list}]"), "")).await;
-    eventually(WAIT, "connected to the Redis Cluster", || async {
-        (status(&h).await["redis"]["connected"] == true).then_some(())
-    })
+    let port = free_port();
+    let health = "[health]\npath = \"/_healthCheck\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n";
+    let h = gateway(&gateway_toml(&format!(
+        "user = \"kuzzle\"\npassword = \"kuzzle\"\n{health}[cluster]\nredis_cluster = [{list}]\nheartbeat_timeout = \"1s\"\n\
+         poll_interval = \"200ms\"\nnode_port = {port}\n"
+    )))
     .await;
-    // A node announced on the cluster's pub/sub (published on one master, heard through another).
-    let sim = Sim::start("cluster_kuzzle_3", &[]);
-    let desc = json!(["cluster:ready", {"pub": "tcp://127.0.0.1:1", "router": "tcp://127.0.0.1:2", "name": "cluster_kuzzle_3", "http": format!("http://{}", sim.addr), "ready": true}]);
-    eventually(WAIT, "node announced on the Redis Cluster routable", || async {
-        for s in &seeds {
-            publish(s, "cluster:ready", desc.to_string().as_bytes());
-        }
-        let (code, node) = via(&h, "/cluster_kuzzle_3/_now").await;
-        (code == 200 && node.as_deref() == Some("cluster_kuzzle_3")).then_some(())
-    })
-    .await;
+    // A plugin-mode node and a Kuzzle 2 node, both on the Redis Cluster.
+    let joined = seeds.join(",");
+    let mut plugin = Sim::start("cluster_kuzzle_3", &["--redis-cluster", &joined, "--heartbeat", HEARTBEAT]);
+    let _k2 = Sim::start_on(
+        &format!("127.0.0.2:{port}"),
+        "knode-c-3",
+        &["--redis-cluster", &joined, "--kuzzle2", "--heartbeat", HEARTBEAT],
+    );
+    wait_routable(&h, "cluster_kuzzle_3").await;
+    wait_routable(&h, "knode-c-3").await;
+    plugin.term();
+    wait_state(&h, "cluster_kuzzle_3", &["draining", "gone"]).await;
 
     let s = status(&h).await;
     assert_eq!(s["rooms"], 2, "rooms from cluster:room_ids: {s}");
@@ -344,7 +393,10 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
     assert_eq!(body["masters"].as_array().map(Vec::len), Some(3), "{body}");
     let msg = ps.get_message().expect("cluster:sync message");
     let payload: String = msg.get_payload().expect("payload");
-    assert_eq!(serde_json::from_str::<Value>(&payload).expect("json"), json!(["cluster:sync", {"event": "state:reset"}]));
+    assert_eq!(
+        serde_json::from_str::<Value>(&payload).expect("json"),
+        json!(["cluster:sync", {"event": "state:reset"}])
+    );
 
     for k in STATE_KEYS {
         let n: i64 = redis::cmd("EXISTS").arg(k).query(&mut c).expect("EXISTS");
@@ -355,5 +407,101 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
     // Unauthenticated reset is refused.
     let r = request(h.stats_addr, "POST", "/cluster/reset", &[], Bytes::new()).await;
     assert_eq!(r.status, 401);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_section_follows_reloads() {
+    let redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("kgw-cluster-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("gateway.toml");
+    let without = gateway_toml(&format!("user = \"kuzzle\"\npassword = \"kuzzle\"\n{FAST_HEALTH}"));
+    let with = cluster_toml(&format!("redis = \"{}\"", redis.url()), "");
+    std::fs::write(&path, &without).expect("write config");
+    let cfg = kuzzle_gateway::config::Config::load(&path).expect("valid config");
+    let h = kuzzle_gateway::server::start(cfg).await.expect("gateway starts");
+    let _a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
+
+    // No [cluster]: the node registered in Redis but the gateway does not know it.
+    let url = redis.url();
+    eventually(WAIT, "sim registered in cluster:discovery", || {
+        let url = url.clone();
+        async move {
+            let n: i64 = redis::cmd("SCARD").arg("cluster:discovery").query(&mut redis_conn(&url)).expect("SCARD");
+            (n > 0).then_some(())
+        }
+    })
+    .await;
+    assert!(h.gw.snapshot.load().node("cluster_kuzzle_1").is_none(), "no membership without [cluster]");
+
+    std::fs::write(&path, &with).expect("write config");
+    kuzzle_gateway::control::reload(&h.gw).expect("reload with [cluster]");
+    wait_routable(&h, "cluster_kuzzle_1").await;
+
+    std::fs::write(&path, &without).expect("write config");
+    kuzzle_gateway::control::reload(&h.gw).expect("reload without [cluster]");
+    wait_state(&h, "cluster_kuzzle_1", &["draining", "gone"]).await;
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `redis-cli -p PORT ARGS...` output (trimmed).
+fn cli(port: u16, args: &[&str]) -> String {
+    let o = std::process::Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .expect("redis-cli is needed for the Redis Cluster tests");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuzzle2_membership_survives_a_redis_cluster_slot_move() {
+    let rc = RedisCluster::start();
+    let seeds = rc.urls();
+    let list = seeds.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ");
+    let port = free_port();
+    let h = gateway(&gateway_toml(&format!(
+        "[health]\npath = \"/_healthCheck\"\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n\
+         [cluster]\nredis_cluster = [{list}]\nheartbeat_timeout = \"1s\"\npoll_interval = \"200ms\"\nnode_port = {port}\n"
+    )))
+    .await;
+    let joined = seeds.join(",");
+    let args = ["--redis-cluster", joined.as_str(), "--kuzzle2", "--heartbeat", HEARTBEAT];
+    let _a = Sim::start_on(&format!("127.0.0.2:{port}"), "knode-a-1", &args);
+    wait_routable(&h, "knode-a-1").await;
+
+    // Move the slot of every `{cluster/node}` key to another master, the way redis-cli reshards.
+    let slot = cli(rc.nodes[0].port, &["cluster", "keyslot", "{cluster/node}"]);
+    let id_of = |p: u16| cli(p, &["cluster", "myid"]);
+    let owner = rc
+        .nodes
+        .iter()
+        .find(|n| cli(n.port, &["cluster", "countkeysinslot", &slot]) != "0")
+        .map(|n| n.port)
+        .expect("a master holds the ID cards");
+    let dest = rc.nodes.iter().map(|n| n.port).find(|p| *p != owner).expect("another master");
+    let (src_id, dst_id) = (id_of(owner), id_of(dest));
+    assert_eq!(cli(dest, &["cluster", "setslot", &slot, "importing", &src_id]), "OK");
+    assert_eq!(cli(owner, &["cluster", "setslot", &slot, "migrating", &dst_id]), "OK");
+    let keys = cli(owner, &["cluster", "getkeysinslot", &slot, "100"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    let dport = dest.to_string();
+    let mut mig = vec!["migrate", "127.0.0.1", dport.as_str(), "", "0", "5000", "KEYS"];
+    mig.extend(keys.iter().copied());
+    assert_eq!(cli(owner, &mig), "OK", "MIGRATE {keys:?}");
+    for n in &rc.nodes {
+        assert_eq!(cli(n.port, &["cluster", "setslot", &slot, "node", &dst_id]), "OK");
+    }
+
+    // Membership follows: the known node stays, a new one joins, a killed one leaves.
+    let mut b = Sim::start_on(&format!("127.0.0.3:{port}"), "knode-b-2", &args);
+    wait_routable(&h, "knode-b-2").await;
+    assert_eq!(via(&h, "/knode-a-1/_now").await, (200, Some("knode-a-1".into())));
+    b.kill();
+    wait_state(&h, "knode-b-2", &["draining", "gone"]).await;
+    assert_eq!(state_of(&h, "knode-a-1").await.as_deref(), Some("up"));
     h.shutdown().await;
 }

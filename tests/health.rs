@@ -113,7 +113,8 @@ async fn kill_node_under_load_no_client_errors() {
     let mut failures = Vec::new();
     let mut served = Vec::new();
     for c in clients {
-        let (f, n) = tokio::time::timeout(Duration::from_secs(60), c).await.expect("load finished").expect("client task");
+        let (f, n) =
+            tokio::time::timeout(Duration::from_secs(60), c).await.expect("load finished").expect("client task");
         failures.extend(f);
         served.extend(n);
     }
@@ -148,7 +149,10 @@ async fn health_404_goes_down_after_fall_and_up_after_rise() {
     let b = Sim::start("h4b", &[]);
     let h = gateway(&gateway_toml(&format!("{FAST_HEALTH}{}", nodes_toml(&[&a, &b])))).await;
     wait_up(&h, "h4a", true).await;
-    eventually(WAIT, "a first check of h4a", || async { view(&h, "h4a").last_check.map(|c| c.kind == CheckKind::L7OK)?.then_some(()) }).await;
+    eventually(WAIT, "a first check of h4a", || async {
+        view(&h, "h4a").last_check.map(|c| c.kind == CheckKind::L7OK)?.then_some(())
+    })
+    .await;
 
     let base = view(&h, "h4a").failed_checks;
     sim_ready(&a, false).await;
@@ -387,5 +391,85 @@ async fn passive_checks_mark_down_between_active_checks() {
             assert!(n >= 5, "roundrobin kept trying the dead node ({n} connect errors), retried elsewhere");
         }
         h.shutdown().await;
+    }
+}
+
+/// A fake node on a real socket: every connection is closed after the request arrives, either
+/// unread (the kernel answers with a reset: the node died before reading it) or after reading it
+/// all (a FIN: the node may have acted on it). Returns its address and a count of connections.
+async fn breaking_node(read_first: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let seen = Arc::new(AtomicUsize::new(0));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen2.clone();
+            tokio::spawn(async move {
+                if s.readable().await.is_err() {
+                    return;
+                }
+                if read_first {
+                    let mut buf = [0u8; 4096];
+                    // Read until the client has nothing more to send for 200 ms.
+                    for _ in 0..100 {
+                        match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                            Ok(Ok(n)) if n > 0 => continue,
+                            _ => break,
+                        }
+                    }
+                } else {
+                    // Let the whole request land unread in the socket buffer.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                seen.fetch_add(1, Ordering::Relaxed);
+                drop(s);
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// Resend rules when a node breaks before answering: a reset (request never read) sends even a
+/// POST to another node; a node that read the request and closed gives a POST a 502 (it may have
+/// acted on it) while a GET is re-sent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resend_rules_after_a_node_breaks() {
+    let live = Sim::start("hra", &[]);
+    for read_first in [false, true] {
+        let (addr, seen, task) = breaking_node(read_first).await;
+        let cfg = format!(
+            "[balance]\nalgorithm = \"roundrobin\"\n[health]\ninterval = \"60s\"\npassive = false\n{}[[node]]\nname = \"hrb\"\naddress = \"{addr}\"\n",
+            nodes_toml(&[&live])
+        );
+        let h = gateway(&gateway_toml(&cfg)).await;
+        let mut statuses = Vec::new();
+        for i in 0..6 {
+            let r = request(
+                h.http_addr,
+                "POST",
+                "/_sim/echo",
+                &[("content-type", "application/json")],
+                Bytes::from(format!("{{\"i\":{i}}}")),
+            )
+            .await;
+            statuses.push(r.status);
+            if r.status != 200 {
+                assert!(read_first, "POST {i} failed although the node never read it: {} {:?}", r.status, r.body);
+                assert_eq!(r.status, 502);
+                assert!(String::from_utf8_lossy(&r.body).contains("closed the connection before answering"));
+            } else {
+                assert_eq!(r.node(), Some("hra"));
+            }
+            let r = get(h.http_addr, "/_now").await;
+            assert_eq!((r.status, r.node()), (200, Some("hra")), "GET {i} (read_first = {read_first})");
+        }
+        assert!(seen.load(Ordering::Relaxed) >= 3, "the breaking node was tried");
+        if read_first {
+            assert!(statuses.contains(&502), "a POST the node had read must not be re-sent: {statuses:?}");
+        }
+        h.shutdown().await;
+        task.abort();
     }
 }

@@ -11,6 +11,9 @@
 //! - `PUBLISH cluster:notify:document ["cluster:notify:document",
 //!   {"origin": uuid, "index", "collection", "body", "volatile", "_id"}]` on each realtime:publish.
 //!
+//! - The shared real-time state (`cluster:room_ids`, `cluster:room_counts:{index/collection}<roomId>`...)
+//!   is written by its own task, see `roomstate`.
+//!
 //! Kuzzle 2 mode: `SET {cluster/node}/NAME {"id","ip","birthdate","topology":[]} PX 2*heartbeat`
 //! and `SADD {cluster/node}/id-cards-index {cluster/node}/NAME` at start and every heartbeat;
 //! `DEL` + `SREM` on leave.
@@ -33,6 +36,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::SimConfig;
 use crate::node::Node;
 use crate::realtime::Published;
+use crate::roomstate::{self, RoomSink};
 use crate::SimError;
 
 /// Bound of every Redis call (connect, command, subscribe).
@@ -56,7 +60,7 @@ const CHANNELS: [&str; 4] = [HEARTBEAT, READY, REMOVE, NOTIFY_DOCUMENT];
 
 /// Why one Redis exchange failed.
 #[derive(Debug, thiserror::Error)]
-enum LinkError {
+pub(crate) enum LinkError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis {0} timed out after {CALL_TIMEOUT:?}")]
@@ -100,13 +104,13 @@ impl RedisTargets {
 }
 
 /// A connection for commands (not pub/sub).
-enum Cmds {
+pub(crate) enum Cmds {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
 
 impl Cmds {
-    async fn connect(t: &RedisTargets) -> Result<Cmds, LinkError> {
+    pub(crate) async fn connect(t: &RedisTargets) -> Result<Cmds, LinkError> {
         match t {
             RedisTargets::Single(client) => {
                 // Few internal retries: the registrar owns the backoff and re-registration.
@@ -128,7 +132,7 @@ impl Cmds {
         }
     }
 
-    async fn call<T: FromRedisValue>(&mut self, what: &'static str, cmd: &Cmd) -> Result<T, LinkError> {
+    pub(crate) async fn call<T: FromRedisValue>(&mut self, what: &'static str, cmd: &Cmd) -> Result<T, LinkError> {
         match self {
             Cmds::Single(c) => bounded(what, cmd.query_async(c)).await,
             Cmds::Cluster(c) => bounded(what, cmd.query_async(c)).await,
@@ -187,6 +191,8 @@ impl Publisher {
 pub(crate) struct ClusterLink {
     ctl: mpsc::Sender<Ctl>,
     uuid: String,
+    /// The shared real-time state writer (plugin mode only).
+    rooms: Option<RoomSink>,
     /// Fired after the first registration attempt and the first subscription attempt.
     first: Vec<oneshot::Receiver<()>>,
 }
@@ -198,8 +204,14 @@ impl ClusterLink {
         let (reg_tx, reg_rx) = oneshot::channel();
         let (sub_tx, sub_rx) = oneshot::channel();
         tracker.spawn(registrar(targets.clone(), node.clone(), ctl_rx, stop.clone(), reg_tx));
+        // The shared real-time state is plugin 3.x's; Kuzzle 2 keeps none in Redis.
+        let rooms = (!node.kuzzle2).then(|| {
+            let sink = roomstate::spawn(targets.clone(), node.clone(), stop, tracker);
+            node.realtime.set_sink(sink.clone());
+            sink
+        });
         tracker.spawn(subscriber(targets, node.clone(), stop.clone(), sub_tx));
-        ClusterLink { ctl, uuid: node.identity.uuid.clone(), first: vec![reg_rx, sub_rx] }
+        ClusterLink { ctl, uuid: node.identity.uuid.clone(), rooms, first: vec![reg_rx, sub_rx] }
     }
 
     pub fn publisher(&self) -> Publisher {
@@ -214,18 +226,23 @@ impl ClusterLink {
         }
     }
 
-    /// Say goodbye on Redis (bounded by `limit`).
+    /// Say goodbye on Redis (bounded by `limit` in all): this node's share of the real-time
+    /// state first, then the discovery member.
     pub async fn leave(self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        if let Some(rooms) = &self.rooms {
+            rooms.withdraw(deadline).await;
+        }
         let (ack, done) = oneshot::channel();
-        let asked = tokio::time::timeout(limit, self.ctl.send(Ctl::Leave(ack))).await;
-        if matches!(asked, Ok(Ok(()))) && tokio::time::timeout(limit, done).await.is_err() {
+        let asked = tokio::time::timeout_at(deadline, self.ctl.send(Ctl::Leave(ack))).await;
+        if matches!(asked, Ok(Ok(()))) && tokio::time::timeout_at(deadline, done).await.is_err() {
             tracing::warn!("clean leave not confirmed within {limit:?}");
         }
     }
 }
 
 /// Run `f` unless the node stops first (then `None`: the caller returns at once, saying nothing).
-async fn unless_stopped<T>(stop: &CancellationToken, f: impl std::future::Future<Output = T>) -> Option<T> {
+pub(crate) async fn unless_stopped<T>(stop: &CancellationToken, f: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
         _ = stop.cancelled() => None,
         v = f => Some(v),
@@ -287,20 +304,20 @@ async fn goodbye(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
 }
 
 /// Exponential backoff with jitter.
-struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff { next: BACKOFF_MIN }
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
 
-    fn step(&mut self) -> Duration {
+    pub(crate) fn step(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(BACKOFF_MAX);
         // Up to +50 % jitter so that nodes restarted together do not retry in lockstep.

@@ -9,6 +9,8 @@
 //! - `realtime` and `filters`: rooms, channels and the Koncorde filter subset behind them.
 //! - `cluster`: the Redis side (plugin 3.x registration and heartbeats, or a Kuzzle 2 ID card;
 //!   cross-node notifications), with reconnection.
+//! - `roomstate`: plugin 3.x's shared real-time state in Redis (rooms, counts, clients), written
+//!   off the request path, best-effort.
 //! - `cli`: the `kuzzle-node-sim` command line ([`cli_main`]).
 //!
 //! Every task is spawned on one [`tokio_util::task::TaskTracker`] and watches one
@@ -24,6 +26,7 @@ mod filters;
 mod http;
 mod node;
 mod realtime;
+mod roomstate;
 mod server;
 mod ws;
 

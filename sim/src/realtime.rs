@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::envelope::ApiError;
 use crate::filters::Filter;
 use crate::node::now_ms;
+use crate::roomstate::{RoomRef, RoomShare, RoomSink, RoomUpdate};
 
 /// One WebSocket connection, as the registry knows it.
 pub(crate) type ConnId = u64;
@@ -61,6 +62,8 @@ struct Room {
     index: String,
     collection: String,
     filter: Filter,
+    /// The filters as canonical JSON text (what the shared state in Redis stores).
+    filters: String,
     /// Subscribed connections and, for each, its channels in this room.
     subs: HashMap<ConnId, HashSet<String>>,
     /// Each channel's scope.
@@ -73,11 +76,20 @@ struct Inner {
     conns: HashMap<ConnId, mpsc::Sender<Utf8Bytes>>,
 }
 
+impl Room {
+    fn reference(&self, id: &str) -> RoomRef {
+        RoomRef { id: id.to_owned(), index: self.index.clone(), collection: self.collection.clone() }
+    }
+}
+
 /// The room registry of one node. Critical sections are short and never await.
 pub(crate) struct Realtime {
     node: String,
     next_id: AtomicU64,
     inner: Mutex<Inner>,
+    /// Where a connection entering or leaving a room is reported (plugin mode with Redis only).
+    /// Reported under the registry's lock (a non-blocking send), so in the registry's order.
+    sink: OnceLock<RoomSink>,
 }
 
 fn internal() -> ApiError {
@@ -90,7 +102,34 @@ impl Realtime {
             node,
             next_id: AtomicU64::new(1),
             inner: Mutex::new(Inner { rooms: HashMap::new(), conns: HashMap::new() }),
+            sink: OnceLock::new(),
         }
+    }
+
+    /// Report room entries and exits to `sink` from now on (set once, at start).
+    pub fn set_sink(&self, sink: RoomSink) {
+        if self.sink.set(sink).is_err() {
+            tracing::warn!(node = %self.node, "real-time state sink already set");
+        }
+    }
+
+    fn report(&self, update: impl FnOnce() -> RoomUpdate) {
+        if let Some(sink) = self.sink.get() {
+            sink.send(update());
+        }
+    }
+
+    /// Every room with local subscribers, and who they are (for a replay or a clean leave).
+    pub fn shares(&self) -> Vec<RoomShare> {
+        let Ok(g) = self.inner.lock() else { return Vec::new() };
+        g.rooms
+            .iter()
+            .map(|(id, r)| RoomShare {
+                room: r.reference(id),
+                filters: r.filters.clone(),
+                conns: r.subs.keys().copied().collect(),
+            })
+            .collect()
     }
 
     /// A new connection and the queue its notifications go to.
@@ -106,8 +145,10 @@ impl Realtime {
     pub fn unregister(&self, conn: ConnId) {
         if let Ok(mut g) = self.inner.lock() {
             g.conns.remove(&conn);
-            g.rooms.retain(|_, r| {
-                r.subs.remove(&conn);
+            g.rooms.retain(|id, r| {
+                if r.subs.remove(&conn).is_some() {
+                    self.report(|| RoomUpdate::Leave { room: r.reference(id), conn });
+                }
                 !r.subs.is_empty()
             });
         }
@@ -142,11 +183,16 @@ impl Realtime {
             index: index.to_owned(),
             collection: collection.to_owned(),
             filter,
+            filters: canonical_text(filters),
             subs: HashMap::new(),
             channels: HashMap::new(),
         });
         room.channels.insert(channel.clone(), scope);
+        let entered = !room.subs.contains_key(&conn);
         room.subs.entry(conn).or_default().insert(channel.clone());
+        if entered {
+            self.report(|| RoomUpdate::Join { room: room.reference(&room_id), filters: room.filters.clone(), conn });
+        }
         Ok((room_id, channel))
     }
 
@@ -161,6 +207,7 @@ impl Realtime {
                 format!("Not subscribed to room \"{room_id}\"."),
             ));
         }
+        self.report(|| RoomUpdate::Leave { room: room.reference(room_id), conn });
         if room.subs.is_empty() {
             g.rooms.remove(room_id);
         }
@@ -238,11 +285,17 @@ fn not_found(room_id: &str) -> ApiError {
 
 /// A stable room id: the same index, collection and filters give the same id on every node.
 pub(crate) fn room_id(index: &str, collection: &str, filters: &Value) -> String {
-    let mut canon = String::new();
-    canonical(filters, &mut canon);
+    let canon = canonical_text(filters);
     let h1 = fnv1a(format!("{index}\u{0}{collection}\u{0}{canon}").as_bytes());
     let h2 = fnv1a(format!("{canon}\u{0}{collection}\u{0}{index}").as_bytes());
     format!("{h1:016x}{h2:016x}")
+}
+
+/// The filters as JSON text with object keys sorted (null being `{}`).
+fn canonical_text(v: &Value) -> String {
+    let mut out = String::new();
+    canonical(v, &mut out);
+    out
 }
 
 /// JSON text with object keys sorted, so that key order does not change the room.

@@ -1,5 +1,6 @@
 //! The sim's Redis side against a real `redis-server`: plugin 3.x registration, heartbeats, pool,
-//! clean leave, kill, cross-node notifications, Kuzzle 2 ID cards, and surviving a Redis restart.
+//! clean leave, kill, cross-node notifications, the shared real-time state, Kuzzle 2 ID cards, and
+//! surviving a Redis restart.
 
 mod common;
 
@@ -166,6 +167,147 @@ async fn cross_node_notifications() {
     n2.shutdown().await;
 }
 
+/// A room's subscriber count in `cluster:room_counts:{index/collection}<roomId>`, if the key exists.
+async fn room_count(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<i64> {
+    conn.get(key).await.expect("GET room count")
+}
+
+/// Wait until the room's count key holds `want` (`None`: the key is gone).
+async fn wait_count(conn: &redis::aio::MultiplexedConnection, key: &str, want: Option<i64>) {
+    eventually(T, &format!("{key} == {want:?}"), || {
+        let mut conn = conn.clone();
+        async move { (room_count(&mut conn, key).await == want).then_some(()) }
+    })
+    .await;
+}
+
+/// What the gateway's `POST /cluster/reset` does: SCAN + DEL of every `cluster*` key but
+/// `cluster:discovery`.
+async fn reset(conn: &mut redis::aio::MultiplexedConnection) {
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("cluster*")
+            .arg("COUNT")
+            .arg(100)
+            .query_async(conn)
+            .await
+            .expect("SCAN");
+        for k in keys.iter().filter(|k| k.as_str() != "cluster:discovery") {
+            let _: i64 = conn.del(k).await.expect("DEL");
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_realtime_state() {
+    let r = RedisServer::start();
+    let mut conn = r.conn().await;
+    let n1 = sim(cfg("rt1", &r)).await;
+    let filters = json!({"equals": {"k": "v"}});
+
+    // Two clients of one node in one room.
+    let mut a = ws(n1.addr).await;
+    let mut b = ws(n1.addr).await;
+    let (room, _) = subscribe(&mut a, "idx", "col", filters.clone(), "a").await;
+    let (room_b, _) = subscribe(&mut b, "idx", "col", json!({"equals": {"k": "v"}}), "b").await;
+    assert_eq!(room, room_b);
+    // The same connection on another channel of the room does not count twice.
+    let mut again = kuzzle("realtime", "subscribe", "a2");
+    again["index"] = json!("idx");
+    again["collection"] = json!("col");
+    again["body"] = filters.clone();
+    again["scope"] = json!("out");
+    assert_eq!(ws_call(&mut a, again).await.0["status"], 200);
+    let count_key = format!("cluster:room_counts:{{idx/col}}{room}");
+    let clients_key = format!("cluster:room_clients:{{idx/col}}{room}");
+    let filters_key = format!("cluster:filters:{{idx/col}}{room}");
+    wait_count(&conn, &count_key, Some(2)).await;
+    let rooms: i64 = conn.scard("cluster:room_ids").await.expect("SCARD");
+    assert_eq!(rooms, 1);
+    let ids: Vec<String> = conn.smembers("cluster:room_ids").await.expect("SMEMBERS");
+    assert_eq!(ids, [room.clone()]);
+    let cols: Vec<String> = conn.smembers("cluster:collections").await.expect("SMEMBERS");
+    assert_eq!(cols, ["idx/col"]);
+    let tree: Vec<String> = conn.smembers("cluster:filters_tree{idx/col}").await.expect("SMEMBERS");
+    assert_eq!(tree, [room.clone()]);
+    let stored: Option<String> = conn.get(&filters_key).await.expect("GET filters");
+    assert_eq!(stored.as_deref(), Some(r#"{"equals":{"k":"v"}}"#));
+    let clients: Vec<String> = conn.smembers(&clients_key).await.expect("SMEMBERS");
+    assert_eq!(clients.len(), 2, "{clients:?}");
+    assert!(clients.iter().all(|c| c.starts_with(n1.uuid())), "client ids are node-unique: {clients:?}");
+    let version: i64 = conn.get("cluster:version{idx/col}").await.expect("GET version");
+    assert_eq!(version, 2, "one bump per change");
+
+    // One disconnects: 1. Both: the room is gone, and so is the collection.
+    drop(a);
+    wait_count(&conn, &count_key, Some(1)).await;
+    let rooms: i64 = conn.scard("cluster:room_ids").await.expect("SCARD");
+    assert_eq!(rooms, 1);
+    let n: i64 = conn.scard(&clients_key).await.expect("SCARD");
+    assert_eq!(n, 1);
+    drop(b);
+    wait_count(&conn, &count_key, None).await;
+    // cluster:room_ids and cluster:collections are on other slots: updated by the next commands.
+    eventually(T, "room and collection out of the global SETs", || {
+        let mut conn = conn.clone();
+        async move {
+            let rooms: i64 = conn.scard("cluster:room_ids").await.expect("SCARD");
+            let cols: i64 = conn.scard("cluster:collections").await.expect("SCARD");
+            (rooms == 0 && cols == 0).then_some(())
+        }
+    })
+    .await;
+    for key in [clients_key.as_str(), filters_key.as_str(), "cluster:filters_tree{idx/col}", "cluster:collections"] {
+        let exists: bool = conn.exists(key).await.expect("EXISTS");
+        assert!(!exists, "{key} left behind");
+    }
+    let version: i64 = conn.get("cluster:version{idx/col}").await.expect("GET version");
+    assert_eq!(version, 4);
+
+    // Two nodes in one room; unsubscribe, clean leave of a node, kill.
+    let n2 = sim(cfg("rt2", &r)).await;
+    let mut c = ws(n1.addr).await;
+    let mut d = ws(n2.addr).await;
+    subscribe(&mut c, "idx", "col", filters.clone(), "c").await;
+    subscribe(&mut d, "idx", "col", filters.clone(), "d").await;
+    wait_count(&conn, &count_key, Some(2)).await;
+    let mut unsub = kuzzle("realtime", "unsubscribe", "u");
+    unsub["body"] = json!({"roomId": room});
+    assert_eq!(ws_call(&mut d, unsub).await.0["status"], 200);
+    wait_count(&conn, &count_key, Some(1)).await;
+    subscribe(&mut d, "idx", "col", filters.clone(), "d2").await;
+    wait_count(&conn, &count_key, Some(2)).await;
+    // A clean leave withdraws the node's subscribers before it returns.
+    n2.shutdown().await;
+    assert_eq!(room_count(&mut conn, &count_key).await, Some(1));
+
+    // After a reset (the gateway's POST /cluster/reset), leaving rooms never makes counts negative.
+    reset(&mut conn).await;
+    let mut unsub = kuzzle("realtime", "unsubscribe", "u2");
+    unsub["body"] = json!({"roomId": room});
+    assert_eq!(ws_call(&mut c, unsub).await.0["status"], 200);
+    let mut e = ws(n1.addr).await;
+    let (other, _) = subscribe(&mut e, "other", "col", json!({}), "e").await;
+    let other_key = format!("cluster:room_counts:{{other/col}}{other}");
+    // Updates are applied in order: once e's entry is there, c's exit was handled.
+    wait_count(&conn, &other_key, Some(1)).await;
+    assert_eq!(room_count(&mut conn, &count_key).await, None, "the reset room stays blank");
+    let ids: Vec<String> = conn.smembers("cluster:room_ids").await.expect("SMEMBERS");
+    assert_eq!(ids.len(), 1, "{ids:?}");
+
+    // A kill says nothing: the subscriber's contribution stays (as a crashed plugin node's would).
+    n1.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(room_count(&mut conn, &other_key).await, Some(1));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kuzzle2_id_card() {
     let r = RedisServer::start();
@@ -245,6 +387,12 @@ async fn survives_a_redis_restart() {
     .await;
     let mut sub = r.subscriber(&["cluster:heartbeat"]).await;
     sub.wait("heartbeats again", |_, v| v[1]["pub"] == n.pub_addr()).await;
+    // The shared real-time state is written again for the subscriber still connected.
+    eventually(Duration::from_secs(15), "room replayed after the restart", || {
+        let mut conn = conn.clone();
+        async move { (conn.scard::<_, i64>("cluster:room_ids").await.expect("SCARD") == 1).then_some(()) }
+    })
+    .await;
     let injected = json!(["cluster:notify:document", {"origin": "other", "index": "i", "collection": "c", "body": {"n": 9}, "volatile": {}}]);
     eventually(Duration::from_secs(15), "resubscribed to cluster:notify:document", || {
         let mut conn = conn.clone();

@@ -1,5 +1,5 @@
 //! The sim against a real 3-master Redis Cluster: registration, heartbeats, Kuzzle 2 card,
-//! cross-node notification and clean leave.
+//! cross-node notification, the shared real-time state's slots, and clean leave.
 
 mod common;
 
@@ -73,7 +73,7 @@ async fn three_master_cluster() {
     let mut s1 = ws(n1.addr).await;
     let mut s3 = ws(n3.addr).await;
     let mut p2 = ws(n2.addr).await;
-    let (_, ch1) = subscribe(&mut s1, "idx", "col", json!({}), "s1").await;
+    let (room, ch1) = subscribe(&mut s1, "idx", "col", json!({}), "s1").await;
     let (_, ch3) = subscribe(&mut s3, "idx", "col", json!({}), "s3").await;
     publish(&mut p2, "idx", "col", json!({"via": "cluster"}), "p").await;
     let n = notification(&mut s1, &ch1, Vec::new()).await;
@@ -82,13 +82,106 @@ async fn three_master_cluster() {
     let n = notification(&mut s3, &ch3, Vec::new()).await;
     assert_eq!(n["node"], "knode-c3");
 
-    // Clean leaves.
+    // The shared real-time state: c1's subscriber only (a Kuzzle 2 node writes none). Every key
+    // of the room carries the tag {idx/col}: one slot, on the master that owns it.
+    let count_key = format!("cluster:room_counts:{{idx/col}}{room}");
+    eventually(T, "room count 1", || {
+        let mut conn = conn.clone();
+        let key = count_key.clone();
+        async move { (conn.get::<_, Option<i64>>(key).await.expect("GET") == Some(1)).then_some(()) }
+    })
+    .await;
+    let tagged = [
+        count_key.clone(),
+        format!("cluster:room_clients:{{idx/col}}{room}"),
+        format!("cluster:filters:{{idx/col}}{room}"),
+        "cluster:filters_tree{idx/col}".to_owned(),
+        "cluster:version{idx/col}".to_owned(),
+    ];
+    let masters = Masters::connect(&cluster).await;
+    let mut tag_owner = None;
+    for key in &tagged {
+        let owner = masters.holder(key).await;
+        assert_eq!(*tag_owner.get_or_insert(owner), owner, "{key} is not with the other keys of its room");
+    }
+    for key in ["cluster:room_ids", "cluster:collections"] {
+        masters.holder(key).await;
+    }
+    let ids: Vec<String> = conn.smembers("cluster:room_ids").await.expect("SMEMBERS");
+    assert_eq!(ids, [room.clone()]);
+
+    // Clean leaves; c1's leave withdraws its subscriber: the room is gone.
     let pub1 = n1.pub_addr().to_owned();
     n1.shutdown().await;
+    let exists: bool = conn.exists(&count_key).await.expect("EXISTS");
+    assert!(!exists, "c1's subscriber withdrawn on leave");
+    let ids: Vec<String> = conn.smembers("cluster:room_ids").await.expect("SMEMBERS");
+    assert!(ids.is_empty(), "{ids:?}");
     n3.shutdown().await;
     let members: Vec<String> = conn.smembers("cluster:discovery").await.expect("SMEMBERS");
     assert!(!members.iter().any(|m| m.contains(&pub1)), "{members:?}");
     let exists: bool = conn.exists("{cluster/node}/knode-c3").await.expect("EXISTS");
     assert!(!exists);
     n2.shutdown().await;
+}
+
+/// Plain connections to each master, to see where a key really is.
+struct Masters {
+    /// Per master: its connection and the slot ranges it owns.
+    nodes: Vec<(u16, redis::aio::MultiplexedConnection, Vec<(u16, u16)>)>,
+}
+
+impl Masters {
+    async fn connect(cluster: &RedisCluster) -> Masters {
+        let mut nodes = Vec::new();
+        for &port in &cluster.ports {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+                .expect("url")
+                .get_multiplexed_async_connection()
+                .await
+                .expect("master connection");
+            let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(&mut c).await.expect("CLUSTER NODES");
+            let me = text.lines().find(|l| l.contains("myself")).expect("myself line");
+            // Fields 8.. are slot ranges "a-b" or single slots "a".
+            let ranges = me
+                .split_whitespace()
+                .skip(8)
+                .filter_map(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    Some((a.parse().ok()?, b.parse().ok()?))
+                })
+                .collect();
+            nodes.push((port, c, ranges));
+        }
+        Masters { nodes }
+    }
+
+    /// The port of the master owning `key`'s slot, after checking that this master holds it (and
+    /// no other master does).
+    async fn holder(&self, key: &str) -> u16 {
+        let mut c = self.nodes[0].1.clone();
+        let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut c).await.expect("KEYSLOT");
+        let mut holders = Vec::new();
+        for (port, c, _) in &self.nodes {
+            let mut c = c.clone();
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(slot)
+                .arg(1000)
+                .query_async(&mut c)
+                .await
+                .expect("GETKEYSINSLOT");
+            if keys.iter().any(|k| k == key) {
+                holders.push(*port);
+            }
+        }
+        let owner = self
+            .nodes
+            .iter()
+            .find(|(_, _, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .map(|(p, _, _)| *p);
+        assert_eq!(holders.len(), 1, "{key} (slot {slot}) held by {holders:?}");
+        assert_eq!(Some(holders[0]), owner, "{key} (slot {slot}) is not on the master owning its slot");
+        holders[0]
+    }
 }

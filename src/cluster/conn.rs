@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion, PushInfo};
-use tokio::sync::mpsc::UnboundedSender;
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion};
 
 use crate::config::ClusterSection;
 
@@ -208,7 +207,7 @@ impl Subscription {
     pub async fn open(
         t: &Target,
         channels: &[String],
-        tx: UnboundedSender<PushInfo>,
+        tx: impl redis::aio::AsyncPushSender,
     ) -> Result<Subscription, CallError> {
         match t {
             Target::Single(url) => {

@@ -33,6 +33,8 @@ pub enum Reject {
     NotAllowed(IpAddr),
     #[error("bad node name {0:?}: use letters, digits, '_', '-', '.', '~'")]
     BadName(String),
+    #[error("more than {0} messages waiting: Redis sends faster than membership can follow")]
+    Overflow(usize),
 }
 
 impl Reject {
@@ -46,6 +48,7 @@ impl Reject {
             Reject::BadAddress(_) => "bad_address",
             Reject::NotAllowed(_) => "not_allowed",
             Reject::BadName(_) => "bad_name",
+            Reject::Overflow(_) => "overflow",
         }
     }
 }

@@ -31,14 +31,16 @@ const MAX_MEMBERS: usize = 10_000;
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Pushes waiting for the membership task; past that, messages are dropped (and counted).
+const PUSH_QUEUE: usize = 4096;
 /// How often the subscription connection is pinged (a dead one is replaced).
 const PING_EVERY: Duration = Duration::from_secs(2);
 /// Bound on a whole status room count or reset.
 const OPS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Drop reasons, in the order of `ClusterMetrics::dropped`.
-pub const DROP_REASONS: [&str; 7] =
-    ["too_large", "bad_json", "bad_shape", "unknown_room", "bad_address", "not_allowed", "bad_name"];
+pub const DROP_REASONS: [&str; 8] =
+    ["too_large", "bad_json", "bad_shape", "unknown_room", "bad_address", "not_allowed", "bad_name", "overflow"];
 
 /// Membership counters (for /metrics and the status page).
 #[derive(Debug, Default)]
@@ -46,7 +48,7 @@ pub struct ClusterMetrics {
     /// Pub/sub messages received on the membership rooms.
     pub messages: AtomicU64,
     /// Messages, discovery members and ID cards dropped, by `DROP_REASONS` index.
-    pub dropped: [AtomicU64; 7],
+    pub dropped: [AtomicU64; 8],
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
     /// Successful (re)connections to Redis (the first one included).
@@ -324,16 +326,27 @@ async fn session(
     backoff: &mut Duration,
 ) -> End {
     let rules = Rules { node_port: c.node_port, allowed: c.allowed_networks.clone() };
-    let (tx, mut rx) = mpsc::unbounded_channel::<PushInfo>();
+    // Bounded: a flood of messages costs dropped messages, not memory. A lost disconnection
+    // notice is covered by the ping.
+    let (tx, mut rx) = mpsc::channel::<PushInfo>(PUSH_QUEUE);
+    let flood = st.clone();
+    let push = move |p: PushInfo| match tx.try_send(p) {
+        Ok(()) => Ok(()),
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            flood.dropped("pubsub", &Reject::Overflow(PUSH_QUEUE));
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(()),
+    };
     let mut sub = None;
     if c.pubsub {
         let rooms = [ROOM_READY, ROOM_HEARTBEAT, ROOM_REMOVE].map(String::from);
-        match Subscription::open(target, &rooms, tx).await {
+        match Subscription::open(target, &rooms, std::sync::Arc::new(push)).await {
             Ok(s) => sub = Some(s),
             Err(e) => return End::Lost(e),
         }
     } else {
-        drop(tx);
+        drop(push);
     }
     let since = Instant::now();
     // Right after a (re)connection Redis may have lost its data (restart without persistence)

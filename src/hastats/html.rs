@@ -70,6 +70,8 @@ table.tbl td,table.tbl th{font-size:11px;border:1px solid gray;padding:2px 4px;w
 table.tbl td{text-align:right}
 table.tbl td.l{text-align:left}
 table.tbl td.c{text-align:center}
+/* On a narrow screen the table scrolls sideways under the node names. */
+table.tbl tbody td:first-child{position:sticky;left:0;background:inherit}
 table.tbl th.px{background:#b00040;color:#ffff40;text-align:left;font-size:12px}
 table.tbl th.px a{color:#ffff40;text-decoration:none}
 .titre{background:#20d0d0;color:#000;font-weight:bold;text-align:center}
@@ -82,8 +84,10 @@ table.tbl th.px a{color:#ffff40;text-decoration:none}
 .drain{background:#20a0ff}
 .maint{background:#c07820}
 .nocheck{background:#e0e0e0}
-.ok{color:#060}
-.bad{color:#b00000;font-weight:bold}
+tbody a{color:#000}
+.bad{font-weight:bold}
+.det .ok{color:#060}
+.det .bad{color:#b00000}
 .sub{color:#444;font-size:10px}
 .links a{margin-right:12px}
 .foot{color:#666;font-size:10px;margin-top:8px}
@@ -103,8 +107,9 @@ table.tbl th.px{background:#8d0033}
 .drain{background:#006ab9}
 .maint{background:#9a601a}
 .nocheck{background:#2a2d2f}
-.ok{color:#7c7}
-.bad{color:#f77}
+tbody a{color:#e8e6e3}
+.det .ok{color:#7c7}
+.det .bad{color:#f77}
 }
 "#;
 

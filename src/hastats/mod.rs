@@ -236,9 +236,12 @@ fn node_traffic(b: &Backend, c: &NodeCounters, now: u64) -> Traffic {
 }
 
 fn frontend_traffic(f: &FrontendCounters, limit: u64) -> Traffic {
+    // An upgraded connection leaves the connection count when its tunnel starts: count it back,
+    // as haproxy counts a tunnelled session until it ends.
+    let cur = get(&f.connections) + get(&f.tunnels);
     Traffic {
-        cur: get(&f.connections),
-        max: get(&f.max_connections),
+        cur,
+        max: get(&f.max_connections).max(cur),
         limit: Some(limit),
         total: get(&f.connections_total),
         rate: f.connection_rate.per_sec(),

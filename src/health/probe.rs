@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request};
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Full};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -73,8 +73,14 @@ fn on_transition(gw: &Gateway, b: &Backend, t: Transition, why: &str) {
 /// The checker loop of one node: check at once, then after each result wait the delay the state
 /// machine asks for; passive failures are applied as they come and bring the next check forward.
 /// Generic over the probe and settings so tests can drive it with paused time.
-pub async fn run<S, P, F, A, C>(state: &HealthState, settings: S, mut probe: P, passive_on: A, stop: CancellationToken, mut on_change: C)
-where
+pub async fn run<S, P, F, A, C>(
+    state: &HealthState,
+    settings: S,
+    mut probe: P,
+    passive_on: A,
+    stop: CancellationToken,
+    mut on_change: C,
+) where
     S: Fn() -> Timing,
     P: FnMut() -> F,
     F: Future<Output = CheckResult>,
@@ -138,7 +144,7 @@ pub async fn http_check(b: &Backend, path: &str, timeout: Duration) -> CheckResu
         Err(ConnectError::Timeout) => return done(CheckKind::L4TOUT, None),
         Err(_) => return done(CheckKind::L4CON, None),
     };
-    let mut req = Request::new(Either::Right(Empty::<Bytes>::new()));
+    let mut req = Request::new(Either::Right(Full::new(Bytes::new())));
     *req.method_mut() = Method::GET;
     match path.parse() {
         Ok(uri) => *req.uri_mut() = uri,
@@ -335,7 +341,8 @@ mod tests {
     #[tokio::test]
     async fn http_check_classifies_like_haproxy() {
         let t = Duration::from_millis(300);
-        let cases: [(Option<&'static [u8]>, CheckKind, Option<u16>); 5] = [
+        type Case = (Option<&'static [u8]>, CheckKind, Option<u16>);
+        let cases: [Case; 5] = [
             (Some(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n\"ok\""), CheckKind::L7OK, Some(200)),
             (Some(b"HTTP/1.1 302 Found\r\ncontent-length: 0\r\n\r\n"), CheckKind::L7OK, Some(302)),
             (Some(b"HTTP/1.1 404 Not Found\r\ncontent-length: 4\r\n\r\n\"ko\""), CheckKind::L7STS, Some(404)),
