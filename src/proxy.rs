@@ -195,10 +195,10 @@ async fn forward(
     let (first_body, kept): (UpBody, Option<Bytes>) = if keep_body {
         let bytes = match tokio::time::timeout(cfg.timeouts.client.0, body.collect()).await {
             Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => return Err(GatewayError::new(StatusCode::BAD_REQUEST, "bad request: request body cut short")),
-            Err(_) => {
-                return Err(GatewayError::new(StatusCode::REQUEST_TIMEOUT, "request body not received in time"))
+            Ok(Err(_)) => {
+                return Err(GatewayError::new(StatusCode::BAD_REQUEST, "bad request: request body cut short"))
             }
+            Err(_) => return Err(GatewayError::new(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
         };
         (Either::Right(Full::new(bytes.clone())), Some(bytes))
     } else {

@@ -26,7 +26,19 @@ fn cluster_toml(redis_line: &str, extra: &str) -> String {
 }
 
 async fn gw_single(redis: &RedisServer, extra: &str) -> Handle {
-    gateway(&cluster_toml(&format!("redis = \"{}\"", redis.url()), extra)).await
+    let h = gateway(&cluster_toml(&format!("redis = \"{}\"", redis.url()), extra)).await;
+    wait_connected(&h).await;
+    h
+}
+
+/// The membership task is subscribed and has read Redis once.
+async fn wait_connected(h: &Handle) {
+    eventually(WAIT, "gateway following Redis", || async {
+        kuzzle_gateway::cluster::metrics(&h.gw)
+            .is_some_and(|m| m.connected.load(std::sync::atomic::Ordering::Relaxed) == 1)
+            .then_some(())
+    })
+    .await;
 }
 
 fn redis_conn(url: &str) -> redis::Connection {
@@ -103,8 +115,13 @@ async fn redis_node_joins_without_config_and_sigterm_drains_it() {
     assert_eq!(n["state"], "up");
     assert_eq!(n["origin"], "plugin");
     assert_eq!(n["address"], a.addr.to_string());
-    assert!(n["last_heartbeat"].as_u64().is_some(), "heartbeats recorded: {n}");
     assert_eq!(s["redis"]["connected"], true);
+    eventually(WAIT, "heartbeats recorded in the status", || async {
+        let s = status(&h).await;
+        let n = s["nodes"].as_array().and_then(|a| a.iter().find(|n| n["name"] == "cluster_kuzzle_1")).cloned()?;
+        n["last_heartbeat"].as_u64()
+    })
+    .await;
 
     a.term();
     let st = wait_state(&h, "cluster_kuzzle_1", &["draining", "gone"]).await;
@@ -171,6 +188,7 @@ async fn kuzzle2_nodes_join_from_id_cards_and_leave_when_the_card_expires() {
         redis.url()
     ));
     let h = gateway(&cfg).await;
+    wait_connected(&h).await;
     let args = ["--redis", &redis.url(), "--kuzzle2", "--heartbeat", HEARTBEAT];
     let mut a = Sim::start_on(&format!("127.0.0.2:{port}"), "knode-a-1", &args);
     let b = Sim::start_on(&format!("127.0.0.3:{port}"), "knode-b-2", &args);
@@ -364,6 +382,7 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
          poll_interval = \"200ms\"\nnode_port = {port}\n"
     )))
     .await;
+    wait_connected(&h).await;
     // A plugin-mode node and a Kuzzle 2 node, both on the Redis Cluster.
     let joined = seeds.join(",");
     let mut plugin = Sim::start("cluster_kuzzle_3", &["--redis-cluster", &joined, "--heartbeat", HEARTBEAT]);
@@ -468,6 +487,7 @@ async fn kuzzle2_membership_survives_a_redis_cluster_slot_move() {
          [cluster]\nredis_cluster = [{list}]\nheartbeat_timeout = \"1s\"\npoll_interval = \"200ms\"\nnode_port = {port}\n"
     )))
     .await;
+    wait_connected(&h).await;
     let joined = seeds.join(",");
     let args = ["--redis-cluster", joined.as_str(), "--kuzzle2", "--heartbeat", HEARTBEAT];
     let _a = Sim::start_on(&format!("127.0.0.2:{port}"), "knode-a-1", &args);

@@ -763,7 +763,8 @@ async fn dead_node_costs_no_client_error() {
     }
 }
 
-/// A fake node that reads each request head, then closes without answering.
+/// A fake node that reads each whole request (head and Content-Length body), then closes without
+/// answering: it may have acted on the request, so only idempotent ones may be re-sent.
 async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
@@ -772,13 +773,24 @@ async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             tokio::spawn(async move {
                 let mut got = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !contains(&got, b"\r\n\r\n") {
+                loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
                     match c.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-            }); // dropped: the connection closes with no answer
+            }); // dropped with nothing unread: the connection closes (FIN) with no answer
         }
     });
     (addr, task)

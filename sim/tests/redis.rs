@@ -232,11 +232,11 @@ async fn shared_realtime_state() {
     let rooms: i64 = conn.scard("cluster:room_ids").await.expect("SCARD");
     assert_eq!(rooms, 1);
     let ids: Vec<String> = conn.smembers("cluster:room_ids").await.expect("SMEMBERS");
-    assert_eq!(ids, [room.clone()]);
+    assert_eq!(ids, [room.as_str()]);
     let cols: Vec<String> = conn.smembers("cluster:collections").await.expect("SMEMBERS");
     assert_eq!(cols, ["idx/col"]);
     let tree: Vec<String> = conn.smembers("cluster:filters_tree{idx/col}").await.expect("SMEMBERS");
-    assert_eq!(tree, [room.clone()]);
+    assert_eq!(tree, [room.as_str()]);
     let stored: Option<String> = conn.get(&filters_key).await.expect("GET filters");
     assert_eq!(stored.as_deref(), Some(r#"{"equals":{"k":"v"}}"#));
     let clients: Vec<String> = conn.smembers(&clients_key).await.expect("SMEMBERS");

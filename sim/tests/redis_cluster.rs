@@ -108,7 +108,7 @@ async fn three_master_cluster() {
         masters.holder(key).await;
     }
     let ids: Vec<String> = conn.smembers("cluster:room_ids").await.expect("SMEMBERS");
-    assert_eq!(ids, [room.clone()]);
+    assert_eq!(ids, [room.as_str()]);
 
     // Clean leaves; c1's leave withdraws its subscriber: the room is gone.
     let pub1 = n1.pub_addr().to_owned();
@@ -127,8 +127,14 @@ async fn three_master_cluster() {
 
 /// Plain connections to each master, to see where a key really is.
 struct Masters {
-    /// Per master: its connection and the slot ranges it owns.
-    nodes: Vec<(u16, redis::aio::MultiplexedConnection, Vec<(u16, u16)>)>,
+    nodes: Vec<Master>,
+}
+
+struct Master {
+    port: u16,
+    conn: redis::aio::MultiplexedConnection,
+    /// The slot ranges it owns (inclusive).
+    slots: Vec<(u16, u16)>,
 }
 
 impl Masters {
@@ -151,7 +157,7 @@ impl Masters {
                     Some((a.parse().ok()?, b.parse().ok()?))
                 })
                 .collect();
-            nodes.push((port, c, ranges));
+            nodes.push(Master { port, conn: c, slots: ranges });
         }
         Masters { nodes }
     }
@@ -159,11 +165,11 @@ impl Masters {
     /// The port of the master owning `key`'s slot, after checking that this master holds it (and
     /// no other master does).
     async fn holder(&self, key: &str) -> u16 {
-        let mut c = self.nodes[0].1.clone();
+        let mut c = self.nodes[0].conn.clone();
         let slot: u16 = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query_async(&mut c).await.expect("KEYSLOT");
         let mut holders = Vec::new();
-        for (port, c, _) in &self.nodes {
-            let mut c = c.clone();
+        for m in &self.nodes {
+            let mut c = m.conn.clone();
             let keys: Vec<String> = redis::cmd("CLUSTER")
                 .arg("GETKEYSINSLOT")
                 .arg(slot)
@@ -172,14 +178,10 @@ impl Masters {
                 .await
                 .expect("GETKEYSINSLOT");
             if keys.iter().any(|k| k == key) {
-                holders.push(*port);
+                holders.push(m.port);
             }
         }
-        let owner = self
-            .nodes
-            .iter()
-            .find(|(_, _, ranges)| ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
-            .map(|(p, _, _)| *p);
+        let owner = self.nodes.iter().find(|m| m.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot))).map(|m| m.port);
         assert_eq!(holders.len(), 1, "{key} (slot {slot}) held by {holders:?}");
         assert_eq!(Some(holders[0]), owner, "{key} (slot {slot}) is not on the master owning its slot");
         holders[0]
