@@ -13,6 +13,8 @@
 #   TUNED [1]        1: also run haproxy with passive checks and L7 retries (`observe layer4
 #                    error-limit 3 on-error fail-check`, `retry-on conn-failure empty-response
 #                    response-timeout`), the closest haproxy gets to the gateway's behaviour
+#   ACTIVE_ONLY [1]  1: also run the gateway with `[health] passive = false` (active checks only,
+#                    like stock haproxy) to show what passive checks add
 #   PIN [1]          1: proxies on CPU 1 (one worker), wrk and sims on CPU 0
 #   SKIP_BUILD [0]   1: use the existing release binaries
 set -euo pipefail
@@ -25,6 +27,7 @@ KILL_AT=${KILL_AT:-3}
 CONNS=${CONNS:-8}
 ROUNDS=${ROUNDS:-2}
 TUNED=${TUNED:-1}
+ACTIVE_ONLY=${ACTIVE_ONLY:-1}
 PIN=${PIN:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 NCPU=$(nproc)
@@ -72,13 +75,14 @@ node_status() {
 start_proxy() { # kind port stats_port -> PROXY_PID
   local kind=$1 port=$2 stats=$3
   case $kind in
-    kuzzle-gateway)
+    kuzzle-gateway | gateway-active)
       {
         printf '[gateway]\nlisten = "127.0.0.1:%s"\nthreads = %s\n' "$port" "$WORKERS"
         printf '[stats]\nlisten = "127.0.0.1:%s"\n' "$stats"
         printf '[timeouts]\nconnect = "5s"\nclient = "30s"\nserver = "5s"\n'
         printf '[balance]\nalgorithm = "leastconn"\nretries = 3\nredispatch = true\n'
         printf '[health]\ninterval = "%s"\ntimeout = "1s"\nrise = 2\nfall = 3\n' "$INTER"
+        if [ "$kind" = gateway-active ]; then printf 'passive = false\n'; fi
         for i in 1 2 3; do
           printf '[[node]]\nname = "cluster_kuzzle_%s"\naddress = "127.0.0.1:%s"\n' "$i" "${SIM_PORTS[$((i - 1))]}"
         done
@@ -112,7 +116,9 @@ stop_pids() {
   done
 }
 
-KINDS=(kuzzle-gateway haproxy)
+KINDS=(kuzzle-gateway)
+[ "$ACTIVE_ONLY" = 1 ] && KINDS+=(gateway-active)
+KINDS+=(haproxy)
 [ "$TUNED" = 1 ] && KINDS+=(haproxy-tuned)
 ROWS=()
 for round in $(seq 1 "$ROUNDS"); do

@@ -36,6 +36,8 @@ fi
 GW_BIN=$BIN_DIR/kuzzle-gateway
 SIM_BIN=$BIN_DIR/kuzzle-node-sim
 LOAD_BIN=$BIN_DIR/examples/reload_load
+# Absolute path: nginx's binary upgrade re-executes argv[0].
+NGINX_BIN=$(command -v nginx)
 for b in "$GW_BIN" "$SIM_BIN" "$LOAD_BIN"; do [ -x "$b" ] || die "missing $b (build it or drop SKIP_BUILD)"; done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
@@ -53,7 +55,8 @@ done
 
 # Nodes of change I: n1 always, n2..n4 by the bits of a small mix of I (deterministic).
 nodes_of() {
-  local i=$1 v=$(((i * 5 + 3) % 8)) out=1
+  local i=$1 v out=1
+  v=$(((i * 5 + 3) % 8))
   ((v & 1)) && out="$out 2"
   ((v & 2)) && out="$out 3"
   ((v & 4)) && out="$out 4"
@@ -94,10 +97,10 @@ nginx_conf() {
   esac
   for n in $nodes; do servers="$servers        server 127.0.0.1:${SIM_PORTS[$((n - 1))]};\n"; done
   awk -v servers="$servers" -v line="$line" -v port="$port" -v broken="$broken" '
-    /# nodes:begin/ { print; printf "%s", servers; skip = 1; next }
-    /# nodes:end/ { skip = 0 }
+    /^[ ]+# nodes:begin/ { print; printf "%s", servers; skip = 1; next }
+    /^[ ]+# nodes:end/ { skip = 0 }
     skip { next }
-    /# algorithm/ { print "        " line; next }
+    /^[ ]+.*# algorithm/ { print "        " line; next }
     /listen 127\.0\.0\.1:7512/ { sub(/7512/, port) }
     /access_log off;/ && broken != "" { print "    no_such_directive on;" }
     { print }' "$ROOT/proxy-configs/nginx-reload.conf" >"$out.tmp"
@@ -109,10 +112,10 @@ haproxy_conf() {
   local out=$1 port=$2 sock=$3 algo=$4 nodes=$5 broken=${6:-} servers="" n
   for n in $nodes; do servers="$servers    server n$n 127.0.0.1:${SIM_PORTS[$((n - 1))]}\n"; done
   awk -v servers="$servers" -v algo="$algo" -v port="$port" -v sock="$sock" -v broken="$broken" '
-    /# nodes:begin/ { print; printf "%s", servers; skip = 1; next }
-    /# nodes:end/ { skip = 0 }
+    /^[ ]+# nodes:begin/ { print; printf "%s", servers; skip = 1; next }
+    /^[ ]+# nodes:end/ { skip = 0 }
     skip { next }
-    /# algorithm/ { print "    balance " algo; if (broken != "") print "    no_such_keyword on"; next }
+    /^[ ]+.*# algorithm/ { print "    balance " algo; if (broken != "") print "    no_such_keyword on"; next }
     /bind 127\.0\.0\.1:7513/ { sub(/7513/, port) }
     /stats socket/ { sub(/\/tmp\/haproxy-reload\.sock/, sock) }
     { print }' "$ROOT/proxy-configs/haproxy-reload.cfg" >"$out.tmp"
@@ -139,7 +142,7 @@ run_target() {
     nginx)
       conf="$dir/nginx.conf"
       nginx_conf "$conf" "$port" leastconn "$(nodes_of 0)"
-      nginx -p "$dir/" -c "$conf" 2>"$dir/nginx.err" || die "nginx did not start: $(cat "$dir/nginx.err")"
+      "$NGINX_BIN" -p "$dir/" -c "$conf" 2>"$dir/nginx.err" || die "nginx did not start: $(cat "$dir/nginx.err")"
       wait_for_line "$dir/nginx.pid" "[0-9]" "nginx pid file" 10
       master=$(cat "$dir/nginx.pid")
       PIDS+=("$master")
@@ -170,7 +173,7 @@ run_target() {
       gateway) gateway_conf "$conf" "$port" "$stats" "$dir/upgrade.sock" "$algo" "$nodes" $broken ;; # file watch reloads
       nginx)
         nginx_conf "$conf" "$port" "$algo" "$nodes" $broken
-        nginx -p "$dir/" -c "$conf" -s reload 2>>"$dir/nginx.err" || true
+        "$NGINX_BIN" -p "$dir/" -c "$conf" -s reload 2>>"$dir/nginx.err" || true
         ;;
       haproxy)
         haproxy_conf "$conf" "$port" "$dir/haproxy.sock" "$algo" "$nodes" $broken
@@ -204,7 +207,7 @@ run_target() {
   # Stop this proxy (all its processes) before the next one.
   case $name in
     gateway) pkill_pids "$dir" ;;
-    nginx) nginx -p "$dir/" -c "$conf" -s stop 2>/dev/null || true ;;
+    nginx) "$NGINX_BIN" -p "$dir/" -c "$conf" -s stop 2>/dev/null || true ;;
     haproxy) kill -TERM "$master" 2>/dev/null || true ;;
   esac
 }
@@ -213,7 +216,7 @@ run_target() {
 pkill_pids() {
   local p
   for p in "${PIDS[@]}"; do
-    if tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q -- "--config $1/"; then kill -TERM "$p" 2>/dev/null || true; fi
+    if { tr '\0' ' ' <"/proc/$p/cmdline"; } 2>/dev/null | grep -q -- "--config $1/"; then kill -TERM "$p" 2>/dev/null || true; fi
   done
 }
 

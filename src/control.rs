@@ -182,3 +182,44 @@ impl DrainClock {
         self.since.retain(|k, _| seen.contains(k));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn fixed_settings_are_named() {
+        let old = cfg("[gateway]\nthreads = 2\n");
+        let new = cfg("[gateway]\nthreads = 4\nmax_connections = 10\n[balance]\nalgorithm = \"source\"\n");
+        assert_eq!(not_reloadable(&old, &new), vec!["gateway.threads", "gateway.max_connections"]);
+        assert!(not_reloadable(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn summary_lists_node_and_setting_changes() {
+        let old = cfg("[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n");
+        let new = cfg("[balance]\nalgorithm = \"roundrobin\"\n[[node]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n");
+        assert_eq!(change_summary(&old, &new), vec!["nodes added: b", "nodes removed: a", "balance: roundrobin"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn drain_clock_kills_tunnels_once_after_timeout() {
+        let gw = Gateway::new(Config::default());
+        gw.apply_config(cfg("[gateway]\ndrain_timeout = \"5s\"\n[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"));
+        let a = gw.snapshot.load().node("a").cloned().expect("a");
+        let _tunnel = a.track();
+        let token = a.tunnel_kill_token();
+        gw.apply_config(cfg("[gateway]\ndrain_timeout = \"5s\"\n"));
+        let mut clock = DrainClock::default();
+        let t0 = Instant::now();
+        clock.enforce(&gw, t0);
+        clock.enforce(&gw, t0 + Duration::from_secs(4));
+        assert!(!token.is_cancelled(), "killed before drain_timeout");
+        clock.enforce(&gw, t0 + Duration::from_secs(5));
+        assert!(token.is_cancelled(), "not killed after drain_timeout");
+    }
+}

@@ -1,13 +1,15 @@
 //! Data plane: the bidirectional tunnel behind an upgraded connection (WebSocket), with idle timeout
 //! and a clean 1001 close frame when the node goes away or the gateway stops.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::ActiveGuard;
@@ -15,15 +17,62 @@ use crate::state::Gateway;
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// Copy buffers start small (most Kuzzle messages are, and an idle WebSocket should cost little
-/// memory: thousands stay open for hours) and double while reads fill them, up to `BUF_MAX`.
+/// Copy buffers start small (most Kuzzle messages are) and double while reads fill them, up to
+/// `BUF_MAX`.
 const BUF_MIN: usize = 4 * 1024;
 const BUF_MAX: usize = 64 * 1024;
 
-/// Double `buf` when the last read filled it: the peer is sending more than it holds.
-fn grow(buf: &mut Vec<u8>, filled: usize) {
-    if filled == buf.len() && buf.len() < BUF_MAX {
-        buf.resize(buf.len() * 2, 0);
+/// One direction's copy buffer, held only while data flows: thousands of WebSockets stay open
+/// for hours and are idle nearly all the time, so a read that has to wait gives its buffer back
+/// (a poll-based read never keeps the buffer between polls) and the next wake-up takes a new one.
+#[derive(Debug)]
+pub struct LazyBuf {
+    buf: Option<Vec<u8>>,
+    size: usize,
+}
+
+impl Default for LazyBuf {
+    fn default() -> Self {
+        LazyBuf { buf: None, size: BUF_MIN }
+    }
+}
+
+impl LazyBuf {
+    /// Read what `r` has into the buffer; the number of bytes read, 0 at end of stream.
+    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<usize> {
+        std::future::poll_fn(|cx| {
+            let size = self.size;
+            let buf = self.buf.get_or_insert_with(|| vec![0u8; size]);
+            let mut rb = ReadBuf::new(buf);
+            let res = Pin::new(&mut *r).poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            match res {
+                Poll::Pending => {
+                    self.buf = None;
+                    Poll::Pending
+                }
+                Poll::Ready(r) => Poll::Ready(r.map(|()| n)),
+            }
+        })
+        .await
+    }
+
+    /// The first `n` bytes of the last read.
+    pub fn data(&self, n: usize) -> &[u8] {
+        self.buf.as_deref().and_then(|b| b.get(..n)).unwrap_or(&[])
+    }
+
+    /// Whether a buffer is held now (tests, memory accounting).
+    pub fn held(&self) -> bool {
+        self.buf.is_some()
+    }
+
+    /// The last read filled the buffer: the peer is sending more than it holds, take a bigger one.
+    pub fn grow_if_full(&mut self, n: usize) {
+        if n == self.size && self.size < BUF_MAX {
+            self.size *= 2;
+            self.buf = None;
+        }
     }
 }
 
@@ -99,29 +148,29 @@ where
     let stop = CancellationToken::new();
 
     let client_to_node = async {
-        let mut buf = vec![0u8; BUF_MIN];
+        let mut buf = LazyBuf::default();
         loop {
-            let n = cr.read(&mut buf).await?;
+            let n = buf.read_from(&mut cr).await?;
             if n == 0 {
                 let _ = nw.shutdown().await;
                 return Ok::<(), std::io::Error>(());
             }
-            nw.write_all(&buf[..n]).await?;
+            nw.write_all(buf.data(n)).await?;
             touch();
             for a in io.bytes_in {
                 a.fetch_add(n as u64, Ordering::Relaxed);
             }
-            grow(&mut buf, n);
+            buf.grow_if_full(n);
         }
     };
 
     let node_to_client = async {
-        let mut buf = vec![0u8; BUF_MIN];
+        let mut buf = LazyBuf::default();
         let mut frames = FrameTracker::default();
         let mut closing: Option<(tokio::time::Instant, &'static str)> = None;
         loop {
             let n = tokio::select! {
-                r = nr.read(&mut buf) => match r {
+                r = buf.read_from(&mut nr) => match r {
                     Ok(n) => n,
                     Err(_) => return TunnelEnd::Error,
                 },
@@ -149,7 +198,7 @@ where
                 let _ = cw.shutdown().await;
                 return TunnelEnd::Closed;
             }
-            let data = &buf[..n];
+            let data = buf.data(n);
             let upto = if websocket { frames.advance(data, closing.is_some()) } else { n };
             if cw.write_all(&data[..upto]).await.is_err() {
                 return TunnelEnd::Error;
@@ -158,7 +207,7 @@ where
             for a in io.bytes_out {
                 a.fetch_add(upto as u64, Ordering::Relaxed);
             }
-            grow(&mut buf, n);
+            buf.grow_if_full(n);
             if let Some((_, why)) = closing {
                 if frames.at_boundary() {
                     let _ = cw.write_all(&close_frame(1001, why)).await;
@@ -368,16 +417,36 @@ mod tests {
         assert_eq!(t.advance(&stream[first..], true), 0);
     }
 
-    #[test]
-    fn buffers_grow_only_when_filled() {
-        let mut b = vec![0u8; BUF_MIN];
-        grow(&mut b, 10);
-        assert_eq!(b.len(), BUF_MIN);
-        for _ in 0..10 {
-            let n = b.len();
-            grow(&mut b, n);
+    #[tokio::test]
+    async fn buffer_held_only_while_data_flows_and_grows_when_filled() {
+        let (mut a, b) = tokio::io::duplex(1 << 20);
+        let (mut r, _w) = tokio::io::split(b);
+        let mut buf = LazyBuf::default();
+        assert!(!buf.held());
+        a.write_all(b"hello").await.expect("write");
+        let n = buf.read_from(&mut r).await.expect("read");
+        assert_eq!(buf.data(n), b"hello");
+        assert!(buf.held(), "kept while the data is being forwarded");
+        // Nothing more to read: the waiting read gives the buffer back.
+        let pending = tokio::time::timeout(Duration::from_millis(50), buf.read_from(&mut r)).await;
+        assert!(pending.is_err());
+        assert!(!buf.held(), "an idle reader holds no buffer");
+        // Full reads double the size, up to the cap.
+        a.write_all(&vec![7u8; 200_000]).await.expect("write");
+        let mut sizes = Vec::new();
+        let mut total = 0;
+        while total < 200_000 {
+            let n = buf.read_from(&mut r).await.expect("read");
+            assert!(buf.data(n).iter().all(|&x| x == 7));
+            total += n;
+            sizes.push(n);
+            buf.grow_if_full(n);
         }
-        assert_eq!(b.len(), BUF_MAX);
+        assert_eq!(total, 200_000);
+        assert_eq!(sizes[0], BUF_MIN);
+        assert!(sizes.iter().all(|&n| n <= BUF_MAX) && sizes.contains(&BUF_MAX), "{sizes:?}");
+        drop(a);
+        assert_eq!(buf.read_from(&mut r).await.expect("eof"), 0);
     }
 
     #[test]

@@ -947,6 +947,11 @@ async fn malformed_requests_get_400() {
     assert!(out.contains("\"status\":400") && out.contains("percent-encoding"), "{out}");
     let out = raw(a, b"GET /%C3%28/_now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "invalid UTF-8 in the prefix segment: {out}");
+    // HTTP/1.0 without Host is old but valid: served, then closed.
+    let (out, closed) = raw_until(a, b"GET /cluster_kuzzle_1/_now HTTP/1.0\r\n\r\n", T).await;
+    assert!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("\"node\":\"cluster_kuzzle_1\""), "{out}");
+    assert!(closed, "an HTTP/1.0 exchange without keep-alive must end with the connection");
     // The gateway still serves afterwards.
     assert_eq!(get(a, "/_now").await.status, 200);
     gw.shutdown().await;
@@ -955,6 +960,18 @@ async fn malformed_requests_get_400() {
 // ---------------------------------------------------------------------------------------------
 // The binary: --check, SIGTERM
 // ---------------------------------------------------------------------------------------------
+
+/// A child process killed if the test ends early (a failed assertion must not leave it running).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 fn temp_dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("kgw-core-{tag}-{}", std::process::id()));
@@ -1041,13 +1058,15 @@ async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(bin("kuzzle-gateway"))
-        .args(["--config", cfg.to_str().expect("path")])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start kuzzle-gateway");
+    let mut child = KillOnDrop(
+        Command::new(bin("kuzzle-gateway"))
+            .args(["--config", cfg.to_str().expect("path")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start kuzzle-gateway"),
+    );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     eventually(READY_TIMEOUT, "gateway listening", || async { TcpStream::connect(addr).await.ok().map(|_| ()) }).await;
 
@@ -1064,7 +1083,7 @@ async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     .await;
 
     let t0 = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    let st = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("kill");
     assert!(st.success());
 
     // New connections are refused at once.
@@ -1095,11 +1114,11 @@ async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     // And the process exits 0.
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
+        if let Some(s) = child.0.try_wait().expect("wait") {
             break s;
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
+            let _ = child.0.kill();
             panic!("kuzzle-gateway still running 15 s after SIGTERM");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# A/B of kuzzle-gateway builds: the same 3 simulated nodes, each gateway binary in turn (pinned to
+# CPU 1, one worker thread), wrk on GET /_now from CPU 0, rounds interleaved so drift hits every
+# build alike. Prints req/s, p99 and the gateway's CPU time per request (median round).
+#
+# Usage: bench/compare-builds.sh BIN [BIN...]     e.g. a copy of target/release/kuzzle-gateway
+#        made before a change, and the new one.
+# Environment: DURATION [10s], CONNS [50], ROUNDS [3], VARIANT [keep-alive|close], SKIP_BUILD [0]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
+VARIANT=${VARIANT:-keep-alive}
+[ $# -ge 1 ] || { echo "usage: $0 GATEWAY_BINARY [GATEWAY_BINARY...]" >&2; exit 2; }
+. "$ROOT/bench/lib.sh"
+need_tools wrk curl taskset:util-linux ss:iproute2
+for b in "$@"; do [ -x "$b" ] || die "not an executable: $b"; done
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
+fi
+[ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (gateway on CPU 1, load on CPU 0)"
+CLK_TCK=$(getconf CLK_TCK)
+
+start_sims 0
+hdr=(); [ "$VARIANT" = close ] && hdr=(-H "Connection: close")
+declare -A RES
+for r in $(seq 1 "$ROUNDS"); do
+  i=0
+  for b in "$@"; do
+    i=$((i + 1))
+    port=$(pick_port 17650); stats=$(pick_port 17660)
+    gateway_config "$WORK/gw$i-$r.toml" "$port" "$stats" 1
+    RUST_LOG=warn taskset -c 1 "$b" --config "$WORK/gw$i-$r.toml" >"$WORK/gw$i-$r.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    wait_http "http://127.0.0.1:$port/_now" "$b"
+    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port/_now" >/dev/null
+    c0=$(cpu_ticks "$pid")
+    taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port/_now" >"$WORK/w.txt"
+    c1=$(cpu_ticks "$pid")
+    line=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" '
+      function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+      $1 == "99%" { p99 = ms($2) } /requests in/ { n = $1 } /^Requests\/sec:/ { rps = $2 }
+      END { printf "%.0f %.2f %.1f", rps, p99, (n > 0 ? 1e6 * c / hz / n : 0) }' "$WORK/w.txt")
+    RES[$i]="${RES[$i]:-}$line"$'\n'
+    log "round $r $b: $line (req/s p99-ms cpu-us/req)"
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+echo "wrk --latency -t1 -c$CONNS -d$DURATION ($VARIANT), $ROUNDS interleaved rounds, median req/s round shown"
+printf '| %-40s | %9s | %8s | %10s |\n' build "req/s" "p99 ms" "CPU us/req"
+printf '|%s|%s|%s|%s|\n' ------------------------------------------ ----------: ---------: -----------:
+i=0
+for b in "$@"; do
+  i=$((i + 1))
+  read -r rps p99 us < <(printf '%s' "${RES[$i]}" | grep -v '^$' | sort -n -k1,1 |
+    awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }')
+  printf '| %-40s | %9s | %8s | %10s |\n' "$b" "$rps" "$p99" "$us"
+done
