@@ -182,6 +182,10 @@ run_target() {
     esac
     sleep "$INTERVAL"
   done
+  if [ "$name" = gateway ]; then
+    sleep 1 # the last change's debounce
+    log "gateway: $(grep -c 'configuration reloaded' "$dir/old.log" || true) reloads applied, $(grep -c 'configuration refused' "$dir/old.log" || true) refused"
+  fi
   log "$name: binary upgrade"
   case $name in
     gateway)
