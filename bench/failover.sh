@@ -10,6 +10,8 @@
 #   INTER [2s]       check interval (gateway [health] interval, haproxy `inter`)
 #   DURATION [10]    seconds of load per run      KILL_AT [3]  seconds into the run the node dies
 #   CONNS [8]        wrk connections              ROUNDS [2]   runs per proxy, interleaved
+#   LATENCY [20]     ms each node adds to every answer (`POST /_sim/latency/<ms>`), so that some
+#                    requests are inside the node when it dies; 0 = answer at once
 #   TUNED [1]        1: also run haproxy with passive checks and L7 retries (`observe layer4
 #                    error-limit 3 on-error fail-check`, `retry-on conn-failure empty-response
 #                    response-timeout`), the closest haproxy gets to the gateway's behaviour
@@ -25,6 +27,7 @@ INTER=${INTER:-2s}
 DURATION=${DURATION:-10}
 KILL_AT=${KILL_AT:-3}
 CONNS=${CONNS:-8}
+LATENCY=${LATENCY:-20}
 ROUNDS=${ROUNDS:-2}
 TUNED=${TUNED:-1}
 ACTIVE_ONLY=${ACTIVE_ONLY:-1}
@@ -57,6 +60,10 @@ request = function()
     return wrk.format("POST", "/_sim/echo", { ["Content-Type"] = "application/json" }, '{"hello":"world"}')
   end
   return wrk.format("GET", "/_now")
+end
+-- Failed answers are logged (status and the gateway's or haproxy's message) for the log.
+response = function(status, headers, body)
+  if status >= 400 then io.write("NON2XX " .. status .. " " .. body:sub(1, 160) .. "\n") end
 end
 done = function(s, latency, requests)
   local e = s.errors
@@ -116,6 +123,8 @@ stop_pids() {
   done
 }
 
+# bench/run.sh and others start from 17601: keep out of their way.
+seq 17600 17700 >>"$WORK/ports.taken"
 KINDS=(kuzzle-gateway)
 [ "$ACTIVE_ONLY" = 1 ] && KINDS+=(gateway-active)
 KINDS+=(haproxy)
@@ -123,8 +132,10 @@ KINDS+=(haproxy)
 ROWS=()
 for round in $(seq 1 "$ROUNDS"); do
   for kind in "${KINDS[@]}"; do
-    TAKEN=" "
     start_sims "$LOAD_CPUS"
+    for p in "${SIM_PORTS[@]}"; do
+      curl -s -o /dev/null --max-time 2 -X POST "http://127.0.0.1:$p/_sim/latency/$LATENCY" || die "latency knob on :$p"
+    done
     port=$(pick_port 17630); stats=$(pick_port 17640)
     start_proxy "$kind" "$port" "$stats"
     for _ in $(seq 1 50); do [ "$(node_status "$stats")" = UP ] && break; sleep 0.1; done
@@ -153,13 +164,14 @@ for round in $(seq 1 "$ROUNDS"); do
     pct=$(awk -v f=$failed -v n="$W_requests" 'BEGIN { printf "%.3f", n ? 100 * f / n : 0 }')
     ROWS+=("$(printf '%-15s %5s %9s %8s %8s %7s %8s %10s %9s %9s' "$kind" "$round" "$W_requests" "$W_status" "$sock" "$failed" "$pct" "$detect" "$W_p99" "$W_max")")
     log "$kind: $W_requests requests, $failed failed ($W_status non-2xx, $sock socket errors), DOWN after ${detect}s"
+    grep '^NON2XX' "$WORK/wrk-$kind-$round.out" | sort | uniq -c | head -5 | sed 's/^/    /' >&2 || true
     stop_pids "$PROXY_PID" "${SIM_PIDS[@]}"
   done
 done
 
 {
   echo
-  echo "Failover: 1 of 3 nodes SIGKILLed ${KILL_AT}s into ${DURATION}s of wrk load ($CONNS keep-alive connections, half GET /_now, half POST /_sim/echo)"
+  echo "Failover: 1 of 3 nodes SIGKILLed ${KILL_AT}s into ${DURATION}s of wrk load ($CONNS keep-alive connections, half GET /_now, half POST /_sim/echo, nodes answer in ${LATENCY} ms)"
   echo "checks every $INTER, timeout 1s, rise 2, fall 3; retries 3 + redispatch; $(haproxy -v | head -1 | awk '{ print "haproxy " $3 }'); pin=$PIN"
   printf '%-15s %5s %9s %8s %8s %7s %8s %10s %9s %9s\n' proxy round requests non-2xx sockerr failed "failed%" "detect(s)" "p99(ms)" "max(ms)"
   printf '%s\n' "${ROWS[@]}"
