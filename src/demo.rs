@@ -29,6 +29,8 @@ pub enum DemoError {
     Start(#[from] crate::server::StartError),
     #[error("cannot start simulated node {name} on {addr}: {err}")]
     Node { name: String, addr: SocketAddr, err: String },
+    #[error("cannot write the demo configuration {0}: {1}")]
+    Write(String, std::io::Error),
     #[error("demo configuration: {0}")]
     Config(#[from] crate::config::ConfigError),
 }
@@ -63,7 +65,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         }
         sims.push(h);
     }
-    let config = Config::parse(&toml, "<demo>")?;
+    // A real file, so that editing it shows the hot reload at work.
+    let path = std::env::temp_dir().join(format!("kuzzle-gateway-demo-{}.toml", args.listen.port()));
+    std::fs::write(&path, &toml).map_err(|e| DemoError::Write(path.display().to_string(), e))?;
+    let config = Config::load(&path)?;
     let gw = crate::server::start(config).await?;
     let g = gw.http_addr;
     let s = gw.stats_addr;
@@ -77,8 +82,10 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
          \x20 websocat ws://{g}/cluster_kuzzle_1/              # a WebSocket to node 1 only\n\
          \x20 open http://kuzzle:kuzzle@{s}/hastats            # stats page (also /hastats;csv, /hastats;json, /metrics)\n\
          \x20 curl -u kuzzle:kuzzle -XPOST http://{s}/nodes/cluster_kuzzle_2/state -d drain\n\n\
+         The configuration is {cfg}: edit it (e.g. remove a [[node]]) and the gateway reloads it live.\n\
          Ctrl-C stops everything.\n",
-        if args.redis.is_some() { " (membership from Redis)" } else { "" }
+        if args.redis.is_some() { " (membership from Redis)" } else { "" },
+        cfg = path.display(),
     );
     crate::run::wait_for_stop_signal().await;
     gw.shutdown().await;

@@ -1,15 +1,4 @@
-//! Process lifecycle: start the gateway, wait for SIGTERM/SIGINT, shut down gracefully.
-
-use crate::config::Config;
-use crate::server;
-
-/// Run until SIGTERM or SIGINT, then drain and return.
-pub async fn run_until_signal(config: Config) -> Result<(), server::StartError> {
-    let handle = server::start(config).await?;
-    wait_for_stop_signal().await;
-    handle.shutdown().await;
-    Ok(())
-}
+//! Process lifecycle: the stop signals (SIGTERM, SIGINT) every long-running command waits on.
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).
 pub async fn wait_for_stop_signal() {

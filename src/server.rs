@@ -329,6 +329,10 @@ pub async fn shutdown(gw: &Arc<Gateway>) {
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), gw.background.wait()).await;
+    // Close idle keep-alive connections to the nodes now rather than when the process exits.
+    for b in gw.all_nodes() {
+        b.clear_pool();
+    }
 }
 
 /// After a binary upgrade: this process no longer accepts; in-flight requests finish, WebSocket
