@@ -477,7 +477,8 @@ impl Config {
         // A [stats] table that names neither user nor password turns auth off ("omit both to
         // disable auth"); with no [stats] table at all the seed's kuzzle:kuzzle applies.
         let mut stats = raw.stats;
-        let stats_table = text.parse::<toml::Table>().ok().and_then(|t| t.get("stats").and_then(|s| s.as_table().cloned()));
+        let stats_table =
+            text.parse::<toml::Table>().ok().and_then(|t| t.get("stats").and_then(|s| s.as_table().cloned()));
         if stats_table.is_some_and(|t| !t.contains_key("user") && !t.contains_key("password")) {
             stats.user = None;
             stats.password = None;
