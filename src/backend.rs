@@ -199,6 +199,10 @@ impl Backend {
             }
             // A released connection is normally ready at once; it may still be finishing the
             // upload of a request body its node answered early: wait a bounded time, then drop it.
+            // The common case needs no timer at all.
+            if sender.is_ready() {
+                return Ok((sender, true));
+            }
             if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, sender.ready()).await {
                 return Ok((sender, true));
             }

@@ -25,14 +25,14 @@ pub fn pick(
     match algorithm {
         Algorithm::Roundrobin => {
             let start = cursor.fetch_add(1, Ordering::Relaxed);
-            (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+            (0..n).map(|k| start.wrapping_add(k) % n).find(|&i| usable(i))
         }
         Algorithm::Leastconn => {
             // Rotate the scan start so that ties spread instead of piling on the first node.
             let start = cursor.fetch_add(1, Ordering::Relaxed);
             let mut best: Option<(usize, u64)> = None;
             for k in 0..n {
-                let i = (start + k) % n;
+                let i = start.wrapping_add(k) % n;
                 if !usable(i) {
                     continue;
                 }

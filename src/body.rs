@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -34,12 +34,20 @@ pin_project_lite::pin_project! {
         // None until the node is known (a request body is built before a node is picked).
         node: Option<Arc<NodeCounters>>,
         dir: Direction,
+        // Set once the body has been read to its end (only for uploads whose end matters).
+        ended: Option<Arc<AtomicBool>>,
     }
 }
 
 impl<B> Counted<B> {
     pub fn new(inner: B, frontend: Arc<FrontendCounters>, node: Option<Arc<NodeCounters>>, dir: Direction) -> Self {
-        Counted { inner, frontend, node, dir }
+        Counted { inner, frontend, node, dir, ended: None }
+    }
+
+    /// A flag that turns true when this body has been read to its end: tells a slow client's
+    /// upload apart from a slow node.
+    pub fn track_end(&mut self) -> Arc<AtomicBool> {
+        self.ended.get_or_insert_with(|| Arc::new(AtomicBool::new(false))).clone()
     }
 
     /// Count into this node from now on (the request body learns its node late).
@@ -71,10 +79,16 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        let mut inner = this.inner;
+        let frame = ready!(inner.as_mut().poll_frame(cx));
         if let Some(Ok(f)) = &frame {
             if let Some(d) = f.data_ref() {
                 Self::add(this.frontend, this.node.as_deref(), *this.dir, d.len() as u64);
+            }
+        }
+        if let Some(flag) = this.ended.as_ref() {
+            if frame.is_none() || inner.is_end_stream() {
+                flag.store(true, Ordering::Relaxed);
             }
         }
         Poll::Ready(frame)

@@ -236,8 +236,16 @@ async fn forward(
             }
         };
         let Some(mut request) = pending.take() else { break };
+        // Taken before the exchange: a node marked DOWN meanwhile must still close this tunnel.
+        let kill = upgrade.as_ref().map(|_| node.tunnel_kill_token());
+        let mut upload_done = None;
         match request.body_mut() {
-            Either::Left(body) => body.set_node(node.counters.clone()),
+            Either::Left(body) => {
+                body.set_node(node.counters.clone());
+                if !body.is_end_stream() {
+                    upload_done = Some(body.track_end());
+                }
+            }
             Either::Right(full) => {
                 let n = full.size_hint().exact().unwrap_or(0);
                 node.counters.bytes_in.fetch_add(n, Ordering::Relaxed);
@@ -245,6 +253,13 @@ async fn forward(
         }
         let send = sender.try_send_request(request);
         let result = match tokio::time::timeout(cfg.timeouts.server.0, send).await {
+            Err(_) if upload_done.as_ref().is_some_and(|d| !d.load(Ordering::Relaxed)) => {
+                // The client is still uploading: its slowness, not the node's.
+                return Err(GatewayError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("request body not received within {:?}", cfg.timeouts.server.0),
+                ));
+            }
             Err(_) => {
                 node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
                 crate::health::passive_failure(gw, &node);
@@ -261,7 +276,8 @@ async fn forward(
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                     if let (Some(client_up), Some(proto)) = (client_upgrade, &upgrade) {
                         let node_up = hyper::upgrade::on(&mut resp);
-                        tunnel::spawn(gw, guard, client_up, node_up, is_websocket(proto));
+                        let kill = kill.unwrap_or_else(|| node.tunnel_kill_token());
+                        tunnel::spawn(gw, guard, kill, client_up, node_up, is_websocket(proto));
                         let (mut parts, _) = resp.into_parts();
                         let kept = parts.headers.get(header::UPGRADE).cloned();
                         strip_hop_by_hop(&mut parts.headers);
@@ -300,6 +316,11 @@ async fn forward(
                         }
                     }
                     continue;
+                }
+                if e.error().is_user() {
+                    // The client's own body failed (it went away mid-upload): not the node's fault,
+                    // and the node must not be marked down for it.
+                    return Err(GatewayError::new(StatusCode::BAD_REQUEST, "bad request: request body cut short"));
                 }
                 node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
                 crate::health::passive_failure(gw, &node);
@@ -402,10 +423,14 @@ fn build(method: Method, uri: Uri, headers: HeaderMap, body: UpBody) -> Request<
     r
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 fn add_forwarded(h: &mut HeaderMap, client: ClientInfo, host: Option<HeaderValue>) {
     // Several X-Forwarded-For lines form one list (RFC 9110 section 5.3): keep them all, in order.
     let mut xff = String::new();
-    for prev in h.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()) {
+    for prev in h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
         let prev = prev.trim();
         if !prev.is_empty() {
             xff.push_str(prev);
@@ -414,15 +439,15 @@ fn add_forwarded(h: &mut HeaderMap, client: ClientInfo, host: Option<HeaderValue
     }
     let _ = write!(xff, "{}", client.addr.ip());
     if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(X_FORWARDED_FOR, v);
     }
     let proto = match client.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
     };
-    h.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
     if let Some(host) = host {
-        h.insert("x-forwarded-host", host);
+        h.insert(X_FORWARDED_HOST, host);
     }
 }
 

@@ -77,7 +77,14 @@ impl LazyBuf {
 }
 
 /// Start the tunnel task once both sides have switched protocols.
-pub fn spawn(gw: &Arc<Gateway>, guard: ActiveGuard, client: OnUpgrade, node: OnUpgrade, websocket: bool) {
+pub fn spawn(
+    gw: &Arc<Gateway>,
+    guard: ActiveGuard,
+    kill: CancellationToken,
+    client: OnUpgrade,
+    node: OnUpgrade,
+    websocket: bool,
+) {
     let gw2 = gw.clone();
     gw.tracker.spawn(async move {
         let (client, node) = match tokio::try_join!(client, node) {
@@ -89,7 +96,6 @@ pub fn spawn(gw: &Arc<Gateway>, guard: ActiveGuard, client: OnUpgrade, node: OnU
         };
         let backend = guard.backend.clone();
         let idle = gw2.snapshot.load().config.timeouts.tunnel.0;
-        let kill = backend.tunnel_kill_token();
         let f = &gw2.frontend;
         let c = &backend.counters;
         f.tunnels.fetch_add(1, Ordering::Relaxed);

@@ -254,6 +254,19 @@ async fn withdraw_all(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// How often the writer checks whether Redis restarted (and lost the state).
+const RESTART_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The server's run_id (changes when Redis restarts); None on a Redis Cluster, where each master
+/// has its own, or when it cannot be read.
+async fn run_id(c: &mut Cmds) -> Option<String> {
+    if !matches!(c, Cmds::Single(_)) {
+        return None;
+    }
+    let info: String = c.call("INFO", redis::cmd("INFO").arg("server")).await.ok()?;
+    info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|v| v.trim().to_string())
+}
+
 /// The writer: its own command connection (a burst of room updates never delays heartbeats),
 /// updates applied in the registry's order, dropped while Redis is unreachable.
 async fn writer(
@@ -266,19 +279,25 @@ async fn writer(
     let mut conn: Option<Cmds> = None;
     let mut backoff = Backoff::new();
     let mut retry_at = Instant::now();
+    // The connection manager reconnects by itself, so a restarted (empty) Redis shows up only as
+    // a new server run_id: checked every second, it triggers a replay. A reset keeps the run_id.
+    let mut run: Option<String> = None;
+    let mut tick = tokio::time::interval(RESTART_CHECK);
     loop {
         if conn.is_none() && Instant::now() >= retry_at {
             let attempt = unless_stopped(&stop, async {
                 let mut c = Cmds::connect(&targets).await?;
                 replay(&mut c, &node).await?;
-                Ok::<_, LinkError>(c)
+                let id = run_id(&mut c).await;
+                Ok::<_, LinkError>((c, id))
             })
             .await;
             match attempt {
                 None => return,
-                Some(Ok(c)) => {
+                Some(Ok((c, id))) => {
                     tracing::debug!(node = %node.name, "real-time state writer connected");
                     conn = Some(c);
+                    run = id;
                     backoff.reset();
                 }
                 Some(Err(e)) => {
@@ -293,6 +312,22 @@ async fn writer(
             biased;
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(retry_at), if conn.is_none() => continue,
+            _ = tick.tick(), if conn.is_some() && run.is_some() => {
+                if let Some(c) = conn.as_mut() {
+                    let now = unless_stopped(&stop, run_id(c)).await.flatten();
+                    if now.is_some() && now != run {
+                        tracing::debug!(node = %node.name, "Redis restarted: writing the real-time state again");
+                        if let Some(Err(e)) = unless_stopped(&stop, replay(c, &node)).await {
+                            drops.note(&node.name, &e);
+                            conn = None;
+                            retry_at = Instant::now() + backoff.step();
+                            continue;
+                        }
+                        run = now;
+                    }
+                }
+                continue;
+            }
             m = rx.recv() => m,
         };
         match msg {

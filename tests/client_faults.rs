@@ -1,0 +1,73 @@
+//! A client's own faults (an upload cut short, an upload slower than `[timeouts] server`) must
+//! never count against a healthy node: otherwise any client could mark every node DOWN.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// One node, fall = 1 (a single counted failure would take it DOWN), active checks far apart.
+async fn setup() -> (Sim, kuzzle_gateway::server::Handle) {
+    let sim = Sim::start("n1", &[]);
+    let toml = gateway_toml(&format!(
+        "[timeouts]\nserver = \"400ms\"\n[health]\ninterval = \"60s\"\nfall = 1\nrise = 1\n{}",
+        nodes_toml(&[&sim])
+    ));
+    let gw = gateway(&toml).await;
+    (sim, gw)
+}
+
+fn partial_post(addr: std::net::SocketAddr) -> String {
+    format!("POST /_sim/request HTTP/1.1\r\nhost: {addr}\r\ncontent-length: 100000\r\n\r\n0123456789")
+}
+
+#[tokio::test]
+async fn aborted_uploads_do_not_mark_the_node_down() {
+    let (_sim, gw) = setup().await;
+    let node = gw.gw.snapshot.load().node("n1").cloned().expect("node n1");
+    for i in 0..5u64 {
+        let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+        s.write_all(partial_post(gw.http_addr).as_bytes()).await.expect("write");
+        // Let the gateway start forwarding to the node, then go away mid-body.
+        eventually(Duration::from_secs(5), "the upload reached the node", || {
+            let n = node.counters.sessions_total.load(Ordering::Relaxed);
+            async move { (n > i).then_some(()) }
+        })
+        .await;
+        drop(s);
+    }
+    let f = &gw.gw.frontend;
+    eventually(Duration::from_secs(5), "the gateway saw the 5 aborted requests end", || {
+        let n = f.request_errors.load(Ordering::Relaxed);
+        async move { (n >= 5).then_some(()) }
+    })
+    .await;
+    assert_eq!(node.counters.response_errors.load(Ordering::Relaxed), 0, "client aborts counted as node errors");
+    assert_eq!(node.health.view().failed_checks, 0, "client aborts counted as failed checks");
+    assert!(node.eligible(), "node marked down by clients' aborted uploads");
+    assert_eq!(get(gw.http_addr, "/_now").await.status, 200);
+}
+
+#[tokio::test]
+async fn slow_upload_is_a_408_not_a_node_timeout() {
+    let (_sim, gw) = setup().await;
+    let node = gw.gw.snapshot.load().node("n1").cloned().expect("node n1");
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(partial_post(gw.http_addr).as_bytes()).await.expect("write");
+    // Send nothing more: the server timeout (400 ms) passes while the client still owes its body.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the gateway answered within 10 s")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "expected 408, got: {head}");
+    assert_eq!(node.counters.response_errors.load(Ordering::Relaxed), 0, "slow client counted against the node");
+    assert_eq!(node.health.view().failed_checks, 0);
+    assert!(node.eligible());
+    assert_eq!(get(gw.http_addr, "/_now").await.status, 200);
+}
