@@ -210,17 +210,22 @@ pub fn prepare_rebind(gw: &Gateway, config: &Config) -> Result<Rebind, StartErro
 pub fn commit_rebind(gw: &Arc<Gateway>, plan: Rebind) {
     gw.listeners.tls.store(plan.tls.map(Arc::new));
     let mut started = Vec::new();
+    let mut failed = Vec::new();
     for (kind, configured, l) in plan.new {
         match serve_listener(gw, kind, configured, l) {
             Ok(live) => {
                 tracing::info!(listener = kind.what(), addr = %live.local, "listening (new address)");
                 started.push(live);
             }
-            Err(e) => tracing::error!(error = %e, "cannot serve a re-bound listener"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve a re-bound listener: keeping the old one");
+                failed.push(kind);
+            }
         }
     }
     let mut live = lock(&gw.listeners.live);
-    for kind in plan.retire {
+    // Only retire a listener whose replacement is serving: never leave a kind with none.
+    for kind in plan.retire.into_iter().filter(|k| !failed.contains(k)) {
         if let Some(pos) = live.iter().position(|l| l.kind == kind) {
             let old = live.remove(pos);
             old.stop.cancel();
