@@ -35,4 +35,5 @@ pub mod stats;
 pub mod tls;
 pub mod tunnel;
 pub mod upgrade;
+pub mod util;
 pub mod watch;

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -135,24 +135,24 @@ pub struct LiveListeners {
 impl LiveListeners {
     /// Bound addresses, by kind.
     pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
-        lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
+        crate::util::lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
     }
 
     /// (kind, configured address, bound address) of each serving listener.
     pub fn describe(&self) -> Vec<(ListenerKind, SocketAddr, SocketAddr)> {
-        lock(&self.live).iter().map(|l| (l.kind, l.configured, l.local)).collect()
+        crate::util::lock(&self.live).iter().map(|l| (l.kind, l.configured, l.local)).collect()
     }
 
     /// Call `f` with the serving sockets (for fd passing); the lock is held only during `f`.
     pub fn with_fds<T>(&self, f: impl FnOnce(&[(ListenerKind, SocketAddr, BorrowedFd<'_>)]) -> T) -> T {
-        let live = lock(&self.live);
+        let live = crate::util::lock(&self.live);
         let fds: Vec<_> = live.iter().map(|l| (l.kind, l.configured, l.fd.as_fd())).collect();
         f(&fds)
     }
 
     /// Stop every accept loop (the sockets close once this process no longer holds them).
     pub fn stop_all(&self) {
-        for l in lock(&self.live).drain(..) {
+        for l in crate::util::lock(&self.live).drain(..) {
             l.stop.cancel();
         }
     }
@@ -183,7 +183,7 @@ impl Rebind {
 /// Bind what `config` needs that is not served yet; the old sockets keep serving meanwhile.
 pub fn prepare_rebind(gw: &Gateway, config: &Config) -> Result<Rebind, StartError> {
     let current: Vec<(ListenerKind, SocketAddr)> =
-        lock(&gw.listeners.live).iter().map(|l| (l.kind, l.configured)).collect();
+        crate::util::lock(&gw.listeners.live).iter().map(|l| (l.kind, l.configured)).collect();
     let mut plan = Rebind { new: Vec::new(), retire: Vec::new(), tls: None };
     for kind in ListenerKind::ALL {
         let want = kind.configured(config);
@@ -223,7 +223,7 @@ pub fn commit_rebind(gw: &Arc<Gateway>, plan: Rebind) {
             }
         }
     }
-    let mut live = lock(&gw.listeners.live);
+    let mut live = crate::util::lock(&gw.listeners.live);
     // Only retire a listener whose replacement is serving: never leave a kind with none.
     for kind in plan.retire.into_iter().filter(|k| !failed.contains(k)) {
         if let Some(pos) = live.iter().position(|l| l.kind == kind) {
@@ -295,7 +295,7 @@ pub async fn start_with(config: Config, listeners: Listeners) -> Result<Handle, 
     let http_addr = live[0].local;
     let stats_addr = live[1].local;
     let tls_addr = live.get(2).map(|l| l.local);
-    lock(&gw.listeners.live).extend(live);
+    crate::util::lock(&gw.listeners.live).extend(live);
 
     crate::control::start(&gw);
     // Redis membership: idles until a [cluster] section is configured, follows reloads.
@@ -492,9 +492,4 @@ where
         }
     }
     gw.frontend.connection_closed();
-}
-
-/// Lock a control-plane mutex; a panic elsewhere must not take the listeners down with it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
@@ -95,10 +95,6 @@ pub struct Gateway {
     pub listeners: crate::server::LiveListeners,
 }
 
-fn now_epoch() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl Gateway {
     /// A gateway with no nodes yet; `apply_config` gives it its first snapshot.
     pub fn new(config: Config) -> Arc<Gateway> {
@@ -138,7 +134,7 @@ impl Gateway {
 
     /// Register the function run for each new backend (e.g. start its health checker).
     pub fn set_backend_hook(&self, hook: BackendHook) {
-        *lock(&self.on_new_backend) = Some(Arc::new(hook));
+        *crate::util::lock(&self.on_new_backend) = Some(Arc::new(hook));
     }
 
     /// The current configuration.
@@ -148,7 +144,7 @@ impl Gateway {
 
     /// Install a (validated) configuration: nodes are diffed, not restarted.
     pub fn apply_config(self: &Arc<Self>, config: Config) {
-        let mut reg = lock(&self.registry);
+        let mut reg = crate::util::lock(&self.registry);
         reg.config = Arc::new(config);
         self.rebuild(&mut reg);
     }
@@ -160,16 +156,16 @@ impl Gateway {
         } else {
             self.reloads_failed.fetch_add(1, Ordering::Relaxed);
         }
-        *lock(&self.last_reload) = Some(ReloadStatus { ok, at: now_epoch(), message });
+        *crate::util::lock(&self.last_reload) = Some(ReloadStatus { ok, at: crate::util::epoch_secs(), message });
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
-        lock(&self.last_reload).clone()
+        crate::util::lock(&self.last_reload).clone()
     }
 
     /// Add or update a discovered node. Returns true if the node set changed.
     pub fn upsert_dynamic(self: &Arc<Self>, node: DynamicNode) -> bool {
-        let mut reg = lock(&self.registry);
+        let mut reg = crate::util::lock(&self.registry);
         if reg.dynamic.get(&node.name) == Some(&node) {
             return false;
         }
@@ -180,7 +176,7 @@ impl Gateway {
 
     /// Forget a discovered node (drained: existing traffic continues). Returns true if it was known.
     pub fn remove_dynamic(self: &Arc<Self>, name: &str) -> bool {
-        let mut reg = lock(&self.registry);
+        let mut reg = crate::util::lock(&self.registry);
         if reg.dynamic.remove(name).is_none() {
             return false;
         }
@@ -190,12 +186,17 @@ impl Gateway {
 
     /// Names of discovered nodes of one origin (membership sources reconcile against this).
     pub fn dynamic_names(&self, origin: Origin) -> Vec<String> {
-        lock(&self.registry).dynamic.values().filter(|n| n.origin == origin).map(|n| n.name.clone()).collect()
+        crate::util::lock(&self.registry)
+            .dynamic
+            .values()
+            .filter(|n| n.origin == origin)
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     /// Operator override of a node; kept across reloads. False if no such node is known.
     pub fn set_admin(&self, name: &str, state: AdminState) -> bool {
-        let mut reg = lock(&self.registry);
+        let mut reg = crate::util::lock(&self.registry);
         let found = reg.live.get(name).cloned().or_else(|| reg.draining.iter().find(|b| b.name == name).cloned());
         match found {
             Some(b) => {
@@ -209,7 +210,7 @@ impl Gateway {
 
     /// Drop draining nodes that no longer carry traffic; run periodically by the control plane.
     pub fn prune(self: &Arc<Self>) {
-        let mut reg = lock(&self.registry);
+        let mut reg = crate::util::lock(&self.registry);
         let before = reg.draining.len();
         reg.draining.retain(|b| {
             let keep = b.active() > 0;
@@ -303,7 +304,7 @@ impl Gateway {
         };
         self.snapshot.store(Arc::new(snap));
 
-        let hook = lock(&self.on_new_backend).clone();
+        let hook = crate::util::lock(&self.on_new_backend).clone();
         if let Some(hook) = hook {
             for b in &created {
                 hook(self, b);
@@ -320,11 +321,6 @@ fn retire(draining: &mut Vec<Arc<Backend>>, b: Arc<Backend>) {
     if !draining.iter().any(|d| Arc::ptr_eq(d, &b)) {
         draining.push(b);
     }
-}
-
-/// Lock a control-plane mutex; a panic elsewhere must not take the control plane down with it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

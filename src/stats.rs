@@ -1,11 +1,6 @@
 //! Data plane counters: per node and per frontend, atomics only, kept across reloads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
-
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
 
 /// Events per second over the last complete second (haproxy's *_rate), lock-free.
 #[derive(Debug, Default)]
@@ -19,7 +14,7 @@ pub struct Rate {
 
 impl Rate {
     pub fn tick(&self) {
-        let sec = now_secs() & 0xffff_ffff;
+        let sec = crate::util::epoch_secs() & 0xffff_ffff;
         let cur = self.cur.load(Ordering::Relaxed);
         if cur >> 32 == sec {
             self.cur.fetch_add(1, Ordering::Relaxed);
@@ -35,7 +30,7 @@ impl Rate {
 
     /// Events during the last complete second.
     pub fn per_sec(&self) -> u64 {
-        let sec = now_secs() & 0xffff_ffff;
+        let sec = crate::util::epoch_secs() & 0xffff_ffff;
         let cur = self.cur.load(Ordering::Relaxed);
         match sec.wrapping_sub(cur >> 32) {
             0 => self.prev.load(Ordering::Relaxed),
@@ -135,7 +130,7 @@ impl HealthCarry {
     /// Totals since the name was first seen, given the current backend's identity and its own
     /// counts `[failed_checks, down_transitions, downtime]`. Never decreases between calls.
     pub fn totals(&self, backend: usize, now: [u64; 3]) -> [u64; 3] {
-        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::util::lock(&self.0);
         let reset = st.backend != 0 && (st.backend != backend || now.iter().zip(st.last).any(|(n, l)| *n < l));
         if reset {
             for i in 0..3 {
@@ -153,7 +148,7 @@ impl NodeCounters {
         self.sessions_total.fetch_add(1, Ordering::Relaxed);
         self.max_active.fetch_max(active_now, Ordering::Relaxed);
         self.session_rate.tick();
-        self.last_session.store(now_secs(), Ordering::Relaxed);
+        self.last_session.store(crate::util::epoch_secs(), Ordering::Relaxed);
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -54,10 +54,6 @@ pub struct Table {
     /// not a rejoin; only a new message is.
     left: HashSet<String>,
     pub gone: VecDeque<Gone>,
-}
-
-pub fn epoch_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Table {
@@ -182,7 +178,7 @@ impl Table {
             Some(m) => {
                 if message {
                     m.last_seen = Some(now);
-                    m.last_seen_ms = Some(epoch_ms());
+                    m.last_seen_ms = Some(crate::util::epoch_ms());
                     m.heartbeats = true;
                 }
                 let became_ready = ready_now && !m.ready;
@@ -220,9 +216,9 @@ impl Table {
                         origin,
                         ready: ready_now,
                         last_seen: message.then_some(now),
-                        last_seen_ms: message.then(epoch_ms),
+                        last_seen_ms: message.then(crate::util::epoch_ms),
                         heartbeats: message,
-                        joined_ms: epoch_ms(),
+                        joined_ms: crate::util::epoch_ms(),
                         up_seen: false,
                     },
                 );
@@ -248,7 +244,7 @@ impl Table {
             address: m.addr.to_string(),
             origin: m.origin,
             reason,
-            at: epoch_ms(),
+            at: crate::util::epoch_ms(),
         });
         while self.gone.len() > GONE_HISTORY {
             self.gone.pop_front();

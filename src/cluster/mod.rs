@@ -10,7 +10,7 @@ pub mod membership;
 pub mod message;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
@@ -18,11 +18,12 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use self::conn::{CallError, Commands, Subscription, Target};
-use self::membership::{epoch_ms, Table};
+use self::membership::Table;
 use self::message::{Reject, Rules, DISCOVERY_KEY, K2_INDEX_KEY, ROOM_HEARTBEAT, ROOM_READY, ROOM_REMOVE};
 use crate::backend::{Membership, Origin};
 use crate::config::ClusterSection;
 use crate::state::Gateway;
+use crate::util::epoch_ms;
 
 /// Prefix of Kuzzle 2 ID card keys (and their hash tag).
 const K2_CARD_PREFIX: &str = "{cluster/node}/";
@@ -199,7 +200,7 @@ impl ClusterState {
 
     fn error(&self, e: &CallError) {
         self.metrics.errors.fetch_add(1, Ordering::Relaxed);
-        lock(&self.link).last_error = Some(e.to_string());
+        crate::util::lock(&self.link).last_error = Some(e.to_string());
     }
 }
 
@@ -207,7 +208,7 @@ impl ClusterState {
 static STATES: Mutex<Vec<(Weak<Gateway>, Arc<ClusterState>)>> = Mutex::new(Vec::new());
 
 fn state_of(gw: &Arc<Gateway>) -> Option<Arc<ClusterState>> {
-    lock(&STATES).iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(gw))).map(|(_, s)| s.clone())
+    crate::util::lock(&STATES).iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(gw))).map(|(_, s)| s.clone())
 }
 
 /// This gateway's membership counters, once `start` ran.
@@ -222,7 +223,7 @@ pub fn start(gw: &Arc<Gateway>) {
     }
     let st = Arc::new(ClusterState::new());
     {
-        let mut all = lock(&STATES);
+        let mut all = crate::util::lock(&STATES);
         all.retain(|(w, _)| w.strong_count() > 0);
         all.push((Arc::downgrade(gw), st.clone()));
     }
@@ -260,7 +261,7 @@ async fn run(gw: Arc<Gateway>, st: Arc<ClusterState>) {
         let end = match Commands::connect(&target).await {
             Ok(cmds) => {
                 {
-                    let mut l = lock(&st.link);
+                    let mut l = crate::util::lock(&st.link);
                     l.target = Some(target.clone());
                     l.commands = Some(cmds.clone());
                 }
@@ -269,7 +270,7 @@ async fn run(gw: Arc<Gateway>, st: Arc<ClusterState>) {
             Err(e) => End::Lost(e),
         };
         st.metrics.connected.store(0, Ordering::Relaxed);
-        lock(&st.link).connected_since_ms = None;
+        crate::util::lock(&st.link).connected_since_ms = None;
         match end {
             End::Shutdown => return,
             End::Reconfigured => continue,
@@ -305,7 +306,7 @@ async fn wait(gw: &Arc<Gateway>, d: Duration, current: &Option<ClusterSection>) 
 
 /// Nodes of sources the configuration no longer enables leave.
 fn apply_sources(gw: &Arc<Gateway>, st: &ClusterState, c: Option<&ClusterSection>) {
-    let mut t = lock(&st.table);
+    let mut t = crate::util::lock(&st.table);
     let plugin = c.is_some_and(|c| c.pubsub || c.discovery);
     let k2 = c.is_some_and(|c| c.kuzzle2);
     if !plugin {
@@ -359,7 +360,7 @@ async fn session(
     st.metrics.connects.fetch_add(1, Ordering::Relaxed);
     st.metrics.connected.store(1, Ordering::Relaxed);
     {
-        let mut l = lock(&st.link);
+        let mut l = crate::util::lock(&st.link);
         l.connected_since_ms = Some(epoch_ms());
         l.last_error = None;
     }
@@ -405,7 +406,7 @@ async fn session(
                 }
             }
             _ = expiry.tick() => {
-                let mut t = lock(&st.table);
+                let mut t = crate::util::lock(&st.table);
                 if sub.is_some() {
                     t.expire(gw, c.heartbeat_timeout.0, since, Instant::now());
                 }
@@ -434,7 +435,7 @@ fn on_push(gw: &Arc<Gateway>, st: &ClusterState, rules: &Rules, p: PushInfo) {
     };
     let chan = String::from_utf8_lossy(chan);
     match message::parse_message(&chan, payload, rules) {
-        Ok((kind, cand)) => lock(&st.table).on_message(gw, kind, cand, Instant::now()),
+        Ok((kind, cand)) => crate::util::lock(&st.table).on_message(gw, kind, cand, Instant::now()),
         Err(r) => st.dropped(&chan, &r),
     }
 }
@@ -458,7 +459,7 @@ async fn poll(
                 Err(r) => st.dropped(DISCOVERY_KEY, &r),
             }
         }
-        lock(&st.table).on_discovery(gw, set, may_remove, Instant::now());
+        crate::util::lock(&st.table).on_discovery(gw, set, may_remove, Instant::now());
     }
     if c.kuzzle2 {
         let index: Vec<String> =
@@ -482,7 +483,7 @@ async fn poll(
                 }
             }
         }
-        lock(&st.table).on_cards(gw, cards, may_remove, Instant::now());
+        crate::util::lock(&st.table).on_cards(gw, cards, may_remove, Instant::now());
     }
     st.metrics.polls.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -500,7 +501,7 @@ pub async fn status(gw: &Arc<Gateway>) -> serde_json::Value {
     let st = state_of(gw);
     let (members, gone) = match &st {
         Some(st) => {
-            let t = lock(&st.table);
+            let t = crate::util::lock(&st.table);
             let m: std::collections::HashMap<String, membership::Member> =
                 t.members.values().map(|m| (m.name.clone(), m.clone())).collect();
             (m, t.gone.iter().cloned().collect::<Vec<_>>())
@@ -551,7 +552,7 @@ pub async fn status(gw: &Arc<Gateway>) -> serde_json::Value {
     };
     let cfg = gw.config().cluster.clone();
     let (target, cmds, since, last_error) = {
-        let l = lock(&st.link);
+        let l = crate::util::lock(&st.link);
         (l.target.clone(), l.commands.clone(), l.connected_since_ms, l.last_error.clone())
     };
     out["redis"] = serde_json::json!({
@@ -602,7 +603,7 @@ async fn rooms(t: &Target, cmds: &Commands) -> Result<(u64, u64), CallError> {
 pub async fn reset(gw: &Arc<Gateway>) -> Result<serde_json::Value, String> {
     let st = state_of(gw).ok_or("no [cluster] Redis configured")?;
     let (target, cmds) = {
-        let l = lock(&st.link);
+        let l = crate::util::lock(&st.link);
         (l.target.clone(), l.commands.clone())
     };
     let (Some(target), Some(cmds)) = (target, cmds) else {
@@ -638,9 +639,4 @@ async fn reset_on(t: &Target, cmds: &Commands) -> Result<serde_json::Value, Call
         cmds.query("PUBLISH cluster:sync", redis::cmd("PUBLISH").arg("cluster:sync").arg(payload)).await?;
     tracing::info!(deleted, ?masters, receivers, "cluster: real-time state reset");
     Ok(serde_json::json!({"deleted": deleted, "masters": masters, "notified": receivers}))
-}
-
-/// Lock a control-plane mutex; a panic elsewhere must not take membership down with it.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -6,7 +6,7 @@ mod html;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
@@ -154,10 +154,6 @@ impl StatusClass {
             StatusClass::NoCheck => "nocheck",
         }
     }
-}
-
-pub(crate) fn now_epoch() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The status haproxy would print for a server with this health and operator state: MAINT wins,
@@ -342,7 +338,7 @@ fn backend_view(nodes: &[NodeView]) -> BackendView {
 pub fn collect(gw: &Gateway) -> StatsView {
     let snap = gw.snapshot.load();
     let cfg = &snap.config;
-    let now = now_epoch();
+    let now = crate::util::epoch_secs();
     let started = gw.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started)).collect();
     let backend = backend_view(&nodes);

@@ -11,7 +11,7 @@ pub mod probe;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -97,17 +97,13 @@ pub struct HealthState {
     kick: Notify,
 }
 
-pub(crate) fn now_epoch() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl HealthState {
     /// `up`: counted UP until checks say otherwise (start-up nodes); otherwise joining, DOWN until
     /// its first successful check.
     pub fn new(up: bool) -> Self {
         HealthState {
             up: AtomicBool::new(up),
-            machine: Mutex::new(Machine::new(up, Instant::now(), now_epoch())),
+            machine: Mutex::new(Machine::new(up, Instant::now(), crate::util::epoch_secs())),
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
         }
@@ -130,7 +126,7 @@ impl HealthState {
     /// Change the machine and publish its state to the data plane's atomic.
     pub fn apply(&self, f: impl FnOnce(&mut Machine, Instant, u64) -> Transition) -> Transition {
         let mut m = self.lock();
-        let t = f(&mut m, Instant::now(), now_epoch());
+        let t = f(&mut m, Instant::now(), crate::util::epoch_secs());
         self.up.store(m.is_up(), Ordering::Relaxed);
         t
     }
@@ -166,7 +162,7 @@ impl HealthState {
     }
 
     fn lock(&self) -> MutexGuard<'_, Machine> {
-        self.machine.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.machine)
     }
 }
 

@@ -12,10 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::machine::{Timing, Transition};
-use super::{now_epoch, CheckKind, CheckResult, HealthState};
+use super::{CheckKind, CheckResult, HealthState};
 use crate::backend::{Backend, ConnectError};
 use crate::config::OnMarkedDown;
 use crate::state::Gateway;
+use crate::util::epoch_secs as now_epoch;
 
 /// A re-check triggered by passive failures waits at least this long after the previous check
 /// started, so a stream of failing requests cannot turn into a stream of checks.
