@@ -27,6 +27,12 @@ impl Out {
         let _ = writeln!(self.0, "# HELP {PREFIX}{name} {help}\n# TYPE {PREFIX}{name} {kind}");
     }
 
+    /// A family with one unlabelled sample.
+    fn single(&mut self, name: &str, kind: &str, help: &str, v: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, "", v);
+    }
+
     fn sample(&mut self, name: &str, labels: &str, v: impl std::fmt::Display) {
         if labels.is_empty() {
             let _ = writeln!(self.0, "{PREFIX}{name} {v}");
@@ -60,50 +66,39 @@ pub fn render_view(v: &StatsView) -> String {
 
     o.family("build_info", "gauge", "Always 1; the version is a label.");
     o.sample("build_info", &format!("version=\"{}\"", label(p.version)), 1);
-    o.family("start_time_seconds", "gauge", "Start time of the process, seconds since the epoch.");
-    o.sample("start_time_seconds", "", p.started_at);
-    o.family("uptime_seconds", "gauge", "Seconds since the process started.");
-    o.sample("uptime_seconds", "", p.uptime);
+    o.single("start_time_seconds", "gauge", "Start time of the process, seconds since the epoch.", p.started_at);
+    o.single("uptime_seconds", "gauge", "Seconds since the process started.", p.uptime);
     o.family("reloads_total", "counter", "Configuration reloads, by result.");
     o.sample("reloads_total", "result=\"ok\"", p.reloads_ok);
     o.sample("reloads_total", "result=\"failed\"", p.reloads_failed);
     if let Some(r) = &p.last_reload {
-        o.family("last_reload_success", "gauge", "1 if the last configuration reload was applied, 0 if refused.");
-        o.sample("last_reload_success", "", u8::from(r.ok));
-        o.family("last_reload_timestamp_seconds", "gauge", "Time of the last configuration reload attempt.");
-        o.sample("last_reload_timestamp_seconds", "", r.at);
+        o.single(
+            "last_reload_success",
+            "gauge",
+            "1 if the last configuration reload was applied, 0 if refused.",
+            u8::from(r.ok),
+        );
+        o.single("last_reload_timestamp_seconds", "gauge", "Time of the last configuration reload attempt.", r.at);
     }
-    o.family("config_generation", "gauge", "Routing snapshot generation (increases with each change).");
-    o.sample("config_generation", "", p.generation);
+    o.single("config_generation", "gauge", "Routing snapshot generation (increases with each change).", p.generation);
 
-    o.family("connections", "gauge", "Client connections open now.");
-    o.sample("connections", "", f.cur);
-    o.family("connections_max", "gauge", "Highest number of simultaneous client connections.");
-    o.sample("connections_max", "", f.max);
-    o.family("connections_limit", "gauge", "Configured cap on client connections.");
-    o.sample("connections_limit", "", p.max_connections);
-    o.family("connections_total", "counter", "Client connections accepted.");
-    o.sample("connections_total", "", f.total);
-    o.family("connection_rate", "gauge", "Client connections accepted during the last second.");
-    o.sample("connection_rate", "", f.rate);
-    o.family("requests_total", "counter", "Client requests received.");
-    o.sample("requests_total", "", f.req_tot);
-    o.family("request_rate", "gauge", "Client requests received during the last second.");
-    o.sample("request_rate", "", f.req_rate.unwrap_or(0));
-    o.family(
+    o.single("connections", "gauge", "Client connections open now.", f.cur);
+    o.single("connections_max", "gauge", "Highest number of simultaneous client connections.", f.max);
+    o.single("connections_limit", "gauge", "Configured cap on client connections.", p.max_connections);
+    o.single("connections_total", "counter", "Client connections accepted.", f.total);
+    o.single("connection_rate", "gauge", "Client connections accepted during the last second.", f.rate);
+    o.single("requests_total", "counter", "Client requests received.", f.req_tot);
+    o.single("request_rate", "gauge", "Client requests received during the last second.", f.req_rate.unwrap_or(0));
+    o.single(
         "request_errors_total",
         "counter",
         "Requests the gateway answered with its own error (bad request, no node, timeout).",
+        f.req_errors.unwrap_or(0),
     );
-    o.sample("request_errors_total", "", f.req_errors.unwrap_or(0));
-    o.family("tunnels", "gauge", "WebSocket (upgraded) tunnels open now.");
-    o.sample("tunnels", "", f.tunnels);
-    o.family("tunnels_total", "counter", "WebSocket (upgraded) tunnels opened.");
-    o.sample("tunnels_total", "", f.tunnels_total);
-    o.family("bytes_in_total", "counter", "Bytes received from clients (bodies and tunnel data).");
-    o.sample("bytes_in_total", "", f.bytes_in);
-    o.family("bytes_out_total", "counter", "Bytes sent to clients (bodies and tunnel data).");
-    o.sample("bytes_out_total", "", f.bytes_out);
+    o.single("tunnels", "gauge", "WebSocket (upgraded) tunnels open now.", f.tunnels);
+    o.single("tunnels_total", "counter", "WebSocket (upgraded) tunnels opened.", f.tunnels_total);
+    o.single("bytes_in_total", "counter", "Bytes received from clients (bodies and tunnel data).", f.bytes_in);
+    o.single("bytes_out_total", "counter", "Bytes sent to clients (bodies and tunnel data).", f.bytes_out);
     o.family("responses_total", "counter", "Responses sent to clients, by status class.");
     for (c, n) in STATUS_CLASS_NAMES.iter().zip(f.responses) {
         o.sample("responses_total", &format!("code=\"{c}\""), n);
