@@ -167,6 +167,7 @@ async fn forward(
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (parts, body) = req.into_parts();
+    let slot = upgrade.as_ref().and_then(|_| parts.extensions.get::<Arc<tunnel::PermitSlot>>().cloned());
     let mut headers = parts.headers;
     let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers);
@@ -277,7 +278,8 @@ async fn forward(
                     if let (Some(client_up), Some(proto)) = (client_upgrade, &upgrade) {
                         let node_up = hyper::upgrade::on(&mut resp);
                         let kill = kill.unwrap_or_else(|| node.tunnel_kill_token());
-                        tunnel::spawn(gw, guard, kill, client_up, node_up, is_websocket(proto));
+                        let permit = slot.as_ref().and_then(|s| s.take());
+                        tunnel::spawn(gw, guard, kill, permit, client_up, node_up, is_websocket(proto));
                         let (mut parts, _) = resp.into_parts();
                         let kept = parts.headers.get(header::UPGRADE).cloned();
                         strip_hop_by_hop(&mut parts.headers);

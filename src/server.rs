@@ -392,14 +392,13 @@ pub async fn accept_loop(gw: Arc<Gateway>, listener: TcpListener, scheme: Scheme
             let client = ClientInfo { addr, scheme };
             match tls {
                 None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
-                None => serve_conn(gw2, stream, client).await,
+                None => serve_conn(gw2, stream, client, Some(permit)).await,
                 Some(acceptor) => {
                     if let Some(s) = tls_handshake(&gw2, (*acceptor).clone(), stream).await {
-                        serve_conn(gw2, s, client).await;
+                        serve_conn(gw2, s, client, Some(permit)).await;
                     }
                 }
             }
-            drop(permit);
         });
     }
 }
@@ -426,18 +425,28 @@ async fn tls_handshake(
 pub const HANDOVER_KEEPALIVE_LINGER: Duration = Duration::from_secs(5);
 
 /// Serve one client connection (HTTP/1.1, keep-alive, upgrades) until it closes or shutdown.
-pub async fn serve_conn<I>(gw: Arc<Gateway>, io: I, client: ClientInfo)
-where
+/// `permit` is this connection's place under `[gateway] max_connections`; an upgrade hands it on to
+/// its tunnel, so long-lived WebSockets keep counting against the cap.
+pub async fn serve_conn<I>(
+    gw: Arc<Gateway>,
+    io: I,
+    client: ClientInfo,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     gw.frontend.connection_opened();
+    let slot = Arc::new(crate::tunnel::PermitSlot::new(permit));
     let timeout = gw.config().timeouts.client.0;
     let gw_svc = gw.clone();
     // Requests started on this connection: lets a draining connection close right after a response.
     let started = Arc::new(tokio::sync::Notify::new());
     let busy = Arc::new(AtomicBool::new(false));
     let (started_svc, busy_svc) = (started.clone(), busy.clone());
-    let svc = service_fn(move |req| {
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(slot.clone());
+        }
         busy_svc.store(true, Ordering::Release);
         started_svc.notify_one();
         let fut = proxy::handle(gw_svc.clone(), req, client);

@@ -76,11 +76,27 @@ impl LazyBuf {
     }
 }
 
+/// A connection's `max_connections` permit, handed from the HTTP connection to its tunnel.
+#[derive(Debug)]
+pub struct PermitSlot(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+
+impl PermitSlot {
+    pub fn new(p: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        PermitSlot(std::sync::Mutex::new(p))
+    }
+
+    /// Take the permit (once per connection; an upgrade ends the HTTP connection).
+    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        crate::util::lock(&self.0).take()
+    }
+}
+
 /// Start the tunnel task once both sides have switched protocols.
 pub fn spawn(
     gw: &Arc<Gateway>,
     guard: ActiveGuard,
     kill: CancellationToken,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
     client: OnUpgrade,
     node: OnUpgrade,
     websocket: bool,
@@ -108,6 +124,7 @@ pub fn spawn(
         f.tunnels.fetch_sub(1, Ordering::Relaxed);
         c.tunnels.fetch_sub(1, Ordering::Relaxed);
         drop(guard);
+        drop(permit);
     });
 }
 

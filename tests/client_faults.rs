@@ -71,3 +71,38 @@ async fn slow_upload_is_a_408_not_a_node_timeout() {
     assert!(node.eligible());
     assert_eq!(get(gw.http_addr, "/_now").await.status, 200);
 }
+
+/// WebSocket tunnels keep their connection's place under `max_connections` after the upgrade, so
+/// a flood of WebSockets cannot get past the cap.
+#[tokio::test]
+async fn websockets_count_against_max_connections() {
+    let sim = Sim::start("n1", &[]);
+    let toml = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:0\"\n{}",
+        nodes_toml(&[&sim])
+    );
+    let gw = gateway(&toml).await;
+    let mut a = ws(gw.http_addr, "/").await;
+    let _b = ws(gw.http_addr, "/").await;
+    eventually(Duration::from_secs(5), "two tunnels open", || {
+        let n = gw.gw.frontend.tunnels.load(Ordering::Relaxed);
+        async move { (n == 2).then_some(()) }
+    })
+    .await;
+
+    // A third client: the kernel takes the connection, the gateway does not serve it yet.
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(format!("GET /_now HTTP/1.1\r\nhost: {}\r\n\r\n", gw.http_addr).as_bytes()).await.expect("write");
+    let mut buf = vec![0u8; 4096];
+    let early = tokio::time::timeout(Duration::from_millis(800), s.read(&mut buf)).await;
+    assert!(early.is_err(), "a third connection was served while 2 WebSockets held the 2 places");
+
+    // One WebSocket closes: its place goes to the waiting client.
+    a.close(None).await.expect("close");
+    drop(a);
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("served once a place was free")
+        .expect("read");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
