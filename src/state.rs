@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,9 @@ use tokio_util::task::TaskTracker;
 use crate::backend::{AdminState, Backend, Membership, Origin};
 use crate::config::Config;
 use crate::stats::{FrontendCounters, NodeCounters};
+
+/// How long the counters of a node that left are kept, so that it finds its history if it returns.
+pub const COUNTERS_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// What the data plane needs for one request: settings and nodes, swapped whole.
 pub struct Snapshot {
@@ -68,6 +71,9 @@ struct Registry {
     admin: HashMap<String, AdminState>,
     generation: u64,
     started: bool,
+    /// When each name with kept counters was last a node: history is forgotten after
+    /// `COUNTERS_KEEP` (Kuzzle 2 node ids are new at every start, so names keep coming).
+    gone: HashMap<String, Instant>,
 }
 
 /// Hook the control plane calls for every new backend (the health checker registers here).
@@ -126,6 +132,7 @@ impl Gateway {
                 admin: HashMap::new(),
                 generation: 0,
                 started: false,
+                gone: HashMap::new(),
             }),
             on_new_backend: Mutex::new(None),
             listeners: Default::default(),
@@ -208,9 +215,27 @@ impl Gateway {
         }
     }
 
-    /// Drop draining nodes that no longer carry traffic; run periodically by the control plane.
+    /// Drop draining nodes that no longer carry traffic, and the counters of names gone for more
+    /// than `COUNTERS_KEEP`; run every second by the control plane.
     pub fn prune(self: &Arc<Self>) {
+        self.prune_at(Instant::now(), COUNTERS_KEEP);
+    }
+
+    fn prune_at(self: &Arc<Self>, now: Instant, keep: Duration) {
         let mut reg = crate::util::lock(&self.registry);
+        let Registry { counters, live, draining, gone, .. } = &mut *reg;
+        counters.retain(|name, _| {
+            if live.contains_key(name) || draining.iter().any(|b| &b.name == name) {
+                gone.remove(name);
+                return true;
+            }
+            let since = *gone.entry(name.clone()).or_insert(now);
+            let kept = now.saturating_duration_since(since) < keep;
+            if !kept {
+                gone.remove(name);
+            }
+            kept
+        });
         let before = reg.draining.len();
         reg.draining.retain(|b| {
             let keep = b.active() > 0;
@@ -360,6 +385,26 @@ mod tests {
         gw.apply_config(cfg(&[("a", 1), ("b", 2)]));
         let b = gw.snapshot.load_full().node("b").cloned().expect("b back");
         assert_eq!(b.counters.sessions_total.load(Ordering::Relaxed), 1, "history kept across leave and return");
+    }
+
+    #[test]
+    fn history_of_gone_nodes_is_forgotten_after_a_while() {
+        let gw = Gateway::new(Config::default());
+        gw.apply_config(cfg(&[("a", 1), ("b", 2)]));
+        let b = gw.snapshot.load().node("b").cloned().expect("b");
+        drop(b.track());
+        gw.apply_config(cfg(&[("a", 1)]));
+        let t0 = Instant::now();
+        gw.prune_at(t0, Duration::from_secs(10));
+        assert!(gw.snapshot.load().node("b").is_none(), "idle drained node pruned");
+        gw.prune_at(t0 + Duration::from_secs(5), Duration::from_secs(10));
+        assert_eq!(crate::util::lock(&gw.registry).counters.len(), 2, "history kept for a while");
+        // Gone since the prune at t0 + 5 s (at t0 it was still draining).
+        gw.prune_at(t0 + Duration::from_secs(16), Duration::from_secs(10));
+        assert_eq!(crate::util::lock(&gw.registry).counters.len(), 1, "history of b forgotten");
+        gw.apply_config(cfg(&[("a", 1), ("b", 2)]));
+        let b = gw.snapshot.load().node("b").cloned().expect("b back");
+        assert_eq!(b.counters.sessions_total.load(Ordering::Relaxed), 0, "a fresh history");
     }
 
     #[test]
