@@ -72,7 +72,7 @@ pub struct Listeners {
 
 impl Listeners {
     /// Bind every listener the configuration names.
-    pub async fn bind(config: &Config) -> Result<Listeners, StartError> {
+    pub fn bind(config: &Config) -> Result<Listeners, StartError> {
         Ok(Listeners {
             http: bind_std(ListenerKind::Http.what(), config.gateway.listen)?,
             stats: bind_std(ListenerKind::Stats.what(), config.stats.listen)?,
@@ -82,12 +82,6 @@ impl Listeners {
             },
         })
     }
-}
-
-/// Bind and listen (SO_REUSEADDR, backlog 4096), as a tokio listener.
-pub async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    let l = bind_std(what, addr)?;
-    TcpListener::from_std(l).map_err(|source| StartError::Bind { what, addr, source })
 }
 
 /// Bind and listen without a runtime: a non-blocking std listener (the reload path is sync).
@@ -136,11 +130,6 @@ impl LiveListeners {
     /// Bound addresses, by kind.
     pub fn local_addr(&self, kind: ListenerKind) -> Option<SocketAddr> {
         crate::util::lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
-    }
-
-    /// (kind, configured address, bound address) of each serving listener.
-    pub fn describe(&self) -> Vec<(ListenerKind, SocketAddr, SocketAddr)> {
-        crate::util::lock(&self.live).iter().map(|l| (l.kind, l.configured, l.local)).collect()
     }
 
     /// Call `f` with the serving sockets (for fd passing); the lock is held only during `f`.
@@ -306,7 +295,7 @@ pub async fn start_with(config: Config, listeners: Listeners) -> Result<Handle, 
 
 /// Bind the configured listeners and start.
 pub async fn start(config: Config) -> Result<Handle, StartError> {
-    let l = Listeners::bind(&config).await?;
+    let l = Listeners::bind(&config)?;
     start_with(config, l).await
 }
 
