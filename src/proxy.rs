@@ -103,7 +103,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+/// Remove hop-by-hop headers; with `upgrade`, put back the `Connection: upgrade` + `Upgrade` pair.
+fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     // Headers named by Connection are hop-by-hop too.
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
@@ -119,6 +120,10 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
         h.remove(n);
     }
     h.remove(header::UPGRADE);
+    if let Some(u) = upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, u);
+    }
 }
 
 /// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
@@ -170,11 +175,7 @@ async fn forward(
     let slot = upgrade.as_ref().and_then(|_| parts.extensions.get::<Arc<tunnel::PermitSlot>>().cloned());
     let mut headers = parts.headers;
     let host = headers.get(header::HOST).cloned();
-    strip_hop_by_hop(&mut headers);
-    if let Some(u) = &upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, u.clone());
-    }
+    strip_hop_by_hop(&mut headers, upgrade.clone());
     add_forwarded(&mut headers, client, host);
 
     // A body-less idempotent request may be re-sent once if its node breaks before answering.
@@ -281,19 +282,15 @@ async fn forward(
                         let permit = slot.as_ref().and_then(|s| s.take());
                         tunnel::spawn(gw, guard, kill, permit, client_up, node_up, is_websocket(proto));
                         let (mut parts, _) = resp.into_parts();
-                        let kept = parts.headers.get(header::UPGRADE).cloned();
-                        strip_hop_by_hop(&mut parts.headers);
-                        parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                        if let Some(u) = kept {
-                            parts.headers.insert(header::UPGRADE, u);
-                        }
+                        let kept = parts.headers.get(header::UPGRADE).cloned().unwrap_or_else(|| proto.clone());
+                        strip_hop_by_hop(&mut parts.headers, Some(kept));
                         node.counters.responses.record(101);
                         return Ok(Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))));
                     }
                 }
                 node.counters.responses.record(resp.status().as_u16());
                 let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
+                strip_hop_by_hop(&mut parts.headers, None);
                 let body = Counted::new(body, gw.frontend.clone(), Some(node.counters.clone()), Direction::Outbound);
                 let body = Tracked::new(body, sender, guard, cfg.timeouts.server.0);
                 return Ok(Response::from_parts(parts, Either::Left(body)));
@@ -466,7 +463,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
     }
