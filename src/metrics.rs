@@ -215,10 +215,57 @@ pub fn render_view(v: &StatsView) -> String {
 
 /// `/metrics`.
 pub fn render(gw: &Arc<Gateway>) -> String {
-    let mut out = render_view(&collect(gw));
-    // Redis membership counters (empty when the membership task never started).
-    out.push_str(&crate::cluster::prometheus(gw, PREFIX));
-    out
+    let mut out = Out(render_view(&collect(gw)));
+    // Redis membership counters (none when the membership task never started).
+    if let Some(m) = crate::cluster::metrics(gw) {
+        cluster_families(&mut out, &m);
+    }
+    out.0
+}
+
+/// The Redis membership counters (`cluster::ClusterMetrics`).
+fn cluster_families(o: &mut Out, m: &crate::cluster::ClusterMetrics) {
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    o.single(
+        "cluster_redis_connected",
+        "gauge",
+        "1 while the Redis membership connection is healthy.",
+        get(&m.connected),
+    );
+    o.single(
+        "cluster_redis_connects_total",
+        "counter",
+        "Successful (re)connections to Redis for membership.",
+        get(&m.connects),
+    );
+    o.single(
+        "cluster_redis_errors_total",
+        "counter",
+        "Failed Redis calls and connection attempts (membership, status, reset).",
+        get(&m.errors),
+    );
+    o.single(
+        "cluster_messages_total",
+        "counter",
+        "Pub/sub messages received on the membership rooms.",
+        get(&m.messages),
+    );
+    o.family(
+        "cluster_dropped_total",
+        "counter",
+        "Redis messages, discovery members and ID cards dropped as invalid, by reason.",
+    );
+    for (reason, c) in crate::cluster::DROP_REASONS.iter().zip(m.dropped.iter()) {
+        o.sample("cluster_dropped_total", &format!("reason=\"{}\"", label(reason)), get(c));
+    }
+    o.single("cluster_joins_total", "counter", "Nodes that joined through Redis membership.", get(&m.joins));
+    o.single(
+        "cluster_leaves_total",
+        "counter",
+        "Nodes that left (remove, heartbeat timeout, expired card, member removed).",
+        get(&m.leaves),
+    );
+    o.single("cluster_polls_total", "counter", "Reads of the discovery set and Kuzzle 2 ID cards.", get(&m.polls));
 }
 
 #[cfg(test)]

@@ -93,68 +93,6 @@ impl ClusterMetrics {
     }
 }
 
-/// Membership counters in Prometheus text format (appended to `/metrics`); empty before `start`.
-pub fn prometheus(gw: &Arc<Gateway>, prefix: &str) -> String {
-    use std::fmt::Write as _;
-    let Some(m) = metrics(gw) else { return String::new() };
-    let mut o = String::with_capacity(2048);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(o, "# HELP {prefix}{name} {help}\n# TYPE {prefix}{name} {kind}");
-        for (labels, v) in samples {
-            let _ = if labels.is_empty() {
-                writeln!(o, "{prefix}{name} {v}")
-            } else {
-                writeln!(o, "{prefix}{name}{{{labels}}} {v}")
-            };
-        }
-    };
-    let one = |a: &AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed))];
-    family(
-        "cluster_redis_connected",
-        "gauge",
-        "1 while the Redis membership connection is healthy.",
-        &one(&m.connected),
-    );
-    family(
-        "cluster_redis_connects_total",
-        "counter",
-        "Successful (re)connections to Redis for membership.",
-        &one(&m.connects),
-    );
-    family(
-        "cluster_redis_errors_total",
-        "counter",
-        "Failed Redis calls and connection attempts (membership, status, reset).",
-        &one(&m.errors),
-    );
-    family(
-        "cluster_messages_total",
-        "counter",
-        "Pub/sub messages received on the membership rooms.",
-        &one(&m.messages),
-    );
-    let dropped: Vec<(String, u64)> = DROP_REASONS
-        .iter()
-        .zip(m.dropped.iter())
-        .map(|(r, c)| (format!("reason=\"{r}\""), c.load(Ordering::Relaxed)))
-        .collect();
-    family(
-        "cluster_dropped_total",
-        "counter",
-        "Redis messages, discovery members and ID cards dropped as invalid, by reason.",
-        &dropped,
-    );
-    family("cluster_joins_total", "counter", "Nodes that joined through Redis membership.", &one(&m.joins));
-    family(
-        "cluster_leaves_total",
-        "counter",
-        "Nodes that left (remove, heartbeat timeout, expired card, member removed).",
-        &one(&m.leaves),
-    );
-    family("cluster_polls_total", "counter", "Reads of the discovery set and Kuzzle 2 ID cards.", &one(&m.polls));
-    o
-}
-
 /// Per-gateway membership state, shared by the membership task and the ops handlers.
 pub struct ClusterState {
     pub metrics: Arc<ClusterMetrics>,
