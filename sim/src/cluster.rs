@@ -241,6 +241,19 @@ impl ClusterLink {
     }
 }
 
+/// The connection for a last call before leaving: the current one, or (Redis may be back since
+/// the last failure) one bounded attempt at a new one.
+pub(crate) async fn last_chance<'a>(
+    conn: &'a mut Option<Cmds>,
+    targets: &RedisTargets,
+    stop: &CancellationToken,
+) -> Option<&'a mut Cmds> {
+    if conn.is_none() {
+        *conn = unless_stopped(stop, Cmds::connect(targets)).await.and_then(Result::ok);
+    }
+    conn.as_mut()
+}
+
 /// Run `f` unless the node stops first (then `None`: the caller returns at once, saying nothing).
 pub(crate) async fn unless_stopped<T>(stop: &CancellationToken, f: impl std::future::Future<Output = T>) -> Option<T> {
     tokio::select! {
@@ -373,11 +386,7 @@ async fn registrar(
             c = ctl.recv() => match c {
                 None => return,
                 Some(Ctl::Leave(ack)) => {
-                    if conn.is_none() {
-                        // Redis may be back since the last failure: one bounded try.
-                        conn = unless_stopped(&stop, Cmds::connect(&targets)).await.and_then(Result::ok);
-                    }
-                    if let Some(c) = conn.as_mut() {
+                    if let Some(c) = last_chance(&mut conn, &targets, &stop).await {
                         match unless_stopped(&stop, goodbye(c, &node)).await {
                             Some(Ok(())) => tracing::info!(node = %node.name, "left the cluster"),
                             Some(Err(e)) => tracing::warn!(node = %node.name, "clean leave incomplete: {e}"),

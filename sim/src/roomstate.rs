@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{unless_stopped, Backoff, Cmds, LinkError, RedisTargets};
+use crate::cluster::{last_chance, unless_stopped, Backoff, Cmds, LinkError, RedisTargets};
 use crate::node::{now_ms, Node};
 use crate::realtime::ConnId;
 
@@ -348,11 +348,7 @@ async fn writer(
                 }
             }
             Some(RoomCtl::Withdraw(ack)) => {
-                if conn.is_none() {
-                    // Redis may be back since the last failure: one bounded try.
-                    conn = unless_stopped(&stop, Cmds::connect(&targets)).await.and_then(Result::ok);
-                }
-                if let Some(c) = conn.as_mut() {
+                if let Some(c) = last_chance(&mut conn, &targets, &stop).await {
                     match unless_stopped(&stop, withdraw_all(c, &node)).await {
                         Some(Ok(())) => tracing::debug!(node = %node.name, "real-time state withdrawn"),
                         Some(Err(e)) => tracing::warn!(node = %node.name, "real-time state not withdrawn: {e}"),
