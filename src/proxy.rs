@@ -226,7 +226,7 @@ async fn forward(
         let (mut sender, reused) = match node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0).await {
             Ok(s) => s,
             Err(e) => {
-                note_connect_failure(gw, &node, e);
+                note_connect_failure(&cfg.health, &node, e);
                 last_err = connect_error(&node, e);
                 if cfg.balance.redispatch && pinned.is_none() {
                     tried.push(idx);
@@ -264,7 +264,7 @@ async fn forward(
             }
             Err(_) => {
                 node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
-                crate::health::passive_failure(gw, &node);
+                crate::health::passive_failure(&cfg.health, &node);
                 return Err(GatewayError::new(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!("node {} did not answer within {:?}", node.name, cfg.timeouts.server.0),
@@ -305,7 +305,7 @@ async fn forward(
                         attempt -= 1;
                     } else {
                         node.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
-                        crate::health::passive_failure(gw, &node);
+                        crate::health::passive_failure(&cfg.health, &node);
                         last_err = GatewayError::new(
                             StatusCode::SERVICE_UNAVAILABLE,
                             format!("no node available: node {} closed the connection at once", node.name),
@@ -322,7 +322,7 @@ async fn forward(
                     return Err(GatewayError::new(StatusCode::BAD_REQUEST, "bad request: request body cut short"));
                 }
                 node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
-                crate::health::passive_failure(gw, &node);
+                crate::health::passive_failure(&cfg.health, &node);
                 tracing::debug!(node = %node.name, error = %e.error(), "node broke the exchange");
                 // Body-less GET/HEAD/OPTIONS: re-sent whatever happened. A kept body: only when
                 // the node reset the connection, so it never read the whole request.
@@ -407,10 +407,10 @@ fn connect_error(node: &Backend, e: ConnectError) -> GatewayError {
     }
 }
 
-fn note_connect_failure(gw: &Arc<Gateway>, node: &Arc<Backend>, e: ConnectError) {
+fn note_connect_failure(health: &crate::config::HealthSection, node: &Backend, e: ConnectError) {
     node.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(node = %node.name, error = %e, "connect failed");
-    crate::health::passive_failure(gw, node);
+    crate::health::passive_failure(health, node);
 }
 
 fn build(method: Method, uri: Uri, headers: HeaderMap, body: UpBody) -> Request<UpBody> {

@@ -169,8 +169,8 @@ impl HealthState {
 /// Real traffic failed on `node` (connect refused, reset, timeout). Lock-free: the node's checker
 /// applies it (it can mark the node DOWN before the next active check) unless `[health] passive`
 /// is off.
-pub fn passive_failure(gw: &Arc<Gateway>, node: &Arc<Backend>) {
-    if gw.snapshot.load().config.health.passive {
+pub fn passive_failure(health: &crate::config::HealthSection, node: &Backend) {
+    if health.passive {
         node.health.note_passive_failure();
     }
 }
