@@ -84,8 +84,6 @@ pub enum Origin {
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
-    /// Precomputed `Host`-free authority for logs and stats.
-    pub addr_str: String,
     pub origin: Origin,
     /// Counters; shared with any earlier or later `Backend` of the same name so history survives.
     pub counters: Arc<NodeCounters>,
@@ -116,7 +114,6 @@ impl Backend {
         initially_up: bool,
     ) -> Self {
         Backend {
-            addr_str: addr.to_string(),
             name,
             addr,
             origin,

@@ -463,7 +463,7 @@ pub async fn status(gw: &Arc<Gateway>) -> serde_json::Value {
             };
             serde_json::json!({
                 "name": b.name,
-                "address": b.addr_str,
+                "address": b.addr.to_string(),
                 "origin": b.origin,
                 "state": state,
                 "up": up,

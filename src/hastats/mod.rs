@@ -275,7 +275,7 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
     let traffic = node_traffic(b, &b.counters, now);
     NodeView {
         name: b.name.clone(),
-        address: b.addr_str.clone(),
+        address: b.addr.to_string(),
         origin: b.origin,
         status,
         class,

@@ -153,7 +153,7 @@ pub async fn http_check(b: &Backend, path: &str, timeout: Duration) -> CheckResu
         Err(_) => return done(CheckKind::L7RSP, None),
     }
     let h = req.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&b.addr_str) {
+    if let Ok(v) = HeaderValue::from_str(&b.addr.to_string()) {
         h.insert(header::HOST, v);
     }
     h.insert(header::USER_AGENT, HeaderValue::from_static("kuzzle-gateway-health"));
