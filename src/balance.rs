@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::core::backend::Backend;
 use crate::config::Algorithm;
 
 /// Pick a node for a new request or tunnel. `skip` holds nodes already tried for this request.
@@ -67,8 +67,8 @@ fn hrw(ip: IpAddr, name: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Origin;
-    use crate::stats::NodeCounters;
+    use crate::core::backend::Origin;
+    use crate::core::counters::NodeCounters;
 
     fn nodes(k: usize) -> Vec<Arc<Backend>> {
         (0..k)

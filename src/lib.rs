@@ -2,36 +2,44 @@
 //! health checks, hot reload, Redis membership, ops stats, TLS).
 //!
 //! # Layout
-//! Two planes. The **data plane** serves clients and reads one immutable [`state::Snapshot`] per
-//! request from an `ArcSwap`; health and counters are atomics inside shared [`backend::Backend`]s.
-//! The **control plane** (config reload, health checker, Redis membership, ops listener) is the
-//! only writer: it builds a new snapshot off the request path, reusing surviving backends, and
-//! swaps it once.
+//! Two planes around a core that depends on nothing above it, wired by one composition root.
 //!
-//! Data plane: [`server`] (accept loops), [`proxy`] (one request), [`route`] (prefix rule),
-//! [`balance`] (algorithms), [`backend`] (node, pool), [`body`] (counting bodies), [`tunnel`]
-//! (WebSocket tunnels), [`stats`] (counters).
-//! Control plane: [`config`], [`state`] (registry + snapshot), [`control`] (reload, pruning),
-//! [`health`], [`cluster`] (Redis), [`ops`] (7575), [`hastats`], [`metrics`], [`tls`].
+//! - [`app`]: the composition root. `start(config, listeners)` / `run(config, listeners,
+//!   shutdown)` build everything below and hand each part only the handles it needs; process start
+//!   and binary upgrade both go through it.
+//! - [`core`]: nodes ([`core::backend`], pools, counters, health state and the pure rise/fall
+//!   machine), the immutable routing [`core::snapshot`], and the pure [`core::registry`] that turns
+//!   a batch of [`core::registry::Change`]s into the next snapshot. [`core::Core`] publishes
+//!   snapshots (one swap per batch); [`core::Lifecycle`] holds the stop tokens and task trackers.
+//! - Data plane (reads one snapshot per request): [`serve`] (accept loops, client connections),
+//!   [`proxy`] (one request, typed errors, header rules), [`route`] (prefix rule), [`balance`]
+//!   (algorithms), [`tunnel`] (WebSocket tunnels).
+//! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
+//!   (the reload task; triggers send it a message), [`watch`] (file watcher), [`listeners`]
+//!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`], [`drain`] (pruning, drain timeout).
+//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
+//! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),
+//!   [`envelope`] (Kuzzle's JSON envelope for the gateway's own answers).
+//! - [`demo`] runs the gateway in front of simulated nodes (separate `kuzzle-node-sim` processes).
 #![forbid(unsafe_code)]
 
-pub mod backend;
+pub mod app;
 pub mod balance;
-pub mod body;
 pub mod cluster;
 pub mod config;
-pub mod control;
+pub mod core;
 pub mod demo;
+pub mod drain;
+pub mod envelope;
 pub mod hastats;
 pub mod health;
+pub mod listeners;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod reload;
 pub mod route;
-pub mod run;
-pub mod server;
-pub mod state;
-pub mod stats;
+pub mod serve;
 pub mod tls;
 pub mod tunnel;
 pub mod upgrade;

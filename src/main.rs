@@ -91,7 +91,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(kuzzle_gateway::upgrade::run_process(config, cli.upgrade)) {
+    match rt.block_on(kuzzle_gateway::app::run_process(config, cli.upgrade)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kuzzle-gateway: {e}");

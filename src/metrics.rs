@@ -5,11 +5,9 @@
 //! (`state::Registry`), health-check counts are carried over by `stats::HealthCarry`.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use crate::hastats::{collect, NodeView, StatsView, StatusClass};
-use crate::state::Gateway;
-use crate::stats::STATUS_CLASS_NAMES;
+use crate::hastats::{NodeView, StatsView, StatusClass};
+use crate::core::counters::STATUS_CLASS_NAMES;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "kuzzle_gateway_";
@@ -214,12 +212,9 @@ pub fn render_view(v: &StatsView) -> String {
 }
 
 /// `/metrics`.
-pub fn render(gw: &Arc<Gateway>) -> String {
-    let mut out = Out(render_view(&collect(gw)));
-    // Redis membership counters (none when the membership task never started).
-    if let Some(m) = crate::cluster::metrics(gw) {
-        cluster_families(&mut out, &m);
-    }
+pub fn render(view: &StatsView, cluster: &crate::cluster::ClusterMetrics) -> String {
+    let mut out = Out(render_view(view));
+    cluster_families(&mut out, cluster);
     out.0
 }
 

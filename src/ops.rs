@@ -1,5 +1,5 @@
-//! Control plane: the ops listener (7575): basic auth, stats page and feeds, metrics, cluster status
-//! and reset, reload, node maintenance states.
+//! Ops: the ops listener (7575): basic auth, stats page and feeds, metrics, cluster status and
+//! reset, reload, node maintenance states. Holds narrow handles, never the whole gateway.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,13 +16,34 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::AdminState;
-use crate::state::Gateway;
+use crate::cluster::ClusterState;
+use crate::core::backend::AdminState;
+use crate::core::{Core, Lifecycle};
+use crate::reload::{ReloadHandle, ReloadStats};
 
 pub type OpsResponse = Response<Full<Bytes>>;
 
+/// What the ops endpoints read and write.
+pub struct Ops {
+    /// Nodes and counters (read), operator states (write).
+    pub core: Arc<Core>,
+    /// `POST /reload` asks the reload task.
+    pub reload: ReloadHandle,
+    pub reloads: Arc<ReloadStats>,
+    /// Membership status, reset and counters.
+    pub cluster: Arc<ClusterState>,
+    /// Ops connections run on the background tracker and stop at shutdown.
+    pub life: Lifecycle,
+}
+
+impl Ops {
+    fn view(&self) -> crate::hastats::StatsView {
+        crate::hastats::collect(&self.core, &self.reloads)
+    }
+}
+
 /// Serve the ops listener until `stop`.
-pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationToken) {
+pub async fn serve(ops: Arc<Ops>, listener: TcpListener, stop: CancellationToken) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -35,10 +56,9 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationTo
             },
             _ = stop.cancelled() => return,
         };
-        let gw2 = gw.clone();
+        let g = ops.clone();
         let stop2 = stop.clone();
-        gw.background.spawn(async move {
-            let g = gw2.clone();
+        ops.life.background.spawn(async move {
             let svc = service_fn(move |req| {
                 let g = g.clone();
                 async move { Ok::<_, Infallible>(handle(&g, req).await) }
@@ -59,12 +79,12 @@ pub async fn serve(gw: Arc<Gateway>, listener: TcpListener, stop: CancellationTo
 }
 
 /// Route one ops request.
-pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> OpsResponse {
+pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
     let path = req.uri().path().to_string();
     if path == "/healthz" {
         return text(StatusCode::OK, "ok\n");
     }
-    let cfg = gw.config();
+    let cfg = ops.core.config();
     if let Some(resp) = check_auth(&cfg.stats, req.headers()) {
         return resp;
     }
@@ -73,33 +93,33 @@ pub async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> OpsResponse {
     match (&m, path.as_str()) {
         // haproxy's own spellings work too: `/hastats;norefresh`, `/hastats;csv;norefresh`.
         (&Method::GET | &Method::HEAD, p) if p == uri || p.strip_prefix(uri) == Some(";norefresh") => {
-            html(crate::hastats::html(gw, &page_options(&req, uri)))
+            html(crate::hastats::html(&ops.view(), &page_options(&req, uri), cfg.gateway.listen.port()))
         }
         (&Method::GET | &Method::HEAD, p) if matches!(p.strip_prefix(uri), Some(";csv" | ";csv;norefresh")) => {
-            typed(StatusCode::OK, "text/csv; charset=utf-8", crate::hastats::csv(gw))
+            typed(StatusCode::OK, "text/csv; charset=utf-8", crate::hastats::csv(&ops.view(), &cfg.health, ops.life.shutdown.is_cancelled()))
         }
         (&Method::GET | &Method::HEAD, p) if p.strip_prefix(uri) == Some(";json") => {
-            typed(StatusCode::OK, "application/json", crate::hastats::json(gw))
+            typed(StatusCode::OK, "application/json", crate::hastats::json(&ops.view()))
         }
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(gw))
+            typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(&ops.view(), &ops.cluster.metrics))
         }
         (&Method::GET, "/cluster/status") => {
-            let v = crate::cluster::status(gw).await;
+            let v = crate::cluster::status(&ops.cluster, &ops.core).await;
             typed(StatusCode::OK, "application/json", v.to_string())
         }
-        (&Method::POST, "/cluster/reset") => match crate::cluster::reset(gw).await {
+        (&Method::POST, "/cluster/reset") => match crate::cluster::reset(&ops.cluster).await {
             Ok(v) => typed(StatusCode::OK, "application/json", v.to_string()),
             Err(e) => json_msg(StatusCode::SERVICE_UNAVAILABLE, &e),
         },
-        (&Method::POST, "/reload") => match crate::control::reload(gw) {
-            Ok(()) => json_msg(StatusCode::OK, "reloaded"),
+        (&Method::POST, "/reload") => match ops.reload.reload().await {
+            Ok(_) => json_msg(StatusCode::OK, "reloaded"),
             Err(e) => json_msg(StatusCode::BAD_REQUEST, &e.to_string()),
         },
         (&Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/state") => {
             let name = &p["/nodes/".len()..p.len() - "/state".len()];
             let name = name.to_string();
-            set_state(gw, &name, req).await
+            set_state(&ops.core, &name, req).await
         }
         (_, p)
             if p == uri
@@ -130,7 +150,7 @@ fn page_options(req: &Request<Incoming>, uri: &str) -> crate::hastats::HtmlOptio
 
 /// `POST /nodes/<name>/state` with `ready`, `drain` or `maint` as the body (plain or
 /// `{"state": "..."}`) or as `?state=`.
-async fn set_state(gw: &Arc<Gateway>, name: &str, req: Request<Incoming>) -> OpsResponse {
+async fn set_state(core: &Core, name: &str, req: Request<Incoming>) -> OpsResponse {
     let from_query =
         req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("state="))).map(str::to_string);
     let body = match Limited::new(req.into_body(), 4096).collect().await {
@@ -152,9 +172,9 @@ async fn set_state(gw: &Arc<Gateway>, name: &str, req: Request<Incoming>) -> Ops
             return json_msg(StatusCode::BAD_REQUEST, &format!("unknown state {other:?}: use ready, drain or maint"))
         }
     };
-    if gw.set_admin(name, state) {
+    if core.set_admin(name, state) {
         tracing::info!(node = %name, state = state.as_str(), "operator changed node state");
-        json_msg(StatusCode::OK, &format!("node {name} is now {}", state.as_str()))
+        json_msg(StatusCode::OK, &format!("node {name}: state set to {}", state.as_str()))
     } else {
         json_msg(StatusCode::NOT_FOUND, &format!("no node named {name:?}"))
     }
@@ -199,11 +219,9 @@ fn text(status: StatusCode, body: &str) -> OpsResponse {
 
 /// A JSON answer in Kuzzle's envelope.
 pub fn json_msg(status: StatusCode, message: &str) -> OpsResponse {
-    let ok = status.is_success();
-    let v = serde_json::json!({
-        "status": status.as_u16(),
-        "error": if ok { serde_json::Value::Null } else { serde_json::json!({"status": status.as_u16(), "message": message}) },
-        "result": if ok { serde_json::json!(message) } else { serde_json::Value::Null },
-    });
-    typed(status, "application/json", v.to_string())
+    let mut r = Response::new(Full::new(crate::envelope::body(status, message)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
 }

@@ -31,3 +31,12 @@ pub fn acceptor(t: &TlsSection) -> Result<tokio_rustls::TlsAcceptor, String> {
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
+
+/// The acceptor client TLS connections use, swapped by reloads (new certificate files apply to
+/// the next handshake); None while no `[tls]` is configured.
+pub type TlsSlot = Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>;
+
+/// The acceptor for `config`'s `[tls]`, if any.
+pub fn acceptor_for(config: &crate::config::Config) -> Result<Option<Arc<tokio_rustls::TlsAcceptor>>, String> {
+    config.tls.as_ref().map(|t| acceptor(t).map(Arc::new)).transpose()
+}

@@ -12,8 +12,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::ActiveGuard;
-use crate::state::Gateway;
+use crate::core::backend::ActiveGuard;
+use crate::core::counters::FrontendCounters;
+use crate::core::Lifecycle;
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -92,8 +93,11 @@ impl PermitSlot {
 }
 
 /// Start the tunnel task once both sides have switched protocols.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    gw: &Arc<Gateway>,
+    life: &Lifecycle,
+    frontend: &Arc<FrontendCounters>,
+    idle: Duration,
     guard: ActiveGuard,
     kill: CancellationToken,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -101,8 +105,9 @@ pub fn spawn(
     node: OnUpgrade,
     websocket: bool,
 ) {
-    let gw2 = gw.clone();
-    gw.tracker.spawn(async move {
+    let frontend = frontend.clone();
+    let close_all = life.close_tunnels.clone();
+    life.connections.spawn(async move {
         let (client, node) = match tokio::try_join!(client, node) {
             Ok(pair) => pair,
             Err(e) => {
@@ -111,15 +116,14 @@ pub fn spawn(
             }
         };
         let backend = guard.backend.clone();
-        let idle = gw2.snapshot.load().config.timeouts.tunnel.0;
-        let f = &gw2.frontend;
+        let f = &frontend;
         let c = &backend.counters;
         f.tunnels.fetch_add(1, Ordering::Relaxed);
         f.tunnels_total.fetch_add(1, Ordering::Relaxed);
         c.tunnels.fetch_add(1, Ordering::Relaxed);
         c.tunnels_total.fetch_add(1, Ordering::Relaxed);
         let io = TunnelIo { bytes_in: [&f.bytes_in, &c.bytes_in], bytes_out: [&f.bytes_out, &c.bytes_out] };
-        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &gw2.close_tunnels, &io).await;
+        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &close_all, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         f.tunnels.fetch_sub(1, Ordering::Relaxed);
         c.tunnels.fetch_sub(1, Ordering::Relaxed);

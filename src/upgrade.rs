@@ -1,7 +1,7 @@
 //! Control plane: binary upgrade without refused connections. The running gateway hands its
 //! listening sockets to a new process over a unix socket (SCM_RIGHTS), stops accepting once the
 //! new one serves, finishes its requests and keeps its WebSocket tunnels until they close or
-//! `hard_stop_after`; also the process lifecycle (start or take over, then wait for a signal).
+//! `hard_stop_after`. The process lifecycle around it is in [`crate::app`].
 //!
 //! Exchange on the upgrade socket (the new process connects):
 //! 1. old -> new: one JSON line `{"pid", "listeners": [{"kind", "addr"}...]}`, the listening
@@ -27,8 +27,8 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::server::{self, Handle, ListenerKind, Listeners, StartError};
-use crate::state::Gateway;
+use crate::core::Lifecycle;
+use crate::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
 
 /// How long each step of the exchange may take before the upgrade is abandoned.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -74,26 +74,29 @@ pub fn socket_path(config: &Config) -> Option<PathBuf> {
     }
 }
 
-/// Run the gateway process until SIGTERM/SIGINT (graceful stop) or until a newer process took
-/// over its sockets (then drain and return). With `upgrade`, take over from the running one.
-pub async fn run_process(config: Config, upgrade: bool) -> Result<(), UpgradeError> {
-    let handle = if upgrade { take_over(config).await? } else { server::start(config).await? };
-    let gw = handle.gw.clone();
-    listen(&gw);
-    tokio::select! {
-        _ = crate::run::wait_for_stop_signal() => server::shutdown(&gw).await,
-        _ = gw.listeners.handed_over.cancelled() => {
-            server::drain_after_handover(&gw, crate::run::wait_for_stop_signal()).await;
-            tracing::info!("old process done after upgrade");
-        }
-    }
-    Ok(())
+/// The exchange with the old process, to finish once the taken sockets serve.
+pub struct Handover {
+    stream: StdUnixStream,
+    path: PathBuf,
 }
 
-/// New process: receive the running gateway's sockets, serve on them, then tell it to stop
-/// accepting.
-pub async fn take_over(config: Config) -> Result<Handle, UpgradeError> {
-    let path = socket_path(&config).ok_or(UpgradeError::NoSocket)?;
+impl Handover {
+    /// Tell the old process we serve; it stops accepting and answers DONE.
+    pub async fn finish(self) -> Result<(), UpgradeError> {
+        let Handover { stream, path } = self;
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || finish(stream, &p))
+            .await
+            .map_err(|e| exchange(&path, format!("task failed: {e}")))??;
+        tracing::info!(socket = %path.display(), "upgrade complete: the old process no longer accepts");
+        Ok(())
+    }
+}
+
+/// New process: receive the running gateway's sockets (serve on them, then call
+/// [`Handover::finish`]).
+pub async fn take_over(config: &Config) -> Result<(Listeners, Handover), UpgradeError> {
+    let path = socket_path(config).ok_or(UpgradeError::NoSocket)?;
     let p = path.clone();
     let (hello, fds, stream) = tokio::task::spawn_blocking(move || receive(&p))
         .await
@@ -105,7 +108,7 @@ pub async fn take_over(config: Config) -> Result<Handle, UpgradeError> {
             Some(i) => Ok(std::net::TcpListener::from(inherited.swap_remove(i).1)),
             None => {
                 tracing::info!(listener = kind.what(), %addr, "address changed: binding anew");
-                server::bind_std(kind.what(), addr)
+                crate::listeners::bind_std(kind.what(), addr)
             }
         }
     };
@@ -119,13 +122,7 @@ pub async fn take_over(config: Config) -> Result<Handle, UpgradeError> {
     };
     // Sockets the new configuration no longer uses close here; the old process closes its copies.
     drop(inherited);
-    let handle = server::start_with(config, listeners).await?;
-    let p = path.clone();
-    tokio::task::spawn_blocking(move || finish(stream, &p))
-        .await
-        .map_err(|e| exchange(&path, format!("task failed: {e}")))??;
-    tracing::info!(socket = %path.display(), "upgrade complete: the old process no longer accepts");
-    Ok(handle)
+    Ok((listeners, Handover { stream, path }))
 }
 
 fn exchange(path: &Path, message: String) -> UpgradeError {
@@ -180,9 +177,8 @@ fn finish(mut stream: StdUnixStream, path: &Path) -> Result<(), UpgradeError> {
 
 /// Old side: listen on the upgrade socket until shutdown or a completed hand-over. A failure to
 /// listen is logged; the gateway serves on without upgrades.
-pub fn listen(gw: &Arc<Gateway>) {
-    let cfg = gw.config();
-    let Some(path) = socket_path(&cfg) else {
+pub fn listen(cfg: &Config, listeners: Arc<LiveListeners>, life: &Lifecycle) {
+    let Some(path) = socket_path(cfg) else {
         tracing::debug!("no upgrade socket (client port 0 and no [gateway] upgrade_socket)");
         return;
     };
@@ -194,8 +190,8 @@ pub fn listen(gw: &Arc<Gateway>) {
         }
     };
     tracing::info!(socket = %path.display(), "upgrade socket ready (kuzzle-gateway --config FILE --upgrade)");
-    let g = gw.clone();
-    gw.background.spawn(async move {
+    let (stop, handed_over) = (life.shutdown.clone(), life.handed_over.clone());
+    life.background.spawn(async move {
         loop {
             let stream = tokio::select! {
                 r = listener.accept() => match r {
@@ -206,7 +202,7 @@ pub fn listen(gw: &Arc<Gateway>) {
                         continue;
                     }
                 },
-                _ = g.shutdown.cancelled() => break,
+                _ = stop.cancelled() => break,
             };
             let std_stream = match stream.into_std() {
                 Ok(s) => s,
@@ -215,12 +211,12 @@ pub fn listen(gw: &Arc<Gateway>) {
                     continue;
                 }
             };
-            let g2 = g.clone();
+            let l = listeners.clone();
             let p = path.clone();
-            let done = tokio::task::spawn_blocking(move || hand_over(&g2, std_stream, &p)).await;
+            let done = tokio::task::spawn_blocking(move || hand_over(&l, std_stream, &p)).await;
             match done {
                 Ok(Ok(())) => {
-                    g.listeners.handed_over.cancel();
+                    handed_over.cancel();
                     return;
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "upgrade abandoned; still serving"),
@@ -250,7 +246,7 @@ fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Old side (blocking): send the sockets, wait for READY, stop accepting, answer DONE.
-fn hand_over(gw: &Gateway, mut stream: StdUnixStream, path: &Path) -> Result<(), UpgradeError> {
+fn hand_over(listeners: &LiveListeners, mut stream: StdUnixStream, path: &Path) -> Result<(), UpgradeError> {
     let err = |m: String| exchange(path, m);
     stream.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
     stream.set_read_timeout(Some(STEP_TIMEOUT)).map_err(|e| err(e.to_string()))?;
@@ -261,7 +257,7 @@ fn hand_over(gw: &Gateway, mut stream: StdUnixStream, path: &Path) -> Result<(),
         return Err(err(format!("refused: peer uid {} is not ours", peer.uid.as_raw())));
     }
     tracing::info!(new_pid = peer.pid.as_raw_nonzero().get(), "upgrade requested: handing over the listening sockets");
-    gw.listeners.with_fds(|fds: &[(ListenerKind, SocketAddr, BorrowedFd<'_>)]| {
+    listeners.with_fds(|fds: &[(ListenerKind, SocketAddr, BorrowedFd<'_>)]| {
         let hello = Hello {
             pid: std::process::id(),
             listeners: fds.iter().map(|(kind, addr, _)| Passed { kind: *kind, addr: *addr }).collect(),
@@ -287,7 +283,7 @@ fn hand_over(gw: &Gateway, mut stream: StdUnixStream, path: &Path) -> Result<(),
         return Err(err(format!("the new process did not start serving (said {:?})", reply.trim())));
     }
     // The new process accepts on the same sockets: stop our accept loops, free the path for it.
-    gw.listeners.stop_all();
+    listeners.stop_all();
     let _ = std::fs::remove_file(path);
     stream.write_all(b"DONE\n").map_err(|e| err(e.to_string()))?;
     tracing::info!("handed over: this process no longer accepts connections");

@@ -4,14 +4,15 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use notify_debouncer_full::notify::event::{AccessKind, AccessMode, EventKind};
 use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
-use crate::state::Gateway;
+use crate::config::Config;
+use crate::core::Lifecycle;
+use crate::reload::ReloadHandle;
 
 /// Quiet time after the last change before reloading: an editor's save is several events.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);
@@ -26,14 +27,13 @@ pub enum WatchError {
 }
 
 /// Start watching the file the configuration came from, if `[gateway] watch` (default true).
-/// The watcher thread and its task stop with `gw.shutdown`.
-pub fn start(gw: &Arc<Gateway>) {
-    let cfg = gw.config();
+/// The watcher thread and its task stop with `life.shutdown`; a change sends a reload request.
+pub fn start(cfg: &Config, reload: ReloadHandle, life: &Lifecycle) {
     if !cfg.gateway.watch {
         tracing::info!("configuration file watch disabled ([gateway] watch = false)");
         return;
     }
-    match spawn(gw, Path::new(&cfg.source)) {
+    match spawn(reload, life, Path::new(&cfg.source)) {
         Ok(()) => {}
         // Configurations built in memory (tests, the demo) have no file to watch.
         Err(e @ WatchError::NotAFile(_)) => tracing::debug!(error = %e, "not watching"),
@@ -41,7 +41,7 @@ pub fn start(gw: &Arc<Gateway>) {
     }
 }
 
-fn spawn(gw: &Arc<Gateway>, file: &Path) -> Result<(), WatchError> {
+fn spawn(reload: ReloadHandle, life: &Lifecycle, file: &Path) -> Result<(), WatchError> {
     if !file.is_file() {
         return Err(WatchError::NotAFile(file.display().to_string()));
     }
@@ -70,18 +70,21 @@ fn spawn(gw: &Arc<Gateway>, file: &Path) -> Result<(), WatchError> {
         .map_err(|source| WatchError::Watch { dir: dir.display().to_string(), source })?;
     tracing::info!(file = %abs.display(), "watching the configuration file");
 
-    let g = gw.clone();
+    let stop = life.shutdown.clone();
     let mut last = fingerprint(&abs);
-    gw.background.spawn(async move {
+    life.background.spawn(async move {
         // Owned here: dropping it at the end stops the watcher thread.
         let _debouncer = debouncer;
         loop {
             tokio::select! {
                 r = rx.recv() => if r.is_none() { return },
-                _ = g.shutdown.cancelled() => return,
+                _ = stop.cancelled() => return,
             }
             while rx.try_recv().is_ok() {}
-            on_change(&g, &abs, &mut last);
+            if changed(&abs, &mut last) {
+                // The outcome is logged and recorded by the reload task.
+                let _ = reload.reload().await;
+            }
         }
     });
     Ok(())
@@ -96,22 +99,23 @@ fn relevant(kind: &EventKind) -> bool {
     }
 }
 
-fn on_change(gw: &Arc<Gateway>, file: &Path, last: &mut Option<u64>) {
+/// Did the file's content change since the last reload it triggered?
+fn changed(file: &Path, last: &mut Option<u64>) -> bool {
     let now = fingerprint(file);
     match now {
         // Mid-replace (removed, not yet renamed in): the next event brings the new file.
         None if !file.exists() => {
             tracing::info!(file = %file.display(), "configuration file gone; keeping the running configuration");
-            return;
+            return false;
         }
         Some(_) if now == *last => {
             tracing::debug!(file = %file.display(), "configuration file touched, content unchanged");
-            return;
+            return false;
         }
         _ => {}
     }
     *last = now;
-    let _ = crate::control::reload(gw);
+    true
 }
 
 fn fingerprint(file: &Path) -> Option<u64> {

@@ -1,5 +1,5 @@
-//! Control plane: the membership table. Turns checked Redis events (messages, discovery set, ID
-//! cards, heartbeat expiry) into registry calls (`upsert_dynamic` / `remove_dynamic`).
+//! Cluster: the membership table. Turns checked Redis events (messages, discovery set, ID cards,
+//! heartbeat expiry) into registry changes, which the caller applies as one batch.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -8,8 +8,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::message::{Candidate, Kind};
-use crate::backend::Origin;
-use crate::state::{DynamicNode, Gateway};
+use crate::core::backend::Origin;
+use crate::core::registry::{Change, DynamicNode};
+use crate::core::snapshot::Snapshot;
 
 /// How many departed nodes the status keeps showing as "gone".
 const GONE_HISTORY: usize = 64;
@@ -62,39 +63,38 @@ impl Table {
     }
 
     /// A membership source was turned off (or `[cluster]` removed): its nodes leave.
-    pub fn drop_origin(&mut self, gw: &Arc<Gateway>, origin: Origin) {
+    pub fn drop_origin(&mut self, out: &mut Vec<Change>, origin: Origin) {
         let keys: Vec<String> = self.members.values().filter(|m| m.origin == origin).map(|m| m.key.clone()).collect();
         for k in keys {
             if let Some(m) = self.members.remove(&k) {
-                self.leave(gw, m, "membership source turned off");
+                self.leave(out, m, "membership source turned off");
             }
         }
     }
 
     /// Note nodes that passed a health check since they joined (status: "joining" until then).
-    pub fn note_up(&mut self, gw: &Arc<Gateway>) {
-        let snap = gw.snapshot.load();
+    pub fn note_up(&mut self, snap: &Snapshot) {
         for m in self.members.values_mut().filter(|m| !m.up_seen) {
             m.up_seen = snap.node(&m.name).is_some_and(|b| b.health.is_up());
         }
     }
     /// A ready / heartbeat / remove message.
-    pub fn on_message(&mut self, gw: &Arc<Gateway>, kind: Kind, c: Candidate, now: Instant) {
+    pub fn on_message(&mut self, out: &mut Vec<Change>, kind: Kind, c: Candidate, now: Instant) {
         if kind == Kind::Remove {
             if let Some(m) = self.members.remove(&c.key) {
-                self.leave(gw, m, "remove");
+                self.leave(out, m, "remove");
                 self.remember_left(c.key);
             }
             return;
         }
         self.left.remove(&c.key);
-        self.join_or_update(gw, c, Origin::Plugin, true, now);
+        self.join_or_update(out, c, Origin::Plugin, true, now);
     }
 
     /// The full `cluster:discovery` set (already parsed; bad members dropped). `may_remove` is
     /// false right after a (re)connection, when Redis may have lost its data and nodes have not
     /// re-registered yet.
-    pub fn on_discovery(&mut self, gw: &Arc<Gateway>, set: Vec<Candidate>, may_remove: bool, now: Instant) {
+    pub fn on_discovery(&mut self, out: &mut Vec<Change>, set: Vec<Candidate>, may_remove: bool, now: Instant) {
         let keys: HashSet<String> = set.iter().map(|c| c.key.clone()).collect();
         // Forget departures whose member is gone too: keeps `left` bounded.
         self.left.retain(|k| keys.contains(k));
@@ -105,7 +105,7 @@ impl Table {
             match self.members.get(&c.key) {
                 // Heartbeating nodes are governed by their messages.
                 Some(m) if m.heartbeats => {}
-                _ => self.join_or_update(gw, c, Origin::Plugin, false, now),
+                _ => self.join_or_update(out, c, Origin::Plugin, false, now),
             }
         }
         if may_remove {
@@ -117,17 +117,17 @@ impl Table {
                 .collect();
             for k in stale {
                 if let Some(m) = self.members.remove(&k) {
-                    self.leave(gw, m, "discovery member removed");
+                    self.leave(out, m, "discovery member removed");
                 }
             }
         }
     }
 
     /// Every live Kuzzle 2 ID card (parsed); a card absent from `cards` has expired.
-    pub fn on_cards(&mut self, gw: &Arc<Gateway>, cards: Vec<Candidate>, may_remove: bool, now: Instant) {
+    pub fn on_cards(&mut self, out: &mut Vec<Change>, cards: Vec<Candidate>, may_remove: bool, now: Instant) {
         let keys: HashSet<String> = cards.iter().map(|c| c.key.clone()).collect();
         for c in cards {
-            self.join_or_update(gw, c, Origin::Kuzzle2, false, now);
+            self.join_or_update(out, c, Origin::Kuzzle2, false, now);
         }
         if may_remove {
             let stale: Vec<String> = self
@@ -138,7 +138,7 @@ impl Table {
                 .collect();
             for k in stale {
                 if let Some(m) = self.members.remove(&k) {
-                    self.leave(gw, m, "ID card expired");
+                    self.leave(out, m, "ID card expired");
                 }
             }
         }
@@ -146,7 +146,7 @@ impl Table {
 
     /// Drop heartbeating nodes silent for `timeout`. `since` is when the subscription last
     /// became healthy: silence while Redis was unreachable is not the node's fault.
-    pub fn expire(&mut self, gw: &Arc<Gateway>, timeout: Duration, since: Instant, now: Instant) {
+    pub fn expire(&mut self, out: &mut Vec<Change>, timeout: Duration, since: Instant, now: Instant) {
         let dead: Vec<String> = self
             .members
             .values()
@@ -160,12 +160,12 @@ impl Table {
         for k in dead {
             if let Some(m) = self.members.remove(&k) {
                 self.remember_left(k);
-                self.leave(gw, m, "heartbeat timeout");
+                self.leave(out, m, "heartbeat timeout");
             }
         }
     }
 
-    fn join_or_update(&mut self, gw: &Arc<Gateway>, c: Candidate, origin: Origin, message: bool, now: Instant) {
+    fn join_or_update(&mut self, out: &mut Vec<Change>, c: Candidate, origin: Origin, message: bool, now: Instant) {
         // One name, one member: a node that restarts with a new identity but the same name
         // replaces its old record (the registry keeps the name's counters).
         let clash: Vec<String> =
@@ -184,29 +184,22 @@ impl Table {
                 let became_ready = ready_now && !m.ready;
                 let renamed = m.name != c.name;
                 if renamed {
-                    gw.remove_dynamic(&m.name);
+                    out.push(Change::Remove(m.name.clone()));
                 }
                 if renamed || m.addr != c.addr || became_ready {
                     m.name = c.name.clone();
                     m.addr = c.addr;
                     m.ready = m.ready || ready_now;
-                    gw.upsert_dynamic(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: m.ready });
+                    out.push(Change::Upsert(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: m.ready }));
                 }
-                if became_ready {
-                    // The node's own word counts as a passing check: it may take traffic now
-                    // (the checker still takes it out if it fails).
-                    if let Some(b) = gw.snapshot.load().node(&c.name) {
-                        if !b.health.is_up() {
-                            b.health.set_up(true);
-                        }
-                    }
-                }
+                // A node that says it became ready counts as passing a check (the registry marks it
+                // UP; the checker still takes it out if it fails).
             }
             None => {
                 tracing::info!(node = %c.name, addr = %c.addr, ?origin, ready = ready_now, "cluster: node joined");
                 self.metrics.joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.gone.retain(|g| g.name != c.name);
-                gw.upsert_dynamic(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: ready_now });
+                out.push(Change::Upsert(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: ready_now }));
                 self.members.insert(
                     c.key.clone(),
                     Member {
@@ -234,10 +227,10 @@ impl Table {
         self.left.insert(key);
     }
 
-    fn leave(&mut self, gw: &Arc<Gateway>, m: Member, reason: &'static str) {
+    fn leave(&mut self, out: &mut Vec<Change>, m: Member, reason: &'static str) {
         tracing::info!(node = %m.name, addr = %m.addr, reason, "cluster: node left (draining)");
         self.metrics.leaves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        gw.remove_dynamic(&m.name);
+        out.push(Change::Remove(m.name.clone()));
         self.gone.retain(|g| g.name != m.name);
         self.gone.push_back(Gone {
             name: m.name,
@@ -255,33 +248,61 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::Membership;
+    use crate::core::backend::Membership;
     use crate::config::Config;
+    use crate::core::registry::Registry;
 
     fn cand(key: &str, name: &str, port: u16, ready: Option<bool>) -> Candidate {
         Candidate { key: key.into(), name: name.into(), addr: ([127, 0, 0, 1], port).into(), ready }
     }
 
-    fn setup() -> (Arc<Gateway>, Table) {
-        let gw = Gateway::new(Config::default());
-        gw.apply_config(Config::default());
-        (gw, Table::new(Arc::default()))
+    /// The table's changes applied to a registry, as the membership task does (no gateway).
+    struct Net {
+        reg: Registry,
+        snap: Snapshot,
+        out: Vec<Change>,
     }
 
-    fn eligible(gw: &Gateway, name: &str) -> Option<bool> {
-        gw.snapshot.load().node(name).map(|b| b.eligible())
+    impl Net {
+        fn flush(&mut self) {
+            if let Some(s) = self.reg.apply(self.out.drain(..), 0).snapshot {
+                self.snap = s;
+            }
+        }
+    }
+
+    fn setup() -> (Net, Table) {
+        let mut reg = Registry::new(Arc::new(Config::default()));
+        let snap = reg.apply([], 0).snapshot.expect("first snapshot");
+        (Net { reg, snap, out: Vec::new() }, Table::new(Arc::default()))
+    }
+
+    fn eligible(n: &Net, name: &str) -> Option<bool> {
+        n.snap.node(name).map(|b| b.eligible())
+    }
+
+    fn dynamic_names(n: &Net, origin: Origin) -> Vec<String> {
+        n.snap
+            .nodes
+            .iter()
+            .filter(|b| b.origin == origin && b.membership() == Membership::Active)
+            .map(|b| b.name.clone())
+            .collect()
     }
 
     #[test]
     fn ready_joins_at_once_heartbeat_waits_and_remove_drains() {
-        let (gw, mut t) = setup();
+        let (mut net, mut t) = setup();
         let now = Instant::now();
-        t.on_message(&gw, Kind::Heartbeat, cand("p1", "a", 1, Some(false)), now);
-        assert_eq!(eligible(&gw, "a"), Some(false), "not ready: waits for a health check");
-        t.on_message(&gw, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
-        assert_eq!(eligible(&gw, "a"), Some(true), "ready flag lets it in");
-        t.on_message(&gw, Kind::Remove, cand("p1", "a", 1, None), now);
-        assert_eq!(gw.snapshot.load().node("a").map(|b| b.membership()), Some(Membership::Draining));
+        t.on_message(&mut net.out, Kind::Heartbeat, cand("p1", "a", 1, Some(false)), now);
+        net.flush();
+        assert_eq!(eligible(&net, "a"), Some(false), "not ready: waits for a health check");
+        t.on_message(&mut net.out, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
+        net.flush();
+        assert_eq!(eligible(&net, "a"), Some(true), "ready flag lets it in");
+        t.on_message(&mut net.out, Kind::Remove, cand("p1", "a", 1, None), now);
+        net.flush();
+        assert_eq!(net.snap.node("a").map(|b| b.membership()), Some(Membership::Draining));
         assert_eq!(t.gone.back().map(|g| g.reason), Some("remove"));
         assert_eq!(t.metrics.joins.load(std::sync::atomic::Ordering::Relaxed), 1);
         assert_eq!(t.metrics.leaves.load(std::sync::atomic::Ordering::Relaxed), 1);
@@ -289,53 +310,67 @@ mod tests {
 
     #[test]
     fn heartbeat_timeout_counts_from_the_last_healthy_subscription() {
-        let (gw, mut t) = setup();
+        let (mut net, mut t) = setup();
         let t0 = Instant::now();
-        t.on_message(&gw, Kind::Ready, cand("p1", "a", 1, Some(true)), t0);
+        t.on_message(&mut net.out, Kind::Ready, cand("p1", "a", 1, Some(true)), t0);
+        net.flush();
         let timeout = Duration::from_secs(10);
         // Redis was down and came back at t0+9s: the node gets a full timeout from there.
-        t.expire(&gw, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(15));
-        assert_eq!(eligible(&gw, "a"), Some(true));
-        t.expire(&gw, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(19));
-        assert_eq!(eligible(&gw, "a"), Some(false));
+        t.expire(&mut net.out, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(15));
+        net.flush();
+        assert_eq!(eligible(&net, "a"), Some(true));
+        t.expire(&mut net.out, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(19));
+        net.flush();
+        assert_eq!(eligible(&net, "a"), Some(false));
         // Its stale discovery member is not a rejoin; a new message is.
-        t.on_discovery(&gw, vec![cand("p1", "a", 1, None)], true, t0 + Duration::from_secs(20));
+        t.on_discovery(&mut net.out, vec![cand("p1", "a", 1, None)], true, t0 + Duration::from_secs(20));
+        net.flush();
         assert!(!t.members.contains_key("p1"));
-        t.on_message(&gw, Kind::Heartbeat, cand("p1", "a", 1, Some(true)), t0 + Duration::from_secs(21));
-        assert_eq!(eligible(&gw, "a"), Some(true));
+        t.on_message(&mut net.out, Kind::Heartbeat, cand("p1", "a", 1, Some(true)), t0 + Duration::from_secs(21));
+        net.flush();
+        assert_eq!(eligible(&net, "a"), Some(true));
     }
 
     #[test]
     fn discovery_and_cards_leave_only_outside_the_grace() {
-        let (gw, mut t) = setup();
+        let (mut net, mut t) = setup();
         let now = Instant::now();
-        t.on_discovery(&gw, vec![cand("tcp://10.0.0.5:7511", "10_0_0_5", 7512, None)], true, now);
-        t.on_cards(&gw, vec![cand("{cluster/node}/k1", "k1", 2, None)], true, now);
-        assert_eq!(gw.dynamic_names(Origin::Plugin), vec!["10_0_0_5".to_string()]);
-        assert_eq!(gw.dynamic_names(Origin::Kuzzle2), vec!["k1".to_string()]);
+        t.on_discovery(&mut net.out, vec![cand("tcp://10.0.0.5:7511", "10_0_0_5", 7512, None)], true, now);
+        net.flush();
+        t.on_cards(&mut net.out, vec![cand("{cluster/node}/k1", "k1", 2, None)], true, now);
+        net.flush();
+        assert_eq!(dynamic_names(&net, Origin::Plugin), vec!["10_0_0_5".to_string()]);
+        assert_eq!(dynamic_names(&net, Origin::Kuzzle2), vec!["k1".to_string()]);
         // Empty Redis right after a reconnection: nobody leaves yet.
-        t.on_discovery(&gw, vec![], false, now);
-        t.on_cards(&gw, vec![], false, now);
+        t.on_discovery(&mut net.out, vec![], false, now);
+        net.flush();
+        t.on_cards(&mut net.out, vec![], false, now);
+        net.flush();
         assert_eq!(t.members.len(), 2);
-        t.on_discovery(&gw, vec![], true, now);
-        t.on_cards(&gw, vec![], true, now);
+        t.on_discovery(&mut net.out, vec![], true, now);
+        net.flush();
+        t.on_cards(&mut net.out, vec![], true, now);
+        net.flush();
         assert!(t.members.is_empty());
-        assert!(gw.dynamic_names(Origin::Plugin).is_empty() && gw.dynamic_names(Origin::Kuzzle2).is_empty());
+        assert!(dynamic_names(&net, Origin::Plugin).is_empty() && dynamic_names(&net, Origin::Kuzzle2).is_empty());
     }
 
     #[test]
     fn same_name_new_identity_replaces_and_keeps_counters() {
-        let (gw, mut t) = setup();
+        let (mut net, mut t) = setup();
         let now = Instant::now();
-        t.on_message(&gw, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
-        let b1 = gw.snapshot.load().node("a").cloned().expect("a");
+        t.on_message(&mut net.out, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
+        net.flush();
+        let b1 = net.snap.node("a").cloned().expect("a");
         b1.counters.bytes_in.fetch_add(5, std::sync::atomic::Ordering::Relaxed);
-        t.on_message(&gw, Kind::Ready, cand("p2", "a", 2, Some(true)), now);
+        t.on_message(&mut net.out, Kind::Ready, cand("p2", "a", 2, Some(true)), now);
+        net.flush();
         assert_eq!(t.members.len(), 1);
-        let b2 = gw.snapshot.load().node("a").cloned().expect("a");
+        let b2 = net.snap.node("a").cloned().expect("a");
         assert_eq!(b2.addr.port(), 2);
         assert_eq!(b2.counters.bytes_in.load(std::sync::atomic::Ordering::Relaxed), 5);
-        t.drop_origin(&gw, Origin::Plugin);
-        assert!(gw.dynamic_names(Origin::Plugin).is_empty());
+        t.drop_origin(&mut net.out, Origin::Plugin);
+        net.flush();
+        assert!(dynamic_names(&net, Origin::Plugin).is_empty());
     }
 }

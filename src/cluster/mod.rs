@@ -2,27 +2,29 @@
 //! `cluster:discovery` set, Kuzzle 2 ID cards), plus the ops listener's cluster status and reset.
 //!
 //! One background task per gateway owns the Redis connections and the membership [`Table`]; it
-//! only talks to the data plane through the registry (`upsert_dynamic` / `remove_dynamic`), so
-//! Redis being slow or down never touches a client request.
+//! only talks to the data plane through the core's change sink ([`Core::apply`], one batch per
+//! event or poll), so Redis being slow or down never touches a client request. Settings come
+//! from the settings watch.
 
 pub mod conn;
 pub mod membership;
 pub mod message;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use self::conn::{CallError, Commands, Subscription, Target};
 use self::membership::Table;
 use self::message::{Reject, Rules, DISCOVERY_KEY, K2_INDEX_KEY, ROOM_HEARTBEAT, ROOM_READY, ROOM_REMOVE};
-use crate::backend::{Membership, Origin};
-use crate::config::ClusterSection;
-use crate::state::Gateway;
+use crate::config::{ClusterSection, Config};
+use crate::core::backend::{Membership, Origin};
+use crate::core::registry::Change;
+use crate::core::{Core, Lifecycle};
 use crate::util::epoch_ms;
 
 /// Prefix of Kuzzle 2 ID card keys (and their hash tag).
@@ -93,7 +95,8 @@ impl ClusterMetrics {
     }
 }
 
-/// Per-gateway membership state, shared by the membership task and the ops handlers.
+/// Per-gateway membership state, shared by the membership task and the ops handlers (status,
+/// reset, metrics).
 pub struct ClusterState {
     pub metrics: Arc<ClusterMetrics>,
     table: Mutex<Table>,
@@ -142,30 +145,41 @@ impl ClusterState {
     }
 }
 
-/// Gateways of this process and their membership state (tests run several gateways at once).
-static STATES: Mutex<Vec<(Weak<Gateway>, Arc<ClusterState>)>> = Mutex::new(Vec::new());
-
-fn state_of(gw: &Arc<Gateway>) -> Option<Arc<ClusterState>> {
-    crate::util::lock(&STATES).iter().find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(gw))).map(|(_, s)| s.clone())
+/// What the membership task works with: the core's change sink, the settings watch, the stop token.
+struct Ctx {
+    core: Arc<Core>,
+    settings: watch::Receiver<Arc<Config>>,
+    stop: tokio_util::sync::CancellationToken,
+    st: Arc<ClusterState>,
 }
 
-/// This gateway's membership counters, once `start` ran.
-pub fn metrics(gw: &Arc<Gateway>) -> Option<Arc<ClusterMetrics>> {
-    state_of(gw).map(|s| s.metrics.clone())
-}
-
-/// Start the membership task (it idles while no `[cluster]` is configured and follows reloads).
-pub fn start(gw: &Arc<Gateway>) {
-    if state_of(gw).is_some() {
-        return;
+impl Ctx {
+    fn cluster(&self) -> Option<ClusterSection> {
+        self.settings.borrow().cluster.clone()
     }
+
+    /// Apply the changes one membership step produced, with one swap.
+    fn apply(&self, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            self.core.apply(changes);
+        }
+    }
+
+    /// Run `f` on the table and apply what it produced.
+    fn with_table(&self, f: impl FnOnce(&mut Table, &mut Vec<Change>)) {
+        let mut out = Vec::new();
+        f(&mut crate::util::lock(&self.st.table), &mut out);
+        self.apply(out);
+    }
+}
+
+/// Start the membership task (it idles while no `[cluster]` is configured and follows reloads
+/// through the settings watch); returns the state the ops handlers read.
+pub fn start(core: Arc<Core>, settings: watch::Receiver<Arc<Config>>, life: &Lifecycle) -> Arc<ClusterState> {
     let st = Arc::new(ClusterState::new());
-    {
-        let mut all = crate::util::lock(&STATES);
-        all.retain(|(w, _)| w.strong_count() > 0);
-        all.push((Arc::downgrade(gw), st.clone()));
-    }
-    gw.background.spawn(run(gw.clone(), st));
+    let ctx = Ctx { core, settings, stop: life.shutdown.clone(), st: st.clone() };
+    life.background.spawn(run(ctx));
+    st
 }
 
 /// Why a session ended.
@@ -178,20 +192,21 @@ enum End {
 }
 
 /// The membership task: connect, follow, reconnect with backoff, until shutdown.
-async fn run(gw: Arc<Gateway>, st: Arc<ClusterState>) {
+async fn run(mut ctx: Ctx) {
+    let st = ctx.st.clone();
     let mut backoff = BACKOFF_MIN;
     let mut previous: Option<ClusterSection> = None;
     loop {
-        let current = gw.config().cluster.clone();
+        let current = ctx.cluster();
         if current != previous {
-            apply_sources(&gw, &st, current.as_ref());
+            apply_sources(&ctx, current.as_ref());
             previous = current.clone();
             backoff = BACKOFF_MIN;
         }
         let target = current.as_ref().and_then(Target::from_config);
         let (Some(c), Some(target)) = (current, target) else {
             // Nothing to follow: wait for a reload that adds [cluster].
-            if wait(&gw, Duration::from_secs(1), &previous).await {
+            if wait(&mut ctx, None, &previous).await {
                 return;
             }
             continue;
@@ -203,7 +218,7 @@ async fn run(gw: Arc<Gateway>, st: Arc<ClusterState>) {
                     l.target = Some(target.clone());
                     l.commands = Some(cmds.clone());
                 }
-                session(&gw, &st, &c, &target, &cmds, &mut backoff).await
+                session(&mut ctx, &c, &target, &cmds, &mut backoff).await
             }
             Err(e) => End::Lost(e),
         };
@@ -218,7 +233,7 @@ async fn run(gw: Arc<Gateway>, st: Arc<ClusterState>) {
                 // Full jitter around the exponential step, so many gateways do not reconnect in step.
                 let delay = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                if wait(&gw, delay, &previous).await {
+                if wait(&mut ctx, Some(delay), &previous).await {
                     return;
                 }
             }
@@ -226,44 +241,55 @@ async fn run(gw: Arc<Gateway>, st: Arc<ClusterState>) {
     }
 }
 
-/// Sleep `d`, or less if `[cluster]` changes; true on shutdown.
-async fn wait(gw: &Arc<Gateway>, d: Duration, current: &Option<ClusterSection>) -> bool {
-    let deadline = Instant::now() + d;
-    while Instant::now() < deadline {
-        let step = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(250));
-        tokio::select! {
-            _ = gw.shutdown.cancelled() => return true,
-            _ = tokio::time::sleep(step) => {}
+/// Sleep `d` (forever with None), or less if `[cluster]` changes; true on shutdown.
+async fn wait(ctx: &mut Ctx, d: Option<Duration>, current: &Option<ClusterSection>) -> bool {
+    let sleep = async {
+        match d {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
         }
-        if gw.config().cluster != *current {
-            return false;
+    };
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return true,
+            _ = &mut sleep => return false,
+            r = ctx.settings.changed() => {
+                if r.is_err() {
+                    // The reload task is gone: the gateway is stopping.
+                    return true;
+                }
+                if ctx.cluster() != *current {
+                    return false;
+                }
+            }
         }
     }
-    gw.shutdown.is_cancelled()
 }
 
 /// Nodes of sources the configuration no longer enables leave.
-fn apply_sources(gw: &Arc<Gateway>, st: &ClusterState, c: Option<&ClusterSection>) {
-    let mut t = crate::util::lock(&st.table);
+fn apply_sources(ctx: &Ctx, c: Option<&ClusterSection>) {
     let plugin = c.is_some_and(|c| c.pubsub || c.discovery);
     let k2 = c.is_some_and(|c| c.kuzzle2);
-    if !plugin {
-        t.drop_origin(gw, Origin::Plugin);
-    }
-    if !k2 {
-        t.drop_origin(gw, Origin::Kuzzle2);
-    }
+    ctx.with_table(|t, out| {
+        if !plugin {
+            t.drop_origin(out, Origin::Plugin);
+        }
+        if !k2 {
+            t.drop_origin(out, Origin::Kuzzle2);
+        }
+    });
 }
 
 /// One connected period: subscribe, read the sets, follow messages, expire silent nodes.
 async fn session(
-    gw: &Arc<Gateway>,
-    st: &Arc<ClusterState>,
+    ctx: &mut Ctx,
     c: &ClusterSection,
     target: &Target,
     cmds: &Commands,
     backoff: &mut Duration,
 ) -> End {
+    let st = ctx.st.clone();
     let rules = Rules { node_port: c.node_port, allowed: c.allowed_networks.clone() };
     // Bounded: a flood of messages costs dropped messages, not memory. A lost disconnection
     // notice is covered by the ping.
@@ -291,7 +317,7 @@ async fn session(
     // Right after a (re)connection Redis may have lost its data (restart without persistence)
     // while nodes have not re-registered yet: absence only counts as a leave after a grace.
     let grace_until = since + c.heartbeat_timeout.0;
-    if let Err(e) = poll(gw, st, c, cmds, &rules, false).await {
+    if let Err(e) = poll(ctx, c, cmds, &rules, false).await {
         return End::Lost(e);
     }
     *backoff = BACKOFF_MIN;
@@ -317,21 +343,26 @@ async fn session(
     let mut poll_failures = 0u32;
     loop {
         tokio::select! {
-            _ = gw.shutdown.cancelled() => return End::Shutdown,
+            _ = ctx.stop.cancelled() => return End::Shutdown,
+            r = ctx.settings.changed() => {
+                if r.is_err() {
+                    return End::Shutdown;
+                }
+                if ctx.cluster().as_ref() != Some(c) {
+                    return End::Reconfigured;
+                }
+            }
             p = rx.recv(), if sub.is_some() => match p {
                 None => return End::Lost(CallError::Topology("subscription closed".into())),
                 Some(p) => {
                     if p.kind == PushKind::Disconnection {
                         return End::Lost(CallError::Topology("subscription connection lost".into()));
                     }
-                    on_push(gw, st, &rules, p);
+                    on_push(ctx, &rules, p);
                 }
             },
             _ = poll_tick.tick() => {
-                if gw.config().cluster.as_ref() != Some(c) {
-                    return End::Reconfigured;
-                }
-                match poll(gw, st, c, cmds, &rules, Instant::now() >= grace_until).await {
+                match poll(ctx, c, cmds, &rules, Instant::now() >= grace_until).await {
                     Ok(()) => poll_failures = 0,
                     Err(e) => {
                         st.error(&e);
@@ -344,11 +375,14 @@ async fn session(
                 }
             }
             _ = expiry.tick() => {
-                let mut t = crate::util::lock(&st.table);
-                if sub.is_some() {
-                    t.expire(gw, c.heartbeat_timeout.0, since, Instant::now());
-                }
-                t.note_up(gw);
+                let subscribed = sub.is_some();
+                let snap = ctx.core.snapshot();
+                ctx.with_table(|t, out| {
+                    if subscribed {
+                        t.expire(out, c.heartbeat_timeout.0, since, Instant::now());
+                    }
+                    t.note_up(&snap);
+                });
             }
             _ = ping.tick(), if sub.is_some() => {
                 if let Some(s) = sub.as_mut() {
@@ -362,7 +396,8 @@ async fn session(
 }
 
 /// One push from the subscription: a membership message, or bookkeeping to ignore.
-fn on_push(gw: &Arc<Gateway>, st: &ClusterState, rules: &Rules, p: PushInfo) {
+fn on_push(ctx: &Ctx, rules: &Rules, p: PushInfo) {
+    let st = &ctx.st;
     if p.kind != PushKind::Message {
         return;
     }
@@ -373,20 +408,23 @@ fn on_push(gw: &Arc<Gateway>, st: &ClusterState, rules: &Rules, p: PushInfo) {
     };
     let chan = String::from_utf8_lossy(chan);
     match message::parse_message(&chan, payload, rules) {
-        Ok((kind, cand)) => crate::util::lock(&st.table).on_message(gw, kind, cand, Instant::now()),
+        Ok((kind, cand)) => ctx.with_table(|t, out| t.on_message(out, kind, cand, Instant::now())),
         Err(r) => st.dropped(&chan, &r),
     }
 }
 
 /// Re-read the plugin discovery set and the Kuzzle 2 ID cards (each if enabled).
 async fn poll(
-    gw: &Arc<Gateway>,
-    st: &ClusterState,
+    ctx: &Ctx,
     c: &ClusterSection,
     cmds: &Commands,
     rules: &Rules,
     may_remove: bool,
 ) -> Result<(), CallError> {
+    let st = &ctx.st;
+    // Both sources are read first, then applied as one batch: one swap per poll.
+    let mut discovered = None;
+    let mut carded = None;
     if c.discovery {
         let raw: Vec<Vec<u8>> =
             cmds.query("SMEMBERS cluster:discovery", redis::cmd("SMEMBERS").arg(DISCOVERY_KEY)).await?;
@@ -397,7 +435,7 @@ async fn poll(
                 Err(r) => st.dropped(DISCOVERY_KEY, &r),
             }
         }
-        crate::util::lock(&st.table).on_discovery(gw, set, may_remove, Instant::now());
+        discovered = Some(set);
     }
     if c.kuzzle2 {
         let index: Vec<String> =
@@ -421,8 +459,16 @@ async fn poll(
                 }
             }
         }
-        crate::util::lock(&st.table).on_cards(gw, cards, may_remove, Instant::now());
+        carded = Some(cards);
     }
+    ctx.with_table(|t, out| {
+        if let Some(set) = discovered {
+            t.on_discovery(out, set, may_remove, Instant::now());
+        }
+        if let Some(cards) = carded {
+            t.on_cards(out, cards, may_remove, Instant::now());
+        }
+    });
     st.metrics.polls.fetch_add(1, Ordering::Relaxed);
     Ok(())
 }
@@ -435,19 +481,16 @@ fn describe(t: &Target) -> String {
 }
 
 /// The gateway's view of the cluster (ops `GET /cluster/status`).
-pub async fn status(gw: &Arc<Gateway>) -> serde_json::Value {
-    let st = state_of(gw);
-    let (members, gone) = match &st {
-        Some(st) => {
-            let t = crate::util::lock(&st.table);
-            let m: std::collections::HashMap<String, membership::Member> =
-                t.members.values().map(|m| (m.name.clone(), m.clone())).collect();
-            (m, t.gone.iter().cloned().collect::<Vec<_>>())
-        }
-        None => Default::default(),
+pub async fn status(st: &ClusterState, core: &Core) -> serde_json::Value {
+    let (members, gone) = {
+        let t = crate::util::lock(&st.table);
+        let m: std::collections::HashMap<String, membership::Member> =
+            t.members.values().map(|m| (m.name.clone(), m.clone())).collect();
+        (m, t.gone.iter().cloned().collect::<Vec<_>>())
     };
-    let nodes: Vec<serde_json::Value> = gw
-        .all_nodes()
+    let snap = core.snapshot_full();
+    let nodes: Vec<serde_json::Value> = snap
+        .nodes
         .iter()
         .map(|b| {
             let m = members.get(&b.name);
@@ -480,15 +523,11 @@ pub async fn status(gw: &Arc<Gateway>) -> serde_json::Value {
     let mut out = serde_json::json!({ "nodes": nodes });
     let gone: Vec<serde_json::Value> = gone
         .into_iter()
-        .filter(|g| gw.snapshot.load().node(&g.name).is_none())
+        .filter(|g| snap.node(&g.name).is_none())
         .map(|g| serde_json::json!({"name": g.name, "address": g.address, "origin": g.origin, "state": "gone", "reason": g.reason, "at": g.at}))
         .collect();
     out["gone"] = gone.into();
-    let Some(st) = st else {
-        out["redis"] = serde_json::Value::Null;
-        return out;
-    };
-    let cfg = gw.config().cluster.clone();
+    let cfg = snap.config.cluster.clone();
     let (target, cmds, since, last_error) = {
         let l = crate::util::lock(&st.link);
         (l.target.clone(), l.commands.clone(), l.connected_since_ms, l.last_error.clone())
@@ -538,8 +577,7 @@ async fn rooms(t: &Target, cmds: &Commands) -> Result<(u64, u64), CallError> {
 
 /// Clear the real-time state in Redis (ops `POST /cluster/reset`): every `cluster*` key but
 /// `cluster:discovery` on every master, then `cluster:sync` `state:reset` to the nodes.
-pub async fn reset(gw: &Arc<Gateway>) -> Result<serde_json::Value, String> {
-    let st = state_of(gw).ok_or("no [cluster] Redis configured")?;
+pub async fn reset(st: &ClusterState) -> Result<serde_json::Value, String> {
     let (target, cmds) = {
         let l = crate::util::lock(&st.link);
         (l.target.clone(), l.commands.clone())

@@ -2,10 +2,8 @@
 //! row kinds) so that tools written for haproxy's CSV read the gateway's unchanged.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 
-use super::{check_desc, collect, NodeView, StatsView, Traffic, PXNAME};
-use crate::state::Gateway;
+use super::{check_desc, NodeView, StatsView, Traffic, PXNAME};
 
 /// haproxy 2.6's CSV columns, in order, as `haproxy 2.6.12-1+deb12u4` (Debian 12) prints them on
 /// `/hastats;csv` for an HTTP proxy: the 103 standard fields, the `-` separator, then the fields
@@ -321,9 +319,8 @@ pub fn render(v: &StatsView, rise: u32, fall: u32, stopping: bool) -> String {
 }
 
 /// `/hastats;csv`: the `# pxname,...` header, FRONTEND, one row per node, BACKEND.
-pub fn csv(gw: &Arc<Gateway>) -> String {
-    let cfg = gw.config();
-    render(&collect(gw), cfg.health.rise, cfg.health.fall, gw.shutdown.is_cancelled())
+pub fn csv(view: &StatsView, health: &crate::config::HealthSection, stopping: bool) -> String {
+    render(view, health.rise, health.fall, stopping)
 }
 
 #[cfg(test)]

@@ -2,11 +2,9 @@
 //! layout and colours (no external assets, no script), readable on a phone.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-use super::{check_desc, collect, human_duration, NodeView, StatsView, Traffic, PXNAME};
-use crate::state::Gateway;
+use super::{check_desc, human_duration, NodeView, StatsView, Traffic, PXNAME};
 
 /// What the page needs from the request that asked for it.
 #[derive(Debug, Clone, Default)]
@@ -350,9 +348,8 @@ pub fn render(v: &StatsView, opts: &HtmlOptions, client_port: u16) -> String {
 }
 
 /// `/hastats`.
-pub fn html(gw: &Arc<Gateway>, opts: &HtmlOptions) -> String {
-    let port = gw.config().gateway.listen.port();
-    render(&collect(gw), opts, port)
+pub fn html(view: &StatsView, opts: &HtmlOptions, client_port: u16) -> String {
+    render(view, opts, client_port)
 }
 
 #[cfg(test)]

@@ -10,10 +10,11 @@ use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
-use crate::backend::{AdminState, Backend, Membership};
-use crate::health::{CheckKind, HealthView};
-use crate::state::{Gateway, ReloadStatus};
-use crate::stats::{get, FrontendCounters, NodeCounters};
+use crate::core::backend::{AdminState, Backend, Membership};
+use crate::core::counters::{get, FrontendCounters, NodeCounters};
+use crate::core::health::{CheckKind, HealthView, Phase};
+use crate::core::Core;
+use crate::reload::{ReloadStats, ReloadStatus};
 
 pub use csv::{csv, HAPROXY_CSV_FIELDS};
 pub use html::{html, HtmlOptions};
@@ -93,7 +94,7 @@ pub struct Traffic {
 pub struct NodeView {
     pub name: String,
     pub address: String,
-    pub origin: crate::backend::Origin,
+    pub origin: crate::core::backend::Origin,
     /// haproxy's status text: UP, DOWN, "UP 1/3", "DOWN 1/2", DRAIN, MAINT, "no check".
     pub status: String,
     /// Colour class of the row (haproxy's palette).
@@ -173,20 +174,11 @@ pub fn node_status(h: &HealthView, admin: AdminState, membership: Membership) ->
             return ("DRAIN".into(), StatusClass::Drain);
         }
     }
-    let class = if s == "UP" {
-        StatusClass::Up
-    } else if s.starts_with("UP") {
-        StatusClass::GoingDown
-    } else if s == "DOWN" {
-        StatusClass::Down
-    } else if s.starts_with("DOWN") {
-        StatusClass::GoingUp
-    } else if s == "no check" {
-        StatusClass::NoCheck
-    } else if h.up {
-        StatusClass::Up
-    } else {
-        StatusClass::Down
+    let class = match h.phase {
+        Phase::Up => StatusClass::Up,
+        Phase::GoingDown => StatusClass::GoingDown,
+        Phase::Down => StatusClass::Down,
+        Phase::GoingUp => StatusClass::GoingUp,
     };
     (s.to_string(), class)
 }
@@ -335,11 +327,11 @@ fn backend_view(nodes: &[NodeView]) -> BackendView {
 }
 
 /// Read the gateway once into a [`StatsView`].
-pub fn collect(gw: &Gateway) -> StatsView {
-    let snap = gw.snapshot.load();
+pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
+    let snap = core.snapshot();
     let cfg = &snap.config;
     let now = crate::util::epoch_secs();
-    let started = gw.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let started = core.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started)).collect();
     let backend = backend_view(&nodes);
     let max_conn = cfg.gateway.max_connections as u64;
@@ -355,22 +347,22 @@ pub fn collect(gw: &Gateway) -> StatsView {
             client_listen: cfg.gateway.listen.to_string(),
             tls_listen: cfg.tls.as_ref().map(|t| t.listen.to_string()),
             max_connections: max_conn,
-            reloads_ok: gw.reloads_ok.load(Ordering::Relaxed),
-            reloads_failed: gw.reloads_failed.load(Ordering::Relaxed),
-            last_reload: gw.last_reload(),
+            reloads_ok: reloads.ok.load(Ordering::Relaxed),
+            reloads_failed: reloads.failed.load(Ordering::Relaxed),
+            last_reload: reloads.last(),
             generation: snap.generation,
             nodes_total: nodes.len(),
             nodes_eligible: nodes.iter().filter(|n| n.eligible).count(),
         },
-        frontend: frontend_traffic(&gw.frontend, max_conn),
+        frontend: frontend_traffic(&core.frontend, max_conn),
         nodes,
         backend,
     }
 }
 
 /// `/hastats;json`: the same view as the page, as one JSON document.
-pub fn json(gw: &Arc<Gateway>) -> String {
-    serde_json::to_string(&collect(gw)).unwrap_or_else(|e| format!("{{\"error\":\"stats: {e}\"}}"))
+pub fn json(view: &StatsView) -> String {
+    serde_json::to_string(view).unwrap_or_else(|e| format!("{{\"error\":\"stats: {e}\"}}"))
 }
 
 /// `1d2h`, `3m4s`, `5s`: haproxy's compact durations.
@@ -394,6 +386,12 @@ mod tests {
     fn hv(status: &str, up: bool) -> HealthView {
         HealthView {
             up,
+            phase: match status {
+                "UP" => Phase::Up,
+                "DOWN" => Phase::Down,
+                s if s.starts_with("UP") => Phase::GoingDown,
+                _ => Phase::GoingUp,
+            },
             status: status.into(),
             last_check: None,
             last_change: 0,
@@ -412,7 +410,6 @@ mod tests {
             ("UP 1/3", true, Ready, Active, "UP 1/3", StatusClass::GoingDown),
             ("DOWN 1/2", false, Ready, Active, "DOWN 1/2", StatusClass::GoingUp),
             ("DOWN", false, Ready, Active, "DOWN", StatusClass::Down),
-            ("no check", true, Ready, Active, "no check", StatusClass::NoCheck),
             ("UP", true, Drain, Active, "DRAIN", StatusClass::Drain),
             ("UP 1/3", true, Drain, Active, "DRAIN 1/3", StatusClass::Drain),
             ("UP", true, Ready, Draining, "DRAIN", StatusClass::Drain),

@@ -1,4 +1,4 @@
-//! Data plane: body wrappers that count bytes, bound a node's silence mid-body, and hand a node
+//! Core: body wrappers that count bytes, bound a node's silence mid-body, and hand a node
 //! connection back to its pool when a response ends.
 
 use std::future::Future;
@@ -12,8 +12,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::backend::{ActiveGuard, Sender};
-use crate::stats::{FrontendCounters, NodeCounters};
+use super::backend::{ActiveGuard, Sender};
+use super::counters::{FrontendCounters, NodeCounters};
 
 /// Which direction a body's bytes count in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! Data plane: one Kuzzle node as the proxy sees it: address, live state (atomics), counters, connection pool.
+//! Core: one Kuzzle node as the proxy sees it: address, live state (atomics), counters, connection pool.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -15,9 +15,10 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::Counted;
-use crate::health::HealthState;
-use crate::stats::NodeCounters;
+use super::body::Counted;
+use super::counters::NodeCounters;
+use super::health::HealthState;
+use crate::config::HealthSection;
 
 /// Body sent to a node: the client's streamed body, or one held in memory (health checks, small
 /// bodies kept so that their request can be re-sent, re-sent GETs).
@@ -205,6 +206,21 @@ impl Backend {
             }
         }
         self.connect(connect_timeout).await.map(|s| (s, false))
+    }
+
+    /// Real traffic failed on this node (connect refused, reset, timeout). Lock-free: the node's
+    /// checker applies it (it can mark the node DOWN before the next active check) unless
+    /// `[health] passive` is off.
+    pub fn passive_failure(&self, health: &HealthSection) {
+        if health.passive {
+            self.health.note_passive_failure();
+        }
+    }
+
+    /// Real traffic succeeded on this node.
+    #[inline]
+    pub fn passive_success(&self) {
+        self.health.note_passive_success();
     }
 
     /// Idle pooled connections right now (stats, tests).

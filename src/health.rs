@@ -1,4 +1,4 @@
-//! Control plane: the health-check I/O: one checker task per node (HTTP probe, passive failures,
+//! Health: the health-check I/O: one checker task per node (HTTP probe, passive failures,
 //! scheduling) and what a transition does (close tunnels, drop pooled connections).
 
 use std::future::Future;
@@ -11,56 +11,68 @@ use http_body_util::{Either, Full};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::machine::{Timing, Transition};
-use super::{CheckKind, CheckResult, HealthState};
-use crate::backend::{Backend, ConnectError};
-use crate::config::OnMarkedDown;
-use crate::state::Gateway;
+use tokio::sync::watch;
+
+use crate::config::{Config, OnMarkedDown};
+use crate::core::backend::{Backend, ConnectError};
+use crate::core::health::{CheckKind, CheckResult, HealthState};
+use crate::core::machine::{Timing, Transition};
+use crate::core::Lifecycle;
 use crate::util::epoch_secs as now_epoch;
 
 /// A re-check triggered by passive failures waits at least this long after the previous check
 /// started, so a stream of failing requests cannot turn into a stream of checks.
 pub const MIN_RECHECK_GAP: Duration = Duration::from_millis(50);
 
-/// The backend hook: start `b`'s checker on the gateway's background tracker. It stops when the
-/// node leaves for good (`b.tasks`) or the gateway shuts down.
-pub fn spawn_checker(gw: &Arc<Gateway>, b: &Arc<Backend>) {
-    // No runtime (pure unit tests of the registry): nothing to run the checker on.
-    if tokio::runtime::Handle::try_current().is_err() {
-        return;
+/// Starts one checker per node. Settings come from the settings watch, read before every round so
+/// reloads apply; checkers stop when their node leaves for good (`b.tasks`) or at shutdown.
+#[derive(Clone)]
+pub struct Checkers {
+    pub settings: watch::Receiver<Arc<Config>>,
+    pub life: Lifecycle,
+}
+
+impl Checkers {
+    /// Start `b`'s checker on the background tracker.
+    pub fn spawn(&self, b: &Arc<Backend>) {
+        // No runtime (pure unit tests of the registry): nothing to run the checker on.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let settings = self.settings.clone();
+        let b = b.clone();
+        let stop = CancellationToken::new();
+        let (s1, s2, s3) = (stop.clone(), self.life.shutdown.clone(), b.tasks.clone());
+        self.life.background.spawn(async move {
+            // Either token ends the checker.
+            let watch = async move {
+                tokio::select! {
+                    _ = s2.cancelled() => {}
+                    _ = s3.cancelled() => {}
+                }
+                s1.cancel();
+            };
+            let health = || settings.borrow().health.clone();
+            let timing = || Timing::from_config(&health());
+            let probe = || {
+                let h = health();
+                let b = b.clone();
+                async move { http_check(&b, &h.path, h.timeout.0).await }
+            };
+            let on_change = |t: Transition, why: &str| on_transition(health().on_marked_down, &b, t, why);
+            let passive_on = || health().passive;
+            tokio::join!(watch, run(&b.health, timing, probe, passive_on, stop.clone(), on_change));
+        });
     }
-    let gw = gw.clone();
-    let b = b.clone();
-    let stop = CancellationToken::new();
-    let (s1, s2, s3) = (stop.clone(), gw.shutdown.clone(), b.tasks.clone());
-    gw.clone().background.spawn(async move {
-        // Either token ends the checker.
-        let watch = async move {
-            tokio::select! {
-                _ = s2.cancelled() => {}
-                _ = s3.cancelled() => {}
-            }
-            s1.cancel();
-        };
-        let settings = || Timing::from_config(&gw.snapshot.load().config.health);
-        let probe = || {
-            let cfg = gw.snapshot.load().config.clone();
-            let b = b.clone();
-            async move { http_check(&b, &cfg.health.path, cfg.health.timeout.0).await }
-        };
-        let on_change = |t: Transition, why: &str| on_transition(&gw, &b, t, why);
-        let passive_on = || gw.snapshot.load().config.health.passive;
-        tokio::join!(watch, run(&b.health, settings, probe, passive_on, stop.clone(), on_change));
-    });
 }
 
 /// What a transition does outside the state machine.
-fn on_transition(gw: &Gateway, b: &Backend, t: Transition, why: &str) {
+fn on_transition(on_marked_down: OnMarkedDown, b: &Backend, t: Transition, why: &str) {
     match t {
         Transition::None => {}
         Transition::Up => tracing::info!(node = %b.name, addr = %b.addr, why, "node is UP"),
         Transition::Down => {
-            let keep = gw.snapshot.load().config.health.on_marked_down == OnMarkedDown::Keep;
+            let keep = on_marked_down == OnMarkedDown::Keep;
             tracing::warn!(node = %b.name, addr = %b.addr, why, close_tunnels = !keep, "node is DOWN");
             // Pooled connections to a node that stopped answering are likely dead too.
             b.clear_pool();
@@ -176,6 +188,17 @@ pub async fn http_check(b: &Backend, path: &str, timeout: Duration) -> CheckResu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wait (bounded: 10 000 steps of 1 ms, paused or real time) until `f` holds.
+    async fn wait_until(f: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("condition not reached within 10 000 steps");
+    }
     use std::sync::Mutex;
 
     fn res(ok: bool) -> CheckResult {
@@ -277,10 +300,10 @@ mod tests {
         for _ in 0..3 {
             state.note_passive_failure();
         }
-        crate::health::tests::wait_until(|| !state.is_up()).await;
+        wait_until(|| !state.is_up()).await;
         let at = t0.elapsed();
         assert!(at < Duration::from_secs(2), "passive failures marked DOWN at {at:?}, not at the next check");
-        crate::health::tests::wait_until(|| checks.lock().expect("checks").len() >= 2).await;
+        wait_until(|| checks.lock().expect("checks").len() >= 2).await;
         assert!(
             checks.lock().expect("checks")[1] < Duration::from_secs(2),
             "passive failures bring the next check forward"
@@ -335,8 +358,8 @@ mod tests {
                 held.push(s);
             }
         });
-        let counters = Arc::new(crate::stats::NodeCounters::default());
-        (Backend::new("n".into(), addr, crate::backend::Origin::Static, counters, true), task)
+        let counters = Arc::new(crate::core::counters::NodeCounters::default());
+        (Backend::new("n".into(), addr, crate::core::backend::Origin::Static, counters, true), task)
     }
 
     #[tokio::test]
@@ -361,8 +384,8 @@ mod tests {
         }
         // Nothing listens on a port just released: refused.
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-        let counters = Arc::new(crate::stats::NodeCounters::default());
-        let b = Backend::new("n".into(), ([127, 0, 0, 1], port).into(), crate::backend::Origin::Static, counters, true);
+        let counters = Arc::new(crate::core::counters::NodeCounters::default());
+        let b = Backend::new("n".into(), ([127, 0, 0, 1], port).into(), crate::core::backend::Origin::Static, counters, true);
         assert_eq!(http_check(&b, "/", t).await.kind, CheckKind::L4CON);
     }
 }

@@ -1,12 +1,90 @@
-//! Control plane: the pure health state machine (haproxy rise/fall semantics, counters, check
+//! Core: the pure health state machine (haproxy rise/fall semantics, counters, check
 //! scheduling); no I/O, time is passed in so it can be tested with paused tokio time.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::{CheckResult, HealthView};
 use crate::config::HealthSection;
+
+/// Outcome of one check, in haproxy's vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum CheckKind {
+    /// TCP connect succeeded (no HTTP check configured).
+    L4OK,
+    /// Connection refused / reset.
+    L4CON,
+    /// Connect timed out.
+    L4TOUT,
+    /// HTTP check answered 2xx/3xx.
+    L7OK,
+    /// HTTP check answered another status.
+    L7STS,
+    /// HTTP check timed out.
+    L7TOUT,
+    /// HTTP check answered garbage / closed.
+    L7RSP,
+}
+
+impl CheckKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::L4OK => "L4OK",
+            CheckKind::L4CON => "L4CON",
+            CheckKind::L4TOUT => "L4TOUT",
+            CheckKind::L7OK => "L7OK",
+            CheckKind::L7STS => "L7STS",
+            CheckKind::L7TOUT => "L7TOUT",
+            CheckKind::L7RSP => "L7RSP",
+        }
+    }
+    pub fn is_ok(self) -> bool {
+        matches!(self, CheckKind::L4OK | CheckKind::L7OK)
+    }
+}
+
+/// One finished check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CheckResult {
+    pub kind: CheckKind,
+    /// HTTP status when one came back.
+    pub code: Option<u16>,
+    pub duration: Duration,
+    /// Epoch seconds.
+    pub at: u64,
+}
+
+/// Health as the stats page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HealthView {
+    pub up: bool,
+    /// Where the node is in its rise/fall cycle (what `status` says, typed).
+    pub phase: Phase,
+    /// haproxy-style status text: "UP", "DOWN", "UP 1/3" (going down), "DOWN 1/2" (going up), "no check".
+    pub status: String,
+    pub last_check: Option<CheckResult>,
+    /// Epoch seconds of the last UP/DOWN transition (or of creation).
+    pub last_change: u64,
+    /// Total seconds spent DOWN so far.
+    pub downtime: u64,
+    /// Number of UP->DOWN transitions (haproxy's chkdown).
+    pub down_transitions: u64,
+    /// Failed checks (haproxy's chkfail); failures seen by passive checks count too.
+    pub failed_checks: u64,
+}
+
+
+/// Where a node is between UP and DOWN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Up,
+    /// UP with failures seen, not yet `fall` of them.
+    GoingDown,
+    Down,
+    /// DOWN with successes seen, not yet `rise` of them.
+    GoingUp,
+}
 
 /// Check scheduling and thresholds, read from `[health]` before every round so reloads apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,9 +286,19 @@ impl Machine {
         base.mul_f64(factor).max(Duration::from_millis(1))
     }
 
+    pub fn phase(&self) -> Phase {
+        match (self.up, self.streak) {
+            (true, 0) => Phase::Up,
+            (true, _) => Phase::GoingDown,
+            (false, 0) => Phase::Down,
+            (false, _) => Phase::GoingUp,
+        }
+    }
+
     pub fn view(&self, now: Instant) -> HealthView {
         HealthView {
             up: self.up,
+            phase: self.phase(),
             status: self.status(),
             last_check: self.last_check,
             last_change: self.last_change,
@@ -224,7 +312,6 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::CheckKind;
 
     fn res(kind: CheckKind) -> CheckResult {
         CheckResult { kind, code: None, duration: Duration::from_millis(1), at: 0 }

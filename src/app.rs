@@ -1,0 +1,228 @@
+//! The composition root: the only place that starts things. It builds the core, wires health,
+//! reload, membership, listeners and ops to it through narrow handles, and owns the shutdown.
+//!
+//! Start-up order: core (with the health checkers as its "new backend" hook) -> settings watch ->
+//! reload task -> listeners (each kind served by the data plane or ops) -> file watch -> drain
+//! upkeep -> membership. Process start and binary upgrade both come through [`run`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::cluster::ClusterState;
+use crate::config::Config;
+use crate::core::{Core, Lifecycle};
+use crate::health::Checkers;
+use crate::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
+use crate::ops::Ops;
+use crate::proxy::{Context, Scheme};
+use crate::reload::{ReloadHandle, ReloadStats, Reloader};
+use crate::serve::Frontdoor;
+use crate::upgrade::UpgradeError;
+
+/// A running gateway: the handles its parts were given, and its bound addresses.
+pub struct Handle {
+    pub core: Arc<Core>,
+    pub life: Lifecycle,
+    pub listeners: Arc<LiveListeners>,
+    pub reload: ReloadHandle,
+    pub reloads: Arc<ReloadStats>,
+    pub cluster: Arc<ClusterState>,
+    pub http_addr: SocketAddr,
+    pub stats_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+}
+
+/// Start everything on already-bound listeners (bound here, or inherited on upgrade).
+pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError> {
+    let tls = crate::tls::acceptor_for(&config).map_err(StartError::Tls)?;
+    let config = Arc::new(config);
+    let life = Lifecycle::default();
+    let (settings_tx, settings) = watch::channel(config.clone());
+
+    let checkers = Checkers { settings: settings.clone(), life: life.clone() };
+    let core = Core::new(config.clone(), Box::new(move |b| checkers.spawn(b)));
+
+    let ctx = Arc::new(Context { core: core.clone(), life: life.clone() });
+    let door = Arc::new(Frontdoor {
+        ctx,
+        tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
+        limit: Arc::new(Semaphore::new(config.gateway.max_connections.max(1))),
+    });
+    let reloads = Arc::new(ReloadStats::default());
+    let cluster = crate::cluster::start(core.clone(), settings.clone(), &life);
+
+    // The reload handle exists before the task, so that ops (which the listeners serve) can hold
+    // it and the task can hold the listeners.
+    let (reload, requests) = crate::reload::channel();
+    let ops = Arc::new(Ops {
+        core: core.clone(),
+        reload: reload.clone(),
+        reloads: reloads.clone(),
+        cluster: cluster.clone(),
+        life: life.clone(),
+    });
+    let serve = {
+        let (door, life) = (door.clone(), life.clone());
+        move |kind: ListenerKind, l: tokio::net::TcpListener, stop| match kind {
+            ListenerKind::Http => {
+                life.background.spawn(crate::serve::accept_loop(door.clone(), l, Scheme::Http, stop));
+            }
+            ListenerKind::Tls => {
+                life.background.spawn(crate::serve::accept_loop(door.clone(), l, Scheme::Https, stop));
+            }
+            ListenerKind::Stats => {
+                life.background.spawn(crate::ops::serve(ops.clone(), l, stop));
+            }
+        }
+    };
+    let live = Arc::new(LiveListeners::new(Box::new(serve), life.shutdown.clone()));
+    crate::reload::start(
+        requests,
+        Reloader {
+            core: core.clone(),
+            listeners: live.clone(),
+            tls: door.tls.clone(),
+            settings: settings_tx,
+            stats: reloads.clone(),
+        },
+        &life,
+    );
+    crate::reload::sighup(reload.clone(), &life);
+
+    let http_addr = live.start(ListenerKind::Http, config.gateway.listen, listeners.http)?;
+    let stats_addr = live.start(ListenerKind::Stats, config.stats.listen, listeners.stats)?;
+    let tls_addr = match (listeners.tls, config.tls.as_ref()) {
+        (Some(l), Some(t)) => Some(live.start(ListenerKind::Tls, t.listen, l)?),
+        _ => None,
+    };
+
+    crate::watch::start(&config, reload.clone(), &life);
+    crate::drain::start(core.clone(), &life);
+    tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = core.snapshot().nodes.len(), "kuzzle-gateway serving");
+    Ok(Handle { core, life, listeners: live, reload, reloads, cluster, http_addr, stats_addr, tls_addr })
+}
+
+/// Bind the configured listeners and start.
+pub fn bind_and_start(config: Config) -> Result<Handle, StartError> {
+    let l = Listeners::bind(&config)?;
+    start(config, l)
+}
+
+/// Run a gateway on `listeners` until `shutdown` resolves (graceful stop) or a newer process took
+/// over its sockets (then drain and return).
+pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    start(config, listeners)?.serve_until(shutdown).await;
+    Ok(())
+}
+
+/// The process: bind (or, with `upgrade`, take over the running gateway's sockets) and run until
+/// SIGTERM/SIGINT.
+pub async fn run_process(config: Config, upgrade: bool) -> Result<(), UpgradeError> {
+    let (listeners, handover) = if upgrade {
+        let (l, h) = crate::upgrade::take_over(&config).await?;
+        (l, Some(h))
+    } else {
+        (Listeners::bind(&config)?, None)
+    };
+    let h = start(config, listeners)?;
+    if let Some(handover) = handover {
+        handover.finish().await?;
+    }
+    h.serve_until(wait_for_stop_signal()).await;
+    Ok(())
+}
+
+impl Handle {
+    /// Offer the sockets to a future upgrade, then wait for `shutdown` (graceful stop) or for a
+    /// newer process to take the sockets (drain).
+    pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
+        crate::upgrade::listen(&self.config(), self.listeners.clone(), &self.life);
+        tokio::pin!(shutdown);
+        tokio::select! {
+            _ = &mut shutdown => self.shutdown().await,
+            _ = self.life.handed_over.cancelled() => {
+                self.drain_after_handover(shutdown).await;
+                tracing::info!("old process done after upgrade");
+            }
+        }
+    }
+
+    /// The configuration the gateway runs with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.core.config()
+    }
+
+    /// Graceful stop: stop accepting, let requests finish, close tunnels after the grace period
+    /// with a close frame, and give up after `hard_stop_after`.
+    pub async fn shutdown(&self) {
+        let cfg = self.config();
+        let life = &self.life;
+        tracing::info!(grace = ?cfg.gateway.shutdown_grace.0, "shutting down: no new connections");
+        life.shutdown.cancel();
+        self.listeners.stop_all();
+        life.connections.close();
+        life.background.close();
+        if tokio::time::timeout(cfg.gateway.shutdown_grace.0, life.connections.wait()).await.is_err() {
+            tracing::info!(open = life.connections.len(), "grace period over: closing tunnels");
+            life.close_tunnels.cancel();
+            let hard = cfg.gateway.hard_stop_after.0.min(Duration::from_secs(30));
+            if tokio::time::timeout(hard, life.connections.wait()).await.is_err() {
+                tracing::warn!(open = life.connections.len(), "connections still open: exiting anyway");
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), life.background.wait()).await;
+        // Close idle keep-alive connections to the nodes now rather than when the process exits.
+        for b in &self.core.snapshot().nodes {
+            b.clear_pool();
+        }
+    }
+
+    /// After a binary upgrade: this process no longer accepts; in-flight requests finish, WebSocket
+    /// tunnels stay until their clients or nodes close them, or until `hard_stop_after`.
+    pub async fn drain_after_handover(&self, stop_now: impl Future<Output = ()>) {
+        let cfg = self.config();
+        let life = &self.life;
+        self.listeners.stop_all();
+        life.shutdown.cancel();
+        life.connections.close();
+        life.background.close();
+        tracing::info!(open = life.connections.len(), hard_stop_after = ?cfg.gateway.hard_stop_after.0, "handed over: draining");
+        tokio::select! {
+            _ = life.connections.wait() => tracing::info!("last connection closed"),
+            _ = tokio::time::sleep(cfg.gateway.hard_stop_after.0) => {
+                tracing::info!(open = life.connections.len(), "hard_stop_after reached: closing tunnels");
+            }
+            _ = stop_now => tracing::info!(open = life.connections.len(), "stop signal while draining: closing tunnels"),
+        }
+        life.close_tunnels.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), life.connections.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), life.background.wait()).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,127 @@
+//! Core: what both planes share and that depends on nothing above it: nodes ([`backend`]), their
+//! health state ([`health`], [`machine`]), counters, the routing [`snapshot`] and the pure
+//! [`registry`] that makes snapshots. [`Core`] publishes them; [`Lifecycle`] says when to stop.
+
+pub mod backend;
+pub mod body;
+pub mod counters;
+pub mod health;
+pub mod machine;
+pub mod registry;
+pub mod snapshot;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::backend::{AdminState, Backend};
+use self::counters::FrontendCounters;
+use self::registry::{Change, Registry, COUNTERS_KEEP};
+use self::snapshot::Snapshot;
+use crate::config::Config;
+
+/// Called for every backend a change creates (the composition root starts its health checker).
+pub type OnCreated = Box<dyn Fn(&Arc<Backend>) + Send + Sync>;
+
+/// The node set as both planes see it: the data plane reads [`Core::snapshot`] (lock-free); the
+/// control plane writes through [`Core::apply`] (a batch of changes, one swap).
+pub struct Core {
+    snapshot: ArcSwap<Snapshot>,
+    /// Client-side counters (the frontend row of the stats page).
+    pub frontend: Arc<FrontendCounters>,
+    pub started_at: SystemTime,
+    /// Writers only (reload, membership, ops, pruning); never taken on the request path.
+    registry: Mutex<Registry>,
+    on_created: OnCreated,
+}
+
+impl Core {
+    /// A core with `config` applied (its static nodes count as UP until checks say otherwise).
+    pub fn new(config: Arc<Config>, on_created: OnCreated) -> Arc<Core> {
+        let core = Arc::new(Core {
+            snapshot: ArcSwap::from_pointee(Snapshot::new(config.clone(), Vec::new(), 0, 0)),
+            frontend: Arc::new(FrontendCounters::default()),
+            started_at: SystemTime::now(),
+            registry: Mutex::new(Registry::new(config.clone())),
+            on_created,
+        });
+        core.apply([Change::Config(config)]);
+        core
+    }
+
+    /// The current snapshot (one atomic load; hold it for one request at most).
+    #[inline]
+    pub fn snapshot(&self) -> Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// The current snapshot, owned.
+    pub fn snapshot_full(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// The configuration the data plane runs with now.
+    pub fn config(&self) -> Arc<Config> {
+        self.snapshot.load().config.clone()
+    }
+
+    /// Apply a batch of changes with one swap. Returns true when the node set changed. Health
+    /// checkers of new backends start after the registry lock is released.
+    pub fn apply(&self, changes: impl IntoIterator<Item = Change>) -> bool {
+        let applied = {
+            let mut reg = crate::util::lock(&self.registry);
+            let applied = reg.apply(changes, self.cursor());
+            if let Some(s) = applied.snapshot {
+                // Swapped under the lock: two writers cannot publish out of order.
+                self.snapshot.store(Arc::new(s));
+                Some(applied.created)
+            } else {
+                None
+            }
+        };
+        match applied {
+            Some(created) => {
+                for b in &created {
+                    (self.on_created)(b);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Operator override of a node; kept across reloads. False if no such node is known.
+    pub fn set_admin(&self, name: &str, state: AdminState) -> bool {
+        crate::util::lock(&self.registry).set_admin(name, state)
+    }
+
+    /// Drop draining nodes that no longer carry traffic and the counters of long-gone names.
+    pub fn prune(&self, now: Instant) {
+        let mut reg = crate::util::lock(&self.registry);
+        if let Some(s) = reg.prune(now, COUNTERS_KEEP, self.cursor()) {
+            self.snapshot.store(Arc::new(s));
+        }
+    }
+
+    fn cursor(&self) -> usize {
+        self.snapshot.load().cursor.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// When things stop. Clones share the same tokens and trackers.
+#[derive(Clone, Default)]
+pub struct Lifecycle {
+    /// Stop accepting; let in-flight HTTP requests finish; background tasks end.
+    pub shutdown: CancellationToken,
+    /// Close every tunnel with a close frame (end of the shutdown grace).
+    pub close_tunnels: CancellationToken,
+    /// Cancelled once a new process took over the listening sockets (binary upgrade).
+    pub handed_over: CancellationToken,
+    /// Client connections and tunnels, waited on at shutdown.
+    pub connections: TaskTracker,
+    /// Background tasks (health, membership, watchers, ops): stopped by `shutdown`.
+    pub background: TaskTracker,
+}

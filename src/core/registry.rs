@@ -1,0 +1,340 @@
+//! Core: the node registry, pure: it applies a batch of changes (configuration, discovered nodes)
+//! and returns the new snapshot with the backends it created and retired. The caller swaps it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::backend::{AdminState, Backend, Membership, Origin};
+use super::counters::NodeCounters;
+use super::snapshot::Snapshot;
+use crate::config::Config;
+
+/// How long the counters of a node that left are kept, so that it finds its history if it returns.
+pub const COUNTERS_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// A node learned from Redis (pub/sub, discovery set or Kuzzle 2 ID card).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicNode {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub origin: Origin,
+    /// The node said it is ready: it may take traffic before its first health check passes.
+    pub ready: bool,
+}
+
+/// One change to the node set. Sources (reload, membership) produce them; the registry applies a
+/// batch with one swap.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// A new (validated) configuration: static nodes are diffed, not restarted.
+    Config(Arc<Config>),
+    /// A discovered node joined or changed. With `ready`, an existing node that is DOWN counts as
+    /// UP at once (the node's own word is a passing check).
+    Upsert(DynamicNode),
+    /// A discovered node left: it drains (existing traffic continues).
+    Remove(String),
+}
+
+/// What one batch did.
+pub struct Applied {
+    /// The snapshot to publish (None: nothing changed, keep the current one).
+    pub snapshot: Option<Snapshot>,
+    /// Backends made by this batch: their health checkers must start.
+    pub created: Vec<Arc<Backend>>,
+    /// Backends that left the member set by this batch (now draining).
+    pub retired: Vec<Arc<Backend>>,
+}
+
+/// Control-plane state: only the control plane holds it, never the request path.
+pub struct Registry {
+    config: Arc<Config>,
+    dynamic: BTreeMap<String, DynamicNode>,
+    live: HashMap<String, Arc<Backend>>,
+    draining: Vec<Arc<Backend>>,
+    /// Counters by node name, kept after a node leaves so that it keeps its history if it returns.
+    counters: HashMap<String, Arc<NodeCounters>>,
+    /// Operator overrides by node name; survive reloads and rejoins.
+    admin: HashMap<String, AdminState>,
+    generation: u64,
+    started: bool,
+    /// When each name with kept counters was last a node: history is forgotten after
+    /// `COUNTERS_KEEP` (Kuzzle 2 node ids are new at every start, so names keep coming).
+    gone: HashMap<String, Instant>,
+}
+
+impl Registry {
+    pub fn new(config: Arc<Config>) -> Registry {
+        Registry {
+            config,
+            dynamic: BTreeMap::new(),
+            live: HashMap::new(),
+            draining: Vec::new(),
+            counters: HashMap::new(),
+            admin: HashMap::new(),
+            generation: 0,
+            started: false,
+            gone: HashMap::new(),
+        }
+    }
+
+    /// Apply a batch; `cursor` is the balancer position to carry into the new snapshot.
+    pub fn apply(&mut self, changes: impl IntoIterator<Item = Change>, cursor: usize) -> Applied {
+        let mut changed = false;
+        for c in changes {
+            match c {
+                Change::Config(config) => {
+                    self.config = config;
+                    changed = true;
+                }
+                Change::Upsert(node) => {
+                    if node.ready {
+                        // Ready said by the node itself: a known node that is DOWN may take traffic now
+                        // (its checker still takes it out if it fails).
+                        if let Some(b) = self.live.get(&node.name).filter(|b| b.addr == node.addr) {
+                            if !b.health.is_up() {
+                                b.health.set_up(true);
+                            }
+                        }
+                    }
+                    if self.dynamic.get(&node.name) != Some(&node) {
+                        self.dynamic.insert(node.name.clone(), node);
+                        changed = true;
+                    }
+                }
+                Change::Remove(name) => changed |= self.dynamic.remove(&name).is_some(),
+            }
+        }
+        if !changed && self.started {
+            return Applied { snapshot: None, created: Vec::new(), retired: Vec::new() };
+        }
+        self.rebuild(cursor)
+    }
+
+    /// Operator override of a node; kept across reloads. False if no such node is known.
+    pub fn set_admin(&mut self, name: &str, state: AdminState) -> bool {
+        let found = self.live.get(name).cloned().or_else(|| self.draining.iter().find(|b| b.name == name).cloned());
+        match found {
+            Some(b) => {
+                b.set_admin(state);
+                self.admin.insert(name.to_string(), state);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drop draining nodes that no longer carry traffic, and the counters of names gone for more
+    /// than `keep`. Returns a snapshot to publish when the node set changed.
+    pub fn prune(&mut self, now: Instant, keep: Duration, cursor: usize) -> Option<Snapshot> {
+        let Registry { counters, live, draining, gone, .. } = self;
+        counters.retain(|name, _| {
+            if live.contains_key(name) || draining.iter().any(|b| &b.name == name) {
+                gone.remove(name);
+                return true;
+            }
+            let since = *gone.entry(name.clone()).or_insert(now);
+            let kept = now.saturating_duration_since(since) < keep;
+            if !kept {
+                gone.remove(name);
+            }
+            kept
+        });
+        let before = self.draining.len();
+        self.draining.retain(|b| {
+            let keep = b.active() > 0;
+            if !keep {
+                b.tasks.cancel();
+                b.clear_pool();
+            }
+            keep
+        });
+        if self.draining.len() == before {
+            return None;
+        }
+        self.rebuild(cursor).snapshot
+    }
+
+    /// Names with kept counters (history), for tests and stats.
+    pub fn kept_histories(&self) -> usize {
+        self.counters.len()
+    }
+
+    /// Rebuild the node list from the desired state, reusing surviving backends.
+    fn rebuild(&mut self, cursor: usize) -> Applied {
+        let first = !self.started;
+        self.started = true;
+        let config = self.config.clone();
+
+        // Desired members: static first (config order), then discovered ones not shadowed by a static name.
+        let mut desired: Vec<(String, SocketAddr, Origin, bool)> = Vec::new();
+        for n in &config.nodes {
+            desired.push((n.name.clone(), n.addr, Origin::Static, first));
+        }
+        for d in self.dynamic.values() {
+            if config.nodes.iter().any(|s| s.name == d.name) {
+                tracing::warn!(node = %d.name, "discovered node shadowed by a static [[node]] of the same name");
+                continue;
+            }
+            desired.push((d.name.clone(), d.addr, d.origin, d.ready));
+        }
+
+        let mut new_live: HashMap<String, Arc<Backend>> = HashMap::with_capacity(desired.len());
+        let mut order: Vec<Arc<Backend>> = Vec::with_capacity(desired.len());
+        let mut created = Vec::new();
+        let mut retired = Vec::new();
+        for (name, addr, origin, up) in desired {
+            let reuse = match self.live.remove(&name) {
+                Some(b) if b.addr == addr => Some(b),
+                Some(old) => {
+                    retire(&mut self.draining, &mut retired, old);
+                    None
+                }
+                None => {
+                    // A draining node that comes back at the same address is revived as is.
+                    let pos = self.draining.iter().position(|b| b.name == name && b.addr == addr);
+                    pos.map(|p| self.draining.swap_remove(p))
+                }
+            };
+            let b = match reuse {
+                Some(b) => {
+                    b.set_membership(Membership::Active);
+                    b
+                }
+                None => {
+                    let counters = self.counters.entry(name.clone()).or_default().clone();
+                    let b = Arc::new(Backend::new(name.clone(), addr, origin, counters, up));
+                    if let Some(s) = self.admin.get(&name) {
+                        b.set_admin(*s);
+                    }
+                    created.push(b.clone());
+                    b
+                }
+            };
+            order.push(b.clone());
+            new_live.insert(name, b);
+        }
+        for (_, old) in self.live.drain() {
+            retire(&mut self.draining, &mut retired, old);
+        }
+        self.live = new_live;
+
+        // Draining nodes stay visible (prefix answers 503, stats show them) until their traffic ends.
+        order.extend(self.draining.iter().filter(|d| !self.live.contains_key(&d.name)).cloned());
+        self.generation += 1;
+        Applied { snapshot: Some(Snapshot::new(config, order, cursor, self.generation)), created, retired }
+    }
+}
+
+/// Move a backend out of the member set: no new traffic, existing traffic continues.
+fn retire(draining: &mut Vec<Arc<Backend>>, retired: &mut Vec<Arc<Backend>>, b: Arc<Backend>) {
+    tracing::info!(node = %b.name, addr = %b.addr, "node removed: draining");
+    b.set_membership(Membership::Draining);
+    b.clear_pool();
+    if !draining.iter().any(|d| Arc::ptr_eq(d, &b)) {
+        retired.push(b.clone());
+        draining.push(b);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(nodes: &[(&str, u16)]) -> Change {
+        let mut text = String::new();
+        for (n, p) in nodes {
+            text.push_str(&format!("[[node]]\nname = \"{n}\"\naddress = \"127.0.0.1:{p}\"\n"));
+        }
+        Change::Config(Arc::new(Config::parse(&text, "t.toml").expect("valid")))
+    }
+
+    /// Apply and return the published snapshot (the test's stand-in for the swap).
+    fn apply(r: &mut Registry, c: Vec<Change>) -> Snapshot {
+        r.apply(c, 0).snapshot.expect("a new snapshot")
+    }
+
+    #[test]
+    fn reload_diffs_nodes() {
+        let mut r = Registry::new(Arc::new(Config::default()));
+        let s1 = apply(&mut r, vec![cfg(&[("a", 1), ("b", 2)])]);
+        assert_eq!(s1.nodes.len(), 2);
+        assert!(s1.nodes.iter().all(|b| b.eligible()), "start-up nodes count as UP");
+        let a1 = s1.node("a").cloned().expect("a");
+        a1.counters.bytes_in.fetch_add(7, std::sync::atomic::Ordering::Relaxed);
+
+        let guard = s1.node("b").expect("b").track();
+        let applied = r.apply(vec![cfg(&[("a", 1), ("c", 3)])], 0);
+        assert_eq!(applied.created.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["c"]);
+        assert_eq!(applied.retired.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), ["b"]);
+        let s2 = applied.snapshot.expect("snapshot");
+        assert!(Arc::ptr_eq(&a1, s2.node("a").expect("a kept")), "surviving node reused");
+        let b = s2.node("b").expect("draining b still visible");
+        assert_eq!(b.membership(), Membership::Draining);
+        assert!(!b.eligible());
+        assert!(!s2.node("c").expect("c").eligible(), "a node added by reload waits for a health check");
+        drop(guard);
+        let s3 = r.prune(Instant::now(), COUNTERS_KEEP, 0).expect("pruned");
+        assert!(s3.node("b").is_none(), "drained node pruned once idle");
+
+        let s4 = apply(&mut r, vec![cfg(&[("a", 1), ("b", 2)])]);
+        let b = s4.node("b").cloned().expect("b back");
+        assert_eq!(b.counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed), 1, "history kept");
+    }
+
+    #[test]
+    fn history_of_gone_nodes_is_forgotten_after_a_while() {
+        let mut r = Registry::new(Arc::new(Config::default()));
+        let s = apply(&mut r, vec![cfg(&[("a", 1), ("b", 2)])]);
+        drop(s.node("b").expect("b").track());
+        apply(&mut r, vec![cfg(&[("a", 1)])]);
+        let t0 = Instant::now();
+        let keep = Duration::from_secs(10);
+        assert!(r.prune(t0, keep, 0).expect("pruned").node("b").is_none(), "idle drained node pruned");
+        r.prune(t0 + Duration::from_secs(5), keep, 0);
+        assert_eq!(r.kept_histories(), 2, "history kept for a while");
+        // Gone since the prune at t0 + 5 s (at t0 it was still draining).
+        r.prune(t0 + Duration::from_secs(16), keep, 0);
+        assert_eq!(r.kept_histories(), 1, "history of b forgotten");
+        let s = apply(&mut r, vec![cfg(&[("a", 1), ("b", 2)])]);
+        let b = s.node("b").cloned().expect("b back");
+        assert_eq!(b.counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed), 0, "a fresh history");
+    }
+
+    #[test]
+    fn one_batch_one_snapshot_and_nothing_changed_publishes_nothing() {
+        let mut r = Registry::new(Arc::new(Config::default()));
+        apply(&mut r, vec![cfg(&[])]);
+        let joins: Vec<Change> = (0..50)
+            .map(|i| {
+                Change::Upsert(DynamicNode {
+                    name: format!("n{i}"),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                    origin: Origin::Plugin,
+                    ready: false,
+                })
+            })
+            .collect();
+        let applied = r.apply(joins.clone(), 0);
+        assert_eq!(applied.created.len(), 50);
+        assert_eq!(applied.snapshot.expect("one snapshot").generation, 2, "50 joins, one swap");
+        assert!(r.apply(joins, 0).snapshot.is_none(), "the same set again changes nothing");
+    }
+
+    #[test]
+    fn admin_state_survives_reload_and_dynamic_nodes_merge() {
+        let mut r = Registry::new(Arc::new(Config::default()));
+        apply(&mut r, vec![cfg(&[("a", 1)])]);
+        assert!(r.set_admin("a", AdminState::Drain));
+        assert!(!r.set_admin("zz", AdminState::Drain));
+        let s = apply(&mut r, vec![cfg(&[("a", 9)])]);
+        assert_eq!(s.node("a").expect("a").admin(), AdminState::Drain);
+        let d = DynamicNode { name: "d".into(), addr: "127.0.0.1:5".parse().expect("addr"), origin: Origin::Plugin, ready: true };
+        let s = apply(&mut r, vec![Change::Upsert(d.clone())]);
+        assert!(s.node("d").expect("d").eligible());
+        assert!(r.apply(vec![Change::Upsert(d)], 0).snapshot.is_none());
+        let s = apply(&mut r, vec![Change::Remove("d".into())]);
+        assert_eq!(s.node("d").map(|b| b.membership()), Some(Membership::Draining));
+    }
+}

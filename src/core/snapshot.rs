@@ -1,0 +1,36 @@
+//! Core: the immutable routing snapshot the data plane reads once per request.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use super::backend::Backend;
+use crate::config::Config;
+
+/// What the data plane needs for one request: settings and nodes, swapped whole.
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    /// Members first (static in config order, then discovered by name), then draining nodes.
+    pub nodes: Vec<Arc<Backend>>,
+    names: HashMap<String, usize>,
+    /// Round-robin / tie-break cursor.
+    pub cursor: AtomicUsize,
+    /// Increases with every swap.
+    pub generation: u64,
+}
+
+impl Snapshot {
+    /// A snapshot of `nodes` in that order; the cursor carries on from `cursor`.
+    pub fn new(config: Arc<Config>, nodes: Vec<Arc<Backend>>, cursor: usize, generation: u64) -> Snapshot {
+        let names = nodes.iter().enumerate().map(|(i, b)| (b.name.clone(), i)).collect();
+        Snapshot { config, nodes, names, cursor: AtomicUsize::new(cursor), generation }
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.get(name).copied()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Arc<Backend>> {
+        self.index_of(name).and_then(|i| self.nodes.get(i))
+    }
+}

@@ -1,0 +1,168 @@
+//! Data plane: the accept loop of a client listener and the serving of one client connection
+//! (HTTP/1.1, keep-alive, upgrades, TLS handshake, graceful close on shutdown or hand-over).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{self, ClientInfo, Context, Scheme};
+use crate::tls::TlsSlot;
+
+/// What client accept loops share: the proxy's context, the TLS acceptor (swapped on reload) and
+/// the connection cap.
+pub struct Frontdoor {
+    pub ctx: Arc<Context>,
+    /// Read per connection: a reload with new certificates applies to the next handshake.
+    pub tls: TlsSlot,
+    /// `[gateway] max_connections`, fixed at start; shared by every client listener.
+    pub limit: Arc<Semaphore>,
+}
+
+/// Accept clients until `stop`; each connection is served on the gateway's tracker and outlives
+/// the loop (a re-bound or handed-over listener leaves its connections alone).
+pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Scheme, stop: CancellationToken) {
+    let limit = door.limit.clone();
+    loop {
+        // Backpressure: past the connection cap, stop accepting until one closes.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = door.ctx.clone();
+        let tls = if scheme == Scheme::Https { door.tls.load_full() } else { None };
+        door.ctx.life.connections.spawn(async move {
+            let client = ClientInfo { addr, scheme };
+            match tls {
+                None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
+                None => serve_conn(ctx, stream, client, Some(permit)).await,
+                Some(acceptor) => {
+                    if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
+                        serve_conn(ctx, s, client, Some(permit)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn tls_handshake(
+    ctx: &Context,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let t = ctx.core.config().timeouts.client.0;
+    match tokio::time::timeout(t, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// After a hand-over, how long an idle keep-alive connection of the old process waits for one more
+/// request (answered with `Connection: close`) before it is closed: closing an idle connection
+/// races with a client sending on it, answering its next request with `close` does not.
+pub const HANDOVER_KEEPALIVE_LINGER: Duration = Duration::from_secs(5);
+
+/// Serve one client connection (HTTP/1.1, keep-alive, upgrades) until it closes or shutdown.
+/// `permit` is this connection's place under `[gateway] max_connections`; an upgrade hands it on to
+/// its tunnel, so long-lived WebSockets keep counting against the cap.
+pub async fn serve_conn<I>(
+    ctx: Arc<Context>,
+    io: I,
+    client: ClientInfo,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ctx.core.frontend.connection_opened();
+    let slot = Arc::new(crate::tunnel::PermitSlot::new(permit));
+    let timeout = ctx.core.config().timeouts.client.0;
+    let ctx_svc = ctx.clone();
+    // Requests started on this connection: lets a draining connection close right after a response.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let busy = Arc::new(AtomicBool::new(false));
+    let (started_svc, busy_svc) = (started.clone(), busy.clone());
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(slot.clone());
+        }
+        busy_svc.store(true, Ordering::Release);
+        started_svc.notify_one();
+        let fut = proxy::handle(ctx_svc.clone(), req, client);
+        let (busy, ctx) = (busy_svc.clone(), ctx_svc.clone());
+        // Boxed: hyper would otherwise move this large future around by value (measured: ~9% CPU).
+        Box::pin(async move {
+            let mut r = fut.await;
+            busy.store(false, Ordering::Release);
+            // Draining: say so, so the client opens its next request elsewhere instead of racing
+            // our close of an idle keep-alive connection.
+            if ctx.life.shutdown.is_cancelled() {
+                if let Ok(resp) = &mut r {
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                }
+            }
+            r
+        })
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(client = %client.addr, error = %e, "client connection error");
+            }
+        }
+        _ = ctx.life.shutdown.cancelled() => {
+            // A permit left by an earlier request says nothing about now: drop it, then look.
+            let _ = started.notified().now_or_never();
+            if ctx.life.handed_over.is_cancelled() && !busy.load(Ordering::Acquire) {
+                // Wait for the next request (its response then says `Connection: close`), or idle out.
+                let linger = tokio::time::sleep(HANDOVER_KEEPALIVE_LINGER.min(timeout));
+                tokio::pin!(linger);
+                tokio::select! {
+                    _ = started.notified() => {}
+                    _ = &mut linger => {}
+                    _ = ctx.life.close_tunnels.cancelled() => {}
+                    _ = conn.as_mut() => {
+                        ctx.core.frontend.connection_closed();
+                        return;
+                    }
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            // In-flight requests may finish past the grace period (only tunnels are closed then);
+            // `shutdown` bounds the whole wait by `hard_stop_after`.
+            let _ = conn.await;
+        }
+    }
+    ctx.core.frontend.connection_closed();
+}
