@@ -174,12 +174,12 @@ async fn bench(cluster: bool, joins: usize) {
          [balance]\nalgorithm = \"roundrobin\"\n[cluster]\n{line}\n[[node]]\nname = \"anchor\"\naddress = \"{anchor_addr}\"\n"
     );
     let cfg = kuzzle_gateway::config::Config::parse(&cfg, "<bench>").expect("bench config");
-    let h = kuzzle_gateway::server::start(cfg).await.expect("gateway");
+    let h = kuzzle_gateway::app::bind_and_start(cfg).expect("gateway");
     let gw_addr = h.http_addr;
     let mut pubc = redis::Client::open(urls[0].as_str()).and_then(|c| c.get_connection()).expect("Redis connection");
     // Wait until the gateway follows Redis.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while kuzzle_gateway::cluster::metrics(&h.gw).is_none_or(|m| m.connected.load(Ordering::Relaxed) != 1) {
+    while h.cluster.metrics.connected.load(Ordering::Relaxed) != 1 {
         assert!(Instant::now() < deadline, "gateway did not connect to Redis");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

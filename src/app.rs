@@ -31,6 +31,8 @@ pub struct Handle {
     pub reload: ReloadHandle,
     pub reloads: Arc<ReloadStats>,
     pub cluster: Arc<ClusterState>,
+    /// The settings watch (the reload task publishes every applied configuration here).
+    pub settings: Arc<watch::Sender<Arc<Config>>>,
     pub http_addr: SocketAddr,
     pub stats_addr: SocketAddr,
     pub tls_addr: Option<SocketAddr>,
@@ -42,6 +44,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
     let config = Arc::new(config);
     let life = Lifecycle::default();
     let (settings_tx, settings) = watch::channel(config.clone());
+    let settings_tx = Arc::new(settings_tx);
 
     let checkers = Checkers { settings: settings.clone(), life: life.clone() };
     let core = Core::new(config.clone(), Box::new(move |b| checkers.spawn(b)));
@@ -86,7 +89,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
             core: core.clone(),
             listeners: live.clone(),
             tls: door.tls.clone(),
-            settings: settings_tx,
+            settings: settings_tx.clone(),
             stats: reloads.clone(),
         },
         &life,
@@ -103,7 +106,18 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
     crate::watch::start(&config, reload.clone(), &life);
     crate::drain::start(core.clone(), &life);
     tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = core.snapshot().nodes.len(), "kuzzle-gateway serving");
-    Ok(Handle { core, life, listeners: live, reload, reloads, cluster, http_addr, stats_addr, tls_addr })
+    Ok(Handle {
+        core,
+        life,
+        listeners: live,
+        reload,
+        reloads,
+        cluster,
+        settings: settings_tx,
+        http_addr,
+        stats_addr,
+        tls_addr,
+    })
 }
 
 /// Bind the configured listeners and start.
@@ -154,6 +168,14 @@ impl Handle {
     /// The configuration the gateway runs with now.
     pub fn config(&self) -> Arc<Config> {
         self.core.config()
+    }
+
+    /// Install an already validated configuration without a file (tests, embedding): nodes are
+    /// diffed as on reload and the settings watch is told. Listeners are not re-bound.
+    pub fn apply_config(&self, config: Config) {
+        let config = Arc::new(config);
+        self.core.apply([crate::core::registry::Change::Config(config.clone())]);
+        self.settings.send_replace(config);
     }
 
     /// Graceful stop: stop accepting, let requests finish, close tunnels after the grace period

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::core::backend::Backend;
 use crate::config::Algorithm;
+use crate::core::backend::Backend;
 
 /// Pick a node for a new request or tunnel. `skip` holds nodes already tried for this request.
 /// Returns None when no eligible node remains.

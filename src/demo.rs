@@ -105,7 +105,11 @@ fn banner(g: SocketAddr, s: SocketAddr, redis: bool, cfg: &Path) -> String {
 /// The simulator binary: given, or beside this executable; under `cargo run`, built on first use.
 fn find_sim(given: Option<&Path>) -> Result<PathBuf, DemoError> {
     if let Some(p) = given {
-        return if p.is_file() { Ok(p.to_path_buf()) } else { Err(DemoError::NoSim(format!("{} is not a file", p.display()))) };
+        return if p.is_file() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(DemoError::NoSim(format!("{} is not a file", p.display())))
+        };
     }
     let exe = std::env::current_exe().map_err(|e| DemoError::NoSim(e.to_string()))?;
     let dir = exe.parent().ok_or_else(|| DemoError::NoSim("no directory for this executable".into()))?;
@@ -114,8 +118,9 @@ fn find_sim(given: Option<&Path>) -> Result<PathBuf, DemoError> {
         return Ok(sim);
     }
     // `cargo run` sets CARGO: build the simulator with the same profile as this binary.
-    let cargo = std::env::var_os("CARGO")
-        .ok_or_else(|| DemoError::NoSim(format!("{} is missing; build it with `cargo build --release --bins`", sim.display())))?;
+    let cargo = std::env::var_os("CARGO").ok_or_else(|| {
+        DemoError::NoSim(format!("{} is missing; build it with `cargo build --release --bins`", sim.display()))
+    })?;
     let release = dir.file_name().is_some_and(|n| n == "release");
     println!("kuzzle-gateway demo: building kuzzle-node-sim (first run only)...");
     let mut cmd = std::process::Command::new(cargo);

@@ -66,7 +66,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn drain_clock_kills_tunnels_once_after_timeout() {
-        let core = Core::new(cfg("[gateway]\ndrain_timeout = \"5s\"\n[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"), Box::new(|_| {}));
+        let core = Core::new(
+            cfg("[gateway]\ndrain_timeout = \"5s\"\n[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"),
+            Box::new(|_| {}),
+        );
         let a = core.snapshot().node("a").cloned().expect("a");
         let _tunnel = a.track();
         let token = a.tunnel_kill_token();

@@ -28,7 +28,8 @@ mod tests {
 
     #[test]
     fn error_and_success_shapes() {
-        let e: serde_json::Value = serde_json::from_slice(&body(StatusCode::SERVICE_UNAVAILABLE, "no node")).expect("json");
+        let e: serde_json::Value =
+            serde_json::from_slice(&body(StatusCode::SERVICE_UNAVAILABLE, "no node")).expect("json");
         assert_eq!(e["status"], 503);
         assert_eq!(e["error"]["status"], 503);
         assert_eq!(e["error"]["message"], "no node");

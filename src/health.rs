@@ -385,7 +385,13 @@ mod tests {
         // Nothing listens on a port just released: refused.
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
         let counters = Arc::new(crate::core::counters::NodeCounters::default());
-        let b = Backend::new("n".into(), ([127, 0, 0, 1], port).into(), crate::core::backend::Origin::Static, counters, true);
+        let b = Backend::new(
+            "n".into(),
+            ([127, 0, 0, 1], port).into(),
+            crate::core::backend::Origin::Static,
+            counters,
+            true,
+        );
         assert_eq!(http_check(&b, "/", t).await.kind, CheckKind::L4CON);
     }
 }

@@ -6,8 +6,8 @@
 
 use std::fmt::Write as _;
 
-use crate::hastats::{NodeView, StatsView, StatusClass};
 use crate::core::counters::STATUS_CLASS_NAMES;
+use crate::hastats::{NodeView, StatsView, StatusClass};
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "kuzzle_gateway_";

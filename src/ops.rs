@@ -95,15 +95,19 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
         (&Method::GET | &Method::HEAD, p) if p == uri || p.strip_prefix(uri) == Some(";norefresh") => {
             html(crate::hastats::html(&ops.view(), &page_options(&req, uri), cfg.gateway.listen.port()))
         }
-        (&Method::GET | &Method::HEAD, p) if matches!(p.strip_prefix(uri), Some(";csv" | ";csv;norefresh")) => {
-            typed(StatusCode::OK, "text/csv; charset=utf-8", crate::hastats::csv(&ops.view(), &cfg.health, ops.life.shutdown.is_cancelled()))
-        }
+        (&Method::GET | &Method::HEAD, p) if matches!(p.strip_prefix(uri), Some(";csv" | ";csv;norefresh")) => typed(
+            StatusCode::OK,
+            "text/csv; charset=utf-8",
+            crate::hastats::csv(&ops.view(), &cfg.health, ops.life.shutdown.is_cancelled()),
+        ),
         (&Method::GET | &Method::HEAD, p) if p.strip_prefix(uri) == Some(";json") => {
             typed(StatusCode::OK, "application/json", crate::hastats::json(&ops.view()))
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => {
-            typed(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(&ops.view(), &ops.cluster.metrics))
-        }
+        (&Method::GET | &Method::HEAD, "/metrics") => typed(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(&ops.view(), &ops.cluster.metrics),
+        ),
         (&Method::GET, "/cluster/status") => {
             let v = crate::cluster::status(&ops.cluster, &ops.core).await;
             typed(StatusCode::OK, "application/json", v.to_string())

@@ -45,7 +45,8 @@ pub struct ReloadStats {
 }
 
 impl ReloadStats {
-    fn record(&self, ok: bool, message: String) {
+    /// Count a reload outcome and keep it as the last one.
+    pub fn record(&self, ok: bool, message: String) {
         let n = if ok { &self.ok } else { &self.failed };
         n.fetch_add(1, Ordering::Relaxed);
         *crate::util::lock(&self.last) = Some(ReloadStatus { ok, at: crate::util::epoch_secs(), message });
@@ -76,7 +77,7 @@ pub struct Reloader {
     pub core: Arc<Core>,
     pub listeners: Arc<LiveListeners>,
     pub tls: TlsSlot,
-    pub settings: watch::Sender<Arc<Config>>,
+    pub settings: Arc<watch::Sender<Arc<Config>>>,
     pub stats: Arc<ReloadStats>,
 }
 
@@ -156,8 +157,8 @@ impl Reloader {
         let path = old.source.clone();
         let result = Config::load(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
             // Certificates are re-read on every reload: renewed files at the same paths take effect.
-            let tls = crate::tls::acceptor_for(&new)
-                .map_err(|message| ReloadError::Tls { file: path.clone(), message })?;
+            let tls =
+                crate::tls::acceptor_for(&new).map_err(|message| ReloadError::Tls { file: path.clone(), message })?;
             let plan = self
                 .listeners
                 .prepare_rebind(&new)

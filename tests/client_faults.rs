@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// One node, fall = 1 (a single counted failure would take it DOWN), active checks far apart.
-async fn setup() -> (Sim, kuzzle_gateway::server::Handle) {
+async fn setup() -> (Sim, kuzzle_gateway::app::Handle) {
     let sim = Sim::start("n1", &[]);
     let toml = gateway_toml(&format!(
         "[timeouts]\nserver = \"400ms\"\n[health]\ninterval = \"60s\"\nfall = 1\nrise = 1\n{}",
@@ -28,7 +28,7 @@ fn partial_post(addr: std::net::SocketAddr) -> String {
 #[tokio::test]
 async fn aborted_uploads_do_not_mark_the_node_down() {
     let (_sim, gw) = setup().await;
-    let node = gw.gw.snapshot.load().node("n1").cloned().expect("node n1");
+    let node = gw.core.snapshot().node("n1").cloned().expect("node n1");
     for i in 0..5u64 {
         let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
         s.write_all(partial_post(gw.http_addr).as_bytes()).await.expect("write");
@@ -40,7 +40,7 @@ async fn aborted_uploads_do_not_mark_the_node_down() {
         .await;
         drop(s);
     }
-    let f = &gw.gw.frontend;
+    let f = &gw.core.frontend;
     eventually(Duration::from_secs(5), "the gateway saw the 5 aborted requests end", || {
         let n = f.request_errors.load(Ordering::Relaxed);
         async move { (n >= 5).then_some(()) }
@@ -55,7 +55,7 @@ async fn aborted_uploads_do_not_mark_the_node_down() {
 #[tokio::test]
 async fn slow_upload_is_a_408_not_a_node_timeout() {
     let (_sim, gw) = setup().await;
-    let node = gw.gw.snapshot.load().node("n1").cloned().expect("node n1");
+    let node = gw.core.snapshot().node("n1").cloned().expect("node n1");
     let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
     s.write_all(partial_post(gw.http_addr).as_bytes()).await.expect("write");
     // Send nothing more: the server timeout (400 ms) passes while the client still owes its body.
@@ -85,7 +85,7 @@ async fn websockets_count_against_max_connections() {
     let mut a = ws(gw.http_addr, "/").await;
     let _b = ws(gw.http_addr, "/").await;
     eventually(Duration::from_secs(5), "two tunnels open", || {
-        let n = gw.gw.frontend.tunnels.load(Ordering::Relaxed);
+        let n = gw.core.frontend.tunnels.load(Ordering::Relaxed);
         async move { (n == 2).then_some(()) }
     })
     .await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use kuzzle_gateway::server::Handle;
+use kuzzle_gateway::app::Handle;
 use serde_json::{json, Value};
 
 /// Basic auth `kuzzle:kuzzle` (the ops listener's default).
@@ -34,7 +34,7 @@ async fn gw_single(redis: &RedisServer, extra: &str) -> Handle {
 /// The membership task is subscribed and has read Redis once.
 async fn wait_connected(h: &Handle) {
     eventually(WAIT, "gateway following Redis", || async {
-        kuzzle_gateway::cluster::metrics(&h.gw)
+        Some(h.cluster.metrics.clone())
             .is_some_and(|m| m.connected.load(std::sync::atomic::Ordering::Relaxed) == 1)
             .then_some(())
     })
@@ -53,7 +53,7 @@ fn publish(url: &str, room: &str, payload: &[u8]) {
 }
 
 async fn status(h: &Handle) -> Value {
-    kuzzle_gateway::cluster::status(&h.gw).await
+    kuzzle_gateway::cluster::status(&h.cluster, &h.core).await
 }
 
 /// State of `name` in the status ("up", "joining", "draining", "gone", ...), None if absent.
@@ -94,14 +94,14 @@ async fn wait_state(h: &Handle, name: &str, states: &[&str]) -> String {
 }
 
 fn dropped(h: &Handle) -> u64 {
-    kuzzle_gateway::cluster::metrics(&h.gw).expect("membership started").dropped_total()
+    h.cluster.metrics.dropped_total()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_node_joins_without_config_and_sigterm_drains_it() {
     let redis = RedisServer::start();
     let h = gw_single(&redis, "").await;
-    assert!(h.gw.snapshot.load().nodes.is_empty(), "no static nodes");
+    assert!(h.core.snapshot().nodes.is_empty(), "no static nodes");
     let mut a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
     // Balanced traffic reaches it too (it is the only node).
@@ -142,14 +142,14 @@ async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counter
     let b = Sim::start("cluster_kuzzle_2", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
     wait_routable(&h, "cluster_kuzzle_2").await;
-    let before =
-        h.gw.snapshot
-            .load()
-            .node("cluster_kuzzle_1")
-            .expect("a")
-            .counters
-            .sessions_total
-            .load(std::sync::atomic::Ordering::Relaxed);
+    let before = h
+        .core
+        .snapshot()
+        .node("cluster_kuzzle_1")
+        .expect("a")
+        .counters
+        .sessions_total
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(before >= 1);
 
     a.kill();
@@ -164,14 +164,14 @@ async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counter
     // Same name comes back (new process, new port): same node, counters continue.
     let _a2 = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
-    let after =
-        h.gw.snapshot
-            .load()
-            .node("cluster_kuzzle_1")
-            .expect("a")
-            .counters
-            .sessions_total
-            .load(std::sync::atomic::Ordering::Relaxed);
+    let after = h
+        .core
+        .snapshot()
+        .node("cluster_kuzzle_1")
+        .expect("a")
+        .counters
+        .sessions_total
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(after > before, "counters continue across leave and return ({before} -> {after})");
     drop(b);
     h.shutdown().await;
@@ -286,7 +286,7 @@ async fn malformed_messages_are_dropped_and_counted() {
     let h = gw_single(&redis, "allowed_networks = [\"127.0.0.0/8\"]\n").await;
     let _a = Sim::start("cluster_kuzzle_1", &["--redis", &url, "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
-    let names = |h: &Handle| h.gw.snapshot.load().nodes.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
+    let names = |h: &Handle| h.core.snapshot().nodes.iter().map(|b| b.name.clone()).collect::<Vec<_>>();
     let before_nodes = names(&h);
     let before = dropped(&h);
 
@@ -439,7 +439,7 @@ async fn cluster_section_follows_reloads() {
     let with = cluster_toml(&format!("redis = \"{}\"", redis.url()), "");
     std::fs::write(&path, &without).expect("write config");
     let cfg = kuzzle_gateway::config::Config::load(&path).expect("valid config");
-    let h = kuzzle_gateway::server::start(cfg).await.expect("gateway starts");
+    let h = kuzzle_gateway::app::bind_and_start(cfg).expect("gateway starts");
     let _a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
 
     // No [cluster]: the node registered in Redis but the gateway does not know it.
@@ -452,14 +452,14 @@ async fn cluster_section_follows_reloads() {
         }
     })
     .await;
-    assert!(h.gw.snapshot.load().node("cluster_kuzzle_1").is_none(), "no membership without [cluster]");
+    assert!(h.core.snapshot().node("cluster_kuzzle_1").is_none(), "no membership without [cluster]");
 
     std::fs::write(&path, &with).expect("write config");
-    kuzzle_gateway::control::reload(&h.gw).expect("reload with [cluster]");
+    h.reload.reload().await.expect("reload with [cluster]");
     wait_routable(&h, "cluster_kuzzle_1").await;
 
     std::fs::write(&path, &without).expect("write config");
-    kuzzle_gateway::control::reload(&h.gw).expect("reload without [cluster]");
+    h.reload.reload().await.expect("reload without [cluster]");
     wait_state(&h, "cluster_kuzzle_1", &["draining", "gone"]).await;
     h.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

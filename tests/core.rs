@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use kuzzle_gateway::backend::AdminState;
+use kuzzle_gateway::core::backend::AdminState;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -392,21 +392,21 @@ async fn prefix_routing_including_tricky_paths() {
     assert_eq!(resp["node"], "cluster_kuzzle_10", "{resp}");
 
     // A prefix of a node that may not take traffic: the gateway's 503, naming the node.
-    let snap = gw.gw.snapshot.load_full();
+    let snap = gw.core.snapshot_full();
     snap.node("cluster_kuzzle_2").expect("node 2").health.set_up(false);
     let msg = assert_envelope(&get(a, "/cluster_kuzzle_2/_now").await, 503);
     assert!(msg.contains("cluster_kuzzle_2") && msg.contains("down"), "{msg}");
     snap.node("cluster_kuzzle_2").expect("node 2").health.set_up(true);
-    assert!(gw.gw.set_admin("cluster_kuzzle_2", AdminState::Maint));
+    assert!(gw.core.set_admin("cluster_kuzzle_2", AdminState::Maint));
     let msg = assert_envelope(&get(a, "/cluster_kuzzle_2/_now").await, 503);
     assert!(msg.contains("maintenance"), "{msg}");
-    assert!(gw.gw.set_admin("cluster_kuzzle_2", AdminState::Drain));
+    assert!(gw.core.set_admin("cluster_kuzzle_2", AdminState::Drain));
     assert_envelope(&get(a, "/cluster_kuzzle_2/_now").await, 503);
     // ...and the balancer keeps it out meanwhile.
     for _ in 0..6 {
         assert_ne!(get(a, "/_now").await.node(), Some("cluster_kuzzle_2"));
     }
-    assert!(gw.gw.set_admin("cluster_kuzzle_2", AdminState::Ready));
+    assert!(gw.core.set_admin("cluster_kuzzle_2", AdminState::Ready));
     assert_eq!(get(a, "/cluster_kuzzle_2/_now").await.node(), Some("cluster_kuzzle_2"));
 
     // A node removed by a reload while a tunnel still uses it: draining, its prefix answers 503.
@@ -418,7 +418,7 @@ async fn prefix_routing_including_tricky_paths() {
         "<reload>",
     )
     .expect("reload config");
-    gw.gw.apply_config(cfg);
+    gw.apply_config(cfg);
     let msg = assert_envelope(&get(a, "/cluster_kuzzle_10/_now").await, 503);
     assert!(msg.contains("cluster_kuzzle_10"), "{msg}");
     let (resp, _) = ws_call(&mut held, kuzzle("server", "now", "h2")).await;
@@ -580,7 +580,7 @@ async fn websocket_session_through_the_gateway() {
         c.close(None).await.expect("close");
         while let Ok(Some(Ok(_))) = tokio::time::timeout(T, c.next()).await {}
     }
-    eventually(T, "tunnels closed", || async { (gw.gw.frontend.tunnels.load(Ordering::Relaxed) == 0).then_some(()) })
+    eventually(T, "tunnels closed", || async { (gw.core.frontend.tunnels.load(Ordering::Relaxed) == 0).then_some(()) })
         .await;
     gw.shutdown().await;
 }
@@ -643,8 +643,8 @@ async fn one_mib_bodies_streamed_and_chunked_both_ways() {
     assert!(got == payload[..], "chunked echo differs");
 
     // The counters saw the bytes (both ways, more than the payloads).
-    assert!(gw.gw.frontend.bytes_in.load(Ordering::Relaxed) >= 2 * MIB as u64);
-    assert!(gw.gw.frontend.bytes_out.load(Ordering::Relaxed) >= 3 * MIB as u64);
+    assert!(gw.core.frontend.bytes_in.load(Ordering::Relaxed) >= 2 * MIB as u64);
+    assert!(gw.core.frontend.bytes_out.load(Ordering::Relaxed) >= 3 * MIB as u64);
     gw.shutdown().await;
 }
 
@@ -712,7 +712,7 @@ async fn pooled_connections_reused_but_never_after_upgrade_or_error() {
         let n = s.read(&mut buf).await.expect("read");
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     } // dropped mid-body: 256 MiB cannot all sit in socket buffers
-    let node = gw.gw.snapshot.load().node("cluster_kuzzle_1").cloned().expect("node");
+    let node = gw.core.snapshot().node("cluster_kuzzle_1").cloned().expect("node");
     eventually(T, "abandoned exchange and closed tunnel released", || async { (node.active() == 0).then_some(()) })
         .await;
     for _ in 0..3 {
@@ -751,7 +751,7 @@ async fn dead_node_costs_no_client_error() {
         // POST too: nothing was sent to the dead node, so a retry elsewhere is safe.
         let r = c.send("POST", "/_sim/echo", &[], Bytes::from_static(b"abc")).await;
         assert_eq!((r.status, &r.body[..]), (200, &b"abc"[..]));
-        let snap = gw.gw.snapshot.load_full();
+        let snap = gw.core.snapshot_full();
         let d = snap.node("dead").expect("dead node");
         assert!(d.counters.connect_errors.load(Ordering::Relaxed) > 0, "{algo}: the dead node was never tried");
         // Its prefix has no other node to go to: an error, not a hang.
@@ -812,7 +812,7 @@ async fn broken_exchange_resends_idempotent_requests_only() {
         assert_eq!(r.status, 200, "GET {i}: {}", String::from_utf8_lossy(&r.body));
         assert_eq!(r.node(), Some("cluster_kuzzle_1"));
     }
-    let snap = gw.gw.snapshot.load_full();
+    let snap = gw.core.snapshot_full();
     let rude_node = snap.node("rude").expect("rude node");
     assert!(rude_node.counters.redispatches.load(Ordering::Relaxed) >= 1, "no GET was re-sent");
     // A POST may have been applied by the node: never re-sent, the client gets a 502. Roundrobin
@@ -860,7 +860,7 @@ async fn no_node_at_all_gives_503_envelope() {
     let n1 = Sim::start("cluster_kuzzle_1", &[]);
     let gw = gateway(&gateway_toml(&nodes_toml(&[&n1]))).await;
     assert_eq!(get(gw.http_addr, "/_now").await.status, 200);
-    gw.gw.snapshot.load().node("cluster_kuzzle_1").expect("node").health.set_up(false);
+    gw.core.snapshot().node("cluster_kuzzle_1").expect("node").health.set_up(false);
     assert_envelope(&get(gw.http_addr, "/_now").await, 503);
     let url = format!("ws://{}/", gw.http_addr);
     match tokio_tungstenite::connect_async(&url).await {
@@ -918,7 +918,7 @@ async fn node_stalling_mid_body_cannot_hang_a_client() {
         raw_until(gw.http_addr, b"GET /_now HTTP/1.1\r\nHost: x\r\n\r\n", Duration::from_secs(30)).await;
     assert!(closed, "the client was left hanging on a stalled node");
     assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("abc"), "{out:?}");
-    let snap = gw.gw.snapshot.load_full();
+    let snap = gw.core.snapshot_full();
     let b = snap.node("stall").expect("node");
     assert!(b.counters.response_errors.load(Ordering::Relaxed) >= 1);
     eventually(T, "stalled exchange released", || async { (b.active() == 0).then_some(()) }).await;

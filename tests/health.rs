@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
-use kuzzle_gateway::backend::AdminState;
+use kuzzle_gateway::app::Handle;
 use kuzzle_gateway::config::Config;
-use kuzzle_gateway::health::{CheckKind, HealthView};
-use kuzzle_gateway::server::Handle;
+use kuzzle_gateway::core::backend::AdminState;
+use kuzzle_gateway::core::health::{CheckKind, HealthView};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Fast checks: DOWN after 3 x ~200 ms, UP after 2. The timeout stays generous so that a busy
@@ -25,7 +25,7 @@ const OPS_AUTH: (&str, &str) = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
 const WAIT: Duration = Duration::from_secs(10);
 
 fn view(h: &Handle, name: &str) -> HealthView {
-    h.gw.snapshot.load().node(name).unwrap_or_else(|| panic!("gateway has no node {name}")).health.view()
+    h.core.snapshot().node(name).unwrap_or_else(|| panic!("gateway has no node {name}")).health.view()
 }
 
 async fn wait_up(h: &Handle, name: &str, up: bool) -> HealthView {
@@ -118,7 +118,7 @@ async fn kill_node_under_load_no_client_errors() {
         failures.extend(f);
         served.extend(n);
     }
-    let n2 = h.gw.snapshot.load().node("hk2").expect("hk2").counters.clone();
+    let n2 = h.core.snapshot().node("hk2").expect("hk2").counters.clone();
     let broken = n2.response_errors.load(Ordering::Relaxed);
     eprintln!(
         "kill under load: {} requests, {} failed {:?}, node DOWN after {:?} ({}), {} exchanges broken on the killed node",
@@ -290,8 +290,8 @@ async fn drain_and_maint_via_ops() {
 
     // A reload (here: a changed check interval) keeps the operator's state.
     let cfg = Config::parse(&text.replace("interval = \"200ms\"", "interval = \"250ms\""), "<reload>").expect("config");
-    h.gw.apply_config(cfg);
-    let node = h.gw.snapshot.load().node("hda").cloned().expect("hda");
+    h.apply_config(cfg);
+    let node = h.core.snapshot().node("hda").cloned().expect("hda");
     assert_eq!(node.admin(), AdminState::Drain, "DRAIN survives a reload");
     assert_eq!(get(h.http_addr, "/_now").await.node(), Some("hdb"));
 
@@ -349,7 +349,7 @@ async fn joining_node_takes_traffic_after_first_check() {
     let h = gateway(&gateway_toml(&format!("{slow}{}", nodes_toml(&[&a])))).await;
     let cfg = Config::parse(&gateway_toml(&format!("{slow}{}", nodes_toml(&[&a, &b]))), "<reload>").expect("config");
     let t = Instant::now();
-    h.gw.apply_config(cfg);
+    h.apply_config(cfg);
     let v = wait_up(&h, "hjb", true).await;
     assert!(t.elapsed() < Duration::from_secs(5), "UP after its first check, not after rise x 30 s");
     assert_eq!(v.last_check.map(|c| c.kind), Some(CheckKind::L7OK));
@@ -387,7 +387,7 @@ async fn passive_checks_mark_down_between_active_checks() {
             .await;
         } else {
             assert!(view(&h, "hpb").up, "passive = false: only active checks (60 s apart) decide");
-            let n = h.gw.snapshot.load().node("hpb").expect("hpb").counters.connect_errors.load(Ordering::Relaxed);
+            let n = h.core.snapshot().node("hpb").expect("hpb").counters.connect_errors.load(Ordering::Relaxed);
             assert!(n >= 5, "roundrobin kept trying the dead node ({n} connect errors), retried elsewhere");
         }
         h.shutdown().await;

@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
-use kuzzle_gateway::backend::AdminState;
 use kuzzle_gateway::config::Config;
+use kuzzle_gateway::core::backend::AdminState;
 
 /// The header line of `/hastats;csv` printed by a real haproxy 2.6.12-1+deb12u4 (Debian 12) for
 /// an HTTP proxy with checked servers (standard fields, "-", then the ssl/h2/h1 module fields).
@@ -124,13 +124,13 @@ async fn page_csv_and_json_show_every_node_with_its_state() {
             request(a, "POST", &format!("/nodes/{node}/state"), &[("authorization", &auth)], Bytes::from(state)).await;
         assert_eq!(r.status, 200, "{}", text(&r));
     }
-    assert_eq!(gw.gw.snapshot.load().node("node_drain").map(|b| b.admin()), Some(AdminState::Drain));
+    assert_eq!(gw.core.snapshot().node("node_drain").map(|b| b.admin()), Some(AdminState::Drain));
     // DOWN: the node is gone; health checks see it (and the flag is set in case they have not run yet).
     n3.kill();
-    if let Some(b) = gw.gw.snapshot.load().node("node_down") {
+    if let Some(b) = gw.core.snapshot().node("node_down") {
         b.health.set_up(false);
     }
-    gw.gw.record_reload(false, "<script>alert(1)</script> & co".into());
+    gw.reloads.record(false, "<script>alert(1)</script> & co".into());
 
     let (_, rows) = eventually(Duration::from_secs(15), "node_down shown DOWN in the CSV", || async move {
         let r = ops(a, "/hastats;csv", Some(GOOD)).await;
@@ -287,8 +287,8 @@ fn parse_metrics(body: &str) -> HashMap<String, f64> {
     counters
 }
 
-fn metrics_of(gw: &kuzzle_gateway::state::Gateway) -> HashMap<String, f64> {
-    parse_metrics(&kuzzle_gateway::metrics::render_view(&kuzzle_gateway::hastats::collect(gw)))
+fn metrics_of(h: &kuzzle_gateway::app::Handle) -> HashMap<String, f64> {
+    parse_metrics(&kuzzle_gateway::metrics::render_view(&kuzzle_gateway::hastats::collect(&h.core, &h.reloads)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,11 +354,11 @@ async fn counters_move_with_traffic_and_survive_reloads() {
     assert_monotonic(&before, &during);
 
     // Reload without c1, let it drain away, then bring it back: its counters continue.
-    let g = &gw.gw;
+    let g = &gw;
     g.apply_config(Config::parse(&gateway_toml(&format!("{base}{}", nodes_toml(&[&n2]))), "<t>").expect("config"));
     eventually(Duration::from_secs(10), "c1 pruned once idle", || async move {
-        g.prune();
-        g.snapshot.load().node("c1").is_none().then_some(())
+        g.core.prune(std::time::Instant::now());
+        g.core.snapshot().node("c1").is_none().then_some(())
     })
     .await;
     let without = metrics_of(g);

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
+use kuzzle_gateway::app;
 use kuzzle_gateway::config::Config;
-use kuzzle_gateway::server;
+use kuzzle_gateway::listeners::ListenerKind;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -249,8 +250,7 @@ async fn config_changes_under_load_lose_nothing() {
     let text0 = config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", "", &node_lines(&[&sims[0], &sims[1]]));
     std::fs::write(&file, &text0).expect("write config");
     let cfg = Config::load(&file).expect("valid config");
-    let h = server::start(cfg).await.expect("gateway starts");
-    let gw = h.gw.clone();
+    let h = app::bind_and_start(cfg).expect("gateway starts");
 
     let stop = Arc::new(AtomicBool::new(false));
     let t = Arc::new(Tally::default());
@@ -270,21 +270,21 @@ async fn config_changes_under_load_lose_nothing() {
     };
     let broken_at = CHANGES / 2;
     for step in 0..CHANGES {
-        let failed_before = gw.reloads_failed.load(Ordering::Relaxed);
+        let failed_before = h.reloads.failed.load(Ordering::Relaxed);
         if step == broken_at {
             // A broken file: refused, the running configuration stays.
-            let running = gw.config();
+            let running = h.config();
             let bad = text0.replace("[balance]\n", "[balance]\nalgoritm = \"random\"\n");
             write_by_rename(&file, &bad);
             eventually(Duration::from_secs(10), "broken config refused", || async {
-                (gw.reloads_failed.load(Ordering::Relaxed) > failed_before).then_some(())
+                (h.reloads.failed.load(Ordering::Relaxed) > failed_before).then_some(())
             })
             .await;
-            let st = gw.last_reload().expect("reload recorded");
+            let st = h.reloads.last().expect("reload recorded");
             assert!(!st.ok, "broken config accepted: {st:?}");
             assert!(st.message.contains("gw.toml:"), "no file:line in {:?}", st.message);
             assert!(st.message.contains("balance.algoritm"), "no key in {:?}", st.message);
-            assert_eq!(*gw.config(), *running, "broken file changed the running configuration");
+            assert_eq!(*h.config(), *running, "broken file changed the running configuration");
             continue;
         }
         // n1 always stays; the others come and go.
@@ -303,14 +303,14 @@ async fn config_changes_under_load_lose_nothing() {
         }
         let want: Vec<String> = set.iter().map(|s| s.name.clone()).collect();
         eventually(Duration::from_secs(10), &format!("change {step} applied"), || async {
-            let c = gw.config();
+            let c = h.config();
             let names: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
             (names == want && c.balance.algorithm.as_str() == algo).then_some(())
         })
         .await;
         // (reloads_ok is bumped just after the swap; counted once at the end)
         // Listeners did not move.
-        assert_eq!(gw.listeners.local_addr(server::ListenerKind::Http), Some(h.http_addr));
+        assert_eq!(h.listeners.local_addr(ListenerKind::Http), Some(h.http_addr));
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // A last interval of traffic on the final configuration, then stop.
@@ -330,9 +330,9 @@ async fn config_changes_under_load_lose_nothing() {
         t.report()
     );
     assert!(
-        gw.reloads_ok.load(Ordering::Relaxed) >= (CHANGES - 2) as u64,
+        h.reloads.ok.load(Ordering::Relaxed) >= (CHANGES - 2) as u64,
         "reloads ok: {}",
-        gw.reloads_ok.load(Ordering::Relaxed)
+        h.reloads.ok.load(Ordering::Relaxed)
     );
     h.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -349,7 +349,7 @@ async fn listener_address_change_keeps_serving() {
     let l1 = format!("127.0.0.1:{p1}");
     let st1 = format!("127.0.0.1:{s1}");
     std::fs::write(&file, config_text(&l1, &st1, "leastconn", "watch = false", &node_lines(&[&a]))).expect("write");
-    let h = server::start(Config::load(&file).expect("valid")).await.expect("start");
+    let h = app::bind_and_start(Config::load(&file).expect("valid")).expect("start");
     let old_addr: SocketAddr = l1.parse().expect("addr");
     let mut keep = Client::connect(old_addr).await;
     assert_eq!(keep.send("GET", "/_serverInfo", &[], Bytes::new()).await.status, 200);
@@ -373,7 +373,7 @@ async fn listener_address_change_keeps_serving() {
     let r = request(h.stats_addr, "POST", "/reload", &[auth], Bytes::new()).await;
     assert_eq!(r.status, 200, "reload: {}", String::from_utf8_lossy(&r.body));
     let new_addr: SocketAddr = l2.parse().expect("addr");
-    assert_eq!(h.gw.listeners.local_addr(server::ListenerKind::Http), Some(new_addr));
+    assert_eq!(h.listeners.local_addr(ListenerKind::Http), Some(new_addr));
     let fresh = get(new_addr, "/_serverInfo").await;
     assert_eq!(fresh.status, 200);
     let ops = request(st2.parse().expect("addr"), "GET", "/healthz", &[], Bytes::new()).await;
@@ -399,7 +399,7 @@ async fn listener_address_change_keeps_serving() {
     let r = request(st2.parse().expect("addr"), "POST", "/reload", &[auth], Bytes::new()).await;
     assert_eq!(r.status, 400, "reload onto a busy port must be refused");
     assert!(String::from_utf8_lossy(&r.body).contains(&busy_addr.to_string()), "{}", String::from_utf8_lossy(&r.body));
-    assert_eq!(h.gw.config().balance.algorithm.as_str(), "roundrobin", "refused reload left the config as it was");
+    assert_eq!(h.config().balance.algorithm.as_str(), "roundrobin", "refused reload left the config as it was");
     assert_eq!(get(new_addr, "/_serverInfo").await.status, 200);
     h.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -416,7 +416,7 @@ async fn drain_timeout_closes_only_removed_nodes_tunnels() {
     let extra = "watch = false\ndrain_timeout = \"1s\"";
     std::fs::write(&file, config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", extra, &node_lines(&[&a, &b])))
         .expect("write");
-    let h = server::start(Config::load(&file).expect("valid")).await.expect("start");
+    let h = app::bind_and_start(Config::load(&file).expect("valid")).expect("start");
     let mut on_a = ws(h.http_addr, "/da").await;
     let mut on_b = ws(h.http_addr, "/db").await;
     let (r, _) = ws_call(&mut on_b, json!({"controller": "server", "action": "now", "requestId": "b1"})).await;
@@ -424,7 +424,7 @@ async fn drain_timeout_closes_only_removed_nodes_tunnels() {
 
     std::fs::write(&file, config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", extra, &node_lines(&[&a])))
         .expect("write");
-    kuzzle_gateway::control::reload(&h.gw).expect("reload");
+    h.reload.reload().await.expect("reload");
     let removed_at = Instant::now();
     // Still served while draining.
     let (r, _) = ws_call(&mut on_b, json!({"controller": "server", "action": "now", "requestId": "b2"})).await;
@@ -636,8 +636,8 @@ async fn tls_listener_added_and_certificate_renewed_by_reload() {
     let (cert_a, key_a, der_a) = make_cert(&dir, "a");
     let base = config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", "watch = false", &node_lines(&[&a]));
     std::fs::write(&file, &base).expect("write");
-    let h = server::start(Config::load(&file).expect("valid")).await.expect("start");
-    assert_eq!(h.gw.listeners.local_addr(server::ListenerKind::Tls), None);
+    let h = app::bind_and_start(Config::load(&file).expect("valid")).expect("start");
+    assert_eq!(h.listeners.local_addr(ListenerKind::Tls), None);
 
     // TLS added by a reload: the listener appears.
     let tls_port = free_port();
@@ -649,22 +649,22 @@ async fn tls_listener_added_and_certificate_renewed_by_reload() {
         )
     };
     std::fs::write(&file, format!("{base}{}", tls(&cert_a, &key_a))).expect("write");
-    kuzzle_gateway::control::reload(&h.gw).expect("reload adds TLS");
+    h.reload.reload().await.expect("reload adds TLS");
     let tls_addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().expect("addr");
-    assert_eq!(h.gw.listeners.local_addr(server::ListenerKind::Tls), Some(tls_addr));
+    assert_eq!(h.listeners.local_addr(ListenerKind::Tls), Some(tls_addr));
     assert_eq!(https_get(&trusting(&der_a), tls_addr).await, Ok(200));
 
     // A renewed certificate at the same paths: the next handshake uses it, the socket stays.
     let (cert_b, key_b, der_b) = make_cert(&dir, "b");
     std::fs::copy(&cert_b, &cert_a).expect("renew cert");
     std::fs::copy(&key_b, &key_a).expect("renew key");
-    kuzzle_gateway::control::reload(&h.gw).expect("reload with renewed certificate");
+    h.reload.reload().await.expect("reload with renewed certificate");
     assert_eq!(https_get(&trusting(&der_b), tls_addr).await, Ok(200));
     assert!(https_get(&trusting(&der_a), tls_addr).await.is_err(), "old certificate still served");
 
     // A broken key refuses the reload; the running certificate stays.
     std::fs::write(&key_a, "not a key").expect("break key");
-    let e = kuzzle_gateway::control::reload(&h.gw).expect_err("broken key refused");
+    let e = h.reload.reload().await.expect_err("broken key refused");
     assert!(e.to_string().contains("TLS"), "{e}");
     assert_eq!(https_get(&trusting(&der_b), tls_addr).await, Ok(200));
     h.shutdown().await;

@@ -119,9 +119,9 @@ async fn official_sdk_works_through_the_gateway() {
         );
     }
     // The SDK's WebSocket sessions really went through the gateway, one on each node.
-    let total = gw.gw.frontend.tunnels_total.load(Ordering::Relaxed);
+    let total = gw.core.frontend.tunnels_total.load(Ordering::Relaxed);
     assert!(total >= 2, "the SDK checks passed with {total} WebSocket tunnel(s) through the gateway");
-    let snap = gw.gw.snapshot.load_full();
+    let snap = gw.core.snapshot_full();
     for name in ["cluster_kuzzle_1", "cluster_kuzzle_2"] {
         let t = snap.node(name).expect("node").counters.tunnels_total.load(Ordering::Relaxed);
         assert!(t >= 1, "no SDK session reached {name}");

@@ -235,7 +235,7 @@ async fn bad_certificate_files_give_clear_start_errors() {
     ];
     for (cert, key, needle) in cases {
         let cfg = Config::parse(&gateway_toml(&tls_section(cert, key)), "<test>").expect("config parses");
-        match kuzzle_gateway::server::start(cfg).await {
+        match kuzzle_gateway::app::bind_and_start(cfg) {
             Ok(h) => {
                 h.shutdown().await;
                 panic!("gateway started with cert {} and key {}", cert.display(), key.display());

@@ -190,7 +190,12 @@ impl Table {
                     m.name = c.name.clone();
                     m.addr = c.addr;
                     m.ready = m.ready || ready_now;
-                    out.push(Change::Upsert(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: m.ready }));
+                    out.push(Change::Upsert(DynamicNode {
+                        name: c.name.clone(),
+                        addr: c.addr,
+                        origin,
+                        ready: m.ready,
+                    }));
                 }
                 // A node that says it became ready counts as passing a check (the registry marks it
                 // UP; the checker still takes it out if it fails).
@@ -248,8 +253,8 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::backend::Membership;
     use crate::config::Config;
+    use crate::core::backend::Membership;
     use crate::core::registry::Registry;
 
     fn cand(key: &str, name: &str, port: u16, ready: Option<bool>) -> Candidate {

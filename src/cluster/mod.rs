@@ -282,13 +282,7 @@ fn apply_sources(ctx: &Ctx, c: Option<&ClusterSection>) {
 }
 
 /// One connected period: subscribe, read the sets, follow messages, expire silent nodes.
-async fn session(
-    ctx: &mut Ctx,
-    c: &ClusterSection,
-    target: &Target,
-    cmds: &Commands,
-    backoff: &mut Duration,
-) -> End {
+async fn session(ctx: &mut Ctx, c: &ClusterSection, target: &Target, cmds: &Commands, backoff: &mut Duration) -> End {
     let st = ctx.st.clone();
     let rules = Rules { node_port: c.node_port, allowed: c.allowed_networks.clone() };
     // Bounded: a flood of messages costs dropped messages, not memory. A lost disconnection

@@ -73,7 +73,6 @@ pub struct HealthView {
     pub failed_checks: u64,
 }
 
-
 /// Where a node is between UP and DOWN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -330,7 +330,12 @@ mod tests {
         assert!(!r.set_admin("zz", AdminState::Drain));
         let s = apply(&mut r, vec![cfg(&[("a", 9)])]);
         assert_eq!(s.node("a").expect("a").admin(), AdminState::Drain);
-        let d = DynamicNode { name: "d".into(), addr: "127.0.0.1:5".parse().expect("addr"), origin: Origin::Plugin, ready: true };
+        let d = DynamicNode {
+            name: "d".into(),
+            addr: "127.0.0.1:5".parse().expect("addr"),
+            origin: Origin::Plugin,
+            ready: true,
+        };
         let s = apply(&mut r, vec![Change::Upsert(d.clone())]);
         assert!(s.node("d").expect("d").eligible());
         assert!(r.apply(vec![Change::Upsert(d)], 0).snapshot.is_none());

@@ -55,7 +55,13 @@ impl ProxyError {
     }
 
     pub fn gateway(status: StatusCode, message: impl Into<String>) -> Self {
-        ProxyError { side: Side::Gateway, progress: Progress::NothingSent, fault: None, status, message: message.into() }
+        ProxyError {
+            side: Side::Gateway,
+            progress: Progress::NothingSent,
+            fault: None,
+            status,
+            message: message.into(),
+        }
     }
 
     fn node(fault: NodeFault, progress: Progress, status: StatusCode, message: String) -> Self {
@@ -120,13 +126,23 @@ mod tests {
 
     #[test]
     fn resend_safety_is_read_from_progress() {
-        let b = Backend::new("n".into(), ([127, 0, 0, 1], 1).into(), crate::core::backend::Origin::Static, Default::default(), true);
+        let b = Backend::new(
+            "n".into(),
+            ([127, 0, 0, 1], 1).into(),
+            crate::core::backend::Origin::Static,
+            Default::default(),
+            true,
+        );
         assert!(ProxyError::connect(&b, ConnectError::Refused).resend_safe(false), "nothing sent: anything goes again");
         assert!(!ProxyError::broke(&b, false).resend_safe(false), "a POST the node may have read is not re-sent");
         assert!(ProxyError::broke(&b, false).resend_safe(true), "a body-less GET is");
         assert!(!ProxyError::timed_out(&b, std::time::Duration::from_secs(1)).resend_safe(true), "a timeout never is");
         let c = ProxyError::client(StatusCode::BAD_REQUEST, "x");
         c.record(&b, &HealthSection::default());
-        assert_eq!(b.counters.response_errors.load(std::sync::atomic::Ordering::Relaxed), 0, "client faults count nothing");
+        assert_eq!(
+            b.counters.response_errors.load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "client faults count nothing"
+        );
     }
 }

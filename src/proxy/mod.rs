@@ -212,14 +212,16 @@ async fn prepare(
 
     // A copy costs an allocation: only make one when there is another node to re-send to.
     let others = upgrade.is_none() && pinned.is_none() && snap.nodes.len() > 1;
-    let idempotent = others && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
-    let keep_body =
-        others && !body.is_end_stream() && body.size_hint().exact().is_some_and(|n| n <= RESEND_BODY_MAX);
+    let idempotent =
+        others && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
+    let keep_body = others && !body.is_end_stream() && body.size_hint().exact().is_some_and(|n| n <= RESEND_BODY_MAX);
     let body = Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound);
     let (first_body, kept): (UpBody, Option<Bytes>) = if keep_body {
         let bytes = match tokio::time::timeout(snap.config.timeouts.client.0, body.collect()).await {
             Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => return Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short")),
+            Ok(Err(_)) => {
+                return Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short"))
+            }
             Err(_) => return Err(ProxyError::client(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
         };
         (Either::Right(Full::new(bytes.clone())), Some(bytes))

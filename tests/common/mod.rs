@@ -14,8 +14,8 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use kuzzle_gateway::app::{self, Handle};
 use kuzzle_gateway::config::Config;
-use kuzzle_gateway::server::{self, Handle};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -144,7 +144,7 @@ pub fn gateway_toml(extra: &str) -> String {
 /// Start an in-process gateway from configuration text.
 pub async fn gateway(toml: &str) -> Handle {
     let cfg = Config::parse(toml, "<test>").unwrap_or_else(|e| panic!("test config invalid: {e}"));
-    server::start(cfg).await.unwrap_or_else(|e| panic!("gateway did not start: {e}"))
+    app::bind_and_start(cfg).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
 
 /// A parsed HTTP response.
