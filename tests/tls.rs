@@ -33,8 +33,7 @@ struct Pki {
 
 impl Pki {
     fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("kgw-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = scratch_dir(&format!("tls-{tag}"));
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("generate certificate");
         let cert = dir.join("cert.pem");
