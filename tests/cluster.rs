@@ -432,8 +432,7 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_section_follows_reloads() {
     let redis = RedisServer::start();
-    let dir = std::env::temp_dir().join(format!("kgw-cluster-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = scratch_dir("cluster-reload");
     let path = dir.join("gateway.toml");
     let without = gateway_toml(&format!("user = \"kuzzle\"\npassword = \"kuzzle\"\n{FAST_HEALTH}"));
     let with = cluster_toml(&format!("redis = \"{}\"", redis.url()), "");

@@ -6,232 +6,23 @@
 mod common;
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use kuzzle_gateway::core::backend::AdminState;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
-
-const T: Duration = Duration::from_secs(10);
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------------
-
-/// A request body the test feeds chunk by chunk (no length: hyper sends it chunked).
-struct ChanBody(mpsc::Receiver<Bytes>);
-
-impl Body for ChanBody {
-    type Data = Bytes;
-    type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b))))
-    }
-}
-
-type AnyBody = http_body_util::Either<Full<Bytes>, ChanBody>;
-
-/// One HTTP/1.1 connection to `addr`, from source address `from` (for the source-hash balancer).
-async fn conn_from(from: IpAddr, addr: SocketAddr) -> http1::SendRequest<AnyBody> {
-    let sock = TcpSocket::new_v4().expect("socket");
-    sock.bind(SocketAddr::new(from, 0)).unwrap_or_else(|e| panic!("bind {from}: {e}"));
-    let stream = tokio::time::timeout(T, sock.connect(addr)).await.expect("connect timed out").expect("connect");
-    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    sender
-}
-
-async fn send_any(
-    s: &mut http1::SendRequest<AnyBody>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: AnyBody,
-) -> http::Response<hyper::body::Incoming> {
-    let mut b = http::Request::builder().method(method).uri(path).header("host", "gw.test");
-    for (k, v) in headers {
-        b = b.header(*k, *v);
-    }
-    s.ready().await.expect("connection ready");
-    tokio::time::timeout(Duration::from_secs(30), s.send_request(b.body(body).expect("request")))
-        .await
-        .expect("no response within 30 s")
-        .expect("response")
-}
-
-async fn collect(resp: http::Response<hyper::body::Incoming>) -> Resp {
-    let (parts, body) = resp.into_parts();
-    let body = tokio::time::timeout(Duration::from_secs(30), body.collect())
-        .await
-        .expect("body within 30 s")
-        .expect("body")
-        .to_bytes();
-    Resp { status: parts.status.as_u16(), headers: parts.headers, body }
-}
-
-/// What the node saw, from the sim's `ANY /_sim/request`: (method, path, headers).
-fn seen(r: &Resp) -> (String, String, Value) {
-    assert_eq!(r.status, 200, "/_sim/request failed: {}", String::from_utf8_lossy(&r.body));
-    let v = r.json();
-    let inner = if v["result"].is_object() && v["result"].get("path").is_some() { v["result"].clone() } else { v };
-    let method = inner["method"].as_str().unwrap_or_else(|| panic!("no method in {inner}")).to_string();
-    let path = inner["path"].as_str().unwrap_or_else(|| panic!("no path in {inner}")).to_string();
-    (method, path, inner["headers"].clone())
-}
-
-/// A header the node saw (names are lowercase; several values may come as an array).
-fn seen_header(h: &Value, name: &str) -> Option<String> {
-    match &h[name] {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")),
-        _ => None,
-    }
-}
-
-/// The path the node saw, from the `x-sim-path` header every sim response carries.
-fn sim_path(r: &Resp) -> &str {
-    r.header("x-sim-path").unwrap_or_else(|| panic!("no x-sim-path header in {:?}", r.headers))
-}
-
-fn assert_envelope(r: &Resp, status: u16) -> String {
-    assert_eq!(r.status, status, "body: {}", String::from_utf8_lossy(&r.body));
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let v = r.json();
-    assert_eq!(v["status"], status, "{v}");
-    assert_eq!(v["error"]["status"], status, "{v}");
-    assert!(v["result"].is_null(), "{v}");
-    let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("no error.message in {v}"));
-    assert!(!msg.is_empty());
-    msg.to_string()
-}
-
-/// A TCP relay in front of a node that counts the connections it carried client traffic on
-/// (health checks, recognised by their path, aside) and the bytes of `/_sim/request` calls: the
-/// test's view of the gateway's connection pool.
-struct Relay {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    sim_requests: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-const HEALTH_PATH: &[u8] = b"/_plugin/cluster/health";
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
-impl Relay {
-    async fn start(to: SocketAddr) -> Relay {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("relay bind");
-        let addr = l.local_addr().expect("relay addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let sim_requests = Arc::new(AtomicU64::new(0));
-        let (a, u) = (accepted.clone(), sim_requests.clone());
-        let task = tokio::spawn(async move {
-            // Ends when the test drops the relay (abort).
-            while let Ok((mut c, _)) = l.accept().await {
-                let (a, u) = (a.clone(), u.clone());
-                tokio::spawn(async move {
-                    let Ok(n) = TcpStream::connect(to).await else { return };
-                    let (mut cr, mut cw) = c.split();
-                    let (mut nr, mut nw) = tokio::io::split(n);
-                    let up = async {
-                        let mut buf = vec![0u8; 16384];
-                        let mut first = true;
-                        loop {
-                            let k = match cr.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => k,
-                            };
-                            if first && !contains(&buf[..k], HEALTH_PATH) {
-                                a.fetch_add(1, Ordering::SeqCst);
-                            }
-                            first = false;
-                            if contains(&buf[..k], b"/_sim/request") {
-                                u.fetch_add(1, Ordering::SeqCst);
-                            }
-                            if nw.write_all(&buf[..k]).await.is_err() {
-                                break;
-                            }
-                        }
-                        let _ = nw.shutdown().await;
-                    };
-                    let down = async {
-                        let _ = tokio::io::copy(&mut nr, &mut cw).await;
-                        let _ = cw.shutdown().await;
-                    };
-                    tokio::join!(up, down);
-                });
-            }
-        });
-        Relay { addr, accepted, sim_requests, task }
-    }
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Send raw bytes, read what comes back until the peer closes or 5 s pass.
-async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
-    raw_until(addr, bytes, Duration::from_secs(5)).await.0
-}
-
-/// Send raw bytes, read until the peer closes (true) or `limit` passes (false).
-async fn raw_until(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (String, bool) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(bytes).await.expect("write");
-    let mut out = Vec::new();
-    let closed = tokio::time::timeout(limit, s.read_to_end(&mut out)).await.is_ok();
-    (String::from_utf8_lossy(&out).into_owned(), closed)
-}
-
-fn kuzzle(controller: &str, action: &str, id: &str) -> Value {
-    json!({"controller": controller, "action": action, "requestId": id})
-}
-
-/// Wait for a message on `ws` that satisfies `f` (bounded), returning it.
-async fn ws_wait(ws: &mut Ws, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + T;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = ws_next_json(ws, left).await.unwrap_or_else(|| panic!("no {what} within {T:?}"));
-        if f(&v) {
-            return v;
-        }
-    }
-}
-
-fn names(prefix: &str, n: usize) -> Vec<String> {
-    (1..=n).map(|i| format!("{prefix}{i}")).collect()
-}
 
 // ---------------------------------------------------------------------------------------------
 // Balancing
@@ -523,7 +314,7 @@ async fn websocket_session_through_the_gateway() {
     let is_note = |v: &Value| v["room"] == channel.as_str() && v["type"] == "document";
     let note = match early.into_iter().find(is_note) {
         Some(n) => n,
-        None => ws_wait(&mut w, "notification", is_note).await,
+        None => ws_wait(&mut w, "notification", is_note).await.0,
     };
     assert_eq!(note["result"]["_source"], json!({"hello": "world", "n": 42}), "{note}");
     assert_eq!(note["action"], "publish");
@@ -531,7 +322,7 @@ async fn websocket_session_through_the_gateway() {
 
     // Kuzzle's JSON ping, and a WebSocket ping.
     w.send(Message::text("{\"p\":1}")).await.expect("send");
-    let p = ws_wait(&mut w, "{\"p\":2}", |v| v.get("p").is_some()).await;
+    let (p, _) = ws_wait(&mut w, "{\"p\":2}", |v| v.get("p").is_some()).await;
     assert_eq!(p, json!({"p": 2}));
     w.send(Message::Ping(Bytes::from_static(b"hb"))).await.expect("ping");
     let deadline = Instant::now() + T;
@@ -562,7 +353,7 @@ async fn websocket_session_through_the_gateway() {
     publ["collection"] = json!("c2");
     publ["body"] = json!({"x": 1});
     ws_call(&mut p, publ).await;
-    let note = ws_wait(&mut s, "cross-connection notification", |v| v["room"] == ch2.as_str()).await;
+    let (note, _) = ws_wait(&mut s, "cross-connection notification", |v| v["room"] == ch2.as_str()).await;
     assert_eq!(note["result"]["_source"], json!({"x": 1}));
 
     // A large message both ways (several TCP reads and tunnel buffers).
@@ -572,7 +363,7 @@ async fn websocket_session_through_the_gateway() {
     publ["collection"] = json!("c2");
     publ["body"] = json!({"big": big});
     ws_call(&mut p, publ).await;
-    let note = ws_wait(&mut s, "big notification", |v| v["result"]["_source"]["big"].is_string()).await;
+    let (note, _) = ws_wait(&mut s, "big notification", |v| v["result"]["_source"]["big"].is_string()).await;
     assert_eq!(note["result"]["_source"]["big"].as_str().map(str::len), Some(200_000));
 
     // Closing from the client side ends the tunnel: the gateway's tunnel count returns to zero.
@@ -763,39 +554,6 @@ async fn dead_node_costs_no_client_error() {
     }
 }
 
-/// A fake node that reads each whole request (head and Content-Length body), then closes without
-/// answering: it may have acted on the request, so only idempotent ones may be re-sent.
-async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if got.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-            }); // dropped with nothing unread: the connection closes (FIN) with no answer
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_exchange_resends_idempotent_requests_only() {
     let n1 = Sim::start("cluster_kuzzle_1", &[]);
@@ -961,27 +719,9 @@ async fn malformed_requests_get_400() {
 // The binary: --check, SIGTERM
 // ---------------------------------------------------------------------------------------------
 
-/// A child process killed if the test ends early (a failed assertion must not leave it running).
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kgw-core-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
-
 #[test]
 fn config_check_names_file_line_and_key() {
-    let dir = temp_dir("check");
+    let dir = scratch_dir("check");
     let cases: &[(&str, &str, usize, &str)] = &[
         ("unknown.toml", "[gateway]\nlisten = \"127.0.0.1:7512\"\nlistn = 3\n", 3, "gateway.listn"),
         ("duration.toml", "[timeouts]\nconnect = \"5s\"\nserver = \"soon\"\n", 3, "timeouts.server"),
@@ -1046,7 +786,7 @@ fn config_check_names_file_line_and_key() {
 async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     let n1 = Sim::start("cluster_kuzzle_1", &[]);
     let relay = Relay::start(n1.addr).await;
-    let dir = temp_dir("sigterm");
+    let dir = scratch_dir("sigterm");
     let (port, stats) = (free_port(), free_port());
     let cfg = dir.join("gw.toml");
     std::fs::write(

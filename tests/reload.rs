@@ -8,7 +8,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,13 +28,6 @@ const WS_CLIENTS: usize = 50;
 const CHANGES: usize = 20;
 /// Hard cap on how long any load loop runs, whatever happens.
 const LOAD_CAP: Duration = Duration::from_secs(40);
-
-/// A fresh temporary directory for this test's files.
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kgw-reload-{tag}-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&d).expect("temp dir");
-    d
-}
 
 /// Replace the file as editors and config-management tools do: write aside, rename over.
 fn write_by_rename(path: &Path, text: &str) {
@@ -244,7 +237,7 @@ fn config_text(listen: &str, stats: &str, algorithm: &str, extra: &str, nodes: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_changes_under_load_lose_nothing() {
     let sims = [Sim::start("n1", &[]), Sim::start("n2", &[]), Sim::start("n3", &[]), Sim::start("n4", &[])];
-    let dir = temp_dir("watch");
+    let dir = scratch_dir("watch");
     let file = dir.join("gw.toml");
     let algos = ["leastconn", "roundrobin", "source"];
     let text0 = config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", "", &node_lines(&[&sims[0], &sims[1]]));
@@ -343,7 +336,7 @@ async fn config_changes_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listener_address_change_keeps_serving() {
     let a = Sim::start("la", &[]);
-    let dir = temp_dir("move");
+    let dir = scratch_dir("move");
     let file = dir.join("gw.toml");
     let (p1, p2, s1, s2) = (free_port(), free_port(), free_port(), free_port());
     let l1 = format!("127.0.0.1:{p1}");
@@ -411,7 +404,7 @@ async fn listener_address_change_keeps_serving() {
 async fn drain_timeout_closes_only_removed_nodes_tunnels() {
     let a = Sim::start("da", &[]);
     let b = Sim::start("db", &[]);
-    let dir = temp_dir("drain");
+    let dir = scratch_dir("drain");
     let file = dir.join("gw.toml");
     let extra = "watch = false\ndrain_timeout = \"1s\"";
     std::fs::write(&file, config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", extra, &node_lines(&[&a, &b])))
@@ -451,18 +444,8 @@ async fn drain_timeout_closes_only_removed_nodes_tunnels() {
 // Binary upgrade with the real binary
 // ---------------------------------------------------------------------------------------------
 
-/// A child process killed on drop (a failing test leaves nothing running).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Spawn `kuzzle-gateway ARGS`; its output lines go to a channel (and to stderr for debugging).
-fn spawn_gateway(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
+fn spawn_gateway(args: &[&str]) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(bin("kuzzle-gateway"))
         .args(args)
         .env("RUST_LOG", "info")
@@ -481,7 +464,7 @@ fn spawn_gateway(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<String>) {
             let _ = tx.send(line);
         }
     });
-    (Proc(child), rx)
+    (KillOnDrop(child), rx)
 }
 
 fn args_tag() -> &'static str {
@@ -500,7 +483,7 @@ fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, timeout: 
     }
 }
 
-fn wait_exit(child: &mut Proc, timeout: Duration) -> Option<std::process::ExitStatus> {
+fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if let Ok(Some(s)) = child.0.try_wait() {
@@ -515,7 +498,7 @@ fn wait_exit(child: &mut Proc, timeout: Duration) -> Option<std::process::ExitSt
 async fn binary_upgrade_hands_over_sockets_without_refusing() {
     let a = Sim::start("ua", &[]);
     let b = Sim::start("ub", &[]);
-    let dir = temp_dir("upgrade");
+    let dir = scratch_dir("upgrade");
     let file = dir.join("gw.toml");
     let sock = dir.join("upgrade.sock");
     let (p, s) = (free_port(), free_port());
@@ -631,7 +614,7 @@ async fn https_get(c: &tokio_rustls::TlsConnector, addr: SocketAddr) -> Result<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_listener_added_and_certificate_renewed_by_reload() {
     let a = Sim::start("ta", &[]);
-    let dir = temp_dir("tls");
+    let dir = scratch_dir("tls");
     let file = dir.join("gw.toml");
     let (cert_a, key_a, der_a) = make_cert(&dir, "a");
     let base = config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", "watch = false", &node_lines(&[&a]));

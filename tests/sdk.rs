@@ -15,15 +15,6 @@ fn sdk_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sim/tests/sdk")
 }
 
-fn need(tool: &str) {
-    match Command::new(tool).arg("--version").output() {
-        Ok(o) if o.status.success() => {}
-        _ => panic!(
-            "{tool} is not installed: the SDK test needs Node.js and npm (apt-get install nodejs npm, or run scripts/test which installs them)"
-        ),
-    }
-}
-
 /// Run a command with a deadline, killing it if it overruns; returns its output.
 fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) -> Output {
     let mut child = cmd

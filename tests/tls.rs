@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use common::*;
@@ -23,8 +23,6 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
-const T: Duration = Duration::from_secs(10);
-
 /// A self-signed certificate for `localhost`, written as PEM files in a fresh directory.
 struct Pki {
     dir: PathBuf,
@@ -35,8 +33,7 @@ struct Pki {
 
 impl Pki {
     fn new(tag: &str) -> Pki {
-        let dir = std::env::temp_dir().join(format!("kgw-tls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = scratch_dir(&format!("tls-{tag}"));
         let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
             .expect("generate certificate");
         let cert = dir.join("cert.pem");

@@ -100,28 +100,28 @@ async fn knobs_ready_latency_errors() {
     assert_eq!(v["error"]["message"], "ko");
     assert_envelope(&get(a, "/_healthCheck").await, "knobs", 503);
 
-    assert_envelope(&request(a, "POST", "/_sim/ready/true").await, "knobs", 200);
+    assert_envelope(&post(a, "/_sim/ready/true").await, "knobs", 200);
     assert_envelope(&get(a, "/_plugin/cluster/health").await, "knobs", 200);
     assert_envelope(&get(a, "/_healthCheck").await, "knobs", 200);
-    assert_envelope(&request(a, "POST", "/_sim/ready/false").await, "knobs", 200);
+    assert_envelope(&post(a, "/_sim/ready/false").await, "knobs", 200);
     assert_envelope(&get(a, "/_healthCheck").await, "knobs", 503);
     s.set_ready(true);
     assert_envelope(&get(a, "/_plugin/cluster/health").await, "knobs", 200);
 
     // Bad knob values are 400s.
-    assert_envelope(&request(a, "POST", "/_sim/ready/maybe").await, "knobs", 400);
-    assert_envelope(&request(a, "POST", "/_sim/latency/soon").await, "knobs", 400);
-    assert_envelope(&request(a, "POST", "/_sim/errors/101").await, "knobs", 400);
+    assert_envelope(&post(a, "/_sim/ready/maybe").await, "knobs", 400);
+    assert_envelope(&post(a, "/_sim/latency/soon").await, "knobs", 400);
+    assert_envelope(&post(a, "/_sim/errors/101").await, "knobs", 400);
 
     // Latency: every answer but health and control routes waits.
-    assert_envelope(&request(a, "POST", "/_sim/latency/400").await, "knobs", 200);
+    assert_envelope(&post(a, "/_sim/latency/400").await, "knobs", 200);
     let t0 = Instant::now();
     assert_envelope(&get(a, "/_now").await, "knobs", 200);
     assert!(t0.elapsed() >= Duration::from_millis(400), "latency not applied: {:?}", t0.elapsed());
     let t0 = Instant::now();
     get(a, "/_plugin/cluster/health").await;
     get(a, "/_healthCheck").await;
-    request(a, "POST", "/_sim/errors/0").await;
+    post(a, "/_sim/errors/0").await;
     assert!(t0.elapsed() < Duration::from_millis(400), "health and control routes are exempt: {:?}", t0.elapsed());
     s.set_latency(Duration::ZERO);
     let t0 = Instant::now();
@@ -129,7 +129,7 @@ async fn knobs_ready_latency_errors() {
     assert!(t0.elapsed() < Duration::from_millis(400));
 
     // Errors: 100 % answer 500, health and control routes aside.
-    assert_envelope(&request(a, "POST", "/_sim/errors/100").await, "knobs", 200);
+    assert_envelope(&post(a, "/_sim/errors/100").await, "knobs", 200);
     for _ in 0..5 {
         let v = assert_envelope(&get(a, "/_now").await, "knobs", 500);
         assert_eq!(v["error"]["status"], 500);
@@ -146,7 +146,7 @@ async fn knobs_ready_latency_errors() {
         }
     }
     assert!((40..=160).contains(&errors), "{errors}/200 errors at 50 %");
-    assert_envelope(&request(a, "POST", "/_sim/errors/0").await, "knobs", 200);
+    assert_envelope(&post(a, "/_sim/errors/0").await, "knobs", 200);
     assert_envelope(&get(a, "/_now").await, "knobs", 200);
     s.shutdown().await;
 }

@@ -84,7 +84,7 @@ async fn plugin_registration_heartbeats_pool_and_leave() {
     })
     .await;
     assert_eq!(get(n2.addr, "/_plugin/cluster/health").await.status, 404);
-    assert_eq!(request(n2.addr, "POST", "/_sim/ready/true").await.status, 200);
+    assert_eq!(post(n2.addr, "/_sim/ready/true").await.status, 200);
     sub.wait("cluster:ready again", |ch, v| {
         ch == "cluster:ready" && v[1]["pub"] == n2.pub_addr() && v[1]["ready"] == true
     })
@@ -120,9 +120,9 @@ async fn cross_node_notifications() {
     let mut notes = r.subscriber(&["cluster:notify:document"]).await;
     let n1 = sim(cfg("x1", &r)).await;
     let n2 = sim(cfg("x2", &r)).await;
-    let mut s1 = ws(n1.addr).await;
-    let mut s2 = ws(n2.addr).await;
-    let mut p2 = ws(n2.addr).await;
+    let mut s1 = ws(n1.addr, "/").await;
+    let mut s2 = ws(n2.addr, "/").await;
+    let mut p2 = ws(n2.addr, "/").await;
     let (_, ch1) = subscribe(&mut s1, "idx", "col", json!({}), "s1").await;
     let (_, ch2) = subscribe(&mut s2, "idx", "col", json!({"equals": {"k": "v"}}), "s2").await;
 
@@ -213,8 +213,8 @@ async fn shared_realtime_state() {
     let filters = json!({"equals": {"k": "v"}});
 
     // Two clients of one node in one room.
-    let mut a = ws(n1.addr).await;
-    let mut b = ws(n1.addr).await;
+    let mut a = ws(n1.addr, "/").await;
+    let mut b = ws(n1.addr, "/").await;
     let (room, _) = subscribe(&mut a, "idx", "col", filters.clone(), "a").await;
     let (room_b, _) = subscribe(&mut b, "idx", "col", json!({"equals": {"k": "v"}}), "b").await;
     assert_eq!(room, room_b);
@@ -273,8 +273,8 @@ async fn shared_realtime_state() {
 
     // Two nodes in one room; unsubscribe, clean leave of a node, kill.
     let n2 = sim(cfg("rt2", &r)).await;
-    let mut c = ws(n1.addr).await;
-    let mut d = ws(n2.addr).await;
+    let mut c = ws(n1.addr, "/").await;
+    let mut d = ws(n2.addr, "/").await;
     subscribe(&mut c, "idx", "col", filters.clone(), "c").await;
     subscribe(&mut d, "idx", "col", filters.clone(), "d").await;
     wait_count(&conn, &count_key, Some(2)).await;
@@ -293,7 +293,7 @@ async fn shared_realtime_state() {
     let mut unsub = kuzzle("realtime", "unsubscribe", "u2");
     unsub["body"] = json!({"roomId": room});
     assert_eq!(ws_call(&mut c, unsub).await.0["status"], 200);
-    let mut e = ws(n1.addr).await;
+    let mut e = ws(n1.addr, "/").await;
     let (other, _) = subscribe(&mut e, "other", "col", json!({}), "e").await;
     let other_key = format!("cluster:room_counts:{{other/col}}{other}");
     // Updates are applied in order: once e's entry is there, c's exit was handled.
@@ -368,7 +368,7 @@ async fn kuzzle2_id_card() {
 async fn survives_a_redis_restart() {
     let mut r = RedisServer::start();
     let n = sim(cfg("phoenix", &r)).await;
-    let mut s = ws(n.addr).await;
+    let mut s = ws(n.addr, "/").await;
     let (_, ch) = subscribe(&mut s, "i", "c", json!({}), "s").await;
 
     r.kill();
@@ -421,7 +421,7 @@ async fn starts_while_redis_is_down_then_registers() {
     assert!(t0.elapsed() < Duration::from_secs(6), "start is bounded when Redis is down: {:?}", t0.elapsed());
     assert_eq!(get(n.addr, "/_plugin/cluster/health").await.status, 200, "serves without Redis");
 
-    let r = RedisServer::start_on(port);
+    let r = RedisServer::start_on(port, &[]);
     let mut conn = r.conn().await;
     eventually(Duration::from_secs(15), "registered once Redis is up", || {
         let mut conn = conn.clone();

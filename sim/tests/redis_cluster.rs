@@ -24,7 +24,7 @@ async fn three_master_cluster() {
     let mut conn = cluster.conn().await;
 
     // A plain subscriber on the last master sees heartbeats published through any master.
-    let port = cluster.ports[2];
+    let port = cluster.ports()[2];
     let mut ps = redis::Client::open(format!("redis://127.0.0.1:{port}"))
         .expect("url")
         .get_async_pubsub()
@@ -70,9 +70,9 @@ async fn three_master_cluster() {
     .await;
 
     // Cross-node notification: published on c2, received on c1's and the Kuzzle 2 node's subscribers.
-    let mut s1 = ws(n1.addr).await;
-    let mut s3 = ws(n3.addr).await;
-    let mut p2 = ws(n2.addr).await;
+    let mut s1 = ws(n1.addr, "/").await;
+    let mut s3 = ws(n3.addr, "/").await;
+    let mut p2 = ws(n2.addr, "/").await;
     let (room, ch1) = subscribe(&mut s1, "idx", "col", json!({}), "s1").await;
     let (_, ch3) = subscribe(&mut s3, "idx", "col", json!({}), "s3").await;
     publish(&mut p2, "idx", "col", json!({"via": "cluster"}), "p").await;
@@ -140,7 +140,7 @@ struct Master {
 impl Masters {
     async fn connect(cluster: &RedisCluster) -> Masters {
         let mut nodes = Vec::new();
-        for &port in &cluster.ports {
+        for &port in &cluster.ports() {
             let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}"))
                 .expect("url")
                 .get_multiplexed_async_connection()

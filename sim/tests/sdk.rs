@@ -3,7 +3,6 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -12,8 +11,7 @@ use kuzzle_node_sim::SimConfig;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdk_works_unchanged() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/sdk");
-    let node_ok = Command::new("node").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
-    assert!(node_ok, "this test needs Node.js (`node` on PATH; apt-get install nodejs npm); it is missing");
+    need("node");
     assert!(
         dir.join("node_modules/kuzzle-sdk").is_dir(),
         "this test needs the Kuzzle SDK installed: run `npm install` in {} (scripts/test does it)",

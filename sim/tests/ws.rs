@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_responses_and_pings() {
     let s = sim(SimConfig::new("wsnode")).await;
-    let mut w = ws(s.addr).await;
+    let mut w = ws(s.addr, "/").await;
 
     let (r, _) = ws_call(&mut w, kuzzle("server", "now", "r-1")).await;
     assert_eq!(r["status"], 200, "{r}");
@@ -91,8 +91,8 @@ async fn requests_responses_and_pings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_publish_notify_count_unsubscribe() {
     let s = sim(SimConfig::new("rt")).await;
-    let mut a = ws(s.addr).await;
-    let mut b = ws(s.addr).await;
+    let mut a = ws(s.addr, "/").await;
+    let mut b = ws(s.addr, "/").await;
 
     let (room_a, ch_a) = subscribe(&mut a, "idx", "col", json!({}), "sa").await;
     assert!(ch_a.starts_with(&room_a), "channel = roomId + suffix: {ch_a}");
@@ -150,7 +150,7 @@ async fn subscribe_publish_notify_count_unsubscribe() {
         let addr = s.addr;
         let room = room_a.clone();
         async move {
-            let mut c = ws(addr).await;
+            let mut c = ws(addr, "/").await;
             let (r, _) = ws_call(
                 &mut c,
                 json!({"controller": "realtime", "action": "count", "requestId": "c3", "body": {"roomId": room}}),

@@ -1,0 +1,38 @@
+//! One test kit for kuzzle-gateway's and kuzzle-node-sim's integration tests: real processes, real sockets, bounded waits.
+//!
+//! Layout (every item is re-exported here, so a suite's `common` module does
+//! `pub use kuzzle_test_support::*;` and adds only its in-process glue):
+//! - `wait`: the shared bounds `T` and `READY_TIMEOUT`, and `eventually`;
+//! - `scratch`: unique scratch directories;
+//! - `process`: `need` (a missing tool fails the test, naming it), built binaries (`bin`), `KillOnDrop`;
+//! - `sim`: `kuzzle-node-sim` as a process (`Sim`), and what a node reports it saw (`seen`, `sim_path`);
+//! - `redis_server`: `RedisServer`, a 3-master `RedisCluster`, a plain `Subscriber`;
+//! - `tcp`: `free_port`, raw exchanges, a counting `Relay`, a `rude_node`;
+//! - `http_client`: `Client`, `Resp`, `request`/`get`/`post`, `ChanBody`, source-bound `conn_from`;
+//! - `websocket`: `ws`, `ws_next_json`, `ws_wait`, `ws_call`;
+//! - `kuzzle_api`: Kuzzle requests, subscribe/publish/notification helpers, error envelopes.
+//!
+//! The kit depends on neither kuzzle-gateway nor the kuzzle-node-sim library (nodes run as
+//! processes), so both packages can take it as a dev-dependency without a dependency loop.
+//! Only 127.0.0.0/8 addresses are used; a missing tool or binary fails the test with its name.
+#![forbid(unsafe_code)]
+
+mod http_client;
+mod kuzzle_api;
+mod process;
+mod redis_server;
+mod scratch;
+mod sim;
+mod tcp;
+mod wait;
+mod websocket;
+
+pub use http_client::*;
+pub use kuzzle_api::*;
+pub use process::*;
+pub use redis_server::*;
+pub use scratch::*;
+pub use sim::*;
+pub use tcp::*;
+pub use wait::*;
+pub use websocket::*;

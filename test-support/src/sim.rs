@@ -1,0 +1,109 @@
+//! Simulated Kuzzle nodes as real `kuzzle-node-sim` processes, and reading what a node reports it saw.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::http_client::Resp;
+use crate::process::{bin, wait_line};
+use crate::wait::READY_TIMEOUT;
+
+/// A simulated Kuzzle node running as its own process (`kuzzle-node-sim`); killed on drop.
+pub struct Sim {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+}
+
+impl Sim {
+    /// Start `kuzzle-node-sim --listen 127.0.0.1:0 --name NAME ARGS...` and wait for its address.
+    pub fn start(name: &str, args: &[&str]) -> Sim {
+        Sim::start_on("127.0.0.1:0", name, args)
+    }
+
+    /// Same, on a given listen address (e.g. `127.0.0.2:PORT` for Kuzzle 2 nodes sharing a port).
+    pub fn start_on(listen: &str, name: &str, args: &[&str]) -> Sim {
+        let mut child = Command::new(bin("kuzzle-node-sim"))
+            .args(["--listen", listen, "--name", name])
+            .args(args)
+            .env("RUST_LOG", std::env::var("SIM_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start kuzzle-node-sim: {e}"));
+        let addr = wait_line(&mut child, READY_TIMEOUT, &format!("kuzzle-node-sim {name}"), |l| {
+            l.split(" listening on ").nth(1).map(|a| a.trim().to_string())
+        });
+        let addr = addr.parse().unwrap_or_else(|_| panic!("sim printed a bad address {addr:?}"));
+        Sim { name: name.to_string(), addr, child: Some(child) }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGKILL: no goodbye of any kind.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (at most 10 s) for a clean exit.
+    pub fn term(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            for _ in 0..600 {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("kuzzle-node-sim {} did not exit within 10 s of SIGTERM", self.name);
+        }
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `PREFIX1` .. `PREFIXn`: names for a row of nodes.
+pub fn names(prefix: &str, n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// What the node saw, from the sim's `ANY /_sim/request`: (method, path, headers).
+pub fn seen(r: &Resp) -> (String, String, Value) {
+    assert_eq!(r.status, 200, "/_sim/request failed: {}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    let inner = if v["result"].is_object() && v["result"].get("path").is_some() { v["result"].clone() } else { v };
+    let method = inner["method"].as_str().unwrap_or_else(|| panic!("no method in {inner}")).to_string();
+    let path = inner["path"].as_str().unwrap_or_else(|| panic!("no path in {inner}")).to_string();
+    (method, path, inner["headers"].clone())
+}
+
+/// A header the node saw (names are lowercase; several values may come as an array).
+pub fn seen_header(h: &Value, name: &str) -> Option<String> {
+    match &h[name] {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(a) => Some(a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", ")),
+        _ => None,
+    }
+}
+
+/// The path the node saw, from the `x-sim-path` header every sim response carries.
+pub fn sim_path(r: &Resp) -> &str {
+    r.header("x-sim-path").unwrap_or_else(|| panic!("no x-sim-path header in {:?}", r.headers))
+}

@@ -1,0 +1,142 @@
+//! Raw TCP: free ports, raw byte exchanges, a counting relay in front of a node, and a rude fake node.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::wait::T;
+
+/// A free TCP port on 127.0.0.1 (bound, then released; the small race is acceptable in tests).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on 127.0.0.1")
+}
+
+/// Send raw bytes, read what comes back until the peer closes or 5 s pass.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    raw_until(addr, bytes, Duration::from_secs(5)).await.0
+}
+
+/// Send raw bytes, read until the peer closes (true) or `limit` passes (false).
+pub async fn raw_until(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (String, bool) {
+    let mut s = tokio::time::timeout(T, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    s.write_all(bytes).await.expect("write");
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(limit, s.read_to_end(&mut out)).await.is_ok();
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// A TCP relay in front of a node that counts the connections it carried client traffic on
+/// (health checks, recognised by their path, aside) and the bytes of `/_sim/request` calls: a
+/// test's view of a proxy's connection pool. Stops on drop.
+pub struct Relay {
+    pub addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    pub sim_requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+const HEALTH_PATH: &[u8] = b"/_plugin/cluster/health";
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Relay {
+    pub async fn start(to: SocketAddr) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("relay bind");
+        let addr = l.local_addr().expect("relay addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let sim_requests = Arc::new(AtomicU64::new(0));
+        let (a, u) = (accepted.clone(), sim_requests.clone());
+        let task = tokio::spawn(async move {
+            // Ends when the test drops the relay (abort).
+            while let Ok((mut c, _)) = l.accept().await {
+                let (a, u) = (a.clone(), u.clone());
+                tokio::spawn(async move {
+                    let Ok(n) = TcpStream::connect(to).await else { return };
+                    let (mut cr, mut cw) = c.split();
+                    let (mut nr, mut nw) = tokio::io::split(n);
+                    let up = async {
+                        let mut buf = vec![0u8; 16384];
+                        let mut first = true;
+                        loop {
+                            let k = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => k,
+                            };
+                            if first && !contains(&buf[..k], HEALTH_PATH) {
+                                a.fetch_add(1, Ordering::SeqCst);
+                            }
+                            first = false;
+                            if contains(&buf[..k], b"/_sim/request") {
+                                u.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if nw.write_all(&buf[..k]).await.is_err() {
+                                break;
+                            }
+                        }
+                        let _ = nw.shutdown().await;
+                    };
+                    let down = async {
+                        let _ = tokio::io::copy(&mut nr, &mut cw).await;
+                        let _ = cw.shutdown().await;
+                    };
+                    tokio::join!(up, down);
+                });
+            }
+        });
+        Relay { addr, accepted, sim_requests, task }
+    }
+
+    /// Connections that carried client traffic so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A fake node that reads each whole request (head and Content-Length body), then closes without
+/// answering: it may have acted on the request, so only idempotent ones may be re-sent.
+/// Stops when the returned task is aborted (or the runtime ends).
+pub async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            }); // dropped with nothing unread: the connection closes (FIN) with no answer
+        }
+    });
+    (addr, task)
+}

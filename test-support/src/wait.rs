@@ -1,0 +1,34 @@
+//! Bounded waiting: the time limits every test shares and `eventually`, the one polling loop.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Bound of one awaited step (a response, a message, a state change).
+pub const T: Duration = Duration::from_secs(10);
+
+/// Bound of a process becoming ready (a sim printing its address, a Redis answering PING).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Pause between two polls.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Poll `f` until it returns `Some`, every 20 ms, for at most `limit`; panics naming `what`.
+/// The number of polls is bounded too (by `limit` / 20 ms), so a fast-failing `f` cannot spin.
+pub async fn eventually<V, F, Fut>(limit: Duration, what: &str, mut f: F) -> V
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<V>>,
+{
+    let deadline = Instant::now() + limit;
+    let tries = limit.as_millis() / POLL.as_millis() + 2;
+    for _ in 0..tries {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("timed out after {limit:?} waiting for: {what}");
+}

@@ -1,0 +1,76 @@
+//! WebSocket client: connect, read JSON messages with bounds, and call Kuzzle's request/response protocol.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::wait::T;
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Open a WebSocket to `ws://addr{path}`; the 101 must come from a simulated node (`x-kuzzle-node`).
+pub async fn ws(addr: SocketAddr, path: &str) -> Ws {
+    let url = format!("ws://{addr}{path}");
+    let (ws, resp) = tokio::time::timeout(T, tokio_tungstenite::connect_async(&url))
+        .await
+        .unwrap_or_else(|_| panic!("WebSocket {url}: handshake timed out"))
+        .unwrap_or_else(|e| panic!("WebSocket {url}: {e}"));
+    assert_eq!(resp.status(), 101, "WebSocket {url}: status");
+    assert!(resp.headers().get("x-kuzzle-node").is_some(), "WebSocket {url}: the 101 carries no x-kuzzle-node");
+    ws
+}
+
+/// Next JSON text message within `timeout` (non-text frames skipped); `None` on timeout, close,
+/// error or a text that is not JSON.
+pub async fn ws_next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).ok(),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// The next JSON text message satisfying `f`, within `T`, and the JSON messages that came
+/// before it. Panics on timeout, close, error or a text that is not JSON.
+pub async fn ws_wait(ws: &mut Ws, what: &str, f: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+    let deadline = tokio::time::Instant::now() + T;
+    let mut others = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap_or_else(|e| panic!("not JSON ({e}): {t}"));
+                if f(&v) {
+                    return (v, others);
+                }
+                others.push(v);
+            }
+            Ok(Some(Ok(_))) => continue,
+            Err(_) => panic!("{what}: not within {T:?} (seen before: {others:?})"),
+            other => panic!("{what}: {other:?} (seen before: {others:?})"),
+        }
+    }
+}
+
+/// Send a Kuzzle request and wait for its response; returns it and the messages that came
+/// before (notifications). The response is the message naming the request (`requestId`, or
+/// `room` as the SDKs match it) that is not a notification (those have a `type` and may carry
+/// the publishing request's id).
+pub async fn ws_call(ws: &mut Ws, req: Value) -> (Value, Vec<Value>) {
+    let id = req["requestId"].as_str().expect("request needs a requestId").to_owned();
+    tokio::time::timeout(T, ws.send(Message::text(req.to_string())))
+        .await
+        .unwrap_or_else(|_| panic!("request {id} not sent within {T:?}"))
+        .unwrap_or_else(|e| panic!("WebSocket send of {id}: {e}"));
+    ws_wait(ws, &format!("response to {id}"), |v| {
+        (v["requestId"] == id.as_str() || v["room"] == id.as_str()) && v.get("type").is_none()
+    })
+    .await
+}
