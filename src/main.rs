@@ -29,8 +29,17 @@ struct Cli {
     /// upgrade: no connection refused; the old process drains and exits).
     #[arg(long, conflicts_with = "check")]
     upgrade: bool,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object a line, for log shippers).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
     #[command(subcommand)]
     cmd: Option<Cmd>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -39,10 +48,15 @@ enum Cmd {
     Demo(kuzzle_gateway::demo::DemoArgs),
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match format {
+        LogFormat::Json => fmt.json().init(),
+        // Colour codes only where a person reads them, not in files or pipes.
+        LogFormat::Text => fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())).init(),
+    }
 }
 
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -55,7 +69,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     if let Some(Cmd::Demo(args)) = cli.cmd {
         let rt = match runtime(0) {
             Ok(rt) => rt,
@@ -77,6 +91,13 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("kuzzle-gateway: configuration error: {e}");
+            if cli.config == std::path::Path::new(DEFAULT_CONFIG_PATH) && !cli.config.exists() {
+                // The default is relative: say where it was looked for.
+                let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+                eprintln!(
+                    "kuzzle-gateway: no --config given, so {DEFAULT_CONFIG_PATH} was read relative to the current directory ({cwd}); pass --config FILE"
+                );
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -17,3 +17,22 @@ pub fn epoch_ms() -> u64 {
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// JSON durations are integer milliseconds in fields named `*_ms` (one convention everywhere):
+/// serializers for values kept in seconds or as `Duration`.
+pub mod ms {
+    pub fn from_secs<S: serde::Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(secs.saturating_mul(1000))
+    }
+
+    pub fn from_opt_secs<S: serde::Serializer>(secs: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match secs {
+            Some(v) => s.serialize_some(&v.saturating_mul(1000)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn from_duration<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}

@@ -90,6 +90,8 @@ pub struct Backend {
     pub counters: Arc<NodeCounters>,
     pub health: HealthState,
     admin: AtomicU8,
+    /// Epoch seconds of the last operator state change (0: never).
+    admin_since: AtomicU64,
     membership: AtomicU8,
     /// Open requests plus tunnels: what leastconn compares.
     active: AtomicU64,
@@ -121,6 +123,7 @@ impl Backend {
             counters,
             health: HealthState::new(initially_up),
             admin: AtomicU8::new(AdminState::Ready as u8),
+            admin_since: AtomicU64::new(0),
             membership: AtomicU8::new(Membership::Active as u8),
             active: AtomicU64::new(0),
             tunnel_kill: ArcSwap::from_pointee(CancellationToken::new()),
@@ -135,9 +138,17 @@ impl Backend {
 
     pub fn set_admin(&self, s: AdminState) {
         let old = AdminState::from_u8(self.admin.swap(s as u8, Ordering::Relaxed));
+        if s != old {
+            self.admin_since.store(crate::util::epoch_secs(), Ordering::Relaxed);
+        }
         if s == AdminState::Maint && old != AdminState::Maint {
             self.kill_tunnels();
         }
+    }
+
+    /// Epoch seconds of the last operator state change (0: never changed).
+    pub fn admin_since(&self) -> u64 {
+        self.admin_since.load(Ordering::Relaxed)
     }
 
     pub fn membership(&self) -> Membership {

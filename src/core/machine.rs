@@ -49,6 +49,7 @@ pub struct CheckResult {
     pub kind: CheckKind,
     /// HTTP status when one came back.
     pub code: Option<u16>,
+    #[serde(rename = "duration_ms", serialize_with = "crate::util::ms::from_duration")]
     pub duration: Duration,
     /// Epoch seconds.
     pub at: u64,
@@ -66,6 +67,7 @@ pub struct HealthView {
     /// Epoch seconds of the last UP/DOWN transition (or of creation).
     pub last_change: u64,
     /// Total seconds spent DOWN so far.
+    #[serde(rename = "downtime_ms", serialize_with = "crate::util::ms::from_secs")]
     pub downtime: u64,
     /// Number of UP->DOWN transitions (haproxy's chkdown).
     pub down_transitions: u64,

@@ -41,9 +41,11 @@ pub struct ProcessView {
     /// Epoch seconds.
     pub started_at: u64,
     pub now: u64,
+    #[serde(rename = "uptime_ms", serialize_with = "crate::util::ms::from_secs")]
     pub uptime: u64,
     pub algorithm: &'static str,
     /// Auto-refresh period of the page, seconds.
+    #[serde(rename = "refresh_ms", serialize_with = "crate::util::ms::from_secs")]
     pub refresh: u64,
     pub client_listen: String,
     pub tls_listen: Option<String>,
@@ -86,6 +88,7 @@ pub struct Traffic {
     /// 1xx, 2xx, 3xx, 4xx, 5xx, other.
     pub responses: [u64; 6],
     /// Seconds since the last session, None if never.
+    #[serde(rename = "last_session_ms", serialize_with = "crate::util::ms::from_opt_secs")]
     pub last_session: Option<u64>,
 }
 
@@ -108,7 +111,8 @@ pub struct NodeView {
     /// 1 when the node may be picked by the balancer, else 0 (all nodes weigh the same).
     pub weight: u64,
     pub health: HealthView,
-    /// Seconds since the last UP/DOWN change.
+    /// Seconds since the status last changed (UP/DOWN, or an operator's DRAIN/MAINT).
+    #[serde(rename = "lastchg_ms", serialize_with = "crate::util::ms::from_secs")]
     pub lastchg: u64,
     pub idle_connections: usize,
     pub traffic: Traffic,
@@ -263,7 +267,8 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
     let membership = b.membership();
     let (status, class) = node_status(&health, admin, membership);
     let eligible = b.eligible();
-    let since = if health.last_change > 0 { health.last_change } else { started };
+    // An operator's state shows since it was set; otherwise the last UP/DOWN change.
+    let since = [health.last_change, b.admin_since()].into_iter().max().filter(|s| *s > 0).unwrap_or(started);
     let traffic = node_traffic(b, &b.counters, now);
     NodeView {
         name: b.name.clone(),
