@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use tokio_util::task::TaskTracker;
 
 use crate::envelope::{ApiError, Envelope};
-use crate::node::now_ms;
+use crate::util::now_ms;
 use crate::ws::{self, WsContext};
 
 /// Boxed error of response bodies.

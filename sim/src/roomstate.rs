@@ -9,9 +9,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{last_chance, unless_stopped, Backoff, Cmds, LinkError, RedisTargets};
-use crate::node::{now_ms, Node};
-use crate::realtime::ConnId;
+use crate::link::{last_chance, unless_stopped, Backoff, Cmds, LinkError, RedisTargets};
+use crate::node::Node;
+use crate::realtime::{ConnId, RoomRef, RoomUpdate};
+use crate::util::now_ms;
 
 /// SET of every room id, on its own slot.
 pub(crate) const ROOM_IDS: &str = "cluster:room_ids";
@@ -58,29 +59,6 @@ redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {removed, 1, 0} end
 return {removed, 1, 1}
 ";
-
-/// A room: its id and where it listens.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RoomRef {
-    pub id: String,
-    pub index: String,
-    pub collection: String,
-}
-
-/// One connection entering or leaving a room on this node.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum RoomUpdate {
-    Join { room: RoomRef, filters: String, conn: ConnId },
-    Leave { room: RoomRef, conn: ConnId },
-}
-
-/// A room with local subscribers: what this node contributes to the shared state.
-#[derive(Debug, Clone)]
-pub(crate) struct RoomShare {
-    pub room: RoomRef,
-    pub filters: String,
-    pub conns: Vec<ConnId>,
-}
 
 /// The key names of one room. Every key but the two global SETs carries the hash tag
 /// `{index/collection}`, so one room's keys (and one collection's) share a Redis Cluster slot.

@@ -17,8 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::Publisher;
 use crate::envelope::{ApiError, Envelope};
-use crate::node::{now_ms, random_uuid, Node};
+use crate::node::Node;
 use crate::realtime::{ConnId, Published};
+use crate::util::{now_ms, random_uuid};
 
 /// Notifications queued for one connection before it counts as too slow and misses some.
 const NOTIFY_QUEUE: usize = 4096;
