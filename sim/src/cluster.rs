@@ -21,9 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::cluster::ClusterClientBuilder;
-use redis::{Msg, ProtocolVersion, PushKind, Value as RValue};
+use kuzzle_redis_link::{CallError, Commands, Subscription, Target};
+use redis::{Msg, PushKind, Value as RValue};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +30,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::link::{bounded, last_chance, unless_stopped, Backoff, Cmds, LinkError, RedisTargets, CALL_TIMEOUT};
+use crate::link::{last_chance, unless_stopped, Backoff};
 use crate::node::Node;
 use crate::realtime::Published;
 use crate::roomstate::{self, RoomSink};
@@ -104,7 +103,7 @@ pub(crate) struct ClusterLink {
 }
 
 impl ClusterLink {
-    pub fn spawn(targets: RedisTargets, node: Arc<Node>, stop: &CancellationToken, tracker: &TaskTracker) -> Self {
+    pub fn spawn(targets: Target, node: Arc<Node>, stop: &CancellationToken, tracker: &TaskTracker) -> Self {
         let targets = Arc::new(targets);
         let (ctl, ctl_rx) = mpsc::channel(CTL_QUEUE);
         let (reg_tx, reg_rx) = oneshot::channel();
@@ -153,12 +152,12 @@ fn message(room: &str, data: &impl Serialize) -> String {
 }
 
 /// Register (start or reconnection): plugin SADD + cluster:ready + heartbeat; Kuzzle 2 ID card.
-async fn register(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn register(c: &Commands, node: &Node) -> Result<(), CallError> {
     if node.kuzzle2 {
         return refresh(c, node).await;
     }
     let member = serde_json::to_string(&node.discovery_member()).unwrap_or_default();
-    c.call::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
+    c.query::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
     let d = node.descriptor();
     if d.ready {
         c.publish(READY, &message(READY, &d)).await?;
@@ -168,7 +167,7 @@ async fn register(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
 
 /// Every heartbeat: plugin SADD (idempotent; restores the member after a Redis restart) and
 /// cluster:heartbeat; Kuzzle 2 ID card SET with TTL and index SADD.
-async fn refresh(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn refresh(c: &Commands, node: &Node) -> Result<(), CallError> {
     if node.kuzzle2 {
         let key = format!("{ID_CARD_PREFIX}{}", node.name);
         let card = serde_json::json!({
@@ -178,33 +177,33 @@ async fn refresh(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
             "topology": [],
         });
         let ttl_ms = u64::try_from(node.heartbeat.saturating_mul(2).as_millis()).unwrap_or(u64::MAX).max(1);
-        c.call::<RValue>("SET", redis::cmd("SET").arg(&key).arg(card.to_string()).arg("PX").arg(ttl_ms)).await?;
-        c.call::<RValue>("SADD", redis::cmd("SADD").arg(ID_CARDS_INDEX).arg(&key)).await?;
+        c.query::<RValue>("SET", redis::cmd("SET").arg(&key).arg(card.to_string()).arg("PX").arg(ttl_ms)).await?;
+        c.query::<RValue>("SADD", redis::cmd("SADD").arg(ID_CARDS_INDEX).arg(&key)).await?;
         return Ok(());
     }
     let member = serde_json::to_string(&node.discovery_member()).unwrap_or_default();
-    c.call::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
+    c.query::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
     c.publish(HEARTBEAT, &message(HEARTBEAT, &node.descriptor())).await
 }
 
 /// Clean leave: plugin cluster:remove + SREM; Kuzzle 2 card DEL + SREM from the index.
-async fn goodbye(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn goodbye(c: &Commands, node: &Node) -> Result<(), CallError> {
     if node.kuzzle2 {
         let key = format!("{ID_CARD_PREFIX}{}", node.name);
-        c.call::<RValue>("DEL", redis::cmd("DEL").arg(&key)).await?;
-        c.call::<RValue>("SREM", redis::cmd("SREM").arg(ID_CARDS_INDEX).arg(&key)).await?;
+        c.query::<RValue>("DEL", redis::cmd("DEL").arg(&key)).await?;
+        c.query::<RValue>("SREM", redis::cmd("SREM").arg(ID_CARDS_INDEX).arg(&key)).await?;
         return Ok(());
     }
     let member = serde_json::to_string(&node.discovery_member()).unwrap_or_default();
     let removed = c.publish(REMOVE, &message(REMOVE, &node.descriptor())).await;
     // The member goes even if the broadcast failed: a stale member outlives the node otherwise.
-    c.call::<RValue>("SREM", redis::cmd("SREM").arg(DISCOVERY).arg(&member)).await?;
+    c.query::<RValue>("SREM", redis::cmd("SREM").arg(DISCOVERY).arg(&member)).await?;
     removed
 }
 
 /// The writer: registration, heartbeats, ready flips, notifications out, leave.
 async fn registrar(
-    targets: Arc<RedisTargets>,
+    targets: Arc<Target>,
     node: Arc<Node>,
     mut ctl: mpsc::Receiver<Ctl>,
     stop: CancellationToken,
@@ -212,7 +211,7 @@ async fn registrar(
 ) {
     let mut first = Some(first);
     let mut ready_rx = node.watch_ready();
-    let mut conn: Option<Cmds> = None;
+    let mut conn: Option<Commands> = None;
     let mut backoff = Backoff::new();
     let mut retry_at = Instant::now();
     let mut tick = tokio::time::interval_at(Instant::now() + node.heartbeat, node.heartbeat);
@@ -220,9 +219,9 @@ async fn registrar(
     loop {
         if conn.is_none() && Instant::now() >= retry_at {
             let attempt = unless_stopped(&stop, async {
-                let mut c = Cmds::connect(&targets).await?;
-                register(&mut c, &node).await?;
-                Ok::<_, LinkError>(c)
+                let c = Commands::connect(&targets).await?;
+                register(&c, &node).await?;
+                Ok::<_, CallError>(c)
             })
             .await;
             match attempt {
@@ -243,7 +242,7 @@ async fn registrar(
                 let _ = f.send(());
             }
         }
-        let outcome: Option<Result<(), LinkError>> = tokio::select! {
+        let outcome: Option<Result<(), CallError>> = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(retry_at), if conn.is_none() => continue,
             c = ctl.recv() => match c {
@@ -259,7 +258,7 @@ async fn registrar(
                     let _ = ack.send(());
                     return;
                 }
-                Some(Ctl::Notify(payload)) => match conn.as_mut() {
+                Some(Ctl::Notify(payload)) => match conn.as_ref() {
                     Some(c) => unless_stopped(&stop, c.publish(NOTIFY_DOCUMENT, &payload)).await,
                     None => {
                         tracing::debug!(node = %node.name, "Redis down: cross-node notification dropped");
@@ -267,7 +266,7 @@ async fn registrar(
                     }
                 },
             },
-            _ = tick.tick() => match conn.as_mut() {
+            _ = tick.tick() => match conn.as_ref() {
                 Some(c) => unless_stopped(&stop, refresh(c, &node)).await,
                 None => Some(Ok(())),
             },
@@ -276,7 +275,7 @@ async fn registrar(
                     return;
                 }
                 let ready = *ready_rx.borrow_and_update();
-                match conn.as_mut() {
+                match conn.as_ref() {
                     Some(c) if !node.kuzzle2 => {
                         let d = node.descriptor();
                         let r = unless_stopped(&stop, async {
@@ -306,14 +305,11 @@ async fn registrar(
 }
 
 /// The reader: keeps a subscription to the cluster channels, reconnecting with backoff.
-async fn subscriber(targets: Arc<RedisTargets>, node: Arc<Node>, stop: CancellationToken, first: oneshot::Sender<()>) {
+async fn subscriber(target: Arc<Target>, node: Arc<Node>, stop: CancellationToken, first: oneshot::Sender<()>) {
     let mut first = Some(first);
     let mut backoff = Backoff::new();
     loop {
-        let r = match &*targets {
-            RedisTargets::Single(client) => subscribe_single(client, &node, &stop, &mut first, &mut backoff).await,
-            RedisTargets::Cluster(seeds) => subscribe_cluster(seeds, &node, &stop, &mut first, &mut backoff).await,
-        };
+        let r = follow(&target, &node, &stop, &mut first, &mut backoff).await;
         if let Some(f) = first.take() {
             let _ = f.send(());
         }
@@ -335,63 +331,21 @@ fn ping_period(node: &Node) -> Duration {
     node.heartbeat.clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
-/// One subscription on one Redis server; `Ok` only when the node stops.
-async fn subscribe_single(
-    client: &redis::Client,
+/// One subscription (RESP3 pushes; on a Redis Cluster a classic PUBLISH reaches subscribers on
+/// every node). `Ok` only when the node stops.
+async fn follow(
+    target: &Target,
     node: &Node,
     stop: &CancellationToken,
     first: &mut Option<oneshot::Sender<()>>,
     backoff: &mut Backoff,
-) -> Result<(), LinkError> {
-    let Some(pubsub) = unless_stopped(stop, bounded("connect", client.get_async_pubsub())).await else {
-        return Ok(());
-    };
-    let mut pubsub = pubsub?;
-    let Some(subscribed) = unless_stopped(stop, bounded("SUBSCRIBE", pubsub.subscribe(&CHANNELS[..]))).await else {
-        return Ok(());
-    };
-    subscribed?;
-    subscribed_now(node, first, backoff);
-    let (mut sink, mut stream) = pubsub.split();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_period(node), ping_period(node));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            m = stream.next() => match m {
-                Some(msg) => on_message(node, &msg),
-                None => return Err(LinkError::Closed),
-            },
-            _ = ping.tick() => {
-                bounded("PING", sink.ping::<RValue>()).await?;
-            }
-        }
-    }
-}
-
-/// One subscription through a Redis Cluster client (RESP3 pushes; a classic PUBLISH reaches
-/// subscribers on every cluster node). `Ok` only when the node stops.
-async fn subscribe_cluster(
-    seeds: &[String],
-    node: &Node,
-    stop: &CancellationToken,
-    first: &mut Option<oneshot::Sender<()>>,
-    backoff: &mut Backoff,
-) -> Result<(), LinkError> {
+) -> Result<(), CallError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = ClusterClientBuilder::new(seeds.to_vec())
-        .use_protocol(ProtocolVersion::RESP3)
-        .push_sender(tx)
-        .connection_timeout(CALL_TIMEOUT)
-        .response_timeout(CALL_TIMEOUT)
-        .build()?;
-    let Some(conn) = unless_stopped(stop, bounded("connect", client.get_async_connection())).await else {
+    let channels = CHANNELS.map(String::from);
+    let Some(sub) = unless_stopped(stop, Subscription::open(target, &channels, tx)).await else {
         return Ok(());
     };
-    let mut conn = conn?;
-    let Some(subscribed) = unless_stopped(stop, bounded("SUBSCRIBE", conn.subscribe(&CHANNELS[..]))).await else {
-        return Ok(());
-    };
-    subscribed?;
+    let mut sub = sub?;
     subscribed_now(node, first, backoff);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_period(node), ping_period(node));
     let mut failures = 0u32;
@@ -404,23 +358,23 @@ async fn subscribe_cluster(
                         on_message(node, &msg);
                     }
                 }
-                // The client resubscribes by itself after a disconnection.
+                Some(push) if sub.ends(&push) => return Err(CallError::Closed),
+                // Subscription confirmations; a Redis Cluster client's reconnections (it
+                // re-subscribes by itself).
                 Some(push) => tracing::debug!(node = %node.name, "redis push {:?}", push.kind),
-                None => return Err(LinkError::Closed),
+                None => return Err(CallError::Closed),
             },
-            _ = ping.tick() => {
-                // The cluster client reconnects and resubscribes on its own; rebuild it only if
-                // the cluster stays unreachable.
-                match bounded("PING", redis::cmd("PING").query_async::<RValue>(&mut conn)).await {
-                    Ok(_) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        if failures >= PING_FAILURES {
-                            return Err(e);
-                        }
+            _ = ping.tick() => match sub.ping().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    // A cluster client may be between two nodes: rebuild it only if the cluster
+                    // stays unreachable. A single server's connection is gone at once.
+                    if !sub.resubscribes_itself() || failures >= PING_FAILURES {
+                        return Err(e);
                     }
                 }
-            }
+            },
         }
     }
 }

@@ -158,7 +158,7 @@ impl Drop for SimHandle {
 pub async fn start(cfg: SimConfig, listener: TcpListener) -> Result<SimHandle, SimError> {
     cfg.validate()?;
     let addr = listener.local_addr()?;
-    let targets = link::RedisTargets::from_config(&cfg)?;
+    let targets = link::target_from_config(&cfg)?;
     let node = Arc::new(node::Node::new(&cfg, addr));
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();
