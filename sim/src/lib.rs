@@ -4,6 +4,7 @@
 //! - [`config`]: [`SimConfig`], what one node is (name, Redis, mode, knobs at start).
 //! - `node`: the state one node shares between its tasks (identity, knobs, Redis pool view).
 //! - `server`: the accept loop and one task per connection (hyper, http1, keep-alive, upgrades).
+//! - `api`: the Kuzzle API actions (WebSocket and HTTP alike) and their HTTP routes.
 //! - `http`: the HTTP routes, in Kuzzle's response envelope; `envelope` builds that envelope.
 //! - `ws`: one WebSocket session (Kuzzle JSON requests, pings, notifications).
 //! - `realtime` and `filters`: rooms, channels and the Koncorde filter subset behind them.
@@ -20,6 +21,7 @@
 //! [`SimHandle::shutdown`] first leaves the cluster cleanly.
 #![forbid(unsafe_code)]
 
+mod api;
 mod cli;
 mod cluster;
 pub mod config;

@@ -234,15 +234,6 @@ impl Node {
         pool.sort_by(|a, b| a["pub"].as_str().cmp(&b["pub"].as_str()));
         json!({"count": pool.len(), "current": current, "pool": pool})
     }
-
-    /// `server:info` / `GET /_serverInfo` result.
-    pub fn server_info(&self) -> Value {
-        json!({"serverInfo": {"kuzzle": {
-            "version": self.kuzzle_version(),
-            "nodeName": self.name,
-            "api": {"routes": {}},
-        }}})
-    }
 }
 
 fn duration_ns(d: Duration) -> u64 {
