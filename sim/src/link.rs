@@ -1,5 +1,4 @@
-//! What the node's Redis tasks share on top of `kuzzle_redis_link`: the target from the
-//! configuration, reconnection backoff and stop-aware waits.
+//! Shared by the node's Redis tasks on top of `kuzzle_redis_link`: the target, backoff, stop-aware waits.
 
 use std::time::Duration;
 

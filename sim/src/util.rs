@@ -1,5 +1,4 @@
-//! Leaf helpers with no dependency on the rest of the crate: the wall clock in epoch
-//! milliseconds and random UUIDs.
+//! Leaf helpers (no dependency on the rest of the crate): epoch milliseconds and random UUIDs.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,6 +1,7 @@
-//! Control plane: Redis access for membership, a thin layer over `kuzzle_redis_link` (shared with
-//! kuzzle-node-sim) that reads the target from `[cluster]`. Every call has a bounded timeout;
-//! none of this runs on the request path.
+//! Control plane: Redis access for membership, a thin layer over the shared `kuzzle_redis_link`.
+//!
+//! It reads the target from `[cluster]` and keeps the API the rest of `cluster` uses. Every call
+//! has a bounded timeout; none of this runs on the request path.
 
 use kuzzle_redis_link as link;
 use redis::{Cmd, FromRedisValue};
