@@ -1,5 +1,6 @@
 //! The official Kuzzle JavaScript SDK (`kuzzle-sdk` from npm) through the gateway, in front of two
-//! simulated nodes: runs `sim/tests/sdk/sdk-check.js HOST PORT` with node. Node.js and npm are
+//! simulated nodes linked by Redis: runs `sim/tests/sdk/sdk-check.js GATEWAY_HOST GATEWAY_PORT
+//! NODE_HOST NODE_PORT` with node (WebSocket and HTTP). Node.js, npm and redis-server are
 //! required; a missing tool fails the test and says what to install.
 
 mod common;
@@ -79,6 +80,13 @@ fn ensure_sdk_installed(dir: &Path) {
     assert!(dir.join("node_modules/kuzzle-sdk").is_dir(), "npm install did not install kuzzle-sdk");
 }
 
+/// The node names in a `sdk-check route: WHAT publish answered by X, notified by Y` line.
+fn route_line<'a>(stdout: &'a str, what: &str) -> Option<(&'a str, &'a str)> {
+    let prefix = format!("sdk-check route: {what} publish answered by ");
+    let rest = stdout.lines().find_map(|l| l.strip_prefix(prefix.as_str()))?;
+    rest.split_once(", notified by ")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdk_works_through_the_gateway() {
     need("node");
@@ -87,17 +95,23 @@ async fn official_sdk_works_through_the_gateway() {
     assert!(script.is_file(), "{} is missing (the simulator's SDK check script)", script.display());
     ensure_sdk_installed(&dir);
 
-    let n1 = Sim::start("cluster_kuzzle_1", &[]);
-    let n2 = Sim::start("cluster_kuzzle_2", &[]);
+    // Two nodes linked by Redis, so a document published on one reaches subscribers on the other.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let n1 = Sim::start("cluster_kuzzle_1", &["--redis", &url]);
+    let n2 = Sim::start("cluster_kuzzle_2", &["--redis", &url]);
     let gw = gateway(&gateway_toml(&nodes_toml(&[&n1, &n2]))).await;
     let port = gw.http_addr.port().to_string();
 
-    // Twice: the balancer sends the two WebSocket sessions to both nodes.
+    // Twice, everything through the gateway: two WebSocket sessions at once (the balancer sends
+    // them to both nodes) and HTTP requests; each publish says which node answered it and which
+    // notified the subscriber.
+    let mut crossed = Vec::new();
     for round in 1..=2 {
         let (dir, port) = (dir.clone(), port.clone());
         let out = tokio::task::spawn_blocking(move || {
             let mut cmd = Command::new("node");
-            cmd.current_dir(&dir).arg("sdk-check.js").args(["127.0.0.1", &port]);
+            cmd.current_dir(&dir).arg("sdk-check.js").args(["127.0.0.1", &port, "127.0.0.1", &port]);
             run_bounded(&mut cmd, Duration::from_secs(60), "node sdk-check.js")
         })
         .await
@@ -108,7 +122,20 @@ async fn official_sdk_works_through_the_gateway() {
             out.status.success(),
             "round {round}: the Kuzzle SDK failed through the gateway:\nstdout:\n{stdout}\nstderr:\n{stderr}"
         );
+        for what in ["http", "http-to-peer", "websocket-to-peer"] {
+            let (answered, notified) =
+                route_line(&stdout, what).unwrap_or_else(|| panic!("round {round}: no {what} route line:\n{stdout}"));
+            if answered != notified {
+                crossed.push(format!("round {round}: {what} publish answered by {answered}, notified by {notified}"));
+            }
+        }
     }
+    eprintln!("cross-node publishes: {crossed:#?}");
+    // Nodes linked by Redis: an HTTP publish reached a WebSocket subscriber on the other node.
+    assert!(
+        crossed.iter().any(|c| c.contains(": http")),
+        "no HTTP publish through the gateway was seen reaching the other node: {crossed:?}"
+    );
     // The SDK's WebSocket sessions really went through the gateway, one on each node.
     let total = gw.core.frontend.tunnels_total.load(Ordering::Relaxed);
     assert!(total >= 2, "the SDK checks passed with {total} WebSocket tunnel(s) through the gateway");

@@ -21,11 +21,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::{ClusterClient, ClusterClientBuilder};
-use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Msg, ProtocolVersion, PushKind, Value as RValue};
+use kuzzle_redis_link::{CallError, Commands, Subscription, Target};
+use redis::{Msg, PushKind, Value as RValue};
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -33,17 +30,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::SimConfig;
+use crate::link::{last_chance, unless_stopped, Backoff};
 use crate::node::Node;
 use crate::realtime::Published;
 use crate::roomstate::{self, RoomSink};
-use crate::SimError;
 
-/// Bound of every Redis call (connect, command, subscribe).
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Reconnection backoff: first wait, and the cap it doubles up to.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Consecutive failed pings before a cluster subscription is rebuilt from scratch.
 const PING_FAILURES: u32 = 3;
 /// Cross-node notifications waiting for the Redis writer; past that they are dropped.
@@ -57,92 +48,6 @@ pub(crate) const NOTIFY_DOCUMENT: &str = "cluster:notify:document";
 pub(crate) const ID_CARD_PREFIX: &str = "{cluster/node}/";
 pub(crate) const ID_CARDS_INDEX: &str = "{cluster/node}/id-cards-index";
 const CHANNELS: [&str; 4] = [HEARTBEAT, READY, REMOVE, NOTIFY_DOCUMENT];
-
-/// Why one Redis exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum LinkError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis {0} timed out after {CALL_TIMEOUT:?}")]
-    Timeout(&'static str),
-    #[error("redis subscription ended")]
-    Closed,
-}
-
-async fn bounded<T, E: Into<LinkError>>(
-    what: &'static str,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, LinkError> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Ok(r) => r.map_err(Into::into),
-        Err(_) => Err(LinkError::Timeout(what)),
-    }
-}
-
-/// Where Redis is: one server, or the seeds of a Redis Cluster.
-pub(crate) enum RedisTargets {
-    Single(redis::Client),
-    Cluster(Vec<String>),
-}
-
-impl RedisTargets {
-    /// Parse the configured URLs (no connection is made here).
-    pub fn from_config(cfg: &SimConfig) -> Result<Option<RedisTargets>, SimError> {
-        let Some(spec) = &cfg.redis else { return Ok(None) };
-        if !cfg.redis_cluster {
-            let client = redis::Client::open(spec.as_str())
-                .map_err(|source| SimError::RedisUrl { url: spec.clone(), source })?;
-            return Ok(Some(RedisTargets::Single(client)));
-        }
-        let seeds: Vec<String> = spec.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        if seeds.is_empty() {
-            return Err(SimError::Config("no Redis Cluster seed URL".into()));
-        }
-        ClusterClient::new(seeds.clone()).map_err(|source| SimError::RedisUrl { url: spec.clone(), source })?;
-        Ok(Some(RedisTargets::Cluster(seeds)))
-    }
-}
-
-/// A connection for commands (not pub/sub).
-pub(crate) enum Cmds {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl Cmds {
-    pub(crate) async fn connect(t: &RedisTargets) -> Result<Cmds, LinkError> {
-        match t {
-            RedisTargets::Single(client) => {
-                // Few internal retries: the registrar owns the backoff and re-registration.
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CALL_TIMEOUT))
-                    .set_response_timeout(Some(CALL_TIMEOUT))
-                    .set_number_of_retries(1);
-                let m = bounded("connect", ConnectionManager::new_with_config(client.clone(), cfg)).await?;
-                Ok(Cmds::Single(m))
-            }
-            RedisTargets::Cluster(seeds) => {
-                let client = ClusterClientBuilder::new(seeds.clone())
-                    .connection_timeout(CALL_TIMEOUT)
-                    .response_timeout(CALL_TIMEOUT)
-                    .retries(2)
-                    .build()?;
-                Ok(Cmds::Cluster(bounded("connect", client.get_async_connection()).await?))
-            }
-        }
-    }
-
-    pub(crate) async fn call<T: FromRedisValue>(&mut self, what: &'static str, cmd: &Cmd) -> Result<T, LinkError> {
-        match self {
-            Cmds::Single(c) => bounded(what, cmd.query_async(c)).await,
-            Cmds::Cluster(c) => bounded(what, cmd.query_async(c)).await,
-        }
-    }
-
-    async fn publish(&mut self, channel: &str, payload: &str) -> Result<(), LinkError> {
-        self.call::<RValue>("PUBLISH", redis::cmd("PUBLISH").arg(channel).arg(payload)).await.map(drop)
-    }
-}
 
 /// What the rest of the node asks of the Redis writer.
 enum Ctl {
@@ -198,7 +103,7 @@ pub(crate) struct ClusterLink {
 }
 
 impl ClusterLink {
-    pub fn spawn(targets: RedisTargets, node: Arc<Node>, stop: &CancellationToken, tracker: &TaskTracker) -> Self {
+    pub fn spawn(targets: Target, node: Arc<Node>, stop: &CancellationToken, tracker: &TaskTracker) -> Self {
         let targets = Arc::new(targets);
         let (ctl, ctl_rx) = mpsc::channel(CTL_QUEUE);
         let (reg_tx, reg_rx) = oneshot::channel();
@@ -207,7 +112,8 @@ impl ClusterLink {
         // The shared real-time state is plugin 3.x's; Kuzzle 2 keeps none in Redis.
         let rooms = (!node.kuzzle2).then(|| {
             let sink = roomstate::spawn(targets.clone(), node.clone(), stop, tracker);
-            node.realtime.set_sink(sink.clone());
+            let reporter = sink.clone();
+            node.realtime.set_sink(move |update| reporter.send(update));
             sink
         });
         tracker.spawn(subscriber(targets, node.clone(), stop.clone(), sub_tx));
@@ -241,38 +147,17 @@ impl ClusterLink {
     }
 }
 
-/// The connection for a last call before leaving: the current one, or (Redis may be back since
-/// the last failure) one bounded attempt at a new one.
-pub(crate) async fn last_chance<'a>(
-    conn: &'a mut Option<Cmds>,
-    targets: &RedisTargets,
-    stop: &CancellationToken,
-) -> Option<&'a mut Cmds> {
-    if conn.is_none() {
-        *conn = unless_stopped(stop, Cmds::connect(targets)).await.and_then(Result::ok);
-    }
-    conn.as_mut()
-}
-
-/// Run `f` unless the node stops first (then `None`: the caller returns at once, saying nothing).
-pub(crate) async fn unless_stopped<T>(stop: &CancellationToken, f: impl std::future::Future<Output = T>) -> Option<T> {
-    tokio::select! {
-        _ = stop.cancelled() => None,
-        v = f => Some(v),
-    }
-}
-
 fn message(room: &str, data: &impl Serialize) -> String {
     serde_json::to_string(&(room, data)).unwrap_or_default()
 }
 
 /// Register (start or reconnection): plugin SADD + cluster:ready + heartbeat; Kuzzle 2 ID card.
-async fn register(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn register(c: &Commands, node: &Node) -> Result<(), CallError> {
     if node.kuzzle2 {
         return refresh(c, node).await;
     }
     let member = serde_json::to_string(&node.discovery_member()).unwrap_or_default();
-    c.call::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
+    c.query::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
     let d = node.descriptor();
     if d.ready {
         c.publish(READY, &message(READY, &d)).await?;
@@ -282,7 +167,7 @@ async fn register(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
 
 /// Every heartbeat: plugin SADD (idempotent; restores the member after a Redis restart) and
 /// cluster:heartbeat; Kuzzle 2 ID card SET with TTL and index SADD.
-async fn refresh(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn refresh(c: &Commands, node: &Node) -> Result<(), CallError> {
     if node.kuzzle2 {
         let key = format!("{ID_CARD_PREFIX}{}", node.name);
         let card = serde_json::json!({
@@ -292,56 +177,33 @@ async fn refresh(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
             "topology": [],
         });
         let ttl_ms = u64::try_from(node.heartbeat.saturating_mul(2).as_millis()).unwrap_or(u64::MAX).max(1);
-        c.call::<RValue>("SET", redis::cmd("SET").arg(&key).arg(card.to_string()).arg("PX").arg(ttl_ms)).await?;
-        c.call::<RValue>("SADD", redis::cmd("SADD").arg(ID_CARDS_INDEX).arg(&key)).await?;
+        c.query::<RValue>("SET", redis::cmd("SET").arg(&key).arg(card.to_string()).arg("PX").arg(ttl_ms)).await?;
+        c.query::<RValue>("SADD", redis::cmd("SADD").arg(ID_CARDS_INDEX).arg(&key)).await?;
         return Ok(());
     }
     let member = serde_json::to_string(&node.discovery_member()).unwrap_or_default();
-    c.call::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
+    c.query::<RValue>("SADD", redis::cmd("SADD").arg(DISCOVERY).arg(&member)).await?;
     c.publish(HEARTBEAT, &message(HEARTBEAT, &node.descriptor())).await
 }
 
 /// Clean leave: plugin cluster:remove + SREM; Kuzzle 2 card DEL + SREM from the index.
-async fn goodbye(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn goodbye(c: &Commands, node: &Node) -> Result<(), CallError> {
     if node.kuzzle2 {
         let key = format!("{ID_CARD_PREFIX}{}", node.name);
-        c.call::<RValue>("DEL", redis::cmd("DEL").arg(&key)).await?;
-        c.call::<RValue>("SREM", redis::cmd("SREM").arg(ID_CARDS_INDEX).arg(&key)).await?;
+        c.query::<RValue>("DEL", redis::cmd("DEL").arg(&key)).await?;
+        c.query::<RValue>("SREM", redis::cmd("SREM").arg(ID_CARDS_INDEX).arg(&key)).await?;
         return Ok(());
     }
     let member = serde_json::to_string(&node.discovery_member()).unwrap_or_default();
     let removed = c.publish(REMOVE, &message(REMOVE, &node.descriptor())).await;
     // The member goes even if the broadcast failed: a stale member outlives the node otherwise.
-    c.call::<RValue>("SREM", redis::cmd("SREM").arg(DISCOVERY).arg(&member)).await?;
+    c.query::<RValue>("SREM", redis::cmd("SREM").arg(DISCOVERY).arg(&member)).await?;
     removed
-}
-
-/// Exponential backoff with jitter.
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Backoff {
-        Backoff { next: BACKOFF_MIN }
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = BACKOFF_MIN;
-    }
-
-    pub(crate) fn step(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        // Up to +50 % jitter so that nodes restarted together do not retry in lockstep.
-        let jitter = base.mul_f64(rand::random_range(0.0..0.5));
-        base + jitter
-    }
 }
 
 /// The writer: registration, heartbeats, ready flips, notifications out, leave.
 async fn registrar(
-    targets: Arc<RedisTargets>,
+    targets: Arc<Target>,
     node: Arc<Node>,
     mut ctl: mpsc::Receiver<Ctl>,
     stop: CancellationToken,
@@ -349,7 +211,7 @@ async fn registrar(
 ) {
     let mut first = Some(first);
     let mut ready_rx = node.watch_ready();
-    let mut conn: Option<Cmds> = None;
+    let mut conn: Option<Commands> = None;
     let mut backoff = Backoff::new();
     let mut retry_at = Instant::now();
     let mut tick = tokio::time::interval_at(Instant::now() + node.heartbeat, node.heartbeat);
@@ -357,9 +219,9 @@ async fn registrar(
     loop {
         if conn.is_none() && Instant::now() >= retry_at {
             let attempt = unless_stopped(&stop, async {
-                let mut c = Cmds::connect(&targets).await?;
-                register(&mut c, &node).await?;
-                Ok::<_, LinkError>(c)
+                let c = Commands::connect(&targets).await?;
+                register(&c, &node).await?;
+                Ok::<_, CallError>(c)
             })
             .await;
             match attempt {
@@ -380,7 +242,7 @@ async fn registrar(
                 let _ = f.send(());
             }
         }
-        let outcome: Option<Result<(), LinkError>> = tokio::select! {
+        let outcome: Option<Result<(), CallError>> = tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(retry_at), if conn.is_none() => continue,
             c = ctl.recv() => match c {
@@ -396,7 +258,7 @@ async fn registrar(
                     let _ = ack.send(());
                     return;
                 }
-                Some(Ctl::Notify(payload)) => match conn.as_mut() {
+                Some(Ctl::Notify(payload)) => match conn.as_ref() {
                     Some(c) => unless_stopped(&stop, c.publish(NOTIFY_DOCUMENT, &payload)).await,
                     None => {
                         tracing::debug!(node = %node.name, "Redis down: cross-node notification dropped");
@@ -404,7 +266,7 @@ async fn registrar(
                     }
                 },
             },
-            _ = tick.tick() => match conn.as_mut() {
+            _ = tick.tick() => match conn.as_ref() {
                 Some(c) => unless_stopped(&stop, refresh(c, &node)).await,
                 None => Some(Ok(())),
             },
@@ -413,7 +275,7 @@ async fn registrar(
                     return;
                 }
                 let ready = *ready_rx.borrow_and_update();
-                match conn.as_mut() {
+                match conn.as_ref() {
                     Some(c) if !node.kuzzle2 => {
                         let d = node.descriptor();
                         let r = unless_stopped(&stop, async {
@@ -443,14 +305,11 @@ async fn registrar(
 }
 
 /// The reader: keeps a subscription to the cluster channels, reconnecting with backoff.
-async fn subscriber(targets: Arc<RedisTargets>, node: Arc<Node>, stop: CancellationToken, first: oneshot::Sender<()>) {
+async fn subscriber(target: Arc<Target>, node: Arc<Node>, stop: CancellationToken, first: oneshot::Sender<()>) {
     let mut first = Some(first);
     let mut backoff = Backoff::new();
     loop {
-        let r = match &*targets {
-            RedisTargets::Single(client) => subscribe_single(client, &node, &stop, &mut first, &mut backoff).await,
-            RedisTargets::Cluster(seeds) => subscribe_cluster(seeds, &node, &stop, &mut first, &mut backoff).await,
-        };
+        let r = follow(&target, &node, &stop, &mut first, &mut backoff).await;
         if let Some(f) = first.take() {
             let _ = f.send(());
         }
@@ -472,63 +331,21 @@ fn ping_period(node: &Node) -> Duration {
     node.heartbeat.clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
-/// One subscription on one Redis server; `Ok` only when the node stops.
-async fn subscribe_single(
-    client: &redis::Client,
+/// One subscription (RESP3 pushes; on a Redis Cluster a classic PUBLISH reaches subscribers on
+/// every node). `Ok` only when the node stops.
+async fn follow(
+    target: &Target,
     node: &Node,
     stop: &CancellationToken,
     first: &mut Option<oneshot::Sender<()>>,
     backoff: &mut Backoff,
-) -> Result<(), LinkError> {
-    let Some(pubsub) = unless_stopped(stop, bounded("connect", client.get_async_pubsub())).await else {
-        return Ok(());
-    };
-    let mut pubsub = pubsub?;
-    let Some(subscribed) = unless_stopped(stop, bounded("SUBSCRIBE", pubsub.subscribe(&CHANNELS[..]))).await else {
-        return Ok(());
-    };
-    subscribed?;
-    subscribed_now(node, first, backoff);
-    let (mut sink, mut stream) = pubsub.split();
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_period(node), ping_period(node));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            m = stream.next() => match m {
-                Some(msg) => on_message(node, &msg),
-                None => return Err(LinkError::Closed),
-            },
-            _ = ping.tick() => {
-                bounded("PING", sink.ping::<RValue>()).await?;
-            }
-        }
-    }
-}
-
-/// One subscription through a Redis Cluster client (RESP3 pushes; a classic PUBLISH reaches
-/// subscribers on every cluster node). `Ok` only when the node stops.
-async fn subscribe_cluster(
-    seeds: &[String],
-    node: &Node,
-    stop: &CancellationToken,
-    first: &mut Option<oneshot::Sender<()>>,
-    backoff: &mut Backoff,
-) -> Result<(), LinkError> {
+) -> Result<(), CallError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let client = ClusterClientBuilder::new(seeds.to_vec())
-        .use_protocol(ProtocolVersion::RESP3)
-        .push_sender(tx)
-        .connection_timeout(CALL_TIMEOUT)
-        .response_timeout(CALL_TIMEOUT)
-        .build()?;
-    let Some(conn) = unless_stopped(stop, bounded("connect", client.get_async_connection())).await else {
+    let channels = CHANNELS.map(String::from);
+    let Some(sub) = unless_stopped(stop, Subscription::open(target, &channels, tx)).await else {
         return Ok(());
     };
-    let mut conn = conn?;
-    let Some(subscribed) = unless_stopped(stop, bounded("SUBSCRIBE", conn.subscribe(&CHANNELS[..]))).await else {
-        return Ok(());
-    };
-    subscribed?;
+    let mut sub = sub?;
     subscribed_now(node, first, backoff);
     let mut ping = tokio::time::interval_at(Instant::now() + ping_period(node), ping_period(node));
     let mut failures = 0u32;
@@ -541,23 +358,23 @@ async fn subscribe_cluster(
                         on_message(node, &msg);
                     }
                 }
-                // The client resubscribes by itself after a disconnection.
+                Some(push) if sub.ends(&push) => return Err(CallError::Closed),
+                // Subscription confirmations; a Redis Cluster client's reconnections (it
+                // re-subscribes by itself).
                 Some(push) => tracing::debug!(node = %node.name, "redis push {:?}", push.kind),
-                None => return Err(LinkError::Closed),
+                None => return Err(CallError::Closed),
             },
-            _ = ping.tick() => {
-                // The cluster client reconnects and resubscribes on its own; rebuild it only if
-                // the cluster stays unreachable.
-                match bounded("PING", redis::cmd("PING").query_async::<RValue>(&mut conn)).await {
-                    Ok(_) => failures = 0,
-                    Err(e) => {
-                        failures += 1;
-                        if failures >= PING_FAILURES {
-                            return Err(e);
-                        }
+            _ = ping.tick() => match sub.ping().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    // A cluster client may be between two nodes: rebuild it only if the cluster
+                    // stays unreachable. A single server's connection is gone at once.
+                    if !sub.resubscribes_itself() || failures >= PING_FAILURES {
+                        return Err(e);
                     }
                 }
-            }
+            },
         }
     }
 }
@@ -638,17 +455,5 @@ mod tests {
         assert_eq!(origin, "u1");
         assert_eq!(back, doc);
         assert!(parse_notify(&json!({"origin": "u", "index": "i", "collection": "c", "body": 3})).is_none());
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap() {
-        let mut b = Backoff::new();
-        let first = b.step();
-        assert!(first >= BACKOFF_MIN && first <= BACKOFF_MIN.mul_f64(1.5));
-        for _ in 0..20 {
-            assert!(b.step() <= BACKOFF_MAX.mul_f64(1.5));
-        }
-        b.reset();
-        assert!(b.step() <= BACKOFF_MIN.mul_f64(1.5));
     }
 }

@@ -9,13 +9,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde_json::{json, Map, Value};
 use tokio_util::task::TaskTracker;
 
+use crate::api;
 use crate::envelope::{ApiError, Envelope};
-use crate::node::now_ms;
 use crate::ws::{self, WsContext};
 
 /// Boxed error of response bodies.
@@ -26,6 +26,8 @@ pub(crate) type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 /// Request bodies of ordinary routes are read and dropped, up to this much (then the connection
 /// is not reused: hyper closes it).
 const DRAIN_LIMIT: usize = 64 << 20;
+/// Largest body of a Kuzzle API request (Kuzzle's default `maxRequestSize`, 1 MB).
+const API_BODY_LIMIT: usize = 1 << 20;
 /// Chunk size of `/_sim/bytes/<n>`.
 const BYTES_CHUNK: usize = 64 << 10;
 
@@ -191,28 +193,85 @@ async fn route(req: Request<Incoming>, cx: &HttpContext, path_q: &str) -> Respon
             let result = json!({"method": method, "path": path_q, "headers": headers, "body_length": body_length});
             envelope(name, Envelope::ok(result).route("sim", "request"))
         }
-        _ => {
-            let query_path = path.clone();
+        "/_plugin/cluster/status" if get => {
             drain(req.into_body()).await;
+            envelope(name, Envelope::ok(node.status()).route("cluster", "status"))
+        }
+        _ => {
             if let (true, Some(n)) = (get, path.strip_prefix("/_sim/bytes/")) {
+                drain(req.into_body()).await;
                 return match n.parse::<u64>() {
                     Ok(n) => octets(RepeatBody { left: n }.boxed_unsync()),
                     Err(_) => envelope(name, Envelope::err(ApiError::bad_request(format!("bad byte count {n:?}")))),
                 };
             }
-            let env = match (get, query_path.as_str()) {
-                (true, "/_now") => Envelope::ok(json!({"now": now_ms()})).route("server", "now"),
-                (true, "/_serverInfo") => Envelope::ok(node.server_info()).route("server", "info"),
-                (true, "/_plugin/cluster/status") => Envelope::ok(node.status()).route("cluster", "status"),
-                _ => Envelope::err(ApiError::new(
-                    404,
-                    "network.http.url_not_found",
-                    format!("API URL not found: {query_path}"),
-                )),
-            };
-            envelope(name, env)
+            api_call(req, cx, &path).await
         }
     }
+}
+
+/// A Kuzzle API route (see `api`: the routes `server:publicApi` lists, and `POST /_query` whose
+/// body is the whole request), or Kuzzle's 404. A published document fans out as on a WebSocket.
+async fn api_call(req: Request<Incoming>, cx: &HttpContext, path: &str) -> Response<RespBody> {
+    let name = cx.ws.node.name.as_str();
+    // HEAD is GET without the body (hyper drops it).
+    let verb = if req.method() == Method::HEAD { "GET".to_owned() } else { req.method().as_str().to_owned() };
+    let generic = verb == "POST" && path == api::QUERY_ROUTE;
+    if !generic && api::http_request(&verb, path, None, None, None).is_none() {
+        drain(req.into_body()).await;
+        let e = ApiError::new(404, "network.http.url_not_found", format!("API URL not found: {path}"));
+        return envelope(name, Envelope::err(e));
+    }
+    let query = req.uri().query().map(str::to_owned);
+    let volatile = match req.headers().get("x-kuzzle-volatile").map(|v| serde_json::from_slice::<Value>(v.as_bytes())) {
+        None => None,
+        Some(Ok(v)) => Some(v),
+        Some(Err(_)) => {
+            drain(req.into_body()).await;
+            return envelope(name, Envelope::err(ApiError::bad_request("x-kuzzle-volatile is not JSON")));
+        }
+    };
+    let body = match read_json(req.into_body()).await {
+        Ok(b) => b,
+        Err(e) => return envelope(name, Envelope::err(e)),
+    };
+    let request = if generic {
+        match body {
+            Some(b @ Value::Object(_)) => b,
+            _ => return envelope(name, Envelope::err(ApiError::bad_request("POST /_query needs a JSON object body"))),
+        }
+    } else {
+        match api::http_request(&verb, path, query.as_deref(), body, volatile) {
+            Some(r) => r,
+            None => return envelope(name, Envelope::err(ApiError::bad_request("route vanished"))),
+        }
+    };
+    let (env, published) = api::handle(&cx.ws.node, None, &request);
+    if let Some(doc) = published {
+        cx.ws.fan_out(&doc);
+    }
+    envelope(name, env)
+}
+
+/// A request body as JSON: `None` when empty; at most [`API_BODY_LIMIT`] bytes.
+async fn read_json(body: Incoming) -> Result<Option<Value>, ApiError> {
+    let bytes = match Limited::new(body, API_BODY_LIMIT).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => {
+            return Err(ApiError::new(
+                413,
+                "network.http.request_too_large",
+                format!("request body larger than {API_BODY_LIMIT} bytes"),
+            ))
+        }
+        Err(e) => return Err(ApiError::bad_request(format!("request body unreadable: {e}"))),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| ApiError::bad_request(format!("request body is not JSON: {e}")))
 }
 
 /// Header map as JSON: lowercase names; a repeated header becomes an array of its values.

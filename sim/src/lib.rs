@@ -4,11 +4,14 @@
 //! - [`config`]: [`SimConfig`], what one node is (name, Redis, mode, knobs at start).
 //! - `node`: the state one node shares between its tasks (identity, knobs, Redis pool view).
 //! - `server`: the accept loop and one task per connection (hyper, http1, keep-alive, upgrades).
+//! - `api`: the Kuzzle API actions (WebSocket and HTTP alike) and their HTTP routes.
 //! - `http`: the HTTP routes, in Kuzzle's response envelope; `envelope` builds that envelope.
 //! - `ws`: one WebSocket session (Kuzzle JSON requests, pings, notifications).
 //! - `realtime` and `filters`: rooms, channels and the Koncorde filter subset behind them.
 //! - `cluster`: the Redis side (plugin 3.x registration and heartbeats, or a Kuzzle 2 ID card;
 //!   cross-node notifications), with reconnection.
+//! - `link`: Redis plumbing the Redis tasks share (targets, bounded calls, backoff).
+//! - `util`: leaf helpers (epoch milliseconds, random UUIDs).
 //! - `roomstate`: plugin 3.x's shared real-time state in Redis (rooms, counts, clients), written
 //!   off the request path, best-effort.
 //! - `cli`: the `kuzzle-node-sim` command line ([`cli_main`]).
@@ -18,16 +21,19 @@
 //! [`SimHandle::shutdown`] first leaves the cluster cleanly.
 #![forbid(unsafe_code)]
 
+mod api;
 mod cli;
 mod cluster;
 pub mod config;
 mod envelope;
 mod filters;
 mod http;
+mod link;
 mod node;
 mod realtime;
 mod roomstate;
 mod server;
+mod util;
 mod ws;
 
 use std::net::SocketAddr;
@@ -154,7 +160,7 @@ impl Drop for SimHandle {
 pub async fn start(cfg: SimConfig, listener: TcpListener) -> Result<SimHandle, SimError> {
     cfg.validate()?;
     let addr = listener.local_addr()?;
-    let targets = cluster::RedisTargets::from_config(&cfg)?;
+    let targets = link::target_from_config(&cfg)?;
     let node = Arc::new(node::Node::new(&cfg, addr));
     let stop = CancellationToken::new();
     let tracker = TaskTracker::new();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::config::SimConfig;
 use crate::realtime::Realtime;
+use crate::util::{now_ms, random_uuid};
 
 /// Kuzzle version reported by `server:info` in plugin (Kuzzle 1.x) mode.
 const KUZZLE1_VERSION: &str = "1.10.3";
@@ -233,33 +234,10 @@ impl Node {
         pool.sort_by(|a, b| a["pub"].as_str().cmp(&b["pub"].as_str()));
         json!({"count": pool.len(), "current": current, "pool": pool})
     }
-
-    /// `server:info` / `GET /_serverInfo` result.
-    pub fn server_info(&self) -> Value {
-        json!({"serverInfo": {"kuzzle": {
-            "version": self.kuzzle_version(),
-            "nodeName": self.name,
-            "api": {"routes": {}},
-        }}})
-    }
 }
 
 fn duration_ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// A random RFC 4122 version 4 UUID string.
-pub(crate) fn random_uuid() -> String {
-    let mut b: [u8; 16] = rand::random();
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
 #[cfg(test)]
@@ -280,16 +258,12 @@ mod tests {
     }
 
     #[test]
-    fn overrides_and_uuid_shape() {
+    fn overrides() {
         let mut cfg = SimConfig::new("n1");
         cfg.pub_addr = Some("tcp://10.1.1.1:7511".into());
         cfg.advertise_http = Some("http://10.1.1.1:7512".into());
         let id = Identity::new(&cfg, "127.0.0.1:1".parse().unwrap());
         assert_eq!(id.pub_addr, "tcp://10.1.1.1:7511");
         assert_eq!(id.http, "http://10.1.1.1:7512");
-        let u = random_uuid();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "4");
-        assert_ne!(u, random_uuid());
     }
 }

@@ -11,8 +11,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::envelope::ApiError;
 use crate::filters::Filter;
-use crate::node::now_ms;
-use crate::roomstate::{RoomRef, RoomShare, RoomSink, RoomUpdate};
+use crate::util::now_ms;
 
 /// One WebSocket connection, as the registry knows it.
 pub(crate) type ConnId = u64;
@@ -26,6 +25,29 @@ pub(crate) struct Published {
     pub volatile: Value,
     /// The optional `_id` of the publish request.
     pub id: Value,
+}
+
+/// A room: its id and where it listens.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RoomRef {
+    pub id: String,
+    pub index: String,
+    pub collection: String,
+}
+
+/// One connection entering or leaving a room on this node.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum RoomUpdate {
+    Join { room: RoomRef, filters: String, conn: ConnId },
+    Leave { room: RoomRef, conn: ConnId },
+}
+
+/// A room with local subscribers: what this node contributes to the shared state.
+#[derive(Debug, Clone)]
+pub(crate) struct RoomShare {
+    pub room: RoomRef,
+    pub filters: String,
+    pub conns: Vec<ConnId>,
 }
 
 /// Which notifications a channel receives (Kuzzle's `scope` option). A publish notification has
@@ -82,14 +104,19 @@ impl Room {
     }
 }
 
+/// Receives each room entry and exit; must not block.
+type RoomReporter = Box<dyn Fn(RoomUpdate) + Send + Sync>;
+
 /// The room registry of one node. Critical sections are short and never await.
 pub(crate) struct Realtime {
     node: String,
     next_id: AtomicU64,
     inner: Mutex<Inner>,
     /// Where a connection entering or leaving a room is reported (plugin mode with Redis only).
-    /// Reported under the registry's lock (a non-blocking send), so in the registry's order.
-    sink: OnceLock<RoomSink>,
+    /// Called under the registry's lock, so it must not block (the Redis writer's queue is
+    /// non-blocking); updates are then reported in the registry's order. A callback, so that the
+    /// registry does not depend on the Redis side.
+    sink: OnceLock<RoomReporter>,
 }
 
 fn internal() -> ApiError {
@@ -107,15 +134,15 @@ impl Realtime {
     }
 
     /// Report room entries and exits to `sink` from now on (set once, at start).
-    pub fn set_sink(&self, sink: RoomSink) {
-        if self.sink.set(sink).is_err() {
+    pub fn set_sink(&self, sink: impl Fn(RoomUpdate) + Send + Sync + 'static) {
+        if self.sink.set(Box::new(sink)).is_err() {
             tracing::warn!(node = %self.node, "real-time state sink already set");
         }
     }
 
     fn report(&self, update: impl FnOnce() -> RoomUpdate) {
         if let Some(sink) = self.sink.get() {
-            sink.send(update());
+            sink(update());
         }
     }
 

@@ -9,9 +9,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::{last_chance, unless_stopped, Backoff, Cmds, LinkError, RedisTargets};
-use crate::node::{now_ms, Node};
-use crate::realtime::ConnId;
+use kuzzle_redis_link::{CallError, Commands, Target};
+
+use crate::link::{last_chance, unless_stopped, Backoff};
+use crate::node::Node;
+use crate::realtime::{ConnId, RoomRef, RoomUpdate};
+use crate::util::now_ms;
 
 /// SET of every room id, on its own slot.
 pub(crate) const ROOM_IDS: &str = "cluster:room_ids";
@@ -58,29 +61,6 @@ redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {removed, 1, 0} end
 return {removed, 1, 1}
 ";
-
-/// A room: its id and where it listens.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct RoomRef {
-    pub id: String,
-    pub index: String,
-    pub collection: String,
-}
-
-/// One connection entering or leaving a room on this node.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum RoomUpdate {
-    Join { room: RoomRef, filters: String, conn: ConnId },
-    Leave { room: RoomRef, conn: ConnId },
-}
-
-/// A room with local subscribers: what this node contributes to the shared state.
-#[derive(Debug, Clone)]
-pub(crate) struct RoomShare {
-    pub room: RoomRef,
-    pub filters: String,
-    pub conns: Vec<ConnId>,
-}
 
 /// The key names of one room. Every key but the two global SETs carries the hash tag
 /// `{index/collection}`, so one room's keys (and one collection's) share a Redis Cluster slot.
@@ -179,7 +159,7 @@ impl RoomSink {
 
 /// Start the writer; it stops with `stop` (or after a withdraw).
 pub(crate) fn spawn(
-    targets: Arc<RedisTargets>,
+    targets: Arc<Target>,
     node: Arc<Node>,
     stop: &CancellationToken,
     tracker: &TaskTracker,
@@ -193,13 +173,13 @@ pub(crate) fn spawn(
 
 /// Enter `clients` into `room`: the room's keys in one script, then the two global SETs, each
 /// its own command (their slots differ from the room's).
-async fn join(c: &mut Cmds, room: &RoomRef, filters: &str, clients: &[String]) -> Result<(), LinkError> {
+async fn join(c: &Commands, room: &RoomRef, filters: &str, clients: &[String]) -> Result<(), CallError> {
     let k = Keys::new(room);
     let mut cmd = k.script(JOIN);
     cmd.arg(&room.id).arg(filters).arg(clients);
-    c.call::<RValue>("EVAL join", &cmd).await?;
-    c.call::<RValue>("SADD", redis::cmd("SADD").arg(ROOM_IDS).arg(&room.id)).await?;
-    c.call::<RValue>("SADD", redis::cmd("SADD").arg(COLLECTIONS).arg(&k.collection)).await?;
+    c.query::<RValue>("EVAL join", &cmd).await?;
+    c.query::<RValue>("SADD", redis::cmd("SADD").arg(ROOM_IDS).arg(&room.id)).await?;
+    c.query::<RValue>("SADD", redis::cmd("SADD").arg(COLLECTIONS).arg(&k.collection)).await?;
     Ok(())
 }
 
@@ -207,28 +187,28 @@ async fn join(c: &mut Cmds, room: &RoomRef, filters: &str, clients: &[String]) -
 /// out of `cluster:collections` when it has no room left). Those two SETs cannot be changed
 /// atomically with the room: after a removal, a room (or collection) another node re-created
 /// meanwhile is put back.
-async fn leave(c: &mut Cmds, room: &RoomRef, clients: &[String]) -> Result<(), LinkError> {
+async fn leave(c: &Commands, room: &RoomRef, clients: &[String]) -> Result<(), CallError> {
     let k = Keys::new(room);
     let mut cmd = k.script(LEAVE);
     cmd.arg(&room.id).arg(clients);
-    let r: Vec<i64> = c.call("EVAL leave", &cmd).await?;
+    let r: Vec<i64> = c.query("EVAL leave", &cmd).await?;
     let (room_gone, collection_gone) = (r.get(1) == Some(&1), r.get(2) == Some(&1));
     if room_gone {
-        c.call::<RValue>("SREM", redis::cmd("SREM").arg(ROOM_IDS).arg(&room.id)).await?;
-        if c.call::<bool>("EXISTS", redis::cmd("EXISTS").arg(&k.count)).await? {
-            c.call::<RValue>("SADD", redis::cmd("SADD").arg(ROOM_IDS).arg(&room.id)).await?;
+        c.query::<RValue>("SREM", redis::cmd("SREM").arg(ROOM_IDS).arg(&room.id)).await?;
+        if c.query::<bool>("EXISTS", redis::cmd("EXISTS").arg(&k.count)).await? {
+            c.query::<RValue>("SADD", redis::cmd("SADD").arg(ROOM_IDS).arg(&room.id)).await?;
         }
     }
     if collection_gone {
-        c.call::<RValue>("SREM", redis::cmd("SREM").arg(COLLECTIONS).arg(&k.collection)).await?;
-        if c.call::<bool>("EXISTS", redis::cmd("EXISTS").arg(&k.tree)).await? {
-            c.call::<RValue>("SADD", redis::cmd("SADD").arg(COLLECTIONS).arg(&k.collection)).await?;
+        c.query::<RValue>("SREM", redis::cmd("SREM").arg(COLLECTIONS).arg(&k.collection)).await?;
+        if c.query::<bool>("EXISTS", redis::cmd("EXISTS").arg(&k.tree)).await? {
+            c.query::<RValue>("SADD", redis::cmd("SADD").arg(COLLECTIONS).arg(&k.collection)).await?;
         }
     }
     Ok(())
 }
 
-async fn apply(c: &mut Cmds, node: &Node, update: &RoomUpdate) -> Result<(), LinkError> {
+async fn apply(c: &Commands, node: &Node, update: &RoomUpdate) -> Result<(), CallError> {
     match update {
         RoomUpdate::Join { room, filters, conn } => join(c, room, filters, &[client_id(node, *conn)]).await,
         RoomUpdate::Leave { room, conn } => leave(c, room, &[client_id(node, *conn)]).await,
@@ -237,7 +217,7 @@ async fn apply(c: &mut Cmds, node: &Node, update: &RoomUpdate) -> Result<(), Lin
 
 /// After a (re)connection: every local subscriber again (a restarted Redis is empty; on a Redis
 /// that kept the state this changes nothing).
-async fn replay(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn replay(c: &Commands, node: &Node) -> Result<(), CallError> {
     for share in node.realtime.shares() {
         let clients: Vec<String> = share.conns.iter().map(|conn| client_id(node, *conn)).collect();
         join(c, &share.room, &share.filters, &clients).await?;
@@ -246,7 +226,7 @@ async fn replay(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
 }
 
 /// Clean leave: every local subscriber out.
-async fn withdraw_all(c: &mut Cmds, node: &Node) -> Result<(), LinkError> {
+async fn withdraw_all(c: &Commands, node: &Node) -> Result<(), CallError> {
     for share in node.realtime.shares() {
         let clients: Vec<String> = share.conns.iter().map(|conn| client_id(node, *conn)).collect();
         leave(c, &share.room, &clients).await?;
@@ -259,24 +239,24 @@ const RESTART_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The server's run_id (changes when Redis restarts); None on a Redis Cluster, where each master
 /// has its own, or when it cannot be read.
-async fn run_id(c: &mut Cmds) -> Option<String> {
-    if !matches!(c, Cmds::Single(_)) {
+async fn run_id(c: &Commands) -> Option<String> {
+    if !matches!(c, Commands::Single(_)) {
         return None;
     }
-    let info: String = c.call("INFO", redis::cmd("INFO").arg("server")).await.ok()?;
+    let info: String = c.query("INFO", redis::cmd("INFO").arg("server")).await.ok()?;
     info.lines().find_map(|l| l.strip_prefix("run_id:")).map(|v| v.trim().to_string())
 }
 
 /// The writer: its own command connection (a burst of room updates never delays heartbeats),
 /// updates applied in the registry's order, dropped while Redis is unreachable.
 async fn writer(
-    targets: Arc<RedisTargets>,
+    targets: Arc<Target>,
     node: Arc<Node>,
     mut rx: mpsc::Receiver<RoomCtl>,
     stop: CancellationToken,
     drops: Arc<Drops>,
 ) {
-    let mut conn: Option<Cmds> = None;
+    let mut conn: Option<Commands> = None;
     let mut backoff = Backoff::new();
     let mut retry_at = Instant::now();
     // The connection manager reconnects by itself, so a restarted (empty) Redis shows up only as
@@ -286,10 +266,10 @@ async fn writer(
     loop {
         if conn.is_none() && Instant::now() >= retry_at {
             let attempt = unless_stopped(&stop, async {
-                let mut c = Cmds::connect(&targets).await?;
-                replay(&mut c, &node).await?;
-                let id = run_id(&mut c).await;
-                Ok::<_, LinkError>((c, id))
+                let c = Commands::connect(&targets).await?;
+                replay(&c, &node).await?;
+                let id = run_id(&c).await;
+                Ok::<_, CallError>((c, id))
             })
             .await;
             match attempt {
@@ -313,7 +293,7 @@ async fn writer(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep_until(retry_at), if conn.is_none() => continue,
             _ = tick.tick(), if conn.is_some() && run.is_some() => {
-                if let Some(c) = conn.as_mut() {
+                if let Some(c) = conn.as_ref() {
                     let now = unless_stopped(&stop, run_id(c)).await.flatten();
                     if now.is_some() && now != run {
                         tracing::debug!(node = %node.name, "Redis restarted: writing the real-time state again");
@@ -333,7 +313,7 @@ async fn writer(
         match msg {
             None => return,
             Some(RoomCtl::Update(update)) => {
-                let Some(c) = conn.as_mut() else {
+                let Some(c) = conn.as_ref() else {
                     drops.note(&node.name, &"Redis unreachable");
                     continue;
                 };

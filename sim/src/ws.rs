@@ -15,9 +15,10 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::api;
 use crate::cluster::Publisher;
 use crate::envelope::{ApiError, Envelope};
-use crate::node::{now_ms, random_uuid, Node};
+use crate::node::Node;
 use crate::realtime::{ConnId, Published};
 
 /// Notifications queued for one connection before it counts as too slow and misses some.
@@ -29,6 +30,17 @@ pub(crate) struct WsContext {
     pub node: Arc<Node>,
     pub publisher: Option<Publisher>,
     pub stop: CancellationToken,
+}
+
+impl WsContext {
+    /// A published document goes to this node's subscribers and, through Redis, to the other
+    /// nodes' (never blocks).
+    pub fn fan_out(&self, doc: &Published) {
+        self.node.realtime.dispatch(doc);
+        if let Some(p) = &self.publisher {
+            p.notify_document(doc);
+        }
+    }
 }
 
 /// Whether a request asks for a WebSocket upgrade (on any path, as Kuzzle accepts).
@@ -146,112 +158,14 @@ fn on_text(cx: &WsContext, conn: ConnId, text: &str) -> Option<Message> {
     if req.get("p").and_then(Value::as_i64) == Some(1) && req.get("controller").is_none() {
         return Some(Message::text(json!({"p": 2}).to_string()));
     }
-    let (env, published) = handle(cx, conn, &req);
+    let (mut env, published) = api::handle(&cx.node, Some(conn), &req);
+    // The SDKs match a WebSocket response on `room`, which Kuzzle sets to the requestId.
+    env.room = Some(env.request_id.clone());
     let msg = Message::text(env.render(&cx.node.name));
     if let Some(doc) = published {
         // The response goes out first in the session loop; notifications queue behind it for
         // this connection because they are sent on the next loop turns.
-        cx.node.realtime.dispatch(&doc);
-        if let Some(p) = &cx.publisher {
-            p.notify_document(&doc);
-        }
+        cx.fan_out(&doc);
     }
     Some(msg)
-}
-
-/// A string argument of the request, required.
-fn required_str<'a>(req: &'a Value, name: &str) -> Result<&'a str, ApiError> {
-    match req.get(name) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s),
-        Some(Value::String(_)) | None | Some(Value::Null) => {
-            Err(ApiError::new(400, "api.assert.missing_argument", format!("Missing argument \"{name}\".")))
-        }
-        Some(_) => Err(ApiError::new(400, "api.assert.invalid_type", format!("Wrong type for argument \"{name}\"."))),
-    }
-}
-
-/// Route one Kuzzle request; returns its envelope (room = requestId) and a document to fan out.
-fn handle(cx: &WsContext, conn: ConnId, req: &Value) -> (Envelope, Option<Published>) {
-    let request_id = match req.get("requestId") {
-        Some(Value::String(s)) => Value::from(s.as_str()),
-        Some(Value::Number(n)) => Value::from(n.to_string()),
-        _ => Value::from(random_uuid()),
-    };
-    let controller = req.get("controller").and_then(Value::as_str).unwrap_or("");
-    let action = req.get("action").and_then(Value::as_str).unwrap_or("");
-    let (result, published) = match route(cx, conn, controller, action, req) {
-        Ok((r, p)) => (Envelope::ok(r), p),
-        Err(e) => (Envelope::err(e), None),
-    };
-    let mut env = result;
-    env.room = Some(request_id.clone());
-    env.request_id = request_id;
-    env.controller = req.get("controller").cloned().unwrap_or(Value::Null);
-    env.action = req.get("action").cloned().unwrap_or(Value::Null);
-    env.index = req.get("index").cloned().unwrap_or(Value::Null);
-    env.collection = req.get("collection").cloned().unwrap_or(Value::Null);
-    env.volatile = req.get("volatile").cloned().unwrap_or(Value::Null);
-    (env, published)
-}
-
-type Routed = Result<(Value, Option<Published>), ApiError>;
-
-fn route(cx: &WsContext, conn: ConnId, controller: &str, action: &str, req: &Value) -> Routed {
-    let node = &cx.node;
-    let body = req.get("body").unwrap_or(&Value::Null);
-    let ok = |v: Value| -> Routed { Ok((v, None)) };
-    match (controller, action) {
-        ("", _) => Err(ApiError::new(400, "api.assert.missing_argument", "Missing argument \"controller\".")),
-        (_, "") => Err(ApiError::new(400, "api.assert.missing_argument", "Missing argument \"action\".")),
-        ("server", "now") => ok(json!({"now": now_ms()})),
-        ("server", "info") => ok(node.server_info()),
-        ("server", "healthCheck") => {
-            if node.is_ready() {
-                ok(
-                    json!({"status": "green", "services": {"internalCache": "green", "memoryStorage": "green", "storageEngine": "green"}}),
-                )
-            } else {
-                Err(ApiError::new(503, "api.process.unhealthy", "The node is not ready"))
-            }
-        }
-        // The SDK asks these on a reconnection when it believes it is logged in; the sim has only
-        // the anonymous user.
-        ("auth", "checkToken") => ok(json!({"valid": true, "kuid": "-1", "expiresAt": -1, "state": "Valid token"})),
-        ("auth", "getCurrentUser") => {
-            ok(json!({"_id": "-1", "_source": {"profileIds": ["anonymous"]}, "strategies": []}))
-        }
-        ("realtime", "subscribe") => {
-            let index = required_str(req, "index")?;
-            let collection = required_str(req, "collection")?;
-            let (room_id, channel) = node.realtime.subscribe(conn, index, collection, body, req)?;
-            ok(json!({"roomId": room_id, "channel": channel}))
-        }
-        ("realtime", "unsubscribe") => {
-            let room_id = required_str(body, "roomId")?;
-            node.realtime.unsubscribe(conn, room_id)?;
-            ok(json!({"roomId": room_id}))
-        }
-        ("realtime", "count") => {
-            let room_id = required_str(body, "roomId")?;
-            ok(json!({"count": node.realtime.count(room_id)?}))
-        }
-        ("realtime", "publish") => {
-            let index = required_str(req, "index")?;
-            let collection = required_str(req, "collection")?;
-            if !body.is_object() {
-                return Err(ApiError::new(400, "api.assert.body_required", "The request must specify a body."));
-            }
-            let doc = Published {
-                index: index.to_owned(),
-                collection: collection.to_owned(),
-                body: body.clone(),
-                volatile: req.get("volatile").cloned().unwrap_or(Value::Null),
-                id: req.get("_id").cloned().unwrap_or(Value::Null),
-            };
-            Ok((json!({"published": true}), Some(doc)))
-        }
-        (c, a) => {
-            Err(ApiError::new(404, "api.process.action_not_found", format!("API action \"{c}\":\"{a}\" not found")))
-        }
-    }
 }

@@ -228,3 +228,61 @@ async fn kill_and_shutdown_stop_serving() {
             .await;
     }
 }
+
+/// Kuzzle 2's HTTP API: the routes `GET /_publicApi` lists, and the generic `POST /_query`; a
+/// publish over HTTP reaches WebSocket subscribers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuzzle_api_over_http() {
+    let s = sim(SimConfig::new("api")).await;
+    let a = s.addr;
+    let mut c = Client::connect(a).await;
+    let post = |body: &str| Bytes::from(body.to_owned());
+
+    let api = assert_envelope(&get(a, "/_publicApi").await, "api", 200);
+    assert_eq!(api["result"]["server"]["now"]["http"], json!([{"verb": "GET", "url": "/_now"}]));
+    let v = assert_envelope(&get(a, "/").await, "api", 200);
+    assert_eq!((v["controller"].as_str(), v["action"].as_str()), (Some("server"), Some("info")));
+    assert_eq!(v["result"]["serverInfo"]["kuzzle"]["api"]["routes"], api["result"], "server:info lists the API too");
+
+    let v = assert_envelope(
+        &c.send("POST", "/_query", &[], post(r#"{"controller":"server","action":"now","requestId":"q1"}"#)).await,
+        "api",
+        200,
+    );
+    assert_eq!(v["requestId"], "q1");
+    assert!(v["result"]["now"].is_u64(), "{v}");
+    assert_envelope(&c.send("POST", "/_query", &[], post("[1]")).await, "api", 400);
+    let v = assert_envelope(
+        &c.send(
+            "POST",
+            "/_query",
+            &[],
+            post(r#"{"controller":"realtime","action":"subscribe","index":"i","collection":"c"}"#),
+        )
+        .await,
+        "api",
+        400,
+    );
+    assert_eq!(v["error"]["id"], "api.assert.unsupported_protocol", "no subscription without a connection");
+
+    let mut w = ws(a).await;
+    let (_, channel) = subscribe(&mut w, "i", "c", json!({}), "s1").await;
+    let v = assert_envelope(
+        &c.send("POST", "/i/c/_publish?_id=d%201", &[("x-kuzzle-volatile", r#"{"v":1}"#)], post(r#"{"k":1}"#)).await,
+        "api",
+        200,
+    );
+    assert_eq!(v["result"], json!({"published": true}));
+    assert_eq!((v["index"].as_str(), v["collection"].as_str()), (Some("i"), Some("c")));
+    let n = notification(&mut w, &channel, Vec::new()).await;
+    assert_eq!(n["result"], json!({"_id": "d 1", "_source": {"k": 1}}));
+    assert_eq!(n["volatile"], json!({"v": 1}));
+
+    // Bad input is a Kuzzle error envelope; a route with the wrong verb is not found.
+    assert_envelope(&c.send("POST", "/i/c/_publish", &[], post("not json")).await, "api", 400);
+    assert_envelope(&c.send("POST", "/i/c/_publish", &[], Bytes::new()).await, "api", 400);
+    assert_envelope(&c.send("POST", "/i/c/_publish", &[("x-kuzzle-volatile", "{")], post("{}")).await, "api", 400);
+    let v = assert_envelope(&get(a, "/i/c/_publish").await, "api", 404);
+    assert_eq!(v["error"]["id"], "network.http.url_not_found");
+    s.shutdown().await;
+}

@@ -1,30 +1,14 @@
-//! Control plane: Redis access for membership (one Redis or a Redis Cluster): a command
-//! connection, a dedicated RESP3 subscription, and per-master connections for SCAN. Every call
+//! Control plane: Redis access for membership, a thin layer over the shared `kuzzle_redis_link`.
+//!
+//! It reads the target from `[cluster]` and keeps the API the rest of `cluster` uses. Every call
 //! has a bounded timeout; none of this runs on the request path.
 
-use std::time::Duration;
-
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, ProtocolVersion};
+use kuzzle_redis_link as link;
+use redis::{Cmd, FromRedisValue};
 
 use crate::config::ClusterSection;
 
-/// Bound on one Redis command (and on one connection attempt).
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
-/// Keys one SCAN walk may visit before it stops (status, reset): bounds time and memory.
-pub const MAX_SCAN_KEYS: usize = 1_000_000;
-
-/// A failed Redis call.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("Redis {0} timed out after {CALL_TIMEOUT:?}")]
-    Timeout(&'static str),
-    #[error("Redis {0}: {1}")]
-    Redis(&'static str, redis::RedisError),
-    #[error("Redis Cluster: {0}")]
-    Topology(String),
-}
+pub use link::{parse_masters, redact, CallError, Master, CALL_TIMEOUT, MAX_SCAN_KEYS};
 
 /// Where Redis is, from `[cluster]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,165 +26,38 @@ impl Target {
         }
     }
 
-    fn resp3_client(url: &str) -> Result<redis::Client, CallError> {
-        let info = url.into_connection_info().map_err(|e| CallError::Redis("URL", e))?;
-        let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
-        redis::Client::open(info.set_redis_settings(settings)).map_err(|e| CallError::Redis("URL", e))
-    }
-
-    fn cluster_builder(seeds: &[String]) -> redis::cluster::ClusterClientBuilder {
-        redis::cluster::ClusterClientBuilder::new(seeds.to_vec())
-            .connection_timeout(CALL_TIMEOUT)
-            .response_timeout(CALL_TIMEOUT)
-            .retries(2)
-    }
-}
-
-/// Run one future with the call timeout.
-async fn bounded<T>(
-    what: &'static str,
-    f: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, CallError> {
-    match tokio::time::timeout(CALL_TIMEOUT, f).await {
-        Err(_) => Err(CallError::Timeout(what)),
-        Ok(r) => r.map_err(|e| CallError::Redis(what, e)),
+    /// The link layer's target (a copy: connecting is rare).
+    fn link(&self) -> link::Target {
+        match self {
+            Target::Single(u) => link::Target::Single(u.clone()),
+            Target::Cluster(s) => link::Target::Cluster(s.clone()),
+        }
     }
 }
 
 /// The command connection (cheap to clone; reconnects by itself).
 #[derive(Clone)]
-pub enum Commands {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
+pub struct Commands(link::Commands);
 
 impl Commands {
     /// A single Redis connects lazily (never fails while Redis is down); a cluster needs one
     /// reachable seed to learn the slot map.
     pub async fn connect(t: &Target) -> Result<Commands, CallError> {
-        match t {
-            Target::Single(url) => {
-                let client = redis::Client::open(url.as_str()).map_err(|e| CallError::Redis("URL", e))?;
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CALL_TIMEOUT))
-                    .set_response_timeout(Some(CALL_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(2));
-                let m =
-                    ConnectionManager::new_lazy_with_config(client, cfg).map_err(|e| CallError::Redis("connect", e))?;
-                Ok(Commands::Single(m))
-            }
-            Target::Cluster(seeds) => {
-                let client =
-                    Target::cluster_builder(seeds).build().map_err(|e| CallError::Redis("cluster client", e))?;
-                let c = bounded("cluster connect", client.get_async_connection()).await?;
-                Ok(Commands::Cluster(c))
-            }
-        }
+        link::Commands::connect(&t.link()).await.map(Commands)
     }
 
     pub async fn query<T: FromRedisValue>(&self, what: &'static str, cmd: &Cmd) -> Result<T, CallError> {
-        match self {
-            Commands::Single(m) => bounded(what, cmd.query_async(&mut m.clone())).await,
-            Commands::Cluster(c) => bounded(what, cmd.query_async(&mut c.clone())).await,
-        }
+        self.0.query(what, cmd).await
     }
 
     /// One direct connection per master (a single Redis is its own master), for SCAN walks.
     pub async fn masters(&self, t: &Target) -> Result<Vec<(String, Master)>, CallError> {
-        match (self, t) {
-            (Commands::Single(m), Target::Single(url)) => Ok(vec![(redact(url), Master::Manager(m.clone()))]),
-            (Commands::Cluster(_), Target::Cluster(_)) => {
-                let nodes: String = self.query("CLUSTER NODES", redis::cmd("CLUSTER").arg("NODES")).await?;
-                let addrs = parse_masters(&nodes);
-                if addrs.is_empty() {
-                    return Err(CallError::Topology("CLUSTER NODES lists no live master".into()));
-                }
-                let mut out = Vec::with_capacity(addrs.len());
-                for a in addrs {
-                    let client =
-                        redis::Client::open(format!("redis://{a}/0")).map_err(|e| CallError::Redis("master URL", e))?;
-                    let cfg = AsyncConnectionConfig::new()
-                        .set_connection_timeout(Some(CALL_TIMEOUT))
-                        .set_response_timeout(Some(CALL_TIMEOUT));
-                    let c =
-                        bounded("master connect", client.get_multiplexed_async_connection_with_config(&cfg)).await?;
-                    out.push((a, Master::Direct(c)));
-                }
-                Ok(out)
-            }
-            _ => Err(CallError::Topology("connection does not match the configured target".into())),
-        }
+        self.0.masters(&t.link()).await
     }
-}
-
-/// A connection to one master.
-pub enum Master {
-    Manager(ConnectionManager),
-    Direct(MultiplexedConnection),
-}
-
-impl Master {
-    pub async fn query<T: FromRedisValue>(&mut self, what: &'static str, cmd: &Cmd) -> Result<T, CallError> {
-        match self {
-            Master::Manager(m) => bounded(what, cmd.query_async(m)).await,
-            Master::Direct(c) => bounded(what, cmd.query_async(c)).await,
-        }
-    }
-
-    /// Every key matching `pattern` on this master (SCAN, never KEYS), up to `MAX_SCAN_KEYS`.
-    pub async fn scan(&mut self, pattern: &str) -> Result<Vec<String>, CallError> {
-        let mut cursor: u64 = 0;
-        let mut keys = Vec::new();
-        loop {
-            let (next, batch): (u64, Vec<String>) = self
-                .query("SCAN", redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000))
-                .await?;
-            keys.extend(batch);
-            if next == 0 || keys.len() >= MAX_SCAN_KEYS {
-                return Ok(keys);
-            }
-            cursor = next;
-        }
-    }
-
-    /// Run a pipeline built by `f` (one command per key: keys may sit in different slots).
-    pub async fn pipeline<T: FromRedisValue>(
-        &mut self,
-        what: &'static str,
-        p: &redis::Pipeline,
-    ) -> Result<T, CallError> {
-        match self {
-            Master::Manager(m) => bounded(what, p.query_async(m)).await,
-            Master::Direct(c) => bounded(what, p.query_async(c)).await,
-        }
-    }
-}
-
-/// `ip:port` of every master not flagged as failing, from `CLUSTER NODES`.
-pub fn parse_masters(nodes: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in nodes.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let (Some(addr), Some(flags)) = (f.get(1), f.get(2)) else { continue };
-        let flags: Vec<&str> = flags.split(',').collect();
-        if !flags.contains(&"master") || flags.iter().any(|x| x.starts_with("fail") || *x == "noaddr") {
-            continue;
-        }
-        // `ip:port@cport[,hostname]`
-        let a = addr.split('@').next().unwrap_or("");
-        if !a.is_empty() && !a.starts_with(':') {
-            out.push(a.to_string());
-        }
-    }
-    out
 }
 
 /// A live subscription; dropping it closes its connection.
-pub enum Subscription {
-    Single(MultiplexedConnection),
-    Cluster(ClusterConnection),
-}
+pub struct Subscription(link::Subscription);
 
 impl Subscription {
     /// Connect a dedicated RESP3 connection whose pushes go to `tx`, and subscribe.
@@ -209,48 +66,12 @@ impl Subscription {
         channels: &[String],
         tx: impl redis::aio::AsyncPushSender,
     ) -> Result<Subscription, CallError> {
-        match t {
-            Target::Single(url) => {
-                let client = Target::resp3_client(url)?;
-                let cfg = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(CALL_TIMEOUT))
-                    .set_response_timeout(Some(CALL_TIMEOUT))
-                    .set_push_sender(tx);
-                let mut c = bounded("connect", client.get_multiplexed_async_connection_with_config(&cfg)).await?;
-                bounded("SUBSCRIBE", c.subscribe(channels)).await?;
-                Ok(Subscription::Single(c))
-            }
-            Target::Cluster(seeds) => {
-                // Classic PUBLISH reaches subscribers on every cluster node; the cluster client
-                // re-subscribes by itself after a reconnection or a failover.
-                let client = Target::cluster_builder(seeds)
-                    .use_protocol(ProtocolVersion::RESP3)
-                    .push_sender(tx)
-                    .build()
-                    .map_err(|e| CallError::Redis("cluster client", e))?;
-                let mut c = bounded("cluster connect", client.get_async_connection()).await?;
-                bounded("SUBSCRIBE", c.subscribe(channels)).await?;
-                Ok(Subscription::Cluster(c))
-            }
-        }
+        link::Subscription::open(&t.link(), channels, tx).await.map(Subscription)
     }
 
     /// A command on the subscription's own connection (RESP3 allows it): proves it is alive.
     pub async fn ping(&mut self) -> Result<(), CallError> {
-        match self {
-            Subscription::Single(c) => {
-                bounded("PING", redis::cmd("PING").query_async::<redis::Value>(c)).await.map(drop)
-            }
-            Subscription::Cluster(c) => bounded("PING", c.req_packed_command(&redis::cmd("PING"))).await.map(drop),
-        }
-    }
-}
-
-/// A Redis URL without its password, for logs and status.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
+        self.0.ping().await
     }
 }
 
@@ -259,17 +80,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masters_from_cluster_nodes() {
-        let t = "a1 127.0.0.1:7001@17001 myself,master - 0 0 1 connected 0-5460\n\
-                 b2 127.0.0.1:7002@17002 master - 0 0 2 connected 5461-10922\n\
-                 c3 127.0.0.1:7003@17003 master,fail - 0 0 3 connected\n\
-                 d4 127.0.0.1:7004@17004 slave b2 0 0 2 connected\n";
-        assert_eq!(parse_masters(t), vec!["127.0.0.1:7001".to_string(), "127.0.0.1:7002".to_string()]);
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://u:secret@h:1/0"), "redis://***@h:1/0");
-        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+    fn target_from_config() {
+        let mut c = ClusterSection::default();
+        assert_eq!(Target::from_config(&c), None);
+        c.redis_cluster = Some(vec!["redis://127.0.0.1:7001".into()]);
+        assert_eq!(Target::from_config(&c), Some(Target::Cluster(vec!["redis://127.0.0.1:7001".into()])));
+        assert_eq!(
+            Target::from_config(&c).map(|t| t.link()),
+            Some(link::Target::Cluster(vec!["redis://127.0.0.1:7001".into()]))
+        );
+        c.redis = Some("redis://127.0.0.1:6379/0".into());
+        assert_eq!(Target::from_config(&c), Some(Target::Single("redis://127.0.0.1:6379/0".into())));
     }
 }
