@@ -265,7 +265,7 @@ async fn kuzzle_api_over_http() {
     );
     assert_eq!(v["error"]["id"], "api.assert.unsupported_protocol", "no subscription without a connection");
 
-    let mut w = ws(a).await;
+    let mut w = ws(a, "/").await;
     let (_, channel) = subscribe(&mut w, "i", "c", json!({}), "s1").await;
     let v = assert_envelope(
         &c.send("POST", "/i/c/_publish?_id=d%201", &[("x-kuzzle-volatile", r#"{"v":1}"#)], post(r#"{"k":1}"#)).await,
