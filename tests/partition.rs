@@ -126,7 +126,8 @@ impl Gateway {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
+            // The gateway logs to stdout: shown only when asked for (GATEWAY_LOG=info).
+            .stdout(if std::env::var_os("GATEWAY_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn kuzzle-gateway");
@@ -415,15 +416,19 @@ async fn partitioned_node_marked_down_by_checks_then_rejoins() {
 
 /// Under traffic with the defaults (passive checks on): DOWN at the latest within `fall x
 /// (interval + timeout)`, requests keep succeeding on the other nodes, 1001 for its WebSockets,
-/// UP again after `rise` checks.
+/// UP again once the link is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_node_under_traffic_fails_over_then_rejoins() {
     let Some(part) = partition_or_skip("traffic") else { return };
     let t = partition_run(&part, true, 4).await;
     report("under traffic, passive checks", &t);
     assert!(t.down_after <= down_bound(), "DOWN after {} > {}", ms(t.down_after), ms(down_bound()));
-    let (lo, hi) = up_range();
-    assert!(t.up_after >= lo && t.up_after <= hi, "UP after {} not in [{}, {}]", ms(t.up_after), ms(lo), ms(hi));
+    // Upper bound only: connect timeouts of requests begun before DOWN end after it, and each one
+    // still brings the DOWN node's next check forward (to 50 ms after the last), so under traffic
+    // its `rise` checks may come closer than `interval` (seen: UP 250-340 ms after the heal in
+    // about one run in four). The spacing of rise checks is asserted by the checks-only test.
+    let (_, hi) = up_range();
+    assert!(t.up_after <= hi, "UP after {} > {}", ms(t.up_after), ms(hi));
     assert!(t.gets_while_cut >= 10, "too few requests during the partition to say anything ({})", t.gets_while_cut);
     // A handful at most: one per connection that was open to the victim at the cut.
     assert!(t.timed_out_in_window <= 8, "{} requests timed out", t.timed_out_in_window);
