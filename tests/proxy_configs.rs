@@ -1,8 +1,11 @@
-//! The shipped configurations in proxy-configs/: the gateway's default config is valid and names
-//! the seed's 3 nodes, and the nginx / haproxy equivalents used by bench/run.sh route the same
-//! nodes with the same per-node prefixes.
+//! The shipped configurations in proxy-configs/: every gateway config passes `kuzzle-gateway
+//! --check` and does what its use case says, the default one shows every key and names the seed's 3
+//! nodes, and the nginx / haproxy equivalents used by bench/run.sh route the same nodes with the
+//! same per-node prefixes.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use kuzzle_gateway::config::{Algorithm, Config, DEFAULT_CONFIG_PATH};
 
@@ -73,4 +76,193 @@ fn haproxy_config_routes_the_same_nodes_and_prefixes() {
     ] {
         assert!(t.contains(needle), "haproxy.cfg: missing {needle}");
     }
+}
+
+/// Every gateway configuration shipped in proxy-configs/ (`*.toml`): a new file is picked up here.
+fn gateway_configs() -> Vec<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy-configs");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    files.sort();
+    files
+}
+
+fn table(path: &Path) -> toml::Table {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    text.parse().unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()))
+}
+
+/// A config whose `[tls]` names files: the same text with `cert` / `key` pointing at a fresh
+/// self-signed pair in `dir`, so that `--check` sees the config exactly as an operator who followed
+/// the file's instructions would, whether or not it opens the PEM files.
+fn with_test_certs(path: &Path, dir: &Path) -> PathBuf {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate certificate");
+    let (cert, key) = (dir.join("fullchain.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let text = std::fs::read_to_string(path).expect("read config");
+    let t = table(path);
+    let tls = t.get("tls").and_then(|v| v.as_table()).expect("[tls] table");
+    let mut out = text.clone();
+    for (k, new) in [("cert", &cert), ("key", &key)] {
+        let old = tls.get(k).and_then(|v| v.as_str()).unwrap_or_else(|| panic!("[tls] {k} missing"));
+        assert_eq!(
+            text.matches(&format!("\"{old}\"")).count(),
+            1,
+            "{}: [tls] {k} path appears more than once",
+            path.display()
+        );
+        out = out.replace(&format!("\"{old}\""), &format!("{:?}", new.display().to_string()));
+    }
+    let copy = dir.join(path.file_name().expect("file name"));
+    std::fs::write(&copy, out).expect("write config copy");
+    copy
+}
+
+#[test]
+fn every_gateway_config_passes_check() {
+    let files = gateway_configs();
+    let names: BTreeSet<String> =
+        files.iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+    for want in [
+        "gateway.toml",
+        "gateway-plugin3-redis.toml",
+        "gateway-kuzzle2-redis.toml",
+        "gateway-redis-cluster.toml",
+        "gateway-tls.toml",
+    ] {
+        assert!(names.contains(want), "proxy-configs/{want} is missing (have {names:?})");
+    }
+    let tmp = std::env::temp_dir().join(format!("kgw-proxy-configs-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    for f in &files {
+        let text = std::fs::read_to_string(f).expect("read config");
+        assert!(text.starts_with('#'), "{}: must open with a comment saying its use case", f.display());
+        let checked = if table(f).contains_key("tls") { with_test_certs(f, &tmp) } else { f.clone() };
+        let out = Command::new(env!("CARGO_BIN_EXE_kuzzle-gateway"))
+            .arg("--config")
+            .arg(&checked)
+            .arg("--check")
+            .output()
+            .expect("run kuzzle-gateway --check");
+        assert!(
+            out.status.success(),
+            "kuzzle-gateway --config {} --check failed:\n{}{}",
+            f.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"), "{}: no 'is valid' line", f.display());
+        // Host names come with issue 13 part 1; until then every node address is IP:PORT.
+        for n in table(f).get("node").and_then(|v| v.as_array()).into_iter().flatten() {
+            let a = n.get("address").and_then(|v| v.as_str()).expect("node address");
+            assert!(a.parse::<std::net::SocketAddr>().is_ok(), "{}: node address {a:?} is not IP:PORT", f.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+fn get<'a>(t: &'a toml::Table, dotted: &str) -> Option<&'a toml::Value> {
+    let (sec, key) = dotted.split_once('.').expect("section.key");
+    t.get(sec)?.as_table()?.get(key)
+}
+
+#[test]
+fn each_use_case_config_sets_what_its_use_case_needs() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy-configs");
+    let s = |v: Option<&toml::Value>| v.and_then(|v| v.as_str()).map(str::to_string);
+    let b = |v: Option<&toml::Value>| v.and_then(|v| v.as_bool());
+
+    let p3 = table(&dir.join("gateway-plugin3-redis.toml"));
+    assert!(s(get(&p3, "cluster.redis")).is_some_and(|u| u.starts_with("redis://")));
+    assert_eq!(s(get(&p3, "health.path")).as_deref(), Some("/_plugin/cluster/health"));
+    assert_eq!((b(get(&p3, "cluster.pubsub")), b(get(&p3, "cluster.discovery"))), (Some(true), Some(true)));
+    assert!(p3.get("node").is_none(), "plugin 3.x: nodes come from Redis only");
+
+    let k2 = table(&dir.join("gateway-kuzzle2-redis.toml"));
+    assert_eq!(s(get(&k2, "health.path")).as_deref(), Some("/_healthCheck"));
+    assert_eq!(b(get(&k2, "cluster.kuzzle2")), Some(true));
+    assert_eq!((b(get(&k2, "cluster.pubsub")), b(get(&k2, "cluster.discovery"))), (Some(false), Some(false)));
+    assert!(k2.get("node").is_none(), "Kuzzle 2: nodes come from their ID cards only");
+
+    let rc = table(&dir.join("gateway-redis-cluster.toml"));
+    let seeds = get(&rc, "cluster.redis_cluster").and_then(|v| v.as_array()).expect("redis_cluster list");
+    assert_eq!(seeds.len(), 3, "a 3-master Redis Cluster");
+    assert!(get(&rc, "cluster.redis").is_none());
+
+    let tls = table(&dir.join("gateway-tls.toml"));
+    assert_eq!(s(get(&tls, "tls.listen")).as_deref(), Some("0.0.0.0:7443"));
+    assert!(s(get(&tls, "tls.cert")).is_some() && s(get(&tls, "tls.key")).is_some());
+}
+
+/// `(section, key)` pairs written in a file, commented out or not (`# key = v` counts).
+fn keys_shown(text: &str) -> BTreeSet<(String, String)> {
+    let mut section = String::new();
+    let mut keys = BTreeSet::new();
+    for line in text.lines() {
+        let l = line.trim_start_matches(|c: char| c == '#' || c.is_whitespace());
+        if l.starts_with('[') {
+            section = l.split(']').next().unwrap_or("").trim_start_matches('[').trim().to_string();
+        } else if let Some((k, _)) = l.split_once('=') {
+            let k = k.trim();
+            if !k.is_empty() && k.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_') {
+                keys.insert((section.clone(), k.to_string()));
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn default_config_shows_every_key() {
+    // Every key of src/config.rs, by section.
+    let every: &[(&str, &[&str])] = &[
+        (
+            "gateway",
+            &[
+                "listen",
+                "threads",
+                "shutdown_grace",
+                "hard_stop_after",
+                "max_connections",
+                "upgrade_socket",
+                "drain_timeout",
+                "watch",
+            ],
+        ),
+        ("timeouts", &["connect", "client", "server", "tunnel", "pool_idle"]),
+        ("balance", &["algorithm", "retries", "redispatch"]),
+        (
+            "health",
+            &["path", "interval", "fastinter", "downinter", "timeout", "rise", "fall", "passive", "on_marked_down"],
+        ),
+        ("stats", &["listen", "uri", "user", "password", "refresh"]),
+        ("tls", &["listen", "cert", "key"]),
+        (
+            "cluster",
+            &[
+                "redis",
+                "redis_cluster",
+                "node_port",
+                "heartbeat_timeout",
+                "allowed_networks",
+                "pubsub",
+                "discovery",
+                "kuzzle2",
+                "poll_interval",
+            ],
+        ),
+        ("node", &["name", "address"]),
+    ];
+    let shown = keys_shown(&read(DEFAULT_CONFIG_PATH));
+    let missing: Vec<String> = every
+        .iter()
+        .flat_map(|(s, ks)| ks.iter().map(move |k| (s.to_string(), k.to_string())))
+        .filter(|sk| !shown.contains(sk))
+        .map(|(s, k)| format!("[{s}] {k}"))
+        .collect();
+    assert!(missing.is_empty(), "{DEFAULT_CONFIG_PATH} does not show {missing:?}");
 }
