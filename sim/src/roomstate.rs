@@ -44,7 +44,9 @@ return added
 
 /// Leave: the listed clients leave a room (same KEYS; ARGV: roomId, clients...). A client not in
 /// the room (its entry was dropped, or the state was reset) changes nothing, so a count never goes
-/// below zero. At zero the room's keys go. Returns {left, room gone (0/1), collection empty (0/1)}.
+/// below zero. At zero the room's keys go, and with the collection's last room its version counter
+/// too (a node that leaves cleanly leaves nothing behind). Returns {left, room gone (0/1),
+/// collection empty (0/1)}.
 const LEAVE: &str = r"
 local removed = 0
 for i = 2, #ARGV do
@@ -59,6 +61,7 @@ if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then return {removed, 0, 0} e
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('SREM', KEYS[3], ARGV[1])
 if redis.call('EXISTS', KEYS[3]) == 1 then return {removed, 1, 0} end
+redis.call('DEL', KEYS[5])
 return {removed, 1, 1}
 ";
 
