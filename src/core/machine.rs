@@ -314,6 +314,14 @@ impl Machine {
 mod tests {
     use super::*;
 
+    #[test]
+    fn json_durations_are_milliseconds() {
+        let c = CheckResult { kind: CheckKind::L7OK, code: Some(200), duration: Duration::from_micros(604_104), at: 1 };
+        let v = serde_json::to_value(c).expect("json");
+        assert_eq!(v["duration_ms"], 604, "{v}");
+        assert!(v.get("duration").is_none(), "no {{secs, nanos}} object: {v}");
+    }
+
     fn res(kind: CheckKind) -> CheckResult {
         CheckResult { kind, code: None, duration: Duration::from_millis(1), at: 0 }
     }

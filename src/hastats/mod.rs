@@ -267,8 +267,7 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
     let membership = b.membership();
     let (status, class) = node_status(&health, admin, membership);
     let eligible = b.eligible();
-    // An operator's state shows since it was set; otherwise the last UP/DOWN change.
-    let since = [health.last_change, b.admin_since()].into_iter().max().filter(|s| *s > 0).unwrap_or(started);
+    let since = status_since(health.last_change, b.admin_since(), started);
     let traffic = node_traffic(b, &b.counters, now);
     NodeView {
         name: b.name.clone(),
@@ -287,6 +286,15 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
         active: traffic.cur,
         sessions_total: traffic.total,
         traffic,
+    }
+}
+
+/// When the status shown began: the latest of the last UP/DOWN change and the operator's last
+/// state change (a MAINT set an hour after start-up counts from then), else start-up.
+fn status_since(last_change: u64, admin_since: u64, started: u64) -> u64 {
+    match last_change.max(admin_since) {
+        0 => started,
+        t => t,
     }
 }
 
@@ -387,6 +395,23 @@ pub fn human_duration(secs: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operator_state_shows_since_it_was_set() {
+        assert_eq!(status_since(100, 0, 50), 100, "no operator change: the last UP/DOWN change");
+        assert_eq!(status_since(100, 3700, 50), 3700, "MAINT set later: counts from then");
+        assert_eq!(status_since(0, 0, 50), 50, "nothing yet: start-up");
+        let b = Backend::new(
+            "n".into(),
+            ([127, 0, 0, 1], 1).into(),
+            crate::core::backend::Origin::Static,
+            Default::default(),
+            true,
+        );
+        assert_eq!(b.admin_since(), 0);
+        b.set_admin(AdminState::Maint);
+        assert!(b.admin_since() >= crate::util::epoch_secs() - 1, "the change is stamped");
+    }
 
     fn hv(status: &str, up: bool) -> HealthView {
         HealthView {
