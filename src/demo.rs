@@ -93,7 +93,7 @@ fn banner(g: SocketAddr, s: SocketAddr, redis: bool, cfg: &Path) -> String {
          \x20 curl -i http://{g}/cluster_kuzzle_2/_now         # node 2 only (prefix stripped)\n\
          \x20 curl -i http://{g}/cluster_kuzzle_3/_serverInfo  # node 3 only\n\
          \x20 cargo run --release --example ws_call -- ws://{g}/ '{{\"controller\":\"server\",\"action\":\"now\"}}'\n\
-         \x20 curl -u {USER}:{PASSWORD} http://{s}/hastats;csv    # stats (browser: http://{s}/hastats, user {USER}, password {PASSWORD})\n\
+         \x20 curl -u {USER}:{PASSWORD} 'http://{s}/hastats;csv'  # stats (browser: http://{s}/hastats, user {USER}, password {PASSWORD})\n\
          \x20 curl -u {USER}:{PASSWORD} -XPOST -H 'content-type: application/json' http://{s}/nodes/cluster_kuzzle_2/state -d '{{\"state\":\"drain\"}}'\n\n\
          The configuration is {cfg}: {edit}.\n\
          Ctrl-C stops everything.\n",
@@ -188,5 +188,26 @@ async fn stop_node(child: &mut tokio::process::Child) {
     }
     if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
         let _ = child.kill().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_lines_are_shell_safe_and_fit_the_mode() {
+        let g: SocketAddr = "127.0.0.1:7512".parse().expect("addr");
+        let s: SocketAddr = "127.0.0.1:7575".parse().expect("addr");
+        let b = banner(g, s, false, Path::new("/tmp/x.toml"));
+        for line in b.lines().filter(|l| l.contains(';')) {
+            // A `;` outside quotes would end the shell command there.
+            let unquoted: String = line.split('\'').step_by(2).collect();
+            assert!(!unquoted.split('#').next().unwrap_or("").contains(';'), "unquoted ';' in {line:?}");
+        }
+        assert!(!b.contains("websocat") && !b.contains(" open "), "tools a fresh Debian lacks: {b}");
+        assert!(b.contains("remove a [[node]]"));
+        let r = banner(g, s, true, Path::new("/tmp/x.toml"));
+        assert!(!r.contains("[[node]]"), "the Redis demo's config has no [[node]]: {r}");
     }
 }
