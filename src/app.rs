@@ -47,7 +47,11 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
     let settings_tx = Arc::new(settings_tx);
 
     let checkers = Checkers { settings: settings.clone(), life: life.clone() };
-    let core = Core::new(config.clone(), Box::new(move |b| checkers.spawn(b)));
+    // Host names resolve before the first snapshot, so named nodes start UP like addressed ones.
+    let resolved = crate::resolve::resolve_blocking(&config);
+    crate::resolve::warn_unresolved(&resolved);
+    let first = vec![crate::core::registry::Change::Resolved(Arc::new(resolved.clone()))];
+    let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)));
 
     let ctx = Arc::new(Context { core: core.clone(), life: life.clone() });
     let door = Arc::new(Frontdoor {
@@ -105,6 +109,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
 
     crate::watch::start(&config, reload.clone(), &life);
     crate::drain::start(core.clone(), &life);
+    crate::resolve::start(core.clone(), settings.clone(), resolved, &life);
     tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = core.snapshot().nodes.len(), "kuzzle-gateway serving");
     Ok(Handle {
         core,

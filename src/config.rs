@@ -101,6 +101,8 @@ pub struct GatewaySection {
     pub drain_timeout: Option<Dur>,
     /// Reload when the configuration file changes on disk.
     pub watch: bool,
+    /// How often `[[node]]` host names are resolved again (a changed address applies like a reload).
+    pub resolve_interval: Dur,
 }
 
 impl Default for GatewaySection {
@@ -114,6 +116,7 @@ impl Default for GatewaySection {
             upgrade_socket: None,
             drain_timeout: None,
             watch: true,
+            resolve_interval: Dur(Duration::from_secs(10)),
         }
     }
 }
@@ -290,7 +293,75 @@ struct RawConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaticNode {
     pub name: String,
-    pub addr: SocketAddr,
+    pub target: NodeTarget,
+}
+
+/// Where a static node is: an address, or a host name resolved at load and every
+/// `[gateway] resolve_interval` (nodes in Docker, Compose and Kubernetes have names).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum NodeTarget {
+    Addr(SocketAddr),
+    Host(HostPort),
+}
+
+/// A host name and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for NodeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeTarget::Addr(a) => a.fmt(f),
+            NodeTarget::Host(h) => h.fmt(f),
+        }
+    }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT` (a DNS name: letters, digits, '-', '.', '_').
+pub fn parse_node_target(s: &str) -> Option<NodeTarget> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Some(NodeTarget::Addr(a));
+    }
+    let (host, port) = s.rsplit_once(':')?;
+    let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    // An all-digit name would be a mistyped IP address: refuse it rather than ask the resolver.
+    let ok =
+        host.len() <= 253 && host.split('.').all(label_ok) && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    ok.then(|| NodeTarget::Host(HostPort { host: host.to_ascii_lowercase(), port }))
+}
+
+impl Config {
+    /// The host names of static nodes (what the resolver looks up).
+    pub fn host_names(&self) -> Vec<HostPort> {
+        let mut v: Vec<HostPort> = self
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.target {
+                NodeTarget::Host(h) => Some(h.clone()),
+                NodeTarget::Addr(_) => None,
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 /// The validated configuration.
@@ -380,14 +451,17 @@ impl Config {
                 ));
             }
             let aline = line_of(text, n.address.span().start);
-            let addr: SocketAddr = n.address.get_ref().parse().map_err(|_| {
+            let target = parse_node_target(n.address.get_ref()).ok_or_else(|| {
                 err(
                     aline,
                     &format!("node[{i}].address"),
-                    format!("invalid address {:?}: expected IP:PORT such as \"127.0.0.1:7512\"", n.address.get_ref()),
+                    format!(
+                        "invalid address {:?}: expected HOST:PORT or IP:PORT such as \"kuzzle-1:7512\" or \"127.0.0.1:7512\"",
+                        n.address.get_ref()
+                    ),
                 )
             })?;
-            nodes.push(StaticNode { name: name.clone(), addr });
+            nodes.push(StaticNode { name: name.clone(), target });
         }
 
         let place = |key: &str| find_key(text, key);
@@ -592,6 +666,33 @@ mod tests {
         assert!(e.message.contains("invalid duration"), "{e}");
         let e = Config::parse("[[node]]\nname = \"a\"\naddress = \"nowhere\"\n", "g.toml").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "node[0].address"), "{e}");
+        assert!(e.message.contains("HOST:PORT or IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn node_addresses_take_host_names() {
+        let host = |h: &str, port| NodeTarget::Host(HostPort { host: h.into(), port });
+        assert_eq!(parse_node_target("kuzzle-1:7512"), Some(host("kuzzle-1", 7512)));
+        assert_eq!(parse_node_target("Kuzzle.Svc.Cluster.Local.:7512"), Some(host("kuzzle.svc.cluster.local", 7512)));
+        assert_eq!(parse_node_target("127.0.0.1:7512"), Some(NodeTarget::Addr("127.0.0.1:7512".parse().expect("ip"))));
+        assert_eq!(parse_node_target("[::1]:7512"), Some(NodeTarget::Addr("[::1]:7512".parse().expect("ip6"))));
+        for bad in [
+            "kuzzle-1",
+            "kuzzle-1:0",
+            "kuzzle-1:70000",
+            ":7512",
+            "bad host:1",
+            "-x:1",
+            "a..b:1",
+            "300.1.2.3:1",
+            "h/x:1",
+            "h:1:2",
+        ] {
+            assert_eq!(parse_node_target(bad), None, "{bad:?} accepted");
+        }
+        let c = Config::parse("[[node]]\nname = \"a\"\naddress = \"kuzzle-1:7512\"\n[[node]]\nname = \"b\"\naddress = \"kuzzle-1:7512\"\n", "g.toml")
+            .expect("host names are valid");
+        assert_eq!(c.host_names(), vec![HostPort { host: "kuzzle-1".into(), port: 7512 }], "looked up once");
     }
 
     #[test]

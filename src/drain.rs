@@ -68,6 +68,7 @@ mod tests {
     async fn drain_clock_kills_tunnels_once_after_timeout() {
         let core = Core::new(
             cfg("[gateway]\ndrain_timeout = \"5s\"\n[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"),
+            Vec::new(),
             Box::new(|_| {}),
         );
         let a = core.snapshot().node("a").cloned().expect("a");

@@ -35,8 +35,9 @@ pub struct Checkers {
 impl Checkers {
     /// Start `b`'s checker on the background tracker.
     pub fn spawn(&self, b: &Arc<Backend>) {
-        // No runtime (pure unit tests of the registry): nothing to run the checker on.
-        if tokio::runtime::Handle::try_current().is_err() {
+        // No runtime (pure unit tests of the registry): nothing to run the checker on. A host name
+        // without an address has nothing to check: it stays DOWN until it resolves (a new backend).
+        if tokio::runtime::Handle::try_current().is_err() || b.unresolved {
             return;
         }
         let settings = self.settings.clone();

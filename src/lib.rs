@@ -16,7 +16,8 @@
 //!   (algorithms), [`tunnel`] (WebSocket tunnels).
 //! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
 //!   (the reload task; triggers send it a message), [`watch`] (file watcher), [`listeners`]
-//!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`], [`drain`] (pruning, drain timeout).
+//!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`], [`drain`] (pruning, drain timeout),
+//!   [`resolve`] (host names of `[[node]]`s).
 //! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
 //! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),
 //!   [`envelope`] (Kuzzle's JSON envelope for the gateway's own answers).
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod ops;
 pub mod proxy;
 pub mod reload;
+pub mod resolve;
 pub mod route;
 pub mod serve;
 pub mod tls;

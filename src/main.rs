@@ -102,6 +102,19 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
+        // A name that does not resolve is no error (the node stays DOWN until it does): a warning.
+        let resolved = kuzzle_gateway::resolve::resolve_blocking(&config);
+        for n in &config.nodes {
+            if let kuzzle_gateway::config::NodeTarget::Host(h) = &n.target {
+                if resolved.get(h).copied().flatten().is_none() {
+                    eprintln!(
+                        "kuzzle-gateway: warning: {}: node {}: DNS: no address for {h} (the gateway starts; the node stays DOWN until it resolves)",
+                        cli.config.display(),
+                        n.name
+                    );
+                }
+            }
+        }
         println!("kuzzle-gateway: configuration file {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }

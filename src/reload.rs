@@ -101,7 +101,7 @@ pub fn start(requests: Requests, r: Reloader, life: &Lifecycle) {
                 r = rx.recv() => match r { Some(r) => r, None => return },
                 _ = stop.cancelled() => return,
             };
-            let _ = reply.send(r.reload());
+            let _ = reply.send(r.reload().await);
         }
     });
 }
@@ -152,7 +152,7 @@ pub fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
 impl Reloader {
     /// Re-read the configuration file, validate it, bind any listener whose address changed, and
     /// apply it; on any error keep the last good configuration and record the refusal.
-    fn reload(&self) -> Result<String, ReloadError> {
+    async fn reload(&self) -> Result<String, ReloadError> {
         let old = self.core.config();
         let path = old.source.clone();
         let result = Config::load(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
@@ -176,8 +176,11 @@ impl Reloader {
                 }
                 let listeners = plan.summary();
                 let summary = change_summary(&old, &new);
+                // Names resolve off the async threads; the addresses and the file apply in one swap.
+                let resolved = crate::resolve::resolve(&new).await;
+                crate::resolve::warn_unresolved(&resolved);
                 let new = Arc::new(new);
-                self.core.apply([Change::Config(new.clone())]);
+                self.core.apply([Change::Resolved(Arc::new(resolved)), Change::Config(new.clone())]);
                 self.tls.store(tls);
                 self.listeners.commit_rebind(plan);
                 self.settings.send_replace(new);

@@ -31,7 +31,7 @@ fn default_gateway_config_is_valid_and_lists_the_three_nodes() {
     assert_eq!(c.balance.algorithm, Algorithm::Leastconn);
     assert_eq!(c.health.path, "/_plugin/cluster/health");
     assert!(c.tls.is_none() && c.cluster.is_none(), "optional sections must stay commented out");
-    let got: Vec<(String, String)> = c.nodes.iter().map(|n| (n.name.clone(), n.addr.to_string())).collect();
+    let got: Vec<(String, String)> = c.nodes.iter().map(|n| (n.name.clone(), n.target.to_string())).collect();
     let want: Vec<(String, String)> = NODES.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
     assert_eq!(got, want);
 }
@@ -156,10 +156,11 @@ fn every_gateway_config_passes_check() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"), "{}: no 'is valid' line", f.display());
-        // Host names come with issue 13 part 1; until then every node address is IP:PORT.
+        // Every node address is one the gateway takes: IP:PORT or HOST:PORT.
         for n in table(f).get("node").and_then(|v| v.as_array()).into_iter().flatten() {
             let a = n.get("address").and_then(|v| v.as_str()).expect("node address");
-            assert!(a.parse::<std::net::SocketAddr>().is_ok(), "{}: node address {a:?} is not IP:PORT", f.display());
+            let ok = kuzzle_gateway::config::parse_node_target(a).is_some();
+            assert!(ok, "{}: node address {a:?} is neither IP:PORT nor HOST:PORT", f.display());
         }
     }
     let _ = std::fs::remove_dir_all(&tmp);

@@ -86,6 +86,9 @@ pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
     pub origin: Origin,
+    /// A `[[node]]` whose host name has no address yet: DOWN, never checked nor picked, shown as
+    /// "DNS: no address" (its `addr` is a placeholder).
+    pub unresolved: bool,
     /// Counters; shared with any earlier or later `Backend` of the same name so history survives.
     pub counters: Arc<NodeCounters>,
     pub health: HealthState,
@@ -120,6 +123,7 @@ impl Backend {
             name,
             addr,
             origin,
+            unresolved: false,
             counters,
             health: HealthState::new(initially_up),
             admin: AtomicU8::new(AdminState::Ready as u8),
@@ -130,6 +134,13 @@ impl Backend {
             tasks: CancellationToken::new(),
             idle: ArrayQueue::new(MAX_IDLE_PER_NODE),
         }
+    }
+
+    /// A static node whose host name did not resolve: a placeholder that stays DOWN.
+    pub fn unresolved(name: String, port: u16, counters: Arc<NodeCounters>) -> Self {
+        let mut b = Backend::new(name, SocketAddr::from(([0, 0, 0, 0], port)), Origin::Static, counters, false);
+        b.unresolved = true;
+        b
     }
 
     pub fn admin(&self) -> AdminState {

@@ -39,8 +39,9 @@ pub struct Core {
 }
 
 impl Core {
-    /// A core with `config` applied (its static nodes count as UP until checks say otherwise).
-    pub fn new(config: Arc<Config>, on_created: OnCreated) -> Arc<Core> {
+    /// A core with `config` applied after `first` (e.g. the resolved host names) in the same batch:
+    /// its static nodes count as UP until checks say otherwise.
+    pub fn new(config: Arc<Config>, first: Vec<Change>, on_created: OnCreated) -> Arc<Core> {
         let core = Arc::new(Core {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config.clone(), Vec::new(), 0, 0)),
             frontend: Arc::new(FrontendCounters::default()),
@@ -48,7 +49,7 @@ impl Core {
             registry: Mutex::new(Registry::new(config.clone())),
             on_created,
         });
-        core.apply([Change::Config(config)]);
+        core.apply(first.into_iter().chain([Change::Config(config)]));
         core
     }
 

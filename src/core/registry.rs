@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 use super::backend::{AdminState, Backend, Membership, Origin};
 use super::counters::NodeCounters;
 use super::snapshot::Snapshot;
-use crate::config::Config;
+use crate::config::{Config, HostPort, NodeTarget};
+
+/// What each `[[node]]` host name resolved to (None: no address).
+pub type Resolved = HashMap<HostPort, Option<SocketAddr>>;
 
 /// How long the counters of a node that left are kept, so that it finds its history if it returns.
 pub const COUNTERS_KEEP: Duration = Duration::from_secs(24 * 3600);
@@ -35,6 +38,8 @@ pub enum Change {
     Upsert(DynamicNode),
     /// A discovered node left: it drains (existing traffic continues).
     Remove(String),
+    /// The host names of static nodes, resolved again: a changed address applies like a reload.
+    Resolved(Arc<Resolved>),
 }
 
 /// What one batch did.
@@ -50,6 +55,7 @@ pub struct Applied {
 /// Control-plane state: only the control plane holds it, never the request path.
 pub struct Registry {
     config: Arc<Config>,
+    resolved: Arc<Resolved>,
     dynamic: BTreeMap<String, DynamicNode>,
     live: HashMap<String, Arc<Backend>>,
     draining: Vec<Arc<Backend>>,
@@ -68,6 +74,7 @@ impl Registry {
     pub fn new(config: Arc<Config>) -> Registry {
         Registry {
             config,
+            resolved: Arc::default(),
             dynamic: BTreeMap::new(),
             live: HashMap::new(),
             draining: Vec::new(),
@@ -104,6 +111,12 @@ impl Registry {
                     }
                 }
                 Change::Remove(name) => changed |= self.dynamic.remove(&name).is_some(),
+                Change::Resolved(r) => {
+                    if *r != *self.resolved {
+                        self.resolved = r;
+                        changed = true;
+                    }
+                }
             }
         }
         if !changed && self.started {
@@ -168,32 +181,41 @@ impl Registry {
         let config = self.config.clone();
 
         // Desired members: static first (config order), then discovered ones not shadowed by a static name.
-        let mut desired: Vec<(String, SocketAddr, Origin, bool)> = Vec::new();
+        // A static host name without an address is a placeholder (`addr` None here) that stays DOWN.
+        let mut desired: Vec<(String, Option<SocketAddr>, u16, Origin, bool)> = Vec::new();
         for n in &config.nodes {
-            desired.push((n.name.clone(), n.addr, Origin::Static, first));
+            let (addr, port) = match &n.target {
+                NodeTarget::Addr(a) => (Some(*a), a.port()),
+                NodeTarget::Host(h) => (self.resolved.get(h).copied().flatten(), h.port),
+            };
+            desired.push((n.name.clone(), addr, port, Origin::Static, first));
         }
         for d in self.dynamic.values() {
             if config.nodes.iter().any(|s| s.name == d.name) {
                 tracing::warn!(node = %d.name, "discovered node shadowed by a static [[node]] of the same name");
                 continue;
             }
-            desired.push((d.name.clone(), d.addr, d.origin, d.ready));
+            desired.push((d.name.clone(), Some(d.addr), d.addr.port(), d.origin, d.ready));
         }
 
         let mut new_live: HashMap<String, Arc<Backend>> = HashMap::with_capacity(desired.len());
         let mut order: Vec<Arc<Backend>> = Vec::with_capacity(desired.len());
         let mut created = Vec::new();
         let mut retired = Vec::new();
-        for (name, addr, origin, up) in desired {
+        for (name, addr, port, origin, up) in desired {
+            let same = |b: &Backend| match addr {
+                Some(a) => !b.unresolved && b.addr == a,
+                None => b.unresolved && b.addr.port() == port,
+            };
             let reuse = match self.live.remove(&name) {
-                Some(b) if b.addr == addr => Some(b),
+                Some(b) if same(&b) => Some(b),
                 Some(old) => {
                     retire(&mut self.draining, &mut retired, old);
                     None
                 }
                 None => {
                     // A draining node that comes back at the same address is revived as is.
-                    let pos = self.draining.iter().position(|b| b.name == name && b.addr == addr);
+                    let pos = self.draining.iter().position(|b| b.name == name && same(b));
                     pos.map(|p| self.draining.swap_remove(p))
                 }
             };
@@ -204,7 +226,10 @@ impl Registry {
                 }
                 None => {
                     let counters = self.counters.entry(name.clone()).or_default().clone();
-                    let b = Arc::new(Backend::new(name.clone(), addr, origin, counters, up));
+                    let b = Arc::new(match addr {
+                        Some(a) => Backend::new(name.clone(), a, origin, counters, up),
+                        None => Backend::unresolved(name.clone(), port, counters),
+                    });
                     if let Some(s) = self.admin.get(&name) {
                         b.set_admin(*s);
                     }
@@ -320,6 +345,39 @@ mod tests {
         assert_eq!(applied.created.len(), 50);
         assert_eq!(applied.snapshot.expect("one snapshot").generation, 2, "50 joins, one swap");
         assert!(r.apply(joins, 0).snapshot.is_none(), "the same set again changes nothing");
+    }
+
+    #[test]
+    fn host_names_resolve_late_and_change_like_a_reload() {
+        let text = "[[node]]\nname = \"k\"\naddress = \"kuzzle-1:7512\"\n";
+        let config = Arc::new(Config::parse(text, "t.toml").expect("valid"));
+        let h = crate::config::HostPort { host: "kuzzle-1".into(), port: 7512 };
+        let resolved = |a: Option<&str>| {
+            Change::Resolved(Arc::new(Resolved::from([(h.clone(), a.map(|a| a.parse().expect("addr")))])))
+        };
+        let mut r = Registry::new(config.clone());
+        let s = apply(&mut r, vec![resolved(None), Change::Config(config.clone())]);
+        let k = s.node("k").cloned().expect("an unresolved node is still a node (its prefix answers 503)");
+        assert!(k.unresolved && !k.eligible(), "no address: DOWN, never picked");
+
+        let applied = r.apply(vec![resolved(Some("10.0.0.7:7512"))], 0);
+        let s = applied.snapshot.expect("the address is a change");
+        let k2 = s.node("k").cloned().expect("k");
+        assert_eq!((k2.unresolved, k2.addr), (false, "10.0.0.7:7512".parse().expect("addr")));
+        assert_eq!(applied.created.len(), 1, "a checker starts for the resolved node");
+
+        let _busy = k2.track();
+        let s = apply(&mut r, vec![resolved(Some("10.0.0.8:7512"))]);
+        assert_eq!(
+            s.node("k").expect("k").addr,
+            "10.0.0.8:7512".parse().expect("addr"),
+            "new connections go to the new address"
+        );
+        assert_eq!(k2.membership(), Membership::Draining, "the old address drains");
+        assert!(
+            r.apply(vec![resolved(Some("10.0.0.8:7512"))], 0).snapshot.is_none(),
+            "the same answer changes nothing"
+        );
     }
 
     #[test]

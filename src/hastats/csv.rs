@@ -249,7 +249,7 @@ fn node_row(v: &StatsView, sid: usize, n: &NodeView, rise: u32, fall: u32) -> Ro
     common(&mut r, &n.name, v.process.pid, 2);
     traffic(&mut r, t);
     server_side(&mut r, t);
-    r.set("status", &n.status)
+    r.set("status", if n.status == super::DNS_NO_ADDRESS { "DOWN" } else { &n.status })
         .set("weight", n.weight)
         .set("uweight", 1)
         .set("act", 1)

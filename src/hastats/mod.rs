@@ -19,6 +19,9 @@ use crate::reload::{ReloadStats, ReloadStatus};
 pub use csv::{csv, HAPROXY_CSV_FIELDS};
 pub use html::{html, HtmlOptions};
 
+/// Status of a `[[node]]` whose host name has no address (the CSV says DOWN, as haproxy's parsers expect).
+pub const DNS_NO_ADDRESS: &str = "DNS: no address";
+
 /// Proxy name of every CSV row (the seed's haproxy config called its frontend and backend so).
 pub const PXNAME: &str = "kuzzle";
 
@@ -265,7 +268,13 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
     (health.failed_checks, health.down_transitions, health.downtime) = (failed, downs, downtime);
     let admin = b.admin();
     let membership = b.membership();
-    let (status, class) = node_status(&health, admin, membership);
+    let (status, class) = match node_status(&health, admin, membership) {
+        // A host name without an address: say why it is DOWN (MAINT and DRAIN still show).
+        (_, StatusClass::Down | StatusClass::GoingUp) if b.unresolved => {
+            (DNS_NO_ADDRESS.to_string(), StatusClass::Down)
+        }
+        other => other,
+    };
     let eligible = b.eligible();
     let since = status_since(health.last_change, b.admin_since(), started);
     let traffic = node_traffic(b, &b.counters, now);
