@@ -23,8 +23,8 @@ pub enum Side {
 pub enum Progress {
     /// Nothing of the request left the gateway: safe to send anything again.
     NothingSent,
-    /// Written (maybe in part), no answer. `reset`: the node reset the connection.
-    NoAnswer { reset: bool },
+    /// Written (maybe in part), no answer: the node may have acted on it.
+    NoAnswer,
 }
 
 /// What went wrong with a node, for its counters.
@@ -85,24 +85,26 @@ impl ProxyError {
     }
 
     /// `node` broke the exchange after the request was written.
-    pub fn broke(node: &Backend, reset: bool) -> Self {
+    pub fn broke(node: &Backend) -> Self {
         let message = format!("node {} closed the connection before answering", node.name);
-        Self::node(NodeFault::Response, Progress::NoAnswer { reset }, StatusCode::BAD_GATEWAY, message)
+        Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::BAD_GATEWAY, message)
     }
 
     /// `node` did not answer in time.
     pub fn timed_out(node: &Backend, after: std::time::Duration) -> Self {
         let message = format!("node {} did not answer within {after:?}", node.name);
-        Self::node(NodeFault::Response, Progress::NoAnswer { reset: false }, StatusCode::GATEWAY_TIMEOUT, message)
+        Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::GATEWAY_TIMEOUT, message)
     }
 
-    /// May the request be sent again (to another node)? `idempotent`: a body-less GET, HEAD or
-    /// OPTIONS, which may be re-sent whatever happened; a kept body only when the node reset the
-    /// connection (it never read the whole request). A timeout is never re-sent.
+    /// May the request be sent again (to another node)? When provably nothing was written (a
+    /// failed connect, a pooled connection that failed before the first byte), always. Once bytes
+    /// went out, whatever the node did next (a reset included: it may have read and acted on the
+    /// whole request first), only an `idempotent` one: a body-less GET, HEAD or OPTIONS. A POST,
+    /// PUT, PATCH or DELETE gets the 502 instead. A timeout is never re-sent.
     pub fn resend_safe(&self, idempotent: bool) -> bool {
         match self.progress {
             Progress::NothingSent => true,
-            Progress::NoAnswer { reset } => (idempotent && self.status != StatusCode::GATEWAY_TIMEOUT) || reset,
+            Progress::NoAnswer => idempotent && self.status != StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -134,8 +136,8 @@ mod tests {
             true,
         );
         assert!(ProxyError::connect(&b, ConnectError::Refused).resend_safe(false), "nothing sent: anything goes again");
-        assert!(!ProxyError::broke(&b, false).resend_safe(false), "a POST the node may have read is not re-sent");
-        assert!(ProxyError::broke(&b, false).resend_safe(true), "a body-less GET is");
+        assert!(!ProxyError::broke(&b).resend_safe(false), "a POST the node may have read is not re-sent");
+        assert!(ProxyError::broke(&b).resend_safe(true), "a body-less GET is");
         assert!(!ProxyError::timed_out(&b, std::time::Duration::from_secs(1)).resend_safe(true), "a timeout never is");
         let c = ProxyError::client(StatusCode::BAD_REQUEST, "x");
         c.record(&b, &HealthSection::default());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt as _, Either, Full};
+use http_body_util::{Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
@@ -80,10 +80,6 @@ pub fn json_error(status: StatusCode, message: &str) -> Response<DownBody> {
     resp
 }
 
-/// Request bodies up to this size (known Content-Length) are kept so that their request can be
-/// re-sent when the node reset the connection before reading it.
-const RESEND_BODY_MAX: u64 = 64 * 1024;
-
 /// A client request made ready for the nodes: routed, headers rewritten, body kept if small.
 struct Prepared {
     /// The node the prefix names, if any.
@@ -92,8 +88,8 @@ struct Prepared {
     upgrade: Option<(HeaderValue, OnUpgrade)>,
     /// The connection's `max_connections` permit, handed to a tunnel.
     slot: Option<Arc<tunnel::PermitSlot>>,
-    /// What a re-send needs: method, target, headers, and the kept body (None: body-less).
-    template: Option<(Method, Uri, HeaderMap, Option<Bytes>)>,
+    /// What a re-send of a body-less idempotent request needs: method, target, headers.
+    template: Option<(Method, Uri, HeaderMap)>,
     /// A body-less GET, HEAD or OPTIONS: re-sent whatever happened to the first try.
     idempotent: bool,
 }
@@ -161,12 +157,11 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: ClientInfo) -> R
         }
         // Sent but not answered: only a copy of a request that is safe to send again goes, once.
         match &p.template {
-            Some((m, u, h, kept)) if !resent && p.pinned.is_none() && err.resend_safe(p.idempotent) => {
+            Some((m, u, h)) if !resent && p.pinned.is_none() && err.resend_safe(p.idempotent) => {
                 resent = true;
                 tried.push(idx);
                 node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                let body = Full::new(kept.clone().unwrap_or_default());
-                pending = Some(build(m.clone(), u.clone(), h.clone(), Either::Right(body)));
+                pending = Some(build(m.clone(), u.clone(), h.clone(), Either::Right(Full::new(Bytes::new()))));
                 attempt -= 1;
             }
             _ => return Err(err),
@@ -175,8 +170,8 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: ClientInfo) -> R
     Err(last)
 }
 
-/// Route the request, rewrite its headers, and read a small body of known length so that the
-/// request can be sent again if its node resets the connection before reading it.
+/// Route the request and rewrite its headers; keep what a re-send of a body-less idempotent
+/// request needs (a request with a body is never re-sent once written: it streams).
 async fn prepare(
     ctx: &Context,
     snap: &Snapshot,
@@ -214,21 +209,8 @@ async fn prepare(
     let others = upgrade.is_none() && pinned.is_none() && snap.nodes.len() > 1;
     let idempotent =
         others && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
-    let keep_body = others && !body.is_end_stream() && body.size_hint().exact().is_some_and(|n| n <= RESEND_BODY_MAX);
-    let body = Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound);
-    let (first_body, kept): (UpBody, Option<Bytes>) = if keep_body {
-        let bytes = match tokio::time::timeout(snap.config.timeouts.client.0, body.collect()).await {
-            Ok(Ok(c)) => c.to_bytes(),
-            Ok(Err(_)) => {
-                return Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short"))
-            }
-            Err(_) => return Err(ProxyError::client(StatusCode::REQUEST_TIMEOUT, "request body not received in time")),
-        };
-        (Either::Right(Full::new(bytes.clone())), Some(bytes))
-    } else {
-        (Either::Left(body), None)
-    };
-    let template = (idempotent || kept.is_some()).then(|| (parts.method.clone(), uri.clone(), headers.clone(), kept));
+    let first_body: UpBody = Either::Left(Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound));
+    let template = idempotent.then(|| (parts.method.clone(), uri.clone(), headers.clone()));
     let first = build(parts.method, uri, headers, first_body);
     Ok((Prepared { pinned, upgrade, slot, template, idempotent }, first))
 }
@@ -320,21 +302,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
         return Failure::Final(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short"));
     }
     tracing::debug!(node = %node.name, error = %e.error(), "node broke the exchange");
-    Failure::Broke(ProxyError::broke(node, node_reset(e.error())))
-}
-
-/// Did the node reset the connection (or was it gone when the request was written)? A node that
-/// read the whole request and then died closes with a FIN; a reset means request bytes were still
-/// unread in its socket (or arrived after it closed).
-fn node_reset(e: &hyper::Error) -> bool {
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            return matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe);
-        }
-        src = s.source();
-    }
-    false
+    Failure::Broke(ProxyError::broke(node))
 }
 
 /// The node for this attempt: the prefixed one (503 unless it may take traffic) or the balancer's pick.
