@@ -75,7 +75,7 @@ PY
 PIDS+=($!)
 
 log "cluster_kuzzle_2 -> DRAIN, cluster_kuzzle_3 killed"
-curl -sf -o /dev/null -X POST -d drain "http://127.0.0.1:$STATS/nodes/cluster_kuzzle_2/state"
+curl -sf -o /dev/null -X POST -H 'content-type: application/json' -d drain "http://127.0.0.1:$STATS/nodes/cluster_kuzzle_2/state"
 kill -KILL "${SIM_PIDS[2]}"
 for _ in $(seq 1 100); do
   curl -s "http://127.0.0.1:$STATS/hastats;csv" | grep -q '^kuzzle,cluster_kuzzle_3,.*,DOWN,' && break

@@ -41,6 +41,7 @@ pub struct Handle {
 /// Start everything on already-bound listeners (bound here, or inherited on upgrade).
 pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError> {
     let tls = crate::tls::acceptor_for(&config).map_err(StartError::Tls)?;
+    warn_default_credentials(&config);
     let config = Arc::new(config);
     let life = Lifecycle::default();
     let (settings_tx, settings) = watch::channel(config.clone());
@@ -123,6 +124,17 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
         stats_addr,
         tls_addr,
     })
+}
+
+/// An ops listener reachable from elsewhere with the seed's well-known `kuzzle:kuzzle` is an open door.
+fn warn_default_credentials(config: &Config) {
+    let s = &config.stats;
+    if !s.listen.ip().is_loopback() && s.user.as_deref() == Some("kuzzle") && s.password.as_deref() == Some("kuzzle") {
+        tracing::warn!(
+            listen = %s.listen,
+            "the ops listener is not on loopback and uses the default credentials kuzzle:kuzzle: set [stats] user and password"
+        );
+    }
 }
 
 /// Bind the configured listeners and start.

@@ -495,9 +495,17 @@ impl Config {
             let (l, k) = place("stats.uri");
             return Err(err(l, &k, format!("stats uri {:?} must start with '/'", raw.stats.uri)));
         }
-        if raw.stats.user.is_some() != raw.stats.password.is_some() {
-            let (l, k) = place(if raw.stats.user.is_some() { "stats.user" } else { "stats.password" });
-            return Err(err(l, &k, "set both user and password, or neither (no auth)".into()));
+        // Judged on what the file says: a default must never fill in half of the credentials
+        // (`user = "ops"` alone would otherwise get the password "kuzzle").
+        let stats_keys = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("stats").and_then(|s| s.as_table().cloned()))
+            .map(|t| (t.contains_key("user"), t.contains_key("password")));
+        if let Some((user, password)) = stats_keys.filter(|(u, p)| u != p) {
+            let (l, k) = place(if user { "stats.user" } else { "stats.password" });
+            let missing = if password { "user" } else { "password" };
+            return Err(err(l, &k, format!("set both user and password, or neither (no auth): {missing} is missing")));
         }
         // Port 0 asks the OS for a free port: two such listeners never clash.
         let clash = |a: SocketAddr, b: SocketAddr| a == b && a.port() != 0;
@@ -667,6 +675,17 @@ mod tests {
         let e = Config::parse("[[node]]\nname = \"a\"\naddress = \"nowhere\"\n", "g.toml").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (3, "node[0].address"), "{e}");
         assert!(e.message.contains("HOST:PORT or IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn stats_user_without_password_is_an_error() {
+        let e = Config::parse("[stats]\nuser = \"ops\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "stats.user"), "{e}");
+        assert!(e.message.contains("password is missing"), "{e}");
+        let e = Config::parse("[stats]\npassword = \"pw\"\n", "g.toml").unwrap_err();
+        assert_eq!(e.key, "stats.password", "{e}");
+        let c = Config::parse("[stats]\nuser = \"ops\"\npassword = \"pw\"\n", "g.toml").expect("both");
+        assert_eq!((c.stats.user.as_deref(), c.stats.password.as_deref()), (Some("ops"), Some("pw")));
     }
 
     #[test]

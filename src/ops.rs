@@ -90,6 +90,11 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
     }
     let uri = cfg.stats.uri.as_str();
     let m = req.method().clone();
+    if m == Method::POST && is_state_change(&path) {
+        if let Some(refused) = cross_site(&req) {
+            return refused;
+        }
+    }
     match (&m, path.as_str()) {
         // haproxy's own spellings work too: `/hastats;norefresh`, `/hastats;csv;norefresh`.
         (&Method::GET | &Method::HEAD, p) if p == uri || p.strip_prefix(uri) == Some(";norefresh") => {
@@ -136,6 +141,48 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
         }
         _ => json_msg(StatusCode::NOT_FOUND, &format!("no ops endpoint at {path}")),
     }
+}
+
+/// Endpoints that change state (the ones a forged cross-site request must not reach).
+fn is_state_change(path: &str) -> bool {
+    path == "/reload" || path == "/cluster/reset" || (path.starts_with("/nodes/") && path.ends_with("/state"))
+}
+
+/// A browser sends a cached basic auth with any request to this listener, including one a page
+/// of another site makes (a form, an image). A state change is obeyed only when it cannot be such
+/// a request: no `Origin` or `Referer` of another host than the one asked, and a non-simple request
+/// (`Content-Type: application/json` or an `X-Requested-With` header, which a cross-site page
+/// cannot send without a CORS preflight this listener never grants). The 403 to send, if any.
+fn cross_site(req: &Request<Incoming>) -> Option<OpsResponse> {
+    let h = req.headers();
+    let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase);
+    for name in [header::ORIGIN, header::REFERER] {
+        let Some(v) = h.get(&name) else { continue };
+        let authority = v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<http::Uri>().ok())
+            .and_then(|u| u.authority().map(|a| a.as_str().to_ascii_lowercase()));
+        if authority.is_none() || authority != host {
+            let msg = format!(
+                "cross-site request refused: {name} {:?} is not this ops listener ({})",
+                v.to_str().unwrap_or("(not text)"),
+                host.as_deref().unwrap_or("no Host")
+            );
+            return Some(json_msg(StatusCode::FORBIDDEN, &msg));
+        }
+    }
+    let json = h
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.trim().to_ascii_lowercase().starts_with("application/json"));
+    if !json && !h.contains_key("x-requested-with") {
+        return Some(json_msg(
+            StatusCode::FORBIDDEN,
+            "state-changing ops requests need Content-Type: application/json (or an X-Requested-With header), which a page of another site cannot send",
+        ));
+    }
+    None
 }
 
 /// What the stats page needs from its request: the host the browser used (node links point at

@@ -406,7 +406,7 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
     ps.subscribe("cluster:sync").expect("SUBSCRIBE");
     ps.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
 
-    let r = request(h.stats_addr, "POST", "/cluster/reset", &[OPS_AUTH], Bytes::new()).await;
+    let r = request(h.stats_addr, "POST", "/cluster/reset", &[OPS_AUTH, JSON], Bytes::new()).await;
     assert_eq!(r.status, 200, "reset: {}", String::from_utf8_lossy(&r.body));
     let body = r.json();
     assert_eq!(body["masters"].as_array().map(Vec::len), Some(3), "{body}");
@@ -424,7 +424,7 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
     let kept: i64 = redis::cmd("EXISTS").arg("cluster:discovery").query(&mut c).expect("EXISTS");
     assert_eq!(kept, 1, "cluster:discovery kept");
     // Unauthenticated reset is refused.
-    let r = request(h.stats_addr, "POST", "/cluster/reset", &[], Bytes::new()).await;
+    let r = request(h.stats_addr, "POST", "/cluster/reset", &[JSON], Bytes::new()).await;
     assert_eq!(r.status, 401);
     h.shutdown().await;
 }

@@ -42,7 +42,7 @@ async fn sim_ready(sim: &Sim, ready: bool) {
 }
 
 async fn ops_state(h: &Handle, node: &str, state: &str) -> Resp {
-    request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[OPS_AUTH], Bytes::from(state.to_string())).await
+    request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[OPS_AUTH, JSON], Bytes::from(state.to_string())).await
 }
 
 /// Next close frame's code on a WebSocket (text messages skipped), or None if it ended without one.
@@ -275,7 +275,7 @@ async fn drain_and_maint_via_ops() {
     let mut ws1 = ws(h.http_addr, "/hda").await;
     assert_eq!(ws_node(&mut ws1, "d0").await, "hda");
 
-    let r = request(h.stats_addr, "POST", "/nodes/hda/state", &[], Bytes::from("drain")).await;
+    let r = request(h.stats_addr, "POST", "/nodes/hda/state", &[JSON], Bytes::from("drain")).await;
     assert_eq!(r.status, 401, "the ops listener wants credentials");
     let r = ops_state(&h, "hda", "drain").await;
     assert_eq!(r.status, 200, "{:?}", r.body);

@@ -105,6 +105,51 @@ async fn auth_is_required_and_checked() {
     open.shutdown().await;
 }
 
+/// A page of another site can make a browser send its cached basic auth with a form or an image:
+/// state changes refuse a foreign Origin or Referer and need a request no form can make.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_refuse_cross_site_requests() {
+    let sim = Sim::start("xs1", &[]);
+    let gw = gateway(&gateway_toml(&format!("user = \"kuzzle\"\npassword = \"kuzzle\"\n{}", nodes_toml(&[&sim])))).await;
+    let a = gw.stats_addr;
+    let auth = basic(GOOD);
+    let host = a.to_string();
+    let own_origin = format!("http://{host}");
+    let state = |headers: Vec<(&'static str, String)>| {
+        let auth = auth.clone();
+        async move {
+            let mut h: Vec<(&str, &str)> = vec![("authorization", auth.as_str())];
+            h.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+            request(a, "POST", "/nodes/xs1/state", &h, Bytes::from("maint")).await
+        }
+    };
+    let ct = || ("content-type", "application/json".to_string());
+    let admin = || gw.core.snapshot().node("xs1").map(|b| b.admin());
+    for (what, headers) in [
+        ("a form's content type", vec![("content-type", "application/x-www-form-urlencoded".to_string())]),
+        ("no content type at all", vec![]),
+        ("a foreign Origin", vec![ct(), ("origin", "https://evil.example".to_string())]),
+        ("a foreign Referer", vec![ct(), ("referer", "https://evil.example/page".to_string())]),
+        ("Origin null", vec![ct(), ("origin", "null".to_string())]),
+    ] {
+        let r = state(headers).await;
+        assert_eq!(r.status, 403, "{what}: {}", text(&r));
+        assert_eq!(admin(), Some(AdminState::Ready), "{what} changed the node's state");
+    }
+    for reload in ["/reload", "/cluster/reset"] {
+        let r = request(a, "POST", reload, &[("authorization", &auth), ("origin", "https://evil.example")], Bytes::new()).await;
+        assert_eq!(r.status, 403, "{reload} from another site");
+    }
+    // The listener's own origin, JSON or X-Requested-With: obeyed.
+    let r = state(vec![ct(), ("origin", own_origin.clone()), ("referer", format!("{own_origin}/hastats"))]).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(admin(), Some(AdminState::Maint));
+    let r = request(a, "POST", "/nodes/xs1/state", &[("authorization", &auth), ("x-requested-with", "curl")], Bytes::from("ready")).await;
+    assert_eq!(r.status, 200, "{}", text(&r));
+    assert_eq!(admin(), Some(AdminState::Ready));
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_csv_and_json_show_every_node_with_its_state() {
     let n1 = Sim::start("node_up", &[]);
@@ -121,7 +166,7 @@ async fn page_csv_and_json_show_every_node_with_its_state() {
     for (node, state) in [("node_drain", "drain"), ("node_maint", "maint")] {
         let auth = basic(GOOD);
         let r =
-            request(a, "POST", &format!("/nodes/{node}/state"), &[("authorization", &auth)], Bytes::from(state)).await;
+            request(a, "POST", &format!("/nodes/{node}/state"), &[("authorization", &auth), JSON], Bytes::from(state)).await;
         assert_eq!(r.status, 200, "{}", text(&r));
     }
     assert_eq!(gw.core.snapshot().node("node_drain").map(|b| b.admin()), Some(AdminState::Drain));

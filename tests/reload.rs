@@ -363,7 +363,7 @@ async fn listener_address_change_keeps_serving() {
     let st2 = format!("127.0.0.1:{s2}");
     std::fs::write(&file, config_text(&l2, &st2, "roundrobin", "watch = false", &node_lines(&[&a]))).expect("write");
     let auth = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
-    let r = request(h.stats_addr, "POST", "/reload", &[auth], Bytes::new()).await;
+    let r = request(h.stats_addr, "POST", "/reload", &[auth, JSON], Bytes::new()).await;
     assert_eq!(r.status, 200, "reload: {}", String::from_utf8_lossy(&r.body));
     let new_addr: SocketAddr = l2.parse().expect("addr");
     assert_eq!(h.listeners.local_addr(ListenerKind::Http), Some(new_addr));
@@ -389,7 +389,7 @@ async fn listener_address_change_keeps_serving() {
     let busy_addr = busy.local_addr().expect("addr");
     std::fs::write(&file, config_text(&busy_addr.to_string(), &st2, "source", "watch = false", &node_lines(&[&a])))
         .expect("write");
-    let r = request(st2.parse().expect("addr"), "POST", "/reload", &[auth], Bytes::new()).await;
+    let r = request(st2.parse().expect("addr"), "POST", "/reload", &[auth, JSON], Bytes::new()).await;
     assert_eq!(r.status, 400, "reload onto a busy port must be refused");
     assert!(String::from_utf8_lossy(&r.body).contains(&busy_addr.to_string()), "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(h.config().balance.algorithm.as_str(), "roundrobin", "refused reload left the config as it was");

@@ -5,6 +5,9 @@ use kuzzle_gateway::app::{self, Handle};
 use kuzzle_gateway::config::Config;
 pub use kuzzle_test_support::*;
 
+/// The header a state-changing ops request needs (it proves it is no cross-site form).
+pub const JSON: (&str, &str) = ("content-type", "application/json");
+
 /// `[[node]]` lines for these sims.
 pub fn nodes_toml(sims: &[&Sim]) -> String {
     sims.iter().map(|s| format!("[[node]]\nname = \"{}\"\naddress = \"{}\"\n", s.name, s.addr)).collect()
