@@ -42,7 +42,8 @@ async fn sim_ready(sim: &Sim, ready: bool) {
 }
 
 async fn ops_state(h: &Handle, node: &str, state: &str) -> Resp {
-    request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[OPS_AUTH, JSON], Bytes::from(state.to_string())).await
+    request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[OPS_AUTH, JSON], Bytes::from(state.to_string()))
+        .await
 }
 
 /// Next close frame's code on a WebSocket (text messages skipped), or None if it ended without one.

@@ -110,7 +110,8 @@ async fn auth_is_required_and_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_changes_refuse_cross_site_requests() {
     let sim = Sim::start("xs1", &[]);
-    let gw = gateway(&gateway_toml(&format!("user = \"kuzzle\"\npassword = \"kuzzle\"\n{}", nodes_toml(&[&sim])))).await;
+    let gw =
+        gateway(&gateway_toml(&format!("user = \"kuzzle\"\npassword = \"kuzzle\"\n{}", nodes_toml(&[&sim])))).await;
     let a = gw.stats_addr;
     let auth = basic(GOOD);
     let host = a.to_string();
@@ -137,14 +138,23 @@ async fn state_changes_refuse_cross_site_requests() {
         assert_eq!(admin(), Some(AdminState::Ready), "{what} changed the node's state");
     }
     for reload in ["/reload", "/cluster/reset"] {
-        let r = request(a, "POST", reload, &[("authorization", &auth), ("origin", "https://evil.example")], Bytes::new()).await;
+        let r =
+            request(a, "POST", reload, &[("authorization", &auth), ("origin", "https://evil.example")], Bytes::new())
+                .await;
         assert_eq!(r.status, 403, "{reload} from another site");
     }
     // The listener's own origin, JSON or X-Requested-With: obeyed.
     let r = state(vec![ct(), ("origin", own_origin.clone()), ("referer", format!("{own_origin}/hastats"))]).await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert_eq!(admin(), Some(AdminState::Maint));
-    let r = request(a, "POST", "/nodes/xs1/state", &[("authorization", &auth), ("x-requested-with", "curl")], Bytes::from("ready")).await;
+    let r = request(
+        a,
+        "POST",
+        "/nodes/xs1/state",
+        &[("authorization", &auth), ("x-requested-with", "curl")],
+        Bytes::from("ready"),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert_eq!(admin(), Some(AdminState::Ready));
     gw.shutdown().await;
@@ -166,7 +176,8 @@ async fn page_csv_and_json_show_every_node_with_its_state() {
     for (node, state) in [("node_drain", "drain"), ("node_maint", "maint")] {
         let auth = basic(GOOD);
         let r =
-            request(a, "POST", &format!("/nodes/{node}/state"), &[("authorization", &auth), JSON], Bytes::from(state)).await;
+            request(a, "POST", &format!("/nodes/{node}/state"), &[("authorization", &auth), JSON], Bytes::from(state))
+                .await;
         assert_eq!(r.status, 200, "{}", text(&r));
     }
     assert_eq!(gw.core.snapshot().node("node_drain").map(|b| b.admin()), Some(AdminState::Drain));

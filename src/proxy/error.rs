@@ -90,6 +90,12 @@ impl ProxyError {
         Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::BAD_GATEWAY, message)
     }
 
+    /// `node` answered `101 Switching Protocols` to a request that asked for no upgrade.
+    pub fn unrequested_upgrade(node: &Backend) -> Self {
+        let message = format!("node {} switched protocols unasked", node.name);
+        Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::BAD_GATEWAY, message)
+    }
+
     /// `node` did not answer in time.
     pub fn timed_out(node: &Backend, after: std::time::Duration) -> Self {
         let message = format!("node {} did not answer within {after:?}", node.name);

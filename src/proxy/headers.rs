@@ -29,7 +29,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for n in named {
+    // Connection can never remove Host: the node must see the target the client asked for.
+    for n in named.into_iter().filter(|n| n != header::HOST) {
         h.remove(n);
     }
     for n in &HOP_BY_HOP {
@@ -104,6 +105,11 @@ mod tests {
         strip_hop_by_hop(&mut h, None);
         assert_eq!(h.len(), 1, "{h:?}");
         assert!(h.contains_key("x-kept"));
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("host, x-a"));
+        h.insert(header::HOST, HeaderValue::from_static("gw:7512"));
+        strip_hop_by_hop(&mut h, None);
+        assert_eq!(h.get(header::HOST).map(|v| v.as_bytes()), Some(&b"gw:7512"[..]), "Connection: host removed Host");
     }
 
     #[test]

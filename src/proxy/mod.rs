@@ -178,6 +178,7 @@ async fn prepare(
     mut req: Request<Incoming>,
     client: ClientInfo,
 ) -> Result<(Prepared, Request<UpBody>), ProxyError> {
+    strict_framing(&req)?;
     let routed = route::route(req.uri().path(), req.uri().query(), |seg| snap.index_of(seg)).map_err(|e| {
         let msg = match e {
             RouteError::AboveRoot => "bad request: the path climbs above the root",
@@ -213,6 +214,18 @@ async fn prepare(
     let template = idempotent.then(|| (parts.method.clone(), uri.clone(), headers.clone()));
     let first = build(parts.method, uri, headers, first_body);
     Ok((Prepared { pinned, upgrade, slot, template, idempotent }, first))
+}
+
+/// RFC 9112 strictness on what hyper lets through: HTTP/1.1 needs exactly one Host (two Hosts let
+/// the gateway and a node disagree on the target). (A request with both Content-Length and
+/// Transfer-Encoding never gets here ambiguous: hyper reads it chunked and drops the length.)
+fn strict_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let h = req.headers();
+    let hosts = h.get_all(header::HOST).iter().count();
+    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
+        return Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: HTTP/1.1 needs exactly one Host header"));
+    }
+    Ok(())
 }
 
 /// How one exchange with a node failed.
@@ -267,6 +280,12 @@ async fn exchange(
         Ok(Err(e)) => return Err(classify(node, e)),
         Ok(Ok(resp)) => resp,
     };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS && p.upgrade.is_none() {
+        // The connection now speaks something the client never asked for: nothing to relay.
+        let e = ProxyError::unrequested_upgrade(node);
+        e.record(node, &cfg.health);
+        return Err(Failure::Final(e));
+    }
     node.passive_success();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some((proto, client_up)) = p.upgrade.take() {
@@ -285,6 +304,11 @@ async fn exchange(
     }
     node.counters.responses.record(resp.status().as_u16());
     let (mut parts, body) = resp.into_parts();
+    // Transfer-Encoding wins (RFC 9112 6.3): hyper read the body chunked, so a Content-Length
+    // beside it would make the client cut the body short.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers, None);
     let body = Counted::new(body, ctx.core.frontend.clone(), Some(node.counters.clone()), Direction::Outbound);
     let body = Tracked::new(body, sender, guard, wait);
