@@ -54,11 +54,13 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
     let first = vec![crate::core::registry::Change::Resolved(Arc::new(resolved.clone()))];
     let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)));
 
+    let limit = crate::fds::max_connections(config.gateway.max_connections, crate::fds::raise_nofile());
+    core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
     let ctx = Arc::new(Context { core: core.clone(), life: life.clone() });
     let door = Arc::new(Frontdoor {
         ctx,
         tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
-        limit: Arc::new(Semaphore::new(config.gateway.max_connections.max(1))),
+        limit: Arc::new(Semaphore::new(limit)),
     });
     let reloads = Arc::new(ReloadStats::default());
     let cluster = crate::cluster::start(core.clone(), settings.clone(), &life);

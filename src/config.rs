@@ -92,7 +92,7 @@ pub struct GatewaySection {
     pub shutdown_grace: Dur,
     /// Old process lifetime cap after a binary upgrade or a shutdown (haproxy's hard-stop-after).
     pub hard_stop_after: Dur,
-    /// Cap on concurrent client connections.
+    /// Cap on concurrent client connections; 0 = what the open-files limit allows (see `fds`).
     pub max_connections: usize,
     /// Unix socket a new process asks for the listening sockets on (binary upgrade).
     pub upgrade_socket: Option<PathBuf>,
@@ -112,7 +112,7 @@ impl Default for GatewaySection {
             threads: 0,
             shutdown_grace: Dur(Duration::from_secs(10)),
             hard_stop_after: Dur(Duration::from_secs(2 * 3600)),
-            max_connections: 100_000,
+            max_connections: 0,
             upgrade_socket: None,
             drain_timeout: None,
             watch: true,

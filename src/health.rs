@@ -97,7 +97,7 @@ pub async fn run<S, P, F, A, C>(
 ) where
     S: Fn() -> Timing,
     P: FnMut() -> F,
-    F: Future<Output = CheckResult>,
+    F: Future<Output = Option<CheckResult>>,
     A: Fn() -> bool,
     C: FnMut(Transition, &str),
 {
@@ -127,8 +127,14 @@ pub async fn run<S, P, F, A, C>(
                 _ = state.kicked() => { apply_passive(&mut on_change); }
             }
         };
-        let t = state.apply(|m, now, epoch| m.record(result, now, epoch));
-        on_change(t, result.kind.as_str());
+        match result {
+            Some(result) => {
+                let t = state.apply(|m, now, epoch| m.record(result, now, epoch));
+                on_change(t, result.kind.as_str());
+            }
+            // The gateway could not run the check (no fd left...): nothing is learnt about the node.
+            None => tracing::warn!("health check not run: the gateway is out of local resources (open files?)"),
+        }
 
         let delay = state.apply_read(|m| m.next_delay(&timing, rand::random::<f64>()));
         let mut deadline = Instant::now() + delay;
@@ -147,14 +153,17 @@ pub async fn run<S, P, F, A, C>(
     }
 }
 
-/// One active check: `GET path` on a fresh connection, the whole exchange within `timeout`.
-pub async fn http_check(b: &Backend, path: &str, timeout: Duration) -> CheckResult {
+/// One active check: `GET path` on a fresh connection, the whole exchange within `timeout`. None
+/// when the gateway itself could not open a connection (EMFILE...): that is no verdict on the node.
+pub async fn http_check(b: &Backend, path: &str, timeout: Duration) -> Option<CheckResult> {
     let start = Instant::now();
     let deadline = start + timeout;
-    let done =
-        |kind: CheckKind, code: Option<u16>| CheckResult { kind, code, duration: start.elapsed(), at: now_epoch() };
+    let done = |kind: CheckKind, code: Option<u16>| {
+        Some(CheckResult { kind, code, duration: start.elapsed(), at: now_epoch() })
+    };
     let mut sender = match b.connect(timeout).await {
         Ok(s) => s,
+        Err(ConnectError::Local(_)) => return None,
         Err(ConnectError::Timeout) => return done(CheckKind::L4TOUT, None),
         Err(_) => return done(CheckKind::L4CON, None),
     };
@@ -202,9 +211,9 @@ mod tests {
     }
     use std::sync::Mutex;
 
-    fn res(ok: bool) -> CheckResult {
+    fn res(ok: bool) -> Option<CheckResult> {
         let kind = if ok { CheckKind::L7OK } else { CheckKind::L7STS };
-        CheckResult { kind, code: None, duration: Duration::ZERO, at: 0 }
+        Some(CheckResult { kind, code: None, duration: Duration::ZERO, at: 0 })
     }
 
     fn timing(jitter_pct: u32) -> Timing {
@@ -376,7 +385,7 @@ mod tests {
         ];
         for (reply, kind, code) in cases {
             let (b, task) = raw_node(reply).await;
-            let r = http_check(&b, "/_plugin/cluster/health", t).await;
+            let r = http_check(&b, "/_plugin/cluster/health", t).await.expect("the check ran");
             assert_eq!((r.kind, r.code), (kind, code), "{reply:?}");
             if kind == CheckKind::L7TOUT {
                 assert!(r.duration >= t, "{r:?}");
@@ -393,6 +402,6 @@ mod tests {
             counters,
             true,
         );
-        assert_eq!(http_check(&b, "/", t).await.kind, CheckKind::L4CON);
+        assert_eq!(http_check(&b, "/", t).await.map(|r| r.kind), Some(CheckKind::L4CON));
     }
 }

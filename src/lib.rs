@@ -17,7 +17,7 @@
 //! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
 //!   (the reload task; triggers send it a message), [`watch`] (file watcher), [`listeners`]
 //!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`], [`drain`] (pruning, drain timeout),
-//!   [`resolve`] (host names of `[[node]]`s).
+//!   [`resolve`] (host names of `[[node]]`s), [`fds`] (open-files limit, connection cap).
 //! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
 //! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),
 //!   [`envelope`] (Kuzzle's JSON envelope for the gateway's own answers).
@@ -32,6 +32,7 @@ pub mod core;
 pub mod demo;
 pub mod drain;
 pub mod envelope;
+pub mod fds;
 pub mod hastats;
 pub mod health;
 pub mod listeners;

@@ -255,6 +255,7 @@ impl Backend {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
             Err(_) => return Err(ConnectError::Timeout),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
+            Ok(Err(e)) if is_local_shortage(&e) => return Err(ConnectError::Local(e.kind())),
             Ok(Err(e)) => return Err(ConnectError::Io(e.kind())),
             Ok(Ok(s)) => s,
         };
@@ -295,9 +296,22 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// Out of a local resource (open files, kernel buffers, memory): the gateway's own problem, which
+/// says nothing about the node it was connecting to.
+pub fn is_local_shortage(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    e.raw_os_error().is_some_and(|n| {
+        [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].iter().any(|x| x.raw_os_error() == n)
+    })
+}
+
 /// Why a connection to a node could not be made (nothing was sent: safe to retry anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
+    /// The gateway ran out of a local resource (EMFILE, ENFILE, ENOBUFS, ENOMEM): never a mark
+    /// against the node.
+    #[error("no local resource to connect with: {0}")]
+    Local(std::io::ErrorKind),
     #[error("connection refused")]
     Refused,
     #[error("connect timed out")]

@@ -158,6 +158,9 @@ pub struct FrontendCounters {
     /// Client connections open now, highest, total.
     pub connections: AtomicU64,
     pub max_connections: AtomicU64,
+    /// The cap enforced on client connections (`[gateway] max_connections` or derived from the
+    /// open-files limit), set at start.
+    pub connection_limit: AtomicU64,
     pub connections_total: AtomicU64,
     pub connection_rate: Rate,
     pub requests_total: AtomicU64,

@@ -356,7 +356,7 @@ pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
     let started = core.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started)).collect();
     let backend = backend_view(&nodes);
-    let max_conn = cfg.gateway.max_connections as u64;
+    let max_conn = core.frontend.connection_limit.load(Ordering::Relaxed);
     StatsView {
         process: ProcessView {
             version: env!("CARGO_PKG_VERSION"),

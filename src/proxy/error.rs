@@ -71,6 +71,10 @@ impl ProxyError {
     /// No connection to `node`: 504 for a timeout, else 503 (as haproxy does: nothing reached a
     /// node, so the service is unavailable rather than a node misbehaving).
     pub fn connect(node: &Backend, e: ConnectError) -> Self {
+        if let ConnectError::Local(_) = e {
+            // The gateway's own shortage: no node counter moves, passive health hears nothing.
+            return ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, format!("gateway overloaded: {e}"));
+        }
         let (status, message) = match e {
             ConnectError::Timeout => (StatusCode::GATEWAY_TIMEOUT, format!("node {}: connect timed out", node.name)),
             e => (StatusCode::SERVICE_UNAVAILABLE, format!("no node available: node {}: {e}", node.name)),
@@ -145,6 +149,10 @@ mod tests {
         assert!(!ProxyError::broke(&b).resend_safe(false), "a POST the node may have read is not re-sent");
         assert!(ProxyError::broke(&b).resend_safe(true), "a body-less GET is");
         assert!(!ProxyError::timed_out(&b, std::time::Duration::from_secs(1)).resend_safe(true), "a timeout never is");
+        let local = ProxyError::connect(&b, ConnectError::Local(std::io::ErrorKind::Other));
+        assert_eq!(local.side, Side::Gateway, "running out of fds is the gateway's problem");
+        local.record(&b, &HealthSection::default());
+        assert_eq!(b.counters.connect_errors.load(std::sync::atomic::Ordering::Relaxed), 0);
         let c = ProxyError::client(StatusCode::BAD_REQUEST, "x");
         c.record(&b, &HealthSection::default());
         assert_eq!(

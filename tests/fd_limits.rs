@@ -1,0 +1,74 @@
+//! Open files at the edge: with its fds used up by idle clients, the gateway must not blame the
+//! nodes (health checks that cannot open a socket are not run), and service resumes at once when
+//! the clients leave. Run as a real process under a small `ulimit -n`.
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exhausted_fds_never_mark_healthy_nodes_down() {
+    let sim = Sim::start("fd1", &[]);
+    let (port, stats) = (free_port(), free_port());
+    let dir = scratch_dir("fd-limits");
+    let cfg = dir.join("gw.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\nmax_connections = 1000\nwatch = false\n\
+             [health]\ninterval = \"100ms\"\ntimeout = \"100ms\"\nfall = 2\nrise = 1\n\
+             [stats]\nlisten = \"127.0.0.1:{stats}\"\n{}",
+            nodes_toml(&[&sim])
+        ),
+    )
+    .expect("write config");
+    // Soft and hard limit of 128 (dash's ulimit sets both): the gateway cannot raise it.
+    let script = format!("ulimit -n 128 && exec '{}' --config '{}'", bin("kuzzle-gateway").display(), cfg.display());
+    let mut gw =
+        KillOnDrop(Command::new("sh").args(["-c", &script]).stdout(Stdio::piped()).spawn().expect("sh starts"));
+    let warned = wait_line(&mut gw.0, Duration::from_secs(20), "max_connections warning", |l| {
+        l.contains("max_connections is more than the open-files limit allows").then(|| l.to_string())
+    });
+    assert!(warned.contains("fits"), "{warned}");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let stats = SocketAddr::from(([127, 0, 0, 1], stats));
+    eventually(Duration::from_secs(20), "gateway serving", || async {
+        (get(addr, "/_now").await.status == 200).then_some(())
+    })
+    .await;
+
+    // Idle clients take every fd the gateway has (it accepts until EMFILE, then backs off).
+    let mut idle = Vec::new();
+    for _ in 0..160 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(s) => idle.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(idle.len() >= 120, "only {} idle connections opened", idle.len());
+    // Many check intervals pass with no fd to check with (bounded: 1.5 s of 100 ms checks).
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
+
+    // The attacker left: the node was never marked DOWN, so requests succeed at once.
+    let r = eventually(Duration::from_secs(10), "gateway accepting again", || async {
+        let r = tokio::time::timeout(Duration::from_secs(2), get(addr, "/_now")).await.ok()?;
+        Some(r)
+    })
+    .await;
+    assert_eq!(r.status, 200, "after the flood: {:?}", r.body);
+    let csv =
+        request(stats, "GET", "/hastats;csv", &[("authorization", "Basic a3V6emxlOmt1enpsZQ==")], Bytes::new()).await;
+    let body = String::from_utf8_lossy(&csv.body).to_string();
+    let row = body.lines().find(|l| l.starts_with("kuzzle,fd1,")).unwrap_or_else(|| panic!("no fd1 row: {body}"));
+    let cols: Vec<&str> = row.split(',').collect();
+    // Columns 17 and 22 of haproxy's CSV: status and chkdown.
+    assert_eq!((cols[17], cols[22]), ("UP", "0"), "the node was marked DOWN while the gateway had no fds: {row}");
+}
