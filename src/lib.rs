@@ -11,7 +11,8 @@
 //!   machine), the immutable routing [`core::snapshot`], and the pure [`core::registry`] that turns
 //!   a batch of [`core::registry::Change`]s into the next snapshot. [`core::Core`] publishes
 //!   snapshots (one swap per batch); [`core::Lifecycle`] holds the stop tokens and task trackers.
-//! - Data plane (reads one snapshot per request): [`serve`] (accept loops, client connections),
+//! - Data plane (reads one snapshot per request): [`serve`] (accept loops, client connections,
+//!   [`send_timeout`] cutting clients that stop reading),
 //!   [`proxy`] (one request, typed errors, header rules), [`route`] (prefix rule), [`balance`]
 //!   (algorithms), [`tunnel`] (WebSocket tunnels).
 //! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
@@ -42,6 +43,7 @@ pub mod proxy;
 pub mod reload;
 pub mod resolve;
 pub mod route;
+pub mod send_timeout;
 pub mod serve;
 pub mod tls;
 pub mod tunnel;

@@ -133,6 +133,8 @@ pub async fn serve_conn<I>(
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+    // A client that stops reading is cut after `[timeouts] client` without progress.
+    let io = crate::send_timeout::SendTimeout::new(io, timeout);
     let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

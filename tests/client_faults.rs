@@ -106,3 +106,49 @@ async fn websockets_count_against_max_connections() {
         .expect("read");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
+
+/// Clients that ask for a large response and never read it are cut after `[timeouts] client`
+/// without progress, and the node connection behind each is freed (no fd, no node slot kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_are_cut_and_their_node_connections_freed() {
+    let sim = Sim::start("sr1", &[]);
+    let toml = gateway_toml(&format!("[timeouts]\nclient = \"1s\"\n{}", nodes_toml(&[&sim])));
+    let gw = gateway(&toml).await;
+    let node = gw.core.snapshot().node("sr1").cloned().expect("node sr1");
+    let mut readers = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+        // 256 MiB: far more than the kernel buffers of both sides hold, so writes stall.
+        s.write_all(format!("GET /_sim/bytes/268435456 HTTP/1.1\r\nhost: {}\r\n\r\n", gw.http_addr).as_bytes())
+            .await
+            .expect("write");
+        readers.push(s);
+    }
+    eventually(Duration::from_secs(10), "every slow reader's request reached the node", || async {
+        (node.active() == 20).then_some(())
+    })
+    .await;
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(15), "slow readers cut and node connections freed", || async {
+        let open = gw.core.frontend.connections.load(Ordering::Relaxed);
+        (open == 0 && node.active() == 0).then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    println!("20 slow readers cut {took:?} after their requests were all in flight ([timeouts] client = 1s)");
+    assert!(took < Duration::from_secs(10), "cut after {took:?}");
+    // The cut connections are closed: a read ends (after whatever the kernel had buffered).
+    let mut s = readers.pop().expect("a reader");
+    let mut buf = vec![0u8; 1 << 20];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert_eq!(closed, Ok(true), "the connection of a cut slow reader is still open");
+    gw.shutdown().await;
+}
