@@ -145,6 +145,27 @@ impl Default for TimeoutsSection {
     }
 }
 
+/// Size limits at the edge (haproxy-like defaults): what one client or node may make the gateway
+/// hold, so memory stays bounded per connection.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Bytes of a request head (request line and headers); more: 431.
+    pub request_head: usize,
+    /// Header lines of a request; more: 431.
+    pub headers: usize,
+    /// Bytes of a request target (path and query); more: 414.
+    pub uri: usize,
+    /// Bytes of a node's response head; more: 502.
+    pub response_head: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection { request_head: 32 * 1024, headers: 100, uri: 8 * 1024, response_head: 64 * 1024 }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BalanceSection {
@@ -283,6 +304,8 @@ struct RawConfig {
     health: HealthSection,
     #[serde(default)]
     stats: StatsSection,
+    #[serde(default)]
+    limits: LimitsSection,
     tls: Option<TlsSection>,
     cluster: Option<ClusterSection>,
     #[serde(default)]
@@ -374,6 +397,7 @@ pub struct Config {
     pub balance: BalanceSection,
     pub health: HealthSection,
     pub stats: StatsSection,
+    pub limits: LimitsSection,
     pub tls: Option<TlsSection>,
     pub cluster: Option<ClusterSection>,
     pub nodes: Vec<StaticNode>,
@@ -388,6 +412,7 @@ impl Default for Config {
             balance: BalanceSection::default(),
             health: HealthSection::default(),
             stats: StatsSection::default(),
+            limits: LimitsSection::default(),
             tls: None,
             cluster: None,
             nodes: Vec::new(),
@@ -491,6 +516,19 @@ impl Config {
                 return Err(err(l, &k, "duration must be greater than zero".into()));
             }
         }
+        // hyper needs at least 8 KiB of read buffer; a node's head needs room for its own headers.
+        let l = &raw.limits;
+        for (key, v, min) in [
+            ("limits.request_head", l.request_head, 4096),
+            ("limits.uri", l.uri, 64),
+            ("limits.headers", l.headers, 8),
+            ("limits.response_head", l.response_head, 8192),
+        ] {
+            if v < min {
+                let (line, k) = place(key);
+                return Err(err(line, &k, format!("{v} is too small: at least {min}")));
+            }
+        }
         if !raw.stats.uri.starts_with('/') {
             let (l, k) = place("stats.uri");
             return Err(err(l, &k, format!("stats uri {:?} must start with '/'", raw.stats.uri)));
@@ -571,6 +609,7 @@ impl Config {
             gateway: raw.gateway,
             timeouts: raw.timeouts,
             balance: raw.balance,
+            limits: raw.limits,
             health: raw.health,
             stats,
             tls: raw.tls,

@@ -161,7 +161,7 @@ pub async fn http_check(b: &Backend, path: &str, timeout: Duration) -> Option<Ch
     let done = |kind: CheckKind, code: Option<u16>| {
         Some(CheckResult { kind, code, duration: start.elapsed(), at: now_epoch() })
     };
-    let mut sender = match b.connect(timeout).await {
+    let mut sender = match b.connect(timeout, crate::config::LimitsSection::default().response_head).await {
         Ok(s) => s,
         Err(ConnectError::Local(_)) => return None,
         Err(ConnectError::Timeout) => return done(CheckKind::L4TOUT, None),

@@ -64,7 +64,8 @@ pub async fn serve(ops: Arc<Ops>, listener: TcpListener, stop: CancellationToken
                 async move { Ok::<_, Infallible>(handle(&g, req).await) }
             });
             let mut b = http1::Builder::new();
-            b.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30));
+            // Bounded like the client side: an unfinished head costs at most 64 KiB here.
+            b.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(30)).max_buf_size(64 * 1024);
             let conn = b.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {

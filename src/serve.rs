@@ -132,7 +132,16 @@ pub async fn serve_conn<I>(
         })
     });
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(timeout).keep_alive(true);
+    // hyper's read buffer is what a client holding an unfinished head costs: capped at twice the
+    // limit (the service answers 431 in Kuzzle's envelope between the two), and a head never
+    // grows the buffer past it.
+    let limits = ctx.core.config().limits.clone();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true)
+        .max_buf_size((2 * limits.request_head).max(8192))
+        .max_headers(2 * limits.headers);
     // A client that stops reading is cut after `[timeouts] client` without progress.
     let io = crate::send_timeout::SendTimeout::new(io, timeout);
     let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();

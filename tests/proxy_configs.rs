@@ -232,8 +232,10 @@ fn default_config_shows_every_key() {
                 "upgrade_socket",
                 "drain_timeout",
                 "watch",
+                "resolve_interval",
             ],
         ),
+        ("limits", &["request_head", "headers", "uri", "response_head"]),
         ("timeouts", &["connect", "client", "server", "tunnel", "pool_idle"]),
         ("balance", &["algorithm", "retries", "redispatch"]),
         (

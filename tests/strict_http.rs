@@ -92,3 +92,62 @@ async fn misleading_node_answers_are_fixed_or_refused() {
     t1.abort();
     t2.abort();
 }
+
+fn envelope_status(resp: &str) -> Option<u64> {
+    let body = resp.split("\r\n\r\n").nth(1)?;
+    serde_json::from_str::<serde_json::Value>(body).ok()?["error"]["status"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_requests_and_node_heads_are_refused() {
+    let sim = Sim::start("lim1", &[]);
+    let (big_head, t) = {
+        // A node whose response head is 200 KB of headers.
+        static HEAD: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        let head = HEAD.get_or_init(|| {
+            let mut h = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n".to_vec();
+            for i in 0..2000 {
+                h.extend_from_slice(format!("x-filler-{i}: {}\r\n", "f".repeat(90)).as_bytes());
+            }
+            h.extend_from_slice(b"\r\nok");
+            h
+        });
+        scripted_node(head.as_slice()).await
+    };
+    let cfg = format!("{}[[node]]\nname = \"bighead\"\naddress = \"{big_head}\"\n", nodes_toml(&[&sim]));
+    let gw = gateway(&gateway_toml(&format!("[health]\ninterval = \"60s\"\npassive = false\n{cfg}"))).await;
+    let a = gw.http_addr;
+
+    let long_uri = format!("GET /lim1/_now?q={} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "a".repeat(9000));
+    let resp = raw(a, long_uri.as_bytes()).await;
+    assert_eq!((status_of(&resp), envelope_status(&resp)), ("414", Some(414)), "{}", &resp[..resp.len().min(300)]);
+
+    let mut many = String::from("GET /lim1/_now HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-h{i}: 1\r\n"));
+    }
+    many.push_str("\r\n");
+    let resp = raw(a, many.as_bytes()).await;
+    assert_eq!((status_of(&resp), envelope_status(&resp)), ("431", Some(431)), "150 headers: {resp}");
+
+    // 40 KB of headers: over the 32 KiB limit, under hyper's cap: Kuzzle's envelope.
+    let big =
+        format!("GET /lim1/_now HTTP/1.1\r\nHost: a\r\nx-big: {}\r\nConnection: close\r\n\r\n", "b".repeat(40_000));
+    let resp = raw(a, big.as_bytes()).await;
+    assert_eq!(
+        (status_of(&resp), envelope_status(&resp)),
+        ("431", Some(431)),
+        "40 KB head: {}",
+        &resp[..resp.len().min(300)]
+    );
+    // 200 KB: refused before it is even all read.
+    let huge = format!("GET /lim1/_now HTTP/1.1\r\nHost: a\r\nx-big: {}\r\n\r\n", "b".repeat(200_000));
+    let resp = raw(a, huge.as_bytes()).await;
+    assert_eq!(status_of(&resp), "431", "200 KB head: {}", &resp[..resp.len().min(300)]);
+
+    let r = get(a, "/bighead/x").await;
+    assert_eq!(r.status, 502, "a 200 KB response head is passed on");
+    assert_eq!(get(a, "/lim1/_now").await.status, 200, "normal requests still served");
+    gw.shutdown().await;
+    t.abort();
+}

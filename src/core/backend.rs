@@ -212,6 +212,7 @@ impl Backend {
         &self,
         connect_timeout: Duration,
         pool_idle: Duration,
+        max_head: usize,
     ) -> Result<(Sender, bool), ConnectError> {
         while let Some((mut sender, since)) = self.idle.pop() {
             if since.elapsed() >= pool_idle || sender.is_closed() {
@@ -227,7 +228,7 @@ impl Backend {
                 return Ok((sender, true));
             }
         }
-        self.connect(connect_timeout).await.map(|s| (s, false))
+        self.connect(connect_timeout, max_head).await.map(|s| (s, false))
     }
 
     /// Real traffic failed on this node (connect refused, reset, timeout). Lock-free: the node's
@@ -250,8 +251,10 @@ impl Backend {
         self.idle.len()
     }
 
-    /// A fresh connection (also used by the health checker).
-    pub async fn connect(&self, connect_timeout: Duration) -> Result<Sender, ConnectError> {
+    /// A fresh connection (also used by the health checker). A response head over `max_head`
+    /// bytes fails the exchange (the client gets a 502), so a node cannot make the gateway hold
+    /// an unbounded head.
+    pub async fn connect(&self, connect_timeout: Duration, max_head: usize) -> Result<Sender, ConnectError> {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
             Err(_) => return Err(ConnectError::Timeout),
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
@@ -261,6 +264,7 @@ impl Backend {
         };
         let _ = stream.set_nodelay(true);
         let (sender, conn) = http1::Builder::new()
+            .max_buf_size(max_head.max(8192))
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|_| ConnectError::Io(std::io::ErrorKind::Other))?;

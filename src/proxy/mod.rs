@@ -112,21 +112,22 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: ClientInfo) -> R
             node.counters.retries.fetch_add(1, Ordering::Relaxed);
         }
         let guard = node.track();
-        let (sender, reused) = match node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(node = %node.name, error = %e, "connect failed");
-                last = ProxyError::connect(&node, e);
-                last.record(&node, &cfg.health);
-                if cfg.balance.redispatch && p.pinned.is_none() {
-                    tried.push(idx);
-                    if attempt < attempts {
-                        node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+        let (sender, reused) =
+            match node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0, cfg.limits.response_head).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(node = %node.name, error = %e, "connect failed");
+                    last = ProxyError::connect(&node, e);
+                    last.record(&node, &cfg.health);
+                    if cfg.balance.redispatch && p.pinned.is_none() {
+                        tried.push(idx);
+                        if attempt < attempts {
+                            node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
+                    continue;
                 }
-                continue;
-            }
-        };
+            };
         let Some(request) = pending.take() else { break };
         let failure = match exchange(ctx, &snap, &node, guard, sender, request, &mut p).await {
             Ok(resp) => return Ok(resp),
@@ -178,7 +179,7 @@ async fn prepare(
     mut req: Request<Incoming>,
     client: ClientInfo,
 ) -> Result<(Prepared, Request<UpBody>), ProxyError> {
-    strict_framing(&req)?;
+    strict_framing(&req, &snap.config.limits)?;
     let routed = route::route(req.uri().path(), req.uri().query(), |seg| snap.index_of(seg)).map_err(|e| {
         let msg = match e {
             RouteError::AboveRoot => "bad request: the path climbs above the root",
@@ -219,8 +220,31 @@ async fn prepare(
 /// RFC 9112 strictness on what hyper lets through: HTTP/1.1 needs exactly one Host (two Hosts let
 /// the gateway and a node disagree on the target). (A request with both Content-Length and
 /// Transfer-Encoding never gets here ambiguous: hyper reads it chunked and drops the length.)
-fn strict_framing<B>(req: &Request<B>) -> Result<(), ProxyError> {
+/// Then `[limits]`: the target (414), the header count and the head's size (431). hyper's own
+/// buffer caps a head at twice the limit (its bare 431); under that, the answer is Kuzzle's.
+fn strict_framing<B>(req: &Request<B>, limits: &crate::config::LimitsSection) -> Result<(), ProxyError> {
     let h = req.headers();
+    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target > limits.uri {
+        return Err(ProxyError::client(
+            StatusCode::URI_TOO_LONG,
+            format!("request target of {target} bytes is over the {}-byte limit", limits.uri),
+        ));
+    }
+    if h.len() > limits.headers {
+        return Err(ProxyError::client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("{} header lines, over the limit of {}", h.len(), limits.headers),
+        ));
+    }
+    // Size as on the wire: "name: value\r\n" per line, plus the request line.
+    let head = target + h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + 16;
+    if head > limits.request_head {
+        return Err(ProxyError::client(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("request head of about {head} bytes is over the {}-byte limit", limits.request_head),
+        ));
+    }
     let hosts = h.get_all(header::HOST).iter().count();
     if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
         return Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: HTTP/1.1 needs exactly one Host header"));
