@@ -88,9 +88,13 @@ async fn misleading_node_answers_are_fixed_or_refused() {
     let r = get(gw.http_addr, "/switch/x").await;
     assert_eq!(r.status, 502, "an unrequested 101 is relayed: {:?}", r.body);
     assert!(String::from_utf8_lossy(&r.body).contains("switched protocols unasked"));
+    // A head then a close before any body byte: the client gets a 502, not a cut response.
+    let resp = raw(gw.http_addr, b"GET /headonly/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(status_of(&resp), "502", "head-then-close: {resp:?}");
     gw.shutdown().await;
     t1.abort();
     t2.abort();
+    t3.abort();
 }
 
 fn envelope_status(resp: &str) -> Option<u64> {

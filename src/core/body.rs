@@ -119,6 +119,8 @@ pin_project_lite::pin_project! {
     /// frozen node cannot hang a client forever.
     pub struct Tracked {
         inner: Counted<Incoming>,
+        // The first frame, read before the response head went to the client (see `new`).
+        first: Option<Frame<Bytes>>,
         sender: Option<Sender>,
         guard: ActiveGuard,
         idle: Duration,
@@ -132,7 +134,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             // Empty bodies (HEAD, 204, 304) may be dropped unpolled: the connection is still reusable.
-            if this.inner.is_end_stream() {
+            if this.first.is_none() && this.inner.is_end_stream() {
                 if let Some(s) = this.sender.take() {
                     this.guard.backend.release(s);
                 }
@@ -142,9 +144,18 @@ pin_project_lite::pin_project! {
 }
 
 impl Tracked {
-    pub fn new(inner: Counted<Incoming>, sender: Sender, guard: ActiveGuard, idle: Duration) -> Self {
+    /// `first`: a frame already read from `inner` (the proxy reads one before answering, so that a
+    /// node that sends a head and closes gets the client a 502 rather than a cut response).
+    pub fn new(
+        inner: Counted<Incoming>,
+        first: Option<Frame<Bytes>>,
+        sender: Sender,
+        guard: ActiveGuard,
+        idle: Duration,
+    ) -> Self {
         Tracked {
             inner,
+            first,
             sender: Some(sender),
             guard,
             idle,
@@ -160,6 +171,12 @@ impl Body for Tracked {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
+        if let Some(f) = this.first.take() {
+            if this.inner.is_end_stream() {
+                release(this.sender, this.guard);
+            }
+            return Poll::Ready(Some(Ok(f)));
+        }
         let frame = match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(f) => f,
             Poll::Pending => {
@@ -190,11 +207,20 @@ impl Body for Tracked {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.first.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let mut hint = self.inner.size_hint();
+        let held = self.first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+        if held > 0 {
+            // Upper first: SizeHint refuses a lower bound above the current upper one.
+            if let Some(u) = hint.upper() {
+                hint.set_upper(u + held);
+            }
+            hint.set_lower(hint.lower() + held);
+        }
+        hint
     }
 }
 

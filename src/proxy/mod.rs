@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Full};
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
@@ -334,8 +334,29 @@ async fn exchange(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers, None);
-    let body = Counted::new(body, ctx.core.frontend.clone(), Some(node.counters.clone()), Direction::Outbound);
-    let body = Tracked::new(body, sender, guard, wait);
+    let mut body = Counted::new(body, ctx.core.frontend.clone(), Some(node.counters.clone()), Direction::Outbound);
+    // The first frame is read before the head goes out: a node that sends a head and then closes
+    // (or stalls) gets the client a 502 (504), not a response cut before its first byte. In the
+    // common case the frame came with the head and this does not wait.
+    let first = if body.is_end_stream() {
+        None
+    } else {
+        match tokio::time::timeout(wait, body.frame()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            Ok(None) => None,
+            Ok(Some(Err(_))) => {
+                let e = ProxyError::broke(node);
+                e.record(node, &cfg.health);
+                return Err(Failure::Final(e));
+            }
+            Err(_) => {
+                let e = ProxyError::timed_out(node, wait);
+                e.record(node, &cfg.health);
+                return Err(Failure::Final(e));
+            }
+        }
+    };
+    let body = Tracked::new(body, first, sender, guard, wait);
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
