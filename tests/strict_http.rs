@@ -77,8 +77,9 @@ async fn misleading_node_answers_are_fixed_or_refused() {
     .await;
     let (switch, t2) =
         scripted_node(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: evil\r\n\r\n").await;
+    let (headonly, t3) = scripted_node(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n").await;
     let cfg = format!(
-        "[health]\ninterval = \"60s\"\npassive = false\n[[node]]\nname = \"both\"\naddress = \"{both}\"\n[[node]]\nname = \"switch\"\naddress = \"{switch}\"\n"
+        "[health]\ninterval = \"60s\"\npassive = false\n[[node]]\nname = \"both\"\naddress = \"{both}\"\n[[node]]\nname = \"switch\"\naddress = \"{switch}\"\n[[node]]\nname = \"headonly\"\naddress = \"{headonly}\"\n"
     );
     let gw = gateway(&gateway_toml(&cfg)).await;
     let r = get(gw.http_addr, "/both/x").await;
