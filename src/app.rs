@@ -56,14 +56,21 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
 
     let limit = crate::fds::max_connections(config.gateway.max_connections, crate::fds::raise_nofile());
     core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
-    let ctx = Arc::new(Context { core: core.clone(), life: life.clone() });
+    let ctx =
+        Arc::new(Context { core: core.clone(), life: life.clone(), instance: crate::proxy::headers::instance_id() });
     let door = Arc::new(Frontdoor {
         ctx,
         tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
         limit: Arc::new(Semaphore::new(limit)),
     });
     let reloads = Arc::new(ReloadStats::default());
-    let cluster = crate::cluster::start(core.clone(), settings.clone(), &life);
+    // The listeners start after membership (ops serves its status): the handle reads them late.
+    let own_listeners: Arc<std::sync::OnceLock<Arc<LiveListeners>>> = Arc::default();
+    let own: crate::cluster::OwnAddrs = {
+        let l = own_listeners.clone();
+        Arc::new(move || l.get().map(|l| l.bound()).unwrap_or_default())
+    };
+    let cluster = crate::cluster::start(core.clone(), settings.clone(), own, &life);
 
     // The reload handle exists before the task, so that ops (which the listeners serve) can hold
     // it and the task can hold the listeners.
@@ -90,6 +97,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
         }
     };
     let live = Arc::new(LiveListeners::new(Box::new(serve), life.shutdown.clone()));
+    let _ = own_listeners.set(live.clone());
     crate::reload::start(
         requests,
         Reloader {

@@ -262,6 +262,12 @@ pub struct ClusterSection {
     pub kuzzle2: bool,
     /// How often the plugin discovery set and the Kuzzle 2 ID cards are re-read.
     pub poll_interval: Dur,
+    /// Most nodes learned from Redis at once; joins beyond are dropped (and counted).
+    pub max_nodes: usize,
+    /// New members admitted per second (token bucket); refreshes of known members are free.
+    pub join_rate: u32,
+    /// Joins admitted at once before `join_rate` applies (the bucket's size).
+    pub join_burst: u32,
 }
 
 impl Default for ClusterSection {
@@ -279,6 +285,9 @@ impl Default for ClusterSection {
             discovery: true,
             kuzzle2: true,
             poll_interval: Dur(Duration::from_secs(1)),
+            max_nodes: 64,
+            join_rate: 20,
+            join_burst: 64,
         }
     }
 }
@@ -591,6 +600,16 @@ impl Config {
             if c.heartbeat_timeout.0.is_zero() || c.poll_interval.0.is_zero() {
                 let (l, k) = place("cluster.heartbeat_timeout");
                 return Err(err(l, &k, "durations must be greater than zero".into()));
+            }
+            for (key, v) in [
+                ("cluster.max_nodes", c.max_nodes as u64),
+                ("cluster.join_rate", u64::from(c.join_rate)),
+                ("cluster.join_burst", u64::from(c.join_burst)),
+            ] {
+                if v == 0 {
+                    let (l, k) = place(key);
+                    return Err(err(l, &k, "must be at least 1".into()));
+                }
             }
         }
 

@@ -140,6 +140,11 @@ impl LiveListeners {
         crate::util::lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
     }
 
+    /// Every bound address (what a node announced at the gateway itself would point to).
+    pub fn bound(&self) -> Vec<SocketAddr> {
+        crate::util::lock(&self.live).iter().map(|l| l.local).collect()
+    }
+
     /// Call `f` with the serving sockets (for fd passing); the lock is held only during `f`.
     pub fn with_fds<T>(&self, f: impl FnOnce(&[(ListenerKind, SocketAddr, BorrowedFd<'_>)]) -> T) -> T {
         let live = crate::util::lock(&self.live);

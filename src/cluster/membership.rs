@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::message::{Candidate, Kind};
+use super::message::{Candidate, Kind, Reject};
 use crate::core::backend::Origin;
 use crate::core::registry::{Change, DynamicNode};
 use crate::core::snapshot::Snapshot;
@@ -47,6 +47,38 @@ pub struct Gone {
     pub at: u64,
 }
 
+/// How many nodes Redis may add, and how fast (from `[cluster]`).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_nodes: usize,
+    rate: u32,
+    burst: u32,
+}
+
+/// Token bucket for joins: `burst` at once, then `rate` a second.
+#[derive(Debug, Default)]
+struct Bucket {
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn take(&mut self, l: Limits, now: Instant) -> bool {
+        let burst = f64::from(l.burst.max(1));
+        self.tokens = match self.at {
+            None => burst,
+            Some(at) => (self.tokens + now.saturating_duration_since(at).as_secs_f64() * f64::from(l.rate)).min(burst),
+        };
+        self.at = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 /// Nodes known from Redis, by identity (`pub` address or card key).
 pub struct Table {
     pub metrics: Arc<super::ClusterMetrics>,
@@ -55,11 +87,54 @@ pub struct Table {
     /// not a rejoin; only a new message is.
     left: HashSet<String>,
     pub gone: VecDeque<Gone>,
+    limits: Limits,
+    joins: Bucket,
+    /// The gateway's own listeners: a node announced there would make a loop.
+    own: super::OwnAddrs,
+    /// Joins refused since the caller last took them (it counts and logs them).
+    pub refused: Vec<Reject>,
 }
 
 impl Table {
     pub fn new(metrics: Arc<super::ClusterMetrics>) -> Table {
-        Table { metrics, members: HashMap::new(), left: HashSet::new(), gone: VecDeque::new() }
+        let d = crate::config::ClusterSection::default();
+        Table {
+            metrics,
+            members: HashMap::new(),
+            left: HashSet::new(),
+            gone: VecDeque::new(),
+            limits: Limits { max_nodes: d.max_nodes, rate: d.join_rate, burst: d.join_burst },
+            joins: Bucket::default(),
+            own: Arc::new(Vec::new),
+            refused: Vec::new(),
+        }
+    }
+
+    /// The gateway's listener addresses, for refusing nodes announced at the gateway itself.
+    pub fn with_own(mut self, own: super::OwnAddrs) -> Table {
+        self.own = own;
+        self
+    }
+
+    /// `[cluster] max_nodes`, `join_rate`, `join_burst` (members beyond a lowered cap stay until
+    /// they leave; only new joins are refused).
+    pub fn set_limits(&mut self, max_nodes: usize, rate: u32, burst: u32) {
+        self.limits = Limits { max_nodes, rate, burst };
+    }
+
+    /// Why a new member must be refused, if it must: at the gateway's own address, over the cap
+    /// (`replacing` members go away with it), or over the join rate.
+    fn refuse_join(&mut self, addr: std::net::SocketAddr, replacing: usize, now: Instant) -> Option<Reject> {
+        if is_own(addr, &(self.own)()) {
+            return Some(Reject::OwnAddress(addr));
+        }
+        if self.members.len().saturating_sub(replacing) >= self.limits.max_nodes {
+            return Some(Reject::MaxNodes(self.limits.max_nodes));
+        }
+        if !self.joins.take(self.limits, now) {
+            return Some(Reject::JoinRate(self.limits.rate));
+        }
+        None
     }
 
     /// A membership source was turned off (or `[cluster]` removed): its nodes leave.
@@ -170,6 +245,17 @@ impl Table {
         // replaces its old record (the registry keeps the name's counters).
         let clash: Vec<String> =
             self.members.values().filter(|m| m.name == c.name && m.key != c.key).map(|m| m.key.clone()).collect();
+        // Refreshes of known members are never limited; new identities and address changes are
+        // judged before anything changes.
+        let refusal = match self.members.get(&c.key) {
+            None => self.refuse_join(c.addr, clash.len(), now),
+            Some(m) if m.addr != c.addr && is_own(c.addr, &(self.own)()) => Some(Reject::OwnAddress(c.addr)),
+            Some(_) => None,
+        };
+        if let Some(r) = refusal {
+            self.refused.push(r);
+            return;
+        }
         for k in clash {
             self.members.remove(&k);
         }
@@ -197,8 +283,7 @@ impl Table {
                         ready: m.ready,
                     }));
                 }
-                // A node that says it became ready counts as passing a check (the registry marks it
-                // UP; the checker still takes it out if it fails).
+                // Ready is only shown: traffic waits for the node's own passing check.
             }
             None => {
                 tracing::info!(node = %c.name, addr = %c.addr, ?origin, ready = ready_now, "cluster: node joined");
@@ -250,6 +335,21 @@ impl Table {
     }
 }
 
+/// True when `addr` reaches one of the gateway's `listeners`: the same address, or the port of a
+/// wildcard listener (0.0.0.0, ::) on an address of this host.
+pub fn is_own(addr: std::net::SocketAddr, listeners: &[std::net::SocketAddr]) -> bool {
+    listeners.iter().any(|l| {
+        l.port() == addr.port()
+            && (l.ip() == addr.ip() || addr.ip().is_unspecified() || (l.ip().is_unspecified() && is_local(addr.ip())))
+    })
+}
+
+/// An address of this host: loopback, or one a socket can be bound to (no interface listing
+/// needed; only asked for a join at a wildcard listener's port).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    ip.is_loopback() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,8 +395,13 @@ mod tests {
             .collect()
     }
 
+    /// What the node's checker does when its first check passes.
+    fn pass_check(n: &Net, name: &str) {
+        n.snap.node(name).expect("node").health.set_up(true);
+    }
+
     #[test]
-    fn ready_joins_at_once_heartbeat_waits_and_remove_drains() {
+    fn ready_waits_for_a_check_and_remove_drains() {
         let (mut net, mut t) = setup();
         let now = Instant::now();
         t.on_message(&mut net.out, Kind::Heartbeat, cand("p1", "a", 1, Some(false)), now);
@@ -304,7 +409,10 @@ mod tests {
         assert_eq!(eligible(&net, "a"), Some(false), "not ready: waits for a health check");
         t.on_message(&mut net.out, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
         net.flush();
-        assert_eq!(eligible(&net, "a"), Some(true), "ready flag lets it in");
+        assert_eq!(eligible(&net, "a"), Some(false), "ready in Redis is not a passing check");
+        assert!(t.members["p1"].ready, "ready is still shown");
+        pass_check(&net, "a");
+        assert_eq!(eligible(&net, "a"), Some(true), "its first passing check lets it in");
         t.on_message(&mut net.out, Kind::Remove, cand("p1", "a", 1, None), now);
         net.flush();
         assert_eq!(net.snap.node("a").map(|b| b.membership()), Some(Membership::Draining));
@@ -319,6 +427,7 @@ mod tests {
         let t0 = Instant::now();
         t.on_message(&mut net.out, Kind::Ready, cand("p1", "a", 1, Some(true)), t0);
         net.flush();
+        pass_check(&net, "a");
         let timeout = Duration::from_secs(10);
         // Redis was down and came back at t0+9s: the node gets a full timeout from there.
         t.expire(&mut net.out, timeout, t0 + Duration::from_secs(9), t0 + Duration::from_secs(15));
@@ -333,7 +442,56 @@ mod tests {
         assert!(!t.members.contains_key("p1"));
         t.on_message(&mut net.out, Kind::Heartbeat, cand("p1", "a", 1, Some(true)), t0 + Duration::from_secs(21));
         net.flush();
-        assert_eq!(eligible(&net, "a"), Some(true));
+        assert!(t.members.contains_key("p1"), "a new message is a rejoin");
+    }
+
+    #[test]
+    fn joins_are_capped_and_rate_limited_refreshes_are_not() {
+        let (mut net, mut t) = setup();
+        t.set_limits(5, 2, 3);
+        let t0 = Instant::now();
+        for i in 0..10u16 {
+            t.on_message(&mut net.out, Kind::Ready, cand(&format!("p{i}"), &format!("n{i}"), 100 + i, Some(true)), t0);
+        }
+        net.flush();
+        assert_eq!(t.members.len(), 3, "a burst of 3");
+        let labels = |t: &mut Table| std::mem::take(&mut t.refused).iter().map(|r| r.label()).collect::<Vec<_>>();
+        assert_eq!(labels(&mut t), vec!["join_rate"; 7]);
+        // Known members heartbeat as often as they like.
+        for _ in 0..100 {
+            t.on_message(&mut net.out, Kind::Heartbeat, cand("p0", "n0", 100, Some(true)), t0);
+        }
+        assert!(t.refused.is_empty(), "refreshes are never limited");
+        // Two tokens a second: after 10 s the bucket is full again, but the cap is 5.
+        let t1 = t0 + Duration::from_secs(10);
+        for i in 10..20u16 {
+            t.on_message(&mut net.out, Kind::Ready, cand(&format!("p{i}"), &format!("n{i}"), 100 + i, Some(true)), t1);
+        }
+        net.flush();
+        assert_eq!(t.members.len(), 5);
+        let l = labels(&mut t);
+        assert_eq!(l, vec!["max_nodes"; 8], "the cap is judged first");
+        assert_eq!(dynamic_names(&net, Origin::Plugin).len(), 5);
+    }
+
+    #[test]
+    fn a_node_at_the_gateways_own_address_is_refused() {
+        let (mut net, t) = setup();
+        let own: crate::cluster::OwnAddrs =
+            Arc::new(|| vec!["127.0.0.1:7512".parse().expect("addr"), "0.0.0.0:7575".parse().expect("addr")]);
+        let mut t = t.with_own(own);
+        let now = Instant::now();
+        t.on_message(&mut net.out, Kind::Ready, cand("p1", "me", 7512, Some(true)), now);
+        t.on_message(&mut net.out, Kind::Ready, cand("p2", "ops", 7575, Some(true)), now);
+        t.on_message(&mut net.out, Kind::Ready, cand("p3", "other", 7513, Some(true)), now);
+        // A known member cannot move onto the gateway either.
+        t.on_message(&mut net.out, Kind::Ready, cand("p3", "other", 7512, Some(true)), now);
+        net.flush();
+        assert_eq!(t.refused.iter().map(|r| r.label()).collect::<Vec<_>>(), vec!["self"; 3]);
+        assert_eq!(dynamic_names(&net, Origin::Plugin), vec!["other".to_string()]);
+        assert_eq!(net.snap.node("other").map(|b| b.addr.port()), Some(7513));
+        assert!(is_own("127.0.0.9:7575".parse().expect("addr"), &(t.own)()), "wildcard: any local address");
+        assert!(!is_own("127.0.0.9:7512".parse().expect("addr"), &(t.own)()), "another address, same port");
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum Reject {
     BadName(String),
     #[error("more than {0} messages waiting: Redis sends faster than membership can follow")]
     Overflow(usize),
+    #[error("join refused: already {0} nodes from Redis ([cluster] max_nodes)")]
+    MaxNodes(usize),
+    #[error("join refused: more than {0} joins a second ([cluster] join_rate)")]
+    JoinRate(u32),
+    #[error("join refused: {0} is one of the gateway's own listeners")]
+    OwnAddress(SocketAddr),
 }
 
 impl Reject {
@@ -49,6 +55,9 @@ impl Reject {
             Reject::NotAllowed(_) => "not_allowed",
             Reject::BadName(_) => "bad_name",
             Reject::Overflow(_) => "overflow",
+            Reject::MaxNodes(_) => "max_nodes",
+            Reject::JoinRate(_) => "join_rate",
+            Reject::OwnAddress(_) => "self",
         }
     }
 }

@@ -41,9 +41,25 @@ const PING_EVERY: Duration = Duration::from_secs(2);
 /// Bound on a whole status room count or reset.
 const OPS_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Drop reasons, in the order of `ClusterMetrics::dropped`.
-pub const DROP_REASONS: [&str; 8] =
-    ["too_large", "bad_json", "bad_shape", "unknown_room", "bad_address", "not_allowed", "bad_name", "overflow"];
+/// Drop reasons, in the order of `ClusterMetrics::dropped`. The last three are joins refused by
+/// the membership table (cap, rate, the gateway's own address), not malformed data.
+pub const DROP_REASONS: [&str; 11] = [
+    "too_large",
+    "bad_json",
+    "bad_shape",
+    "unknown_room",
+    "bad_address",
+    "not_allowed",
+    "bad_name",
+    "overflow",
+    "max_nodes",
+    "join_rate",
+    "self",
+];
+
+/// The gateway's own bound listener addresses (client, TLS, ops), read by the membership task to
+/// refuse a node announced at the gateway itself. A narrow handle: nothing else of the gateway.
+pub type OwnAddrs = Arc<dyn Fn() -> Vec<std::net::SocketAddr> + Send + Sync>;
 
 /// Membership counters (for /metrics and the status page).
 #[derive(Debug, Default)]
@@ -51,7 +67,7 @@ pub struct ClusterMetrics {
     /// Pub/sub messages received on the membership rooms.
     pub messages: AtomicU64,
     /// Messages, discovery members and ID cards dropped, by `DROP_REASONS` index.
-    pub dropped: [AtomicU64; 8],
+    pub dropped: [AtomicU64; DROP_REASONS.len()],
     pub joins: AtomicU64,
     pub leaves: AtomicU64,
     /// Successful (re)connections to Redis (the first one included).
@@ -116,10 +132,10 @@ struct Link {
 }
 
 impl ClusterState {
-    fn new() -> ClusterState {
+    fn new(own: OwnAddrs) -> ClusterState {
         let metrics = Arc::new(ClusterMetrics::default());
         ClusterState {
-            table: Mutex::new(Table::new(metrics.clone())),
+            table: Mutex::new(Table::new(metrics.clone()).with_own(own)),
             metrics,
             link: Mutex::new(Link::default()),
             last_warn: AtomicU64::new(0),
@@ -165,18 +181,32 @@ impl Ctx {
         }
     }
 
-    /// Run `f` on the table and apply what it produced.
+    /// Run `f` on the table and apply what it produced; count (and log, rate-limited) the joins
+    /// it refused.
     fn with_table(&self, f: impl FnOnce(&mut Table, &mut Vec<Change>)) {
         let mut out = Vec::new();
-        f(&mut crate::util::lock(&self.st.table), &mut out);
+        let refused = {
+            let mut t = crate::util::lock(&self.st.table);
+            f(&mut t, &mut out);
+            std::mem::take(&mut t.refused)
+        };
+        for r in &refused {
+            self.st.dropped("join", r);
+        }
         self.apply(out);
     }
 }
 
 /// Start the membership task (it idles while no `[cluster]` is configured and follows reloads
 /// through the settings watch); returns the state the ops handlers read.
-pub fn start(core: Arc<Core>, settings: watch::Receiver<Arc<Config>>, life: &Lifecycle) -> Arc<ClusterState> {
-    let st = Arc::new(ClusterState::new());
+/// `own` lists the gateway's listener addresses (nodes announced there are refused).
+pub fn start(
+    core: Arc<Core>,
+    settings: watch::Receiver<Arc<Config>>,
+    own: OwnAddrs,
+    life: &Lifecycle,
+) -> Arc<ClusterState> {
+    let st = Arc::new(ClusterState::new(own));
     let ctx = Ctx { core, settings, stop: life.shutdown.clone(), st: st.clone() };
     life.background.spawn(run(ctx));
     st
@@ -285,6 +315,7 @@ fn apply_sources(ctx: &Ctx, c: Option<&ClusterSection>) {
 async fn session(ctx: &mut Ctx, c: &ClusterSection, target: &Target, cmds: &Commands, backoff: &mut Duration) -> End {
     let st = ctx.st.clone();
     let rules = Rules { node_port: c.node_port, allowed: c.allowed_networks.clone() };
+    crate::util::lock(&st.table).set_limits(c.max_nodes, c.join_rate, c.join_burst);
     // Bounded: a flood of messages costs dropped messages, not memory. A lost disconnection
     // notice is covered by the ping.
     let (tx, mut rx) = mpsc::channel::<PushInfo>(PUSH_QUEUE);

@@ -23,7 +23,8 @@ pub struct DynamicNode {
     pub name: String,
     pub addr: SocketAddr,
     pub origin: Origin,
-    /// The node said it is ready: it may take traffic before its first health check passes.
+    /// The node said it is ready (shown on the status page). It is not trusted with traffic:
+    /// a discovered node is created DOWN and takes requests only after a passing health check.
     pub ready: bool,
 }
 
@@ -33,8 +34,8 @@ pub struct DynamicNode {
 pub enum Change {
     /// A new (validated) configuration: static nodes are diffed, not restarted.
     Config(Arc<Config>),
-    /// A discovered node joined or changed. With `ready`, an existing node that is DOWN counts as
-    /// UP at once (the node's own word is a passing check).
+    /// A discovered node joined or changed. A new one starts DOWN (joining): its checker starts at
+    /// once and its first passing check lets traffic in; what Redis says is never a check.
     Upsert(DynamicNode),
     /// A discovered node left: it drains (existing traffic continues).
     Remove(String),
@@ -96,15 +97,6 @@ impl Registry {
                     changed = true;
                 }
                 Change::Upsert(node) => {
-                    if node.ready {
-                        // Ready said by the node itself: a known node that is DOWN may take traffic now
-                        // (its checker still takes it out if it fails).
-                        if let Some(b) = self.live.get(&node.name).filter(|b| b.addr == node.addr) {
-                            if !b.health.is_up() {
-                                b.health.set_up(true);
-                            }
-                        }
-                    }
                     if self.dynamic.get(&node.name) != Some(&node) {
                         self.dynamic.insert(node.name.clone(), node);
                         changed = true;
@@ -195,7 +187,8 @@ impl Registry {
                 tracing::warn!(node = %d.name, "discovered node shadowed by a static [[node]] of the same name");
                 continue;
             }
-            desired.push((d.name.clone(), Some(d.addr), d.addr.port(), d.origin, d.ready));
+            // Never UP on Redis' word: anyone who can publish there could otherwise take traffic.
+            desired.push((d.name.clone(), Some(d.addr), d.addr.port(), d.origin, false));
         }
 
         let mut new_live: HashMap<String, Arc<Backend>> = HashMap::with_capacity(desired.len());
@@ -395,7 +388,7 @@ mod tests {
             ready: true,
         };
         let s = apply(&mut r, vec![Change::Upsert(d.clone())]);
-        assert!(s.node("d").expect("d").eligible());
+        assert!(!s.node("d").expect("d").eligible(), "ready in Redis is not a passing check");
         assert!(r.apply(vec![Change::Upsert(d)], 0).snapshot.is_none());
         let s = apply(&mut r, vec![Change::Remove("d".into())]);
         assert_eq!(s.node("d").map(|b| b.membership()), Some(Membership::Draining));

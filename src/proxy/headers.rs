@@ -1,5 +1,5 @@
 //! Proxy: header rules: hop-by-hop headers removed (RFC 9110 section 7.6.1), the upgrade pair kept,
-//! `X-Forwarded-*` added.
+//! `X-Forwarded-*` added, the gateway's loop mark (`X-Kuzzle-Gateway`) checked and added.
 
 use std::fmt::Write as _;
 
@@ -18,6 +18,21 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Every forwarded request carries one of these per gateway it crossed (the gateway's instance id).
+pub const GATEWAY_MARK: HeaderName = HeaderName::from_static("x-kuzzle-gateway");
+
+/// A random id for one gateway instance, the value of its [`GATEWAY_MARK`].
+pub fn instance_id() -> HeaderValue {
+    HeaderValue::from_str(&format!("{:016x}", rand::random::<u64>())).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Did this request already cross the gateway whose mark is `id`? Compared in place (nothing is
+/// allocated, and with no mark it is one failed lookup); a comma-joined list counts too.
+#[inline]
+pub fn crossed(h: &HeaderMap, id: &HeaderValue) -> bool {
+    h.get_all(&GATEWAY_MARK).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii() == id.as_bytes()))
+}
 
 /// Remove hop-by-hop headers; with `upgrade`, put back the `Connection: upgrade` + `Upgrade` pair.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {

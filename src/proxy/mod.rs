@@ -19,7 +19,7 @@ use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 
 use self::error::ProxyError;
-use self::headers::{add_forwarded, is_websocket, strip_hop_by_hop, upgrade_of};
+use self::headers::{add_forwarded, crossed, is_websocket, strip_hop_by_hop, upgrade_of, GATEWAY_MARK};
 use crate::balance;
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
 use crate::core::body::{Counted, Direction, Tracked};
@@ -50,6 +50,9 @@ pub struct ClientInfo {
 pub struct Context {
     pub core: Arc<Core>,
     pub life: Lifecycle,
+    /// This gateway's loop mark ([`headers::instance_id`]): added to every forwarded request; a
+    /// request that already carries it went round a loop.
+    pub instance: HeaderValue,
 }
 
 /// Entry point for every client request.
@@ -180,6 +183,13 @@ async fn prepare(
     client: ClientInfo,
 ) -> Result<(Prepared, Request<UpBody>), ProxyError> {
     strict_framing(&req, &snap.config.limits)?;
+    if crossed(req.headers(), &ctx.instance) {
+        // Sent back here by a node that is (or leads to) this gateway: forwarding would go round.
+        return Err(ProxyError::gateway(
+            StatusCode::LOOP_DETECTED,
+            "loop detected: the request already crossed this gateway",
+        ));
+    }
     let routed = route::route(req.uri().path(), req.uri().query(), |seg| snap.index_of(seg)).map_err(|e| {
         let msg = match e {
             RouteError::AboveRoot => "bad request: the path climbs above the root",
@@ -206,6 +216,7 @@ async fn prepare(
     let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers, upgrade.as_ref().map(|(u, _)| u.clone()));
     add_forwarded(&mut headers, client, host);
+    headers.append(GATEWAY_MARK, ctx.instance.clone());
 
     // A copy costs an allocation: only make one when there is another node to re-send to.
     let others = upgrade.is_none() && pinned.is_none() && snap.nodes.len() > 1;
