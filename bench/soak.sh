@@ -98,7 +98,7 @@ sample() { # label
 sample idle
 
 "$BIN/examples/reload_load" --target "127.0.0.1:$GW" --ws "$WS" --http "$HTTP" --ws-every-ms "$WS_EVERY" \
-  --stop-file "$WORK/stop" >"$WORK/load.json" 2>"$WORK/load.err" &
+  --max-secs "$((DURATION + 120))" --stop-file "$WORK/stop" >"$WORK/load.json" 2>"$WORK/load.err" &
 LOADPID=$!
 PIDS+=("$LOADPID")
 
