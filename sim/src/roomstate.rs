@@ -1,5 +1,6 @@
 //! Plugin 3.x's shared real-time state in Redis: this node's rooms and subscribers, written by one task, best-effort.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -228,11 +229,41 @@ async fn replay(c: &Commands, node: &Node) -> Result<(), CallError> {
     Ok(())
 }
 
-/// Clean leave: every local subscriber out.
-async fn withdraw_all(c: &Commands, node: &Node) -> Result<(), CallError> {
+/// What this writer put in Redis and has not taken out yet, by room id: a clean leave takes all
+/// of it out, including entries whose exit was dropped (Redis slow or away when the client left).
+#[derive(Default)]
+struct Written(HashMap<String, (RoomRef, Vec<ConnId>)>);
+
+impl Written {
+    fn joined(&mut self, room: &RoomRef, conns: &[ConnId]) {
+        let e = self.0.entry(room.id.clone()).or_insert_with(|| (room.clone(), Vec::new()));
+        for c in conns {
+            if !e.1.contains(c) {
+                e.1.push(*c);
+            }
+        }
+    }
+
+    fn left(&mut self, room: &RoomRef, conn: ConnId) {
+        if let Some(e) = self.0.get_mut(&room.id) {
+            e.1.retain(|c| *c != conn);
+            if e.1.is_empty() {
+                self.0.remove(&room.id);
+            }
+        }
+    }
+}
+
+/// Clean leave: every local subscriber out, and everything written for subscribers gone since
+/// (leaving is idempotent: a client not in a room changes nothing).
+async fn withdraw_all(c: &Commands, node: &Node, written: &Written) -> Result<(), CallError> {
     for share in node.realtime.shares() {
         let clients: Vec<String> = share.conns.iter().map(|conn| client_id(node, *conn)).collect();
         leave(c, &share.room, &clients).await?;
+    }
+    for (room, conns) in written.0.values() {
+        let clients: Vec<String> = conns.iter().map(|conn| client_id(node, *conn)).collect();
+        leave(c, room, &clients).await?;
     }
     Ok(())
 }
@@ -260,6 +291,7 @@ async fn writer(
     drops: Arc<Drops>,
 ) {
     let mut conn: Option<Commands> = None;
+    let mut written = Written::default();
     let mut backoff = Backoff::new();
     let mut retry_at = Instant::now();
     // The connection manager reconnects by itself, so a restarted (empty) Redis shows up only as
@@ -279,6 +311,9 @@ async fn writer(
                 None => return,
                 Some(Ok((c, id))) => {
                     tracing::debug!(node = %node.name, "real-time state writer connected");
+                    for share in node.realtime.shares() {
+                        written.joined(&share.room, &share.conns);
+                    }
                     conn = Some(c);
                     run = id;
                     backoff.reset();
@@ -322,8 +357,15 @@ async fn writer(
                 };
                 match unless_stopped(&stop, apply(c, &node, &update)).await {
                     None => return,
-                    Some(Ok(())) => {}
+                    Some(Ok(())) => match &update {
+                        RoomUpdate::Join { room, conn: id, .. } => written.joined(room, &[*id]),
+                        RoomUpdate::Leave { room, conn: id } => written.left(room, *id),
+                    },
                     Some(Err(e)) => {
+                        // A failed join may have written part of its keys: leaving covers them.
+                        if let RoomUpdate::Join { room, conn: id, .. } = &update {
+                            written.joined(room, &[*id]);
+                        }
                         drops.note(&node.name, &e);
                         conn = None;
                         retry_at = Instant::now() + backoff.step();
@@ -332,7 +374,7 @@ async fn writer(
             }
             Some(RoomCtl::Withdraw(ack)) => {
                 if let Some(c) = last_chance(&mut conn, &targets, &stop).await {
-                    match unless_stopped(&stop, withdraw_all(c, &node)).await {
+                    match unless_stopped(&stop, withdraw_all(c, &node, &written)).await {
                         Some(Ok(())) => tracing::debug!(node = %node.name, "real-time state withdrawn"),
                         Some(Err(e)) => tracing::warn!(node = %node.name, "real-time state not withdrawn: {e}"),
                         None => {}
