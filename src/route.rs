@@ -58,7 +58,7 @@ pub fn route<'a, T>(
 ) -> Result<Routed<'a, T>, RouteError> {
     let path: Cow<'a, str> =
         if needs_dot_resolution(path) { Cow::Owned(resolve_dots(path)?) } else { Cow::Borrowed(path) };
-    let rest_start = path[1.min(path.len())..].find('/').map_or(path.len(), |i| i + 1);
+    let rest_start = path.get(1..).and_then(|p| p.find('/')).map_or(path.len(), |i| i + 1);
     let first = path.get(1..rest_start).unwrap_or("");
     let node = if first.is_empty() {
         None
@@ -205,5 +205,12 @@ mod tests {
         // Segments that only look dotty are not dot segments.
         assert_eq!(r("/cluster_kuzzle_1/.../x", None), Ok((Some(1), "/.../x".into())));
         assert_eq!(r("/cluster_kuzzle_1/.e", None), Ok((Some(1), "/.e".into())));
+    }
+
+    #[test]
+    fn multibyte_first_char_does_not_panic() {
+        // Found by the `route` fuzz target: slicing at byte 1 panicked inside a multibyte char.
+        assert_eq!(r("\u{fffd}", None), Ok((None, "\u{fffd}".into())));
+        assert_eq!(r("\u{e9}/cluster_kuzzle_1", None), Ok((None, "\u{e9}/cluster_kuzzle_1".into())));
     }
 }
