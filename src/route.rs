@@ -138,7 +138,9 @@ pub fn percent_decode(s: &str) -> Result<Cow<'_, str>, RouteError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or(RouteError::BadEncoding)?;
+            // Exactly two hex digits: `from_str_radix` alone would also take a sign (`%+a`).
+            let hex =
+                b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit)).ok_or(RouteError::BadEncoding)?;
             let h = std::str::from_utf8(hex).map_err(|_| RouteError::BadEncoding)?;
             out.push(u8::from_str_radix(h, 16).map_err(|_| RouteError::BadEncoding)?);
             i += 3;
@@ -212,5 +214,15 @@ mod tests {
         // Found by the `route` fuzz target: slicing at byte 1 panicked inside a multibyte char.
         assert_eq!(r("\u{fffd}", None), Ok((None, "\u{fffd}".into())));
         assert_eq!(r("\u{e9}/cluster_kuzzle_1", None), Ok((None, "\u{e9}/cluster_kuzzle_1".into())));
+    }
+
+    #[test]
+    fn percent_takes_two_hex_digits_and_no_sign() {
+        // Found by the `route` fuzz target: `%+a` decoded as 0x0a.
+        assert_eq!(percent_decode("%+a"), Err(RouteError::BadEncoding));
+        assert_eq!(percent_decode("a%-1"), Err(RouteError::BadEncoding));
+        assert_eq!(r("/%+a%5c", None), Err(RouteError::BadEncoding));
+        assert_eq!(r("/%+1/x", None), Err(RouteError::BadEncoding));
+        assert_eq!(percent_decode("%6E%6e").as_deref(), Ok("nn"));
     }
 }
