@@ -247,17 +247,22 @@ pub fn cluster_message(data: &[u8]) {
                         assert_eq!(c.ready, Some(true), "cluster:ready means ready");
                     }
                     check_candidate(&c, payload, &rules);
+                    assert!(!c.key.is_empty(), "a descriptor's identity is its non-empty \"pub\"");
                 }
                 Err(e) => check_reject(&e),
             }
         }
         1 => match message::parse_discovery_member(payload, &rules) {
-            Ok(c) => check_candidate(&c, payload, &rules),
+            Ok(c) => {
+                check_candidate(&c, payload, &rules);
+                assert!(!c.key.is_empty(), "a descriptor's identity is its non-empty \"pub\"");
+            }
             Err(e) => check_reject(&e),
         },
         _ => match message::parse_card(&head, payload, &rules) {
             Ok(c) => {
                 check_candidate(&c, payload, &rules);
+                // Its key as given (the poller always passes a prefixed, non-empty one).
                 assert_eq!(c.key, head, "a card's identity is its key");
                 assert_eq!(c.addr.port(), rules.node_port, "a card's node listens on node_port");
                 assert_eq!(c.ready, None);
@@ -271,7 +276,6 @@ fn check_candidate(c: &Candidate, payload: &[u8], rules: &Rules) {
     assert!(payload.len() <= MAX_PAYLOAD, "accepted {} bytes", payload.len());
     assert!(rules.allowed.iter().any(|n| n.contains(&c.addr.ip())), "accepted {} outside allowed_networks", c.addr);
     assert!(valid_node_name(&c.name), "accepted node name {:?}", c.name);
-    assert!(!c.key.is_empty(), "empty identity");
 }
 
 /// A rejection goes to the logs and the metrics: a known label, a bounded single-line message.
