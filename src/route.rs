@@ -58,7 +58,7 @@ pub fn route<'a, T>(
 ) -> Result<Routed<'a, T>, RouteError> {
     let path: Cow<'a, str> =
         if needs_dot_resolution(path) { Cow::Owned(resolve_dots(path)?) } else { Cow::Borrowed(path) };
-    let rest_start = path[1.min(path.len())..].find('/').map_or(path.len(), |i| i + 1);
+    let rest_start = path.get(1..).and_then(|p| p.find('/')).map_or(path.len(), |i| i + 1);
     let first = path.get(1..rest_start).unwrap_or("");
     let node = if first.is_empty() {
         None
@@ -138,7 +138,9 @@ pub fn percent_decode(s: &str) -> Result<Cow<'_, str>, RouteError> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or(RouteError::BadEncoding)?;
+            // Exactly two hex digits: `from_str_radix` alone would also take a sign (`%+a`).
+            let hex =
+                b.get(i + 1..i + 3).filter(|h| h.iter().all(u8::is_ascii_hexdigit)).ok_or(RouteError::BadEncoding)?;
             let h = std::str::from_utf8(hex).map_err(|_| RouteError::BadEncoding)?;
             out.push(u8::from_str_radix(h, 16).map_err(|_| RouteError::BadEncoding)?);
             i += 3;
@@ -205,5 +207,22 @@ mod tests {
         // Segments that only look dotty are not dot segments.
         assert_eq!(r("/cluster_kuzzle_1/.../x", None), Ok((Some(1), "/.../x".into())));
         assert_eq!(r("/cluster_kuzzle_1/.e", None), Ok((Some(1), "/.e".into())));
+    }
+
+    #[test]
+    fn multibyte_first_char_does_not_panic() {
+        // Found by the `route` fuzz target: slicing at byte 1 panicked inside a multibyte char.
+        assert_eq!(r("\u{fffd}", None), Ok((None, "\u{fffd}".into())));
+        assert_eq!(r("\u{e9}/cluster_kuzzle_1", None), Ok((None, "\u{e9}/cluster_kuzzle_1".into())));
+    }
+
+    #[test]
+    fn percent_takes_two_hex_digits_and_no_sign() {
+        // Found by the `route` fuzz target: `%+a` decoded as 0x0a.
+        assert_eq!(percent_decode("%+a"), Err(RouteError::BadEncoding));
+        assert_eq!(percent_decode("a%-1"), Err(RouteError::BadEncoding));
+        assert_eq!(r("/%+a%5c", None), Err(RouteError::BadEncoding));
+        assert_eq!(r("/%+1/x", None), Err(RouteError::BadEncoding));
+        assert_eq!(percent_decode("%6E%6e").as_deref(), Ok("nn"));
     }
 }

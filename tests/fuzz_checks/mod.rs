@@ -1,0 +1,369 @@
+//! Checks shared by the fuzz targets (fuzz/fuzz_targets/*.rs) and the corpus replay (tests/fuzz_replay.rs): each takes raw fuzzer bytes and panics when an invariant the gateway documents breaks.
+// Each fuzz target includes this file for one of its checks; the rest is unused there.
+#![allow(dead_code)]
+
+use kuzzle_gateway::cluster::message::{
+    self, Candidate, Kind, Reject, Rules, MAX_PAYLOAD, ROOM_HEARTBEAT, ROOM_READY, ROOM_REMOVE,
+};
+use kuzzle_gateway::config::{valid_node_name, Config};
+use kuzzle_gateway::route::{self, RouteError};
+use kuzzle_gateway::tunnel::FrameTracker;
+
+// ---------------------------------------------------------------------------------------------
+// route: the `/<node name>/...` prefix rule of src/route.rs
+
+/// The fixed node-name set every route check uses (prefixes of each other on purpose).
+pub const NODES: [&str; 6] = ["cluster_kuzzle_1", "cluster_kuzzle_2", "cluster_kuzzle_10", "n", "a.b", "~x-y"];
+
+pub fn lookup(seg: &str) -> Option<usize> {
+    NODES.iter().position(|n| *n == seg)
+}
+
+/// What src/route.rs's documented rule says a path routes to, computed independently of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expected {
+    Err(RouteError),
+    /// Node index in [`NODES`] and the path it is sent as.
+    Node(usize, String),
+    /// No node: the balancer gets the dot-resolved path.
+    Balancer(String),
+}
+
+/// Strict RFC 3986 percent-decoding (`%` then exactly two hex digits), then UTF-8.
+pub fn strict_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hi = (*b.get(i + 1)? as char).to_digit(16)?;
+            let lo = (*b.get(i + 2)? as char).to_digit(16)?;
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// RFC 3986 `remove_dot_segments` with encoded dots counted (rule 1); `None` when it climbs above
+/// the root. `path` starts with '/'.
+pub fn resolve(path: &str) -> Option<String> {
+    let segs: Vec<&str> = path[1..].split('/').collect();
+    let mut out: Vec<&str> = Vec::new();
+    let mut trailing = false;
+    for (i, seg) in segs.iter().enumerate() {
+        let last = i + 1 == segs.len();
+        match strict_decode(seg).as_deref() {
+            Some(".") => trailing = last,
+            Some("..") => {
+                out.pop()?;
+                trailing = last;
+            }
+            _ => {
+                out.push(seg);
+                trailing = false;
+            }
+        }
+    }
+    let mut s = String::new();
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if trailing || s.is_empty() {
+        s.push('/');
+    }
+    Some(s)
+}
+
+/// Rules 1 to 3 of src/route.rs for a path that starts with '/' (what hyper hands the proxy).
+pub fn expected_route(path: &str) -> Expected {
+    let Some(resolved) = resolve(path) else { return Expected::Err(RouteError::AboveRoot) };
+    let first_end = resolved[1..].find('/').map_or(resolved.len(), |i| i + 1);
+    let first = &resolved[1..first_end];
+    if first.is_empty() {
+        return Expected::Balancer(resolved);
+    }
+    let Some(decoded) = strict_decode(first) else { return Expected::Err(RouteError::BadEncoding) };
+    if decoded.contains(['/', '\\']) {
+        return Expected::Err(RouteError::EncodedSlash);
+    }
+    match lookup(&decoded) {
+        Some(i) => {
+            let rest = &resolved[first_end..];
+            Expected::Node(i, if rest.is_empty() { "/".to_string() } else { rest.to_string() })
+        }
+        None => Expected::Balancer(resolved),
+    }
+}
+
+/// Fuzz input: text (lossy UTF-8) as `path[?query]`.
+pub fn route(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (path, query) = match text.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (&*text, None),
+    };
+    check_percent_decode(path);
+    route_path(path, query);
+}
+
+/// Route one path and query and hold the result to the rule.
+pub fn route_path(path: &str, query: Option<&str>) {
+    // Any string at all: no panic.
+    let got = route::route(path, query, lookup);
+    if !path.starts_with('/') {
+        return;
+    }
+    let got = got.map(|r| {
+        assert_eq!(r.query, query, "query must pass unchanged");
+        let pq = r.path_and_query().into_owned();
+        assert_eq!(
+            pq,
+            match query {
+                Some(q) => format!("{}?{q}", r.path),
+                None => r.path.to_string(),
+            }
+        );
+        if r.unchanged() {
+            assert_eq!(&*r.path, path, "an unchanged route must keep the request's path");
+        }
+        let out = r.path.into_owned();
+        // A routed path never climbs above the root: it starts at the root and holds no dot
+        // segment a node or a later hop could resolve.
+        assert!(out.starts_with('/'), "routed path {out:?} does not start with '/' (from {path:?})");
+        for seg in out[1..].split('/') {
+            let d = strict_decode(seg);
+            assert!(
+                !matches!(d.as_deref(), Some(".") | Some("..")),
+                "routed path {out:?} keeps dot segment {seg:?} (from {path:?})"
+            );
+        }
+        match r.node {
+            Some(i) => Expected::Node(i, out),
+            None => Expected::Balancer(out),
+        }
+    });
+    let got = got.unwrap_or_else(Expected::Err);
+    let want = expected_route(path);
+    assert_eq!(got, want, "route({path:?}) disagrees with the documented rule");
+    // The balancer's path routes to the balancer again, unchanged: resolving is idempotent.
+    if let Expected::Balancer(p) = &got {
+        let again = route::route(p, None, lookup).expect("a routed path routes again");
+        assert!(again.node.is_none() && again.path.as_ref() == p.as_str(), "re-routing {p:?} gave {again:?}");
+    }
+}
+
+/// `percent_decode` agrees with strict RFC 3986 decoding, and never grows its input.
+pub fn check_percent_decode(s: &str) {
+    let got = route::percent_decode(s);
+    let want = strict_decode(s);
+    match (&got, &want) {
+        (Ok(g), Some(w)) => assert_eq!(g, w, "percent_decode({s:?})"),
+        (Err(e), None) => assert_eq!(*e, RouteError::BadEncoding),
+        _ => panic!("percent_decode({s:?}) = {got:?}, strict decoding gives {want:?}"),
+    }
+    if let Ok(g) = got {
+        assert!(g.len() <= s.len());
+        if !s.contains('%') {
+            assert_eq!(g, s);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// config: Config::parse never panics, and errors name the file
+
+pub const CONFIG_FILE: &str = "fuzz.toml";
+
+/// Fuzz input: TOML text (lossy UTF-8).
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match Config::parse(&text, CONFIG_FILE) {
+        Ok(c) => {
+            assert_eq!(c.source, CONFIG_FILE);
+            let mut names = std::collections::HashSet::new();
+            for n in &c.nodes {
+                assert!(valid_node_name(&n.name), "accepted invalid node name {:?}", n.name);
+                assert!(names.insert(n.name.as_str()), "accepted duplicate node name {:?}", n.name);
+            }
+            assert!(c.health.rise >= 1 && c.health.fall >= 1);
+            assert!(c.health.path.starts_with('/') && c.stats.uri.starts_with('/'));
+            assert_eq!(c.stats.user.is_some(), c.stats.password.is_some(), "user without password");
+        }
+        Err(e) => {
+            assert_eq!(e.file, CONFIG_FILE);
+            let shown = e.to_string();
+            assert!(shown.starts_with(CONFIG_FILE), "error does not name the file: {shown}");
+            let lines = text.matches('\n').count() + 1;
+            assert!(e.line <= lines, "error line {} past the end ({lines} lines): {shown}", e.line);
+            assert!(!e.message.is_empty(), "empty error message: {shown}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cluster_message: parsing of untrusted Redis membership data
+
+/// The rules the cluster checks use: a few networks, or none at all.
+pub fn rules(open: bool) -> Rules {
+    let nets: &[&str] = if open { &["10.0.0.0/8", "127.0.0.0/8", "::1/128", "fd00::/8"] } else { &[] };
+    Rules { node_port: 7512, allowed: nets.iter().map(|n| n.parse().expect("test network")).collect() }
+}
+
+/// Fuzz input: byte 0 picks the parser, the room and the rules; the rest is `channel-or-key \n
+/// payload` (the channel part is used only when byte 0 asks for a fuzzed room, or for a card key).
+pub fn cluster_message(data: &[u8]) {
+    let Some((&sel, rest)) = data.split_first() else { return };
+    let rules = rules(sel & 0x10 == 0);
+    let (head, payload) = match rest.iter().position(|&b| b == b'\n') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (&rest[..0], rest),
+    };
+    let head = String::from_utf8_lossy(head);
+    match sel % 3 {
+        0 => {
+            let channel = match (sel >> 2) & 3 {
+                0 => ROOM_READY,
+                1 => ROOM_HEARTBEAT,
+                2 => ROOM_REMOVE,
+                _ => &*head,
+            };
+            let r = message::parse_message(channel, payload, &rules);
+            assert_eq!(r, message::parse_message(channel, payload, &rules), "not deterministic");
+            match r {
+                Ok((kind, c)) => {
+                    let want = match channel {
+                        ROOM_READY => Kind::Ready,
+                        ROOM_HEARTBEAT => Kind::Heartbeat,
+                        ROOM_REMOVE => Kind::Remove,
+                        other => panic!("accepted a message on room {other:?}"),
+                    };
+                    assert_eq!(kind, want);
+                    if kind == Kind::Ready {
+                        assert_eq!(c.ready, Some(true), "cluster:ready means ready");
+                    }
+                    check_candidate(&c, payload, &rules);
+                    assert!(!c.key.is_empty(), "a descriptor's identity is its non-empty \"pub\"");
+                }
+                Err(e) => check_reject(&e),
+            }
+        }
+        1 => match message::parse_discovery_member(payload, &rules) {
+            Ok(c) => {
+                check_candidate(&c, payload, &rules);
+                assert!(!c.key.is_empty(), "a descriptor's identity is its non-empty \"pub\"");
+            }
+            Err(e) => check_reject(&e),
+        },
+        _ => match message::parse_card(&head, payload, &rules) {
+            Ok(c) => {
+                check_candidate(&c, payload, &rules);
+                // Its key as given (the poller always passes a prefixed, non-empty one).
+                assert_eq!(c.key, head, "a card's identity is its key");
+                assert_eq!(c.addr.port(), rules.node_port, "a card's node listens on node_port");
+                assert_eq!(c.ready, None);
+            }
+            Err(e) => check_reject(&e),
+        },
+    }
+}
+
+fn check_candidate(c: &Candidate, payload: &[u8], rules: &Rules) {
+    assert!(payload.len() <= MAX_PAYLOAD, "accepted {} bytes", payload.len());
+    assert!(rules.allowed.iter().any(|n| n.contains(&c.addr.ip())), "accepted {} outside allowed_networks", c.addr);
+    assert!(valid_node_name(&c.name), "accepted node name {:?}", c.name);
+}
+
+/// A rejection goes to the logs and the metrics: a known label, a bounded single-line message.
+fn check_reject(e: &Reject) {
+    assert!(!e.label().is_empty());
+    let msg = e.to_string();
+    assert!(msg.len() <= 2048, "{}-byte rejection message: {msg:.200}", msg.len());
+    assert!(!msg.contains(['\n', '\r']), "rejection message spans lines: {msg:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// ws_frames: the WebSocket frame tracker of src/tunnel.rs
+
+/// Frame boundaries of a whole stream, parsed independently of the tracker: for each byte offset
+/// that ends a frame (and 0), whether that frame was a close frame.
+pub fn frame_ends(stream: &[u8]) -> Vec<(usize, bool)> {
+    let mut ends = vec![(0, false)];
+    let mut p = 0usize;
+    loop {
+        let (Some(&b0), Some(&b1)) = (stream.get(p), stream.get(p + 1)) else { return ends };
+        let ext = match b1 & 0x7f {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let hdr = 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 };
+        let Some(h) = stream.get(p..p + hdr) else { return ends };
+        let len = match ext {
+            2 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+            8 => u64::from_be_bytes(h[2..10].try_into().expect("eight bytes")),
+            _ => u64::from(b1 & 0x7f),
+        };
+        let end = (p + hdr) as u128 + u128::from(len);
+        if end > stream.len() as u128 {
+            return ends;
+        }
+        p = end as usize;
+        ends.push((p, b0 & 0x0f == 0x8));
+    }
+}
+
+/// Fuzz input: byte 0 = k (mod 8) chunk sizes in the next k bytes (cycled; 0 means an empty
+/// chunk), then one byte of `stop_at_boundary` flags (cycled), then the stream.
+pub fn ws_frames(data: &[u8]) {
+    let Some((&k, rest)) = data.split_first() else { return };
+    let k = usize::from(k % 8).min(rest.len());
+    let (sizes, rest) = rest.split_at(k);
+    let Some((&stops, stream)) = rest.split_first() else { return };
+    let ends = frame_ends(stream);
+
+    // Whole: everything is consumed.
+    let mut whole = FrameTracker::default();
+    assert_eq!(whole.advance(stream, false), stream.len());
+    let last_end = ends.last().map_or(0, |e| e.0);
+    assert_eq!(whole.at_boundary(), last_end == stream.len());
+
+    // Split at the fuzzed points, sometimes asking to stop at the next boundary. All-zero sizes
+    // would never progress: they mean "whole".
+    let sizes = if sizes.iter().all(|&s| s == 0) { &[][..] } else { sizes };
+    let mut t = FrameTracker::default();
+    let mut pos = 0usize;
+    // A stop call that returned 0 (at a boundary) is not repeated until bytes move again.
+    let mut stalled = false;
+    let mut step = 0usize;
+    // Every cycle of at most 7 sizes has a non-empty chunk, and a stall lasts one such chunk:
+    // 16 steps per byte bound the loop.
+    while pos < stream.len() && step < 16 * stream.len() + 16 {
+        let size = if sizes.is_empty() { stream.len() } else { usize::from(sizes[step % sizes.len()]) };
+        let stop = stops & (1 << (step % 8)) != 0 && !stalled;
+        step += 1;
+        let chunk = &stream[pos..(pos + size).min(stream.len())];
+        let got = t.advance(chunk, stop);
+        assert!(got <= chunk.len(), "advance returned {got} for {} bytes", chunk.len());
+        let want = if !stop {
+            chunk.len()
+        } else if ends.iter().any(|e| e.0 == pos) {
+            0
+        } else {
+            ends.iter().find(|e| e.0 > pos && e.0 <= pos + chunk.len()).map_or(chunk.len(), |e| e.0 - pos)
+        };
+        assert_eq!(got, want, "advance(stream[{pos}..+{}], stop={stop})", chunk.len());
+        stalled = if got > 0 { false } else { stalled || stop };
+        pos += got;
+        let ended = ends.iter().rev().find(|e| e.0 <= pos).copied().unwrap_or((0, false));
+        assert_eq!(t.at_boundary(), ended.0 == pos, "at_boundary after {pos} bytes");
+        assert_eq!(t.saw_close, ended.1, "saw_close after {pos} bytes");
+    }
+    assert_eq!(pos, stream.len(), "no progress after {step} steps");
+    // The same state as feeding the stream whole.
+    assert_eq!(format!("{t:?}"), format!("{whole:?}"), "split feeding disagrees with whole feeding");
+}
