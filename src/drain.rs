@@ -1,5 +1,6 @@
-//! Control plane: the once-a-second upkeep of leaving nodes: prune drained nodes that carry no
-//! traffic any more, and close the tunnels of nodes draining for longer than `drain_timeout`.
+//! Control plane: the once-a-second upkeep of nodes: prune drained nodes that carry no traffic
+//! any more, close the tunnels of nodes draining for longer than `drain_timeout`, and close pooled
+//! node connections idle for `pool_idle` (an idle gateway holds no fd for them).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +20,12 @@ pub fn start(core: Arc<Core>, life: &Lifecycle) {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    draining.enforce(&core.snapshot(), Instant::now());
+                    let snap = core.snapshot();
+                    draining.enforce(&snap, Instant::now());
+                    for b in &snap.nodes {
+                        b.expire_idle(snap.config.timeouts.pool_idle.0);
+                    }
+                    drop(snap);
                     core.prune(Instant::now());
                 }
                 _ = stop.cancelled() => return,

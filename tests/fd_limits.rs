@@ -72,3 +72,22 @@ async fn exhausted_fds_never_mark_healthy_nodes_down() {
     // Columns 17 and 22 of haproxy's CSV: status and chkdown.
     assert_eq!((cols[17], cols[22]), ("UP", "0"), "the node was marked DOWN while the gateway had no fds: {row}");
 }
+
+/// An idle gateway holds no fd for pooled node connections past `[timeouts] pool_idle`: they are
+/// closed by the once-a-second upkeep, not only when the next request finds them stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pooled_connections_are_closed_after_pool_idle() {
+    let sim = Sim::start("fd2", &[]);
+    let gw = gateway(&gateway_toml(&format!("[timeouts]\npool_idle = \"300ms\"\n{}", nodes_toml(&[&sim])))).await;
+    let node = gw.core.snapshot().node("fd2").cloned().expect("node");
+    assert_eq!(get(gw.http_addr, "/_now").await.status, 200);
+    eventually(Duration::from_secs(5), "the connection back in the pool", || async {
+        (node.idle_connections() == 1).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the idle pooled connection closed", || async {
+        (node.idle_connections() == 0).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+}

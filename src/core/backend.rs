@@ -286,6 +286,19 @@ impl Backend {
     pub fn clear_pool(&self) {
         while self.idle.pop().is_some() {}
     }
+
+    /// Close pooled connections idle for `pool_idle` or closed by the node, so an idle gateway
+    /// holds no fd for them (checkout skips them too, but only when traffic comes). Bounded: one
+    /// pass over what is in the pool now.
+    pub fn expire_idle(&self, pool_idle: Duration) {
+        for _ in 0..self.idle.len() {
+            let Some((sender, since)) = self.idle.pop() else { break };
+            if since.elapsed() < pool_idle && !sender.is_closed() {
+                // Still fresh: back in the pool (a full pool drops it, like release does).
+                let _ = self.idle.push((sender, since));
+            }
+        }
+    }
 }
 
 /// Counts one open request or tunnel on a node for leastconn and stats.
