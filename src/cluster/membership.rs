@@ -267,29 +267,24 @@ impl Table {
                     m.last_seen_ms = Some(crate::util::epoch_ms());
                     m.heartbeats = true;
                 }
-                let became_ready = ready_now && !m.ready;
+                // Ready is only shown on the status page: traffic waits for the node's own
+                // passing check, so it changes nothing in the registry.
+                m.ready = m.ready || ready_now;
                 let renamed = m.name != c.name;
                 if renamed {
                     out.push(Change::Remove(m.name.clone()));
                 }
-                if renamed || m.addr != c.addr || became_ready {
+                if renamed || m.addr != c.addr {
                     m.name = c.name.clone();
                     m.addr = c.addr;
-                    m.ready = m.ready || ready_now;
-                    out.push(Change::Upsert(DynamicNode {
-                        name: c.name.clone(),
-                        addr: c.addr,
-                        origin,
-                        ready: m.ready,
-                    }));
+                    out.push(Change::Upsert(DynamicNode { name: c.name.clone(), addr: c.addr, origin }));
                 }
-                // Ready is only shown: traffic waits for the node's own passing check.
             }
             None => {
                 tracing::info!(node = %c.name, addr = %c.addr, ?origin, ready = ready_now, "cluster: node joined");
                 self.metrics.joins.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.gone.retain(|g| g.name != c.name);
-                out.push(Change::Upsert(DynamicNode { name: c.name.clone(), addr: c.addr, origin, ready: ready_now }));
+                out.push(Change::Upsert(DynamicNode { name: c.name.clone(), addr: c.addr, origin }));
                 self.members.insert(
                     c.key.clone(),
                     Member {

@@ -23,9 +23,6 @@ pub struct DynamicNode {
     pub name: String,
     pub addr: SocketAddr,
     pub origin: Origin,
-    /// The node said it is ready (shown on the status page). It is not trusted with traffic:
-    /// a discovered node is created DOWN and takes requests only after a passing health check.
-    pub ready: bool,
 }
 
 /// One change to the node set. Sources (reload, membership) produce them; the registry applies a
@@ -330,7 +327,6 @@ mod tests {
                     name: format!("n{i}"),
                     addr: SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
                     origin: Origin::Plugin,
-                    ready: false,
                 })
             })
             .collect();
@@ -381,14 +377,9 @@ mod tests {
         assert!(!r.set_admin("zz", AdminState::Drain));
         let s = apply(&mut r, vec![cfg(&[("a", 9)])]);
         assert_eq!(s.node("a").expect("a").admin(), AdminState::Drain);
-        let d = DynamicNode {
-            name: "d".into(),
-            addr: "127.0.0.1:5".parse().expect("addr"),
-            origin: Origin::Plugin,
-            ready: true,
-        };
+        let d = DynamicNode { name: "d".into(), addr: "127.0.0.1:5".parse().expect("addr"), origin: Origin::Plugin };
         let s = apply(&mut r, vec![Change::Upsert(d.clone())]);
-        assert!(!s.node("d").expect("d").eligible(), "ready in Redis is not a passing check");
+        assert!(!s.node("d").expect("d").eligible(), "a node learned from Redis waits for a passing check");
         assert!(r.apply(vec![Change::Upsert(d)], 0).snapshot.is_none());
         let s = apply(&mut r, vec![Change::Remove("d".into())]);
         assert_eq!(s.node("d").map(|b| b.membership()), Some(Membership::Draining));
