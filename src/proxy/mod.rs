@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt as _, Either, Full};
@@ -352,7 +353,13 @@ async fn exchange(
     let first = if body.is_end_stream() {
         None
     } else {
-        match tokio::time::timeout(wait, body.frame()).await {
+        // Usually the frame came in the same read as the head: take it without arming a timer.
+        let ready = body.frame().now_or_never();
+        let frame = match ready {
+            Some(f) => Ok(f),
+            None => tokio::time::timeout(wait, body.frame()).await,
+        };
+        match frame {
             Ok(Some(Ok(f))) => Some(f),
             Ok(None) => None,
             Ok(Some(Err(_))) => {
