@@ -24,9 +24,14 @@ pub fn lookup(h: &HostPort) -> Option<SocketAddr> {
     addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied()
 }
 
+/// Every name of `names`, looked up on the calling thread.
+fn lookup_all(names: Vec<HostPort>) -> Resolved {
+    names.into_iter().map(|h| (h.clone(), lookup(&h))).collect()
+}
+
 /// Every host name of `config`, resolved on the calling thread (start-up, `--check`).
 pub fn resolve_blocking(config: &Config) -> Resolved {
-    config.host_names().into_iter().map(|h| (h.clone(), lookup(&h))).collect()
+    lookup_all(config.host_names())
 }
 
 /// Every host name of `config`, resolved on a blocking thread.
@@ -35,9 +40,7 @@ pub async fn resolve(config: &Config) -> Resolved {
     if names.is_empty() {
         return Resolved::new();
     }
-    tokio::task::spawn_blocking(move || names.into_iter().map(|h| (h.clone(), lookup(&h))).collect())
-        .await
-        .unwrap_or_default()
+    tokio::task::spawn_blocking(move || lookup_all(names)).await.unwrap_or_default()
 }
 
 /// Log the names that have no address (once per resolution that changed something).
