@@ -4,10 +4,13 @@
 //! documented `docker compose` commands name real files, services and profiles, and
 //! `docker compose config` (or Debian's `docker-compose config`) accepts all of it.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use common::{check_config, with_test_certs};
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> &'static Path {
@@ -286,25 +289,6 @@ fn dockerfile_and_dockerignore() {
     }
 }
 
-/// A copy of `rel` whose `[tls]` cert and key point at a fresh self-signed pair in `dir`.
-fn with_test_certs(rel: &str, dir: &Path) -> PathBuf {
-    let text = read(rel);
-    let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{rel}: {e}"));
-    let Some(tls) = t.get("tls").and_then(|v| v.as_table()) else { return root().join(rel) };
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate certificate");
-    let (cert, key) = (dir.join("fullchain.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
-    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
-    let mut out = text.clone();
-    for (k, new) in [("cert", &cert), ("key", &key)] {
-        let old = tls[k].as_str().expect("[tls] path");
-        out = out.replace(&format!("\"{old}\""), &format!("{:?}", new.display().to_string()));
-    }
-    let copy = dir.join(Path::new(rel).file_name().expect("name"));
-    std::fs::write(&copy, out).expect("write copy");
-    copy
-}
-
 #[test]
 fn stack_gateway_configs_pass_check() {
     let tomls = files("docker-compose", ".toml");
@@ -313,19 +297,8 @@ fn stack_gateway_configs_pass_check() {
     for f in &tomls {
         let dir = tmp.join(Path::new(f).file_stem().expect("stem"));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let checked = with_test_certs(f, &dir);
-        let out = Command::new(env!("CARGO_BIN_EXE_kuzzle-gateway"))
-            .arg("--config")
-            .arg(&checked)
-            .arg("--check")
-            .output()
-            .expect("run kuzzle-gateway --check");
-        assert!(
-            out.status.success(),
-            "{f}: --check failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let checked = with_test_certs(&root().join(f), &dir);
+        check_config(&checked, f);
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }

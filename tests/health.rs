@@ -9,12 +9,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use futures_util::StreamExt;
 use kuzzle_gateway::app::Handle;
 use kuzzle_gateway::config::Config;
 use kuzzle_gateway::core::backend::AdminState;
 use kuzzle_gateway::core::health::{CheckKind, HealthView};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Fast checks: DOWN after 3 x ~200 ms, UP after 2. The timeout stays generous so that a busy
 /// machine does not fail healthy nodes.
@@ -44,25 +42,6 @@ async fn sim_ready(sim: &Sim, ready: bool) {
 async fn ops_state(h: &Handle, node: &str, state: &str) -> Resp {
     request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[OPS_AUTH, JSON], Bytes::from(state.to_string()))
         .await
-}
-
-/// Next close frame's code on a WebSocket (text messages skipped), or None if it ended without one.
-async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        match tokio::time::timeout(left, ws.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
-            Ok(Some(Ok(_))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-async fn ws_node(ws: &mut Ws, id: &str) -> String {
-    let (resp, _) = ws_call(ws, serde_json::json!({"controller": "server", "action": "now", "requestId": id})).await;
-    assert_eq!(resp["status"], 200, "{resp}");
-    resp["node"].as_str().unwrap_or_else(|| panic!("response without node: {resp}")).to_string()
 }
 
 /// Kill one of 3 nodes under 4 concurrent keep-alive clients doing GET and POST: no GET fails,

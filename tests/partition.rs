@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{free_port, ws, ws_call, Client, Sim, Ws};
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
+use common::{close_code, free_port, ws, ws_node, Client, Sim};
 
 /// Check period, check timeout, rise and fall of the gateway under test.
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -179,25 +177,6 @@ async fn wait_for(within: Duration, what: &str, f: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// Next close frame's code on a WebSocket (text skipped), or None if it ended without one.
-async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.checked_duration_since(Instant::now())?;
-        match tokio::time::timeout(left, ws.next()).await {
-            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
-            Ok(Some(Ok(_))) => continue,
-            _ => return None,
-        }
-    }
-}
-
-/// Which node answers a `server:now` on this WebSocket.
-async fn ws_node(ws: &mut Ws, id: &str) -> String {
-    let (r, _) = ws_call(ws, serde_json::json!({"requestId": id, "controller": "server", "action": "now"})).await;
-    r["node"].as_str().unwrap_or_else(|| panic!("no node in {r}")).to_string()
 }
 
 /// One balanced GET on a fresh client connection: (status, answering node, how long it took).

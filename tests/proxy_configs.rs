@@ -3,10 +3,12 @@
 //! nodes, and the nginx / haproxy equivalents used by bench/run.sh route the same nodes with the
 //! same per-node prefixes.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use common::{check_config, with_test_certs};
 use kuzzle_gateway::config::{Algorithm, Config, DEFAULT_CONFIG_PATH};
 
 const NODES: [(&str, &str); 3] = [
@@ -95,33 +97,6 @@ fn table(path: &Path) -> toml::Table {
     text.parse().unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()))
 }
 
-/// A config whose `[tls]` names files: the same text with `cert` / `key` pointing at a fresh
-/// self-signed pair in `dir`, so that `--check` sees the config exactly as an operator who followed
-/// the file's instructions would, whether or not it opens the PEM files.
-fn with_test_certs(path: &Path, dir: &Path) -> PathBuf {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate certificate");
-    let (cert, key) = (dir.join("fullchain.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
-    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
-    let text = std::fs::read_to_string(path).expect("read config");
-    let t = table(path);
-    let tls = t.get("tls").and_then(|v| v.as_table()).expect("[tls] table");
-    let mut out = text.clone();
-    for (k, new) in [("cert", &cert), ("key", &key)] {
-        let old = tls.get(k).and_then(|v| v.as_str()).unwrap_or_else(|| panic!("[tls] {k} missing"));
-        assert_eq!(
-            text.matches(&format!("\"{old}\"")).count(),
-            1,
-            "{}: [tls] {k} path appears more than once",
-            path.display()
-        );
-        out = out.replace(&format!("\"{old}\""), &format!("{:?}", new.display().to_string()));
-    }
-    let copy = dir.join(path.file_name().expect("file name"));
-    std::fs::write(&copy, out).expect("write config copy");
-    copy
-}
-
 #[test]
 fn every_gateway_config_passes_check() {
     let files = gateway_configs();
@@ -141,21 +116,9 @@ fn every_gateway_config_passes_check() {
     for f in &files {
         let text = std::fs::read_to_string(f).expect("read config");
         assert!(text.starts_with('#'), "{}: must open with a comment saying its use case", f.display());
-        let checked = if table(f).contains_key("tls") { with_test_certs(f, &tmp) } else { f.clone() };
-        let out = Command::new(env!("CARGO_BIN_EXE_kuzzle-gateway"))
-            .arg("--config")
-            .arg(&checked)
-            .arg("--check")
-            .output()
-            .expect("run kuzzle-gateway --check");
-        assert!(
-            out.status.success(),
-            "kuzzle-gateway --config {} --check failed:\n{}{}",
-            f.display(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("is valid"), "{}: no 'is valid' line", f.display());
+        let checked = with_test_certs(f, &tmp);
+        let stdout = check_config(&checked, &f.display().to_string());
+        assert!(stdout.contains("is valid"), "{}: no 'is valid' line", f.display());
         // Every node address is one the gateway takes: IP:PORT or HOST:PORT.
         for n in table(f).get("node").and_then(|v| v.as_array()).into_iter().flatten() {
             let a = n.get("address").and_then(|v| v.as_str()).expect("node address");

@@ -74,3 +74,24 @@ pub async fn ws_call(ws: &mut Ws, req: Value) -> (Value, Vec<Value>) {
     })
     .await
 }
+
+/// Next close frame's code on a WebSocket (other messages skipped), or None if it ended without
+/// one within `within`.
+pub async fn close_code(ws: &mut Ws, within: Duration) -> Option<u16> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// Which node answers a `server:now` on this WebSocket (the answer must be a 200).
+pub async fn ws_node(ws: &mut Ws, id: &str) -> String {
+    let (resp, _) = ws_call(ws, serde_json::json!({"controller": "server", "action": "now", "requestId": id})).await;
+    assert_eq!(resp["status"], 200, "{resp}");
+    resp["node"].as_str().unwrap_or_else(|| panic!("response without node: {resp}")).to_string()
+}

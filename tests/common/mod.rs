@@ -24,3 +24,46 @@ pub async fn gateway(toml: &str) -> Handle {
     let cfg = Config::parse(toml, "<test>").unwrap_or_else(|e| panic!("test config invalid: {e}"));
     app::bind_and_start(cfg).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
+
+/// A copy of the configuration at `path` whose `[tls]` cert and key point at a fresh self-signed
+/// pair in `dir`, so `--check` sees it as an operator who followed its instructions would; the
+/// file itself when it has no `[tls]`.
+pub fn with_test_certs(path: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()));
+    let Some(tls) = t.get("tls").and_then(|v| v.as_table()) else { return path.to_path_buf() };
+    std::fs::create_dir_all(dir).expect("certificate dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate certificate");
+    let (cert, key) = (dir.join("fullchain.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let mut out = text.clone();
+    for (k, new) in [("cert", &cert), ("key", &key)] {
+        let old =
+            tls.get(k).and_then(|v| v.as_str()).unwrap_or_else(|| panic!("{}: [tls] {k} missing", path.display()));
+        let quoted = format!("\"{old}\"");
+        assert_eq!(text.matches(&quoted).count(), 1, "{}: [tls] {k} path appears more than once", path.display());
+        out = out.replace(&quoted, &format!("{:?}", new.display().to_string()));
+    }
+    let copy = dir.join(path.file_name().expect("file name"));
+    std::fs::write(&copy, out).expect("write config copy");
+    copy
+}
+
+/// `kuzzle-gateway --config FILE --check` must pass (`what` names the file in the failure); its
+/// standard output.
+pub fn check_config(file: &std::path::Path, what: &str) -> String {
+    let out = std::process::Command::new(bin("kuzzle-gateway"))
+        .arg("--config")
+        .arg(file)
+        .arg("--check")
+        .output()
+        .expect("run kuzzle-gateway --check");
+    assert!(
+        out.status.success(),
+        "{what}: --check failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
