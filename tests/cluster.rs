@@ -93,6 +93,12 @@ async fn wait_state(h: &Handle, name: &str, states: &[&str]) -> String {
     .await
 }
 
+/// Sessions a node has counted so far (its history survives leaving and coming back).
+fn sessions(h: &Handle, name: &str) -> u64 {
+    let node = h.core.snapshot().node(name).cloned().unwrap_or_else(|| panic!("no node {name}"));
+    node.counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn dropped(h: &Handle) -> u64 {
     h.cluster.metrics.dropped_total()
 }
@@ -142,14 +148,7 @@ async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counter
     let b = Sim::start("cluster_kuzzle_2", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
     wait_routable(&h, "cluster_kuzzle_2").await;
-    let before = h
-        .core
-        .snapshot()
-        .node("cluster_kuzzle_1")
-        .expect("a")
-        .counters
-        .sessions_total
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let before = sessions(&h, "cluster_kuzzle_1");
     assert!(before >= 1);
 
     a.kill();
@@ -164,14 +163,7 @@ async fn sigkilled_node_drained_after_heartbeat_timeout_and_rejoin_keeps_counter
     // Same name comes back (new process, new port): same node, counters continue.
     let _a2 = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
     wait_routable(&h, "cluster_kuzzle_1").await;
-    let after = h
-        .core
-        .snapshot()
-        .node("cluster_kuzzle_1")
-        .expect("a")
-        .counters
-        .sessions_total
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let after = sessions(&h, "cluster_kuzzle_1");
     assert!(after > before, "counters continue across leave and return ({before} -> {after})");
     drop(b);
     h.shutdown().await;
