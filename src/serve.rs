@@ -101,7 +101,9 @@ pub async fn serve_conn<I>(
 {
     ctx.core.frontend.connection_opened();
     let slot = Arc::new(crate::tunnel::PermitSlot::new(permit));
-    let timeout = ctx.core.config().timeouts.client.0;
+    // One read of the settings for the whole connection (a reload applies to the next one).
+    let cfg = ctx.core.config();
+    let timeout = cfg.timeouts.client.0;
     let ctx_svc = ctx.clone();
     // Requests started on this connection: lets a draining connection close right after a response.
     let started = Arc::new(tokio::sync::Notify::new());
@@ -135,7 +137,7 @@ pub async fn serve_conn<I>(
     // hyper's read buffer is what a client holding an unfinished head costs: capped at twice the
     // limit (the service answers 431 in Kuzzle's envelope between the two), and a head never
     // grows the buffer past it.
-    let limits = ctx.core.config().limits.clone();
+    let limits = &cfg.limits;
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
