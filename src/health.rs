@@ -217,14 +217,7 @@ mod tests {
     }
 
     fn timing(jitter_pct: u32) -> Timing {
-        Timing {
-            interval: Duration::from_secs(10),
-            fastinter: Duration::from_secs(1),
-            downinter: Duration::from_secs(30),
-            rise: 2,
-            fall: 3,
-            jitter_pct,
-        }
+        Timing { jitter_pct, ..crate::core::machine::tests::timing() }
     }
 
     /// Run the loop over a scripted probe; return the instants (relative to start) of each check

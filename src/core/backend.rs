@@ -136,6 +136,12 @@ impl Backend {
         }
     }
 
+    /// A static node `name` at 127.0.0.1:`port`, UP, with fresh counters (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(name: &str, port: u16) -> Self {
+        Backend::new(name.into(), SocketAddr::from(([127, 0, 0, 1], port)), Origin::Static, Default::default(), true)
+    }
+
     /// A static node whose host name did not resolve: a placeholder that stays DOWN.
     pub fn unresolved(name: String, port: u16, counters: Arc<NodeCounters>) -> Self {
         let mut b = Backend::new(name, SocketAddr::from(([0, 0, 0, 0], port)), Origin::Static, counters, false);

@@ -311,7 +311,7 @@ impl Machine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -334,7 +334,8 @@ mod tests {
         CheckResult { code: Some(404), ..res(CheckKind::L7STS) }
     }
 
-    fn timing() -> Timing {
+    /// The timing the checker's tests use too: interval 10 s, fastinter 1 s, downinter 30 s, 2/3.
+    pub(crate) fn timing() -> Timing {
         Timing {
             interval: Duration::from_secs(10),
             fastinter: Duration::from_secs(1),

@@ -410,13 +410,7 @@ mod tests {
         assert_eq!(status_since(100, 0, 50), 100, "no operator change: the last UP/DOWN change");
         assert_eq!(status_since(100, 3700, 50), 3700, "MAINT set later: counts from then");
         assert_eq!(status_since(0, 0, 50), 50, "nothing yet: start-up");
-        let b = Backend::new(
-            "n".into(),
-            ([127, 0, 0, 1], 1).into(),
-            crate::core::backend::Origin::Static,
-            Default::default(),
-            true,
-        );
+        let b = Backend::for_test("n", 1);
         assert_eq!(b.admin_since(), 0);
         b.set_admin(AdminState::Maint);
         assert!(b.admin_since() >= crate::util::epoch_secs() - 1, "the change is stamped");

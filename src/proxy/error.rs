@@ -138,13 +138,7 @@ mod tests {
 
     #[test]
     fn resend_safety_is_read_from_progress() {
-        let b = Backend::new(
-            "n".into(),
-            ([127, 0, 0, 1], 1).into(),
-            crate::core::backend::Origin::Static,
-            Default::default(),
-            true,
-        );
+        let b = Backend::for_test("n", 1);
         assert!(ProxyError::connect(&b, ConnectError::Refused).resend_safe(false), "nothing sent: anything goes again");
         assert!(!ProxyError::broke(&b).resend_safe(false), "a POST the node may have read is not re-sent");
         assert!(ProxyError::broke(&b).resend_safe(true), "a body-less GET is");
