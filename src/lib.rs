@@ -50,3 +50,4 @@ pub mod tunnel;
 pub mod upgrade;
 pub mod util;
 pub mod watch;
+pub mod workers;
