@@ -12,8 +12,9 @@
 //! C tasks each loop until the duration is over: TCP connect, TLS handshake (TLS 1.2 or 1.3 as the
 //! server prefers; the certificate is not checked, the handshake signature is), `GET PATH` with
 //! `Connection: close`, read to the end. Prints one line:
-//! `requests N errors E secs S rps R p50_ms P p99_ms Q proto V` (latency of the whole exchange;
-//! `proto` is the TLS version of the first connection). Exits 1 if every connection failed.
+//! `requests N errors E secs S rps R p50_ms P p99_ms Q proto V suite C kx K` (latency of the whole
+//! exchange; version, cipher suite and key exchange of the first connection that got a 200).
+//! Exits 1 if every connection failed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -101,17 +102,19 @@ impl ServerCertVerifier for AnyCert {
     }
 }
 
-/// One connection, one request: Ok(TLS version) when the answer is a 200.
-async fn exchange(
-    connector: &tokio_rustls::TlsConnector,
-    addr: &str,
-    request: &[u8],
-) -> Result<Option<rustls::ProtocolVersion>, String> {
+/// One connection, one request: Ok("VERSION suite SUITE kx GROUP") when the answer is a 200.
+async fn exchange(connector: &tokio_rustls::TlsConnector, addr: &str, request: &[u8]) -> Result<String, String> {
     let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
     let mut tls = connector.connect(name, tcp).await.map_err(|e| format!("handshake: {e}"))?;
-    let proto = tls.get_ref().1.protocol_version();
+    let conn = tls.get_ref().1;
+    let proto = format!(
+        "{} suite {} kx {}",
+        conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_else(|| "-".into()),
+        conn.negotiated_cipher_suite().and_then(|s| s.suite().as_str()).unwrap_or("-"),
+        conn.negotiated_key_exchange_group().map(|g| format!("{:?}", g.name())).unwrap_or_else(|| "-".into()),
+    );
     tls.write_all(request).await.map_err(|e| format!("write: {e}"))?;
     let mut buf = Vec::with_capacity(1024);
     // Servers may end with a TCP close and no close_notify: what was read until then counts.
@@ -148,7 +151,7 @@ async fn run(a: Args) -> Result<(), String> {
                 match tokio::time::timeout(timeout, exchange(&connector, &addr, request.as_bytes())).await {
                     Ok(Ok(p)) => {
                         lat_us.push(t0.elapsed().as_micros() as u64);
-                        proto = proto.or(p);
+                        proto = proto.or(Some(p));
                     }
                     Ok(Err(e)) => {
                         errors += 1;
@@ -180,7 +183,7 @@ async fn run(a: Args) -> Result<(), String> {
         lat.len() as f64 / secs,
         pct(0.50) as f64 / 1000.0,
         pct(0.99) as f64 / 1000.0,
-        proto.map(|p| format!("{p:?}")).unwrap_or_else(|| "-".into()),
+        proto.unwrap_or_else(|| "- suite - kx -".into()),
     );
     if let Some(e) = first_err {
         eprintln!("tls_load: first error: {e}");
