@@ -310,6 +310,11 @@ med() {
   printf '%s' "${RES[$1,$2]:-}" | awk -v f="$3" 'NF { print $f }' | sort -g |
     awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "-" }'
 }
+# spread CASE TARGET FIELD: "min-max" of one column over the rounds.
+spread() {
+  printf '%s' "${RES[$1,$2]:-}" | awk -v f="$3" 'NF { print $f }' | sort -g |
+    awk '{ a[NR] = $1 } END { if (NR) printf "%s-%s", a[1], a[NR]; else print "-" }'
+}
 # best CASE A B: of targets A and B, the one with more per CPU-second.
 best() { awk -v a="$(med "$1" "$2" 6)" -v b="$(med "$1" "$3" 6)" -v x="$2" -v y="$3" 'BEGIN { print (a + 0 >= b + 0) ? x : y }'; }
 # row CASE FIGURE FIELD GW NGX HA DIRECT REF_TARGET REF_LABEL OP BAR: one summary line; the ratio is
@@ -396,15 +401,16 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
   echo "Every measurement (median per column; value: requests/s, MiB/s, messages/s, or KiB per WebSocket for" \
     "ws-idle, whose p50 column is the seconds to open them; CPU %: the target's process, % of one core;" \
     "per CPU-s: requests, messages or handshakes per CPU-second of it; CPU0/CPU1 busy: the whole machine's use of" \
-    "each CPU meanwhile, every process counted; CPU 1 well above the target's CPU % means other work shared its core):"
+    "each CPU meanwhile, every process counted; CPU 1 well above the target's CPU % means other work shared its core;" \
+    "all rounds: lowest-highest of the rounds):"
   echo
-  echo "| case | target | value | p50 ms | p99 ms | errors | CPU % | per CPU-s | CPU0 busy % | CPU1 busy % |"
-  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"
+  echo "| case | target | value | p50 ms | p99 ms | errors | CPU % | per CPU-s | CPU0 busy % | CPU1 busy % | value, all rounds | per CPU-s, all rounds |"
+  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
   for c in $CASES; do
     for t in $(targets_of "$c"); do
       printf '| %s | %s |' "$c" "$t"
       for f in 1 2 3 4 5 6 7 8; do printf ' %s |' "$(med "$c" "$t" "$f")"; done
-      echo
+      echo " $(spread "$c" "$t" 1) | $(spread "$c" "$t" 6) |"
     done
   done
 } | tee "$OUT"
