@@ -199,9 +199,12 @@ parse_wrk() {
 # The line of stdin (space-separated, numeric first field) with the median first field.
 median_line() { grep -v '^$' | sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 
-# The first lines of a report: date, machine, tool versions (GW_BIN: the gateway binary).
+# bench_header [START]: the first lines of a report: date (START, when the run began, and now),
+# machine, tool versions (GW_BIN: the gateway binary).
 bench_header() {
-  echo "date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+  local now
+  now=$(date -u '+%Y-%m-%d %H:%M UTC')
+  if [ -n "${1:-}" ]; then echo "date: $1 to ${now#* }"; else echo "date: $now"; fi
   echo "machine: $(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $(nproc) CPUs," \
     "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
   echo "versions: $("$GW_BIN" --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/.*: //')," \

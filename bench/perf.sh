@@ -41,6 +41,7 @@ WS_ROUND_TRIPS=${WS_ROUND_TRIPS:-$([ "$QUICK" = 1 ] && echo 200 || echo 1000)}
 TLS_KEY=${TLS_KEY:-ec}
 SKIP_BUILD=${SKIP_BUILD:-0}
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+STARTED=$(date -u '+%Y-%m-%d %H:%M')
 
 . "$ROOT/bench/lib.sh"
 GW_BIN=${GW_BIN:-$BIN_DIR/kuzzle-gateway}
@@ -353,7 +354,7 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
   echo "## kuzzle-gateway perf (bench/perf.sh)"
   echo
   echo '```'
-  bench_header
+  bench_header "$STARTED"
   echo "commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)'); gateway binary: $GW_BIN"
   has_case tls-new && echo "TLS negotiated by tls_load: $(for t in $(targets_of tls-new); do
     awk -v t="$t" '/^requests/ { printf "%s %s %s %s; ", t, $14, $16, $18 }' "$WORK/tls-$t.out"; done)certificate: $TLS_KEY"

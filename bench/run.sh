@@ -153,7 +153,7 @@ mkdir -p target/bench
 OUT=target/bench/last-run.txt
 {
   echo "kuzzle-gateway benchmark"
-  bench_header
+  bench_header ""
   echo "placement: $PLACEMENT"
   echo "load: wrk --latency -t$WRK_THREADS -c$CONNS -d$DURATION http://HOST/_now (keep-alive)" \
     "and -H 'Connection: close' -d$CLOSE_DURATION; $ROUNDS round(s), median shown"
