@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # Shared helpers for bench/*.sh (sourced, not run): logging, process cleanup, free ports,
 # bounded readiness waits, RSS, starting the simulated nodes and writing a gateway config copy.
-# Needs ROOT (repository root) set by the caller. Binaries are taken from BIN_DIR (cargo's release
+# Needs ROOT (repository root) set by the caller. Binaries are taken from BIN_DIR (if unset: cargo's release
 # directory: $CARGO_TARGET_DIR/release, else target/release) and the gateway from GW_BIN if set.
-BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
+BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
