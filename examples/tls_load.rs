@@ -16,6 +16,8 @@
 //! exchange; version, cipher suite and key exchange of the first connection that got a 200).
 //! Exits 1 if every connection failed.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,7 +178,7 @@ async fn run(a: Args) -> Result<(), String> {
     }
     let secs = started.elapsed().as_secs_f64();
     lat.sort_unstable();
-    let pct = |q: f64| lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+    let pct = |q: f64| common::quantile(&lat, q);
     println!(
         "requests {} errors {errors} secs {secs:.2} rps {:.0} p50_ms {:.2} p99_ms {:.2} proto {}",
         lat.len(),
@@ -195,25 +197,5 @@ async fn run(a: Args) -> Result<(), String> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("tls_load: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tls_load: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("tls_load: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_with("tls_load", parse_args(), run)
 }

@@ -18,6 +18,8 @@
 //! `verified`: the round trips made, the milliseconds from release until the last one, and the
 //! round-trip time percentiles.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -208,7 +210,7 @@ async fn run(a: Args) -> Result<(), String> {
     if a.round_trips > 0 && !failed {
         let mut lat = std::mem::take(&mut *relay.lock().unwrap_or_else(|e| e.into_inner()));
         lat.sort_unstable();
-        let pct = |q: f64| lat.get(((lat.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied().unwrap_or(0);
+        let pct = |q: f64| common::quantile(&lat, q);
         println!(
             "relay {} {} {:.3} {:.3}",
             lat.len(),
@@ -248,25 +250,5 @@ async fn hold(limit: Duration) {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("ws_idle: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ws_idle: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ws_idle: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_with("ws_idle", parse_args(), run)
 }
