@@ -240,12 +240,87 @@ impl Default for StatsSection {
 pub struct TlsSection {
     #[serde(default = "default_tls_listen")]
     pub listen: SocketAddr,
+    /// The default pair (PEM chain, PEM key); optional when `[[tls.certificate]]` entries exist
+    /// (then the first of them is the default).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// More pairs, chosen by SNI (`names`, or the certificate's DNS names).
+    #[serde(default)]
+    pub certificate: Vec<CertEntry>,
+    /// A client that has not finished its handshake by then is cut (it holds a connection slot).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`).
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Reload a pair when its files change on disk (renewals by certbot, cert-manager...).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+/// One `[[tls.certificate]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertEntry {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// SNI names served this pair (`*.example.com` matches one label); empty: the certificate's
+    /// DNS names (subjectAltName).
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// A certificate pair as the configuration names it, with the key it came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertPair {
+    /// `tls` for `[tls] cert`/`key`, `tls.certificate[N]` for an entry.
+    pub place: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub names: Vec<String>,
+}
+
+impl TlsSection {
+    /// Every pair, the default first.
+    pub fn pairs(&self) -> Vec<CertPair> {
+        let mut v = Vec::with_capacity(self.certificate.len() + 1);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            v.push(CertPair { place: "tls".into(), cert: cert.clone(), key: key.clone(), names: Vec::new() });
+        }
+        for (i, c) in self.certificate.iter().enumerate() {
+            v.push(CertPair {
+                place: format!("tls.certificate[{i}]"),
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+                names: c.names.clone(),
+            });
+        }
+        v
+    }
 }
 
 fn default_tls_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An SNI name in the configuration: a DNS name, or `*.` and a DNS name.
+pub fn valid_sni_name(n: &str) -> bool {
+    let host = n.strip_prefix("*.").unwrap_or(n);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -565,6 +640,32 @@ impl Config {
                 let (l, k) = place("tls.listen");
                 return Err(err(l, &k, "TLS listener cannot share the client or stats listener's address".into()));
             }
+            match (&t.cert, &t.key) {
+                (Some(_), None) | (None, Some(_)) => {
+                    let (l, k) = place(if t.cert.is_some() { "tls.cert" } else { "tls.key" });
+                    let missing = if t.cert.is_some() { "key" } else { "cert" };
+                    return Err(err(l, &k, format!("set both cert and key: {missing} is missing")));
+                }
+                (None, None) if t.certificate.is_empty() => {
+                    let (l, k) = place("tls");
+                    return Err(err(l, &k, "[tls] needs cert and key, or [[tls.certificate]] entries".into()));
+                }
+                _ => {}
+            }
+            if t.handshake_timeout.0.is_zero() {
+                let (l, k) = place("tls.handshake_timeout");
+                return Err(err(l, &k, "duration must be greater than zero".into()));
+            }
+            for (i, c) in t.certificate.iter().enumerate() {
+                if let Some(bad) = c.names.iter().find(|n| !valid_sni_name(n)) {
+                    let l = locate(text, &format!("tls.certificate[{i}].names"));
+                    return Err(err(
+                        l,
+                        &format!("tls.certificate[{i}].names"),
+                        format!("invalid name {bad:?}: expected a DNS name such as \"api.example.com\" or \"*.example.com\""),
+                    ));
+                }
+            }
         }
         if let Some(c) = &raw.cluster {
             match (&c.redis, &c.redis_cluster) {
@@ -676,6 +777,34 @@ fn key_at(text: &str, offset: usize) -> String {
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// Line of a key in the text, also inside an array of tables (`tls.certificate[1].cert`: the key
+/// in the second `[[tls.certificate]]`); the table header if the key is absent, 0 if neither is.
+pub fn locate(text: &str, dotted: &str) -> usize {
+    let Some((table, rest)) = dotted.split_once('[') else { return find_key(text, dotted).0 };
+    let (idx, key) = rest.split_once(']').unwrap_or((rest, ""));
+    let idx: usize = idx.parse().unwrap_or(0);
+    let key = key.trim_start_matches('.');
+    let (mut n, mut inside, mut header) = (0, false, 0);
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            inside = false;
+            if t.starts_with("[[") && t.trim_matches(|c| c == '[' || c == ']').trim() == table {
+                if n == idx {
+                    inside = true;
+                    header = i + 1;
+                }
+                n += 1;
+            }
+            continue;
+        }
+        if inside && !key.is_empty() && t.split('=').next().unwrap_or("").trim() == key {
+            return i + 1;
+        }
+    }
+    header
 }
 
 /// Line of `table.key` in the text (for semantic errors); the table header if the key is absent.
@@ -795,6 +924,33 @@ mod tests {
         let t = "[gateway]\nlisten = \"127.0.0.1:9\"\n[tls]\nlisten = \"127.0.0.1:9\"\ncert = \"c\"\nkey = \"k\"\n";
         let e = Config::parse(t, "g.toml").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "tls.listen"), "{e}");
+    }
+
+    #[test]
+    fn tls_pairs_and_their_errors() {
+        let t = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[tls.certificate]]\ncert = \"a.pem\"\nkey = \"ak.pem\"\nnames = [\"*.a.test\"]\n";
+        let c = Config::parse(t, "g.toml").expect("valid");
+        let tls = c.tls.expect("tls");
+        let places: Vec<String> = tls.pairs().into_iter().map(|p| p.place).collect();
+        assert_eq!(places, vec!["tls", "tls.certificate[0]"]);
+        assert_eq!(tls.handshake_timeout.0, Duration::from_secs(10));
+        assert!(tls.http2 && tls.watch);
+        let e = Config::parse("[tls]\ncert = \"c.pem\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "tls.cert"), "{e}");
+        assert!(e.message.contains("key is missing"), "{e}");
+        let e = Config::parse("[tls]\nlisten = \"127.0.0.1:0\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (1, "tls"), "{e}");
+        let t = "[tls]\n[[tls.certificate]]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificate]]\ncert = \"a\"\nkey = \"b\"\nnames = [\"a b\"]\n";
+        let e = Config::parse(t, "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (8, "tls.certificate[1].names"), "{e}");
+        assert_eq!(locate(t, "tls.certificate[1].key"), 7);
+        assert_eq!(locate(t, "tls.certificate[0]"), 2);
+        for ok in ["a.test", "*.a.test", "xn--bcher-kva.example"] {
+            assert!(valid_sni_name(ok), "{ok}");
+        }
+        for bad in ["", "*", "a.*.test", "a..b", "*.", "a b"] {
+            assert!(!valid_sni_name(bad), "{bad}");
+        }
     }
 
     #[test]
