@@ -603,6 +603,10 @@ async fn broken_certificate_files_are_refused_and_the_old_pair_kept() {
     assert_eq!(v["process"]["tls"]["refused"], 1, "{v}");
     assert!(served(&any, addr, "localhost").await == pki.der, "the old pair still serves");
     assert_eq!(https(&connector(&pki.der), addr, "/_now").await.status, 200);
+    let metrics = String::from_utf8_lossy(&get(gw.stats_addr, "/metrics").await.body).into_owned();
+    let refused = format!("kuzzle_gateway_tls_certificate_refused{{cert=\"{}\"}} 1", pki.cert.display());
+    assert!(metrics.contains(&refused), "{refused} not in /metrics");
+    assert!(metrics.contains("kuzzle_gateway_tls_renewals_total{result=\"refused\"} 1"), "refusals counted");
     // A reload meanwhile is not refused for it: the pair is the running one, kept.
     let msg = gw.reload.reload().await.expect("reload with a half-renewed pair");
     assert!(msg.contains("reloaded"), "{msg}");
