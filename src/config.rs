@@ -343,6 +343,15 @@ pub struct ClusterSection {
     pub join_rate: u32,
     /// Joins admitted at once before `join_rate` applies (the bucket's size).
     pub join_burst: u32,
+    /// Speak HTTPS (and WSS) to the nodes learned from Redis.
+    pub node_tls: bool,
+    /// CA bundle for their certificates (default: the system's).
+    pub node_ca: Option<PathBuf>,
+    /// Name their certificates must carry (default: each node's IP address).
+    pub node_server_name: Option<String>,
+    /// Built from the three keys above when the file is read.
+    #[serde(skip)]
+    pub tls: Option<crate::tls::upstream::NodeTls>,
 }
 
 impl Default for ClusterSection {
@@ -363,6 +372,10 @@ impl Default for ClusterSection {
             max_nodes: 64,
             join_rate: 20,
             join_burst: 64,
+            node_tls: false,
+            node_ca: None,
+            node_server_name: None,
+            tls: None,
         }
     }
 }
@@ -372,6 +385,15 @@ impl Default for ClusterSection {
 pub struct NodeSection {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
+    /// Speak HTTPS (and WSS) to this node.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle trusted for the node's certificate (default: the system's).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Name the node's certificate must carry (default: the address' host name, else its IP).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Raw file shape; `Config` is the validated form.
@@ -401,6 +423,8 @@ struct RawConfig {
 pub struct StaticNode {
     pub name: String,
     pub target: NodeTarget,
+    /// TLS to the node (`tls = true`), ready to connect with.
+    pub tls: Option<crate::tls::upstream::NodeTls>,
 }
 
 /// Where a static node is: an address, or a host name resolved at load and every
@@ -504,6 +528,40 @@ impl Default for Config {
     }
 }
 
+/// TLS settings of a node: None without `tls = true` (then `ca` and `server_name` are errors);
+/// the error names the key (`tls`, `ca`, `server_name`) and says what is wrong.
+fn node_tls(
+    tls: bool,
+    ca: Option<&Path>,
+    server_name: Option<String>,
+    target: &NodeTarget,
+) -> Result<Option<crate::tls::upstream::NodeTls>, (&'static str, String)> {
+    if !tls {
+        return match (ca, &server_name) {
+            (Some(_), _) => Err(("ca", "ca needs tls = true".into())),
+            (None, Some(_)) => Err(("server_name", "server_name needs tls = true".into())),
+            (None, None) => Ok(None),
+        };
+    }
+    // A node known by name is checked against that name, as a browser would.
+    let name = server_name.clone().or(match target {
+        NodeTarget::Host(h) => Some(h.host.clone()),
+        NodeTarget::Addr(_) => None,
+    });
+    crate::tls::upstream::NodeTls::new(ca, name).map(Some).map_err(|m| {
+        (
+            if ca.is_some() {
+                "ca"
+            } else if server_name.is_some() {
+                "server_name"
+            } else {
+                "tls"
+            },
+            m,
+        )
+    })
+}
+
 /// A node name must be a plain URL path segment: it is matched verbatim as `/<name>/`.
 pub fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
@@ -570,7 +628,11 @@ impl Config {
                     ),
                 )
             })?;
-            nodes.push(StaticNode { name: name.clone(), target });
+            let tls = node_tls(n.tls, n.ca.as_deref(), n.server_name.clone(), &target).map_err(|(k, m)| {
+                let key = format!("node[{i}].{k}");
+                err(locate(text, &key), &key, m)
+            })?;
+            nodes.push(StaticNode { name: name.clone(), target, tls });
         }
 
         let place = |key: &str| find_key(text, key);
@@ -667,6 +729,7 @@ impl Config {
                 }
             }
         }
+        let mut cluster_tls = None;
         if let Some(c) = &raw.cluster {
             match (&c.redis, &c.redis_cluster) {
                 (Some(_), Some(_)) => {
@@ -697,6 +760,16 @@ impl Config {
                         })?;
                     }
                 }
+            }
+            if c.node_tls || c.node_ca.is_some() || c.node_server_name.is_some() {
+                // Nodes from Redis are known by IP: no host name to default to.
+                let any = NodeTarget::Addr(SocketAddr::from(([0, 0, 0, 0], 0)));
+                cluster_tls = node_tls(c.node_tls, c.node_ca.as_deref(), c.node_server_name.clone(), &any).map_err(
+                    |(k, m)| {
+                        let (l, key) = place(&format!("cluster.node_{k}"));
+                        err(l, &key, m)
+                    },
+                )?;
             }
             if c.heartbeat_timeout.0.is_zero() || c.poll_interval.0.is_zero() {
                 let (l, k) = place("cluster.heartbeat_timeout");
@@ -733,7 +806,7 @@ impl Config {
             health: raw.health,
             stats,
             tls: raw.tls,
-            cluster: raw.cluster,
+            cluster: raw.cluster.map(|c| ClusterSection { tls: cluster_tls, ..c }),
             nodes,
         })
     }

@@ -222,9 +222,12 @@ fn default_config_shows_every_key() {
                 "discovery",
                 "kuzzle2",
                 "poll_interval",
+                "node_tls",
+                "node_ca",
+                "node_server_name",
             ],
         ),
-        ("node", &["name", "address"]),
+        ("node", &["name", "address", "tls", "ca", "server_name"]),
     ];
     let shown = keys_shown(&read(DEFAULT_CONFIG_PATH));
     let missing: Vec<String> = every

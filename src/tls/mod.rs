@@ -8,6 +8,7 @@
 pub mod certs;
 pub mod check;
 pub mod h2;
+pub mod upstream;
 pub mod watch;
 
 use std::path::PathBuf;
