@@ -851,3 +851,51 @@ fn node_tls_settings_are_checked_with_the_configuration() {
         Config::parse("[cluster]\nredis = \"redis://127.0.0.1:1/0\"\nnode_ca = \"/x.pem\"\n", "g.toml").unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (3, "cluster.node_ca"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_added_by_a_reload_is_served_and_watched() {
+    let pki = Pki::new("added");
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    // The configuration lives elsewhere: events in the certificates' directory are theirs only.
+    let conf_dir = scratch_dir("tls-added-conf");
+    let file = conf_dir.join("gateway.toml");
+    let base = format!("{}{}", tls_section(&pki.cert, &pki.key), nodes_toml(&[&n1]));
+    // No config file watch: only the certificate watcher may pick up the renewal below.
+    let no_watch = |t: String| t.replacen("[gateway]\n", "[gateway]\nwatch = false\n", 1);
+    std::fs::write(&file, no_watch(gateway_toml(&base))).expect("write config");
+    let gw = kuzzle_gateway::app::bind_and_start(Config::load(&file).expect("config")).expect("start");
+    let addr = gw.tls_addr.expect("TLS listener");
+    let any = any_cert(&[]);
+    assert!(served(&any, addr, "api.test").await == pki.der, "no pair for api.test yet: the default");
+
+    // A pair in another directory, added by a reload.
+    // (Not under the first pair's directory: that one is watched already.)
+    let sub = scratch_dir("tls-added-api");
+    let first = make(&["api.test"], None);
+    let (cert, key) = (sub.join("cert.pem"), sub.join("key.pem"));
+    std::fs::write(&cert, &first.cert_pem).expect("write");
+    std::fs::write(&key, &first.key_pem).expect("write");
+    let entry = format!(
+        "[[tls.certificate]]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    // [[tls.certificate]] must follow [tls] and come before [[node]]: rebuild the text.
+    let text = no_watch(gateway_toml(&format!("{}{entry}{}", tls_section(&pki.cert, &pki.key), nodes_toml(&[&n1]))));
+    std::fs::write(&file, text).expect("write config");
+    gw.reload.reload().await.expect("reload");
+    assert!(served(&any, addr, "api.test").await == first.der, "the added pair serves its name");
+
+    // Its directory is watched: a renewal there applies without another reload.
+    let renewed = make(&["api.test"], None);
+    replace(&key, &renewed.key_pem);
+    replace(&cert, &renewed.cert_pem);
+    eventually(Duration::from_secs(5), "the renewed api.test pair served", || async {
+        (served(&any, addr, "api.test").await == renewed.der).then_some(())
+    })
+    .await;
+    assert!(served(&any, addr, "localhost").await == pki.der, "the default pair is untouched");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&sub);
+    let _ = std::fs::remove_dir_all(&conf_dir);
+}

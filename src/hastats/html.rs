@@ -259,7 +259,7 @@ fn process_info(o: &mut String, v: &StatsView) {
                 esc(&date(c.not_after)),
                 esc(&date(c.loaded_at))
             );
-            row(&format!("TLS {}", c.place), what);
+            row(&format!("TLS certificate ({})", c.place), what);
         }
         row(
             "TLS renewals",

@@ -132,6 +132,12 @@ fn as_http11<B>(mut req: Request<B>) -> Result<Request<B>, &'static str> {
         }
         req.headers_mut().insert(header::HOST, value);
     }
+    // RFC 9113 8.2.3: HTTP/2 may split Cookie into several fields; HTTP/1.1 wants one.
+    if req.headers().get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined: Vec<&[u8]> = req.headers().get_all(header::COOKIE).iter().map(|v| v.as_bytes()).collect();
+        let value = HeaderValue::from_bytes(&joined.join(&b"; "[..])).map_err(|_| "bad request: invalid cookie")?;
+        req.headers_mut().insert(header::COOKIE, value);
+    }
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let origin: Uri = target.parse().map_err(|_| "bad request: invalid path")?;
     *req.uri_mut() = origin;
@@ -174,5 +180,11 @@ mod tests {
         assert!(as_http11(req("https://a.test/", Some("b.test"))).is_err(), "Host naming another authority");
         let r = as_http11(req("/x", Some("a.test"))).expect("no authority: Host kept");
         assert_eq!(r.headers()[header::HOST], "a.test");
+        let mut split = req("https://a.test/", None);
+        split.headers_mut().append(header::COOKIE, HeaderValue::from_static("a=1"));
+        split.headers_mut().append(header::COOKIE, HeaderValue::from_static("b=2"));
+        let r = as_http11(split).expect("cookies");
+        let cookies: Vec<_> = r.headers().get_all(header::COOKIE).iter().collect();
+        assert_eq!(cookies, vec!["a=1; b=2"], "split cookies joined for HTTP/1.1");
     }
 }

@@ -33,10 +33,10 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
         let mut _watcher: Option<Watcher> = None;
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut first = true;
+        let mut rebuild = true;
         loop {
-            if first || dirs.has_changed().unwrap_or(false) {
-                first = false;
+            if rebuild {
+                rebuild = false;
                 let now: Vec<PathBuf> = dirs.borrow_and_update().clone();
                 _watcher = if now.is_empty() { None } else { watch(&now, tx.clone()) };
             }
@@ -45,6 +45,8 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
                 _ = poll.tick() => {}
                 r = dirs.changed() => {
                     if r.is_err() { return }
+                    // A reload committed other pairs: watch their directories.
+                    rebuild = true;
                     continue;
                 }
                 _ = stop.cancelled() => return,
