@@ -899,3 +899,22 @@ async fn a_pair_added_by_a_reload_is_served_and_watched() {
     let _ = std::fs::remove_dir_all(&sub);
     let _ = std::fs::remove_dir_all(&conf_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_certificate_is_served_but_shown_expired() {
+    let dir = scratch_dir("tls-expired");
+    let old = make(&["localhost"], Some((2000, 2001)));
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, &old.cert_pem).expect("write");
+    std::fs::write(&key, &old.key_pem).expect("write");
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    let gw = gateway(&gateway_toml(&format!("{}{}", tls_section(&cert, &key), nodes_toml(&[&n1])))).await;
+    // As nginx and haproxy do: served (clients decide), and said loudly.
+    assert!(served(&any_cert(&[]), gw.tls_addr.expect("TLS"), "localhost").await == old.der);
+    let v = stats_json(&gw).await;
+    assert_eq!(v["process"]["tls"]["certificates"][0]["status"], "expired", "{v}");
+    let page = String::from_utf8_lossy(&get(gw.stats_addr, "/hastats").await.body).into_owned();
+    assert!(page.contains("EXPIRED"), "the page shows it");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

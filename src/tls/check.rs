@@ -64,3 +64,43 @@ pub fn check(config: &Config, now: u64) -> Vec<Finding> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Epoch seconds of a date (UTC midnight).
+    fn epoch(y: i32, m: u8, d: u8) -> u64 {
+        rcgen::date_time_ymd(y, m, d).unix_timestamp() as u64
+    }
+
+    #[test]
+    fn dates_are_judged_at_now() {
+        let dir = std::env::temp_dir().join(format!("kgw-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_string()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2030, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let (c, k) = (dir.join("c.pem"), dir.join("k.pem"));
+        std::fs::write(&c, cert.pem()).expect("write");
+        std::fs::write(&k, key.serialize_pem()).expect("write");
+        let text = format!("[tls]\ncert = {:?}\nkey = {:?}\n", c.display().to_string(), k.display().to_string());
+        let cfg = Config::parse(&text, "<test>").expect("config");
+
+        assert_eq!(check(&cfg, epoch(2020, 6, 1)), vec![], "valid, far from expiry");
+        let soon = check(&cfg, epoch(2029, 12, 25));
+        assert!(soon.len() == 1 && !soon[0].error, "{soon:?}");
+        assert!(soon[0].message.contains("expires on 2030-01-01"), "{soon:?}");
+        let late = check(&cfg, epoch(2030, 2, 1));
+        assert!(late.len() == 1 && late[0].error && late[0].message.contains("expired on 2030-01-01"), "{late:?}");
+        assert!(late[0].message.contains("key `tls.cert`") && late[0].message.contains("c.pem"), "{late:?}");
+        let early = check(&cfg, epoch(1999, 1, 1));
+        assert!(
+            early.len() == 1 && early[0].error && early[0].message.contains("not valid before 2000-01-01"),
+            "{early:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
