@@ -51,6 +51,7 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
         };
         let _ = stream.set_nodelay(true);
         let ctx = door.ctx.clone();
+        let shared = limit.clone();
         let tls = if scheme == Scheme::Https { door.tls.acceptor() } else { None };
         door.ctx.life.connections.spawn(async move {
             let client = ClientInfo { addr, scheme };
@@ -60,7 +61,7 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
                 Some(acceptor) => {
                     if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
                         if crate::tls::is_h2(&s) {
-                            crate::tls::h2::serve(ctx, s, client, Some(permit)).await;
+                            crate::tls::h2::serve(ctx, s, client, Some(permit), shared).await;
                         } else {
                             serve_conn(ctx, s, client, Some(permit)).await;
                         }

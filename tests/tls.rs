@@ -918,3 +918,36 @@ async fn an_expired_certificate_is_served_but_shown_expired() {
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_count_against_max_connections_without_deadlock() {
+    let pki = Pki::new("h2-cap");
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    // Slow answers keep streams open long enough to pile up.
+    assert_eq!(post(n1.addr, "/_sim/latency/200").await.status, 200);
+    let toml = format!("{}{}", tls_section(&pki.cert, &pki.key), nodes_toml(&[&n1]));
+    let cap = 4;
+    let gw = gateway(&gateway_toml(&toml).replacen("[gateway]\n", &format!("[gateway]\nmax_connections = {cap}\n"), 1))
+        .await;
+    let addr = gw.tls_addr.expect("TLS listener");
+    let c = any_cert(&[b"h2"]);
+    let (a, b) = (h2_conn(&c, addr).await, h2_conn(&c, addr).await);
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let uri = format!("https://localhost:{}/_now", addr.port());
+        tasks.push(tokio::spawn(async move {
+            let req = http::Request::get(uri).body(Full::new(Bytes::new())).expect("request");
+            h2_send(&mut s, req).await.1.status
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("stream task"), 200, "every stream is served (no deadlock)");
+    }
+    let v = stats_json(&gw).await;
+    let max = v["nodes"][0]["traffic"]["max"].as_u64().expect("node max");
+    assert!((1..=cap).contains(&max), "the node had {max} requests at once from 24 streams; the cap is {cap}");
+    println!("24 HTTP/2 streams on 2 connections, max_connections = {cap}: at most {max} at the node at once");
+    drop((a, b));
+    gw.shutdown().await;
+}

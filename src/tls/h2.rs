@@ -2,19 +2,28 @@
 //! the HTTP/1.1 request the nodes get (Host from `:authority`) and goes through the same proxy
 //! path as HTTP/1.1: routing, prefixes, retries, headers, counters. No WebSocket over HTTP/2
 //! (RFC 8441 is not offered, so browsers open an HTTP/1.1 connection for them).
+//!
+//! `[gateway] max_connections` bounds what clients make the gateway hold, node connections
+//! included. An HTTP/1.1 connection carries one request at a time; an HTTP/2 one up to
+//! [`MAX_CONCURRENT_STREAMS`]. So one open stream at a time rides on the connection's own slot and
+//! every other open stream takes one more slot (waiting for either, as the accept loop waits),
+//! held until its response body ends. A connection can always run one stream: no deadlock.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::proxy::{self, ClientInfo, Context, DownBody};
@@ -36,27 +45,74 @@ where
     }
 }
 
-/// Requests of this connection between their start and their response head.
-struct InFlight(Arc<AtomicUsize>);
+/// One open stream of a connection, from its request to the end of its response body: counted
+/// (idle detection) and holding a slot: the connection's own or one more under `max_connections`.
+struct Open {
+    count: Arc<AtomicUsize>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
 
-impl InFlight {
-    fn new(n: &Arc<AtomicUsize>) -> InFlight {
-        n.fetch_add(1, Ordering::Relaxed);
-        InFlight(n.clone())
+impl Open {
+    /// Count a new stream and wait for a slot: the connection's own (preferred) or a shared one.
+    async fn start(count: &Arc<AtomicUsize>, own: &Arc<Semaphore>, shared: &Arc<Semaphore>) -> Open {
+        count.fetch_add(1, Ordering::AcqRel);
+        // Counted first, so the guard's drop undoes it whatever happens to this future.
+        let mut open = Open { count: count.clone(), _slot: None };
+        // Closed semaphores (process end) let the stream go on without a slot.
+        open._slot = tokio::select! {
+            biased;
+            p = own.clone().acquire_owned() => p.ok(),
+            p = shared.clone().acquire_owned() => p.ok(),
+        };
+        open
     }
 }
 
-impl Drop for InFlight {
+impl Drop for Open {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its stream's [`Open`] until it ends or is dropped.
+    struct Held {
+        #[pin]
+        body: DownBody,
+        _open: Open,
+    }
+}
+
+impl Body for Held {
+    type Data = <DownBody as Body>::Data;
+    type Error = <DownBody as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
 /// Serve one HTTP/2 connection until it closes, idles out (`[timeouts] client` without a request),
 /// or the gateway stops (GOAWAY, then open streams finish). `permit` is its place under
 /// `[gateway] max_connections`, held to the end.
-pub async fn serve<I>(ctx: Arc<Context>, io: I, client: ClientInfo, permit: Option<tokio::sync::OwnedSemaphorePermit>)
-where
+pub async fn serve<I>(
+    ctx: Arc<Context>,
+    io: I,
+    client: ClientInfo,
+    permit: Option<OwnedSemaphorePermit>,
+    limit: Arc<Semaphore>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _permit = permit;
@@ -67,17 +123,23 @@ where
     // Requests started since the idle timer last looked.
     let started = Arc::new(AtomicUsize::new(0));
     let (ctx_svc, in_flight_svc, started_svc) = (ctx.clone(), in_flight.clone(), started.clone());
+    // The slot this connection holds (`permit`), lent to one stream at a time.
+    let own = Arc::new(Semaphore::new(1));
     let svc = service_fn(move |req: Request<Incoming>| {
-        let guard = InFlight::new(&in_flight_svc);
         started_svc.fetch_add(1, Ordering::Relaxed);
-        let ctx = ctx_svc.clone();
+        let (ctx, count, own, limit) = (ctx_svc.clone(), in_flight_svc.clone(), own.clone(), limit.clone());
         // Boxed, as on HTTP/1.1: the proxy's future is large.
         Box::pin(async move {
-            let _guard = guard;
-            match as_http11(req) {
-                Ok(req) => proxy::handle(ctx, req, client).await,
-                Err(msg) => Ok::<_, Infallible>(refuse(&ctx, msg)),
-            }
+            let open = Open::start(&count, &own, &limit).await;
+            let resp = match as_http11(req) {
+                Ok(req) => match proxy::handle(ctx, req, client).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                },
+                Err(msg) => refuse(&ctx, msg),
+            };
+            let (parts, body) = resp.into_parts();
+            Ok::<_, Infallible>(Response::from_parts(parts, Held { body, _open: open }))
         })
     });
     let limits = &cfg.limits;
@@ -102,7 +164,7 @@ where
                 break;
             }
             _ = idle.tick() => {
-                // No request for a whole period and none waiting for its head: close (GOAWAY).
+                // No request for a whole period and none open: close (GOAWAY).
                 if started.swap(0, Ordering::Relaxed) == 0 && in_flight.load(Ordering::Relaxed) == 0 {
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.as_mut().await;
