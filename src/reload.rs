@@ -175,7 +175,8 @@ impl Reloader {
                     );
                 }
                 let listeners = plan.summary();
-                let summary = change_summary(&old, &new);
+                let mut summary = change_summary(&old, &new);
+                summary.extend(tls.kept());
                 // Names resolve off the async threads; the addresses and the file apply in one swap.
                 let resolved = crate::resolve::resolve(&new).await;
                 crate::resolve::warn_unresolved(&resolved);

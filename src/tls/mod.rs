@@ -66,6 +66,17 @@ pub struct Prepared {
     watch: bool,
 }
 
+impl Prepared {
+    /// Pairs whose files were refused and that keep serving their running certificate, in words
+    /// for the reload's outcome (so `POST /reload` and the stats page say it, not only the log).
+    pub fn kept(&self) -> Vec<String> {
+        self.pairs
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|(_, m)| format!("TLS: kept the running certificate: {m}")))
+            .collect()
+    }
+}
+
 impl Tls {
     /// The TLS state for `config` (no acceptor when it has no `[tls]`); an unusable pair is an error.
     pub fn start(config: &Config) -> Result<TlsSlot, PairError> {

@@ -31,7 +31,7 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
         // Owned here: replacing or dropping it stops its thread.
         let mut _watcher: Option<Watcher> = None;
-        let mut poll = tokio::time::interval(POLL);
+        let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rebuild = true;
         loop {
@@ -39,6 +39,9 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
                 rebuild = false;
                 let now: Vec<PathBuf> = dirs.borrow_and_update().clone();
                 _watcher = if now.is_empty() { None } else { watch(&now, tx.clone()) };
+                // Files changed after they were loaded but before the watch was in place made no
+                // event we could see: compare them now.
+                tls.refresh();
             }
             tokio::select! {
                 r = rx.recv() => if r.is_none() { return },
