@@ -51,14 +51,14 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
         };
         let _ = stream.set_nodelay(true);
         let ctx = door.ctx.clone();
-        let shared = limit.clone();
-        let tls = if scheme == Scheme::Https { door.tls.acceptor() } else { None };
+        // TLS clients may speak HTTP/2, whose streams take slots of their own.
+        let tls = if scheme == Scheme::Https { door.tls.acceptor().map(|a| (a, limit.clone())) } else { None };
         door.ctx.life.connections.spawn(async move {
             let client = ClientInfo { addr, scheme };
             match tls {
                 None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
                 None => serve_conn(ctx, stream, client, Some(permit)).await,
-                Some(acceptor) => {
+                Some((acceptor, shared)) => {
                     if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
                         if crate::tls::is_h2(&s) {
                             crate::tls::h2::serve(ctx, s, client, Some(permit), shared).await;

@@ -277,10 +277,7 @@ impl Backend {
             Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
                 Ok(s) => handshake(s, max_head).await,
                 Err(crate::tls::upstream::Error::Timeout) => Err(ConnectError::Timeout),
-                Err(crate::tls::upstream::Error::Handshake(e)) => {
-                    tracing::warn!(node = %self.name, error = %e, "TLS handshake with the node failed");
-                    Err(ConnectError::Tls)
-                }
+                Err(crate::tls::upstream::Error::Handshake) => Err(ConnectError::Tls),
             },
         }
     }

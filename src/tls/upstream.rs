@@ -7,8 +7,9 @@ use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -34,6 +35,8 @@ pub struct NodeTls {
     pub server_name: Option<String>,
     fingerprint: u64,
     connector: TlsConnector,
+    /// Epoch second of the last handshake failure logged: one line per 10 s, not one per request.
+    last_warning: Arc<AtomicU64>,
 }
 
 impl PartialEq for NodeTls {
@@ -83,31 +86,43 @@ impl NodeTls {
             server_name,
             fingerprint: h.finish(),
             connector: TlsConnector::from(Arc::new(cfg)),
+            last_warning: Arc::default(),
         })
     }
 
     /// The TLS handshake on a node connection, within `timeout`; the certificate must name
-    /// `server_name` (or `ip`).
+    /// `server_name` (or `ip`). A failure is logged with its reason (rate-limited).
     pub async fn connect(&self, tcp: TcpStream, ip: IpAddr, timeout: Duration) -> Result<TlsStream<TcpStream>, Error> {
         let name = match &self.server_name {
-            Some(n) => {
-                ServerName::try_from(n.clone()).map_err(|_| Error::Handshake(format!("invalid server name {n}")))?
-            }
+            // Checked when the configuration was read.
+            Some(n) => ServerName::try_from(n.clone()).map_err(|_| Error::Handshake)?,
             None => ServerName::IpAddress(ip.into()),
         };
         match tokio::time::timeout(timeout, self.connector.connect(name, tcp)).await {
             Err(_) => Err(Error::Timeout),
-            Ok(Err(e)) => Err(Error::Handshake(e.to_string())),
+            Ok(Err(e)) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let last = self.last_warning.load(Ordering::Relaxed);
+                let first = now >= last + 10
+                    && self.last_warning.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok();
+                if first {
+                    tracing::warn!(node = %ip, server_name = ?self.server_name, error = %e, "TLS handshake with a node failed");
+                } else {
+                    tracing::debug!(node = %ip, error = %e, "TLS handshake with a node failed");
+                }
+                Err(Error::Handshake)
+            }
             Ok(Ok(s)) => Ok(s),
         }
     }
 }
 
 /// Why a TLS handshake with a node failed.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
     Timeout,
-    Handshake(String),
+    /// Logged where it happened, with its reason.
+    Handshake,
 }
 
 fn system_bundle() -> Result<(PathBuf, Vec<u8>), String> {
