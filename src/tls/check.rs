@@ -1,6 +1,7 @@
 //! Control plane: what `--check` says of the certificate pairs: missing, unreadable, unparsable,
 //! mismatched, expired or not yet valid files are errors naming the file, line and key; a
-//! certificate expiring within [`EXPIRY_WARNING`] or answering no SNI name is a warning.
+//! certificate expiring within [`EXPIRY_WARNING`], answering no SNI name, or naming a name an
+//! earlier pair already serves is a warning.
 
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ pub fn check(config: &Config, now: u64) -> Vec<Finding> {
     let provider = rustls::crypto::ring::default_provider();
     let now = now as i64;
     let mut out = Vec::new();
+    // Which pair serves each name: the first that names it.
+    let mut first_with: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for (i, pair) in t.pairs().iter().enumerate() {
         let loaded = match super::certs::load(pair, &provider) {
             Ok(l) => l,
@@ -53,6 +56,15 @@ pub fn check(config: &Config, now: u64) -> Vec<Finding> {
         } else if loaded.not_after - now < EXPIRY_WARNING.as_secs() as i64 {
             let message = format!("{}: {file}: certificate expires on {}", at(&key), super::date(loaded.not_after));
             out.push(Finding { error: false, message });
+        }
+        for n in &loaded.names {
+            if let Some(first) = first_with.get(n) {
+                let message =
+                    format!("{}: {file}: {n} is served by {first}, listed earlier: not by this pair", at(&key));
+                out.push(Finding { error: false, message });
+            } else {
+                first_with.insert(n.clone(), pair.place.clone());
+            }
         }
         if i > 0 && loaded.names.is_empty() {
             let message = format!(
@@ -96,6 +108,13 @@ mod tests {
         let late = check(&cfg, epoch(2030, 2, 1));
         assert!(late.len() == 1 && late[0].error && late[0].message.contains("expired on 2030-01-01"), "{late:?}");
         assert!(late[0].message.contains("key `tls.cert`") && late[0].message.contains("c.pem"), "{late:?}");
+        let twice = format!(
+            "{text}[[tls.certificate]]\ncert = {:?}\nkey = {:?}\n",
+            c.display().to_string(),
+            k.display().to_string()
+        );
+        let dup = check(&Config::parse(&twice, "<test>").expect("config"), epoch(2020, 6, 1));
+        assert!(dup.len() == 1 && !dup[0].error && dup[0].message.contains("a.test is served by tls,"), "{dup:?}");
         let early = check(&cfg, epoch(1999, 1, 1));
         assert!(
             early.len() == 1 && early[0].error && early[0].message.contains("not valid before 2000-01-01"),
