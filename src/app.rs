@@ -22,6 +22,7 @@ use crate::proxy::{Context, Scheme};
 use crate::reload::{ReloadHandle, ReloadStats, Reloader};
 use crate::serve::Frontdoor;
 use crate::upgrade::UpgradeError;
+use crate::workers::Workers;
 
 /// A running gateway: the handles its parts were given, and its bound addresses.
 pub struct Handle {
@@ -38,8 +39,15 @@ pub struct Handle {
     pub tls_addr: Option<SocketAddr>,
 }
 
-/// Start everything on already-bound listeners (bound here, or inherited on upgrade).
+/// Start everything on already-bound listeners (bound here, or inherited on upgrade), clients
+/// served on the current runtime only.
 pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError> {
+    start_on(config, listeners, Arc::new(Workers::current()))
+}
+
+/// Start everything, clients served on every one of `workers` (the control plane runs on the
+/// current runtime).
+pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> Result<Handle, StartError> {
     let tls = crate::tls::Tls::start(&config).map_err(|e| StartError::Tls(e.to_string()))?;
     warn_default_credentials(&config);
     let config = Arc::new(config);
@@ -81,16 +89,30 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
     });
     let serve = {
         let (door, life) = (door.clone(), life.clone());
-        move |kind: ListenerKind, l: tokio::net::TcpListener, stop| match kind {
-            ListenerKind::Http => {
-                life.background.spawn(crate::serve::accept_loop(door.clone(), l, Scheme::Http, stop));
+        move |kind: ListenerKind, l: std::net::TcpListener, stop: tokio_util::sync::CancellationToken| {
+            let scheme = match kind {
+                ListenerKind::Http => Scheme::Http,
+                ListenerKind::Tls => Scheme::Https,
+                ListenerKind::Stats => {
+                    // Ops is control plane: served here, next to the tasks it reports on.
+                    life.background.spawn(crate::ops::serve(ops.clone(), tokio::net::TcpListener::from_std(l)?, stop));
+                    return Ok(());
+                }
+            };
+            // Every worker accepts on its own handle of the socket, registered with its own runtime.
+            for h in workers.handles() {
+                let (door, l, stop) = (door.clone(), l.try_clone()?, stop.clone());
+                life.background.spawn_on(
+                    async move {
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => crate::serve::accept_loop(door, l, scheme, stop).await,
+                            Err(e) => tracing::error!(error = %e, "a worker cannot serve a client listener"),
+                        }
+                    },
+                    h,
+                );
             }
-            ListenerKind::Tls => {
-                life.background.spawn(crate::serve::accept_loop(door.clone(), l, Scheme::Https, stop));
-            }
-            ListenerKind::Stats => {
-                life.background.spawn(crate::ops::serve(ops.clone(), l, stop));
-            }
+            Ok(())
         }
     };
     let live = Arc::new(LiveListeners::new(Box::new(serve), life.shutdown.clone()));
@@ -159,15 +181,15 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
 }
 
 /// The process: bind (or, with `upgrade`, take over the running gateway's sockets) and run until
-/// SIGTERM/SIGINT.
-pub async fn run_process(config: Config, upgrade: bool) -> Result<(), UpgradeError> {
+/// SIGTERM/SIGINT, clients served on `workers`.
+pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -> Result<(), UpgradeError> {
     let (listeners, handover) = if upgrade {
         let (l, h) = crate::upgrade::take_over(&config).await?;
         (l, Some(h))
     } else {
         (Listeners::bind(&config)?, None)
     };
-    let h = start(config, listeners)?;
+    let h = start_on(config, listeners, workers)?;
     if let Some(handover) = handover {
         handover.finish().await?;
     }

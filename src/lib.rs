@@ -51,3 +51,4 @@ pub mod tunnel;
 pub mod upgrade;
 pub mod util;
 pub mod watch;
+pub mod workers;

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Mutex;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -100,8 +99,10 @@ struct Live {
     stop: CancellationToken,
 }
 
-/// Starts serving one listening socket until its token is cancelled (spawns the accept loop).
-pub type ServeFn = Box<dyn Fn(ListenerKind, TcpListener, CancellationToken) + Send + Sync>;
+/// Starts serving one listening socket (non-blocking) until its token is cancelled: spawns the
+/// accept loop(s); fails when the socket cannot be registered with a runtime.
+pub type ServeFn =
+    Box<dyn Fn(ListenerKind, std::net::TcpListener, CancellationToken) -> std::io::Result<()> + Send + Sync>;
 
 /// The listening side of a running gateway. Written by the control plane (start, reload, upgrade
 /// handover) under a short sync lock; accept loops never take it.
@@ -242,9 +243,8 @@ impl LiveListeners {
         std_listener.set_nonblocking(true).map_err(err)?;
         let local = std_listener.local_addr().map_err(err)?;
         let fd = std_listener.try_clone().map_err(err)?;
-        let listener = TcpListener::from_std(std_listener).map_err(err)?;
         let stop = self.shutdown.child_token();
-        (self.serve)(kind, listener, stop.clone());
+        (self.serve)(kind, std_listener, stop.clone()).map_err(err)?;
         Ok(Live { kind, configured, local, fd, stop })
     }
 }

@@ -127,14 +127,29 @@ fn main() -> ExitCode {
         println!("kuzzle-gateway: configuration file {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }
-    let rt = match runtime(config.gateway.threads) {
+    // A current-thread runtime per worker (this thread is worker 0 and also runs the control
+    // plane): measured cheaper per request than tokio's work-stealing runtime, whose cross-thread
+    // wake-ups grow with workers (bench/perf.sh, README "Benchmarks").
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kuzzle-gateway: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(kuzzle_gateway::app::run_process(config, cli.upgrade)) {
+    let threads = match config.gateway.threads {
+        0 => std::thread::available_parallelism().map_or(1, usize::from),
+        n => n,
+    };
+    let result = rt.block_on(async {
+        let workers = kuzzle_gateway::workers::Workers::spawn(threads)
+            .map_err(|e| format!("cannot start {threads} worker threads: {e}"))?;
+        let workers = std::sync::Arc::new(workers);
+        let r = kuzzle_gateway::app::run_process(config, cli.upgrade, workers.clone()).await.map_err(|e| e.to_string());
+        workers.stop();
+        r
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kuzzle-gateway: {e}");

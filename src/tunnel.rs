@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
@@ -18,62 +19,91 @@ use crate::core::Lifecycle;
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
-/// Copy buffers start small (most Kuzzle messages are) and double while reads fill them, up to
-/// `BUF_MAX`.
-const BUF_MIN: usize = 4 * 1024;
-const BUF_MAX: usize = 64 * 1024;
+/// The worker's read buffer: one per thread, shared by every tunnel on it.
+const SCRATCH: usize = 64 * 1024;
 
-/// One direction's copy buffer, held only while data flows: thousands of WebSockets stay open
-/// for hours and are idle nearly all the time, so a read that has to wait gives its buffer back
-/// (a poll-based read never keeps the buffer between polls) and the next wake-up takes a new one.
-#[derive(Debug)]
-pub struct LazyBuf {
-    buf: Option<Vec<u8>>,
-    size: usize,
+thread_local! {
+    static SCRATCH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH]);
 }
 
-impl Default for LazyBuf {
-    fn default() -> Self {
-        LazyBuf { buf: None, size: BUF_MIN }
-    }
+/// One direction's copy. Thousands of WebSockets stay open for hours and are idle nearly all the
+/// time, so a tunnel holds no buffer of its own: reads land in the worker's scratch buffer and
+/// are written on at once from there; only what the writer cannot take at once (a slow reader) is
+/// copied into a buffer of the tunnel's, freed once written. No allocation, no zeroing per message.
+#[derive(Debug, Default)]
+pub struct Pump {
+    /// Bytes read but not yet written, and how far they are written.
+    pending: Vec<u8>,
+    written: usize,
+    /// What the call that left `pending` will report once it is written: (read, kept).
+    report: (usize, usize),
 }
 
-impl LazyBuf {
-    /// Read what `r` has into the buffer; the number of bytes read, 0 at end of stream.
-    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R) -> std::io::Result<usize> {
+impl Pump {
+    /// Read what `r` has and write it to `w`, all of it before this returns. `keep` sees the bytes
+    /// read and says how many of the first ones go on (the rest are dropped: a close after a
+    /// frame boundary). Returns (bytes read, bytes written); (0, 0) at end of stream.
+    pub async fn pump<R, W>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
+        mut keep: impl FnMut(&[u8]) -> usize,
+    ) -> io::Result<(usize, usize)>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         std::future::poll_fn(|cx| {
-            let size = self.size;
-            let buf = self.buf.get_or_insert_with(|| vec![0u8; size]);
-            let mut rb = ReadBuf::new(buf);
-            let res = Pin::new(&mut *r).poll_read(cx, &mut rb);
-            let n = rb.filled().len();
-            match res {
-                Poll::Pending => {
-                    self.buf = None;
-                    Poll::Pending
+            if !self.pending.is_empty() {
+                // An earlier poll read more than the writer took: finish that first.
+                while self.written < self.pending.len() {
+                    match Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(k)) => self.written += k,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
                 }
-                Poll::Ready(r) => Poll::Ready(r.map(|()| n)),
+                self.pending = Vec::new();
+                self.written = 0;
+                return Poll::Ready(Ok(self.report));
             }
+            SCRATCH_BUF.with_borrow_mut(|buf| {
+                let mut rb = ReadBuf::new(buf);
+                match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Ok((0, 0)));
+                }
+                let upto = keep(&buf[..n]).min(n);
+                let mut off = 0;
+                while off < upto {
+                    match Pin::new(&mut *w).poll_write(cx, &buf[off..upto]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(k)) => off += k,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            // The writer's waker is registered: keep the rest until it can take it.
+                            self.pending = buf[off..upto].to_vec();
+                            self.written = 0;
+                            self.report = (n, upto);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Poll::Ready(Ok((n, upto)))
+            })
         })
         .await
     }
 
-    /// The first `n` bytes of the last read.
-    pub fn data(&self, n: usize) -> &[u8] {
-        self.buf.as_deref().and_then(|b| b.get(..n)).unwrap_or(&[])
-    }
-
     /// Whether a buffer is held now (tests, memory accounting).
     pub fn held(&self) -> bool {
-        self.buf.is_some()
-    }
-
-    /// The last read filled the buffer: the peer is sending more than it holds, take a bigger one.
-    pub fn grow_if_full(&mut self, n: usize) {
-        if n == self.size && self.size < BUF_MAX {
-            self.size *= 2;
-            self.buf = None;
-        }
+        self.pending.capacity() > 0
     }
 }
 
@@ -175,30 +205,30 @@ where
     let stop = CancellationToken::new();
 
     let client_to_node = async {
-        let mut buf = LazyBuf::default();
+        let mut pump = Pump::default();
         loop {
-            let n = buf.read_from(&mut cr).await?;
+            let (n, _) = pump.pump(&mut cr, &mut nw, |d| d.len()).await?;
             if n == 0 {
                 let _ = nw.shutdown().await;
                 return Ok::<(), std::io::Error>(());
             }
-            nw.write_all(buf.data(n)).await?;
             touch();
             for a in io.bytes_in {
                 a.fetch_add(n as u64, Ordering::Relaxed);
             }
-            buf.grow_if_full(n);
         }
     };
 
     let node_to_client = async {
-        let mut buf = LazyBuf::default();
+        let mut pump = Pump::default();
         let mut frames = FrameTracker::default();
         let mut closing: Option<(tokio::time::Instant, &'static str)> = None;
         loop {
-            let n = tokio::select! {
-                r = buf.read_from(&mut nr) => match r {
-                    Ok(n) => n,
+            let is_closing = closing.is_some();
+            let keep = |d: &[u8]| if websocket { frames.advance(d, is_closing) } else { d.len() };
+            let (n, sent) = tokio::select! {
+                r = pump.pump(&mut nr, &mut cw, keep) => match r {
+                    Ok(x) => x,
                     Err(_) => return TunnelEnd::Error,
                 },
                 _ = stop.cancelled(), if closing.is_none() => {
@@ -225,16 +255,10 @@ where
                 let _ = cw.shutdown().await;
                 return TunnelEnd::Closed;
             }
-            let data = buf.data(n);
-            let upto = if websocket { frames.advance(data, closing.is_some()) } else { n };
-            if cw.write_all(&data[..upto]).await.is_err() {
-                return TunnelEnd::Error;
-            }
             touch();
             for a in io.bytes_out {
-                a.fetch_add(upto as u64, Ordering::Relaxed);
+                a.fetch_add(sent as u64, Ordering::Relaxed);
             }
-            buf.grow_if_full(n);
             if let Some((_, why)) = closing {
                 if frames.at_boundary() {
                     let _ = cw.write_all(&close_frame(1001, why)).await;
@@ -445,35 +469,47 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn buffer_held_only_while_data_flows_and_grows_when_filled() {
-        let (mut a, b) = tokio::io::duplex(1 << 20);
-        let (mut r, _w) = tokio::io::split(b);
-        let mut buf = LazyBuf::default();
-        assert!(!buf.held());
-        a.write_all(b"hello").await.expect("write");
-        let n = buf.read_from(&mut r).await.expect("read");
-        assert_eq!(buf.data(n), b"hello");
-        assert!(buf.held(), "kept while the data is being forwarded");
-        // Nothing more to read: the waiting read gives the buffer back.
-        let pending = tokio::time::timeout(Duration::from_millis(50), buf.read_from(&mut r)).await;
-        assert!(pending.is_err());
-        assert!(!buf.held(), "an idle reader holds no buffer");
-        // Full reads double the size, up to the cap.
-        a.write_all(&vec![7u8; 200_000]).await.expect("write");
-        let mut sizes = Vec::new();
-        let mut total = 0;
-        while total < 200_000 {
-            let n = buf.read_from(&mut r).await.expect("read");
-            assert!(buf.data(n).iter().all(|&x| x == 7));
-            total += n;
-            sizes.push(n);
-            buf.grow_if_full(n);
+    async fn pump_holds_no_buffer_while_idle_and_keeps_only_what_a_slow_writer_left() {
+        let (mut src, b) = tokio::io::duplex(1 << 20);
+        let (mut r, _rw) = tokio::io::split(b);
+        // The writer's pipe takes 1 KiB: a 200 KB burst waits for the reader at the other end.
+        let (w, mut sink) = tokio::io::duplex(1024);
+        let (_wr, mut w) = tokio::io::split(w);
+        let mut pump = Pump::default();
+        src.write_all(b"hello").await.expect("write");
+        assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("pump"), (5, 5));
+        assert!(!pump.held(), "written at once: nothing kept");
+        let mut got = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut sink, &mut got).await.expect("read");
+        assert_eq!(&got, b"hello");
+        // Nothing to read: a waiting pump holds nothing.
+        assert!(tokio::time::timeout(Duration::from_millis(50), pump.pump(&mut r, &mut w, |d| d.len())).await.is_err());
+        assert!(!pump.held(), "an idle pump holds no buffer");
+        src.write_all(&vec![7u8; 200_000]).await.expect("write");
+        let drain = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            while all.len() < 200_000 {
+                let n = tokio::io::AsyncReadExt::read(&mut sink, &mut buf).await.expect("read");
+                assert!(n > 0, "pipe closed early");
+                all.extend_from_slice(&buf[..n]);
+            }
+            (all, sink)
+        });
+        let mut moved = 0;
+        while moved < 200_000 {
+            let (n, sent) = pump.pump(&mut r, &mut w, |d| d.len()).await.expect("pump");
+            assert_eq!(n, sent);
+            moved += n;
         }
-        assert_eq!(total, 200_000);
-        assert_eq!(sizes[0], BUF_MIN);
-        assert!(sizes.iter().all(|&n| n <= BUF_MAX) && sizes.contains(&BUF_MAX), "{sizes:?}");
-        drop(a);
-        assert_eq!(buf.read_from(&mut r).await.expect("eof"), 0);
+        assert!(!pump.held(), "freed once written");
+        let (all, _sink) = drain.await.expect("drain");
+        assert!(all.len() == 200_000 && all.iter().all(|&x| x == 7));
+        // `keep` drops what follows: a closing tunnel stops at a frame boundary.
+        src.write_all(b"abcdef").await.expect("write");
+        assert_eq!(pump.pump(&mut r, &mut w, |_| 2).await.expect("pump"), (6, 2));
+        drop(src);
+        assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("eof"), (0, 0));
     }
 
     #[test]

@@ -120,20 +120,31 @@ async fn oversized_requests_and_node_heads_are_refused() {
         scripted_node(head.as_slice()).await
     };
     let cfg = format!("{}[[node]]\nname = \"bighead\"\naddress = \"{big_head}\"\n", nodes_toml(&[&sim]));
-    let gw = gateway(&gateway_toml(&format!("[health]\ninterval = \"60s\"\npassive = false\n{cfg}"))).await;
+    let gw = gateway(&gateway_toml(&format!(
+        "[health]\ninterval = \"60s\"\npassive = false\n[limits]\nheaders = 60\n{cfg}"
+    )))
+    .await;
     let a = gw.http_addr;
 
     let long_uri = format!("GET /lim1/_now?q={} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", "a".repeat(9000));
     let resp = raw(a, long_uri.as_bytes()).await;
     assert_eq!((status_of(&resp), envelope_status(&resp)), ("414", Some(414)), "{}", &resp[..resp.len().min(300)]);
 
-    let mut many = String::from("GET /lim1/_now HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
-    for i in 0..150 {
-        many.push_str(&format!("x-h{i}: 1\r\n"));
-    }
-    many.push_str("\r\n");
-    let resp = raw(a, many.as_bytes()).await;
-    assert_eq!((status_of(&resp), envelope_status(&resp)), ("431", Some(431)), "150 headers: {resp}");
+    let many = |n: usize| {
+        let mut many = String::from("GET /lim1/_now HTTP/1.1\r\nHost: a\r\nConnection: close\r\n");
+        for i in 0..n {
+            many.push_str(&format!("x-h{i}: 1\r\n"));
+        }
+        many.push_str("\r\n");
+        many
+    };
+    // Over `[limits] headers` (60): Kuzzle's envelope; over hyper's own cap of 100 lines: its 431.
+    let resp = raw(a, many(80).as_bytes()).await;
+    assert_eq!((status_of(&resp), envelope_status(&resp)), ("431", Some(431)), "80 headers: {resp}");
+    let resp = raw(a, many(150).as_bytes()).await;
+    assert_eq!(status_of(&resp), "431", "150 headers: {resp}");
+    let resp = raw(a, many(50).as_bytes()).await;
+    assert_eq!(status_of(&resp), "200", "50 headers are under the limit: {resp}");
 
     // 40 KB of headers: over the 32 KiB limit, under hyper's cap: Kuzzle's envelope.
     let big =

@@ -27,8 +27,27 @@ pub type UpBody = Either<Counted<Incoming>, Full<Bytes>>;
 /// A connection to a node, ready to carry one request at a time.
 pub type Sender = http1::SendRequest<UpBody>;
 
-/// Idle connections kept per node; more than this are closed when released.
+/// Idle connections kept per node (shared out between the workers' pools); more than this are
+/// closed when released.
 const MAX_IDLE_PER_NODE: usize = 512;
+
+/// Idle connections of one node, one queue per worker: a connection's task runs on the worker
+/// that opened it, so a request only takes connections of its own worker (no cross-thread
+/// wake-up per request).
+struct Pools(Box<[ArrayQueue<(Sender, Instant)>]>);
+
+impl Pools {
+    fn new() -> Pools {
+        let n = crate::workers::count();
+        Pools((0..n).map(|_| ArrayQueue::new((MAX_IDLE_PER_NODE / n).max(16))).collect())
+    }
+
+    /// This worker's queue.
+    #[inline]
+    fn mine(&self) -> &ArrayQueue<(Sender, Instant)> {
+        &self.0[crate::workers::index() % self.0.len()]
+    }
+}
 
 /// Operator's override of a node, set through the ops listener; survives reloads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -102,7 +121,7 @@ pub struct Backend {
     tunnel_kill: ArcSwap<CancellationToken>,
     /// Stops this node's background tasks (health checks) when it leaves for good.
     pub tasks: CancellationToken,
-    idle: ArrayQueue<(Sender, Instant)>,
+    idle: Pools,
     /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
     pub tls: Option<crate::tls::upstream::NodeTls>,
 }
@@ -134,7 +153,7 @@ impl Backend {
             active: AtomicU64::new(0),
             tunnel_kill: ArcSwap::from_pointee(CancellationToken::new()),
             tasks: CancellationToken::new(),
-            idle: ArrayQueue::new(MAX_IDLE_PER_NODE),
+            idle: Pools::new(),
             tls: None,
         }
     }
@@ -215,6 +234,25 @@ impl Backend {
         old.cancel();
     }
 
+    /// An idle pooled connection of this worker that is ready now, if any (no await: the common
+    /// case of every request). Stale ones met on the way are closed.
+    pub fn take_idle(&self, pool_idle: Duration) -> Option<Sender> {
+        let idle = self.idle.mine();
+        while let Some((sender, since)) = idle.pop() {
+            if since.elapsed() >= pool_idle || sender.is_closed() {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(sender);
+            }
+            // Still finishing an upload its node answered early: back in the pool for `checkout`,
+            // which may wait for it.
+            let _ = idle.push((sender, since));
+            return None;
+        }
+        None
+    }
+
     /// An idle pooled connection (`reused` = true), or a new one. Errors are connect failures:
     /// nothing was sent.
     pub async fn checkout(
@@ -223,7 +261,8 @@ impl Backend {
         pool_idle: Duration,
         max_head: usize,
     ) -> Result<(Sender, bool), ConnectError> {
-        while let Some((mut sender, since)) = self.idle.pop() {
+        let idle = self.idle.mine();
+        while let Some((mut sender, since)) = idle.pop() {
             if since.elapsed() >= pool_idle || sender.is_closed() {
                 continue;
             }
@@ -255,9 +294,9 @@ impl Backend {
         self.health.note_passive_success();
     }
 
-    /// Idle pooled connections right now (stats, tests).
+    /// Idle pooled connections right now, every worker's (stats, tests).
     pub fn idle_connections(&self) -> usize {
-        self.idle.len()
+        self.idle.0.iter().map(ArrayQueue::len).sum()
     }
 
     /// A fresh connection (also used by the health checker). A response head over `max_head`
@@ -285,24 +324,28 @@ impl Backend {
     /// Give a connection back after a complete exchange.
     pub fn release(&self, sender: Sender) {
         if !sender.is_closed() {
-            let _ = self.idle.push((sender, Instant::now()));
+            let _ = self.idle.mine().push((sender, Instant::now()));
         }
     }
 
     /// Drop every pooled idle connection (node removed).
     pub fn clear_pool(&self) {
-        while self.idle.pop().is_some() {}
+        for q in self.idle.0.iter() {
+            while q.pop().is_some() {}
+        }
     }
 
     /// Close pooled connections idle for `pool_idle` or closed by the node, so an idle gateway
     /// holds no fd for them (checkout skips them too, but only when traffic comes). Bounded: one
     /// pass over what is in the pool now.
     pub fn expire_idle(&self, pool_idle: Duration) {
-        for _ in 0..self.idle.len() {
-            let Some((sender, since)) = self.idle.pop() else { break };
-            if since.elapsed() < pool_idle && !sender.is_closed() {
-                // Still fresh: back in the pool (a full pool drops it, like release does).
-                let _ = self.idle.push((sender, since));
+        for q in self.idle.0.iter() {
+            for _ in 0..q.len() {
+                let Some((sender, since)) = q.pop() else { break };
+                if since.elapsed() < pool_idle && !sender.is_closed() {
+                    // Still fresh: back in the pool (a full pool drops it, like release does).
+                    let _ = q.push((sender, since));
+                }
             }
         }
     }

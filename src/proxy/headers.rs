@@ -1,14 +1,13 @@
 //! Proxy: header rules: hop-by-hop headers removed (RFC 9110 section 7.6.1), the upgrade pair kept,
 //! `X-Forwarded-*` added, the gateway's loop mark (`X-Kuzzle-Gateway`) checked and added.
 
-use std::fmt::Write as _;
-
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::{ClientInfo, Scheme};
 
 /// Headers that concern one connection only (RFC 9110 section 7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_COUNT: usize = 8;
+const HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -35,23 +34,44 @@ pub fn crossed(h: &HeaderMap, id: &HeaderValue) -> bool {
 }
 
 /// Remove hop-by-hop headers; with `upgrade`, put back the `Connection: upgrade` + `Upgrade` pair.
+/// One pass over the names first: most messages carry none, or only `Connection: keep-alive`, and
+/// a lookup per hop-by-hop name (nine, on every request and response) cost more than the rest of
+/// the header work.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    // Headers named by Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    // Connection can never remove Host: the node must see the target the client asked for.
-    for n in named.into_iter().filter(|n| n != header::HOST) {
-        h.remove(n);
+    let mut connection = false;
+    let mut present = [false; HOP_COUNT];
+    let mut any = false;
+    for name in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == name) {
+            present[i] = true;
+            connection |= i == 0;
+            any = true;
+        } else if name == header::UPGRADE {
+            any = true;
+        }
     }
-    for n in &HOP_BY_HOP {
-        h.remove(n);
+    if connection {
+        // Headers named by Connection are hop-by-hop too; `keep-alive` and `upgrade` go anyway
+        // and `close` names no header, so the common tokens cost no allocation.
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !([&b"keep-alive"[..], b"upgrade", b"close", b""].iter().any(|c| t.eq_ignore_ascii_case(c))))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
+            .collect();
+        // Connection can never remove Host: the node must see the target the client asked for.
+        for n in named.into_iter().filter(|n| n != header::HOST) {
+            h.remove(n);
+        }
     }
-    h.remove(header::UPGRADE);
+    if any {
+        for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+            h.remove(n);
+        }
+        h.remove(header::UPGRADE);
+    }
     if let Some(u) = upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, u);
@@ -80,20 +100,26 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-pub fn add_forwarded(h: &mut HeaderMap, client: ClientInfo, host: Option<HeaderValue>) {
+/// The client's address as an `X-Forwarded-For` value: made once per connection, not per request.
+pub fn forwarded_for(addr: std::net::SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+pub fn add_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
     // Several X-Forwarded-For lines form one list (RFC 9110 section 5.3): keep them all, in order.
-    let mut xff = String::new();
-    for prev in h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()) {
-        let prev = prev.trim();
-        if !prev.is_empty() {
-            xff.push_str(prev);
+    let mut prev = h.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).map(str::trim).peekable();
+    let xff = if prev.peek().is_none() {
+        client.forwarded_for.clone()
+    } else {
+        let mut xff = String::new();
+        for p in prev.filter(|p| !p.is_empty()) {
+            xff.push_str(p);
             xff.push_str(", ");
         }
-    }
-    let _ = write!(xff, "{}", client.addr.ip());
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR, v);
-    }
+        xff.push_str(client.forwarded_for.to_str().unwrap_or("unknown"));
+        HeaderValue::from_str(&xff).unwrap_or_else(|_| client.forwarded_for.clone())
+    };
+    h.insert(X_FORWARDED_FOR, xff);
     let proto = match client.scheme {
         Scheme::Http => "http",
         Scheme::Https => "https",
@@ -141,8 +167,8 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
-        let c = ClientInfo { addr: "127.0.0.9:5".parse().expect("addr"), scheme: Scheme::Https };
-        add_forwarded(&mut h, c, Some(HeaderValue::from_static("gw:7512")));
+        let c = ClientInfo::new("127.0.0.9:5".parse().expect("addr"), Scheme::Https);
+        add_forwarded(&mut h, &c, Some(HeaderValue::from_static("gw:7512")));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.9");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");

@@ -40,10 +40,18 @@ pub enum Scheme {
 }
 
 /// Where a request came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ClientInfo {
     pub addr: SocketAddr,
     pub scheme: Scheme,
+    /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
+    pub forwarded_for: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(addr: SocketAddr, scheme: Scheme) -> ClientInfo {
+        ClientInfo { addr, scheme, forwarded_for: headers::forwarded_for(addr) }
+    }
 }
 
 /// What the proxy reads: the core (snapshot, counters) and the lifecycle (tunnels are tracked
@@ -65,7 +73,7 @@ pub async fn handle(
     let frontend = &ctx.core.frontend;
     frontend.requests_total.fetch_add(1, Ordering::Relaxed);
     frontend.request_rate.tick();
-    let resp = match forward(&ctx, req, client).await {
+    let resp = match forward(&ctx, req, &client).await {
         Ok(r) => r,
         Err(e) => {
             frontend.request_errors.fetch_add(1, Ordering::Relaxed);
@@ -98,9 +106,9 @@ struct Prepared {
     idempotent: bool,
 }
 
-async fn forward(ctx: &Context, req: Request<Incoming>, client: ClientInfo) -> Result<Response<DownBody>, ProxyError> {
+async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> Result<Response<DownBody>, ProxyError> {
     let snap = ctx.core.snapshot_full();
-    let (mut p, first) = prepare(ctx, &snap, req, client).await?;
+    let (mut p, first) = prepare(ctx, &snap, req, client)?;
     let cfg = &snap.config;
     let attempts = cfg.balance.retries + 1;
     let mut tried: Vec<usize> = Vec::new();
@@ -116,22 +124,31 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: ClientInfo) -> R
             node.counters.retries.fetch_add(1, Ordering::Relaxed);
         }
         let guard = node.track();
-        let (sender, reused) =
-            match node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0, cfg.limits.response_head).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(node = %node.name, error = %e, "connect failed");
-                    last = ProxyError::connect(&node, e);
-                    last.record(&node, &cfg.health);
-                    if cfg.balance.redispatch && p.pinned.is_none() {
-                        tried.push(idx);
-                        if attempt < attempts {
-                            node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                        }
+        // A pooled connection is taken without a future; only a new one is awaited (boxed: the
+        // connect future is large, and inline it would be copied around with every request's).
+        let pooled = node.take_idle(cfg.timeouts.pool_idle.0);
+        let checkout = match pooled {
+            Some(s) => Ok((s, true)),
+            None => {
+                Box::pin(node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0, cfg.limits.response_head))
+                    .await
+            }
+        };
+        let (sender, reused) = match checkout {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(node = %node.name, error = %e, "connect failed");
+                last = ProxyError::connect(&node, e);
+                last.record(&node, &cfg.health);
+                if cfg.balance.redispatch && p.pinned.is_none() {
+                    tried.push(idx);
+                    if attempt < attempts {
+                        node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
                     }
-                    continue;
                 }
-            };
+                continue;
+            }
+        };
         let Some(request) = pending.take() else { break };
         let failure = match exchange(ctx, &snap, &node, guard, sender, request, &mut p).await {
             Ok(resp) => return Ok(resp),
@@ -177,11 +194,11 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: ClientInfo) -> R
 
 /// Route the request and rewrite its headers; keep what a re-send of a body-less idempotent
 /// request needs (a request with a body is never re-sent once written: it streams).
-async fn prepare(
+fn prepare(
     ctx: &Context,
     snap: &Snapshot,
     mut req: Request<Incoming>,
-    client: ClientInfo,
+    client: &ClientInfo,
 ) -> Result<(Prepared, Request<UpBody>), ProxyError> {
     strict_framing(&req, &snap.config.limits)?;
     if crossed(req.headers(), &ctx.instance) {
@@ -396,7 +413,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
 fn choose(
     snap: &Snapshot,
     pinned: Option<usize>,
-    client: ClientInfo,
+    client: &ClientInfo,
     tried: &[usize],
 ) -> Result<Option<usize>, ProxyError> {
     if let Some(i) = pinned {

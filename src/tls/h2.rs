@@ -125,9 +125,11 @@ pub async fn serve<I>(
     let (ctx_svc, in_flight_svc, started_svc) = (ctx.clone(), in_flight.clone(), started.clone());
     // The slot this connection holds (`permit`), lent to one stream at a time.
     let own = Arc::new(Semaphore::new(1));
+    let client_svc = client.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
         started_svc.fetch_add(1, Ordering::Relaxed);
         let (ctx, count, own, limit) = (ctx_svc.clone(), in_flight_svc.clone(), own.clone(), limit.clone());
+        let client = client_svc.clone();
         // Boxed, as on HTTP/1.1: the proxy's future is large.
         Box::pin(async move {
             let open = Open::start(&count, &own, &limit).await;
