@@ -951,3 +951,27 @@ async fn http2_streams_count_against_max_connections_without_deadlock() {
     drop((a, b));
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_off_renewed_files_wait_for_a_reload() {
+    let pki = Pki::new("nowatch");
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    let conf_dir = scratch_dir("tls-nowatch-conf");
+    let file = conf_dir.join("gateway.toml");
+    let text = gateway_toml(&format!("{}watch = false\n{}", tls_section(&pki.cert, &pki.key), nodes_toml(&[&n1])))
+        .replacen("[gateway]\n", "[gateway]\nwatch = false\n", 1);
+    std::fs::write(&file, text).expect("write config");
+    let gw = kuzzle_gateway::app::bind_and_start(Config::load(&file).expect("config")).expect("start");
+    let addr = gw.tls_addr.expect("TLS listener");
+    let any = any_cert(&[]);
+    let new = make(&["localhost"], None);
+    replace(&pki.key, &new.key_pem);
+    replace(&pki.cert, &new.cert_pem);
+    // Twice the debounce and more: a watcher would have loaded it by then.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(served(&any, addr, "localhost").await == pki.der, "[tls] watch = false: the files are not watched");
+    gw.reload.reload().await.expect("reload");
+    assert!(served(&any, addr, "localhost").await == new.der, "a reload reads them");
+    gw.shutdown().await;
+    let _ = std::fs::remove_dir_all(&conf_dir);
+}

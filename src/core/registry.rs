@@ -370,6 +370,34 @@ mod tests {
     }
 
     #[test]
+    fn a_node_whose_tls_settings_change_is_a_new_backend() {
+        let dir = std::env::temp_dir().join(format!("kgw-registry-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        let write_ca = || {
+            let ck = rcgen::generate_simple_self_signed(vec!["n.test".to_string()]).expect("cert");
+            std::fs::write(&ca, ck.cert.pem()).expect("write");
+        };
+        write_ca();
+        let node = |tls: &str| {
+            let text = format!("[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n{tls}");
+            Change::Config(Arc::new(Config::parse(&text, "t.toml").expect("valid")))
+        };
+        let with_ca = format!("tls = true\nca = {:?}\n", ca.display().to_string());
+        let mut r = Registry::new(Arc::new(Config::default()));
+        let plain = apply(&mut r, vec![node("")]).node("a").cloned().expect("a");
+        assert!(plain.tls.is_none());
+        let tls = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        assert!(tls.tls.is_some() && !Arc::ptr_eq(&plain, &tls), "plain -> TLS: a new backend");
+        let same = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        assert!(Arc::ptr_eq(&tls, &same), "same settings, same CA: the backend (and its pool) stays");
+        write_ca();
+        let renewed = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        assert!(!Arc::ptr_eq(&tls, &renewed), "another CA file: a new backend (its pool trusted the old one)");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn host_names_resolve_late_and_change_like_a_reload() {
         let text = "[[node]]\nname = \"k\"\naddress = \"kuzzle-1:7512\"\n";
         let config = Arc::new(Config::parse(text, "t.toml").expect("valid"));

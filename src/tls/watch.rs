@@ -34,14 +34,19 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
         let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + POLL, POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rebuild = true;
+        // Nothing to watch (no [tls], or `watch = false`): no polling either.
+        let mut watching = false;
         loop {
             if rebuild {
                 rebuild = false;
                 let now: Vec<PathBuf> = dirs.borrow_and_update().clone();
-                _watcher = if now.is_empty() { None } else { watch(&now, tx.clone()) };
+                watching = !now.is_empty();
+                _watcher = if watching { watch(&now, tx.clone()) } else { None };
                 // Files changed after they were loaded but before the watch was in place made no
                 // event we could see: compare them now.
-                tls.refresh();
+                if watching {
+                    tls.refresh();
+                }
             }
             tokio::select! {
                 r = rx.recv() => if r.is_none() { return },
@@ -55,7 +60,9 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
                 _ = stop.cancelled() => return,
             }
             while rx.try_recv().is_ok() {}
-            tls.refresh();
+            if watching {
+                tls.refresh();
+            }
         }
     });
 }
