@@ -150,7 +150,9 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> 
             }
         };
         let Some(request) = pending.take() else { break };
-        let failure = match exchange(ctx, &snap, &node, guard, sender, request, &mut p).await {
+        // Boxed: this future is over a kilobyte, and inline it made every move of the request's
+        // future (hyper moves it into a box of its own) copy it along.
+        let failure = match Box::pin(exchange(ctx, &snap, &node, guard, sender, request, &mut p)).await {
             Ok(resp) => return Ok(resp),
             Err(f) => f,
         };
@@ -231,6 +233,9 @@ fn prepare(
     let (parts, body) = req.into_parts();
     let slot = upgrade.as_ref().and_then(|_| parts.extensions.get::<Arc<tunnel::PermitSlot>>().cloned());
     let mut headers = parts.headers;
+    // Room for the four headers added below at once: hyper sizes the map for what it parsed, and
+    // growing it one insert at a time rehashes it more than once.
+    headers.reserve(4);
     let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers, upgrade.as_ref().map(|(u, _)| u.clone()));
     add_forwarded(&mut headers, client, host);
