@@ -975,3 +975,46 @@ async fn with_watch_off_renewed_files_wait_for_a_reload() {
     gw.shutdown().await;
     let _ = std::fs::remove_dir_all(&conf_dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_silent_http2_connections_are_closed() {
+    let pki = Pki::new("h2-idle");
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    let toml = format!("[timeouts]\nclient = \"500ms\"\n{}{}", tls_section(&pki.cert, &pki.key), nodes_toml(&[&n1]));
+    let gw = gateway(&gateway_toml(&toml)).await;
+    let addr = gw.tls_addr.expect("TLS listener");
+
+    // A well-behaved client that stops sending requests gets a GOAWAY and its connection closes.
+    let mut h2 = h2_conn(&any_cert(&[b"h2"]), addr).await;
+    let (_, r) = h2_send(
+        &mut h2,
+        http::Request::get(format!("https://localhost:{}/_now", addr.port()))
+            .body(Full::new(Bytes::new()))
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(5), "the idle HTTP/2 connection closed", || {
+        let closed = h2.is_closed();
+        async move { closed.then_some(()) }
+    })
+    .await;
+    assert!(t0.elapsed() >= Duration::from_millis(300), "closed after {:?}, before the idle timeout", t0.elapsed());
+
+    // A client that says its preface and then nothing (it will not answer the GOAWAY's PING):
+    // closed too, its slot freed.
+    let mut s = connect_as(&any_cert(&[b"h2"]), addr, "localhost").await;
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.expect("preface");
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the silent HTTP/2 connection was not closed within 5 s");
+    println!("silent HTTP/2 client closed after {:?} ([timeouts] client = 500ms)", t0.elapsed());
+    eventually(Duration::from_secs(5), "no client connection left on the frontend", || async {
+        (stats_json(&gw).await["frontend"]["cur"] == 0).then_some(())
+    })
+    .await;
+    gw.shutdown().await;
+}

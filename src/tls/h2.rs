@@ -148,6 +148,8 @@ pub async fn serve<I>(
     let mut builder = http2::Builder::new(Tracked(ctx.life.connections.clone()));
     builder
         .timer(TokioTimer::new())
+        // PINGs find a client that vanished (no FIN) while its streams wait on a slow node.
+        .keep_alive_interval(timeout)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // What hyper's HTTP/1.1 buffer allows (twice `request_head`); the proxy answers 431 in
         // Kuzzle's envelope between the limit and this, h2 its bare 431 above.
@@ -169,14 +171,20 @@ pub async fn serve<I>(
                 // No request for a whole period and none open: close (GOAWAY).
                 if started.swap(0, Ordering::Relaxed) == 0 && in_flight.load(Ordering::Relaxed) == 0 {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.as_mut().await;
+                    // A graceful close waits for the client's PING answer: a client gone silent
+                    // never gives it, so the wait is bounded (then the socket is just closed).
+                    let _ = tokio::time::timeout(timeout, conn.as_mut()).await;
                     break;
                 }
             }
             _ = ctx.life.shutdown.cancelled() => {
-                // GOAWAY: the client opens new streams elsewhere; open ones finish.
+                // GOAWAY: the client opens new streams elsewhere; open ones finish, until the end of
+                // the shutdown grace at most (as WebSocket tunnels).
                 conn.as_mut().graceful_shutdown();
-                let _ = conn.as_mut().await;
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = ctx.life.close_tunnels.cancelled() => {}
+                }
                 break;
             }
         }
