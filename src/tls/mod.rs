@@ -105,8 +105,14 @@ impl Tls {
         for pair in t.pairs() {
             match certs::load(&pair, &self.provider) {
                 Ok(loaded) => {
-                    warn_validity(&loaded, now);
-                    pairs.push(Slot { loaded, loaded_at: now, error: None, refused: None });
+                    // The same files as the running pair: it keeps its load time on the stats page.
+                    let same =
+                        current.iter().find(|s| s.loaded.pair == pair && s.loaded.fingerprint == loaded.fingerprint);
+                    let loaded_at = same.map_or(now, |s| s.loaded_at);
+                    if same.is_none() {
+                        warn_validity(&loaded, now);
+                    }
+                    pairs.push(Slot { loaded, loaded_at, error: None, refused: None });
                 }
                 Err(e) => match current.iter().find(|s| s.loaded.pair == pair) {
                     Some(old) => {
