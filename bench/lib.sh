@@ -1,6 +1,9 @@
+# shellcheck shell=bash
 # Shared helpers for bench/*.sh (sourced, not run): logging, process cleanup, free ports,
 # bounded readiness waits, RSS, starting the simulated nodes and writing a gateway config copy.
-# Needs ROOT (repository root) set by the caller.
+# Needs ROOT (repository root) set by the caller. Binaries are taken from BIN_DIR (if unset: cargo's release
+# directory: $CARGO_TARGET_DIR/release, else target/release) and the gateway from GW_BIN if set.
+BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -103,6 +106,37 @@ cpu_ticks() {
   done
   echo "$total"
 }
+# Busy and total ticks of each CPU, "busy total" per line (cpu0 first), from /proc/stat.
+cpu_lines() { awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+
+# with_cpu PID CMD...: run CMD (output is the caller's to redirect); set CPU_S to the CPU seconds
+# PID and its descendants used meanwhile (user + system), WALL_S to the wall-clock seconds and
+# BUSY to how busy each CPU of the machine was meanwhile, all processes counted ("93 71": % of
+# cpu0, of cpu1): shows whether the load side was saturated, and what else ran on the proxy's CPU.
+CLK_TCK=$(getconf CLK_TCK)
+# shellcheck disable=SC2034  # CPU_S, WALL_S and BUSY are the callers' to read
+with_cpu() {
+  local pid=$1 c0 t0 s0 rc=0
+  shift
+  c0=$(cpu_ticks "$pid"); t0=$(date +%s%N); s0=$(cpu_lines)
+  "$@" || rc=$?
+  CPU_S=$(awk -v c="$(($(cpu_ticks "$pid") - c0))" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", c / hz }')
+  WALL_S=$(awk -v ns="$(($(date +%s%N) - t0))" 'BEGIN { printf "%.3f", ns / 1e9 }')
+  BUSY=$(paste -d' ' <(echo "$s0") <(cpu_lines) |
+    awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0 }')
+  return "$rc"
+}
+
+# stop_proc PID: TERM, KILL after 5 s, and forget it (so the exit trap never signals a reused PID).
+stop_proc() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for i in "${!PIDS[@]}"; do [ "${PIDS[$i]}" = "$pid" ] && unset 'PIDS[i]'; done
+  return 0
+}
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 # start_sims CPUS: 3 release kuzzle-node-sim cluster_kuzzle_1..3 on free ports from 17601; sets
@@ -112,7 +146,7 @@ start_sims() {
   SIM_PORTS=(); SIM_PIDS=()
   for i in 1 2 3; do SIM_PORTS+=("$(pick_port $((17600 + i)))"); done
   for i in 1 2 3; do
-    RUST_LOG=warn taskset -c "$cpus" "$ROOT/target/release/kuzzle-node-sim" \
+    RUST_LOG=warn taskset -c "$cpus" "$BIN_DIR/kuzzle-node-sim" \
       --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "cluster_kuzzle_$i" >"$WORK/sim$i.log" 2>&1 &
     PIDS+=($!); SIM_PIDS+=($!)
   done
@@ -122,19 +156,85 @@ start_sims() {
   done
 }
 
-# Rewrite the seed ports 17601..17603 of a proxy-configs/ file (stdin) to this run's sims.
+# subst_nodes [P1 P2 P3]: rewrite the seed ports 17601..17603 of a proxy-configs/ file (stdin) to
+# ports P1..P3 (default: this run's sims, SIM_PORTS).
 subst_nodes() {
-  sed -e "s/127\.0\.0\.1:17601/127.0.0.1:${SIM_PORTS[0]}/" \
-    -e "s/127\.0\.0\.1:17602/127.0.0.1:${SIM_PORTS[1]}/" -e "s/127\.0\.0\.1:17603/127.0.0.1:${SIM_PORTS[2]}/"
+  local p=("${@:-}")
+  [ $# -eq 3 ] || p=("${SIM_PORTS[@]}")
+  sed -e "s/127\.0\.0\.1:17601/127.0.0.1:${p[0]}/" \
+    -e "s/127\.0\.0\.1:17602/127.0.0.1:${p[1]}/" -e "s/127\.0\.0\.1:17603/127.0.0.1:${p[2]}/"
 }
 
-# gateway_config OUT PORT STATS_PORT THREADS: proxy-configs/gateway.toml with this run's ports.
+# gateway_config OUT PORT STATS_PORT THREADS [P1 P2 P3]: proxy-configs/gateway.toml with this run's
+# ports (nodes on P1..P3, default the sims), checked with the gateway binary GW_BIN.
 gateway_config() {
   local out=$1 port=$2 stats=$3 threads=$4
-  subst_nodes <"$ROOT/proxy-configs/gateway.toml" |
+  shift 4
+  subst_nodes "$@" <"$ROOT/proxy-configs/gateway.toml" |
     sed -e "s/^listen = \"0\.0\.0\.0:7512\"/listen = \"127.0.0.1:$port\"/" \
       -e "s/^listen = \"127\.0\.0\.1:7575\"/listen = \"127.0.0.1:$stats\"/" \
       -e "s/^threads = 0 /threads = $threads /" >"$out"
   grep -q "127.0.0.1:$port" "$out" || die "could not set the gateway's port in $out"
-  "$ROOT/target/release/kuzzle-gateway" --config "$out" --check >/dev/null || die "gateway config copy is invalid: $out"
+  "${GW_BIN:-$BIN_DIR/kuzzle-gateway}" --config "$out" --check >/dev/null || die "gateway config copy is invalid: $out"
+}
+
+# Prints "rps p50_ms p99_ms errors" from wrk --latency output (stdin).
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
+      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
+      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
+      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
+      return v + 0
+    }
+    $1 == "50%" { p50 = ms($2) }
+    $1 == "99%" { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { err += $5 }
+    END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, err }'
+}
+
+# The line of stdin (space-separated, numeric first field) with the median first field.
+median_line() { grep -v '^$' | sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
+
+# bench_header [START]: the first lines of a report: date (START, when the run began, and now),
+# machine, tool versions (GW_BIN: the gateway binary).
+bench_header() {
+  local now
+  now=$(date -u '+%Y-%m-%d %H:%M UTC')
+  if [ -n "${1:-}" ]; then echo "date: $1 to ${now#* }"; else echo "date: $now"; fi
+  echo "machine: $(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $(nproc) CPUs," \
+    "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+  echo "versions: $("$GW_BIN" --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/.*: //')," \
+    "$(haproxy -v | head -1 | awk '{ print "haproxy " $3 }'), $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }')"
+}
+
+# ws_open NAME URL COUNT [ROUND_TRIPS]: start examples/ws_idle (binary WS_BIN) on CPUs LOAD_CPUS with
+# COUNT WebSockets to URL, and return once all are open and idle (dies if they do not open in
+# 120 s). Its output is $WORK/ws-NAME.out; ws_release finishes it.
+ws_open() {
+  local name=$1 url=$2 count=$3 rt=${4:-0} fifo=$WORK/ws-$1.ctl
+  rm -f "$fifo" "$WORK/ws-$name.out"
+  mkfifo "$fifo"
+  taskset -c "$LOAD_CPUS" "$WS_BIN" "$url" --count "$count" --concurrency 50 --hold 300 --round-trips "$rt" \
+    <"$fifo" >"$WORK/ws-$name.out" 2>"$WORK/ws-$name.err" &
+  WS_PID=$!; PIDS+=("$WS_PID")
+  exec 3>"$fifo"    # keeps ws_idle holding until ws_release writes a line
+  for _ in $(seq 1 1200); do
+    grep -qE '^(ready|failed)' "$WORK/ws-$name.out" 2>/dev/null && break
+    kill -0 "$WS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  grep -q '^ready' "$WORK/ws-$name.out" ||
+    die "$name: $count WebSockets did not open: $(cat "$WORK/ws-$name.out" "$WORK/ws-$name.err" 2>/dev/null | head -3)"
+}
+
+# ws_release: let the ws_idle of the last ws_open go on (its round trips, the check that every
+# socket still answers, the close) and wait for it to exit.
+ws_release() {
+  echo release >&3
+  exec 3>&-
+  wait "$WS_PID" || true
 }

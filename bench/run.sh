@@ -39,9 +39,9 @@ if [ "$SKIP_BUILD" != 1 ]; then
   cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example ws_idle ||
     die "release build failed"
 fi
-GW_BIN=$ROOT/target/release/kuzzle-gateway
-SIM_BIN=$ROOT/target/release/kuzzle-node-sim
-WS_BIN=$ROOT/target/release/examples/ws_idle
+GW_BIN=$BIN_DIR/kuzzle-gateway
+SIM_BIN=$BIN_DIR/kuzzle-node-sim
+WS_BIN=$BIN_DIR/examples/ws_idle
 for b in "$GW_BIN" "$SIM_BIN" "$WS_BIN"; do [ -x "$b" ] || die "missing $b (build it or drop SKIP_BUILD)"; done
 
 # 1,000 WebSockets cost the proxy 2,000 descriptors; children inherit this limit.
@@ -104,66 +104,30 @@ done
 log "sims on ${SIM_PORTS[*]}; gateway :$GW_PORT, nginx :$NGX_PORT, haproxy :$HA_PORT; $PLACEMENT"
 
 # --- 1. memory with idle WebSockets ----------------------------------------------------------
-declare -A RSS0 RSS1 RSS2 WSOK WSMS
+declare -A RSS0 RSS1 WSOK WSMS
 if [ "$WS" -gt 0 ]; then
   for t in "${TARGETS[@]}"; do
     RSS0[$t]=$(rss_kib "${PID[$t]}")
-    fifo=$WORK/ws-$t.ctl
-    mkfifo "$fifo"
-    taskset -c "$LOAD_CPUS" "$WS_BIN" "ws://${URL[$t]}/" --count "$WS" --concurrency 50 --hold 300 \
-      <"$fifo" >"$WORK/ws-$t.out" 2>"$WORK/ws-$t.err" &
-    wpid=$!; PIDS+=("$wpid")
-    exec 3>"$fifo"    # keeps ws_idle holding until we write a line
-    for _ in $(seq 1 1200); do
-      grep -qE '^(ready|failed)' "$WORK/ws-$t.out" 2>/dev/null && break
-      kill -0 "$wpid" 2>/dev/null || break
-      sleep 0.1
-    done
-    grep -q '^ready' "$WORK/ws-$t.out" ||
-      die "$t: $WS WebSockets did not open: $(cat "$WORK/ws-$t.out" "$WORK/ws-$t.err" 2>/dev/null | head -3)"
+    ws_open "$t" "ws://${URL[$t]}/" "$WS"
     WSMS[$t]=$(awk '/^ready/ { print $3 }' "$WORK/ws-$t.out")
     RSS1[$t]=$(rss_kib "${PID[$t]}")
-    echo release >&3
-    exec 3>&-
-    wait "$wpid" || true
+    ws_release
     WSOK[$t]=$(awk '/^verified/ { print $2 }' "$WORK/ws-$t.out")
-    RSS2[$t]=$(rss_kib "${PID[$t]}")
     log "$t: RSS $(mib "${RSS0[$t]}") MiB idle, $(mib "${RSS1[$t]}") MiB with $WS WebSockets (opened in ${WSMS[$t]} ms), verified ${WSOK[$t]}"
   done
 fi
 
 # --- 2. throughput and latency ---------------------------------------------------------------
-# Prints "rps p50_ms p99_ms errors" from wrk --latency output.
-parse_wrk() {
-  awk '
-    function ms(v) {
-      if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
-      if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
-      if (v ~ /m$/)  { sub(/m$/, "", v);  return v * 60000 }
-      if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
-      return v + 0
-    }
-    $1 == "50%" { p50 = ms($2) }
-    $1 == "99%" { p99 = ms($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-    /Non-2xx or 3xx responses:/ { err += $5 }
-    END { printf "%.0f %.2f %.2f %d\n", rps, p50, p99, err }'
-}
-
-CLK_TCK=$(getconf CLK_TCK)
 # run_wrk TARGET VARIANT DURATION -> "rps p50_ms p99_ms errors cpu_pct cpu_us_per_request", the CPU
 # being the target's own (the proxy's, or the node's for direct), in % of one core.
 run_wrk() {
-  local t=$1 v=$2 d=$3 hdr=() c0 c1 t0 t1
+  local t=$1 v=$2 d=$3 hdr=() out=$WORK/wrk-$1-$2.txt n
   [ "$v" = close ] && hdr=(-H "Connection: close")
-  c0=$(cpu_ticks "${PID[$t]}"); t0=$(date +%s%N)
-  taskset -c "$LOAD_CPUS" wrk --latency -t"$WRK_THREADS" -c"$CONNS" -d"$d" --timeout 5s "${hdr[@]}" \
-    "http://${URL[$t]}/_now" >"$WORK/wrk-$t-$v.txt" 2>&1 || die "wrk failed on $t: $(tail -3 "$WORK/wrk-$t-$v.txt")"
-  c1=$(cpu_ticks "${PID[$t]}"); t1=$(date +%s%N)
-  parse_wrk <"$WORK/wrk-$t-$v.txt" | awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" -v ns="$((t1 - t0))" \
-    -v n="$(awk '/requests in/ { print $1 }' "$WORK/wrk-$t-$v.txt")" \
-    '{ cpu = c / hz; printf "%s %.0f %.1f\n", $0, 100 * cpu / (ns / 1e9), (n > 0 ? 1e6 * cpu / n : 0) }'
+  with_cpu "${PID[$t]}" taskset -c "$LOAD_CPUS" wrk --latency -t"$WRK_THREADS" -c"$CONNS" -d"$d" --timeout 5s \
+    "${hdr[@]}" "http://${URL[$t]}/_now" >"$out" 2>&1 || die "wrk failed on $t: $(tail -3 "$out")"
+  n=$(awk '/requests in/ { print $1 }' "$out")
+  parse_wrk <"$out" | awk -v cpu="$CPU_S" -v s="$WALL_S" -v n="$n" \
+    '{ printf "%s %.0f %.1f\n", $0, 100 * cpu / s, (n > 0 ? 1e6 * cpu / n : 0) }'
 }
 
 VARIANTS=(keep-alive)
@@ -185,15 +149,11 @@ declare -A RSS3
 for t in "${TARGETS[@]}"; do RSS3[$t]=$(rss_kib "${PID[$t]}"); done
 
 # --- report ----------------------------------------------------------------------------------
-median_line() { grep -v '^$' | sort -n -k1,1 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }'; }
 mkdir -p target/bench
 OUT=target/bench/last-run.txt
 {
-  echo "kuzzle-gateway benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
-  echo "machine: $(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $NCPU CPUs," \
-    "$(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
-  echo "versions: $("$GW_BIN" --version 2>/dev/null | head -1), $(nginx -v 2>&1 | sed 's/.*: //')," \
-    "$(haproxy -v | head -1 | awk '{ print "haproxy " $3 }'), $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }')"
+  echo "kuzzle-gateway benchmark"
+  bench_header ""
   echo "placement: $PLACEMENT"
   echo "load: wrk --latency -t$WRK_THREADS -c$CONNS -d$DURATION http://HOST/_now (keep-alive)" \
     "and -H 'Connection: close' -d$CLOSE_DURATION; $ROUNDS round(s), median shown"

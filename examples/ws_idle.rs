@@ -1,19 +1,27 @@
 //! Benchmark tool (not part of the gateway): opens N WebSockets through a URL, does one Kuzzle
 //! `server:now` request/response on each, holds them idle, and prints `ready N MS` once all are open.
 //!
-//! Used by `bench/run.sh` to read a proxy's memory with 1,000 idle WebSockets open.
+//! Used by `bench/run.sh` and `bench/perf.sh` to read a proxy's memory with thousands of idle
+//! WebSockets open, and by `bench/perf.sh` to time a WebSocket relay (`--round-trips`).
 //!
 //! ```text
 //! cargo run --release --example ws_idle -- ws://127.0.0.1:7512/ --count 1000 [--concurrency 50]
-//!     [--hold 600] [--timeout 20]
+//!     [--hold 600] [--timeout 20] [--round-trips 0]
 //! ```
 //! Holding ends at the first of: a line or EOF on stdin, SIGTERM/SIGINT, `--hold` seconds. Then each
 //! connection does one more request/response (so a proxy that silently dropped a tunnel is seen),
 //! the tool prints `verified OK/N`, closes every socket with a close frame, and exits 0 only if all
 //! N were opened and all N still answered.
+//!
+//! With `--round-trips M`, once released every connection first makes M more `server:now`
+//! round trips, one after the other, and the tool prints `relay MESSAGES MS P50_MS P99_MS` before
+//! `verified`: the round trips made, the milliseconds from release until the last one, and the
+//! round-trip time percentiles.
+
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -31,10 +39,11 @@ struct Args {
     concurrency: usize,
     hold: Duration,
     timeout: Duration,
+    round_trips: usize,
 }
 
 const USAGE: &str =
-    "usage: ws_idle URL [--count N] [--concurrency C] [--hold SECS] [--timeout SECS]  (e.g. ws://127.0.0.1:7512/)";
+    "usage: ws_idle URL [--count N] [--concurrency C] [--hold SECS] [--timeout SECS] [--round-trips M]  (e.g. ws://127.0.0.1:7512/)";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -44,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         concurrency: 50,
         hold: Duration::from_secs(600),
         timeout: Duration::from_secs(20),
+        round_trips: 0,
     };
     while let Some(arg) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
@@ -55,6 +65,7 @@ fn parse_args() -> Result<Args, String> {
             "--concurrency" => a.concurrency = (num("--concurrency")? as usize).max(1),
             "--hold" => a.hold = Duration::from_secs(num("--hold")?),
             "--timeout" => a.timeout = Duration::from_secs(num("--timeout")?.max(1)),
+            "--round-trips" => a.round_trips = num("--round-trips")? as usize,
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             s if a.url.is_empty() => a.url = s.to_string(),
@@ -102,6 +113,7 @@ async fn one(
     opened: mpsc::Sender<Result<(), String>>,
     mut release: watch::Receiver<bool>,
     verified: Arc<AtomicUsize>,
+    relay: Arc<Mutex<Vec<u64>>>,
 ) {
     let ws = {
         let Ok(_permit) = gate.acquire().await else { return };
@@ -133,6 +145,16 @@ async fn one(
             },
         }
     };
+    // The relay: round trips one after the other, each timed (microseconds).
+    let mut lat = Vec::with_capacity(if alive { a.round_trips } else { 0 });
+    for n in 0..if alive { a.round_trips } else { 0 } {
+        let t0 = Instant::now();
+        if round_trip(&mut ws, &format!("relay-{i}-{n}"), a.timeout).await.is_err() {
+            break;
+        }
+        lat.push(t0.elapsed().as_micros() as u64);
+    }
+    relay.lock().unwrap_or_else(|e| e.into_inner()).extend(lat);
     if alive && round_trip(&mut ws, &format!("verify-{i}"), a.timeout).await.is_ok() {
         verified.fetch_add(1, Ordering::Relaxed);
     }
@@ -145,10 +167,11 @@ async fn run(a: Args) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel(a.count.max(1));
     let (release_tx, release_rx) = watch::channel(false);
     let verified = Arc::new(AtomicUsize::new(0));
+    let relay = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..a.count {
-        tasks.spawn(one(i, a.clone(), gate.clone(), tx.clone(), release_rx.clone(), verified.clone()));
+        tasks.spawn(one(i, a.clone(), gate.clone(), tx.clone(), release_rx.clone(), verified.clone(), relay.clone()));
     }
     drop(tx);
     let mut ok = 0usize;
@@ -177,10 +200,24 @@ async fn run(a: Args) -> Result<(), String> {
         hold(a.hold).await;
     }
     let _ = release_tx.send(true);
+    let released = Instant::now();
     // Bounded: every task's own steps have timeouts; this is a last guard.
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(a.timeout + Duration::from_secs(10), drain).await.is_err() {
+    let guard = a.timeout * (a.round_trips as u32 + 1) + Duration::from_secs(10);
+    if tokio::time::timeout(guard, drain).await.is_err() {
         tasks.abort_all();
+    }
+    if a.round_trips > 0 && !failed {
+        let mut lat = std::mem::take(&mut *relay.lock().unwrap_or_else(|e| e.into_inner()));
+        lat.sort_unstable();
+        let pct = |q: f64| common::quantile(&lat, q);
+        println!(
+            "relay {} {} {:.3} {:.3}",
+            lat.len(),
+            released.elapsed().as_millis(),
+            pct(0.50) as f64 / 1000.0,
+            pct(0.99) as f64 / 1000.0
+        );
     }
     let v = verified.load(Ordering::Relaxed);
     println!("verified {v}/{}", a.count);
@@ -213,25 +250,5 @@ async fn hold(limit: Duration) {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("ws_idle: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("ws_idle: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ws_idle: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    common::main_with("ws_idle", parse_args(), run)
 }
