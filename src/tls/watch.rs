@@ -45,7 +45,7 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
                 // Files changed after they were loaded but before the watch was in place made no
                 // event we could see: compare them now.
                 if watching {
-                    tls.refresh();
+                    refresh(&tls).await;
                 }
             }
             tokio::select! {
@@ -61,10 +61,19 @@ pub fn start(tls: Arc<Tls>, life: &Lifecycle) {
             }
             while rx.try_recv().is_ok() {}
             if watching {
-                tls.refresh();
+                refresh(&tls).await;
             }
         }
     });
+}
+
+/// Read and parse the files off the async threads (worker 0 also serves clients); awaited, so
+/// the blocking task ends before the watcher does.
+async fn refresh(tls: &Arc<Tls>) {
+    let tls = tls.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || tls.refresh()).await {
+        tracing::warn!(error = %e, "certificate refresh failed");
+    }
 }
 
 fn watch(dirs: &[PathBuf], tx: tokio::sync::mpsc::UnboundedSender<()>) -> Option<Watcher> {
