@@ -1,11 +1,12 @@
 //! Data plane: the bidirectional tunnel behind an upgraded connection (WebSocket), with idle timeout
 //! and a clean 1001 close frame when the node goes away or the gateway stops.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -199,10 +200,14 @@ where
 {
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut nr, mut nw) = tokio::io::split(node);
-    let start = Instant::now();
+    // tokio's clock, the one the idle timer runs on (and tests pause).
+    let start = tokio::time::Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let stop = CancellationToken::new();
+    // Set by the watcher (same task: no waker needed, the select loop polls the copy again).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stopped =
+        || std::future::poll_fn(|_| if stop.load(Ordering::Relaxed) { Poll::Ready(()) } else { Poll::Pending });
 
     let client_to_node = async {
         let mut pump = Pump::default();
@@ -227,11 +232,12 @@ where
             let is_closing = closing.is_some();
             let keep = |d: &[u8]| if websocket { frames.advance(d, is_closing) } else { d.len() };
             let (n, sent) = tokio::select! {
+                biased;
                 r = pump.pump(&mut nr, &mut cw, keep) => match r {
                     Ok(x) => x,
                     Err(_) => return TunnelEnd::Error,
                 },
-                _ = stop.cancelled(), if closing.is_none() => {
+                _ = stopped(), if closing.is_none() => {
                     let why = if shutdown.is_cancelled() { "gateway shutting down" } else { "node going away" };
                     if !websocket || frames.at_boundary() {
                         if websocket {
@@ -269,23 +275,34 @@ where
         }
     };
 
+    // Every wake-up of the tunnel polls each branch: the stop tokens are polled once (to register
+    // the task's waker, which stays valid) and then only read, and the idle timer is one Sleep,
+    // reset when data moved (polling the tokens' futures on every message cost ~15 % of a relay).
     let watcher = async {
         let idle_ms = idle.as_millis() as u64;
-        let idled = async {
-            loop {
-                let since = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                if since >= idle_ms {
-                    return;
+        let (mut on_kill, mut on_shutdown) = (std::pin::pin!(kill.cancelled()), std::pin::pin!(shutdown.cancelled()));
+        let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
+        let mut registered = false;
+        let was_idle = std::future::poll_fn(|cx| {
+            if !registered {
+                registered = true;
+                if on_kill.as_mut().poll(cx).is_ready() || on_shutdown.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
                 }
-                tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+            } else if kill.is_cancelled() || shutdown.is_cancelled() {
+                return Poll::Ready(false);
             }
-        };
-        let was_idle = tokio::select! {
-            _ = kill.cancelled() => false,
-            _ = shutdown.cancelled() => false,
-            _ = idled => true,
-        };
-        stop.cancel();
+            while sleep.as_mut().poll(cx).is_ready() {
+                let since = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+                if since >= idle_ms {
+                    return Poll::Ready(true);
+                }
+                sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(idle_ms - since));
+            }
+            Poll::Pending
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
         was_idle
     };
 
@@ -294,6 +311,7 @@ where
     let mut idle_fired = false;
     loop {
         tokio::select! {
+            biased;
             end = &mut node_to_client => {
                 return if idle_fired { TunnelEnd::Idle } else { end };
             }
@@ -303,7 +321,7 @@ where
                     return TunnelEnd::Error;
                 }
             }
-            was_idle = &mut watcher, if !stop.is_cancelled() => {
+            was_idle = &mut watcher, if !stop.load(Ordering::Relaxed) => {
                 idle_fired = was_idle;
             }
         }
@@ -510,6 +528,52 @@ mod tests {
         assert_eq!(pump.pump(&mut r, &mut w, |_| 2).await.expect("pump"), (6, 2));
         drop(src);
         assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("eof"), (0, 0));
+    }
+
+    fn counters() -> (AtomicU64, AtomicU64) {
+        (AtomicU64::new(0), AtomicU64::new(0))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
+        let (client, mut client_peer) = tokio::io::duplex(4096);
+        let (node, mut node_peer) = tokio::io::duplex(4096);
+        let (a, b) = counters();
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b] };
+        let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let t0 = tokio::time::Instant::now();
+        let traffic = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            client_peer.write_all(b"ping").await.expect("write");
+            let mut got = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut node_peer, &mut got).await.expect("relayed");
+            (client_peer, node_peer)
+        };
+        let (end, _peers) =
+            tokio::join!(run(client, node, false, Duration::from_secs(2), &kill, &shutdown, &io), traffic);
+        assert_eq!(end, TunnelEnd::Idle);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(3600), "closed after {took:?}");
+        assert_eq!(a.load(Ordering::Relaxed), 8, "4 bytes counted on both counters");
+    }
+
+    #[tokio::test]
+    async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
+        let (client, mut client_peer) = tokio::io::duplex(4096);
+        let (node, _node_peer) = tokio::io::duplex(4096);
+        let (a, b) = counters();
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b] };
+        let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let k = kill.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            k.cancel();
+        });
+        let end = run(client, node, true, Duration::from_secs(60), &kill, &shutdown, &io).await;
+        assert_eq!(end, TunnelEnd::NodeGone);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut client_peer, &mut got).await.expect("read");
+        assert_eq!(got, close_frame(1001, "node going away"));
     }
 
     #[test]
