@@ -30,6 +30,15 @@ impl<I> SendTimeout<I> {
     }
 }
 
+impl SendTimeout<tokio::net::TcpStream> {
+    /// The socket's halves, borrowed (no lock between them): reads as they are, writes still under
+    /// the timeout (a tunnel takes its client's stream back from hyper and splits it).
+    pub fn split(&mut self) -> (tokio::net::tcp::ReadHalf<'_>, SendTimeout<tokio::net::tcp::WriteHalf<'_>>) {
+        let (r, w) = self.inner.split();
+        (r, SendTimeout::new(w, self.limit))
+    }
+}
+
 /// What a stalled write reports: progress resets the clock, a stall past the limit is an error.
 fn stalled(
     timer: &mut Option<Pin<Box<Sleep>>>,

@@ -167,3 +167,84 @@ async fn oversized_requests_and_node_heads_are_refused() {
     gw.shutdown().await;
     t.abort();
 }
+
+/// A node for the upgrade test: health checks get a 200; an upgrade gets its 101 and a first
+/// frame in one write, then the 11 bytes the client sent behind its own head, sent back as the
+/// payload of a binary frame.
+async fn eager_ws_node() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let end = loop {
+                    if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break p + 4;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                };
+                if !String::from_utf8_lossy(&got[..end]).to_ascii_lowercase().contains("upgrade: websocket") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                    return;
+                }
+                let mut rest = got[end..].to_vec();
+                let mut out =
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec();
+                out.extend_from_slice(&[0x81, 5]);
+                out.extend_from_slice(b"hello");
+                let _ = s.write_all(&out).await;
+                while rest.len() < 11 {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => rest.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let mut back = vec![0x82, 11];
+                back.extend_from_slice(&rest[..11]);
+                let _ = s.write_all(&back).await;
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    addr
+}
+
+/// What either side sends right behind its upgrade head is read by hyper along with the head:
+/// the tunnel must pass it on first, in order, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_behind_the_upgrade_heads_are_relayed_first() {
+    let node = eager_ws_node().await;
+    let cfg =
+        format!("[health]\ninterval = \"60s\"\npassive = false\n[[node]]\nname = \"eager\"\naddress = \"{node}\"\n");
+    let gw = gateway(&gateway_toml(&cfg)).await;
+    let frame = [0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1];
+    let mut req = b"GET /eager/ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .to_vec();
+    req.extend_from_slice(&frame);
+    let mut s = tokio::net::TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(&req).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (head_end, want) = loop {
+        if let Some(p) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            if got.len() >= p + 4 + 7 + 13 {
+                break (p + 4, p + 4 + 7 + 13);
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("in time").expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    };
+    assert_eq!(status_of(&String::from_utf8_lossy(&got[..head_end])), "101");
+    assert_eq!(&got[head_end..head_end + 7], b"\x81\x05hello", "the node's first frame");
+    assert_eq!(&got[head_end + 7..head_end + 9], &[0x82, 11]);
+    assert_eq!(&got[head_end + 9..want], &frame, "the client's first frame reached the node intact");
+    gw.shutdown().await;
+}
