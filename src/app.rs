@@ -48,7 +48,7 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
 /// Start everything, clients served on every one of `workers` (the control plane runs on the
 /// current runtime).
 pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> Result<Handle, StartError> {
-    let tls = crate::tls::acceptor_for(&config).map_err(StartError::Tls)?;
+    let tls = crate::tls::Tls::start(&config).map_err(|e| StartError::Tls(e.to_string()))?;
     warn_default_credentials(&config);
     let config = Arc::new(config);
     let life = Lifecycle::default();
@@ -66,11 +66,7 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
     core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
     let ctx =
         Arc::new(Context { core: core.clone(), life: life.clone(), instance: crate::proxy::headers::instance_id() });
-    let door = Arc::new(Frontdoor {
-        ctx,
-        tls: Arc::new(arc_swap::ArcSwapOption::new(tls)),
-        limit: Arc::new(Semaphore::new(limit)),
-    });
+    let door = Arc::new(Frontdoor { ctx, tls: tls.clone(), limit: Arc::new(Semaphore::new(limit)) });
     let reloads = Arc::new(ReloadStats::default());
     // The listeners start after membership (ops serves its status): the handle reads them late.
     let own_listeners: Arc<std::sync::OnceLock<Arc<LiveListeners>>> = Arc::default();
@@ -89,6 +85,7 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         reloads: reloads.clone(),
         cluster: cluster.clone(),
         life: life.clone(),
+        tls: tls.clone(),
     });
     let serve = {
         let (door, life) = (door.clone(), life.clone());
@@ -141,6 +138,7 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
     };
 
     crate::watch::start(&config, reload.clone(), &life);
+    crate::tls::watch::start(tls, &life);
     crate::drain::start(core.clone(), &life);
     crate::resolve::start(core.clone(), settings.clone(), resolved, &life);
     tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = core.snapshot().nodes.len(), "kuzzle-gateway serving");

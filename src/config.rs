@@ -240,12 +240,87 @@ impl Default for StatsSection {
 pub struct TlsSection {
     #[serde(default = "default_tls_listen")]
     pub listen: SocketAddr,
+    /// The default pair (PEM chain, PEM key); optional when `[[tls.certificate]]` entries exist
+    /// (then the first of them is the default).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// More pairs, chosen by SNI (`names`, or the certificate's DNS names).
+    #[serde(default)]
+    pub certificate: Vec<CertEntry>,
+    /// A client that has not finished its handshake by then is cut (it holds a connection slot).
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`).
+    #[serde(default = "default_true")]
+    pub http2: bool,
+    /// Reload a pair when its files change on disk (renewals by certbot, cert-manager...).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+}
+
+/// One `[[tls.certificate]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertEntry {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// SNI names served this pair (`*.example.com` matches one label); empty: the certificate's
+    /// DNS names (subjectAltName).
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// A certificate pair as the configuration names it, with the key it came from (for messages).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CertPair {
+    /// `tls` for `[tls] cert`/`key`, `tls.certificate[N]` for an entry.
+    pub place: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub names: Vec<String>,
+}
+
+impl TlsSection {
+    /// Every pair, the default first.
+    pub fn pairs(&self) -> Vec<CertPair> {
+        let mut v = Vec::with_capacity(self.certificate.len() + 1);
+        if let (Some(cert), Some(key)) = (&self.cert, &self.key) {
+            v.push(CertPair { place: "tls".into(), cert: cert.clone(), key: key.clone(), names: Vec::new() });
+        }
+        for (i, c) in self.certificate.iter().enumerate() {
+            v.push(CertPair {
+                place: format!("tls.certificate[{i}]"),
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+                names: c.names.clone(),
+            });
+        }
+        v
+    }
 }
 
 fn default_tls_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 7443))
+}
+
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An SNI name in the configuration: a DNS name, or `*.` and a DNS name.
+pub fn valid_sni_name(n: &str) -> bool {
+    let host = n.strip_prefix("*.").unwrap_or(n);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -268,6 +343,15 @@ pub struct ClusterSection {
     pub join_rate: u32,
     /// Joins admitted at once before `join_rate` applies (the bucket's size).
     pub join_burst: u32,
+    /// Speak HTTPS (and WSS) to the nodes learned from Redis.
+    pub node_tls: bool,
+    /// CA bundle for their certificates (default: the system's).
+    pub node_ca: Option<PathBuf>,
+    /// Name their certificates must carry (default: each node's IP address).
+    pub node_server_name: Option<String>,
+    /// Built from the three keys above when the file is read.
+    #[serde(skip)]
+    pub tls: Option<crate::tls::upstream::NodeTls>,
 }
 
 impl Default for ClusterSection {
@@ -288,6 +372,10 @@ impl Default for ClusterSection {
             max_nodes: 64,
             join_rate: 20,
             join_burst: 64,
+            node_tls: false,
+            node_ca: None,
+            node_server_name: None,
+            tls: None,
         }
     }
 }
@@ -297,6 +385,15 @@ impl Default for ClusterSection {
 pub struct NodeSection {
     pub name: Spanned<String>,
     pub address: Spanned<String>,
+    /// Speak HTTPS (and WSS) to this node.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA bundle trusted for the node's certificate (default: the system's).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Name the node's certificate must carry (default: the address' host name, else its IP).
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Raw file shape; `Config` is the validated form.
@@ -326,6 +423,8 @@ struct RawConfig {
 pub struct StaticNode {
     pub name: String,
     pub target: NodeTarget,
+    /// TLS to the node (`tls = true`), ready to connect with.
+    pub tls: Option<crate::tls::upstream::NodeTls>,
 }
 
 /// Where a static node is: an address, or a host name resolved at load and every
@@ -429,6 +528,40 @@ impl Default for Config {
     }
 }
 
+/// TLS settings of a node: None without `tls = true` (then `ca` and `server_name` are errors);
+/// the error names the key (`tls`, `ca`, `server_name`) and says what is wrong.
+fn node_tls(
+    tls: bool,
+    ca: Option<&Path>,
+    server_name: Option<String>,
+    target: &NodeTarget,
+) -> Result<Option<crate::tls::upstream::NodeTls>, (&'static str, String)> {
+    if !tls {
+        return match (ca, &server_name) {
+            (Some(_), _) => Err(("ca", "ca needs tls = true".into())),
+            (None, Some(_)) => Err(("server_name", "server_name needs tls = true".into())),
+            (None, None) => Ok(None),
+        };
+    }
+    // A node known by name is checked against that name, as a browser would.
+    let name = server_name.clone().or(match target {
+        NodeTarget::Host(h) => Some(h.host.clone()),
+        NodeTarget::Addr(_) => None,
+    });
+    crate::tls::upstream::NodeTls::new(ca, name).map(Some).map_err(|m| {
+        (
+            if ca.is_some() {
+                "ca"
+            } else if server_name.is_some() {
+                "server_name"
+            } else {
+                "tls"
+            },
+            m,
+        )
+    })
+}
+
 /// A node name must be a plain URL path segment: it is matched verbatim as `/<name>/`.
 pub fn valid_node_name(name: &str) -> bool {
     !name.is_empty()
@@ -495,7 +628,11 @@ impl Config {
                     ),
                 )
             })?;
-            nodes.push(StaticNode { name: name.clone(), target });
+            let tls = node_tls(n.tls, n.ca.as_deref(), n.server_name.clone(), &target).map_err(|(k, m)| {
+                let key = format!("node[{i}].{k}");
+                err(locate(text, &key), &key, m)
+            })?;
+            nodes.push(StaticNode { name: name.clone(), target, tls });
         }
 
         let place = |key: &str| find_key(text, key);
@@ -565,7 +702,34 @@ impl Config {
                 let (l, k) = place("tls.listen");
                 return Err(err(l, &k, "TLS listener cannot share the client or stats listener's address".into()));
             }
+            match (&t.cert, &t.key) {
+                (Some(_), None) | (None, Some(_)) => {
+                    let (l, k) = place(if t.cert.is_some() { "tls.cert" } else { "tls.key" });
+                    let missing = if t.cert.is_some() { "key" } else { "cert" };
+                    return Err(err(l, &k, format!("set both cert and key: {missing} is missing")));
+                }
+                (None, None) if t.certificate.is_empty() => {
+                    let (l, k) = place("tls");
+                    return Err(err(l, &k, "[tls] needs cert and key, or [[tls.certificate]] entries".into()));
+                }
+                _ => {}
+            }
+            if t.handshake_timeout.0.is_zero() {
+                let (l, k) = place("tls.handshake_timeout");
+                return Err(err(l, &k, "duration must be greater than zero".into()));
+            }
+            for (i, c) in t.certificate.iter().enumerate() {
+                if let Some(bad) = c.names.iter().find(|n| !valid_sni_name(n)) {
+                    let l = locate(text, &format!("tls.certificate[{i}].names"));
+                    return Err(err(
+                        l,
+                        &format!("tls.certificate[{i}].names"),
+                        format!("invalid name {bad:?}: expected a DNS name such as \"api.example.com\" or \"*.example.com\""),
+                    ));
+                }
+            }
         }
+        let mut cluster_tls = None;
         if let Some(c) = &raw.cluster {
             match (&c.redis, &c.redis_cluster) {
                 (Some(_), Some(_)) => {
@@ -596,6 +760,16 @@ impl Config {
                         })?;
                     }
                 }
+            }
+            if c.node_tls || c.node_ca.is_some() || c.node_server_name.is_some() {
+                // Nodes from Redis are known by IP: no host name to default to.
+                let any = NodeTarget::Addr(SocketAddr::from(([0, 0, 0, 0], 0)));
+                cluster_tls = node_tls(c.node_tls, c.node_ca.as_deref(), c.node_server_name.clone(), &any).map_err(
+                    |(k, m)| {
+                        let (l, key) = place(&format!("cluster.node_{k}"));
+                        err(l, &key, m)
+                    },
+                )?;
             }
             if c.heartbeat_timeout.0.is_zero() || c.poll_interval.0.is_zero() {
                 let (l, k) = place("cluster.heartbeat_timeout");
@@ -632,7 +806,7 @@ impl Config {
             health: raw.health,
             stats,
             tls: raw.tls,
-            cluster: raw.cluster,
+            cluster: raw.cluster.map(|c| ClusterSection { tls: cluster_tls, ..c }),
             nodes,
         })
     }
@@ -676,6 +850,34 @@ fn key_at(text: &str, offset: usize) -> String {
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
     }
+}
+
+/// Line of a key in the text, also inside an array of tables (`tls.certificate[1].cert`: the key
+/// in the second `[[tls.certificate]]`); the table header if the key is absent, 0 if neither is.
+pub fn locate(text: &str, dotted: &str) -> usize {
+    let Some((table, rest)) = dotted.split_once('[') else { return find_key(text, dotted).0 };
+    let (idx, key) = rest.split_once(']').unwrap_or((rest, ""));
+    let idx: usize = idx.parse().unwrap_or(0);
+    let key = key.trim_start_matches('.');
+    let (mut n, mut inside, mut header) = (0, false, 0);
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            inside = false;
+            if t.starts_with("[[") && t.trim_matches(|c| c == '[' || c == ']').trim() == table {
+                if n == idx {
+                    inside = true;
+                    header = i + 1;
+                }
+                n += 1;
+            }
+            continue;
+        }
+        if inside && !key.is_empty() && t.split('=').next().unwrap_or("").trim() == key {
+            return i + 1;
+        }
+    }
+    header
 }
 
 /// Line of `table.key` in the text (for semantic errors); the table header if the key is absent.
@@ -795,6 +997,33 @@ mod tests {
         let t = "[gateway]\nlisten = \"127.0.0.1:9\"\n[tls]\nlisten = \"127.0.0.1:9\"\ncert = \"c\"\nkey = \"k\"\n";
         let e = Config::parse(t, "g.toml").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "tls.listen"), "{e}");
+    }
+
+    #[test]
+    fn tls_pairs_and_their_errors() {
+        let t = "[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n[[tls.certificate]]\ncert = \"a.pem\"\nkey = \"ak.pem\"\nnames = [\"*.a.test\"]\n";
+        let c = Config::parse(t, "g.toml").expect("valid");
+        let tls = c.tls.expect("tls");
+        let places: Vec<String> = tls.pairs().into_iter().map(|p| p.place).collect();
+        assert_eq!(places, vec!["tls", "tls.certificate[0]"]);
+        assert_eq!(tls.handshake_timeout.0, Duration::from_secs(10));
+        assert!(tls.http2 && tls.watch);
+        let e = Config::parse("[tls]\ncert = \"c.pem\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "tls.cert"), "{e}");
+        assert!(e.message.contains("key is missing"), "{e}");
+        let e = Config::parse("[tls]\nlisten = \"127.0.0.1:0\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (1, "tls"), "{e}");
+        let t = "[tls]\n[[tls.certificate]]\ncert = \"a\"\nkey = \"b\"\n[[tls.certificate]]\ncert = \"a\"\nkey = \"b\"\nnames = [\"a b\"]\n";
+        let e = Config::parse(t, "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (8, "tls.certificate[1].names"), "{e}");
+        assert_eq!(locate(t, "tls.certificate[1].key"), 7);
+        assert_eq!(locate(t, "tls.certificate[0]"), 2);
+        for ok in ["a.test", "*.a.test", "xn--bcher-kva.example"] {
+            assert!(valid_sni_name(ok), "{ok}");
+        }
+        for bad in ["", "*", "a.*.test", "a..b", "*.", "a b"] {
+            assert!(!valid_sni_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@
 //!   (algorithms), [`tunnel`] (WebSocket tunnels).
 //! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
 //!   (the reload task; triggers send it a message), [`watch`] (file watcher), [`listeners`]
-//!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`], [`drain`] (pruning, drain timeout),
+//!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`] (certificates by SNI, renewed on
+//!   disk; its [`tls::h2`] serves HTTP/2 clients on the data plane), [`drain`] (pruning, drain timeout),
 //!   [`resolve`] (host names of `[[node]]`s), [`fds`] (open-files limit, connection cap).
 //! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
 //! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),

@@ -115,6 +115,15 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // Certificate files: loaded as the gateway would, and dated.
+        let findings = kuzzle_gateway::tls::check::check(&config, kuzzle_gateway::util::epoch_secs());
+        for f in &findings {
+            let what = if f.error { "configuration error" } else { "warning" };
+            eprintln!("kuzzle-gateway: {what}: {}", f.message);
+        }
+        if findings.iter().any(|f| f.error) {
+            return ExitCode::FAILURE;
+        }
         println!("kuzzle-gateway: configuration file {} is valid", cli.config.display());
         return ExitCode::SUCCESS;
     }

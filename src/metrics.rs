@@ -78,6 +78,27 @@ pub fn render_view(v: &StatsView) -> String {
         );
         o.single("last_reload_timestamp_seconds", "gauge", "Time of the last configuration reload attempt.", r.at);
     }
+    if let Some(t) = &p.tls {
+        o.family(
+            "tls_certificate_expiry_seconds",
+            "gauge",
+            "Expiry of each served TLS certificate, seconds since the epoch.",
+        );
+        for c in &t.certificates {
+            o.sample("tls_certificate_expiry_seconds", &format!("cert=\"{}\"", label(&c.cert)), c.not_after);
+        }
+        o.family(
+            "tls_certificate_refused",
+            "gauge",
+            "1 while a pair's files on disk are refused (the previous pair serves).",
+        );
+        for c in &t.certificates {
+            o.sample("tls_certificate_refused", &format!("cert=\"{}\"", label(&c.cert)), u8::from(c.error.is_some()));
+        }
+        o.family("tls_renewals_total", "counter", "Certificate files changed on disk, by result.");
+        o.sample("tls_renewals_total", "result=\"loaded\"", t.renewals);
+        o.sample("tls_renewals_total", "result=\"refused\"", t.refused);
+    }
     o.single("config_generation", "gauge", "Routing snapshot generation (increases with each change).", p.generation);
 
     o.single("connections", "gauge", "Client connections open now.", f.cur);

@@ -34,11 +34,15 @@ pub struct Ops {
     pub cluster: Arc<ClusterState>,
     /// Ops connections run on the background tracker and stop at shutdown.
     pub life: Lifecycle,
+    /// Certificates in use and refused renewals, for the stats page.
+    pub tls: crate::tls::TlsSlot,
 }
 
 impl Ops {
     fn view(&self) -> crate::hastats::StatsView {
-        crate::hastats::collect(&self.core, &self.reloads)
+        let mut v = crate::hastats::collect(&self.core, &self.reloads);
+        v.process.tls = self.tls.view(&self.core.config());
+        v
     }
 }
 

@@ -158,7 +158,7 @@ impl Reloader {
         let result = Config::load(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
             // Certificates are re-read on every reload: renewed files at the same paths take effect.
             let tls =
-                crate::tls::acceptor_for(&new).map_err(|message| ReloadError::Tls { file: path.clone(), message })?;
+                self.tls.prepare(&new).map_err(|e| ReloadError::Tls { file: path.clone(), message: e.to_string() })?;
             let plan = self
                 .listeners
                 .prepare_rebind(&new)
@@ -175,13 +175,14 @@ impl Reloader {
                     );
                 }
                 let listeners = plan.summary();
-                let summary = change_summary(&old, &new);
+                let mut summary = change_summary(&old, &new);
+                summary.extend(tls.kept());
                 // Names resolve off the async threads; the addresses and the file apply in one swap.
                 let resolved = crate::resolve::resolve(&new).await;
                 crate::resolve::warn_unresolved(&resolved);
                 let new = Arc::new(new);
                 self.core.apply([Change::Resolved(Arc::new(resolved)), Change::Config(new.clone())]);
-                self.tls.store(tls);
+                self.tls.commit(tls);
                 self.listeners.commit_rebind(plan);
                 self.settings.send_replace(new);
                 let msg = format!("reloaded {path}{}", join(&summary, &listeners));

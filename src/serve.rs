@@ -51,15 +51,20 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
         };
         let _ = stream.set_nodelay(true);
         let ctx = door.ctx.clone();
-        let tls = if scheme == Scheme::Https { door.tls.load_full() } else { None };
+        // TLS clients may speak HTTP/2, whose streams take slots of their own.
+        let tls = if scheme == Scheme::Https { door.tls.acceptor().map(|a| (a, limit.clone())) } else { None };
         door.ctx.life.connections.spawn(async move {
             let client = ClientInfo::new(addr, scheme);
             match tls {
                 None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
                 None => serve_conn(ctx, stream, client, Some(permit)).await,
-                Some(acceptor) => {
+                Some((acceptor, shared)) => {
                     if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
-                        serve_conn(ctx, s, client, Some(permit)).await;
+                        if crate::tls::is_h2(&s) {
+                            crate::tls::h2::serve(ctx, s, client, Some(permit), shared).await;
+                        } else {
+                            serve_conn(ctx, s, client, Some(permit)).await;
+                        }
                     }
                 }
             }
@@ -72,14 +77,18 @@ async fn tls_handshake(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    let t = ctx.core.config().timeouts.client.0;
+    // Runs under the connection's permit: a stalled handshake holds a slot until it is cut.
+    let t = crate::tls::handshake_timeout(&ctx.core.config());
     match tokio::time::timeout(t, acceptor.accept(stream)).await {
         Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "TLS handshake failed");
             None
         }
-        Err(_) => None,
+        Err(_) => {
+            tracing::debug!(timeout = ?t, "TLS handshake timed out");
+            None
+        }
     }
 }
 

@@ -160,6 +160,8 @@ fn each_use_case_config_sets_what_its_use_case_needs() {
     let tls = table(&dir.join("gateway-tls.toml"));
     assert_eq!(s(get(&tls, "tls.listen")).as_deref(), Some("0.0.0.0:7443"));
     assert!(s(get(&tls, "tls.cert")).is_some() && s(get(&tls, "tls.key")).is_some());
+    let extra = get(&tls, "tls.certificate").and_then(|v| v.as_array()).expect("a [[tls.certificate]] by SNI");
+    assert!(extra.iter().all(|e| e.get("names").is_some()), "the SNI example names its names");
 }
 
 /// `(section, key)` pairs written in a file, commented out or not (`# key = v` counts).
@@ -206,7 +208,8 @@ fn default_config_shows_every_key() {
             &["path", "interval", "fastinter", "downinter", "timeout", "rise", "fall", "passive", "on_marked_down"],
         ),
         ("stats", &["listen", "uri", "user", "password", "refresh"]),
-        ("tls", &["listen", "cert", "key"]),
+        ("tls", &["listen", "cert", "key", "handshake_timeout", "http2", "watch"]),
+        ("tls.certificate", &["cert", "key", "names"]),
         (
             "cluster",
             &[
@@ -219,9 +222,12 @@ fn default_config_shows_every_key() {
                 "discovery",
                 "kuzzle2",
                 "poll_interval",
+                "node_tls",
+                "node_ca",
+                "node_server_name",
             ],
         ),
-        ("node", &["name", "address"]),
+        ("node", &["name", "address", "tls", "ca", "server_name"]),
     ];
     let shown = keys_shown(&read(DEFAULT_CONFIG_PATH));
     let missing: Vec<String> = every

@@ -122,6 +122,8 @@ pub struct Backend {
     /// Stops this node's background tasks (health checks) when it leaves for good.
     pub tasks: CancellationToken,
     idle: Pools,
+    /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
+    pub tls: Option<crate::tls::upstream::NodeTls>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -152,6 +154,7 @@ impl Backend {
             tunnel_kill: ArcSwap::from_pointee(CancellationToken::new()),
             tasks: CancellationToken::new(),
             idle: Pools::new(),
+            tls: None,
         }
     }
 
@@ -308,16 +311,14 @@ impl Backend {
             Ok(Ok(s)) => s,
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(max_head.max(8192))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| ConnectError::Io(std::io::ErrorKind::Other))?;
-        // The connection task ends when the node closes it or every `Sender` is dropped.
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        Ok(sender)
+        match &self.tls {
+            None => handshake(stream, max_head).await,
+            Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
+                Ok(s) => handshake(s, max_head).await,
+                Err(crate::tls::upstream::Error::Timeout) => Err(ConnectError::Timeout),
+                Err(crate::tls::upstream::Error::Handshake) => Err(ConnectError::Tls),
+            },
+        }
     }
 
     /// Give a connection back after a complete exchange.
@@ -371,6 +372,23 @@ pub fn is_local_shortage(e: &std::io::Error) -> bool {
     })
 }
 
+/// HTTP/1.1 on a fresh node connection (plain or TLS).
+async fn handshake<S>(stream: S, max_head: usize) -> Result<Sender, ConnectError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new()
+        .max_buf_size(max_head.max(8192))
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ConnectError::Io(std::io::ErrorKind::Other))?;
+    // The connection task ends when the node closes it or every `Sender` is dropped.
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
 /// Why a connection to a node could not be made (nothing was sent: safe to retry anything).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ConnectError {
@@ -384,4 +402,7 @@ pub enum ConnectError {
     Timeout,
     #[error("connect failed: {0}")]
     Io(std::io::ErrorKind),
+    /// The TLS handshake failed (certificate not trusted, wrong name, no TLS on the port).
+    #[error("TLS handshake failed")]
+    Tls,
 }

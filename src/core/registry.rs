@@ -10,6 +10,7 @@ use super::backend::{AdminState, Backend, Membership, Origin};
 use super::counters::NodeCounters;
 use super::snapshot::Snapshot;
 use crate::config::{Config, HostPort, NodeTarget};
+use crate::tls::upstream::NodeTls;
 
 /// What each `[[node]]` host name resolved to (None: no address).
 pub type Resolved = HashMap<HostPort, Option<SocketAddr>>;
@@ -171,31 +172,51 @@ impl Registry {
 
         // Desired members: static first (config order), then discovered ones not shadowed by a static name.
         // A static host name without an address is a placeholder (`addr` None here) that stays DOWN.
-        let mut desired: Vec<(String, Option<SocketAddr>, u16, Origin, bool)> = Vec::new();
+        let mut desired: Vec<Desired> = Vec::new();
         for n in &config.nodes {
             let (addr, port) = match &n.target {
                 NodeTarget::Addr(a) => (Some(*a), a.port()),
                 NodeTarget::Host(h) => (self.resolved.get(h).copied().flatten(), h.port),
             };
-            desired.push((n.name.clone(), addr, port, Origin::Static, first));
+            desired.push(Desired {
+                name: n.name.clone(),
+                addr,
+                port,
+                origin: Origin::Static,
+                up: first,
+                tls: n.tls.clone(),
+            });
         }
+        let cluster_tls = config.cluster.as_ref().and_then(|c| c.tls.clone());
         for d in self.dynamic.values() {
             if config.nodes.iter().any(|s| s.name == d.name) {
                 tracing::warn!(node = %d.name, "discovered node shadowed by a static [[node]] of the same name");
                 continue;
             }
             // Never UP on Redis' word: anyone who can publish there could otherwise take traffic.
-            desired.push((d.name.clone(), Some(d.addr), d.addr.port(), d.origin, false));
+            let tls = cluster_tls.clone();
+            desired.push(Desired {
+                name: d.name.clone(),
+                addr: Some(d.addr),
+                port: d.addr.port(),
+                origin: d.origin,
+                up: false,
+                tls,
+            });
         }
 
         let mut new_live: HashMap<String, Arc<Backend>> = HashMap::with_capacity(desired.len());
         let mut order: Vec<Arc<Backend>> = Vec::with_capacity(desired.len());
         let mut created = Vec::new();
         let mut retired = Vec::new();
-        for (name, addr, port, origin, up) in desired {
-            let same = |b: &Backend| match addr {
-                Some(a) => !b.unresolved && b.addr == a,
-                None => b.unresolved && b.addr.port() == port,
+        for Desired { name, addr, port, origin, up, tls } in desired {
+            // A node whose TLS settings changed is a new backend: its pooled connections speak the old way.
+            let same = |b: &Backend| {
+                b.tls == tls
+                    && match addr {
+                        Some(a) => !b.unresolved && b.addr == a,
+                        None => b.unresolved && b.addr.port() == port,
+                    }
             };
             let reuse = match self.live.remove(&name) {
                 Some(b) if same(&b) => Some(b),
@@ -216,10 +237,12 @@ impl Registry {
                 }
                 None => {
                     let counters = self.counters.entry(name.clone()).or_default().clone();
-                    let b = Arc::new(match addr {
+                    let mut b = match addr {
                         Some(a) => Backend::new(name.clone(), a, origin, counters, up),
                         None => Backend::unresolved(name.clone(), port, counters),
-                    });
+                    };
+                    b.tls = tls;
+                    let b = Arc::new(b);
                     if let Some(s) = self.admin.get(&name) {
                         b.set_admin(*s);
                     }
@@ -240,6 +263,16 @@ impl Registry {
         self.generation += 1;
         Applied { snapshot: Some(Snapshot::new(config, order, cursor, self.generation)), created, retired }
     }
+}
+
+/// A node the new snapshot must have: where it is, how it came, whether it starts UP, its TLS.
+struct Desired {
+    name: String,
+    addr: Option<SocketAddr>,
+    port: u16,
+    origin: Origin,
+    up: bool,
+    tls: Option<NodeTls>,
 }
 
 /// Move a backend out of the member set: no new traffic, existing traffic continues.
@@ -334,6 +367,34 @@ mod tests {
         assert_eq!(applied.created.len(), 50);
         assert_eq!(applied.snapshot.expect("one snapshot").generation, 2, "50 joins, one swap");
         assert!(r.apply(joins, 0).snapshot.is_none(), "the same set again changes nothing");
+    }
+
+    #[test]
+    fn a_node_whose_tls_settings_change_is_a_new_backend() {
+        let dir = std::env::temp_dir().join(format!("kgw-registry-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let ca = dir.join("ca.pem");
+        let write_ca = || {
+            let ck = rcgen::generate_simple_self_signed(vec!["n.test".to_string()]).expect("cert");
+            std::fs::write(&ca, ck.cert.pem()).expect("write");
+        };
+        write_ca();
+        let node = |tls: &str| {
+            let text = format!("[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n{tls}");
+            Change::Config(Arc::new(Config::parse(&text, "t.toml").expect("valid")))
+        };
+        let with_ca = format!("tls = true\nca = {:?}\n", ca.display().to_string());
+        let mut r = Registry::new(Arc::new(Config::default()));
+        let plain = apply(&mut r, vec![node("")]).node("a").cloned().expect("a");
+        assert!(plain.tls.is_none());
+        let tls = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        assert!(tls.tls.is_some() && !Arc::ptr_eq(&plain, &tls), "plain -> TLS: a new backend");
+        let same = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        assert!(Arc::ptr_eq(&tls, &same), "same settings, same CA: the backend (and its pool) stays");
+        write_ca();
+        let renewed = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        assert!(!Arc::ptr_eq(&tls, &renewed), "another CA file: a new backend (its pool trusted the old one)");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

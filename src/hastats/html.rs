@@ -240,6 +240,32 @@ fn process_info(o: &mut String, v: &StatsView) {
     };
     row("last reload", reload);
     row("reloads", format!("{} ok, {} failed", p.reloads_ok, p.reloads_failed));
+    if let Some(t) = &p.tls {
+        for c in &t.certificates {
+            let names = if c.names.is_empty() { "no names".to_string() } else { c.names.join(", ") };
+            let state = match (c.status, &c.error) {
+                ("refused", Some(e)) => format!(
+                    "<span class=\"bad\">REFUSED</span> at {}: {}; serving the previous pair",
+                    esc(&date(c.error_at.unwrap_or(0))),
+                    esc(e)
+                ),
+                ("expired", _) => "<span class=\"bad\">EXPIRED</span>".to_string(),
+                _ => "<span class=\"ok\">OK</span>".to_string(),
+            };
+            let what = format!(
+                "{state} {} ({}), until {}, loaded {}",
+                esc(&c.cert),
+                esc(&names),
+                esc(&date(c.not_after)),
+                esc(&date(c.loaded_at))
+            );
+            row(&format!("TLS certificate ({})", c.place), what);
+        }
+        row(
+            "TLS renewals",
+            format!("{} loaded, {} refused; HTTP/2 {}", t.renewals, t.refused, if t.http2 { "on" } else { "off" }),
+        );
+    }
     o.push_str("</table></section>\n");
 }
 

@@ -56,6 +56,8 @@ pub struct ProcessView {
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub last_reload: Option<ReloadStatus>,
+    /// Certificates served on the TLS listener and refused renewals (filled in by ops).
+    pub tls: Option<crate::tls::TlsView>,
     /// Snapshot generation: increases with every change of the node set or configuration.
     pub generation: u64,
     pub nodes_total: usize,
@@ -372,6 +374,7 @@ pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
             reloads_ok: reloads.ok.load(Ordering::Relaxed),
             reloads_failed: reloads.failed.load(Ordering::Relaxed),
             last_reload: reloads.last(),
+            tls: None,
             generation: snap.generation,
             nodes_total: nodes.len(),
             nodes_eligible: nodes.iter().filter(|n| n.eligible).count(),

@@ -25,25 +25,37 @@ pub async fn gateway(toml: &str) -> Handle {
     app::bind_and_start(cfg).unwrap_or_else(|e| panic!("gateway did not start: {e}"))
 }
 
-/// A copy of the configuration at `path` whose `[tls]` cert and key point at a fresh self-signed
-/// pair in `dir`, so `--check` sees it as an operator who followed its instructions would; the
-/// file itself when it has no `[tls]`.
+/// A copy of the configuration at `path` whose certificate pairs (`[tls]` cert and key, and each
+/// `[[tls.certificate]]`) point at fresh self-signed pairs in `dir`, so `--check` sees it as an
+/// operator who followed its instructions would; the file itself when it has no `[tls]`.
 pub fn with_test_certs(path: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let t: toml::Table = text.parse().unwrap_or_else(|e| panic!("{} is not TOML: {e}", path.display()));
     let Some(tls) = t.get("tls").and_then(|v| v.as_table()) else { return path.to_path_buf() };
     std::fs::create_dir_all(dir).expect("certificate dir");
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate certificate");
-    let (cert, key) = (dir.join("fullchain.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
-    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let mut pairs: Vec<(String, &toml::Table)> = Vec::new();
+    if tls.contains_key("cert") || tls.contains_key("key") {
+        pairs.push(("[tls]".into(), tls));
+    }
+    for (i, e) in tls.get("certificate").and_then(|v| v.as_array()).into_iter().flatten().enumerate() {
+        pairs.push((format!("[[tls.certificate]] {i}"), e.as_table().expect("[[tls.certificate]] is a table")));
+    }
+    assert!(!pairs.is_empty(), "{}: [tls] without a certificate pair", path.display());
     let mut out = text.clone();
-    for (k, new) in [("cert", &cert), ("key", &key)] {
-        let old =
-            tls.get(k).and_then(|v| v.as_str()).unwrap_or_else(|| panic!("{}: [tls] {k} missing", path.display()));
-        let quoted = format!("\"{old}\"");
-        assert_eq!(text.matches(&quoted).count(), 1, "{}: [tls] {k} path appears more than once", path.display());
-        out = out.replace(&quoted, &format!("{:?}", new.display().to_string()));
+    for (i, (what, table)) in pairs.iter().enumerate() {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate certificate");
+        let (cert, key) = (dir.join(format!("fullchain-{i}.pem")), dir.join(format!("key-{i}.pem")));
+        std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+        std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+        for (k, new) in [("cert", &cert), ("key", &key)] {
+            let old = table
+                .get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_else(|| panic!("{}: {what} {k} missing", path.display()));
+            let quoted = format!("\"{old}\"");
+            assert_eq!(text.matches(&quoted).count(), 1, "{}: {what} {k} path appears more than once", path.display());
+            out = out.replace(&quoted, &format!("{:?}", new.display().to_string()));
+        }
     }
     let copy = dir.join(path.file_name().expect("file name"));
     std::fs::write(&copy, out).expect("write config copy");
