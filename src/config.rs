@@ -584,6 +584,28 @@ impl Config {
         Config::parse(&text, &file)
     }
 
+    /// Read and validate a file for a running gateway: as [`Config::load`], but an empty file is
+    /// refused. A tool that writes the file in place truncates it first, and a watcher can read it
+    /// in between; all defaults and no node is never what a running cluster was meant to become.
+    pub fn load_for_reload(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        if text.trim().is_empty() {
+            return Err(ConfigError {
+                file,
+                line: 0,
+                key: String::new(),
+                message: "the file is empty (still being written?): the running configuration stays".into(),
+            });
+        }
+        Config::parse(&text, &file)
+    }
+
     /// Parse and validate TOML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {

@@ -155,7 +155,7 @@ impl Reloader {
     async fn reload(&self) -> Result<String, ReloadError> {
         let old = self.core.config();
         let path = old.source.clone();
-        let result = Config::load(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
+        let result = Config::load_for_reload(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
             // Certificates are re-read on every reload: renewed files at the same paths take effect.
             let tls =
                 self.tls.prepare(&new).map_err(|e| ReloadError::Tls { file: path.clone(), message: e.to_string() })?;

@@ -331,6 +331,31 @@ async fn config_changes_under_load_lose_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A file written in place is empty for a moment (truncated, then written): a reload that reads
+/// it then keeps the running configuration, and the complete file applies after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_file_is_refused_on_reload() {
+    let a = Sim::start("em", &[]);
+    let dir = scratch_dir("empty");
+    let file = dir.join("gw.toml");
+    let text = config_text("127.0.0.1:0", "127.0.0.1:0", "leastconn", "", &node_lines(&[&a]));
+    std::fs::write(&file, &text).expect("write config");
+    let h = app::bind_and_start(Config::load(&file).expect("valid config")).expect("gateway starts");
+    let running = h.config();
+    std::fs::write(&file, "").expect("truncate");
+    let failed = h.reload.reload().await.expect_err("an empty file must be refused");
+    assert!(failed.to_string().contains("empty"), "{failed}");
+    assert_eq!(*h.config(), *running, "the running configuration changed");
+    assert_eq!(h.listeners.local_addr(ListenerKind::Http), Some(h.http_addr), "the listener moved");
+    std::fs::write(&file, text.replace("leastconn", "roundrobin")).expect("write config");
+    eventually(Duration::from_secs(10), "the complete file applied", || async {
+        (h.config().balance.algorithm.as_str() == "roundrobin").then_some(())
+    })
+    .await;
+    h.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Moving the client and stats listeners: the new addresses serve before the old close, open
 /// connections on the old address keep working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
