@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per proxied request (keep-alive GET) or per WebSocket round
+# trip, counted by valgrind's callgrind: unlike CPU time, the count hardly moves on a busy machine,
+# so it is the figure to compare two builds with (what each optimisation of issue 11 bought).
+# User space only: the kernel's share (4 syscalls per keep-alive request, as for haproxy) is not in it.
+#
+# Usage: bench/callgrind.sh [BIN...]     default: target/release/kuzzle-gateway
+# Environment: CASE [http|ws], N [10000] requests (http), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
+#              SKIP_BUILD [0]. Prints one line per binary; the profile stays in the work folder
+#              for callgrind_annotate (path printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+CASE=${CASE:-http}
+N=${N:-10000}
+WS_CLIENTS=${WS_CLIENTS:-20}
+ROUND_TRIPS=${ROUND_TRIPS:-200}
+. "$ROOT/bench/lib.sh"
+need_tools valgrind h2load:nghttp2-client nginx curl
+LOAD_CPUS=0-$(($(nproc) - 1))   # ws_open runs the WebSocket client there
+WS_BIN=$BIN_DIR/examples/ws_idle
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example ws_idle || die "release build failed"
+fi
+[ $# -ge 1 ] || set -- "$BIN_DIR/kuzzle-gateway"
+
+# Backends: a fixed-answer nginx (http) or one kuzzle-node-sim (ws), so only the gateway is counted.
+BACK=$(pick_port 17800)
+if [ "$CASE" = http ]; then
+  cat >"$WORK/backend.conf" <<EOF
+worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BACK;
+    location / { default_type application/json; return 200 '{"status":200,"result":{"now":1764633600000}}'; } } }
+EOF
+  nginx -c "$WORK/backend.conf" >/dev/null 2>&1 &
+  PIDS+=($!)
+else
+  "$BIN_DIR/kuzzle-node-sim" --listen "127.0.0.1:$BACK" --name cluster_kuzzle_1 >"$WORK/sim.log" 2>&1 &
+  PIDS+=($!)
+fi
+wait_http "http://127.0.0.1:$BACK/" backend
+
+i=0
+for bin in "$@"; do
+  i=$((i + 1))
+  port=$(pick_port 17810); stats=$(pick_port 17820)
+  printf '[gateway]\nlisten = "127.0.0.1:%s"\nthreads = 1\n[stats]\nlisten = "127.0.0.1:%s"\n[[node]]\nname = "cluster_kuzzle_1"\naddress = "127.0.0.1:%s"\n' \
+    "$port" "$stats" "$BACK" >"$WORK/gw$i.toml"
+  out=$WORK/callgrind.$i.out
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$WORK/gw$i.toml" >"$WORK/gw$i.log" 2>&1 &
+  pid=$!; PIDS+=("$pid")
+  for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
+  if [ "$CASE" = http ]; then
+    h2load --h1 -n 2000 -c 16 "http://127.0.0.1:$port/" >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null
+    h2load --h1 -n "$N" -c 16 "http://127.0.0.1:$port/" | grep -q "$N succeeded" || die "$bin: not all $N requests succeeded"
+    units=$N; what="request"
+  else
+    ws_open relay "ws://127.0.0.1:$port/" "$WS_CLIENTS" "$ROUND_TRIPS"
+    callgrind_control -z "$pid" >/dev/null
+    ws_release
+    units=$((WS_CLIENTS * ROUND_TRIPS)); what="round trip (2 messages, closes included)"
+  fi
+  callgrind_control -d "$pid" >/dev/null
+  stop_proc "$pid"
+  total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  [ -n "$total" ] || die "$bin: no profile in $out.1"
+  printf '%s: %d instructions per %s (profile: %s)\n' "$bin" $((total / units)) "$what" "$out.1"
+done
