@@ -571,16 +571,19 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
+/// The file's text and its name for errors.
+fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok((text, file)),
+        Err(e) => Err(ConfigError { file, line: 0, key: String::new(), message: format!("cannot read: {e}") }),
+    }
+}
+
 impl Config {
     /// Read and validate a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let (text, file) = read_text(path)?;
         Config::parse(&text, &file)
     }
 
@@ -588,13 +591,7 @@ impl Config {
     /// refused. A tool that writes the file in place truncates it first, and a watcher can read it
     /// in between; all defaults and no node is never what a running cluster was meant to become.
     pub fn load_for_reload(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            line: 0,
-            key: String::new(),
-            message: format!("cannot read: {e}"),
-        })?;
+        let (text, file) = read_text(path)?;
         if text.trim().is_empty() {
             return Err(ConfigError {
                 file,
