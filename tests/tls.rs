@@ -663,12 +663,7 @@ async fn a_stalled_handshake_is_cut_and_holds_its_connection_slot_until_then() {
 
 /// `kuzzle-gateway --config FILE --check`: exit status and standard error.
 fn check(file: &Path) -> (bool, String) {
-    let out = std::process::Command::new(bin("kuzzle-gateway"))
-        .arg("--config")
-        .arg(file)
-        .arg("--check")
-        .output()
-        .expect("run kuzzle-gateway --check");
+    let out = run_check(file);
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

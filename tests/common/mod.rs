@@ -62,15 +62,20 @@ pub fn with_test_certs(path: &std::path::Path, dir: &std::path::Path) -> std::pa
     copy
 }
 
-/// `kuzzle-gateway --config FILE --check` must pass (`what` names the file in the failure); its
-/// standard output.
-pub fn check_config(file: &std::path::Path, what: &str) -> String {
-    let out = std::process::Command::new(bin("kuzzle-gateway"))
+/// `kuzzle-gateway --config FILE --check`, run as a process.
+pub fn run_check(file: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(bin("kuzzle-gateway"))
         .arg("--config")
         .arg(file)
         .arg("--check")
         .output()
-        .expect("run kuzzle-gateway --check");
+        .expect("run kuzzle-gateway --check")
+}
+
+/// `kuzzle-gateway --config FILE --check` must pass (`what` names the file in the failure); its
+/// standard output.
+pub fn check_config(file: &std::path::Path, what: &str) -> String {
+    let out = run_check(file);
     assert!(
         out.status.success(),
         "{what}: --check failed:\n{}{}",
