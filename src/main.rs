@@ -128,8 +128,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     // A current-thread runtime per worker (this thread is worker 0 and also runs the control
-    // plane): measured cheaper per request than tokio's work-stealing runtime, whose cross-thread
-    // wake-ups grow with workers (bench/perf.sh, README "Benchmarks").
+    // plane): a connection and all it wakes stay on one thread, where tokio's work-stealing
+    // runtime moved tasks and woke other threads, a cost that grows with workers.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
