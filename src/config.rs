@@ -571,6 +571,9 @@ pub fn valid_node_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~'))
 }
 
+/// Most data-plane workers `[gateway] threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 /// The file's text and its name for errors.
 fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();
@@ -693,6 +696,16 @@ impl Config {
                 let (line, k) = place(key);
                 return Err(err(line, &k, format!("{v} is too small: at least {min}")));
             }
+        }
+        // One thread per worker: a mistyped count must not try to start a hundred thousand.
+        if raw.gateway.threads > MAX_THREADS {
+            let (line, k) = place("gateway.threads");
+            let v = raw.gateway.threads;
+            return Err(err(
+                line,
+                &k,
+                format!("{v} worker threads is too many: at most {MAX_THREADS} (0 = one per core)"),
+            ));
         }
         if !raw.stats.uri.starts_with('/') {
             let (l, k) = place("stats.uri");
@@ -1016,6 +1029,14 @@ mod tests {
         let t = "[gateway]\nlisten = \"127.0.0.1:9\"\n[tls]\nlisten = \"127.0.0.1:9\"\ncert = \"c\"\nkey = \"k\"\n";
         let e = Config::parse(t, "g.toml").unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (4, "tls.listen"), "{e}");
+    }
+
+    #[test]
+    fn worker_threads_are_bounded() {
+        let e = Config::parse("[gateway]\nthreads = 100000\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "gateway.threads"), "{e}");
+        assert!(e.to_string().contains("at most 1024"), "{e}");
+        assert_eq!(Config::parse("[gateway]\nthreads = 2\n", "g.toml").expect("valid").gateway.threads, 2);
     }
 
     #[test]
