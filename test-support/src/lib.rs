@@ -24,6 +24,7 @@ mod redis_server;
 mod scratch;
 mod sim;
 mod tcp;
+mod tls;
 mod wait;
 mod websocket;
 
@@ -34,5 +35,6 @@ pub use redis_server::*;
 pub use scratch::*;
 pub use sim::*;
 pub use tcp::*;
+pub use tls::*;
 pub use wait::*;
 pub use websocket::*;
