@@ -59,19 +59,16 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if threads > 0 {
-        b.worker_threads(threads);
-    }
-    b.enable_all().build()
+/// The demo's runtime: tokio's multi-thread one (the demo also drives its node processes).
+fn demo_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     if let Some(Cmd::Demo(args)) = cli.cmd {
-        let rt = match runtime(0) {
+        let rt = match demo_runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("kuzzle-gateway: cannot start the runtime: {e}");

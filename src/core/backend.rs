@@ -237,18 +237,24 @@ impl Backend {
     /// An idle pooled connection of this worker that is ready now, if any (no await: the common
     /// case of every request). Stale ones met on the way are closed.
     pub fn take_idle(&self, pool_idle: Duration) -> Option<Sender> {
+        let (sender, since) = self.pop_fresh(pool_idle)?;
+        if sender.is_ready() {
+            return Some(sender);
+        }
+        // Still finishing an upload its node answered early: back in the pool for `checkout`,
+        // which may wait for it.
+        let _ = self.idle.mine().push((sender, since));
+        None
+    }
+
+    /// This worker's next pooled connection that is neither past `pool_idle` nor closed (the
+    /// stale ones met on the way are dropped).
+    fn pop_fresh(&self, pool_idle: Duration) -> Option<(Sender, Instant)> {
         let idle = self.idle.mine();
         while let Some((sender, since)) = idle.pop() {
-            if since.elapsed() >= pool_idle || sender.is_closed() {
-                continue;
+            if since.elapsed() < pool_idle && !sender.is_closed() {
+                return Some((sender, since));
             }
-            if sender.is_ready() {
-                return Some(sender);
-            }
-            // Still finishing an upload its node answered early: back in the pool for `checkout`,
-            // which may wait for it.
-            let _ = idle.push((sender, since));
-            return None;
         }
         None
     }
@@ -261,11 +267,7 @@ impl Backend {
         pool_idle: Duration,
         max_head: usize,
     ) -> Result<(Sender, bool), ConnectError> {
-        let idle = self.idle.mine();
-        while let Some((mut sender, since)) = idle.pop() {
-            if since.elapsed() >= pool_idle || sender.is_closed() {
-                continue;
-            }
+        while let Some((mut sender, _)) = self.pop_fresh(pool_idle) {
             // A released connection is normally ready at once; it may still be finishing the
             // upload of a request body its node answered early: wait a bounded time, then drop it.
             // The common case needs no timer at all.

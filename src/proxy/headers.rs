@@ -55,20 +55,16 @@ pub fn crossed(h: &HeaderMap, id: &HeaderValue) -> bool {
 /// a lookup per hop-by-hop name (nine, on every request and response) cost more than the rest of
 /// the header work.
 pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
-    let mut connection = false;
     let mut present = [false; HOP_COUNT];
-    let (mut any, mut upgrade_header) = (false, false);
+    let mut upgrade_header = false;
     for name in h.keys() {
         match hop_index(name.as_str()) {
-            Some(i) => {
-                present[i] = true;
-                connection |= i == 0;
-                any = true;
-            }
+            Some(i) => present[i] = true,
             None => upgrade_header |= name == header::UPGRADE,
         }
     }
-    if connection {
+    // `Connection` is HOP_BY_HOP[0].
+    if present[0] {
         // Headers named by Connection are hop-by-hop too; `keep-alive` and `upgrade` go anyway
         // and `close` names no header, so the common tokens cost no allocation.
         let named: Vec<HeaderName> = h
@@ -84,10 +80,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
             h.remove(n);
         }
     }
-    if any {
-        for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
-            h.remove(n);
-        }
+    for (n, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        h.remove(n);
     }
     if upgrade_header {
         h.remove(header::UPGRADE);

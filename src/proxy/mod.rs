@@ -233,9 +233,6 @@ fn prepare(
     let (parts, body) = req.into_parts();
     let slot = upgrade.as_ref().and_then(|_| parts.extensions.get::<Arc<tunnel::PermitSlot>>().cloned());
     let mut headers = parts.headers;
-    // Room for the four headers added below at once: hyper sizes the map for what it parsed, and
-    // growing it one insert at a time rehashes it more than once.
-    headers.reserve(4);
     let host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers, upgrade.as_ref().map(|(u, _)| u.clone()));
     add_forwarded(&mut headers, client, host);
