@@ -103,6 +103,9 @@ pub struct GatewaySection {
     pub watch: bool,
     /// How often `[[node]]` host names are resolved again (a changed address applies like a reload).
     pub resolve_interval: Dur,
+    /// Response header naming the node that answered (real Kuzzle 2 sends `X-Kuzzle-Node:
+    /// undefined`, so ops and tests cannot tell otherwise); written over the node's own; "" = off.
+    pub node_header: String,
 }
 
 impl Default for GatewaySection {
@@ -117,6 +120,7 @@ impl Default for GatewaySection {
             drain_timeout: None,
             watch: true,
             resolve_interval: Dur(Duration::from_secs(10)),
+            node_header: "x-kuzzle-node".into(),
         }
     }
 }
@@ -172,18 +176,25 @@ pub struct BalanceSection {
     pub algorithm: Algorithm,
     pub retries: u32,
     pub redispatch: bool,
+    /// Request bodies up to this many bytes (with a Content-Length) are read whole before they go
+    /// to a node, so that a request a node refused unexecuted (Kuzzle's 503 "shutting down") can
+    /// be sent to another; 0 = always stream (such a request then gets the node's 503).
+    pub resend_body: usize,
 }
 
 impl Default for BalanceSection {
     fn default() -> Self {
-        BalanceSection { algorithm: Algorithm::Leastconn, retries: 3, redispatch: true }
+        BalanceSection { algorithm: Algorithm::Leastconn, retries: 3, redispatch: true, resend_body: 64 * 1024 }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HealthSection {
+    /// Checked on static nodes and nodes of the cluster plugin.
     pub path: String,
+    /// Checked on nodes found from Kuzzle 2 ID cards (see README: chosen on measured costs).
+    pub kuzzle2_path: String,
     pub interval: Dur,
     /// Interval while a node is changing state (haproxy's fastinter); defaults to `interval`.
     pub fastinter: Option<Dur>,
@@ -201,6 +212,7 @@ impl Default for HealthSection {
     fn default() -> Self {
         HealthSection {
             path: "/_plugin/cluster/health".into(),
+            kuzzle2_path: KUZZLE2_HEALTH_PATH.into(),
             interval: Dur(Duration::from_secs(10)),
             fastinter: None,
             downinter: None,
@@ -574,6 +586,10 @@ pub fn valid_node_name(name: &str) -> bool {
 /// Most data-plane workers `[gateway] threads` may ask for.
 pub const MAX_THREADS: usize = 1024;
 
+/// `[health] kuzzle2_path` by default: Kuzzle 2's readiness route. 503 while the node starts,
+/// shuts down or is overloaded, and no Elasticsearch call (`/_healthCheck` costs three per check).
+pub const KUZZLE2_HEALTH_PATH: &str = "/_ready";
+
 /// The file's text and its name for errors.
 fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
     let file = path.display().to_string();
@@ -662,6 +678,14 @@ impl Config {
         if !h.path.starts_with('/') {
             let (l, k) = place("health.path");
             return Err(err(l, &k, format!("health check path {:?} must start with '/'", h.path)));
+        }
+        if !h.kuzzle2_path.starts_with('/') {
+            let (l, k) = place("health.kuzzle2_path");
+            return Err(err(l, &k, format!("health check path {:?} must start with '/'", h.kuzzle2_path)));
+        }
+        if let Err(m) = check_node_header(&raw.gateway.node_header) {
+            let (l, k) = place("gateway.node_header");
+            return Err(err(l, &k, m));
         }
         if h.rise == 0 || h.fall == 0 {
             let (l, k) = place(if h.rise == 0 { "health.rise" } else { "health.fall" });
@@ -842,6 +866,22 @@ impl Config {
             nodes,
         })
     }
+}
+
+/// `[gateway] node_header`: empty (off) or a header name the gateway may set on a response
+/// without changing how it is framed or routed.
+fn check_node_header(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    let h = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}: letters, digits and '-' only, or \"\" for none"))?;
+    const FRAMING: [&str; 8] =
+        ["connection", "content-length", "transfer-encoding", "upgrade", "keep-alive", "te", "trailer", "set-cookie"];
+    if FRAMING.contains(&h.as_str()) {
+        return Err(format!("header {name:?} cannot name the node: the gateway and clients rely on its meaning"));
+    }
+    Ok(())
 }
 
 fn check_redis_url(u: &str, cluster: bool) -> Result<(), String> {
@@ -1074,5 +1114,21 @@ mod tests {
         assert_eq!(e.line, 1, "{e}");
         let e = Config::parse("[cluster]\nredis_cluster = [\"redis://a:1/3\"]\n", "g.toml").unwrap_err();
         assert!(e.message.contains("database 0"), "{e}");
+    }
+
+    #[test]
+    fn node_header_and_kuzzle2_path() {
+        let c = Config::parse("", "g.toml").expect("defaults");
+        assert_eq!((c.gateway.node_header.as_str(), c.health.kuzzle2_path.as_str()), ("x-kuzzle-node", "/_ready"));
+        assert_eq!(c.balance.resend_body, 65536);
+        for ok in ["", "X-Served-By", "x-kuzzle-node"] {
+            Config::parse(&format!("[gateway]\nnode_header = {ok:?}\n"), "g.toml").expect(ok);
+        }
+        for bad in ["x served", "content-length", "Connection", "é"] {
+            let e = Config::parse(&format!("[gateway]\nnode_header = {bad:?}\n"), "g.toml").unwrap_err();
+            assert_eq!((e.line, e.key.as_str()), (2, "gateway.node_header"), "{bad}: {e}");
+        }
+        let e = Config::parse("[health]\nkuzzle2_path = \"_ready\"\n", "g.toml").unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (2, "health.kuzzle2_path"), "{e}");
     }
 }

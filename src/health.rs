@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio::sync::watch;
 
 use crate::config::{Config, OnMarkedDown};
-use crate::core::backend::{Backend, ConnectError};
+use crate::core::backend::{Backend, ConnectError, Origin};
 use crate::core::health::{CheckKind, CheckResult, HealthState};
 use crate::core::machine::{Timing, Transition};
 use crate::core::Lifecycle;
@@ -58,7 +58,10 @@ impl Checkers {
             let probe = || {
                 let h = health();
                 let b = b.clone();
-                async move { http_check(&b, &h.path, h.timeout.0).await }
+                async move {
+                    let path = if b.origin == Origin::Kuzzle2 { &h.kuzzle2_path } else { &h.path };
+                    http_check(&b, path, h.timeout.0).await
+                }
             };
             let on_change = |t: Transition, why: &str| on_transition(health().on_marked_down, &b, t, why);
             let passive_on = || health().passive;
@@ -73,7 +76,9 @@ fn on_transition(on_marked_down: OnMarkedDown, b: &Backend, t: Transition, why: 
         Transition::None => {}
         Transition::Up => tracing::info!(node = %b.name, addr = %b.addr, why, "node is UP"),
         Transition::Down => {
-            let keep = on_marked_down == OnMarkedDown::Keep;
+            // A node shutting down closes its WebSockets itself once their pending requests are
+            // answered: closing them here would cut those answers.
+            let keep = on_marked_down == OnMarkedDown::Keep || b.health.leaving();
             tracing::warn!(node = %b.name, addr = %b.addr, why, close_tunnels = !keep, "node is DOWN");
             // Pooled connections to a node that stopped answering are likely dead too.
             b.clear_pool();
@@ -102,9 +107,11 @@ pub async fn run<S, P, F, A, C>(
     C: FnMut(Transition, &str),
 {
     let apply_passive = |on_change: &mut C| -> bool {
+        let leaving = state.apply_leaving();
+        on_change(leaving, "the node is shutting down (503 api.process.shutting_down)");
         let n = state.take_passive();
         if n == 0 || !passive_on() {
-            return false;
+            return leaving != Transition::None;
         }
         let t = state.apply(|m, now, epoch| m.record_passive(n, now, epoch));
         on_change(t, "failures on client traffic");

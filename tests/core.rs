@@ -866,3 +866,126 @@ async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node that answers Kuzzle's "shutting down" 503 (as real Kuzzle 2 does for ~0.1-3 s after a
+/// SIGTERM) has not run the request: any method goes to another node, and the node takes no more
+/// traffic (LEAVING on /hastats) until checks bring it back UP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_refusals_are_resent_whatever_the_method() {
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    let leaving = CannedNode::start(503, SHUTTING_DOWN_BODY).await;
+    let gw = gateway(&gateway_toml(&format!(
+        "[balance]\nalgorithm = \"roundrobin\"\n[health]\ninterval = \"1h\"\n\
+         [[node]]\nname = \"leaving\"\naddress = \"{}\"\n{}",
+        leaving.addr,
+        nodes_toml(&[&n1])
+    )))
+    .await;
+    let body = Bytes::from_static(br#"{"controller":"realtime","action":"publish"}"#);
+    for (i, method) in ["POST", "GET", "PUT", "DELETE", "POST", "PATCH"].into_iter().enumerate() {
+        let r = if method == "GET" || method == "DELETE" {
+            request(gw.http_addr, method, "/_now", &[], Bytes::new()).await
+        } else {
+            request(gw.http_addr, method, "/_sim/echo", &[], body.clone()).await
+        };
+        // The node's own answer (a DELETE of /_now is its 404), never a 5xx.
+        assert!(r.status < 500, "{method} {i}: {} {}", r.status, String::from_utf8_lossy(&r.body));
+        assert_eq!(r.node(), Some("cluster_kuzzle_1"), "{method} {i}");
+        if method == "POST" || method == "PUT" {
+            assert_eq!(r.body, body, "{method} {i}: the body reached the other node whole");
+        }
+    }
+    // Roundrobin sent it the first request; its refusal took it out of the rotation at once.
+    assert_eq!(
+        leaving.answered_except("/_plugin/cluster/health"),
+        1,
+        "a node that said it is shutting down got more traffic"
+    );
+    let snap = gw.core.snapshot_full();
+    let node = snap.node("leaving").expect("node");
+    assert!(node.health.leaving() && !node.eligible());
+    assert!(node.counters.redispatches.load(Ordering::Relaxed) >= 1);
+    let v = request(
+        gw.stats_addr,
+        "GET",
+        "/hastats;json",
+        &[("authorization", "Basic a3V6emxlOmt1enpsZQ==")],
+        Bytes::new(),
+    )
+    .await
+    .json();
+    let row = v["nodes"].as_array().expect("nodes").iter().find(|n| n["name"] == "leaving").cloned();
+    assert_eq!(row.as_ref().map(|n| n["status"].clone()), Some(json!("LEAVING")), "{v}");
+    // Its prefix names it: the gateway says why it cannot go there.
+    let msg = assert_envelope(&get(gw.http_addr, "/leaving/_now").await, 503);
+    assert!(msg.contains("shutting down"), "{msg}");
+    gw.shutdown().await;
+}
+
+/// Only Kuzzle's "not executed" refusals are re-sent: another 503 is the node's answer and goes
+/// to the client as it came, and a node that is overloaded is not taken out of the rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_503s_pass_through_and_overload_is_resent_without_leaving() {
+    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    let custom = r#"{"status":503,"error":{"id":"plugin.custom.unavailable","message":"try later"}}"#;
+    let other = CannedNode::start(503, custom).await;
+    let overloaded = r#"{"status":503,"error":{"id":"api.process.overloaded","message":"Request discarded"}}"#;
+    let busy = CannedNode::start(503, overloaded).await;
+    let gw = gateway(&gateway_toml(&format!(
+        "[balance]\nalgorithm = \"roundrobin\"\n[health]\ninterval = \"1h\"\npassive = false\n\
+         [[node]]\nname = \"other\"\naddress = \"{}\"\n[[node]]\nname = \"busy\"\naddress = \"{}\"\n{}",
+        other.addr,
+        busy.addr,
+        nodes_toml(&[&n1])
+    )))
+    .await;
+    let mut passed = 0;
+    for i in 0..9 {
+        let r = request(gw.http_addr, "POST", "/_sim/echo", &[], Bytes::from_static(b"{}")).await;
+        match r.status {
+            200 => assert_eq!(r.node(), Some("cluster_kuzzle_1"), "request {i}"),
+            503 => {
+                passed += 1;
+                assert_eq!(std::str::from_utf8(&r.body).ok(), Some(custom), "request {i}: body changed");
+                assert_eq!(r.node(), Some("other"), "the gateway names the node that answered");
+            }
+            s => panic!("request {i}: {s} {}", String::from_utf8_lossy(&r.body)),
+        }
+    }
+    assert!(passed >= 2, "the other node's 503 was never passed on ({passed})");
+    let tried = busy.answered_except("/_plugin/cluster/health");
+    assert!(tried >= 2, "an overloaded node stays in the rotation ({tried})");
+    let snap = gw.core.snapshot_full();
+    assert!(!snap.node("busy").expect("busy").health.leaving());
+    // Every node refusing: the client gets the last node's own answer, not a gateway error.
+    let r = get(gw.http_addr, "/busy/_now").await;
+    assert_eq!((r.status, std::str::from_utf8(&r.body).ok()), (503, Some(overloaded)));
+    gw.shutdown().await;
+}
+
+/// Real Kuzzle 2 answers `X-Kuzzle-Node: undefined`: the gateway names the node that answered in
+/// `[gateway] node_header` (x-kuzzle-node by default, over the node's own value; "" = off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_name_the_node_that_answered() {
+    let node = CannedNode::start(200, r#"{"status":200,"result":1}"#).await;
+    for (setting, header, expect_kuzzle) in [
+        (None, Some("x-kuzzle-node"), "kuzzle_a"),
+        (Some("X-Served-By"), Some("x-served-by"), "undefined"),
+        (Some(""), None, "undefined"),
+    ] {
+        let line = setting.map(|h| format!("node_header = {h:?}\n")).unwrap_or_default();
+        let gw = gateway(&format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n{line}[stats]\nlisten = \"127.0.0.1:0\"\n\
+             [[node]]\nname = \"kuzzle_a\"\naddress = \"{}\"\n",
+            node.addr
+        ))
+        .await;
+        let r = get(gw.http_addr, "/_now").await;
+        assert_eq!(r.status, 200, "{setting:?}");
+        assert_eq!(r.header("x-kuzzle-node"), Some(expect_kuzzle), "{setting:?}");
+        if let Some(h) = header {
+            assert_eq!(r.header(h), Some("kuzzle_a"), "{setting:?}");
+        }
+        gw.shutdown().await;
+    }
+}

@@ -103,6 +103,9 @@ pub enum Origin {
 /// removed node lives until its last connection ends.
 pub struct Backend {
     pub name: String,
+    /// `name` as a header value, made once: the `[gateway] node_header` of every response it
+    /// serves (None for a name that is no valid header value).
+    pub name_value: Option<http::HeaderValue>,
     pub addr: SocketAddr,
     pub origin: Origin,
     /// A `[[node]]` whose host name has no address yet: DOWN, never checked nor picked, shown as
@@ -141,6 +144,7 @@ impl Backend {
         initially_up: bool,
     ) -> Self {
         Backend {
+            name_value: http::HeaderValue::from_str(&name).ok(),
             name,
             addr,
             origin,

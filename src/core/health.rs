@@ -1,7 +1,7 @@
 //! Core: one node's health state: an atomic the data plane reads, the pure rise/fall machine
 //! ([`super::machine`]) the checker ([`crate::health`]) drives, and passive failure counting.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -9,11 +9,18 @@ use tokio::time::Instant;
 
 pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, Phase, Transition};
 
+/// Bit of `flags`: the machine says UP.
+const UP: u8 = 1;
+/// Bit of `flags`: the node said it is shutting down (Kuzzle's 503 `api.process.shutting_down`).
+const LEAVING: u8 = 2;
+
 /// One node's health: an atomic for the data plane, the state machine for the control plane.
 #[derive(Debug)]
 pub struct HealthState {
-    /// What the data plane reads: mirrors `machine.is_up()` after every change.
-    up: AtomicBool,
+    /// What the data plane reads, in one load: `UP` mirrors `machine.is_up()` after every change;
+    /// `LEAVING` is set by a request that met the node shutting down (it takes no traffic from
+    /// that instant) and cleared when checks bring the node UP again.
+    flags: AtomicU8,
     /// Only the checker task, operators and the stats page take this lock; never a request.
     machine: Mutex<Machine>,
     /// Failures seen on real traffic not yet applied: the request path only bumps this counter.
@@ -27,16 +34,36 @@ impl HealthState {
     /// its first successful check.
     pub fn new(up: bool) -> Self {
         HealthState {
-            up: AtomicBool::new(up),
+            flags: AtomicU8::new(if up { UP } else { 0 }),
             machine: Mutex::new(Machine::new(up, Instant::now(), crate::util::epoch_secs())),
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
         }
     }
 
+    /// UP and not leaving: may take traffic as far as health goes.
     #[inline]
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.flags.load(Ordering::Relaxed) == UP
+    }
+
+    /// The node told a request it is shutting down, and no check has brought it UP since.
+    pub fn leaving(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & LEAVING != 0
+    }
+
+    /// Data plane: the node refused a request because it is shutting down. It takes no new
+    /// traffic from now on; the checker marks it DOWN (without closing its WebSockets: the node
+    /// closes them itself once its pending requests are done) until checks bring it back UP.
+    pub fn note_leaving(&self) {
+        if self.flags.fetch_or(LEAVING, Ordering::Relaxed) & LEAVING == 0 {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Checker: the node is UP again, so it is no longer leaving.
+    fn clear_leaving(&self) {
+        self.flags.fetch_and(!LEAVING, Ordering::Relaxed);
     }
 
     /// Force the state (tests, tools); the next checks continue from there.
@@ -45,15 +72,33 @@ impl HealthState {
     }
 
     pub fn view(&self) -> HealthView {
-        self.lock().view(Instant::now())
+        let mut v = self.lock().view(Instant::now());
+        v.leaving = self.leaving();
+        v
     }
 
-    /// Change the machine and publish its state to the data plane's atomic.
+    /// Change the machine and publish its state to the data plane's atomic. A transition to UP
+    /// ends a leaving state (the node restarted and passed its checks).
     pub fn apply(&self, f: impl FnOnce(&mut Machine, Instant, u64) -> Transition) -> Transition {
         let mut m = self.lock();
         let t = f(&mut m, Instant::now(), crate::util::epoch_secs());
-        self.up.store(m.is_up(), Ordering::Relaxed);
+        if m.is_up() {
+            self.flags.fetch_or(UP, Ordering::Relaxed);
+        } else {
+            self.flags.fetch_and(!UP, Ordering::Relaxed);
+        }
+        if t == Transition::Up {
+            self.clear_leaving();
+        }
         t
+    }
+
+    /// Checker: a node marked leaving that the machine still counts UP goes DOWN now.
+    pub fn apply_leaving(&self) -> Transition {
+        if !self.leaving() {
+            return Transition::None;
+        }
+        self.apply(|m, now, epoch| if m.is_up() { m.force(false, now, epoch) } else { Transition::None })
     }
 
     /// Read the machine (scheduling decisions).
@@ -88,5 +133,43 @@ impl HealthState {
 
     fn lock(&self) -> MutexGuard<'_, Machine> {
         crate::util::lock(&self.machine)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::machine::CheckKind;
+
+    fn check(ok: bool) -> CheckResult {
+        let kind = if ok { CheckKind::L7OK } else { CheckKind::L7STS };
+        CheckResult { kind, code: None, duration: std::time::Duration::ZERO, at: 0 }
+    }
+
+    #[test]
+    fn leaving_takes_the_node_out_until_checks_bring_it_back() {
+        let h = HealthState::new(true);
+        assert!(h.is_up() && !h.leaving());
+        h.note_leaving();
+        // At once, before the checker runs: no traffic.
+        assert!(!h.is_up() && h.leaving());
+        // A passing check while the machine still says UP does not end it.
+        assert_eq!(h.apply(|m, now, e| m.record(check(true), now, e)), Transition::None);
+        assert!(!h.is_up() && h.leaving());
+        // The checker marks it DOWN, and `rise` passing checks bring it back.
+        assert_eq!(h.apply_leaving(), Transition::Down);
+        assert_eq!(h.view().status, "DOWN");
+        assert!(h.view().leaving);
+        assert_eq!(h.apply(|m, now, e| m.record(check(true), now, e)), Transition::None);
+        assert!(h.leaving(), "one pass of two is not UP yet");
+        assert_eq!(h.apply(|m, now, e| m.record(check(true), now, e)), Transition::Up);
+        assert!(h.is_up() && !h.leaving() && !h.view().leaving);
+        // Failing checks while leaving keep it DOWN; leaving twice is idempotent.
+        h.note_leaving();
+        h.note_leaving();
+        assert_eq!(h.apply_leaving(), Transition::Down);
+        assert_eq!(h.apply_leaving(), Transition::None);
+        assert_eq!(h.apply(|m, now, e| m.record(check(false), now, e)), Transition::None);
+        assert!(!h.is_up() && h.leaving());
     }
 }

@@ -73,6 +73,9 @@ pub struct HealthView {
     pub down_transitions: u64,
     /// Failed checks (haproxy's chkfail); failures seen by passive checks count too.
     pub failed_checks: u64,
+    /// The node said it is shutting down (set by [`super::health::HealthState::view`]; the machine
+    /// itself does not know).
+    pub leaving: bool,
 }
 
 /// Where a node is between UP and DOWN.
@@ -306,6 +309,7 @@ impl Machine {
             downtime: self.downtime(now).as_secs(),
             down_transitions: self.down_transitions,
             failed_checks: self.failed_checks,
+            leaving: false,
         }
     }
 }

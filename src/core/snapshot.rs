@@ -17,13 +17,17 @@ pub struct Snapshot {
     pub cursor: AtomicUsize,
     /// Increases with every swap.
     pub generation: u64,
+    /// `[gateway] node_header`, parsed once per snapshot (None: off).
+    pub node_header: Option<http::HeaderName>,
 }
 
 impl Snapshot {
     /// A snapshot of `nodes` in that order; the cursor carries on from `cursor`.
     pub fn new(config: Arc<Config>, nodes: Vec<Arc<Backend>>, cursor: usize, generation: u64) -> Snapshot {
         let names = nodes.iter().enumerate().map(|(i, b)| (b.name.clone(), i)).collect();
-        Snapshot { config, nodes, names, cursor: AtomicUsize::new(cursor), generation }
+        // Validated with the configuration; an unparsable name (never expected) means no header.
+        let node_header = http::HeaderName::from_bytes(config.gateway.node_header.as_bytes()).ok();
+        Snapshot { config, nodes, names, cursor: AtomicUsize::new(cursor), generation, node_header }
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {

@@ -173,6 +173,10 @@ pub fn node_status(h: &HealthView, admin: AdminState, membership: Membership) ->
     if admin == AdminState::Maint {
         return ("MAINT".into(), StatusClass::Maint);
     }
+    if h.leaving {
+        // Told a request it is shutting down: no traffic until checks bring it back UP.
+        return ("LEAVING".into(), StatusClass::Drain);
+    }
     let draining = admin == AdminState::Drain || membership == Membership::Draining;
     let s = h.status.trim();
     if draining {
@@ -434,6 +438,7 @@ mod tests {
             downtime: 0,
             down_transitions: 0,
             failed_checks: 0,
+            leaving: false,
         }
     }
 

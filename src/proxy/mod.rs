@@ -100,19 +100,49 @@ struct Prepared {
     upgrade: Option<(HeaderValue, OnUpgrade)>,
     /// The connection's `max_connections` permit, handed to a tunnel.
     slot: Option<Arc<tunnel::PermitSlot>>,
-    /// What a re-send of a body-less idempotent request needs: method, target, headers.
-    template: Option<(Method, Uri, HeaderMap)>,
+    /// What a re-send needs (kept when another node could take it): a body-less request, or one
+    /// whose small body is read whole first ([`Prepared::unread`]).
+    template: Option<Template>,
     /// A body-less GET, HEAD or OPTIONS: re-sent whatever happened to the first try.
     idempotent: bool,
+    /// A small body (Content-Length up to `[balance] resend_body`) still to read whole before the
+    /// first try, so that it can be sent again.
+    unread: Option<Incoming>,
+}
+
+/// A request as it can be sent again: a node that refused it unexecuted (Kuzzle shutting down)
+/// or broke before answering an idempotent one.
+struct Template {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    /// The whole body (empty for a body-less request).
+    body: Bytes,
+}
+
+impl Template {
+    fn request(&self) -> Request<UpBody> {
+        build(self.method.clone(), self.uri.clone(), self.headers.clone(), Either::Right(Full::new(self.body.clone())))
+    }
 }
 
 async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> Result<Response<DownBody>, ProxyError> {
     let snap = ctx.core.snapshot_full();
-    let (mut p, first) = prepare(ctx, &snap, req, client)?;
+    let (mut p, mut first) = prepare(ctx, &snap, req, client)?;
     let cfg = &snap.config;
+    if let Some(body) = p.unread.take() {
+        let bytes = read_whole(body, cfg.balance.resend_body, cfg.timeouts.client.0).await?;
+        ctx.core.frontend.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        *first.body_mut() = Either::Right(Full::new(bytes.clone()));
+        if let Some(t) = p.template.as_mut() {
+            t.body = bytes;
+        }
+    }
     let attempts = cfg.balance.retries + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut resent = false;
+    // The last node's own "not executed" answer, passed on when no other node can take the request.
+    let mut refused: Option<Box<Response<DownBody>>> = None;
     let mut pending = Some(first);
     let mut last = ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available");
     let mut attempt = 0;
@@ -170,6 +200,19 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> 
                 ProxyError::closed_at_once(&node)
             }
             Failure::Broke(e) => e,
+            // Not executed (Kuzzle shutting down or overloaded): any request may go to another
+            // node, each node at most once, whatever `retries` and `redispatch` say.
+            Failure::Refused(resp) => match &p.template {
+                Some(t) if p.pinned.is_none() => {
+                    tried.push(idx);
+                    node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                    pending = Some(t.request());
+                    refused = Some(resp);
+                    attempt -= 1;
+                    continue;
+                }
+                _ => return Ok(*resp),
+            },
         };
         err.record(&node, &cfg.health);
         if err.progress == error::Progress::NothingSent {
@@ -181,17 +224,31 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> 
         }
         // Sent but not answered: only a copy of a request that is safe to send again goes, once.
         match &p.template {
-            Some((m, u, h)) if !resent && p.pinned.is_none() && err.resend_safe(p.idempotent) => {
+            Some(t) if !resent && p.pinned.is_none() && err.resend_safe(p.idempotent) => {
                 resent = true;
                 tried.push(idx);
                 node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                pending = Some(build(m.clone(), u.clone(), h.clone(), Either::Right(Full::new(Bytes::new()))));
+                pending = Some(t.request());
                 attempt -= 1;
             }
             _ => return Err(err),
         }
     }
-    Err(last)
+    match refused {
+        Some(resp) => Ok(*resp),
+        None => Err(last),
+    }
+}
+
+/// A small request body, read whole (within the client timeout) so that it can be sent again.
+async fn read_whole(body: Incoming, limit: usize, wait: std::time::Duration) -> Result<Bytes, ProxyError> {
+    match tokio::time::timeout(wait, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) => Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short")),
+        Err(_) => {
+            Err(ProxyError::client(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {wait:?}")))
+        }
+    }
 }
 
 /// Route the request and rewrite its headers; keep what a re-send of a body-less idempotent
@@ -239,13 +296,25 @@ fn prepare(
     headers.append(GATEWAY_MARK, ctx.instance.clone());
 
     // A copy costs an allocation: only make one when there is another node to re-send to.
-    let others = upgrade.is_none() && pinned.is_none() && snap.nodes.len() > 1;
+    let others = pinned.is_none() && snap.nodes.len() > 1;
+    let bodiless = body.is_end_stream();
     let idempotent =
-        others && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && body.is_end_stream();
-    let first_body: UpBody = Either::Left(Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound));
-    let template = idempotent.then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        others && upgrade.is_none() && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && bodiless;
+    let limit = snap.config.balance.resend_body as u64;
+    let small = others && upgrade.is_none() && !bodiless && body.size_hint().exact().is_some_and(|n| n <= limit);
+    let (first_body, unread): (UpBody, _) = if small {
+        (Either::Right(Full::new(Bytes::new())), Some(body))
+    } else {
+        (Either::Left(Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound)), None)
+    };
+    let template = (others && (bodiless || small)).then(|| Template {
+        method: parts.method.clone(),
+        uri: uri.clone(),
+        headers: headers.clone(),
+        body: Bytes::new(),
+    });
     let first = build(parts.method, uri, headers, first_body);
-    Ok((Prepared { pinned, upgrade, slot, template, idempotent }, first))
+    Ok((Prepared { pinned, upgrade, slot, template, idempotent, unread }, first))
 }
 
 /// RFC 9112 strictness on what hyper lets through: HTTP/1.1 needs exactly one Host (two Hosts let
@@ -291,6 +360,9 @@ enum Failure {
     Broke(ProxyError),
     /// Nothing more to try (the client's fault, or a timeout).
     Final(ProxyError),
+    /// The node answered that it did not execute the request (Kuzzle's 503 while shutting down
+    /// or overloaded): its answer, to pass on if no other node can take the request.
+    Refused(Box<Response<DownBody>>),
 }
 
 /// Send one request on `sender` and turn the node's answer into the client's response (a
@@ -353,6 +425,7 @@ async fn exchange(
             let (mut parts, _) = resp.into_parts();
             let kept = parts.headers.get(header::UPGRADE).cloned().unwrap_or(proto);
             strip_hop_by_hop(&mut parts.headers, Some(kept));
+            name_node(snap, node, &mut parts.headers);
             node.counters.responses.record(101);
             return Ok(Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))));
         }
@@ -365,6 +438,14 @@ async fn exchange(
         parts.headers.remove(header::CONTENT_LENGTH);
     }
     strip_hop_by_hop(&mut parts.headers, None);
+    name_node(snap, node, &mut parts.headers);
+    if parts.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(len) = refusal_length(&parts.headers) {
+            // Rare (a node shutting down or overloaded): read the small body to see whether the
+            // request ran; never on the path of any other answer.
+            return refusal(ctx, node, parts, body, len, sender, wait).await;
+        }
+    }
     let mut body = Counted::new(body, ctx.core.frontend.clone(), Some(node.counters.clone()), Direction::Outbound);
     // The first frame is read before the head goes out: a node that sends a head and then closes
     // (or stalls) gets the client a 502 (504), not a response cut before its first byte. In the
@@ -397,6 +478,80 @@ async fn exchange(
     Ok(Response::from_parts(parts, Either::Left(body)))
 }
 
+/// Largest 503 body read to learn whether the node executed the request (Kuzzle's is ~130 bytes).
+const REFUSAL_BODY_MAX: u64 = 4096;
+
+/// Kuzzle error ids that mean "rejected, not executed", and whether the node is leaving.
+const NOT_EXECUTED: [(&str, bool); 2] = [("api.process.shutting_down", true), ("api.process.overloaded", false)];
+
+/// The Content-Length of a 503 small enough to read for a refusal (a chunked one passes through).
+fn refusal_length(h: &HeaderMap) -> Option<u64> {
+    let n: u64 = h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
+    (n <= REFUSAL_BODY_MAX).then_some(n)
+}
+
+/// The Kuzzle error id of a response body, if it names one that means "not executed": `Some(true)`
+/// when the node is shutting down.
+pub fn not_executed(body: &[u8]) -> Option<bool> {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        #[serde(borrow)]
+        error: Option<ErrorId<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorId<'a> {
+        #[serde(borrow)]
+        id: Option<std::borrow::Cow<'a, str>>,
+    }
+    let id = serde_json::from_slice::<Envelope<'_>>(body).ok()?.error?.id?;
+    NOT_EXECUTED.iter().find(|(known, _)| *known == id).map(|(_, leaving)| *leaving)
+}
+
+/// A node's 503 with a small body: read it whole; a Kuzzle "not executed" refusal becomes
+/// [`Failure::Refused`] (and a node shutting down leaves the rotation at once), anything else
+/// goes to the client as it came.
+async fn refusal(
+    ctx: &Context,
+    node: &Arc<Backend>,
+    parts: http::response::Parts,
+    body: Incoming,
+    len: u64,
+    sender: Sender,
+    wait: std::time::Duration,
+) -> Result<Response<DownBody>, Failure> {
+    let bytes = match tokio::time::timeout(wait, http_body_util::Limited::new(body, len as usize).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) | Err(_) => return Err(Failure::Final(ProxyError::broke(node))),
+    };
+    node.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    node.release(sender);
+    let verdict = not_executed(&bytes);
+    let n = bytes.len() as u64;
+    let resp = Response::from_parts(parts, Either::Right(Full::new(bytes)));
+    match verdict {
+        None => {
+            ctx.core.frontend.bytes_out.fetch_add(n, Ordering::Relaxed);
+            Ok(resp)
+        }
+        Some(leaving) => {
+            if leaving {
+                tracing::info!(node = %node.name, "node is shutting down: out of the rotation until checks pass");
+                node.health.note_leaving();
+            }
+            Err(Failure::Refused(Box::new(resp)))
+        }
+    }
+}
+
+/// Name the node that answered in `[gateway] node_header` (over any value the node sent: real
+/// Kuzzle 2 sends `undefined`).
+#[inline]
+fn name_node(snap: &Snapshot, node: &Backend, h: &mut HeaderMap) {
+    if let (Some(name), Some(value)) = (&snap.node_header, &node.name_value) {
+        h.insert(name.clone(), value.clone());
+    }
+}
+
 /// Whose fault a failed send is, and how far the request got.
 fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
     if let Some(back) = e.take_message() {
@@ -423,6 +578,8 @@ fn choose(
         if !node.eligible() {
             let why = if node.membership() == crate::core::backend::Membership::Draining {
                 "is leaving the cluster"
+            } else if node.health.leaving() {
+                "is shutting down"
             } else if node.admin() != crate::core::backend::AdminState::Ready {
                 "is in maintenance"
             } else {

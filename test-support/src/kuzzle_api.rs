@@ -66,3 +66,6 @@ pub fn assert_envelope(r: &Resp, status: u16) -> String {
     assert!(!msg.is_empty());
     msg.to_string()
 }
+
+/// Real Kuzzle's answer to any request while it shuts down (kuzzle-real-facts.md): 503, not executed.
+pub const SHUTTING_DOWN_BODY: &str = r#"{"status":503,"error":{"id":"api.process.shutting_down","code":33685511,"message":"Rejected: this node is shutting down."}}"#;

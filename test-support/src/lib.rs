@@ -7,7 +7,7 @@
 //! - `process`: `need` (a missing tool fails the test, naming it), built binaries (`bin`), `KillOnDrop`;
 //! - `sim`: `kuzzle-node-sim` as a process (`Sim`), and what a node reports it saw (`seen`, `sim_path`);
 //! - `redis_server`: `RedisServer`, a 3-master `RedisCluster`, a plain `Subscriber`;
-//! - `tcp`: `free_port`, raw exchanges, a counting `Relay`, a `rude_node`;
+//! - `tcp`: `free_port`, raw exchanges, a counting `Relay`, a `rude_node`, a `CannedNode`;
 //! - `http_client`: `Client`, `Resp`, `request`/`get`/`post`, `ChanBody`, source-bound `conn_from`;
 //! - `websocket`: `ws`, `ws_next_json`, `ws_wait`, `ws_call`;
 //! - `kuzzle_api`: Kuzzle requests, subscribe/publish/notification helpers, error envelopes.

@@ -1,4 +1,5 @@
-//! Raw TCP: free ports, raw byte exchanges, a counting relay in front of a node, and a rude fake node.
+//! Raw TCP: free ports, raw byte exchanges, a counting relay in front of a node, a rude fake node and
+//! one that answers every request the same way.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -107,6 +108,29 @@ impl Drop for Relay {
     }
 }
 
+/// Read one whole request (head and Content-Length body) from `c`; None if the peer closed first.
+async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return Some(got);
+            }
+        }
+        match c.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A fake node that reads each whole request (head and Content-Length body), then closes without
 /// answering: it may have acted on the request, so only idempotent ones may be re-sent.
 /// Stops when the returned task is aborted (or the runtime ends).
@@ -115,28 +139,59 @@ pub async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let addr = l.local_addr().expect("addr");
     let task = tokio::spawn(async move {
         while let Ok((mut c, _)) = l.accept().await {
+            // Dropped with nothing unread: the connection closes (FIN) with no answer.
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-                        let len = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse::<usize>().ok())
-                            .unwrap_or(0);
-                        if got.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-            }); // dropped with nothing unread: the connection closes (FIN) with no answer
+                let _ = read_request(&mut c).await;
+            });
         }
     });
     (addr, task)
+}
+
+/// A fake node that answers every whole request with `status` and the JSON `body`, then closes
+/// (as real Kuzzle does: `Connection: close`). Counts the requests it answered.
+pub struct CannedNode {
+    pub addr: SocketAddr,
+    /// Request lines ("GET /_now HTTP/1.1") of the requests read whole and answered, in order.
+    pub seen: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CannedNode {
+    pub async fn start(status: u16, body: &str) -> CannedNode {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reply = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Kuzzle-Node: undefined\r\n\
+             Connection: close\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let (reply, log) = (reply.clone(), log.clone());
+                tokio::spawn(async move {
+                    if let Some(req) = read_request(&mut c).await {
+                        let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
+                        log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                        let _ = c.write_all(reply.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        CannedNode { addr, seen, task }
+    }
+
+    /// Requests answered whose path is not `health_path` (client traffic, not health checks).
+    pub fn answered_except(&self, health_path: &str) -> usize {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().filter(|l| l.split(' ').nth(1) != Some(health_path)).count()
+    }
+}
+
+impl Drop for CannedNode {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
