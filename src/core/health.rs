@@ -1,7 +1,7 @@
 //! Core: one node's health state: an atomic the data plane reads, the pure rise/fall machine
 //! ([`super::machine`]) the checker ([`crate::health`]) drives, and passive failure counting.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -27,6 +27,9 @@ pub struct HealthState {
     passive_pending: AtomicU32,
     /// Wakes the checker so passive failures act at once (and trigger a fast re-check).
     kick: Notify,
+    /// Epoch milliseconds of the last transition to UP (0: UP since the gateway started, or never
+    /// UP): where `[health] slowstart` counts from.
+    up_at: AtomicU64,
 }
 
 impl HealthState {
@@ -38,6 +41,7 @@ impl HealthState {
             machine: Mutex::new(Machine::new(up, Instant::now(), crate::util::epoch_secs())),
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
+            up_at: AtomicU64::new(0),
         }
     }
 
@@ -89,8 +93,21 @@ impl HealthState {
         }
         if t == Transition::Up {
             self.clear_leaving();
+            self.up_at.store(crate::util::epoch_ms().max(1), Ordering::Relaxed);
         }
         t
+    }
+
+    /// Epoch milliseconds of the last transition to UP; 0 when the node has been UP since the
+    /// gateway started (no slow start then: it would only starve a running cluster).
+    #[inline]
+    pub fn up_at(&self) -> u64 {
+        self.up_at.load(Ordering::Relaxed)
+    }
+
+    /// The ramp is over: the data plane stops computing it.
+    pub fn ramp_done(&self) {
+        self.up_at.store(0, Ordering::Relaxed);
     }
 
     /// Checker: a node marked leaving that the machine still counts UP goes DOWN now.
