@@ -9,19 +9,30 @@ use std::sync::Arc;
 use crate::config::Algorithm;
 use crate::core::backend::{Backend, FULL_WEIGHT};
 
-/// Slow start as one pick sees it: the ramp's length and now (both in milliseconds; a zero
-/// `slowstart_ms` turns it off and costs nothing).
+/// Nodes that join and come UP within this long of the gateway's start are its initial membership
+/// (from Redis, found and checked in its first seconds): running nodes, no slow start. A node
+/// coming back UP after being DOWN ramps whenever it happens.
+pub const START_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Slow start as one pick sees it, in epoch milliseconds: the ramp's length (0: off, and then
+/// nothing else is read), now, and the time before which a node's coming UP is no cold start.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ramp {
     pub slowstart_ms: u64,
     pub now_ms: u64,
+    pub from_ms: u64,
 }
 
 impl Ramp {
-    /// The ramp of `[health] slowstart` now (reads the clock only when slow start is on).
-    pub fn now(slowstart: std::time::Duration) -> Ramp {
+    /// The ramp of `[health] slowstart` now, for a gateway started at `started` (reads the clock
+    /// only when slow start is on).
+    pub fn now(slowstart: std::time::Duration, started: std::time::SystemTime) -> Ramp {
         let slowstart_ms = slowstart.as_millis() as u64;
-        Ramp { slowstart_ms, now_ms: if slowstart_ms == 0 { 0 } else { crate::util::epoch_ms() } }
+        if slowstart_ms == 0 {
+            return Ramp::default();
+        }
+        let since = started.duration_since(std::time::UNIX_EPOCH).unwrap_or_default() + START_GRACE;
+        Ramp { slowstart_ms, now_ms: crate::util::epoch_ms(), from_ms: since.as_millis() as u64 }
     }
 }
 
@@ -55,7 +66,7 @@ pub fn pick(
         return None;
     }
     let usable = |i: usize| nodes[i].eligible() && !skip.contains(&i);
-    let weight = |i: usize| nodes[i].weight(ramp.slowstart_ms, ramp.now_ms);
+    let weight = |i: usize| nodes[i].weight(ramp.slowstart_ms, ramp.now_ms, ramp.from_ms);
     match algorithm {
         Algorithm::Roundrobin => {
             let start = cursor.fetch_add(1, Ordering::Relaxed);
@@ -160,8 +171,8 @@ mod tests {
         let ns = nodes(3);
         ns[2].health.set_up(false);
         ns[2].health.set_up(true);
-        let up_at = ns[2].health.up_at();
-        let ramp = Ramp { slowstart_ms: 10_000, now_ms: up_at + elapsed_ms };
+        let up_at = ns[2].health.came_up().expect("came up").0;
+        let ramp = Ramp { slowstart_ms: 10_000, now_ms: up_at + elapsed_ms, from_ms: 0 };
         let c = AtomicUsize::new(0);
         let ip: IpAddr = [127, 0, 0, 1].into();
         let mut got = vec![0; 3];
@@ -189,9 +200,23 @@ mod tests {
         // The ramp, and a node UP since start-up has none.
         assert_eq!((ramp(0, 10_000), ramp(5_000, 10_000), ramp(10_000, 10_000)), (1, 50, 100));
         let n = &nodes(1)[0];
-        assert_eq!(n.weight(10_000, crate::util::epoch_ms()), 100);
+        let now = crate::util::epoch_ms();
+        assert_eq!(n.weight(10_000, now, 0), 100, "UP since start-up");
+        n.health.set_up(false);
+        n.health.set_up(true);
+        assert!(n.weight(10_000, now + 5_000, 0) < 100, "came back UP: ramps");
+        assert!(n.weight(10_000, now + 5_000, now + 60_000) < 100, "back UP in the gateway's first seconds: ramps");
+        let joined =
+            Backend::new("j".into(), "127.0.0.1:1".parse().expect("addr"), Origin::Plugin, Default::default(), false);
+        joined.health.set_up(true);
+        assert_eq!(
+            joined.weight(10_000, now + 5_000, now + 60_000),
+            100,
+            "joined in the gateway's first seconds: no ramp"
+        );
+        assert!(joined.weight(10_000, now + 5_000, 0) < 100, "joined later: ramps");
         n.set_admin(crate::core::backend::AdminState::Drain);
-        assert_eq!(n.weight(10_000, crate::util::epoch_ms()), 0);
+        assert_eq!(n.weight(10_000, now, 0), 0);
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl Default for HealthSection {
 }
 
 /// `[health] slowstart` by default (see README: health checks, for the measurement behind it).
-pub const DEFAULT_SLOWSTART: Duration = Duration::from_secs(0);
+pub const DEFAULT_SLOWSTART: Duration = Duration::from_secs(30);
 
 /// Format of the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -225,7 +225,7 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Three sims behind a gateway process; cut the victim off, wait for DOWN and the 1001, heal, wait
 /// for UP. `streams` clients send GETs all along (0: no traffic, checks alone decide).
-async fn partition_run(part: &Partition, passive: bool, streams: usize) -> Timings {
+async fn partition_run(part: &Partition, passive: bool, streams: usize, retry_on_timeout: bool) -> Timings {
     let a = Sim::start("node_a", &[]);
     let b = Sim::start("node_b", &[]);
     let victim = Sim::start("victim", &[]);
@@ -237,7 +237,7 @@ async fn partition_run(part: &Partition, passive: bool, streams: usize) -> Timin
     // fails over fast.
     let gw = Gateway::start(&format!(
         "[timeouts]\nconnect = \"300ms\"\nserver = \"{}ms\"\npool_idle = \"200ms\"\n\
-         [balance]\nalgorithm = \"roundrobin\"\nretries = 3\nredispatch = true\n\
+         [balance]\nalgorithm = \"roundrobin\"\nretries = 3\nredispatch = true\nretry_on_timeout = {retry_on_timeout}\n\
          [health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\npassive = {passive}\n{nodes}",
         SERVER_TIMEOUT.as_millis(),
         INTERVAL.as_millis(),
@@ -379,7 +379,7 @@ fn up_range() -> (Duration, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_node_marked_down_by_checks_then_rejoins() {
     let Some(part) = partition_or_skip("checks") else { return };
-    let t = partition_run(&part, false, 0).await;
+    let t = partition_run(&part, false, 0, false).await;
     report("checks only", &t);
     let min_down = (FALL - 1) * (INTERVAL - INTERVAL / 10) + CHECK_TIMEOUT;
     assert!(
@@ -399,7 +399,7 @@ async fn partitioned_node_marked_down_by_checks_then_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_node_under_traffic_fails_over_then_rejoins() {
     let Some(part) = partition_or_skip("traffic") else { return };
-    let t = partition_run(&part, true, 4).await;
+    let t = partition_run(&part, true, 4, false).await;
     report("under traffic, passive checks", &t);
     assert!(t.down_after <= down_bound(), "DOWN after {} > {}", ms(t.down_after), ms(down_bound()));
     // Upper bound only: connect timeouts of requests begun before DOWN end after it, and each one
@@ -411,4 +411,16 @@ async fn partitioned_node_under_traffic_fails_over_then_rejoins() {
     assert!(t.gets_while_cut >= 10, "too few requests during the partition to say anything ({})", t.gets_while_cut);
     // A handful at most: one per connection that was open to the victim at the cut.
     assert!(t.timed_out_in_window <= 8, "{} requests timed out", t.timed_out_in_window);
+}
+
+/// The same with `[balance] retry_on_timeout = true`: the GETs that were waiting on the victim
+/// when its packets stopped go to another node after `[timeouts] server` instead of getting the
+/// 504 (the run above shows some: one per connection open to the victim at the cut).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_node_with_retry_on_timeout_costs_no_504() {
+    let Some(part) = partition_or_skip("retry") else { return };
+    let t = partition_run(&part, true, 4, true).await;
+    report("under traffic, passive checks, retry_on_timeout", &t);
+    assert!(t.gets_while_cut >= 10, "too few requests during the partition to say anything ({})", t.gets_while_cut);
+    assert_eq!(t.timed_out_in_window, 0, "a GET timed out although another node could answer it");
 }

@@ -216,16 +216,21 @@ impl Backend {
 
     /// The node's share of new traffic, in percent of a full node's: 0 when it takes none, 100
     /// when it takes its full share, in between during `[health] slowstart` after it came UP
-    /// (at least 1: a node in slow start always gets some). `now_ms`: epoch milliseconds.
+    /// (at least 1: a node in slow start always gets some). Times in epoch milliseconds; a node
+    /// whose first UP came before `from_ms` (found in the gateway's first seconds: its initial
+    /// membership, running already) has no slow start, as haproxy never applies it at start.
     #[inline]
-    pub fn weight(&self, slowstart_ms: u64, now_ms: u64) -> u32 {
+    pub fn weight(&self, slowstart_ms: u64, now_ms: u64, from_ms: u64) -> u32 {
         if !self.eligible() {
             return 0;
         }
-        let up_at = self.health.up_at();
-        if slowstart_ms == 0 || up_at == 0 {
+        if slowstart_ms == 0 {
             return FULL_WEIGHT;
         }
+        let up_at = match self.health.came_up() {
+            Some((at, first)) if !(first && at < from_ms) => at,
+            _ => return FULL_WEIGHT,
+        };
         let w = ramp(now_ms.saturating_sub(up_at), slowstart_ms);
         if w == FULL_WEIGHT {
             self.health.ramp_done();

@@ -27,8 +27,9 @@ pub struct HealthState {
     passive_pending: AtomicU32,
     /// Wakes the checker so passive failures act at once (and trigger a fast re-check).
     kick: Notify,
-    /// Epoch milliseconds of the last transition to UP (0: UP since the gateway started, or never
-    /// UP): where `[health] slowstart` counts from.
+    /// The last transition to UP, where `[health] slowstart` counts from: epoch milliseconds << 1,
+    /// low bit set when it was the node's first (it joined); 0: UP since the gateway started, or
+    /// never UP.
     up_at: AtomicU64,
 }
 
@@ -85,6 +86,7 @@ impl HealthState {
     /// ends a leaving state (the node restarted and passed its checks).
     pub fn apply(&self, f: impl FnOnce(&mut Machine, Instant, u64) -> Transition) -> Transition {
         let mut m = self.lock();
+        let first = m.joining();
         let t = f(&mut m, Instant::now(), crate::util::epoch_secs());
         if m.is_up() {
             self.flags.fetch_or(UP, Ordering::Relaxed);
@@ -93,16 +95,20 @@ impl HealthState {
         }
         if t == Transition::Up {
             self.clear_leaving();
-            self.up_at.store(crate::util::epoch_ms().max(1), Ordering::Relaxed);
+            self.up_at.store(crate::util::epoch_ms().max(1) << 1 | u64::from(first), Ordering::Relaxed);
         }
         t
     }
 
-    /// Epoch milliseconds of the last transition to UP; 0 when the node has been UP since the
-    /// gateway started (no slow start then: it would only starve a running cluster).
+    /// When the node last came UP (epoch milliseconds) and whether that was its first time (it
+    /// joined); None when it has been UP since the gateway started (no slow start then: it would
+    /// only starve a running cluster), or after its ramp ended.
     #[inline]
-    pub fn up_at(&self) -> u64 {
-        self.up_at.load(Ordering::Relaxed)
+    pub fn came_up(&self) -> Option<(u64, bool)> {
+        match self.up_at.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some((v >> 1, v & 1 == 1)),
+        }
     }
 
     /// The ramp is over: the data plane stops computing it.

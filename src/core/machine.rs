@@ -175,6 +175,11 @@ impl Machine {
         self.up
     }
 
+    /// Never UP yet (a node that joined after the gateway started).
+    pub fn joining(&self) -> bool {
+        self.joining
+    }
+
     /// Apply (possibly reloaded) thresholds; a streak already past a lowered threshold acts at
     /// the next result.
     pub fn set_limits(&mut self, rise: u32, fall: u32) {

@@ -68,6 +68,9 @@ struct Local {
     target: Option<Arc<str>>,
     /// This thread runs a flusher.
     flusher: bool,
+    /// Lines are handed over one by one: a thread of a multi-thread runtime (tests, the demo)
+    /// cannot be sure a flusher task runs on it. Workers are current-thread runtimes: buffered.
+    direct: Option<bool>,
     /// The formatted second of the last line (`time` to the second), reused within that second.
     second: (u64, String),
 }
@@ -78,6 +81,7 @@ thread_local! {
         lines: 0,
         target: None,
         flusher: false,
+        direct: None,
         second: (u64::MAX, String::new()),
     }) };
 }
@@ -282,10 +286,13 @@ impl AccessLog {
             }
             f(&mut l.buf, &mut l.second);
             l.lines += 1;
-            if l.buf.len() >= BATCH {
+            let direct = *l.direct.get_or_insert_with(|| {
+                tokio::runtime::Handle::try_current()
+                    .map_or(true, |h| h.runtime_flavor() != tokio::runtime::RuntimeFlavor::CurrentThread)
+            });
+            if direct || l.buf.len() >= BATCH {
                 self.hand_over(l);
-            }
-            if !l.flusher {
+            } else if !l.flusher {
                 l.flusher = self.spawn_flusher();
             }
         });
@@ -340,15 +347,12 @@ impl AccessLog {
     }
 
     /// This worker's flusher: hands its buffer over every [`FLUSH_EVERY`] until the last call.
-    /// False when there is no runtime to run it on (the lines then go with the next full batch).
+    /// Spawned from the worker onto its own current-thread runtime: it runs on this thread.
     fn spawn_flusher(self: &Arc<Self>) -> bool {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return false;
-        }
         self.flushers.fetch_add(1, Ordering::AcqRel);
         let me = self.clone();
         self.life.background.spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
@@ -637,6 +641,61 @@ mod tests {
         ms(&mut s, Some(Duration::from_micros(1234)));
         ms_text(&mut s, None);
         assert_eq!(s, "1.234-");
+    }
+
+    /// A record of a request to `/x` for a log at `path`.
+    fn record(log: &Arc<AccessLog>, path: &std::path::Path) -> HttpRecord {
+        let text = format!("[access_log]\npath = {:?}\n", path.display().to_string());
+        HttpRecord {
+            config: Arc::new(Config::parse(&text, "t.toml").expect("config")),
+            log: log.clone(),
+            start: Instant::now(),
+            at: SystemTime::now(),
+            client: "127.0.0.1:9".parse().expect("addr"),
+            method: Method::GET,
+            uri: Uri::from_static("/x"),
+            status: 200,
+            node: None,
+            connect: None,
+            wait: None,
+            retries: 0,
+            termination: "--",
+            request_id: None,
+            bytes_in: BytesIn::None,
+        }
+    }
+
+    /// A worker (a current-thread runtime) buffers its lines: none is written until its flusher
+    /// hands them over (within a second), and the last ones go at the end.
+    #[tokio::test]
+    async fn a_worker_buffers_its_lines_and_its_flusher_hands_them_over() {
+        let dir = std::env::temp_dir().join(format!("kgw-access-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("a.log");
+        let life = Lifecycle::default();
+        let log = Arc::new(AccessLog::new(life.clone(), Arc::default()));
+        let r = record(&log, &path);
+        log.http(&r, 1);
+        log.http(&r, 2);
+        tokio::task::yield_now().await;
+        assert!(!path.exists(), "nothing handed over per request: the writer has not even started");
+        let t0 = Instant::now();
+        let mut text = String::new();
+        for _ in 0..300 {
+            text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(text.lines().count(), 2, "handed over by the flusher: {text:?}");
+        assert!(t0.elapsed() < FLUSH_EVERY * 2, "after {:?}", t0.elapsed());
+        log.http(&r, 3);
+        log.finish().await;
+        let text = std::fs::read_to_string(&path).expect("file");
+        assert_eq!(text.lines().count(), 3, "the last line at the end: {text}");
+        assert!(text.lines().last().is_some_and(|l| l.contains("\"bytes_out\":3")), "{text}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -51,21 +51,22 @@ pub fn limited(limits: &LimitsSection, ip: IpAddr) -> bool {
 pub fn start(edge: &Edge, life: &Lifecycle) {
     let log = edge.log.clone();
     let (stop, connections) = (life.shutdown.clone(), life.connections.clone());
+    // Registered now, not when the task first runs: from here on SIGUSR1 never takes its default
+    // action (ending the process).
+    #[cfg(unix)]
+    let usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1());
     life.background.spawn(async move {
         #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            match signal(SignalKind::user_defined1()) {
-                Ok(mut usr1) => loop {
-                    tokio::select! {
-                        _ = usr1.recv() => log.reopen(),
-                        _ = stop.cancelled() => break,
-                    }
-                },
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot listen for SIGUSR1: the access log file is not reopened on it");
-                    stop.cancelled().await;
+        match usr1 {
+            Ok(mut usr1) => loop {
+                tokio::select! {
+                    _ = usr1.recv() => log.reopen(),
+                    _ = stop.cancelled() => break,
                 }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGUSR1: the access log file is not reopened on it");
+                stop.cancelled().await;
             }
         }
         #[cfg(not(unix))]

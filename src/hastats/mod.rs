@@ -336,7 +336,7 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64, ramp: crate::balance::Ram
         admin: admin.as_str(),
         member: membership == Membership::Active,
         eligible,
-        weight: u64::from(b.weight(ramp.slowstart_ms, ramp.now_ms)),
+        weight: u64::from(b.weight(ramp.slowstart_ms, ramp.now_ms, ramp.from_ms)),
         lastchg: now.saturating_sub(since),
         health,
         idle_connections: b.idle_connections(),
@@ -402,7 +402,7 @@ pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
     let cfg = &snap.config;
     let now = crate::util::epoch_secs();
     let started = core.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let ramp = crate::balance::Ramp::now(cfg.health.slowstart.0);
+    let ramp = crate::balance::Ramp::now(cfg.health.slowstart.0, core.started_at);
     let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started, ramp)).collect();
     let backend = backend_view(&nodes);
     let max_conn = core.frontend.connection_limit.load(Ordering::Relaxed);

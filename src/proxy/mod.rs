@@ -368,7 +368,7 @@ async fn attempts(
     let mut tries = 0u32;
     while attempt < attempts {
         attempt += 1;
-        let Some(idx) = choose(snap, p.pinned, client, &tried)? else { break };
+        let Some(idx) = choose(ctx, snap, p.pinned, client, &tried)? else { break };
         let node = snap.nodes[idx].clone();
         if tries > 0 {
             node.counters.retries.fetch_add(1, Ordering::Relaxed);
@@ -884,6 +884,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
 
 /// The node for this attempt: the prefixed one (503 unless it may take traffic) or the balancer's pick.
 fn choose(
+    ctx: &Context,
     snap: &Snapshot,
     pinned: Option<usize>,
     client: &ClientInfo,
@@ -905,7 +906,7 @@ fn choose(
         }
         return Ok(Some(i));
     }
-    let ramp = balance::Ramp::now(snap.config.health.slowstart.0);
+    let ramp = balance::Ramp::now(snap.config.health.slowstart.0, ctx.core.started_at);
     let picked = balance::pick(snap.config.balance.algorithm, &snap.nodes, &snap.cursor, client.addr.ip(), tried, ramp);
     if picked.is_none() && tried.is_empty() {
         return Err(ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available"));
