@@ -18,8 +18,11 @@ pub const START_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 /// nothing else is read), now, and the time before which a node's coming UP is no cold start.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Ramp {
+    /// `[health] slowstart` (0: off).
     pub slowstart_ms: u64,
+    /// Now, read once per pick.
     pub now_ms: u64,
+    /// The end of the gateway's first seconds: a node whose first UP came before is no cold start.
     pub from_ms: u64,
 }
 

@@ -315,6 +315,7 @@ pub enum LogFormat {
 pub struct AccessLogSection {
     /// `"stdout"`, or a file (appended to; reopened on SIGUSR1, as logrotate's `postrotate` asks).
     pub path: String,
+    /// JSON for log shippers, text for people.
     #[serde(default)]
     pub format: LogFormat,
     /// Query parameters whose values are written as `***` (Kuzzle takes its token as `jwt=` or

@@ -197,9 +197,11 @@ pub struct TunnelIo<'a> {
 /// One session's bytes and who closed it first (only kept when the access log is on).
 #[derive(Debug, Default)]
 pub struct Session {
-    /// Bytes from the client, to the client.
+    /// Bytes from the client.
     pub bytes_in: AtomicU64,
+    /// Bytes to the client.
     pub bytes_out: AtomicU64,
+    /// Who closed first, with which code.
     pub first_close: FirstClose,
 }
 

@@ -29,6 +29,9 @@ use crate::core::Lifecycle;
 pub const BATCH: usize = 64 * 1024;
 /// Batches waiting for the writer at most (4 MiB): past that, lines are dropped, not queued.
 const QUEUE: usize = 64;
+/// Written buffers kept for the workers to fill again (a fresh 68 KB allocation per batch cost
+/// more than formatting its lines).
+const SPARE: usize = 16;
 /// A worker's buffer is handed over at least this often, so lines show within about a second.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
@@ -47,8 +50,11 @@ enum Msg {
 pub struct AccessLog {
     /// To the writer thread; None until the first batch starts it.
     tx: Mutex<Option<SyncSender<Msg>>>,
+    /// Buffers the writer wrote out, emptied, for the workers' next batches.
+    spare: Arc<crossbeam_queue::ArrayQueue<Vec<u8>>>,
     /// The frontend's counters (the log's own are `access_log`).
     frontend: Arc<FrontendCounters>,
+    /// Flushers run on its background tracker (and end with the last call).
     life: Lifecycle,
     /// Cancelled once the gateway's connections are done: every worker's flusher hands over its
     /// last lines and ends.
@@ -61,6 +67,7 @@ pub struct AccessLog {
 
 /// One worker's lines not yet handed over.
 struct Local {
+    /// Lines formatted and not handed over yet.
     buf: String,
     /// Lines in `buf` (counted as dropped if the batch is).
     lines: u64,
@@ -96,6 +103,7 @@ pub type Termination = &'static str;
 pub struct HttpRecord {
     /// Format, mask and destination as they were when the request came.
     pub config: Arc<Config>,
+    /// Where the line goes when the response ends.
     pub log: Arc<AccessLog>,
     /// Durations are measured from here.
     pub start: Instant,
@@ -103,9 +111,11 @@ pub struct HttpRecord {
     pub at: SystemTime,
     /// The PROXY protocol's address when there is one.
     pub client: SocketAddr,
+    /// The client's method.
     pub method: Method,
     /// The target as the client sent it (the node may have got it without its prefix).
     pub uri: Uri,
+    /// The status sent to the client (set with the response).
     pub status: u16,
     /// The node that answered; None when the gateway answered itself.
     pub node: Option<Arc<Backend>>,
@@ -115,6 +125,7 @@ pub struct HttpRecord {
     pub wait: Option<Duration>,
     /// Attempts beyond the first.
     pub retries: u32,
+    /// Who ended it and why.
     pub termination: Termination,
     /// Kuzzle's `X-Kuzzle-Request-Id`, when the node sent one.
     pub request_id: Option<HeaderValue>,
@@ -144,19 +155,28 @@ impl BytesIn {
 
 /// One WebSocket session, written when it ends.
 pub struct WsRecord {
+    /// Format, mask and destination as they were when the upgrade came.
     pub config: Arc<Config>,
+    /// Where the line goes when the session ends.
     pub log: Arc<AccessLog>,
+    /// The session's duration is measured from here (the upgrade request).
     pub start: Instant,
+    /// `time` of the line.
     pub at: SystemTime,
+    /// The client (the PROXY protocol's address when there is one).
     pub client: SocketAddr,
+    /// The target of the upgrade request, as the client sent it.
     pub uri: Uri,
+    /// The node at the other end of the tunnel.
     pub node: Arc<Backend>,
 }
 
 /// How a WebSocket session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WsEnd {
+    /// Tunnel bytes from the client.
     pub bytes_in: u64,
+    /// Tunnel bytes to the client.
     pub bytes_out: u64,
     /// The code of the first close frame (1005 when it had none), the gateway's 1001, or None
     /// when the connection closed without one.
@@ -170,6 +190,7 @@ impl AccessLog {
     pub fn new(life: Lifecycle, frontend: Arc<FrontendCounters>) -> AccessLog {
         AccessLog {
             tx: Mutex::new(None),
+            spare: Arc::new(crossbeam_queue::ArrayQueue::new(SPARE)),
             frontend,
             life,
             last_call: CancellationToken::new(),
@@ -178,7 +199,8 @@ impl AccessLog {
         }
     }
 
-    /// Write one HTTP line (`bytes_out`: body bytes sent to the client).
+    /// Write one HTTP line (`bytes_out`: body bytes sent to the client). Formatted by hand (no
+    /// `fmt` machinery: it cost most of a line's instructions).
     pub fn http(self: &Arc<Self>, r: &HttpRecord, bytes_out: u64) {
         let Some(a) = r.config.access_log.as_ref() else { return };
         let dur = r.start.elapsed();
@@ -189,47 +211,62 @@ impl AccessLog {
                 LogFormat::Json => {
                     line.push_str("{\"type\":\"http\",\"time\":");
                     time_json(line, second, r.at);
-                    let _ = write!(line, ",\"client\":\"{}\",\"method\":", r.client);
+                    line.push_str(",\"client\":\"");
+                    addr(line, r.client);
+                    line.push_str("\",\"method\":");
                     json_str(line, r.method.as_str());
                     line.push_str(",\"path\":\"");
                     path(line, &r.uri, &a.mask, true);
-                    let _ = write!(line, "\",\"status\":{},\"node\":", r.status);
+                    line.push_str("\",\"status\":");
+                    num(line, u64::from(r.status));
+                    line.push_str(",\"node\":");
                     json_opt(line, node);
                     line.push_str(",\"duration_ms\":");
                     ms(line, Some(dur));
-                    let _ = write!(line, ",\"bytes_in\":{},\"bytes_out\":{bytes_out}", r.bytes_in.get());
+                    line.push_str(",\"bytes_in\":");
+                    num(line, r.bytes_in.get());
+                    line.push_str(",\"bytes_out\":");
+                    num(line, bytes_out);
                     line.push_str(",\"connect_ms\":");
                     ms(line, r.connect);
                     line.push_str(",\"wait_ms\":");
                     ms(line, r.wait);
-                    let _ = write!(
-                        line,
-                        ",\"retries\":{},\"termination\":\"{}\",\"request_id\":",
-                        r.retries, r.termination
-                    );
+                    line.push_str(",\"retries\":");
+                    num(line, u64::from(r.retries));
+                    line.push_str(",\"termination\":\"");
+                    line.push_str(r.termination);
+                    line.push_str("\",\"request_id\":");
                     json_opt(line, rid);
                     line.push_str("}\n");
                 }
                 LogFormat::Text => {
                     // client [time] node connect/wait/total status in/out retries termination id "METHOD path"
-                    let _ = write!(line, "{} [", r.client);
+                    addr(line, r.client);
+                    line.push_str(" [");
                     time_text(line, second, r.at);
-                    let _ = write!(line, "] {} ", node.unwrap_or("-"));
+                    line.push_str("] ");
+                    line.push_str(node.unwrap_or("-"));
+                    line.push(' ');
                     ms_text(line, r.connect);
                     line.push('/');
                     ms_text(line, r.wait);
                     line.push('/');
                     ms_text(line, Some(dur));
-                    let _ = write!(
-                        line,
-                        " {} {}/{bytes_out} {} {} {} \"{} ",
-                        r.status,
-                        r.bytes_in.get(),
-                        r.retries,
-                        r.termination,
-                        rid.unwrap_or("-"),
-                        r.method
-                    );
+                    line.push(' ');
+                    num(line, u64::from(r.status));
+                    line.push(' ');
+                    num(line, r.bytes_in.get());
+                    line.push('/');
+                    num(line, bytes_out);
+                    line.push(' ');
+                    num(line, u64::from(r.retries));
+                    line.push(' ');
+                    line.push_str(r.termination);
+                    line.push(' ');
+                    line.push_str(rid.unwrap_or("-"));
+                    line.push_str(" \"");
+                    line.push_str(r.method.as_str());
+                    line.push(' ');
                     path(line, &r.uri, &a.mask, false);
                     line.push_str("\"\n");
                 }
@@ -245,7 +282,9 @@ impl AccessLog {
             LogFormat::Json => {
                 line.push_str("{\"type\":\"websocket\",\"time\":");
                 time_json(line, second, r.at);
-                let _ = write!(line, ",\"client\":\"{}\",\"path\":\"", r.client);
+                line.push_str(",\"client\":\"");
+                addr(line, r.client);
+                line.push_str("\",\"path\":\"");
                 path(line, &r.uri, &a.mask, true);
                 line.push_str("\",\"node\":");
                 json_str(line, &r.node.name);
@@ -261,7 +300,8 @@ impl AccessLog {
                 let _ = writeln!(line, ",\"closed_by\":\"{}\"}}", end.closed_by);
             }
             LogFormat::Text => {
-                let _ = write!(line, "{} [", r.client);
+                addr(line, r.client);
+                line.push_str(" [");
                 time_text(line, second, r.at);
                 let _ = write!(line, "] {} websocket ", r.node.name);
                 ms_text(line, Some(dur));
@@ -304,7 +344,12 @@ impl AccessLog {
             return;
         }
         let Some(target) = l.target.clone() else { return };
-        let bytes = std::mem::replace(&mut l.buf, String::with_capacity(BATCH + 4096)).into_bytes();
+        let fresh = match self.spare.pop() {
+            // Emptied by the writer: the check of its (no) bytes is free, its capacity kept.
+            Some(v) => String::from_utf8(v).unwrap_or_default(),
+            None => String::with_capacity(BATCH + 4096),
+        };
+        let bytes = std::mem::replace(&mut l.buf, fresh).into_bytes();
         let lines = std::mem::take(&mut l.lines);
         if !self.send(Msg::Lines { target, bytes }) {
             self.frontend.access_log.dropped.fetch_add(lines, Ordering::Relaxed);
@@ -341,8 +386,10 @@ impl AccessLog {
 
     fn start_writer(&self) -> std::io::Result<SyncSender<Msg>> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-        let frontend = self.frontend.clone();
-        std::thread::Builder::new().name("kg-access-log".into()).spawn(move || writer(rx, &frontend.access_log))?;
+        let (frontend, spare) = (self.frontend.clone(), self.spare.clone());
+        std::thread::Builder::new()
+            .name("kg-access-log".into())
+            .spawn(move || writer(rx, &frontend.access_log, &spare))?;
         Ok(tx)
     }
 
@@ -407,11 +454,17 @@ impl AccessLog {
 }
 
 /// The writer thread: owns the open file; ends when every sender is gone.
-fn writer(rx: Receiver<Msg>, counters: &AccessLogCounters) {
+fn writer(rx: Receiver<Msg>, counters: &AccessLogCounters, spare: &crossbeam_queue::ArrayQueue<Vec<u8>>) {
     let mut out = Output { target: None, file: None, failing: false };
     while let Ok(m) = rx.recv() {
         match m {
-            Msg::Lines { target, bytes } => out.write(&target, &bytes, counters),
+            Msg::Lines { target, mut bytes } => {
+                out.write(&target, &bytes, counters);
+                if bytes.capacity() >= BATCH {
+                    bytes.clear();
+                    let _ = spare.push(bytes);
+                }
+            }
             Msg::Reopen => {
                 out.file = None;
                 tracing::info!(path = out.target.as_deref().unwrap_or("-"), "access log reopened (SIGUSR1)");
@@ -498,15 +551,64 @@ fn time_text(line: &mut String, second: &mut (u64, String), at: SystemTime) {
         second.1 = s.trim_end_matches('Z').to_string();
         second.0 = secs;
     }
-    let _ = write!(line, "{}.{:03}Z", second.1, d.subsec_millis());
+    line.push_str(&second.1);
+    line.push('.');
+    pad3(line, d.subsec_millis());
+    line.push('Z');
+}
+
+/// An unsigned integer in decimal, without `fmt` (a digit is one push: no validation, no copy call).
+fn num(line: &mut String, mut n: u64) {
+    if n < 10 {
+        line.push(char::from(b'0' + n as u8));
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    while n > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    for d in &digits[i..] {
+        line.push(char::from(*d));
+    }
+}
+
+/// 0..=999 as three digits.
+fn pad3(line: &mut String, n: u32) {
+    for d in [n / 100 % 10, n / 10 % 10, n % 10] {
+        line.push(char::from(b'0' + d as u8));
+    }
+}
+
+/// `ip:port` (`[ip]:port` for IPv6); IPv4, the common case, without `fmt`.
+fn addr(line: &mut String, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, o) in v4.ip().octets().iter().enumerate() {
+                if i > 0 {
+                    line.push('.');
+                }
+                num(line, u64::from(*o));
+            }
+            line.push(':');
+            num(line, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(line, "{a}");
+        }
+    }
 }
 
 /// Milliseconds with microseconds (`0.213`), or `null`.
 fn ms(line: &mut String, d: Option<Duration>) {
     match d {
         Some(d) => {
-            let us = d.as_micros();
-            let _ = write!(line, "{}.{:03}", us / 1000, us % 1000);
+            let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            num(line, us / 1000);
+            line.push('.');
+            pad3(line, (us % 1000) as u32);
         }
         None => line.push_str("null"),
     }
@@ -534,6 +636,11 @@ fn json_str(line: &mut String, s: &str) {
 
 /// JSON string escaping (quotes, backslashes, control characters).
 fn json_escape(line: &mut String, s: &str) {
+    // Nearly always nothing to escape: one scan, one copy.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        line.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => line.push_str("\\\""),
@@ -549,9 +656,6 @@ fn json_escape(line: &mut String, s: &str) {
 /// The request target with the values of masked query parameters as `***`.
 fn path(line: &mut String, uri: &Uri, mask: &[String], json: bool) {
     let push = |line: &mut String, s: &str| if json { json_escape(line, s) } else { line.push_str(s) };
-    if uri.path_and_query().is_none() && uri.path() == "*" {
-        return push(line, "*");
-    }
     push(line, uri.path());
     let Some(q) = uri.query() else { return };
     line.push('?');
@@ -629,6 +733,19 @@ mod tests {
         let mut s = String::new();
         json_escape(&mut s, "a\"b\\c\u{1}");
         assert_eq!(s, "a\\\"b\\\\c\\u0001");
+    }
+
+    #[test]
+    fn numbers_and_addresses_without_fmt() {
+        let mut s = String::new();
+        for n in [0, 7, 10, 65_535, u64::MAX] {
+            num(&mut s, n);
+            s.push(' ');
+        }
+        addr(&mut s, "203.0.113.7:40001".parse().expect("v4"));
+        s.push(' ');
+        addr(&mut s, "[2001:db8::7]:5".parse().expect("v6"));
+        assert_eq!(s, "0 7 10 65535 18446744073709551615 203.0.113.7:40001 [2001:db8::7]:5");
     }
 
     #[test]

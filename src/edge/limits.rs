@@ -48,6 +48,7 @@ pub struct Place {
 
 /// The table every worker shares.
 pub struct ClientTable {
+    /// The clients: allocated whole, never grown.
     slots: Box<[Slot]>,
     /// `slots.len() - 1` (a power of two).
     mask: usize,
@@ -256,8 +257,11 @@ impl ClientTable {
 /// One counted connection of a client: given back when dropped (the HTTP connection hands it to
 /// its WebSocket tunnel, so a WebSocket counts as long as it is open).
 pub struct ConnGuard {
+    /// The table the count is in.
     table: Arc<ClientTable>,
+    /// The client's slot: it keeps its tag while it holds connections.
     idx: usize,
+    /// The client's tag, checked before the count is given back.
     tag: u64,
 }
 

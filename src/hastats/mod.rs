@@ -84,8 +84,11 @@ pub struct EdgeView {
 /// The access log's counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct AccessLogView {
+    /// Lines formatted.
     pub lines: u64,
+    /// Lines dropped because the writer was too far behind.
     pub dropped: u64,
+    /// Failed opens and writes.
     pub errors: u64,
 }
 

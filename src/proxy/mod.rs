@@ -234,12 +234,18 @@ pub fn with_log(resp: Response<DownBody>, log: Option<Box<HttpRecord>>) -> Respo
 
 /// `[limits] client_rate`: None when the request may go on, else the gateway's 429.
 fn admit(ctx: &Context, snap: &Snapshot, client: &ClientInfo) -> Option<Response<DownBody>> {
-    let place = client.place?;
     let l = &snap.config.limits;
     if l.client_rate == 0 {
         return None;
     }
-    match ctx.edge.table(l).request(place, l.client_rate, l.burst()) {
+    let table = ctx.edge.table(l);
+    // Found once per connection; a connection opened before the limits were on finds it here.
+    let place = match client.place {
+        Some(p) => p,
+        None if crate::edge::limited(l, client.addr.ip()) => table.place(client.addr.ip()),
+        None => return None,
+    };
+    match table.request(place, l.client_rate, l.burst()) {
         RateVerdict::Allowed => None,
         RateVerdict::Untracked => {
             ctx.core.frontend.limited(crate::core::counters::LimitReason::TableFull);

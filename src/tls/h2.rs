@@ -101,9 +101,13 @@ pin_project_lite::pin_project! {
 /// Counts a stream whose answer the client did not wait for (its service future dropped before
 /// the end); cuts the connection past the budget.
 struct ResetWatch {
+    /// The connection's streams reset before their answer.
     resets: Arc<AtomicU32>,
+    /// The connection's streams.
     streams: Arc<AtomicU32>,
+    /// Cancelled to cut the connection.
     cut: CancellationToken,
+    /// The stream got its answer: its end is no reset.
     answered: bool,
 }
 
