@@ -372,7 +372,14 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
     awk -v t="$t" '/^requests/ { printf "%s %s %s %s; ", t, $14, $16, $18 }' "$WORK/tls-$t.out"; done)certificate: $TLS_KEY"
   echo "load average at start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine)"
   echo "CPU 1 busy beyond the measured proxy: $(foreign_load)"
-  has_case get-ka-log && echo "access log (get-ka-log): $(wc -l <"$WORK/access.log") lines, $(mib $(($(stat -c %s "$WORK/access.log") / 1024))) MiB written; first line: $(head -c 400 "$WORK/access.log" | head -1)"
+  if has_case get-ka-log; then
+    echo "access log (get-ka-log): $(wc -l <"$WORK/access.log") lines, $(mib $(($(stat -c %s "$WORK/access.log") / 1024))) MiB written; first line: $(head -c 400 "$WORK/access.log" | head -1)"
+    # Each round measures both back to back: the ratio of each pair drifts less with the machine's
+    # other load than the ratio of the medians.
+    echo "get-ka-log per CPU-second, log on / off, round by round: $(paste <(printf '%s' "${RES[get-ka-log,kuzzle-gateway-log]}" | awk 'NF { print $6 }') \
+      <(printf '%s' "${RES[get-ka-log,kuzzle-gateway]}" | awk 'NF { print $6 }') |
+      awk '{ r[NR] = $1 / $2; printf "%.2f ", r[NR] } END { n = asort(r); printf "(median %.2f)", r[int((n + 1) / 2)] }')"
+  fi
   echo "placement: each proxy on CPU $PROXY_CPUS with one worker (threads = 1, worker_processes 1, nbthread 1);" \
     "load generators, backend nginx and the 3 kuzzle-node-sim on CPU $LOAD_CPUS; two-cores: the gateway with threads = 2 on CPUs 0-1"
   echo "backends: HTTP: nginx, 1 worker, return 200 of a ${#BODY}-byte JSON body and a 1 MiB file, 3 ports as 3 nodes;" \

@@ -185,7 +185,7 @@ pub struct FrontendCounters {
 /// The access log's counters (on /metrics and /hastats).
 #[derive(Debug, Default)]
 pub struct AccessLogCounters {
-    /// Lines formatted.
+    /// Lines formatted (counted as each worker hands its buffer over: up to a second late).
     pub lines: AtomicU64,
     /// Lines dropped: the writer was too far behind (its queue full).
     pub dropped: AtomicU64,

@@ -78,8 +78,8 @@ struct Local {
     /// Lines are handed over one by one: a thread of a multi-thread runtime (tests, the demo)
     /// cannot be sure a flusher task runs on it. Workers are current-thread runtimes: buffered.
     direct: Option<bool>,
-    /// The formatted second of the last line (`time` to the second), reused within that second.
-    second: (u64, String),
+    /// Wall-clock time of lines, without a clock read per line.
+    clock: Clock,
 }
 
 thread_local! {
@@ -89,7 +89,7 @@ thread_local! {
         target: None,
         flusher: false,
         direct: None,
-        second: (u64::MAX, String::new()),
+        clock: Clock { anchor: None, second: u64::MAX, text: String::new() },
     }) };
 }
 
@@ -105,10 +105,8 @@ pub struct HttpRecord {
     pub config: Arc<Config>,
     /// Where the line goes when the response ends.
     pub log: Arc<AccessLog>,
-    /// Durations are measured from here.
+    /// Durations are measured from here; the line's `time` too (when the request came).
     pub start: Instant,
-    /// `time` of the line: when the request came.
-    pub at: SystemTime,
     /// The PROXY protocol's address when there is one.
     pub client: SocketAddr,
     /// The client's method.
@@ -159,10 +157,8 @@ pub struct WsRecord {
     pub config: Arc<Config>,
     /// Where the line goes when the session ends.
     pub log: Arc<AccessLog>,
-    /// The session's duration is measured from here (the upgrade request).
+    /// The session's duration is measured from here (the upgrade request); the line's `time` too.
     pub start: Instant,
-    /// `time` of the line.
-    pub at: SystemTime,
     /// The client (the PROXY protocol's address when there is one).
     pub client: SocketAddr,
     /// The target of the upgrade request, as the client sent it.
@@ -204,13 +200,13 @@ impl AccessLog {
     pub fn http(self: &Arc<Self>, r: &HttpRecord, bytes_out: u64) {
         let Some(a) = r.config.access_log.as_ref() else { return };
         let dur = r.start.elapsed();
-        self.append(&a.path, |line, second| {
+        self.append(&a.path, |line, clock| {
             let node = r.node.as_ref().map(|n| n.name.as_str());
             let rid = r.request_id.as_ref().and_then(|v| v.to_str().ok());
             match a.format {
                 LogFormat::Json => {
                     line.push_str("{\"type\":\"http\",\"time\":");
-                    time_json(line, second, r.at);
+                    time_json(line, clock, r.start);
                     line.push_str(",\"client\":\"");
                     addr(line, r.client);
                     line.push_str("\",\"method\":");
@@ -243,7 +239,7 @@ impl AccessLog {
                     // client [time] node connect/wait/total status in/out retries termination id "METHOD path"
                     addr(line, r.client);
                     line.push_str(" [");
-                    time_text(line, second, r.at);
+                    time_text(line, clock, r.start);
                     line.push_str("] ");
                     line.push_str(node.unwrap_or("-"));
                     line.push(' ');
@@ -278,10 +274,10 @@ impl AccessLog {
     pub fn websocket(self: &Arc<Self>, r: &WsRecord, end: WsEnd) {
         let Some(a) = r.config.access_log.as_ref() else { return };
         let dur = r.start.elapsed();
-        self.append(&a.path, |line, second| match a.format {
+        self.append(&a.path, |line, clock| match a.format {
             LogFormat::Json => {
                 line.push_str("{\"type\":\"websocket\",\"time\":");
-                time_json(line, second, r.at);
+                time_json(line, clock, r.start);
                 line.push_str(",\"client\":\"");
                 addr(line, r.client);
                 line.push_str("\",\"path\":\"");
@@ -302,7 +298,7 @@ impl AccessLog {
             LogFormat::Text => {
                 addr(line, r.client);
                 line.push_str(" [");
-                time_text(line, second, r.at);
+                time_text(line, clock, r.start);
                 let _ = write!(line, "] {} websocket ", r.node.name);
                 ms_text(line, Some(dur));
                 let code = end.close_code.map_or("-".to_string(), |c| c.to_string());
@@ -314,8 +310,7 @@ impl AccessLog {
     }
 
     /// Format a line into this worker's buffer; hand the buffer over when it is full.
-    fn append(self: &Arc<Self>, target: &str, f: impl FnOnce(&mut String, &mut (u64, String))) {
-        self.frontend.access_log.lines.fetch_add(1, Ordering::Relaxed);
+    fn append(self: &Arc<Self>, target: &str, f: impl FnOnce(&mut String, &mut Clock)) {
         LOCAL.with_borrow_mut(|l| {
             if l.target.as_deref() != Some(target) {
                 self.hand_over(l);
@@ -324,7 +319,7 @@ impl AccessLog {
             if l.buf.capacity() == 0 {
                 l.buf.reserve(BATCH + 4096);
             }
-            f(&mut l.buf, &mut l.second);
+            f(&mut l.buf, &mut l.clock);
             l.lines += 1;
             let direct = *l.direct.get_or_insert_with(|| {
                 tokio::runtime::Handle::try_current()
@@ -351,6 +346,8 @@ impl AccessLog {
         };
         let bytes = std::mem::replace(&mut l.buf, fresh).into_bytes();
         let lines = std::mem::take(&mut l.lines);
+        // Counted per batch, not per line: no shared cache line written per request.
+        self.frontend.access_log.lines.fetch_add(lines, Ordering::Relaxed);
         if !self.send(Msg::Lines { target, bytes }) {
             self.frontend.access_log.dropped.fetch_add(lines, Ordering::Relaxed);
         }
@@ -534,24 +531,56 @@ impl Output {
     }
 }
 
+/// A worker's wall clock for its lines: an anchor (a monotonic instant and the wall-clock time
+/// then) read once a second, and the text of the current second.
+struct Clock {
+    /// (instant, wall-clock time at that instant); None before the first line.
+    anchor: Option<(Instant, SystemTime)>,
+    /// The second `text` is (epoch seconds).
+    second: u64,
+    /// `"2026-12-02T10:11:12"`.
+    text: String,
+}
+
+impl Clock {
+    /// The wall-clock time of the monotonic instant `at` (read from the anchor, renewed when it
+    /// is a second old).
+    fn wall(&mut self, at: Instant) -> SystemTime {
+        let fresh = self.anchor.filter(|(i, _)| at.saturating_duration_since(*i) < Duration::from_secs(1));
+        let (i, w) = match fresh {
+            Some(a) => a,
+            None => {
+                let a = (Instant::now(), SystemTime::now());
+                self.anchor = Some(a);
+                a
+            }
+        };
+        if at >= i {
+            w + (at - i)
+        } else {
+            w - (i - at)
+        }
+    }
+}
+
 /// `"2026-12-02T10:11:12.345Z"`: the second is formatted once per second per worker.
-fn time_json(line: &mut String, second: &mut (u64, String), at: SystemTime) {
+fn time_json(line: &mut String, clock: &mut Clock, at: Instant) {
     line.push('"');
-    time_text(line, second, at);
+    time_text(line, clock, at);
     line.push('"');
 }
 
-fn time_text(line: &mut String, second: &mut (u64, String), at: SystemTime) {
-    let d = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+fn time_text(line: &mut String, clock: &mut Clock, at: Instant) {
+    let d = clock.wall(at).duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    if second.0 != secs {
+    if clock.second != secs {
         let t = UNIX_EPOCH + Duration::from_secs(secs);
         // "2026-12-02T10:11:12Z" without its Z.
         let s = humantime::format_rfc3339_seconds(t).to_string();
-        second.1 = s.trim_end_matches('Z').to_string();
-        second.0 = secs;
+        clock.text = s.trim_end_matches('Z').to_string();
+        clock.second = secs;
     }
-    line.push_str(&second.1);
+    line.push_str(&clock.text);
     line.push('.');
     pad3(line, d.subsec_millis());
     line.push('Z');
@@ -750,10 +779,22 @@ mod tests {
 
     #[test]
     fn times_and_durations() {
-        let mut second = (u64::MAX, String::new());
+        // An anchor at a known wall-clock time: an instant 123 ms later reads 123 ms later.
+        let now = Instant::now();
+        let wall = UNIX_EPOCH + Duration::from_millis(1_764_633_600_000);
+        let mut clock = Clock { anchor: Some((now, wall)), second: u64::MAX, text: String::new() };
         let mut s = String::new();
-        time_json(&mut s, &mut second, UNIX_EPOCH + Duration::from_millis(1_764_633_600_123));
+        time_json(&mut s, &mut clock, now + Duration::from_millis(123));
         assert_eq!(s, "\"2025-12-02T00:00:00.123Z\"");
+        let mut s = String::new();
+        time_text(&mut s, &mut clock, now + Duration::from_millis(200));
+        assert_eq!(s, "2025-12-02T00:00:00.200Z");
+        // An anchor a second old is renewed from the clocks.
+        let mut old =
+            Clock { anchor: Some((now - Duration::from_secs(5), wall)), second: u64::MAX, text: String::new() };
+        let w = old.wall(Instant::now());
+        let off = w.duration_since(SystemTime::now()).unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_secs(1), "the anchor was renewed from the clocks: {w:?}");
         let mut s = String::new();
         ms(&mut s, Some(Duration::from_micros(1234)));
         ms_text(&mut s, None);
@@ -767,7 +808,6 @@ mod tests {
             config: Arc::new(Config::parse(&text, "t.toml").expect("config")),
             log: log.clone(),
             start: Instant::now(),
-            at: SystemTime::now(),
             client: "127.0.0.1:9".parse().expect("addr"),
             method: Method::GET,
             uri: Uri::from_static("/x"),

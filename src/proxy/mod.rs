@@ -61,7 +61,7 @@ pin_project_lite::pin_project! {
                     // The client went away (or stopped reading) before the end.
                     r.termination = "CD";
                 }
-                r.log.clone().http(&r, *this.sent);
+                r.log.http(&r, *this.sent);
             }
         }
     }
@@ -208,7 +208,6 @@ pub fn begin_log(
         config: snap.config.clone(),
         log: ctx.edge.log.clone(),
         start: Instant::now(),
-        at: std::time::SystemTime::now(),
         client: client.addr,
         method: method.clone(),
         uri: uri.clone(),
@@ -734,7 +733,6 @@ async fn exchange(
                     config: r.config,
                     log: r.log,
                     start: r.start,
-                    at: r.at,
                     client: r.client,
                     uri: r.uri,
                     node: node.clone(),
