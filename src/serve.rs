@@ -111,6 +111,9 @@ async fn admit(
     };
     let stream = Prefixed::new(stream, rest);
     let mut client = ClientInfo::new(addr, scheme);
+    if cfg.access_log.is_some() {
+        client = client.labelled();
+    }
     let l = &cfg.limits;
     let mut conn = None;
     if crate::edge::limited(l, addr.ip()) {

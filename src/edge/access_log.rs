@@ -109,6 +109,8 @@ pub struct HttpRecord {
     pub start: Instant,
     /// The PROXY protocol's address when there is one.
     pub client: SocketAddr,
+    /// `client` formatted once for its connection (None: formatted here).
+    pub client_label: Option<HeaderValue>,
     /// The client's method.
     pub method: Method,
     /// The target as the client sent it (the node may have got it without its prefix).
@@ -208,7 +210,7 @@ impl AccessLog {
                     line.push_str("{\"type\":\"http\",\"time\":");
                     time_json(line, clock, r.start);
                     line.push_str(",\"client\":\"");
-                    addr(line, r.client);
+                    client(line, r);
                     line.push_str("\",\"method\":");
                     json_str(line, r.method.as_str());
                     line.push_str(",\"path\":\"");
@@ -237,7 +239,7 @@ impl AccessLog {
                 }
                 LogFormat::Text => {
                     // client [time] node connect/wait/total status in/out retries termination id "METHOD path"
-                    addr(line, r.client);
+                    client(line, r);
                     line.push_str(" [");
                     time_text(line, clock, r.start);
                     line.push_str("] ");
@@ -604,6 +606,14 @@ fn num(line: &mut String, mut n: u64) {
     }
 }
 
+/// The request's client, formatted once per connection when it could be.
+fn client(line: &mut String, r: &HttpRecord) {
+    match r.client_label.as_ref().and_then(|v| v.to_str().ok()) {
+        Some(l) => line.push_str(l),
+        None => addr(line, r.client),
+    }
+}
+
 /// 0..=999 as three digits.
 fn pad3(line: &mut String, n: u32) {
     for d in [n / 100 % 10, n / 10 % 10, n % 10] {
@@ -809,6 +819,7 @@ mod tests {
             log: log.clone(),
             start: Instant::now(),
             client: "127.0.0.1:9".parse().expect("addr"),
+            client_label: None,
             method: Method::GET,
             uri: Uri::from_static("/x"),
             status: 200,

@@ -135,11 +135,20 @@ pub struct ClientInfo {
     /// The client's place in the limits table when `[limits]` apply to it (None: no per-client
     /// limit, or an exempt network), found once per connection.
     pub place: Option<Place>,
+    /// `addr` as the access log writes it (`ip:port`), made once per connection when the log is
+    /// on (formatting it per request cost a tenth of a line).
+    pub label: Option<HeaderValue>,
 }
 
 impl ClientInfo {
     pub fn new(addr: SocketAddr, scheme: Scheme) -> ClientInfo {
-        ClientInfo { addr, scheme, forwarded_for: headers::forwarded_for(addr), place: None }
+        ClientInfo { addr, scheme, forwarded_for: headers::forwarded_for(addr), place: None, label: None }
+    }
+
+    /// The same, with its access log label made now.
+    pub fn labelled(mut self) -> ClientInfo {
+        self.label = HeaderValue::from_str(&self.addr.to_string()).ok();
+        self
     }
 }
 
@@ -209,6 +218,7 @@ pub fn begin_log(
         log: ctx.edge.log.clone(),
         start: Instant::now(),
         client: client.addr,
+        client_label: client.label.clone(),
         method: method.clone(),
         uri: uri.clone(),
         status: 0,
@@ -223,12 +233,12 @@ pub fn begin_log(
 }
 
 /// The response with its access log line, written when its body ends.
-pub fn with_log(resp: Response<DownBody>, log: Option<Box<HttpRecord>>) -> Response<DownBody> {
-    let Some(mut r) = log else { return resp };
-    r.status = resp.status().as_u16();
-    let (parts, mut body) = resp.into_parts();
-    body.log = Some(r);
-    Response::from_parts(parts, body)
+pub fn with_log(mut resp: Response<DownBody>, log: Option<Box<HttpRecord>>) -> Response<DownBody> {
+    if let Some(mut r) = log {
+        r.status = resp.status().as_u16();
+        resp.body_mut().log = Some(r);
+    }
+    resp
 }
 
 /// `[limits] client_rate`: None when the request may go on, else the gateway's 429.
