@@ -32,6 +32,8 @@ pub struct Handle {
     pub reload: ReloadHandle,
     pub reloads: Arc<ReloadStats>,
     pub cluster: Arc<ClusterState>,
+    /// `[fleet]`: shared operator states, the fleet view, rebalancing.
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// The settings watch (the reload task publishes every applied configuration here).
     pub settings: Arc<watch::Sender<Arc<Config>>>,
     pub http_addr: SocketAddr,
@@ -75,6 +77,14 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         Arc::new(move || l.get().map(|l| l.bound()).unwrap_or_default())
     };
     let cluster = crate::cluster::start(core.clone(), settings.clone(), own, &life);
+    let fleet = {
+        let l = own_listeners.clone();
+        let addrs: crate::fleet::Addrs = Arc::new(move || {
+            let of = |k| l.get().and_then(|l| l.local_of(k));
+            (of(ListenerKind::Http), of(ListenerKind::Stats))
+        });
+        crate::fleet::start(core.clone(), settings.clone(), addrs, &life)
+    };
 
     // The reload handle exists before the task, so that ops (which the listeners serve) can hold
     // it and the task can hold the listeners.
@@ -84,6 +94,7 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         reload: reload.clone(),
         reloads: reloads.clone(),
         cluster: cluster.clone(),
+        fleet: fleet.clone(),
         life: life.clone(),
         tls: tls.clone(),
     });
@@ -149,6 +160,7 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         reload,
         reloads,
         cluster,
+        fleet,
         settings: settings_tx,
         http_addr,
         stats_addr,
@@ -189,7 +201,10 @@ pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -
     } else {
         (Listeners::bind(&config)?, None)
     };
+    // Operator states the fleet keeps in Redis apply from the first request (bounded wait).
+    let states = crate::fleet::preload(&config).await;
     let h = start_on(config, listeners, workers)?;
+    h.fleet.seed(states);
     if let Some(handover) = handover {
         handover.finish().await?;
     }

@@ -35,6 +35,7 @@ pub mod demo;
 pub mod drain;
 pub mod envelope;
 pub mod fds;
+pub mod fleet;
 pub mod hastats;
 pub mod health;
 pub mod listeners;
