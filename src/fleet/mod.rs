@@ -40,7 +40,7 @@ use crate::util::{epoch_ms, lock};
 
 /// Reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Pushes waiting for the task; past that, messages are dropped (and counted).
 const PUSH_QUEUE: usize = 4096;
 /// The subscription connection is pinged this often (a dead one is replaced).
@@ -54,6 +54,8 @@ const FAST_BEAT: Duration = Duration::from_millis(250);
 /// The official SDK reconnects a fixed 1 s after a close: a round settles after that, plus a few
 /// heartbeats.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+/// A WebSocket younger than this is never drawn (its client may still be subscribing).
+const MIN_TUNNEL_AGE_MS: u64 = 2000;
 /// How long an ops state change waits for Redis before answering "applied here only".
 const WRITE_WAIT: Duration = Duration::from_secs(3);
 
@@ -769,6 +771,7 @@ impl Task {
             rate: f.rebalance_rate,
             tolerance: f.rebalance_tolerance,
             settle: RECONNECT_DELAY + Duration::from_millis(500) + 3 * beat_period(f, true),
+            confirm: (2 * f.heartbeat.0).max(RECONNECT_DELAY) + Duration::from_millis(500),
         };
         let i = rebalance::Inputs {
             nodes: &inputs,
@@ -781,7 +784,9 @@ impl Task {
         let draw = self.rebalancer.tick(&s, &i);
         if let (Some(node), Some(since)) = (draw, self.rebalancer.since_ms) {
             if let Some(b) = snap.node(&node) {
-                b.draw_tunnels(1, since);
+                // Never a WebSocket opened after the rebalancing began, nor a brand new one (a
+                // client still subscribing).
+                b.draw_tunnels(1, since.min(epoch_ms().saturating_sub(MIN_TUNNEL_AGE_MS)));
                 self.drawn.push(node);
             }
         }

@@ -76,6 +76,9 @@ pub struct Settings {
     /// Wait after a round's last close before looking again: the clients' reconnection delay and
     /// a few heartbeats.
     pub settle: Duration,
+    /// How long the fleet must look uneven before a rebalancing starts: counts of other gateways
+    /// are a heartbeat old, and a burst of connections is uneven for a moment.
+    pub confirm: Duration,
 }
 
 /// What one tick sees.
@@ -135,6 +138,8 @@ pub struct Rebalancer {
     /// Why it is paused (or, idle, why it would not start).
     pub reason: Option<String>,
     cooldown_until: Option<Instant>,
+    /// Since when the fleet has looked uneven without interruption (idle only).
+    uneven_since: Option<Instant>,
 }
 
 impl Rebalancer {
@@ -150,6 +155,7 @@ impl Rebalancer {
             outcome: None,
             reason: None,
             cooldown_until: None,
+            uneven_since: None,
         }
     }
 
@@ -204,7 +210,11 @@ impl Rebalancer {
             self.reason = Some("Redis unreachable: the fleet's counts are unknown".into());
             return None;
         }
-        let quotas = match assess(nodes, s.tolerance) {
+        let assessment = assess(nodes, s.tolerance);
+        if !matches!(assessment, Assessment::Uneven { .. }) {
+            self.uneven_since = None;
+        }
+        let quotas = match assessment {
             Assessment::Paused(r) => {
                 if self.active() {
                     self.phase = Phase::Paused;
@@ -231,6 +241,12 @@ impl Rebalancer {
                     return None;
                 }
                 self.cooldown_until = None;
+                let since = *self.uneven_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < s.confirm && peers_since.is_none() {
+                    self.reason = Some("uneven: confirming".into());
+                    return None;
+                }
+                self.uneven_since = None;
                 self.since_ms = Some(peers_since.map_or(now_ms, |p| p.min(now_ms)));
                 self.round = 1;
                 self.moved = 0;
@@ -324,7 +340,27 @@ mod tests {
     }
 
     fn settings() -> Settings {
-        Settings { enabled: true, rate: 10, tolerance: 10, settle: Duration::from_secs(2) }
+        Settings { enabled: true, rate: 10, tolerance: 10, settle: Duration::from_secs(2), confirm: Duration::ZERO }
+    }
+
+    #[test]
+    fn a_moment_of_unevenness_starts_nothing() {
+        let t0 = Instant::now();
+        let mut r = Rebalancer::new(t0);
+        let s = Settings { confirm: Duration::from_secs(1), ..settings() };
+        let uneven = [n("a", 80, 40), n("b", 40, 20)];
+        let even = [n("a", 60, 30), n("b", 60, 30)];
+        assert_eq!(r.tick(&s, &inp(&uneven, true, None, t0, 1, 0.0)), None);
+        assert_eq!(r.tick(&s, &inp(&even, true, None, t0 + Duration::from_millis(500), 1, 0.0)), None);
+        assert_eq!(r.tick(&s, &inp(&uneven, true, None, t0 + Duration::from_millis(600), 1, 0.0)), None);
+        assert_eq!(r.tick(&s, &inp(&uneven, true, None, t0 + Duration::from_millis(1500), 1, 0.0)), None);
+        assert_eq!(r.phase, Phase::Idle, "uneven for 0.9 s only (the even look in between reset it)");
+        assert!(r.tick(&s, &inp(&uneven, true, None, t0 + Duration::from_millis(1700), 1, 0.0)).is_some());
+        let mut joined = Rebalancer::new(t0);
+        assert!(
+            joined.tick(&s, &inp(&uneven, true, Some(1), t0, 5, 0.0)).is_some(),
+            "another gateway is rebalancing already: no need to confirm"
+        );
     }
 
     #[test]
