@@ -367,8 +367,8 @@ struct Seen {
 }
 
 /// WebSocket clients as the official SDK behaves: after a close whose code is not 1000 they
-/// reconnect 1 s later (through either gateway, as an L4 balancer or DNS would send them); a
-/// close with 1000 ends them.
+/// reconnect 1 s later; a close with 1000 ends them. They first connect through the gateways in
+/// turn, and reconnect through `back` (None: either, at random, as an L4 balancer would).
 struct Clients {
     seen: Arc<Mutex<Seen>>,
     stop: tokio_util::sync::CancellationToken,
@@ -376,7 +376,7 @@ struct Clients {
 }
 
 impl Clients {
-    fn start(n: usize, gws: &[SocketAddr]) -> Clients {
+    fn start(n: usize, gws: &[SocketAddr], back: Option<SocketAddr>) -> Clients {
         let seen = Arc::new(Mutex::new(Seen { node: vec![None; n], moves: vec![0; n], ..Default::default() }));
         let stop = tokio_util::sync::CancellationToken::new();
         let gws = gws.to_vec();
@@ -435,7 +435,7 @@ impl Clients {
                         }
                         // The SDK's fixed reconnection delay.
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        gw = gws[rand::random_range(0..gws.len())];
+                        gw = back.unwrap_or_else(|| gws[rand::random_range(0..gws.len())]);
                     }
                 })
             })
@@ -492,7 +492,9 @@ async fn websockets_spread_again_after_a_node_joins() {
         })
         .await;
     }
-    let clients = Clients::start(240, &[gws[0].http, gws[1].http]);
+    // Moved clients all come back through gw-a (as when DNS lists it first): gw-a places the
+    // clients gw-b moved, which only the fleet's counts let it do evenly.
+    let clients = Clients::start(240, &[gws[0].http, gws[1].http], Some(gws[0].http));
     // Fleet-wide leastconn: 240 clients through 2 gateways land 80 per node.
     let first = eventually(Duration::from_secs(20), "240 clients connected", || async {
         let (per, up) = clients.per_node();
@@ -526,6 +528,10 @@ async fn websockets_spread_again_after_a_node_joins() {
     let j = gws[0].stats().await;
     let fleet_view: BTreeMap<String, u64> =
         names.iter().map(|n| (n.clone(), node(&j, n)["fleet"]["tunnels"].as_u64().unwrap_or(0))).collect();
+    for g in &gws {
+        let r = &g.stats().await["fleet"]["rebalance"];
+        println!("FLEET rebalancing: {}: {r}", g.name);
+    }
     let seen = clients.stop().await;
     let moved_once = seen.moves.iter().filter(|&&m| m == 1).count();
     let moved_twice = seen.moves.iter().filter(|&&m| m == 2).count();
@@ -536,10 +542,6 @@ async fn websockets_spread_again_after_a_node_joins() {
         seen.codes,
         seen.errors.len()
     );
-    for g in &gws {
-        let r = &g.stats().await["fleet"]["rebalance"];
-        println!("FLEET rebalancing: {}: {r}", g.name);
-    }
     assert!(even(&per, &names, 60, 10), "still even once over: {per:?}");
     assert_eq!(up, 240);
     assert_eq!(seen.codes.get(&1000), None, "never a close with 1000 (the SDK would not come back)");
@@ -646,7 +648,7 @@ async fn a_redis_outage_costs_clients_nothing_and_states_are_reconciled_after() 
     assert_eq!(gws[0].set_state("n1", "drain").await, 200);
     eventually(T, "gw-b drains n1", || async { (node(&gws[1].stats().await, "n1")["admin"] == "drain").then_some(()) })
         .await;
-    let clients = Clients::start(20, &[gws[0].http, gws[1].http]);
+    let clients = Clients::start(20, &[gws[0].http, gws[1].http], None);
     eventually(T, "20 WebSockets open", || async { (clients.per_node().1 == 20).then_some(()) }).await;
     let load = Load::start(gws[0].http, &[(2, Shot::get("/_now"))], Duration::from_secs(60));
     let load_b = Load::start(gws[1].http, &[(2, Shot::get("/_now"))], Duration::from_secs(60));
