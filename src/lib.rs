@@ -20,7 +20,9 @@
 //!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`] (certificates by SNI, renewed on
 //!   disk; its [`tls::h2`] serves HTTP/2 clients on the data plane), [`drain`] (pruning, drain timeout),
 //!   [`resolve`] (host names of `[[node]]`s), [`fds`] (open-files limit, connection cap).
-//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
+//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes;
+//!   [`fleet`]: several gateways as one through Redis (operator states, fleet view, rebalancing
+//!   draws on [`core::shed`]).
 //! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),
 //!   [`envelope`] (Kuzzle's JSON envelope for the gateway's own answers).
 //! - [`demo`] runs the gateway in front of simulated nodes (separate `kuzzle-node-sim` processes).
