@@ -1,5 +1,15 @@
 //! Simulated Kuzzle node: HTTP routes, WebSocket real-time API and the cluster's Redis behaviour.
 //!
+//! # As real Kuzzle 2
+//! Where Kuzzle 2 (measured on 2.56) does something a gateway can see, the sim does it too:
+//! `Connection: close` on every HTTP response ([`SimConfig::keep_alive`] keeps connections
+//! instead, for benchmarks and pooling tests); an `X-Kuzzle-Request-Id` per request; `/_ready`,
+//! `/_healthcheck` and `/_healthCheck?services=`; the graceful shutdown of
+//! [`SimHandle::shutdown`]. Deliberate differences: the sim sends `x-kuzzle-node: NAME` where
+//! Kuzzle 2.56 sends `X-Kuzzle-Node: undefined` (tests read it; the gateway overwrites it with the
+//! serving node's name, so a gateway user sees no difference); hyper writes a reason phrase in
+//! the status line (`200 OK`) where Kuzzle's uWebSockets writes none.
+//!
 //! # Layout
 //! - [`config`]: [`SimConfig`], what one node is (name, Redis, mode, knobs at start).
 //! - `node`: the state one node shares between its tasks (identity, knobs, Redis pool view).
