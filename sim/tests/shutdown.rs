@@ -48,6 +48,8 @@ async fn shutdown_window_rejects_finishes_in_flight_leaves_and_closes() {
     let mut cfg = SimConfig::new("knode-leaving");
     cfg.redis = Some(redis.url());
     cfg.kuzzle2 = true;
+    // Heartbeats well inside the window: a node re-registering after its leave would show.
+    cfg.heartbeat = Duration::from_millis(200);
     cfg.shutdown_window = Duration::from_millis(1500);
     let s = sim(cfg).await;
     let a = s.addr;
@@ -111,6 +113,7 @@ async fn shutdown_window_rejects_finishes_in_flight_leaves_and_closes() {
     assert!(t0.elapsed() >= Duration::from_millis(1500), "closed before the window ended: {:?}", t0.elapsed());
     tokio::time::timeout(T, stopping).await.expect("shutdown returns").unwrap();
     assert!(tokio::net::TcpStream::connect(a).await.is_err(), "still listening");
+    assert!(!conn.exists::<_, bool>(card).await.unwrap(), "the ID card came back after the leave");
 }
 
 /// A request slower than the window is still waited for, and answered.
