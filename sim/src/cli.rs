@@ -56,6 +56,10 @@ struct Cli {
     /// How long after start GET /_ready answers 503 (Kuzzle's starting state).
     #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration)]
     start_delay: Duration,
+    /// Run as NAME-NNNNN (random digits, new at every start), as real Kuzzle 2 picks a new node id
+    /// at every start; the ready line names it.
+    #[arg(long)]
+    fresh_id: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -90,6 +94,7 @@ impl Cli {
         cfg.keep_alive = self.keep_alive;
         cfg.shutdown_window = self.shutdown_window;
         cfg.start_delay = self.start_delay;
+        cfg.fresh_id = self.fresh_id;
         (self.listen, cfg)
     }
 }
@@ -143,6 +148,8 @@ async fn run(listen: String, cfg: SimConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // With --fresh-id the node runs under a new name.
+    let name = handle.name().to_owned();
     {
         let mut out = std::io::stdout().lock();
         let printed = writeln!(out, "kuzzle-node-sim {name} listening on {}", handle.addr).and_then(|()| out.flush());
@@ -215,6 +222,8 @@ mod tests {
         assert!(!cfg.keep_alive, "Connection: close by default, as Kuzzle 2");
         assert_eq!(cfg.shutdown_window, Duration::from_secs(1));
         assert_eq!(cfg.start_delay, Duration::ZERO);
+        assert!(!cfg.fresh_id);
+        assert_eq!(cfg.running_name(), "n1");
     }
 
     #[test]
@@ -243,6 +252,7 @@ mod tests {
             "250ms",
             "--start-delay",
             "2s",
+            "--fresh-id",
         ])
         .unwrap();
         assert_eq!(cfg.redis.as_deref(), Some("redis://a:1,redis://b:2"));
@@ -255,6 +265,11 @@ mod tests {
         assert!(cfg.keep_alive);
         assert_eq!(cfg.shutdown_window, Duration::from_millis(250));
         assert_eq!(cfg.start_delay, Duration::from_secs(2));
+        assert!(cfg.fresh_id);
+        let (a, b) = (cfg.running_name(), cfg.running_name());
+        assert!(a.starts_with("n2-") && a.len() == "n2-".len() + 5, "{a}");
+        assert!(a[3..].bytes().all(|c| c.is_ascii_digit()), "{a}");
+        assert!(a != b || cfg.running_name() != a, "a new id at every start");
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct SimConfig {
     /// How long after start `GET /_ready` answers 503 (Kuzzle's "starting" state); the node serves
     /// everything else meanwhile.
     pub start_delay: Duration,
+    /// Append `-NNNNN` (random digits) to `name` at start: real Kuzzle 2 picks a new node id every
+    /// time it starts, so a restarted node is a new node (a new ID card) to its cluster and to a
+    /// gateway. Off by default: tests name their nodes.
+    pub fresh_id: bool,
 }
 
 impl SimConfig {
@@ -65,6 +69,16 @@ impl SimConfig {
             keep_alive: false,
             shutdown_window: DEFAULT_SHUTDOWN_WINDOW,
             start_delay: Duration::ZERO,
+            fresh_id: false,
+        }
+    }
+
+    /// The name the node runs under: `name`, with a new `-NNNNN` each call when `fresh_id`.
+    pub(crate) fn running_name(&self) -> String {
+        if self.fresh_id {
+            format!("{}-{:05}", self.name, rand::random_range(0..100_000u32))
+        } else {
+            self.name.clone()
         }
     }
 

@@ -111,7 +111,7 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
-    /// The node's name (also its URL prefix on the gateway).
+    /// The node's name (also its URL prefix on the gateway; with `fresh_id`, with its suffix).
     pub fn name(&self) -> &str {
         &self.node.name
     }
@@ -214,7 +214,9 @@ impl Drop for SimHandle {
 
 /// Start a simulated node on `listener`; returns once it serves (and, with Redis, once its first
 /// registration and subscription were attempted, so a test can rely on them).
-pub async fn start(cfg: SimConfig, listener: TcpListener) -> Result<SimHandle, SimError> {
+pub async fn start(mut cfg: SimConfig, listener: TcpListener) -> Result<SimHandle, SimError> {
+    cfg.name = cfg.running_name();
+    cfg.fresh_id = false;
     cfg.validate()?;
     let addr = listener.local_addr()?;
     let targets = link::target_from_config(&cfg)?;

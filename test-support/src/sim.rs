@@ -16,6 +16,7 @@ use crate::wait::READY_TIMEOUT;
 /// (`Connection: close`); a test about a client's connection pooling starts its nodes with
 /// [`SimBuilder::keep_alive`].
 pub struct Sim {
+    /// The name the node runs under (its Kuzzle 2 id; `NAME-NNNNN` with `--fresh-id`).
     pub name: String,
     pub addr: SocketAddr,
     child: Option<Child>,
@@ -41,6 +42,12 @@ impl SimBuilder {
     /// tests about pooling and for benchmarks).
     pub fn keep_alive(self) -> Self {
         self.arg("--keep-alive")
+    }
+
+    /// `--fresh-id`: the node runs as `NAME-NNNNN`, a new id at every start, as real Kuzzle 2
+    /// (a restarted node is a new node, with a new ID card); [`Sim::name`] is that id.
+    pub fn fresh_id(self) -> Self {
+        self.arg("--fresh-id")
     }
 
     /// `--shutdown-window`: how long a SIGTERM'd node answers 503 before it exits (default 1 s).
@@ -69,11 +76,14 @@ impl SimBuilder {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start kuzzle-node-sim: {e}"));
-        let addr = wait_line(&mut child, READY_TIMEOUT, &format!("kuzzle-node-sim {name}"), |l| {
-            l.split(" listening on ").nth(1).map(|a| a.trim().to_string())
+        // "kuzzle-node-sim NAME listening on ADDR": the name the node runs under (with
+        // --fresh-id, not the one asked for) and its address.
+        let line = wait_line(&mut child, READY_TIMEOUT, &format!("kuzzle-node-sim {name}"), |l| {
+            l.strip_prefix("kuzzle-node-sim ").filter(|rest| rest.contains(" listening on ")).map(str::to_string)
         });
-        let addr = addr.parse().unwrap_or_else(|_| panic!("sim printed a bad address {addr:?}"));
-        Sim { name, addr, child: Some(child) }
+        let (name, addr) = line.split_once(" listening on ").unwrap_or_else(|| panic!("bad ready line {line:?}"));
+        let addr = addr.trim().parse().unwrap_or_else(|_| panic!("sim printed a bad address {addr:?}"));
+        Sim { name: name.to_string(), addr, child: Some(child) }
     }
 }
 
