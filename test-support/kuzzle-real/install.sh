@@ -17,6 +17,13 @@ if [ "$node_major" -lt 20 ] || [ "$node_major" -ge 25 ]; then
   die "kuzzle@2.56.0 needs Node.js >= 20 < 25, this is $(node --version)"
 fi
 
+# One install at a time (parallel test binaries each run this script).
+mkdir -p build
+if command -v flock >/dev/null 2>&1; then
+  exec 9>build/.install.lock
+  flock 9
+fi
+
 # 1. node_modules, from the lock file, when missing or installed from another lock.
 stamp=node_modules/.kuzzle-real-installed
 want=$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)
@@ -49,7 +56,6 @@ uws=node_modules/uWebSockets.js/uws_linux_${arch}_$(node -p process.versions.mod
 [ -f "$uws" ] || die "$uws is missing: uWebSockets.js has no build for Node.js $(node --version) on $arch"
 glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | awk '{print $2}') || true
 [ -n "$glibc" ] || die "this system's C library is not glibc (getconf GNU_LIBC_VERSION): uWebSockets.js needs glibc"
-mkdir -p build
 shim=build/glibc-shim.so
 if [ "$(printf '%s\n2.38\n' "$glibc" | sort -V | head -n1)" != "2.38" ]; then
   if [ ! -f "$shim" ] || [ glibc-shim.c -nt "$shim" ]; then
