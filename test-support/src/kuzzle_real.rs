@@ -167,8 +167,8 @@ pub struct KuzzleCluster {
 }
 
 impl KuzzleCluster {
-    /// Start `n` nodes in parallel and wait (at most `KUZZLE_READY_TIMEOUT`) until each answers
-    /// `GET /_ready` 200 and has its ID card in Redis.
+    /// Start `n` nodes in parallel and wait (at most `KUZZLE_READY_TIMEOUT` for them all) until
+    /// each answers `GET /_ready` 200 and has its ID card in Redis.
     pub fn start(n: usize) -> KuzzleCluster {
         install_kuzzle();
         need("redis-server");
@@ -198,8 +198,9 @@ impl KuzzleCluster {
             c.nodes.push(KNode { ip, log: c.dir.join(format!("node-{i}.log")), proc: None, spawned_ms: 0 });
             c.spawn(i);
         }
+        let deadline = Instant::now() + KUZZLE_READY_TIMEOUT;
         for i in 0..n {
-            c.wait_ready(i);
+            c.wait_ready(i, deadline);
         }
         c
     }
@@ -232,9 +233,9 @@ impl KuzzleCluster {
         node.proc = Some(Group { child, alive: true });
     }
 
-    /// Wait until node `i` answers `/_ready` 200 and its own (new) ID card is in Redis.
-    fn wait_ready(&mut self, i: usize) {
-        let deadline = Instant::now() + KUZZLE_READY_TIMEOUT;
+    /// Wait until node `i` answers `/_ready` 200 and its own (new) ID card is in Redis; panics
+    /// with the end of its log at `deadline`.
+    fn wait_ready(&mut self, i: usize, deadline: Instant) {
         let mut ready = false;
         for _ in 0..(KUZZLE_READY_TIMEOUT.as_millis() / 50 + 2) {
             if let Some(g) = self.nodes[i].proc.as_mut() {
@@ -400,7 +401,7 @@ impl KuzzleCluster {
             self.node_addr(i)
         );
         self.spawn(i);
-        self.wait_ready(i);
+        self.wait_ready(i, Instant::now() + KUZZLE_READY_TIMEOUT);
     }
 
     /// A new node on a new address; returns its index once it is ready.
@@ -415,7 +416,7 @@ impl KuzzleCluster {
         let i = self.nodes.len();
         self.nodes.push(KNode { ip, log: self.dir.join(format!("node-{i}.log")), proc: None, spawned_ms: 0 });
         self.spawn(i);
-        self.wait_ready(i);
+        self.wait_ready(i, Instant::now() + KUZZLE_READY_TIMEOUT);
         i
     }
 
