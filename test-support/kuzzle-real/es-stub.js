@@ -3,8 +3,9 @@
 // start-up, for its security bootstrap and for document CRUD, search, count, m* and bulk calls.
 // Plain Node.js `http`, no dependency, no persistence: one process per test cluster.
 //
-// Usage: node es-stub.js [--host 127.0.0.1] [--port 0]
-//   prints `ES-STUB READY <port>` on stdout once listening (port 0: a free port is chosen).
+// Usage: [ES_STUB_TRACE=1] node es-stub.js [--host 127.0.0.1] [--port 0]
+//   prints `ES-STUB READY <port>` on stdout once listening (port 0: a free port is chosen);
+//   ES_STUB_TRACE=1 logs every call to stderr.
 // Extras (not Elasticsearch):
 //   GET /_stub/stats  -> {"calls": {"GET /_cluster/health": 12, ...}, "total": N, "unknown": N}
 //                        (calls per route, counted since start; /_stub/* calls are not counted)
@@ -24,6 +25,8 @@ function arg(name, dflt) {
 const HOST = arg("host", "127.0.0.1");
 const PORT = Number(arg("port", "0"));
 const VERSION = "7.17.0";
+// ES_STUB_TRACE=1: log every call (method, URL, start of the body) to stderr.
+const TRACE = process.env.ES_STUB_TRACE === "1";
 
 // ---------------------------------------------------------------------------------------------
 // State
@@ -686,6 +689,7 @@ const ROUTES = [
   ["POST", "/_aliases", ({ body }) => ok(updateAliases(body))],
   ["GET POST", "/_search", ({ q, body }) => ok(search(undefined, body, q))],
   ["GET POST", "/_search/scroll", ({ q, body }) => ok(scroll(body, q))],
+  ["GET POST", "/_search/scroll/{id}", ({ p, q, body }) => ok(scroll({ ...body, scroll_id: p.id }, q))],
   ["DELETE", "/_search/scroll", ({ q, body }) => ok(clearScroll(body, q))],
   ["DELETE", "/_search/scroll/{id}", ({ p }) => ok(clearScroll({ scroll_id: p.id }, {}))],
   ["GET POST", "/_mget", ({ q, body }) => ok(mget(undefined, body, q))],
@@ -870,6 +874,7 @@ const server = http.createServer((req, res) => {
       return;
     }
     total++;
+    if (TRACE) process.stderr.write(`ES-STUB ${method} ${req.url} ${Buffer.concat(chunks).toString("utf8").slice(0, 500)}\n`);
     const found = route(method, segs);
     const key = found ? `${method} ${found.r.template}` : `UNKNOWN ${method} ${url.pathname}`;
     calls[key] = (calls[key] || 0) + 1;
