@@ -45,7 +45,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 SIM_PORTS=()
 for i in 1 2 3 4; do SIM_PORTS+=("$(pick_port $((17700 + i)))"); done
 for i in 1 2 3 4; do
-  RUST_LOG=warn "$SIM_BIN" --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "n$i" >"$WORK/sim$i.log" 2>&1 &
+  RUST_LOG=warn "$SIM_BIN" "${SIM_ARGS[@]}" --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "n$i" >"$WORK/sim$i.log" 2>&1 &
   PIDS+=($!)
 done
 for i in 1 2 3 4; do

@@ -60,7 +60,7 @@ impl SimCluster {
         Sim::start_on(
             &self.addr(i).to_string(),
             &format!("knode-{i}"),
-            &["--kuzzle2", "--redis", &url, "--heartbeat", "2s"],
+            &["--kuzzle2", "--fresh-id", "--redis", &url, "--heartbeat", "2s"],
         )
     }
 

@@ -11,7 +11,9 @@
 //! - `http_client`: `Client`, `Resp`, `request`/`get`/`post`, `ChanBody`, source-bound `conn_from`;
 //! - `websocket`: `ws`, `ws_next_json`, `ws_wait`, `ws_call`;
 //! - `kuzzle_api`: Kuzzle requests, subscribe/publish/notification helpers, error envelopes;
-//! - `load`: HTTP load clients (a connection per request) and official-SDK `Subscribers`.
+//! - `load`: HTTP load clients (a connection per request) and official-SDK `Subscribers`;
+//! - `kuzzle_real`: real Kuzzle 2 nodes (`kuzzle-real/`, npm kuzzle@2.56.0) as a `KuzzleCluster`, with
+//!   its own Redis and Elasticsearch stand-in, nodes on 127.0.0.X, stop/kill/restart per node.
 //!
 //! The kit depends on neither kuzzle-gateway nor the kuzzle-node-sim library (nodes run as
 //! processes), so both packages can take it as a dev-dependency without a dependency loop.
@@ -20,6 +22,7 @@
 
 mod http_client;
 mod kuzzle_api;
+mod kuzzle_real;
 mod load;
 mod process;
 mod redis_server;
@@ -32,6 +35,7 @@ mod websocket;
 
 pub use http_client::*;
 pub use kuzzle_api::*;
+pub use kuzzle_real::*;
 pub use load::*;
 pub use process::*;
 pub use redis_server::*;
