@@ -65,8 +65,11 @@ pub type Addrs = Arc<dyn Fn() -> (Option<SocketAddr>, Option<SocketAddr>) + Send
 /// Fleet counters (for /metrics).
 #[derive(Debug, Default)]
 pub struct FleetMetrics {
+    /// 1 while the fleet's Redis link is healthy.
     pub connected: AtomicU64,
+    /// Successful connections (the first one included).
     pub connects: AtomicU64,
+    /// Failed Redis calls and connection attempts.
     pub errors: AtomicU64,
     /// Messages received on the fleet's channels.
     pub messages: AtomicU64,
@@ -91,8 +94,11 @@ struct Peer {
 /// The Redis link, for the view.
 #[derive(Debug, Default)]
 struct Link {
+    /// Where the fleet's Redis is (credentials hidden).
     target: Option<String>,
+    /// Epoch ms of the current connection (None while away).
     since_ms: Option<u64>,
+    /// The last failure, shown while reconnecting.
     last_error: Option<String>,
 }
 
@@ -106,8 +112,9 @@ struct Shared {
     me: Option<Beat>,
     states: States,
     rebalance: RebalanceView,
-    /// Another instance heartbeating under our name: (its instance, its address).
-    clash: Option<(String, String)>,
+    /// Another instance heartbeating under our name: (its instance, its address, when last heard;
+    /// forgotten after `ttl`, e.g. the old process of a binary upgrade once it left).
+    clash: Option<(String, String, Instant)>,
     /// Epoch second of the last warning about dropped input, and drops not logged since.
     last_warn: u64,
     suppressed: u64,
@@ -115,7 +122,9 @@ struct Shared {
 
 /// An operator state change for the task to write.
 struct Write {
+    /// The change, as taken by the ops API (no seq yet).
     record: StateRecord,
+    /// Its seq once Redis stored it, or why it stays pending.
     reply: oneshot::Sender<Result<u64, String>>,
 }
 
@@ -126,9 +135,11 @@ pub struct Fleet {
     shared: Mutex<Shared>,
     /// Ops' state changes, to the task.
     tx: mpsc::Sender<Write>,
+    /// Counters for /metrics.
     pub metrics: FleetMetrics,
     /// This process (a restarted gateway is another instance of the same name).
     instance: String,
+    /// Epoch ms of this process' start (heartbeats carry it: uptime on the others' pages).
     started_ms: u64,
 }
 
@@ -270,7 +281,7 @@ impl Fleet {
             ttl_ms: f.ttl.0.as_millis() as u64,
             fingerprint: cfg.fingerprint.clone(),
             configs_agree: !gateways.iter().any(|g| g.config_differs),
-            name_clash: st.clash.as_ref().map(|(i, a)| format!("instance {i} at {a}")),
+            name_clash: st.clash.as_ref().map(|(i, a, _)| format!("instance {i} at {a}")),
             pending_states: st.states.pending.len(),
             rebalance: st.rebalance.clone(),
         })
@@ -446,11 +457,17 @@ pub async fn preload(config: &Config) -> Vec<StateRecord> {
 
 /// The fleet task's own state.
 struct Task {
+    /// The shared half: the view, the states, the core.
     fleet: Arc<Fleet>,
+    /// `[fleet]` follows reloads through it.
     settings: watch::Receiver<Arc<Config>>,
+    /// The gateway's shutdown: the task says goodbye and ends.
     stop: tokio_util::sync::CancellationToken,
+    /// State changes from the ops API.
     writes: mpsc::Receiver<Write>,
+    /// Where this gateway listens (for its heartbeat).
     addrs: Addrs,
+    /// This gateway's rebalancing.
     rebalancer: Rebalancer,
     /// Nodes drawn from at the last tick: did a tunnel take the draw?
     drawn: Vec<String>,
@@ -517,7 +534,7 @@ impl Task {
     fn on_beat(&self, st: &mut Shared, me: &str, b: Beat, now: Instant) {
         if b.name == me {
             if b.instance != self.fleet.instance {
-                if st.clash.as_ref().is_none_or(|(i, _)| *i != b.instance) {
+                if st.clash.as_ref().is_none_or(|(i, _, _)| *i != b.instance) {
                     tracing::warn!(
                         name = me,
                         other = %b.instance,
@@ -525,7 +542,7 @@ impl Task {
                         "fleet: another gateway heartbeats under this gateway's name; fleet names must be unique"
                     );
                 }
-                st.clash = Some((b.instance.clone(), b.address.clone()));
+                st.clash = Some((b.instance.clone(), b.address.clone(), now));
             }
             return;
         }
@@ -542,9 +559,12 @@ impl Task {
         }
     }
 
-    /// Peers silent for `ttl` leave the view.
+    /// Peers silent for `ttl` leave the view (and a name clash not heard of since is forgotten).
     fn expire(&self, ttl: Duration, now: Instant) {
         let mut st = lock(&self.fleet.shared);
+        if st.clash.as_ref().is_some_and(|(_, _, at)| now.saturating_duration_since(*at) > ttl) {
+            st.clash = None;
+        }
         st.peers.retain(|name, p| {
             let keep = now.saturating_duration_since(p.seen) <= ttl;
             if !keep {
@@ -830,10 +850,12 @@ async fn run(mut t: Task) {
             if section.is_none() && st.section.is_some() {
                 st.peers.clear();
                 st.me = None;
+                st.rebalance = RebalanceView::default();
             }
             st.section = section.clone();
         }
         let Some(f) = section else {
+            t.rebalancer = Rebalancer::new(std::time::Instant::now());
             t.tick(None, false);
             if wait(&mut t, None, None).await {
                 return;

@@ -15,6 +15,7 @@ pub const COOLDOWN: Duration = Duration::from_secs(60);
 /// One node as the rebalancer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInput {
+    /// The node's name.
     pub name: String,
     /// WebSockets on the node in the whole fleet (this gateway's live count plus the others' last
     /// heartbeats).
@@ -36,7 +37,12 @@ pub enum Assessment {
     /// A participating node is not healthy: no rebalancing now.
     Paused(String),
     /// Uneven: what this gateway should close on each over-loaded node (its share of the excess).
-    Uneven { mean: f64, quotas: BTreeMap<String, u64> },
+    Uneven {
+        /// WebSockets per participating node on average.
+        mean: f64,
+        /// This gateway's closes per over-loaded node.
+        quotas: BTreeMap<String, u64>,
+    },
 }
 
 /// Assess the nodes: balanced when every participating node is within `tolerance_pct` percent of
@@ -69,9 +75,11 @@ pub fn assess(nodes: &[NodeInput], tolerance_pct: u32) -> Assessment {
 /// Settings of one tick.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
+    /// `[fleet] rebalance_websockets`.
     pub enabled: bool,
     /// Most closes a second (this gateway).
     pub rate: u32,
+    /// Percent from the mean that counts as balanced.
     pub tolerance: u32,
     /// Wait after a round's last close before looking again: the clients' reconnection delay and
     /// a few heartbeats.
@@ -84,12 +92,15 @@ pub struct Settings {
 /// What one tick sees.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
+    /// Every node with its counts.
     pub nodes: &'a [NodeInput],
     /// The fleet's Redis answers (else the others' counts are unknown).
     pub connected: bool,
     /// The earliest start of the rebalancings the other gateways report (epoch ms).
     pub peers_since: Option<u64>,
+    /// Monotonic now (pace, rounds).
     pub now: Instant,
+    /// Wall-clock now, epoch ms (the start the fleet shares).
     pub now_ms: u64,
     /// In [0, 1): spreads the closes.
     pub jitter: f64,
@@ -121,6 +132,7 @@ impl Phase {
 /// One gateway's rebalancing.
 #[derive(Debug)]
 pub struct Rebalancer {
+    /// Where it stands.
     pub phase: Phase,
     /// Epoch ms when the current rebalancing began (tunnels opened later are never drawn); the
     /// earliest of the fleet's.
@@ -129,14 +141,17 @@ pub struct Rebalancer {
     pub round: u32,
     /// Closes left in this round, per node.
     remaining: BTreeMap<String, u64>,
+    /// Not before this, the next close (the pace, with jitter).
     next_close: Instant,
     /// WebSockets this gateway closed in the current rebalancing, and since start.
     pub moved: u64,
+    /// WebSockets this gateway closed since start.
     pub moved_total: u64,
     /// How the last rebalancing ended.
     pub outcome: Option<String>,
     /// Why it is paused (or, idle, why it would not start).
     pub reason: Option<String>,
+    /// After giving up: no new rebalancing before this.
     cooldown_until: Option<Instant>,
     /// Since when the fleet has looked uneven without interruption (idle only).
     uneven_since: Option<Instant>,

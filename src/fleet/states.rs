@@ -11,7 +11,9 @@ use crate::core::backend::AdminState;
 /// A state this gateway applied, and when (epoch ms, its own clock).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Known {
+    /// The record (seq 0 while a change taken here is not confirmed by Redis).
     pub record: StateRecord,
+    /// When this gateway applied it (shown, and what the latency figures measure).
     pub applied_ms: u64,
 }
 

@@ -8,14 +8,19 @@ use serde::Serialize;
 /// A live gateway of the fleet (this one included).
 #[derive(Debug, Clone, Serialize)]
 pub struct GatewayView {
+    /// Its fleet name.
     pub name: String,
     /// Its client listener.
     pub address: String,
+    /// Its machine's host name.
     pub host: String,
     /// Its ops listener.
     pub ops: String,
+    /// Its version (a fleet mid-upgrade runs two).
     pub version: String,
+    /// Its process id.
     pub pid: u32,
+    /// Since its start (its heartbeat's figure plus the heartbeat's age).
     pub uptime_ms: u64,
     /// Open client connections, WebSockets included.
     pub connections: u64,
@@ -55,7 +60,9 @@ pub struct RebalanceView {
     pub tolerance_pct: u32,
     /// idle, closing, settling, paused.
     pub phase: &'static str,
+    /// Epoch ms when the current rebalancing began (the fleet's earliest).
     pub since_ms: Option<u64>,
+    /// Its round (1-based; 0 when idle).
     pub round: u32,
     /// WebSockets this gateway closed in the current rebalancing, and since start.
     pub moved: u64,
@@ -73,14 +80,19 @@ pub struct RebalanceView {
 pub struct FleetView {
     /// This gateway's name.
     pub name: String,
+    /// `[fleet] namespace`.
     pub namespace: String,
     /// Where the fleet's Redis is (credentials hidden).
     pub redis: String,
+    /// The Redis link is healthy.
     pub connected: bool,
     /// Epoch ms of the current connection, or None.
     pub connected_since: Option<u64>,
+    /// The last Redis failure.
     pub last_error: Option<String>,
+    /// `[fleet] heartbeat`.
     pub heartbeat_ms: u64,
+    /// `[fleet] ttl`.
     pub ttl_ms: u64,
     /// This gateway's configuration fingerprint.
     pub fingerprint: String,
@@ -90,6 +102,7 @@ pub struct FleetView {
     pub name_clash: Option<String>,
     /// Operator state changes taken here and not yet in Redis.
     pub pending_states: usize,
+    /// This gateway's rebalancing.
     pub rebalance: RebalanceView,
 }
 

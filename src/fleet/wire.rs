@@ -25,6 +25,7 @@ pub const MAX_STATES: usize = 4096;
 /// live on one Redis Cluster slot (the scripts touch several at once).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
+    /// `{namespace}`: the hash tag every key starts with.
     tag: String,
 }
 
@@ -94,6 +95,7 @@ pub struct Beat {
     pub ops: String,
     /// Its version (`CARGO_PKG_VERSION`).
     pub version: String,
+    /// Its process id (to find it on its machine).
     pub pid: u32,
     /// Epoch ms of its start.
     pub started_ms: u64,
@@ -119,10 +121,13 @@ pub struct Beat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GatewayMsg {
+    /// A heartbeat.
     Beat(Box<Beat>),
-    /// A gateway stopping cleanly leaves the view at once.
+    /// A gateway stopping cleanly leaves the view at once (if the instance is the one heard).
     Bye {
+        /// Its fleet name.
         name: String,
+        /// The process that says goodbye.
         instance: String,
     },
 }
@@ -134,7 +139,9 @@ pub struct StateRecord {
     /// Order of changes (Redis' INCR): a record with a lower one is older.
     #[serde(default)]
     pub seq: u64,
+    /// The node (its name, as the gateways know it).
     pub node: String,
+    /// READY, DRAIN or MAINT.
     pub state: AdminState,
     /// The gateway whose ops API took the change.
     pub by: String,
