@@ -655,7 +655,7 @@ async fn a_redis_outage_costs_clients_nothing_and_states_are_reconciled_after() 
     let nodes = nodes_toml(&sims.iter().collect::<Vec<_>>());
     let toml = |name: &str| {
         format!(
-            "[health]\ninterval = \"500ms\"\n[fleet]\nredis = \"{}\"\nname = \"{name}\"\nheartbeat = \"{HEARTBEAT}\"\nttl = \"{}ms\"\n{nodes}",
+            "[health]\ninterval = \"500ms\"\n[fleet]\nredis = \"{}\"\nname = \"{name}\"\nheartbeat = \"{HEARTBEAT}\"\nttl = \"{}ms\"\nrebalance_websockets = true\n{nodes}",
             redis.url(),
             TTL.as_millis()
         )
@@ -694,6 +694,14 @@ async fn a_redis_outage_costs_clients_nothing_and_states_are_reconciled_after() 
     assert_eq!(b["fleet"]["pending_states"], 1);
     let r = get(gws[0].http, "/n1/_now").await;
     assert_eq!(r.status, 503, "the drained node stays drained during the outage");
+    for g in &gws {
+        let r = &g.stats().await["fleet"]["rebalance"];
+        assert!(
+            r["reason"].as_str().is_some_and(|w| w.contains("Redis unreachable")) && r["phase"] != "closing",
+            "{}: no rebalancing on unknown counts: {r}",
+            g.name
+        );
+    }
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(t_kill.elapsed())).await;
     redis.restart();
     let t_back = Instant::now();
