@@ -199,6 +199,20 @@ async fn states_and_view(redis: &Redis, n: usize, label: &str) -> Vec<String> {
         assert_eq!(g["config_differs"], false, "same file but names and ports: {g}");
     }
     assert_eq!(j["fleet"]["connected"], true);
+    // The page (well formed, a row per gateway) and the CSV (a `kuzzle-gateways` row per gateway,
+    // a `kuzzle-fleet` row per node, the haproxy column count kept).
+    let page = String::from_utf8_lossy(&get(gws[0].ops, "/hastats").await.body).into_owned();
+    let opts = roxmltree::ParsingOptions { allow_dtd: true, ..Default::default() };
+    let doc = roxmltree::Document::parse_with_options(&page, opts).unwrap_or_else(|e| panic!("page: {e}\n{page}"));
+    let rows: Vec<&str> = doc.descendants().filter_map(|n| n.attribute("data-gateway")).collect();
+    assert_eq!(rows.len(), n, "a row per gateway on the page: {rows:?}");
+    assert!(doc.descendants().any(|n| n.attribute("id") == Some("fleet")), "the fleet section");
+    let csv = String::from_utf8_lossy(&get(gws[0].ops, "/hastats;csv").await.body).into_owned();
+    let width = csv.lines().next().map_or(0, |h| h.split(',').count());
+    let of = |px: &str| csv.lines().filter(|l| l.starts_with(&format!("{px},"))).collect::<Vec<_>>();
+    assert_eq!(of("kuzzle-gateways").len(), n, "{csv}");
+    assert_eq!(of("kuzzle-fleet").len(), 2, "{csv}");
+    assert!(of("kuzzle-gateways").iter().all(|l| l.split(',').count() == width), "column count");
 
     // 20 changes, each through another gateway: how long until every other gateway applied it.
     let mut latencies = Vec::new();
