@@ -91,11 +91,15 @@ fn nginx(dir: &Path, nodes: &[SocketAddr]) -> Proxy {
 fn haproxy(dir: &Path, nodes: &[SocketAddr]) -> Proxy {
     let port = free_port();
     // The seed checks the cluster plugin's route, which Kuzzle 2 does not have (404: every node
-    // DOWN): its Kuzzle 2 counterpart, as the seed's docs said.
+    // DOWN): its Kuzzle 2 counterpart, as the seed's docs said, in HTTP/1.1 with a Host (Kuzzle
+    // refuses haproxy's default HTTP/1.0 check without one: every node DOWN again).
     let text = with_nodes(&read(&root().join("proxy-configs/haproxy.cfg")), nodes)
         .replace("bind :7513", &format!("bind 127.0.0.1:{port}"))
         .replace("bind 127.0.0.1:7575", &format!("bind 127.0.0.1:{}", free_port()))
-        .replace("GET /_plugin/cluster/health", "GET /_healthCheck");
+        .replace(
+            "option httpchk GET /_plugin/cluster/health",
+            "option httpchk\n    http-check send meth GET uri /_healthCheck ver HTTP/1.1 hdr Host kuzzle",
+        );
     let cfg = dir.join("haproxy.cfg");
     std::fs::write(&cfg, text).expect("write haproxy.cfg");
     spawn("haproxy", SocketAddr::from(([127, 0, 0, 1], port)), Command::new("haproxy").arg("-db").arg("-f").arg(&cfg))
