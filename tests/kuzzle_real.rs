@@ -26,8 +26,12 @@ fn es_delta(before: &Value, after: &Value) -> Vec<(String, u64)> {
     d
 }
 
+/// One cluster at a time: real nodes load both cores, and the probes time a shutdown.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_kuzzle_cluster_health_routes_and_graceful_stop() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
     let mut c = KuzzleCluster::start(3);
     eprintln!("3 real Kuzzle nodes ready in {:.1?}", started.elapsed());
@@ -239,6 +243,7 @@ async fn observe(addr: std::net::SocketAddr, term: impl FnOnce()) -> std::collec
 /// fails (the simulator is wrong where they differ).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_matches_real_kuzzle_where_a_gateway_looks() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut real = tokio::task::block_in_place(|| KuzzleCluster::start(1));
     let real_addr = real.node_addr(0);
     let theirs = observe(real_addr, || real.stop_node(0)).await;
