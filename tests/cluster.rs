@@ -72,7 +72,8 @@ async fn state_of(h: &Handle, name: &str) -> Option<String> {
 /// `x-kuzzle-node` names nodes by their gateway names, e.g. a discovered node by its IP).
 async fn via(h: &Handle, path: &str) -> (u16, Option<String>) {
     let r = get(h.http_addr, path).await;
-    let own = serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| v["node"].as_str().map(String::from));
+    let own =
+        serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| v["node"].as_str().map(String::from));
     (r.status, own)
 }
 
