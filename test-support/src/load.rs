@@ -202,6 +202,15 @@ impl Subscribers {
         self.line_starting("MARKED", Duration::from_secs(10)).await;
     }
 
+    /// Per client, notifications since `mark` (the clients keep running).
+    pub async fn counts(&mut self) -> Vec<u64> {
+        self.stdin.write_all(b"counts\n").await.expect("write to subscribers.js");
+        let line = self.line_starting("COUNTS ", Duration::from_secs(10)).await;
+        let v: serde_json::Value =
+            serde_json::from_str(&line["COUNTS ".len()..]).unwrap_or_else(|e| panic!("bad counts {line}: {e}"));
+        v["since_mark"].as_array().map(|a| a.iter().filter_map(|x| x.as_u64()).collect()).unwrap_or_default()
+    }
+
     pub async fn report(mut self) -> SubscriberReport {
         self.stdin.write_all(b"report\n").await.expect("write to subscribers.js");
         let line = self.line_starting("REPORT ", Duration::from_secs(10)).await;

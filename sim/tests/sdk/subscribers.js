@@ -6,6 +6,7 @@
 // usage: node subscribers.js HOST PORT N INDEX COLLECTION
 // Prints `READY N` once every client is subscribed. Then reads commands on stdin, one a line:
 //   mark    -> every client's notification count is remembered; prints `MARKED`
+//   counts  -> prints one line `COUNTS {json}`: per client, notifications since the mark
 //   report  -> prints one line `REPORT {json}` with, per client, notifications since the mark and
 //              in all, and the counts of disconnections, reconnections and errors; then exits 0.
 // A client that cannot connect or subscribe within 20 s makes the process exit 1 with a message.
@@ -73,6 +74,8 @@ async function main() {
       if (cmd === 'mark') {
         for (const c of clients) c.mark = c.total;
         console.log('MARKED');
+      } else if (cmd === 'counts') {
+        console.log(`COUNTS ${JSON.stringify({ since_mark: clients.map((c) => c.total - c.mark) })}`);
       } else if (cmd === 'report') {
         const report = {
           since_mark: clients.map((c) => c.total - c.mark),
