@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, Phase, Transition};
+pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, MachineState, Phase, Transition};
 
 /// Bit of `flags`: the machine says UP.
 const UP: u8 = 1;
@@ -39,6 +39,28 @@ impl HealthState {
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
         }
+    }
+
+    /// Health handed over by the old process on a binary upgrade: routed as it was there, checked
+    /// again at once by this process's checker.
+    pub fn restored(s: &MachineState, leaving: bool) -> Self {
+        let flags = if s.up { UP } else { 0 } | if leaving { LEAVING } else { 0 };
+        HealthState {
+            flags: AtomicU8::new(flags),
+            machine: Mutex::new(Machine::restore(s, Instant::now())),
+            passive_pending: AtomicU32::new(0),
+            kick: Notify::new(),
+        }
+    }
+
+    /// What a binary upgrade hands over: the machine and whether the node is leaving.
+    pub fn export(&self) -> (MachineState, bool) {
+        (self.lock().export(Instant::now()), self.leaving())
+    }
+
+    /// Has a check of this node finished (passed or failed) since it was made?
+    pub fn checked(&self) -> bool {
+        self.lock().checked()
     }
 
     /// UP and not leaving: may take traffic as far as health goes.
@@ -144,6 +166,20 @@ mod tests {
     fn check(ok: bool) -> CheckResult {
         let kind = if ok { CheckKind::L7OK } else { CheckKind::L7STS };
         CheckResult { kind, code: None, duration: std::time::Duration::ZERO, at: 0 }
+    }
+
+    #[test]
+    fn restored_health_routes_as_it_was() {
+        let h = HealthState::new(true);
+        h.apply(|m, now, e| m.record(check(false), now, e));
+        h.note_leaving();
+        let (m, leaving) = h.export();
+        let r = HealthState::restored(&m, leaving);
+        assert!(!r.is_up() && r.leaving() && r.checked(), "a leaving node stays out of the rotation");
+        let r = HealthState::restored(&m, false);
+        assert!(r.is_up() && r.checked(), "UP with one failure seen");
+        assert_eq!(r.view().status, "UP 2/3");
+        assert!(!HealthState::new(false).checked());
     }
 
     #[test]
