@@ -237,6 +237,7 @@ fn default_config_shows_every_key() {
                 "node_tls",
                 "node_ca",
                 "node_server_name",
+                "ready_timeout",
             ],
         ),
         ("node", &["name", "address", "tls", "ca", "server_name"]),
