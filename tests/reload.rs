@@ -596,23 +596,42 @@ async fn binary_upgrade_hands_over_sockets_without_refusing() {
 // Redis membership: upgrades and a start under load never answer "no node"
 // ---------------------------------------------------------------------------------------------
 
-/// Three simulated Kuzzle 2 nodes registered by their ID cards in a fresh Redis, one per
-/// loopback address (127.0.0.2..4) on one port, as real Kuzzle nodes are.
-struct K2Cluster {
-    redis: RedisServer,
-    /// The nodes' common HTTP port (`[cluster] node_port`).
-    port: u16,
-    sims: Vec<Sim>,
+/// How the simulated nodes announce themselves in Redis.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    /// Kuzzle 2 ID cards: one node per loopback address (127.0.0.2..4) on one port, as real
+    /// Kuzzle 2 nodes are.
+    IdCards,
+    /// The cluster plugin 3.x: `cluster:ready` and heartbeats on pub/sub, and the discovery set.
+    Plugin,
 }
 
-impl K2Cluster {
-    fn start() -> K2Cluster {
+/// Three simulated nodes registered in a fresh Redis.
+struct RedisNodes {
+    redis: RedisServer,
+    /// The ID-card nodes' common HTTP port (`[cluster] node_port`).
+    port: u16,
+    sims: Vec<Sim>,
+    /// Which membership source the gateway reads.
+    announce: Announce,
+}
+
+impl RedisNodes {
+    fn start(announce: Announce) -> RedisNodes {
         let redis = RedisServer::start();
         let port = free_port();
-        let args = ["--redis", &redis.url(), "--kuzzle2", "--heartbeat", "300ms"];
-        let sims =
-            (2..=4).map(|i| Sim::start_on(&format!("127.0.0.{i}:{port}"), &format!("knode-{i}"), &args)).collect();
-        K2Cluster { redis, port, sims }
+        let url = redis.url();
+        let sims = (2..=4)
+            .map(|i| match announce {
+                Announce::IdCards => Sim::start_on(
+                    &format!("127.0.0.{i}:{port}"),
+                    &format!("knode-{i}"),
+                    &["--redis", &url, "--kuzzle2", "--heartbeat", "300ms"],
+                ),
+                Announce::Plugin => Sim::start(&format!("pnode-{i}"), &["--redis", &url, "--heartbeat", "300ms"]),
+            })
+            .collect();
+        RedisNodes { redis, port, sims, announce }
     }
 
     /// A gateway configuration learning these nodes from Redis only; `extra` lands in
@@ -622,10 +641,14 @@ impl K2Cluster {
             "[gateway]\nlisten = \"{listen}\"\nshutdown_grace = \"1s\"\nupgrade_socket = {:?}\nhard_stop_after = \"60s\"\n{extra}\n\
              [stats]\nlisten = \"{stats}\"\n\
              [health]\npath = \"/_healthCheck\"\nkuzzle2_path = \"/_healthCheck\"\ninterval = \"1s\"\ntimeout = \"1s\"\n\
-             [cluster]\nredis = \"{}\"\npubsub = false\ndiscovery = false\nnode_port = {}\npoll_interval = \"200ms\"\n\
+             [cluster]\nredis = \"{}\"\n{}\nnode_port = {}\npoll_interval = \"200ms\"\n\
              heartbeat_timeout = \"2s\"\n{cluster_extra}\n",
             sock.display().to_string(),
             self.redis.url(),
+            match self.announce {
+                Announce::IdCards => "pubsub = false\ndiscovery = false",
+                Announce::Plugin => "kuzzle2 = false",
+            },
             self.port
         )
     }
@@ -692,22 +715,32 @@ async fn term(mut child: KillOnDrop) {
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "gateway did not stop on SIGTERM");
 }
 
-/// Nodes learned from Redis, 8 HTTP clients: three binary upgrades in a row lose no request. Each
-/// new process takes the nodes and their health from the old one and routes from its first
-/// connection (before the hand-over of state, each upgrade answered "no node" until the new
-/// process had read Redis and checked the nodes).
+/// Nodes learned from Kuzzle 2 ID cards, 8 HTTP clients: three binary upgrades in a row lose no
+/// request. Each new process takes the nodes and their health from the old one and routes from
+/// its first connection (before the hand-over of state, each upgrade answered "no node" until the
+/// new process had read Redis and checked the nodes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_upgrades_with_redis_membership_lose_no_request() {
-    let k2 = K2Cluster::start();
+    upgrades_lose_no_request(RedisNodes::start(Announce::IdCards)).await;
+}
+
+/// The same with the cluster plugin 3.x's membership (pub/sub heartbeats and the discovery set):
+/// the heartbeating members handed over are kept by the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrades_with_plugin_redis_membership_lose_no_request() {
+    upgrades_lose_no_request(RedisNodes::start(Announce::Plugin)).await;
+}
+
+async fn upgrades_lose_no_request(nodes: RedisNodes) {
     let dir = scratch_dir("upgrade-redis");
     let file = dir.join("gw.toml");
     let (addr, stats) = two_addrs();
-    std::fs::write(&file, k2.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
+    std::fs::write(&file, nodes.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
     let cfg = file.to_str().expect("utf-8 path");
 
     let (mut old, mut old_out) = spawn_gateway(&["--config", cfg]);
     line(&old_out, "upgrade socket ready");
-    k2.wait_routable(addr).await;
+    nodes.wait_routable(addr).await;
     let stop = Arc::new(AtomicBool::new(false));
     let t = Arc::new(Tally::default());
     let loads = load(addr, 8, &stop, &t);
@@ -748,23 +781,23 @@ async fn binary_upgrades_with_redis_membership_lose_no_request() {
 /// the sockets only once it read Redis and checked the nodes itself; the old one serves meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_upgrade_without_usable_state_waits_until_it_can_route() {
-    let k2 = K2Cluster::start();
+    let nodes = RedisNodes::start(Announce::IdCards);
     let dir = scratch_dir("upgrade-redis-changed");
     let file = dir.join("gw.toml");
     let (addr, stats) = two_addrs();
     let sock = dir.join("upgrade.sock");
     // The old process must not reload the changed file: it runs with the first settings.
-    std::fs::write(&file, k2.config(addr, stats, &sock, "watch = false", "")).expect("write");
+    std::fs::write(&file, nodes.config(addr, stats, &sock, "watch = false", "")).expect("write");
     let cfg = file.to_str().expect("utf-8 path");
     let (old, old_out) = spawn_gateway(&["--config", cfg]);
     line(&old_out, "upgrade socket ready");
-    k2.wait_routable(addr).await;
+    nodes.wait_routable(addr).await;
     let stop = Arc::new(AtomicBool::new(false));
     let t = Arc::new(Tally::default());
     let loads = load(addr, 8, &stop, &t);
     wait_ok(&t, 50, "load running on the first process").await;
 
-    let changed = k2.config(addr, stats, &sock, "watch = false", "allowed_networks = [\"127.0.0.0/8\"]");
+    let changed = nodes.config(addr, stats, &sock, "watch = false", "allowed_networks = [\"127.0.0.0/8\"]");
     std::fs::write(&file, changed).expect("write");
     let (new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
     let lines = lines_until(&new_out, "upgrade complete");
@@ -794,11 +827,11 @@ async fn binary_upgrade_without_usable_state_waits_until_it_can_route() {
 /// checking the nodes found there (before, the first requests got the gateway's "no node" 503).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_with_redis_membership_under_load_answers_no_no_node() {
-    let k2 = K2Cluster::start();
+    let nodes = RedisNodes::start(Announce::IdCards);
     let dir = scratch_dir("start-redis");
     let file = dir.join("gw.toml");
     let (addr, stats) = two_addrs();
-    std::fs::write(&file, k2.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
+    std::fs::write(&file, nodes.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
     let stop = Arc::new(AtomicBool::new(false));
     let t = Arc::new(Tally::default());
     let loads = load(addr, 8, &stop, &t);
