@@ -283,11 +283,6 @@ impl Handle {
         self.accepting.open();
     }
 
-    /// What this gateway would hand a new process now (binary upgrade).
-    pub fn state(&self) -> crate::state::State {
-        crate::state::capture(&self.core, &self.cluster, self.routable.is_open())
-    }
-
     /// Offer the sockets and the state to a future upgrade, then wait for `shutdown` (graceful
     /// stop) or for a newer process to take the sockets (drain).
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
