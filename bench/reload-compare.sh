@@ -67,7 +67,7 @@ if [ "$MEMBERSHIP" = redis ]; then
   wait_for_line "$WORK/redis.log" "Ready to accept connections" "redis-server"
   K2_PORT=$(pick_port 17780)
   for i in 2 3 4; do
-    RUST_LOG=warn "$SIM_BIN" --listen "127.0.0.$i:$K2_PORT" --name "k$i" --kuzzle2 \
+    RUST_LOG=warn "$SIM_BIN" "${SIM_ARGS[@]}" --listen "127.0.0.$i:$K2_PORT" --name "k$i" --kuzzle2 \
       --redis "redis://127.0.0.1:$REDIS_PORT/0" --heartbeat 1s >"$WORK/sim$i.log" 2>&1 &
     PIDS+=($!)
   done
@@ -79,7 +79,7 @@ else
   # 4 simulated nodes n1..n4.
   for i in 1 2 3 4; do SIM_PORTS+=("$(pick_port $((17700 + i)))"); done
   for i in 1 2 3 4; do
-    RUST_LOG=warn "$SIM_BIN" --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "n$i" >"$WORK/sim$i.log" 2>&1 &
+    RUST_LOG=warn "$SIM_BIN" "${SIM_ARGS[@]}" --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "n$i" >"$WORK/sim$i.log" 2>&1 &
     PIDS+=($!)
   done
   for i in 1 2 3 4; do

@@ -595,9 +595,12 @@ pub fn valid_node_name(name: &str) -> bool {
 /// Most data-plane workers `[gateway] threads` may ask for.
 pub const MAX_THREADS: usize = 1024;
 
-/// `[health] kuzzle2_path` by default: Kuzzle 2's readiness route. 503 while the node starts,
-/// shuts down or is overloaded, and no Elasticsearch call (`/_healthCheck` costs three per check).
-pub const KUZZLE2_HEALTH_PATH: &str = "/_ready";
+/// `[health] kuzzle2_path` by default: Kuzzle 2's liveness route, answered outside its request
+/// funnel: no Elasticsearch call (`/_healthCheck` costs three), never queued behind a loaded
+/// node's requests, and no 503 when a node merely queues (`/_ready` says 503 as soon as more than
+/// `limits.concurrentRequests` run, which would take busy nodes out one after the other). A
+/// node shutting down is known from its refusals instead (README: health checks).
+pub const KUZZLE2_HEALTH_PATH: &str = "/_healthcheck";
 
 /// The file's text and its name for errors.
 fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
@@ -1139,7 +1142,10 @@ mod tests {
     #[test]
     fn node_header_and_kuzzle2_path() {
         let c = Config::parse("", "g.toml").expect("defaults");
-        assert_eq!((c.gateway.node_header.as_str(), c.health.kuzzle2_path.as_str()), ("x-kuzzle-node", "/_ready"));
+        assert_eq!(
+            (c.gateway.node_header.as_str(), c.health.kuzzle2_path.as_str()),
+            ("x-kuzzle-node", "/_healthcheck")
+        );
         assert_eq!(c.balance.resend_body, 65536);
         for ok in ["", "X-Served-By", "x-kuzzle-node"] {
             Config::parse(&format!("[gateway]\nnode_header = {ok:?}\n"), "g.toml").expect(ok);

@@ -20,7 +20,7 @@ use crate::cluster::ClusterState;
 use crate::config::Config;
 use crate::core::backend::{AdminState, Membership, Origin};
 use crate::core::counters::{FrontendTotals, NodeTotals};
-use crate::core::health::MachineState;
+use crate::core::health::{Leaving, MachineState};
 use crate::core::registry::{DynamicNode, Restore, RestoredNode};
 use crate::core::Core;
 
@@ -57,8 +57,8 @@ pub struct NodeState {
     pub origin: Origin,
     /// Health: UP/DOWN, the streak under way, history.
     pub health: MachineState,
-    /// It had said it was shutting down.
-    pub leaving: bool,
+    /// It had said it was shutting down (until checks bring it UP, or for good).
+    pub leaving: Leaving,
     /// Epoch seconds its operator state was set (0: never).
     pub admin_since: u64,
     /// Its counters.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::{AdminState, Backend, Membership, Origin};
 use super::counters::{NodeCounters, NodeTotals};
-use super::health::{HealthState, MachineState};
+use super::health::{HealthState, Leaving, MachineState};
 use super::snapshot::Snapshot;
 use crate::config::{Config, HostPort, NodeTarget};
 use crate::tls::upstream::NodeTls;
@@ -37,8 +37,9 @@ pub struct RestoredNode {
     pub origin: Origin,
     /// Its health: UP/DOWN, the streak under way and the history.
     pub health: MachineState,
-    /// It had said it was shutting down: it stays out of the rotation until checks bring it UP.
-    pub leaving: bool,
+    /// It had said it was shutting down: it stays out of the rotation (until checks bring it UP,
+    /// or for good).
+    pub leaving: Leaving,
     /// Epoch seconds its operator state was set (0: never).
     pub admin_since: u64,
 }
@@ -520,7 +521,7 @@ mod tests {
             addr: addr(p),
             origin,
             health: old_health(up),
-            leaving: false,
+            leaving: Leaving::No,
             admin_since: 7,
         };
         let k = DynamicNode { name: "k".into(), addr: addr(5), origin: Origin::Kuzzle2 };
