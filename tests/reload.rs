@@ -832,6 +832,12 @@ async fn a_start_with_redis_membership_under_load_answers_no_no_node() {
     let file = dir.join("gw.toml");
     let (addr, stats) = two_addrs();
     std::fs::write(&file, nodes.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
+    // A connect to a port nobody listens on can pick that very port as its source and connect to
+    // itself, taking the port from the gateway. A bound socket (SO_REUSEADDR, never listening)
+    // keeps the port out of the kernel's choice of source ports; the gateway still binds it.
+    let reserve = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserve.set_reuseaddr(true).expect("SO_REUSEADDR");
+    reserve.bind(addr).expect("reserve the client port");
     let stop = Arc::new(AtomicBool::new(false));
     let t = Arc::new(Tally::default());
     let loads = load(addr, 8, &stop, &t);
@@ -849,7 +855,7 @@ async fn a_start_with_redis_membership_under_load_answers_no_no_node() {
     let r = t.report();
     assert_eq!(t.http_non2xx.load(Ordering::Relaxed), 0, "a \"no node\" answer once it accepted: {r}");
     assert_eq!(t.http_errors.load(Ordering::Relaxed), 0, "{r}");
-    drop(out);
+    drop((out, reserve));
     term(gw).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
