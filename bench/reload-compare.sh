@@ -14,6 +14,8 @@
 # the algorithm only, then UPGRADES binary upgrades in a row. A node learned from Redis starts
 # DOWN until checked, so this is where an upgrade that hands over only the sockets answers
 # "no node" (non-2xx). Compare builds with GW_BIN (e.g. main's binary against a branch's).
+# With REDIS_URL (and NODE_PORT, default 7512) the nodes of an already running cluster are used
+# instead, e.g. the real Kuzzle 2 nodes of `scripts/kuzzle-real 3 --port 17512`.
 #
 # Usage: bench/reload-compare.sh
 # Environment (defaults in brackets):
@@ -21,6 +23,7 @@
 #   TARGETS ["gateway nginx haproxy"; "gateway" with MEMBERSHIP=redis]  SKIP_BUILD [0]
 #   BIN_DIR [target/release]  GW_BIN [$BIN_DIR/kuzzle-gateway]  MEMBERSHIP [static] or redis
 #   UPGRADES [1] binary upgrades in a row  LABEL [the target's name] first column of the table
+#   REDIS_URL, NODE_PORT [7512]: with MEMBERSHIP=redis, a running cluster's Redis and HTTP port
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -59,7 +62,10 @@ for b in "$GW_BIN" "$SIM_BIN" "$LOAD_BIN"; do [ -x "$b" ] || die "missing $b (bu
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 SIM_PORTS=()
-if [ "$MEMBERSHIP" = redis ]; then
+if [ "$MEMBERSHIP" = redis ] && [ -n "${REDIS_URL:-}" ]; then
+  # A running cluster: its nodes' ID cards are in this Redis.
+  K2_PORT=${NODE_PORT:-7512}
+elif [ "$MEMBERSHIP" = redis ]; then
   # A Redis, and 3 simulated Kuzzle 2 nodes k2..k4 on 127.0.0.2..4, one port, with ID cards.
   REDIS_PORT=$(pick_port 17790)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
@@ -118,7 +124,7 @@ gateway_conf() {
     echo "interval = \"1s\""
     if [ "$MEMBERSHIP" = redis ]; then
       # Nodes from their ID cards only: the node list does not change with the file.
-      printf '[cluster]\nredis = "redis://127.0.0.1:%s/0"\npubsub = false\ndiscovery = false\n' "$REDIS_PORT"
+      printf '[cluster]\nredis = "%s"\npubsub = false\ndiscovery = false\n' "${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
       printf 'node_port = %s\npoll_interval = "1s"\n' "$K2_PORT"
     else
       for n in $nodes; do
@@ -198,7 +204,7 @@ run_target() {
       ;;
   esac
   wait_http "http://127.0.0.1:$port/_serverInfo" "$name"
-  if [ "$MEMBERSHIP" = redis ]; then
+  if [ "$MEMBERSHIP" = redis ] && [ -z "${REDIS_URL:-}" ]; then
     for i in 2 3 4; do wait_http "http://127.0.0.1:$port/k$i/_serverInfo" "$name: k$i learned from Redis"; done
   fi
 
