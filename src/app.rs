@@ -42,6 +42,8 @@ pub struct Handle {
     pub reloads: Arc<ReloadStats>,
     /// Redis membership: status, counters, first read.
     pub cluster: Arc<ClusterState>,
+    /// `[fleet]`: shared operator states, the fleet view, rebalancing.
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// The settings watch (the reload task publishes every applied configuration here).
     pub settings: Arc<watch::Sender<Arc<Config>>>,
     /// Open once the gateway can route (what `/healthz` says): clients are accepted from then on
@@ -121,6 +123,14 @@ pub fn start_with(
         Arc::new(move || l.get().map(|l| l.bound()).unwrap_or_default())
     };
     let cluster = crate::cluster::start(core.clone(), settings.clone(), own, taken.members, &life);
+    let fleet = {
+        let l = own_listeners.clone();
+        let addrs: crate::fleet::Addrs = Arc::new(move || {
+            let of = |k| l.get().and_then(|l| l.local_of(k));
+            (of(ListenerKind::Http), of(ListenerKind::Stats))
+        });
+        crate::fleet::start(core.clone(), settings.clone(), addrs, &life)
+    };
     let routable = Gate::closed();
     crate::ready::start(core.clone(), cluster.clone(), routable.clone(), taken.routable, &life);
     // A fresh start answers probes at once and takes clients once it can route; an upgrade takes
@@ -137,6 +147,7 @@ pub fn start_with(
         reload: reload.clone(),
         reloads: reloads.clone(),
         cluster: cluster.clone(),
+        fleet: fleet.clone(),
         life: life.clone(),
         tls: tls.clone(),
         routable: routable.clone(),
@@ -218,6 +229,7 @@ pub fn start_with(
         reload,
         reloads,
         cluster,
+        fleet,
         settings: settings_tx,
         routable,
         accepting,
@@ -258,7 +270,10 @@ pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -
         let (listeners, mut handover) = crate::upgrade::take_over(&config).await?;
         let taken = crate::state::take(handover.take_state(), &config);
         tracing::info!(routable = taken.routable, "state of the running gateway: {}", taken.note);
+        // Operator states the fleet keeps in Redis apply from the first request (bounded wait).
+        let states = crate::fleet::preload(&config).await;
         let h = start_with(config, listeners, workers, Start::Upgrade(taken))?;
+        h.fleet.seed(states);
         if !h.routable.is_open() {
             tracing::info!(
                 "waiting for the first membership read and node checks before taking the sockets over; the running gateway serves meanwhile"
@@ -271,7 +286,10 @@ pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -
         h
     } else {
         let listeners = Listeners::bind(&config)?;
-        start_on(config, listeners, workers)?
+        let states = crate::fleet::preload(&config).await;
+        let h = start_on(config, listeners, workers)?;
+        h.fleet.seed(states);
+        h
     };
     h.serve_until(wait_for_stop_signal()).await;
     Ok(())

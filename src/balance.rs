@@ -36,7 +36,8 @@ pub fn pick(
                 if !usable(i) {
                     continue;
                 }
-                let a = nodes[i].active();
+                // Fleet-wide: the other gateways' tunnels count too (`[fleet]`, else 0).
+                let a = nodes[i].load();
                 if best.is_none_or(|(_, b)| a < b) {
                     best = Some((i, a));
                 }

@@ -401,6 +401,82 @@ impl Default for ClusterSection {
     }
 }
 
+/// `[fleet]`: several gateways act as one through Redis: operator states shared, one fleet view
+/// on `/hastats`, WebSockets spread again after a scale-out. Nothing is written to Redis without it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// One Redis for the fleet's keys; default: `[cluster] redis` (filled in when the file is read).
+    pub redis: Option<String>,
+    /// A Redis Cluster's seed URLs instead; default: `[cluster] redis_cluster`.
+    pub redis_cluster: Option<Vec<String>>,
+    /// This gateway's name in the fleet, unique in it; default: host name and client listen port
+    /// (`host:7512`), filled in when the file is read.
+    pub name: Option<String>,
+    /// Prefix and Redis Cluster hash tag of the fleet's keys and channels: gateways with the same
+    /// namespace on the same Redis form one fleet (two fleets may share a Redis).
+    pub namespace: String,
+    /// How often this gateway publishes its heartbeat (counters, config fingerprint) and reads the
+    /// others'.
+    pub heartbeat: Dur,
+    /// A gateway silent this long leaves the fleet view (and its heartbeat key expires).
+    pub ttl: Dur,
+    /// How long operator states stay in Redis once no gateway is left to refresh them.
+    pub state_ttl: Dur,
+    /// Close a bounded share of this gateway's WebSockets on over-loaded nodes (close code 1012,
+    /// clients reconnect) when the fleet-wide counts per node are uneven, e.g. after a node joined.
+    pub rebalance_websockets: bool,
+    /// Pace of rebalancing: most WebSockets this gateway closes per second (spread with jitter).
+    pub rebalance_rate: u32,
+    /// A node within this many percent of the fleet's mean count of WebSockets per node is
+    /// balanced; rebalancing starts when one is not and stops when all are.
+    pub rebalance_tolerance: u32,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            redis: None,
+            redis_cluster: None,
+            name: None,
+            namespace: "kuzzle-gateway".into(),
+            heartbeat: Dur(Duration::from_secs(1)),
+            ttl: Dur(Duration::from_secs(5)),
+            state_ttl: Dur(Duration::from_secs(7 * 24 * 3600)),
+            rebalance_websockets: false,
+            rebalance_rate: 10,
+            rebalance_tolerance: 10,
+        }
+    }
+}
+
+impl FleetSection {
+    /// The fleet's name of this gateway (always set on a parsed configuration).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}
+
+/// A fleet name or namespace: letters, digits and `_ - . ~ :`, 1 to 128 bytes (it is part of
+/// Redis key names and shown on pages).
+pub fn valid_fleet_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~' | b':'))
+}
+
+/// This machine's host name (for the default fleet name), "gateway" if it has none.
+fn host_name() -> String {
+    let u = rustix::system::uname();
+    let n = u.nodename().to_string_lossy().into_owned();
+    let n: String = n.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')).collect();
+    if n.is_empty() {
+        "gateway".into()
+    } else {
+        n
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeSection {
@@ -435,6 +511,7 @@ struct RawConfig {
     limits: LimitsSection,
     tls: Option<TlsSection>,
     cluster: Option<ClusterSection>,
+    fleet: Option<FleetSection>,
     #[serde(default)]
     node: Vec<NodeSection>,
 }
@@ -529,7 +606,13 @@ pub struct Config {
     pub limits: LimitsSection,
     pub tls: Option<TlsSection>,
     pub cluster: Option<ClusterSection>,
+    /// `[fleet]`: shared operator states, fleet view and rebalancing through Redis.
+    pub fleet: Option<FleetSection>,
     pub nodes: Vec<StaticNode>,
+    /// Fingerprint of the file's settings, per-gateway keys left out (listen addresses, threads,
+    /// upgrade socket, fleet name): gateways of one fleet that run the same configuration show
+    /// the same one (`crate::fleet::fingerprint`).
+    pub fingerprint: String,
 }
 
 impl Default for Config {
@@ -544,7 +627,9 @@ impl Default for Config {
             limits: LimitsSection::default(),
             tls: None,
             cluster: None,
+            fleet: None,
             nodes: Vec::new(),
+            fingerprint: crate::fleet::fingerprint::of_text(""),
         }
     }
 }
@@ -859,6 +944,14 @@ impl Config {
             }
         }
 
+        let fleet = match raw.fleet {
+            None => None,
+            Some(f) => Some(check_fleet(f, raw.cluster.as_ref(), raw.gateway.listen.port()).map_err(|(key, m)| {
+                let (l, k) = place(&key);
+                err(l, &k, m)
+            })?),
+        };
+
         // A [stats] table that names neither user nor password turns auth off ("omit both to
         // disable auth"); with no [stats] table at all the seed's kuzzle:kuzzle applies.
         let mut stats = raw.stats;
@@ -879,9 +972,80 @@ impl Config {
             stats,
             tls: raw.tls,
             cluster: raw.cluster.map(|c| ClusterSection { tls: cluster_tls, ..c }),
+            fleet,
             nodes,
+            fingerprint: crate::fleet::fingerprint::of_text(text),
         })
     }
+}
+
+/// Validate `[fleet]` and fill in its defaults (Redis from `[cluster]`, the name from the host
+/// name and the client port). Errors name the key (`fleet.name`...).
+fn check_fleet(
+    mut f: FleetSection,
+    cluster: Option<&ClusterSection>,
+    port: u16,
+) -> Result<FleetSection, (String, String)> {
+    let e = |k: &str, m: String| (format!("fleet.{k}"), m);
+    match (&f.redis, &f.redis_cluster) {
+        (Some(_), Some(_)) => {
+            return Err(e("redis_cluster", "set redis or redis_cluster, not both".into()));
+        }
+        (Some(u), None) => check_redis_url(u, false).map_err(|m| e("redis", m))?,
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(e("redis_cluster", "redis_cluster needs at least one seed URL".into()));
+            }
+            for u in list {
+                check_redis_url(u, true).map_err(|m| e("redis_cluster", m))?;
+            }
+        }
+        (None, None) => match cluster {
+            Some(c) if c.redis.is_some() || c.redis_cluster.is_some() => {
+                f.redis = c.redis.clone();
+                f.redis_cluster = if c.redis.is_some() { None } else { c.redis_cluster.clone() };
+            }
+            _ => {
+                return Err((
+                    "fleet".into(),
+                    "[fleet] needs redis or redis_cluster (or a [cluster] that has one)".into(),
+                ))
+            }
+        },
+    }
+    let name = f.name.clone().unwrap_or_else(|| format!("{}:{port}", host_name()));
+    if !valid_fleet_name(&name) {
+        return Err(e(
+            "name",
+            format!("invalid fleet name {name:?}: letters, digits, '_', '-', '.', '~', ':' only, at most 128"),
+        ));
+    }
+    f.name = Some(name);
+    if !valid_fleet_name(&f.namespace) || f.namespace.len() > 64 {
+        return Err(e(
+            "namespace",
+            format!("invalid namespace {:?}: letters, digits, '_', '-', '.', '~', ':' only, at most 64", f.namespace),
+        ));
+    }
+    if f.heartbeat.0 < Duration::from_millis(50) {
+        return Err(e("heartbeat", "at least 50ms".into()));
+    }
+    if f.ttl.0 < f.heartbeat.0 * 2 {
+        return Err(e(
+            "ttl",
+            format!("at least twice heartbeat ({:?}): one late heartbeat must not drop a gateway", f.heartbeat.0),
+        ));
+    }
+    if f.state_ttl.0 < f.ttl.0 {
+        return Err(e("state_ttl", "at least ttl".into()));
+    }
+    if !(1..=10_000).contains(&f.rebalance_rate) {
+        return Err(e("rebalance_rate", format!("{} closes a second: between 1 and 10000", f.rebalance_rate)));
+    }
+    if !(1..=100).contains(&f.rebalance_tolerance) {
+        return Err(e("rebalance_tolerance", format!("{} %: between 1 and 100", f.rebalance_tolerance)));
+    }
+    Ok(f)
 }
 
 /// `[gateway] node_header`: empty (off) or a header name the gateway may set on a response

@@ -21,7 +21,9 @@
 //!   the new one besides the sockets), [`ready`] (when a starting gateway can route), [`tls`] (certificates by SNI, renewed on
 //!   disk; its [`tls::h2`] serves HTTP/2 clients on the data plane), [`drain`] (pruning, drain timeout),
 //!   [`resolve`] (host names of `[[node]]`s), [`fds`] (open-files limit, connection cap).
-//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
+//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes;
+//!   [`fleet`]: several gateways as one through Redis (operator states, fleet view, rebalancing
+//!   draws on [`core::shed`]).
 //! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),
 //!   [`envelope`] (Kuzzle's JSON envelope for the gateway's own answers).
 //! - [`demo`] runs the gateway in front of simulated nodes (separate `kuzzle-node-sim` processes).
@@ -36,6 +38,7 @@ pub mod demo;
 pub mod drain;
 pub mod envelope;
 pub mod fds;
+pub mod fleet;
 pub mod hastats;
 pub mod health;
 pub mod listeners;

@@ -152,6 +152,11 @@ impl LiveListeners {
         crate::util::lock(&self.live).iter().map(|l| l.local).collect()
     }
 
+    /// The bound address of the listener of `kind`, if it serves.
+    pub fn local_of(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        crate::util::lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
+    }
+
     /// Call `f` with the serving sockets (for fd passing); the lock is held only during `f`.
     pub fn with_fds<T>(&self, f: impl FnOnce(&[(ListenerKind, SocketAddr, BorrowedFd<'_>)]) -> T) -> T {
         let live = crate::util::lock(&self.live);

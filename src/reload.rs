@@ -239,6 +239,9 @@ pub fn change_summary(old: &Config, new: &Config) -> Vec<String> {
     if old.tls != new.tls {
         v.push("tls".into());
     }
+    if old.fleet != new.fleet {
+        v.push("fleet".into());
+    }
     v
 }
 

@@ -242,6 +242,21 @@ fn default_config_shows_every_key() {
                 "ready_timeout",
             ],
         ),
+        (
+            "fleet",
+            &[
+                "redis",
+                "redis_cluster",
+                "name",
+                "namespace",
+                "heartbeat",
+                "ttl",
+                "state_ttl",
+                "rebalance_websockets",
+                "rebalance_rate",
+                "rebalance_tolerance",
+            ],
+        ),
         ("node", &["name", "address", "tls", "ca", "server_name"]),
     ];
     let shown = keys_shown(&read(DEFAULT_CONFIG_PATH));

@@ -229,14 +229,20 @@ async fn scenario(cluster: &mut impl Nodes, what: &str) {
     gw.shutdown().await;
 }
 
+/// One scenario at a time: each loads both cores, and its timings (a node routed within 2 s of
+/// being ready) are the point.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulated_nodes_restart_crash_and_scale_out_at_no_client_cost() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = SimCluster::start(40, 3);
     scenario(&mut cluster, "simulator").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_kuzzle_restart_crash_and_scale_out_at_no_client_cost() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let mut cluster = blocking(|| KuzzleCluster::start(3));
     scenario(&mut cluster, "real Kuzzle").await;
 }

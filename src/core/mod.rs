@@ -8,6 +8,7 @@ pub mod counters;
 pub mod health;
 pub mod machine;
 pub mod registry;
+pub mod shed;
 pub mod snapshot;
 
 use std::sync::{Arc, Mutex};
@@ -105,6 +106,13 @@ impl Core {
     /// Operator states by node name, those of nodes away for now included (binary upgrade).
     pub fn admin_states(&self) -> std::collections::HashMap<String, AdminState> {
         crate::util::lock(&self.registry).admin_states()
+    }
+
+    /// An operator state from the fleet (another gateway, or Redis): applied to the node if this
+    /// gateway knows it, and remembered for it otherwise (it applies when the node appears).
+    /// True when a known node took it.
+    pub fn remember_admin(&self, name: &str, state: AdminState) -> bool {
+        crate::util::lock(&self.registry).remember_admin(name, state)
     }
 
     /// Drop draining nodes that no longer carry traffic and the counters of long-gone names.

@@ -183,6 +183,14 @@ impl Registry {
         }
     }
 
+    /// An operator state for `name` whether or not the node is known yet (fleet states): kept
+    /// for it, applied to it now if it is known. True when a known node took it.
+    pub fn remember_admin(&mut self, name: &str, state: AdminState) -> bool {
+        self.admin.insert(name.to_string(), state);
+        let found = self.live.get(name).cloned().or_else(|| self.draining.iter().find(|b| b.name == name).cloned());
+        found.map(|b| b.set_admin(state)).is_some()
+    }
+
     /// Drop draining nodes that no longer carry traffic, and the counters of names gone for more
     /// than `keep`. Returns a snapshot to publish when the node set changed.
     pub fn prune(&mut self, now: Instant, keep: Duration, cursor: usize) -> Option<Snapshot> {

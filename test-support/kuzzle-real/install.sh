@@ -24,24 +24,45 @@ if command -v flock >/dev/null 2>&1; then
   flock 9
 fi
 
-# 1. node_modules, from the lock file, when missing or installed from another lock.
+# 1. node_modules, from the lock file, when missing or installed from another lock. A finished
+# install is kept once per machine, outside the checkout (KUZZLE_REAL_CACHE, default
+# ~/.cache/kuzzle-gateway), and a checkout links to it: a fresh clone (CI) pays no npm ci and no
+# native build again (~2 minutes even with a warm npm cache).
 stamp=node_modules/.kuzzle-real-installed
 want=$(cat package.json package-lock.json | sha256sum | cut -d' ' -f1)
+cache_root=${KUZZLE_REAL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kuzzle-gateway}
+cached=$cache_root/kuzzle-real-$want
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  say "npm ci (kuzzle@2.56.0, ~400 packages; ~4 minutes with an empty npm cache, native modules are compiled)"
-  start=$(date +%s)
-  log=$(mktemp)
-  if ! npm ci --no-audit --no-fund --prefer-offline >"$log" 2>&1; then
-    tail -n 30 "$log" >&2
-    rm -f "$log"
-    if ! timeout 60 npm ping >/dev/null 2>&1; then
-      die "npm registry unreachable: the real-Kuzzle tests need kuzzle@2.56.0 (npm ci failed, npm ping too; see above)"
+  if [ -f "$cached/node_modules/.kuzzle-real-installed" ] &&
+    [ "$(cat "$cached/node_modules/.kuzzle-real-installed")" = "$want" ]; then
+    rm -rf node_modules
+    ln -s "$cached/node_modules" node_modules
+    say "reusing the install in $cached"
+  else
+    say "npm ci (kuzzle@2.56.0, ~400 packages; ~4 minutes with an empty npm cache, native modules are compiled)"
+    start=$(date +%s)
+    log=$(mktemp)
+    [ -L node_modules ] && rm -f node_modules
+    if ! npm ci --no-audit --no-fund --prefer-offline >"$log" 2>&1; then
+      tail -n 30 "$log" >&2
+      rm -f "$log"
+      if ! timeout 60 npm ping >/dev/null 2>&1; then
+        die "npm registry unreachable: the real-Kuzzle tests need kuzzle@2.56.0 (npm ci failed, npm ping too; see above)"
+      fi
+      die "npm ci failed (see above); the real-Kuzzle tests need kuzzle@2.56.0"
     fi
-    die "npm ci failed (see above); the real-Kuzzle tests need kuzzle@2.56.0"
+    rm -f "$log"
+    echo "$want" >"$stamp"
+    say "npm ci done in $(($(date +%s) - start)) s"
+    # Keep it for the next checkout; a failure to keep it costs only time.
+    if mkdir -p "$cache_root" 2>/dev/null && rm -rf "$cached.tmp" && mkdir -p "$cached.tmp" &&
+      mv node_modules "$cached.tmp/node_modules" && rm -rf "$cached" && mv "$cached.tmp" "$cached"; then
+      ln -s "$cached/node_modules" node_modules
+      say "kept in $cached"
+    elif [ ! -d node_modules ]; then
+      die "could not keep the install in $cached nor find it in place"
+    fi
   fi
-  rm -f "$log"
-  echo "$want" >"$stamp"
-  say "npm ci done in $(($(date +%s) - start)) s"
 fi
 [ -d node_modules/kuzzle/dist/lib ] || die "node_modules/kuzzle/dist/lib is missing after install"
 
