@@ -361,10 +361,18 @@ pub struct ClusterSection {
     pub node_ca: Option<PathBuf>,
     /// Name their certificates must carry (default: each node's IP address).
     pub node_server_name: Option<String>,
+    /// How long a starting gateway (or an upgrade that could not use the old process's state)
+    /// waits for the first membership read and the first check of each node it found before it
+    /// takes clients anyway (a cluster with every node down still gets the gateway's 503).
+    pub ready_timeout: Dur,
     /// Built from the three keys above when the file is read.
     #[serde(skip)]
     pub tls: Option<crate::tls::upstream::NodeTls>,
 }
+
+/// Longest `[cluster] ready_timeout`: the old process of an upgrade waits this long (and a step
+/// more) for the new one to be able to route.
+pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for ClusterSection {
     fn default() -> Self {
@@ -387,6 +395,7 @@ impl Default for ClusterSection {
             node_tls: false,
             node_ca: None,
             node_server_name: None,
+            ready_timeout: Dur(Duration::from_secs(5)),
             tls: None,
         }
     }
@@ -919,6 +928,10 @@ impl Config {
                 let (l, k) = place("cluster.heartbeat_timeout");
                 return Err(err(l, &k, "durations must be greater than zero".into()));
             }
+            if c.ready_timeout.0.is_zero() || c.ready_timeout.0 > MAX_READY_TIMEOUT {
+                let (l, k) = place("cluster.ready_timeout");
+                return Err(err(l, &k, format!("must be more than zero and at most {}s", MAX_READY_TIMEOUT.as_secs())));
+            }
             for (key, v) in [
                 ("cluster.max_nodes", c.max_nodes as u64),
                 ("cluster.join_rate", u64::from(c.join_rate)),
@@ -1281,6 +1294,13 @@ mod tests {
         assert_eq!(e.line, 1, "{e}");
         let e = Config::parse("[cluster]\nredis_cluster = [\"redis://a:1/3\"]\n", "g.toml").unwrap_err();
         assert!(e.message.contains("database 0"), "{e}");
+        let redis = "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\n";
+        let c = Config::parse(redis, "g.toml").expect("valid");
+        assert_eq!(c.cluster.map(|c| c.ready_timeout.0), Some(Duration::from_secs(5)));
+        for bad in ["0s", "61s"] {
+            let e = Config::parse(&format!("{redis}ready_timeout = \"{bad}\"\n"), "g.toml").unwrap_err();
+            assert_eq!((e.line, e.key.as_str()), (3, "cluster.ready_timeout"), "{e}");
+        }
     }
 
     #[test]

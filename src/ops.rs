@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterState;
 use crate::core::backend::AdminState;
-use crate::core::{Core, Lifecycle};
+use crate::core::{Core, Gate, Lifecycle};
 use crate::reload::{ReloadHandle, ReloadStats};
 
 pub type OpsResponse = Response<Full<Bytes>>;
@@ -38,6 +38,8 @@ pub struct Ops {
     pub life: Lifecycle,
     /// Certificates in use and refused renewals, for the stats page.
     pub tls: crate::tls::TlsSlot,
+    /// Open once the gateway can route: `/healthz` answers 200 from then until shutdown.
+    pub routable: Gate,
 }
 
 impl Ops {
@@ -89,8 +91,12 @@ pub async fn serve(ops: Arc<Ops>, listener: TcpListener, stop: CancellationToken
 /// Route one ops request.
 pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
     let path = req.uri().path().to_string();
-    if path == "/healthz" {
+    // Probes, without auth: liveness (the process answers) and readiness (send it clients).
+    if path == "/livez" {
         return text(StatusCode::OK, "ok\n");
+    }
+    if path == "/healthz" {
+        return readiness(ops);
     }
     let cfg = ops.core.config();
     if let Some(resp) = check_auth(&cfg.stats, req.headers()) {
@@ -152,6 +158,19 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
             json_msg(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => json_msg(StatusCode::NOT_FOUND, &format!("no ops endpoint at {path}")),
+    }
+}
+
+/// `/healthz`: 200 once the gateway can route (first membership read and checks done, or the
+/// state an upgrade handed over), 503 before and while it shuts down, so that a balancer or an
+/// orchestrator sends clients only to a gateway that can serve them.
+fn readiness(ops: &Ops) -> OpsResponse {
+    if ops.life.shutdown.is_cancelled() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !ops.routable.is_open() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "starting: first membership read and node checks not done\n")
+    } else {
+        text(StatusCode::OK, "ok\n")
     }
 }
 

@@ -146,6 +146,11 @@ pub fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.gateway.watch != new.gateway.watch {
         v.push("gateway.watch");
     }
+    // Read once, while the gateway starts.
+    let ready = |c: &Config| c.cluster.as_ref().map(|c| c.ready_timeout);
+    if ready(old) != ready(new) {
+        v.push("cluster.ready_timeout");
+    }
     v
 }
 

@@ -88,9 +88,11 @@ fn kubernetes_manifests_hold_together_and_their_config_passes_check() {
     };
     assert_eq!(named_port("clients"), clients, "{f}: container port = [gateway] listen");
     assert_eq!(named_port("ops"), ops, "{f}: container port = [stats] listen");
-    for probe in ["readinessProbe", "livenessProbe"] {
+    // Readiness says whether to send it clients (503 while it starts or stops); liveness only
+    // whether the process answers (a draining gateway must not be killed for failing readiness).
+    for (probe, path) in [("readinessProbe", "/healthz"), ("livenessProbe", "/livez")] {
         let h = &c[probe]["httpGet"];
-        assert_eq!(h["path"].as_str(), Some("/healthz"), "{f}: {probe}");
+        assert_eq!(h["path"].as_str(), Some(path), "{f}: {probe}");
         assert_eq!(h["port"].as_i64(), Some(ops), "{f}: {probe} on the ops port");
     }
     // --config names the ConfigMap's file where its volume is mounted.

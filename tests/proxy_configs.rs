@@ -239,6 +239,7 @@ fn default_config_shows_every_key() {
                 "node_tls",
                 "node_ca",
                 "node_server_name",
+                "ready_timeout",
             ],
         ),
         (

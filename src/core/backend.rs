@@ -88,7 +88,7 @@ pub enum Membership {
 }
 
 /// How a node came to be known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// A `[[node]]` of the configuration file.
@@ -195,6 +195,11 @@ impl Backend {
         if s == AdminState::Maint && old != AdminState::Maint {
             self.kill_tunnels();
         }
+    }
+
+    /// When the operator state was set, as the old process recorded it (binary upgrade).
+    pub fn restore_admin_since(&self, epoch: u64) {
+        self.admin_since.store(epoch, Ordering::Relaxed);
     }
 
     /// Epoch seconds of the last operator state change (0: never changed).

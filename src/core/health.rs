@@ -7,7 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, Phase, Transition};
+pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, MachineState, Phase, Transition};
 
 /// Bit of `flags`: the machine says UP.
 const UP: u8 = 1;
@@ -16,6 +16,19 @@ const LEAVING: u8 = 2;
 /// Bit of `flags`: leaving for good: a node whose identity dies with its process (a Kuzzle 2 ID
 /// card; restarted, it comes back under a new one) never comes back UP.
 const FOR_GOOD: u8 = 4;
+
+/// Whether a node said it is shutting down, as a binary upgrade hands it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leaving {
+    /// It did not.
+    #[default]
+    No,
+    /// Out of the rotation until checks bring it UP.
+    UntilUp,
+    /// Out for good: its identity ends with its process.
+    ForGood,
+}
 
 /// One node's health: an atomic for the data plane, the state machine for the control plane.
 #[derive(Debug)]
@@ -42,6 +55,41 @@ impl HealthState {
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
         }
+    }
+
+    /// Health handed over by the old process on a binary upgrade: routed as it was there, checked
+    /// again at once by this process's checker.
+    pub fn restored(s: &MachineState, leaving: Leaving) -> Self {
+        let leaving = match leaving {
+            Leaving::No => 0,
+            Leaving::UntilUp => LEAVING,
+            Leaving::ForGood => LEAVING | FOR_GOOD,
+        };
+        let flags = if s.up { UP } else { 0 } | leaving;
+        HealthState {
+            flags: AtomicU8::new(flags),
+            machine: Mutex::new(Machine::restore(s, Instant::now())),
+            passive_pending: AtomicU32::new(0),
+            kick: Notify::new(),
+        }
+    }
+
+    /// What a binary upgrade hands over: the machine and whether the node is leaving.
+    pub fn export(&self) -> (MachineState, Leaving) {
+        let flags = self.flags.load(Ordering::Relaxed);
+        let leaving = if flags & FOR_GOOD != 0 {
+            Leaving::ForGood
+        } else if flags & LEAVING != 0 {
+            Leaving::UntilUp
+        } else {
+            Leaving::No
+        };
+        (self.lock().export(Instant::now()), leaving)
+    }
+
+    /// Has a check of this node finished (passed or failed) since it was made?
+    pub fn checked(&self) -> bool {
+        self.lock().checked()
     }
 
     /// UP and not leaving: may take traffic as far as health goes.
@@ -156,6 +204,31 @@ mod tests {
     fn check(ok: bool) -> CheckResult {
         let kind = if ok { CheckKind::L7OK } else { CheckKind::L7STS };
         CheckResult { kind, code: None, duration: std::time::Duration::ZERO, at: 0 }
+    }
+
+    #[test]
+    fn restored_health_routes_as_it_was() {
+        let h = HealthState::new(true);
+        h.apply(|m, now, e| m.record(check(false), now, e));
+        h.note_leaving(false);
+        let (m, leaving) = h.export();
+        assert_eq!(leaving, Leaving::UntilUp);
+        let r = HealthState::restored(&m, leaving);
+        assert!(!r.is_up() && r.leaving() && r.checked(), "a leaving node stays out of the rotation");
+        let r = HealthState::restored(&m, Leaving::No);
+        assert!(r.is_up() && r.checked(), "UP with one failure seen");
+        assert_eq!(r.view().status, "UP 2/3");
+        assert!(!HealthState::new(false).checked());
+        // Leaving for good stays so in the new process: passing checks do not bring it back.
+        h.note_leaving(true);
+        let (m, leaving) = h.export();
+        assert_eq!(leaving, Leaving::ForGood);
+        let r = HealthState::restored(&m, leaving);
+        r.apply_leaving();
+        for _ in 0..3 {
+            r.apply(|m, now, e| m.record(check(true), now, e));
+        }
+        assert!(!r.is_up() && r.leaving());
     }
 
     #[test]
