@@ -39,7 +39,7 @@ EOF
   nginx -c "$WORK/backend.conf" >/dev/null 2>&1 &
   PIDS+=($!)
 else
-  "$BIN_DIR/kuzzle-node-sim" --listen "127.0.0.1:$BACK" --name cluster_kuzzle_1 >"$WORK/sim.log" 2>&1 &
+  "$BIN_DIR/kuzzle-node-sim" "${SIM_ARGS[@]}" --listen "127.0.0.1:$BACK" --name cluster_kuzzle_1 >"$WORK/sim.log" 2>&1 &
   PIDS+=($!)
 fi
 wait_http "http://127.0.0.1:$BACK/" backend

@@ -18,7 +18,7 @@ fi
 # Sims on port 0: each prints the address it got.
 SIM_PORTS=(); SIM_PIDS=()
 for i in 1 2 3; do
-  RUST_LOG=warn "$ROOT/target/release/kuzzle-node-sim" --listen 127.0.0.1:0 --name "cluster_kuzzle_$i" \
+  RUST_LOG=warn "$ROOT/target/release/kuzzle-node-sim" "${SIM_ARGS[@]}" --listen 127.0.0.1:0 --name "cluster_kuzzle_$i" \
     >"$WORK/sim$i.log" 2>&1 &
   PIDS+=($!); SIM_PIDS+=($!)
 done

@@ -5,6 +5,11 @@
 # directory: $CARGO_TARGET_DIR/release, else target/release) and the gateway from GW_BIN if set.
 BIN_DIR=${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 
+# Flags every simulated node of a benchmark gets, as an array: SIM_FLAGS, default --keep-alive.
+# The benchmarks measure the gateway, not a TCP handshake per request to a node; real Kuzzle 2
+# closes the connection after every response (the sim's default), which SIM_FLAGS="" reproduces.
+read -r -a SIM_ARGS <<<"${SIM_FLAGS-"--keep-alive"}"
+
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -146,7 +151,7 @@ start_sims() {
   SIM_PORTS=(); SIM_PIDS=()
   for i in 1 2 3; do SIM_PORTS+=("$(pick_port $((17600 + i)))"); done
   for i in 1 2 3; do
-    RUST_LOG=warn taskset -c "$cpus" "$BIN_DIR/kuzzle-node-sim" \
+    RUST_LOG=warn taskset -c "$cpus" "$BIN_DIR/kuzzle-node-sim" "${SIM_ARGS[@]}" \
       --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "cluster_kuzzle_$i" >"$WORK/sim$i.log" 2>&1 &
     PIDS+=($!); SIM_PIDS+=($!)
   done

@@ -9,10 +9,21 @@
 # Prints a table of what the clients saw: WebSocket disconnects, lost messages, HTTP errors,
 # non-2xx and refused connections (also saved to target/bench/reload-compare.txt).
 #
+# MEMBERSHIP=redis: the gateway alone (nginx and haproxy cannot read Redis), its 3 nodes learned
+# from Redis (simulated Kuzzle 2 nodes on 127.0.0.2..4 with their ID cards), the changes switch
+# the algorithm only, then UPGRADES binary upgrades in a row. A node learned from Redis starts
+# DOWN until checked, so this is where an upgrade that hands over only the sockets answers
+# "no node" (non-2xx). Compare builds with GW_BIN (e.g. main's binary against a branch's).
+# With REDIS_URL (and NODE_PORT, default 7512) the nodes of an already running cluster are used
+# instead, e.g. the real Kuzzle 2 nodes of `scripts/kuzzle-real 3 --port 17512`.
+#
 # Usage: bench/reload-compare.sh
 # Environment (defaults in brackets):
 #   WS [200]  CHANGES [50]  HTTP [8] HTTP clients  INTERVAL [0.4] seconds between two changes
-#   TARGETS ["gateway nginx haproxy"]  SKIP_BUILD [0]  BIN_DIR [target/release]
+#   TARGETS ["gateway nginx haproxy"; "gateway" with MEMBERSHIP=redis]  SKIP_BUILD [0]
+#   BIN_DIR [target/release]  GW_BIN [$BIN_DIR/kuzzle-gateway]  MEMBERSHIP [static] or redis
+#   UPGRADES [1] binary upgrades in a row  LABEL [the target's name] first column of the table
+#   REDIS_URL, NODE_PORT [7512]: with MEMBERSHIP=redis, a running cluster's Redis and HTTP port
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -21,19 +32,28 @@ WS=${WS:-200}
 CHANGES=${CHANGES:-50}
 HTTP=${HTTP:-8}
 INTERVAL=${INTERVAL:-0.4}
-TARGETS=${TARGETS:-"gateway nginx haproxy"}
+MEMBERSHIP=${MEMBERSHIP:-static}
+case $MEMBERSHIP in
+  static) TARGETS=${TARGETS:-"gateway nginx haproxy"} ;;
+  redis) TARGETS=gateway ;;
+  *) echo "MEMBERSHIP is static or redis, not $MEMBERSHIP" >&2; exit 2 ;;
+esac
+UPGRADES=${UPGRADES:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 BIN_DIR=${BIN_DIR:-$ROOT/target/release}
 
 . "$ROOT/bench/lib.sh"
-need_tools nginx haproxy curl python3
+need_tools curl python3
+case " $TARGETS " in *" nginx "*) need_tools nginx ;; esac
+case " $TARGETS " in *" haproxy "*) need_tools haproxy ;; esac
+[ "$MEMBERSHIP" = redis ] && need_tools redis-server:redis-server
 
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
   cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example reload_load ||
     die "release build failed"
 fi
-GW_BIN=$BIN_DIR/kuzzle-gateway
+GW_BIN=${GW_BIN:-$BIN_DIR/kuzzle-gateway}
 SIM_BIN=$BIN_DIR/kuzzle-node-sim
 LOAD_BIN=$BIN_DIR/examples/reload_load
 # Absolute path: nginx's binary upgrade re-executes argv[0].
@@ -41,17 +61,38 @@ NGINX_BIN=$(command -v nginx)
 for b in "$GW_BIN" "$SIM_BIN" "$LOAD_BIN"; do [ -x "$b" ] || die "missing $b (build it or drop SKIP_BUILD)"; done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
-# 4 simulated nodes n1..n4.
 SIM_PORTS=()
-for i in 1 2 3 4; do SIM_PORTS+=("$(pick_port $((17700 + i)))"); done
-for i in 1 2 3 4; do
-  RUST_LOG=warn "$SIM_BIN" --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "n$i" >"$WORK/sim$i.log" 2>&1 &
+if [ "$MEMBERSHIP" = redis ] && [ -n "${REDIS_URL:-}" ]; then
+  # A running cluster: its nodes' ID cards are in this Redis.
+  K2_PORT=${NODE_PORT:-7512}
+elif [ "$MEMBERSHIP" = redis ]; then
+  # A Redis, and 3 simulated Kuzzle 2 nodes k2..k4 on 127.0.0.2..4, one port, with ID cards.
+  REDIS_PORT=$(pick_port 17790)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
   PIDS+=($!)
-done
-for i in 1 2 3 4; do
-  wait_for_line "$WORK/sim$i.log" "listening on" "kuzzle-node-sim n$i"
-  wait_http "http://127.0.0.1:${SIM_PORTS[$((i - 1))]}/_healthCheck" "n$i"
-done
+  wait_for_line "$WORK/redis.log" "Ready to accept connections" "redis-server"
+  K2_PORT=$(pick_port 17780)
+  for i in 2 3 4; do
+    RUST_LOG=warn "$SIM_BIN" "${SIM_ARGS[@]}" --listen "127.0.0.$i:$K2_PORT" --name "k$i" --kuzzle2 \
+      --redis "redis://127.0.0.1:$REDIS_PORT/0" --heartbeat 1s >"$WORK/sim$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 2 3 4; do
+    wait_for_line "$WORK/sim$i.log" "listening on" "kuzzle-node-sim k$i"
+    wait_http "http://127.0.0.$i:$K2_PORT/_healthCheck" "k$i"
+  done
+else
+  # 4 simulated nodes n1..n4.
+  for i in 1 2 3 4; do SIM_PORTS+=("$(pick_port $((17700 + i)))"); done
+  for i in 1 2 3 4; do
+    RUST_LOG=warn "$SIM_BIN" "${SIM_ARGS[@]}" --listen "127.0.0.1:${SIM_PORTS[$((i - 1))]}" --name "n$i" >"$WORK/sim$i.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for i in 1 2 3 4; do
+    wait_for_line "$WORK/sim$i.log" "listening on" "kuzzle-node-sim n$i"
+    wait_http "http://127.0.0.1:${SIM_PORTS[$((i - 1))]}/_healthCheck" "n$i"
+  done
+fi
 
 # Nodes of change I: n1 always, n2..n4 by the bits of a small mix of I (deterministic).
 nodes_of() {
@@ -79,10 +120,17 @@ gateway_conf() {
     echo "algorithm = \"$algo\""
     echo "[health]"
     echo "path = \"/_healthCheck\""
+    echo "kuzzle2_path = \"/_healthCheck\""
     echo "interval = \"1s\""
-    for n in $nodes; do
-      printf '[[node]]\nname = "n%s"\naddress = "127.0.0.1:%s"\n' "$n" "${SIM_PORTS[$((n - 1))]}"
-    done
+    if [ "$MEMBERSHIP" = redis ]; then
+      # Nodes from their ID cards only: the node list does not change with the file.
+      printf '[cluster]\nredis = "%s"\npubsub = false\ndiscovery = false\n' "${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}"
+      printf 'node_port = %s\npoll_interval = "1s"\n' "$K2_PORT"
+    else
+      for n in $nodes; do
+        printf '[[node]]\nname = "n%s"\naddress = "127.0.0.1:%s"\n' "$n" "${SIM_PORTS[$((n - 1))]}"
+      done
+    fi
   } >"$out.tmp"
   mv "$out.tmp" "$out" # replaced by rename, as config management does
 }
@@ -156,6 +204,9 @@ run_target() {
       ;;
   esac
   wait_http "http://127.0.0.1:$port/_serverInfo" "$name"
+  if [ "$MEMBERSHIP" = redis ] && [ -z "${REDIS_URL:-}" ]; then
+    for i in 2 3 4; do wait_http "http://127.0.0.1:$port/k$i/_serverInfo" "$name: k$i learned from Redis"; done
+  fi
 
   rm -f "$dir/stop"
   "$LOAD_BIN" --target "127.0.0.1:$port" --ws "$WS" --http "$HTTP" --stop-file "$dir/stop" \
@@ -189,9 +240,14 @@ run_target() {
   log "$name: binary upgrade"
   case $name in
     gateway)
-      RUST_LOG=info "$GW_BIN" --config "$conf" --upgrade >"$dir/new.log" 2>&1 &
-      PIDS+=($!)
-      wait_for_line "$dir/new.log" "upgrade complete" "kuzzle-gateway --upgrade"
+      for u in $(seq 1 "$UPGRADES"); do
+        RUST_LOG=info "$GW_BIN" --config "$conf" --upgrade >"$dir/new$u.log" 2>&1 &
+        PIDS+=($!)
+        wait_for_line "$dir/new$u.log" "upgrade complete" "kuzzle-gateway --upgrade ($u)"
+        # The next upgrade asks this process, once it offers its sockets in turn.
+        wait_for_line "$dir/new$u.log" "upgrade socket ready" "kuzzle-gateway --upgrade ($u)"
+        if [ "$u" -lt "$UPGRADES" ]; then sleep 1; fi
+      done
       ;;
     nginx)
       kill -USR2 "$master"
@@ -207,7 +263,7 @@ run_target() {
   touch "$dir/stop"
   wait "$load_pid" || true
   [ -s "$dir/load.json" ] || die "$name: the load generator printed nothing ($(cat "$dir/load.err"))"
-  RESULTS+=("$name $(tail -n 1 "$dir/load.json")")
+  RESULTS+=("${LABEL:-$name} $(tail -n 1 "$dir/load.json")")
   # Stop this proxy (all its processes) before the next one.
   case $name in
     gateway) pkill_pids "$dir" ;;
@@ -228,18 +284,20 @@ for t in $TARGETS; do run_target "$t"; done
 
 mkdir -p "$ROOT/target/bench"
 {
-  echo "Hot reload under load: $WS WebSocket clients, $HTTP HTTP clients, $CHANGES config changes (one broken), then a binary upgrade"
+  echo "Hot reload under load: $WS WebSocket clients, $HTTP HTTP clients, $CHANGES config changes (one broken), then $UPGRADES binary upgrade(s); nodes: $MEMBERSHIP"
   echo
-  printf '%s\n' "${RESULTS[@]}" | python3 -c '
-import json, sys
-how = {"gateway": "file watch; --upgrade", "nginx": "nginx -s reload; USR2+WINCH+QUIT",
+  printf '%s\n' "${RESULTS[@]}" | UPGRADES=$UPGRADES MEMBERSHIP=$MEMBERSHIP python3 -c '
+import json, os, sys
+ups = os.environ["UPGRADES"]
+gw = "file watch; %s x --upgrade" % ups + ("; nodes from Redis" if os.environ["MEMBERSHIP"] == "redis" else "")
+how = {"gateway": gw, "nginx": "nginx -s reload; USR2+WINCH+QUIT",
        "haproxy": "USR2 (master-worker, expose-fd listeners)"}
 print("| proxy | reload / upgrade | WS disconnects | WS messages lost | WS sent | HTTP ok | HTTP errors | non-2xx | refused |")
 print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
 for line in sys.stdin:
     name, js = line.split(" ", 1)
     r = json.loads(js)
-    cols = [name, how.get(name, name)] + [str(r[k]) for k in
+    cols = [name, how.get(name, gw)] + [str(r[k]) for k in
             ("ws_disconnects", "ws_lost", "ws_sent", "http_ok", "http_errors", "http_non2xx", "refused")]
     print("| " + " | ".join(cols) + " |")
 '

@@ -43,7 +43,7 @@ for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && brea
 
 start_sim() { # name port [args...]
   local name=$1 port=$2; shift 2
-  RUST_LOG=warn "$BIN/kuzzle-node-sim" --listen "127.0.0.1:$port" --name "$name" "$@" >>"$WORK/$name.log" 2>&1 &
+  RUST_LOG=warn "$BIN/kuzzle-node-sim" "${SIM_ARGS[@]}" --listen "127.0.0.1:$port" --name "$name" "$@" >>"$WORK/$name.log" 2>&1 &
   echo $!
 }
 S1=$(pick_port 17910); S2=$(pick_port 17911); S3=$(pick_port 17912); S4=$(pick_port 17913)

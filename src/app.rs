@@ -1,9 +1,12 @@
 //! The composition root: the only place that starts things. It builds the core, wires health,
 //! reload, membership, listeners and ops to it through narrow handles, and owns the shutdown.
 //!
-//! Start-up order: core (with the health checkers as its "new backend" hook) -> settings watch ->
-//! reload task -> listeners (each kind served by the data plane or ops) -> file watch -> drain
-//! upkeep -> membership. Process start and binary upgrade both come through [`run`].
+//! Start-up order: core (with the health checkers as its "new backend" hook, and what an upgrade
+//! handed over) -> settings watch -> membership -> readiness -> reload task -> listeners (each
+//! kind served by the data plane or ops, accepting once its gate opens) -> file watch -> drain
+//! upkeep. Process start and binary upgrade both come through [`run_process`]: a fresh start
+//! serves ops at once and clients once it can route ([`crate::ready`]); an upgrade accepts
+//! nothing until it can route and the old process let go of the sockets.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,29 +17,56 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::ClusterState;
 use crate::config::Config;
-use crate::core::{Core, Lifecycle};
+use crate::core::{Core, Gate, Lifecycle};
 use crate::health::Checkers;
 use crate::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
 use crate::ops::Ops;
 use crate::proxy::{Context, Scheme};
 use crate::reload::{ReloadHandle, ReloadStats, Reloader};
 use crate::serve::Frontdoor;
+use crate::state::Taken;
 use crate::upgrade::UpgradeError;
 use crate::workers::Workers;
 
 /// A running gateway: the handles its parts were given, and its bound addresses.
 pub struct Handle {
+    /// Nodes, snapshots, counters.
     pub core: Arc<Core>,
+    /// Stop tokens and task trackers.
     pub life: Lifecycle,
+    /// The listening sockets (re-bound on reload, handed over on upgrade).
     pub listeners: Arc<LiveListeners>,
+    /// Asks the reload task for a reload.
     pub reload: ReloadHandle,
+    /// Reload outcomes.
     pub reloads: Arc<ReloadStats>,
+    /// Redis membership: status, counters, first read.
     pub cluster: Arc<ClusterState>,
+    /// `[fleet]`: shared operator states, the fleet view, rebalancing.
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// The settings watch (the reload task publishes every applied configuration here).
     pub settings: Arc<watch::Sender<Arc<Config>>>,
+    /// Open once the gateway can route (what `/healthz` says): clients are accepted from then on
+    /// (after an upgrade, once the old process also let go of the sockets).
+    pub routable: Gate,
+    /// After an upgrade, opened by [`Handle::accept`]: every accept loop waits for it (open from
+    /// the start otherwise).
+    accepting: Gate,
+    /// Bound client address.
     pub http_addr: SocketAddr,
+    /// Bound ops address.
     pub stats_addr: SocketAddr,
+    /// Bound TLS address, if any.
     pub tls_addr: Option<SocketAddr>,
+}
+
+/// How a gateway starts.
+pub enum Start {
+    /// On sockets bound here: ops at once, clients once it can route.
+    Fresh,
+    /// On sockets taken from a running gateway, with what it handed over: nothing is accepted
+    /// until [`Handle::accept`] (once it can route and the old process let go).
+    Upgrade(Taken),
 }
 
 /// Start everything on already-bound listeners (bound here, or inherited on upgrade), clients
@@ -48,6 +78,16 @@ pub fn start(config: Config, listeners: Listeners) -> Result<Handle, StartError>
 /// Start everything, clients served on every one of `workers` (the control plane runs on the
 /// current runtime).
 pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> Result<Handle, StartError> {
+    start_with(config, listeners, workers, Start::Fresh)
+}
+
+/// Start everything as `how` says, clients served on every one of `workers`.
+pub fn start_with(
+    config: Config,
+    listeners: Listeners,
+    workers: Arc<Workers>,
+    how: Start,
+) -> Result<Handle, StartError> {
     let tls = crate::tls::Tls::start(&config).map_err(|e| StartError::Tls(e.to_string()))?;
     warn_default_credentials(&config);
     let config = Arc::new(config);
@@ -59,8 +99,16 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
     // Host names resolve before the first snapshot, so named nodes start UP like addressed ones.
     let resolved = crate::resolve::resolve_blocking(&config);
     crate::resolve::warn_unresolved(&resolved);
-    let first = vec![crate::core::registry::Change::Resolved(Arc::new(resolved.clone()))];
+    let (upgrade, taken) = match how {
+        Start::Fresh => (false, Taken::default()),
+        Start::Upgrade(t) => (true, t),
+    };
+    let mut first = vec![crate::core::registry::Change::Resolved(Arc::new(resolved.clone()))];
+    first.extend(taken.restore.map(crate::core::registry::Change::Restore));
     let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)));
+    if let Some(f) = &taken.frontend {
+        core.frontend.restore(f);
+    }
 
     let limit = crate::fds::max_connections(config.gateway.max_connections, crate::fds::raise_nofile());
     core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
@@ -74,7 +122,22 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         let l = own_listeners.clone();
         Arc::new(move || l.get().map(|l| l.bound()).unwrap_or_default())
     };
-    let cluster = crate::cluster::start(core.clone(), settings.clone(), own, &life);
+    let cluster = crate::cluster::start(core.clone(), settings.clone(), own, taken.members, &life);
+    let fleet = {
+        let l = own_listeners.clone();
+        let addrs: crate::fleet::Addrs = Arc::new(move || {
+            let of = |k| l.get().and_then(|l| l.local_of(k));
+            (of(ListenerKind::Http), of(ListenerKind::Stats))
+        });
+        crate::fleet::start(core.clone(), settings.clone(), addrs, &life)
+    };
+    let routable = Gate::closed();
+    crate::ready::start(core.clone(), cluster.clone(), routable.clone(), taken.routable, &life);
+    // A fresh start answers probes at once and takes clients once it can route; an upgrade takes
+    // nothing before the old process let go (it serves meanwhile).
+    let accepting = if upgrade { Gate::closed() } else { Gate::opened() };
+    let (client_gate, ops_gate) =
+        if upgrade { (accepting.clone(), accepting.clone()) } else { (routable.clone(), Gate::opened()) };
 
     // The reload handle exists before the task, so that ops (which the listeners serve) can hold
     // it and the task can hold the listeners.
@@ -84,8 +147,10 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         reload: reload.clone(),
         reloads: reloads.clone(),
         cluster: cluster.clone(),
+        fleet: fleet.clone(),
         life: life.clone(),
         tls: tls.clone(),
+        routable: routable.clone(),
     });
     let serve = {
         let (door, life) = (door.clone(), life.clone());
@@ -95,19 +160,34 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
                 ListenerKind::Tls => Scheme::Https,
                 ListenerKind::Stats => {
                     // Ops is control plane: served here, next to the tasks it reports on.
-                    life.background.spawn(crate::ops::serve(ops.clone(), tokio::net::TcpListener::from_std(l)?, stop));
+                    let (ops, l, gate) = (ops.clone(), tokio::net::TcpListener::from_std(l)?, ops_gate.clone());
+                    life.background.spawn(async move {
+                        tokio::select! {
+                            _ = gate.wait() => crate::ops::serve(ops, l, stop).await,
+                            _ = stop.cancelled() => {}
+                        }
+                    });
                     return Ok(());
                 }
             };
-            // Every worker accepts on its own handle of the socket, registered with its own runtime.
+            // Every worker accepts on its own handle of the socket, registered with its own
+            // runtime, once the gate opens (connections wait in the kernel's queue until then).
             for h in workers.handles() {
-                let (door, l, stop) = (door.clone(), l.try_clone()?, stop.clone());
+                let (door, l, stop, gate) = (door.clone(), l.try_clone()?, stop.clone(), client_gate.clone());
                 life.background.spawn_on(
                     async move {
-                        match tokio::net::TcpListener::from_std(l) {
-                            Ok(l) => crate::serve::accept_loop(door, l, scheme, stop).await,
-                            Err(e) => tracing::error!(error = %e, "a worker cannot serve a client listener"),
+                        let l = match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::error!(error = %e, "a worker cannot serve a client listener");
+                                return;
+                            }
+                        };
+                        tokio::select! {
+                            _ = gate.wait() => {}
+                            _ = stop.cancelled() => return,
                         }
+                        crate::serve::accept_loop(door, l, scheme, stop).await;
                     },
                     h,
                 );
@@ -149,7 +229,10 @@ pub fn start_on(config: Config, listeners: Listeners, workers: Arc<Workers>) -> 
         reload,
         reloads,
         cluster,
+        fleet,
         settings: settings_tx,
+        routable,
+        accepting,
         http_addr,
         stats_addr,
         tls_addr,
@@ -180,28 +263,55 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
     Ok(())
 }
 
-/// The process: bind (or, with `upgrade`, take over the running gateway's sockets) and run until
-/// SIGTERM/SIGINT, clients served on `workers`.
+/// The process: bind (or, with `upgrade`, take over the running gateway's sockets and state) and
+/// run until SIGTERM/SIGINT, clients served on `workers`.
 pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -> Result<(), UpgradeError> {
-    let (listeners, handover) = if upgrade {
-        let (l, h) = crate::upgrade::take_over(&config).await?;
-        (l, Some(h))
-    } else {
-        (Listeners::bind(&config)?, None)
-    };
-    let h = start_on(config, listeners, workers)?;
-    if let Some(handover) = handover {
+    let h = if upgrade {
+        let (listeners, mut handover) = crate::upgrade::take_over(&config).await?;
+        let taken = crate::state::take(handover.take_state(), &config);
+        tracing::info!(routable = taken.routable, "state of the running gateway: {}", taken.note);
+        // Operator states the fleet keeps in Redis apply from the first request (bounded wait).
+        let states = crate::fleet::preload(&config).await;
+        let h = start_with(config, listeners, workers, Start::Upgrade(taken))?;
+        h.fleet.seed(states);
+        if !h.routable.is_open() {
+            tracing::info!(
+                "waiting for the first membership read and node checks before taking the sockets over; the running gateway serves meanwhile"
+            );
+        }
+        // Bounded by `[cluster] ready_timeout`.
+        h.routable.wait().await;
         handover.finish().await?;
-    }
+        h.accept();
+        h
+    } else {
+        let listeners = Listeners::bind(&config)?;
+        let states = crate::fleet::preload(&config).await;
+        let h = start_on(config, listeners, workers)?;
+        h.fleet.seed(states);
+        h
+    };
     h.serve_until(wait_for_stop_signal()).await;
     Ok(())
 }
 
 impl Handle {
-    /// Offer the sockets to a future upgrade, then wait for `shutdown` (graceful stop) or for a
-    /// newer process to take the sockets (drain).
+    /// After an upgrade, once the old process let go of the sockets: accept on them.
+    pub fn accept(&self) {
+        self.accepting.open();
+    }
+
+    /// Offer the sockets and the state to a future upgrade, then wait for `shutdown` (graceful
+    /// stop) or for a newer process to take the sockets (drain).
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
-        crate::upgrade::listen(&self.config(), self.listeners.clone(), &self.life);
+        let state: crate::upgrade::StateFn = {
+            let (core, cluster, routable) = (self.core.clone(), self.cluster.clone(), self.routable.clone());
+            Arc::new(move || {
+                let s = crate::state::capture(&core, &cluster, routable.is_open());
+                serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
+            })
+        };
+        crate::upgrade::listen(&self.config(), self.listeners.clone(), &self.life, state);
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => self.shutdown().await,
@@ -225,14 +335,15 @@ impl Handle {
         self.settings.send_replace(config);
     }
 
-    /// Graceful stop: stop accepting, let requests finish, close tunnels after the grace period
-    /// with a close frame, and give up after `hard_stop_after`.
+    /// Graceful stop: stop accepting clients (`/healthz` says 503 from now on, the ops listener
+    /// serves until the end), let requests finish, close tunnels after the grace period with a
+    /// close frame, and give up after `hard_stop_after`.
     pub async fn shutdown(&self) {
         let cfg = self.config();
         let life = &self.life;
         tracing::info!(grace = ?cfg.gateway.shutdown_grace.0, "shutting down: no new connections");
         life.shutdown.cancel();
-        self.listeners.stop_all();
+        self.listeners.stop_clients();
         life.connections.close();
         life.background.close();
         if tokio::time::timeout(cfg.gateway.shutdown_grace.0, life.connections.wait()).await.is_err() {
@@ -243,6 +354,7 @@ impl Handle {
                 tracing::warn!(open = life.connections.len(), "connections still open: exiting anyway");
             }
         }
+        self.listeners.stop_all();
         let _ = tokio::time::timeout(Duration::from_secs(5), life.background.wait()).await;
         // Close idle keep-alive connections to the nodes now rather than when the process exits.
         for b in &self.core.snapshot().nodes {

@@ -92,7 +92,8 @@ pub fn pick(
                 if !admitted(w, start, i) {
                     continue;
                 }
-                let a = nodes[i].active() * u64::from(FULL_WEIGHT) / u64::from(w.max(1));
+                // Fleet-wide: the other gateways' tunnels count too (`[fleet]`, else 0).
+                let a = nodes[i].load() * u64::from(FULL_WEIGHT) / u64::from(w.max(1));
                 if best.is_none_or(|(_, b)| a < b) {
                     best = Some((i, a));
                 }

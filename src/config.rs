@@ -464,10 +464,18 @@ pub struct ClusterSection {
     pub node_ca: Option<PathBuf>,
     /// Name their certificates must carry (default: each node's IP address).
     pub node_server_name: Option<String>,
+    /// How long a starting gateway (or an upgrade that could not use the old process's state)
+    /// waits for the first membership read and the first check of each node it found before it
+    /// takes clients anyway (a cluster with every node down still gets the gateway's 503).
+    pub ready_timeout: Dur,
     /// Built from the three keys above when the file is read.
     #[serde(skip)]
     pub tls: Option<crate::tls::upstream::NodeTls>,
 }
+
+/// Longest `[cluster] ready_timeout`: the old process of an upgrade waits this long (and a step
+/// more) for the new one to be able to route.
+pub const MAX_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Default for ClusterSection {
     fn default() -> Self {
@@ -490,8 +498,85 @@ impl Default for ClusterSection {
             node_tls: false,
             node_ca: None,
             node_server_name: None,
+            ready_timeout: Dur(Duration::from_secs(5)),
             tls: None,
         }
+    }
+}
+
+/// `[fleet]`: several gateways act as one through Redis: operator states shared, one fleet view
+/// on `/hastats`, WebSockets spread again after a scale-out. Nothing is written to Redis without it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSection {
+    /// One Redis for the fleet's keys; default: `[cluster] redis` (filled in when the file is read).
+    pub redis: Option<String>,
+    /// A Redis Cluster's seed URLs instead; default: `[cluster] redis_cluster`.
+    pub redis_cluster: Option<Vec<String>>,
+    /// This gateway's name in the fleet, unique in it; default: host name and client listen port
+    /// (`host:7512`), filled in when the file is read.
+    pub name: Option<String>,
+    /// Prefix and Redis Cluster hash tag of the fleet's keys and channels: gateways with the same
+    /// namespace on the same Redis form one fleet (two fleets may share a Redis).
+    pub namespace: String,
+    /// How often this gateway publishes its heartbeat (counters, config fingerprint) and reads the
+    /// others'.
+    pub heartbeat: Dur,
+    /// A gateway silent this long leaves the fleet view (and its heartbeat key expires).
+    pub ttl: Dur,
+    /// How long operator states stay in Redis once no gateway is left to refresh them.
+    pub state_ttl: Dur,
+    /// Close a bounded share of this gateway's WebSockets on over-loaded nodes (close code 1012,
+    /// clients reconnect) when the fleet-wide counts per node are uneven, e.g. after a node joined.
+    pub rebalance_websockets: bool,
+    /// Pace of rebalancing: most WebSockets this gateway closes per second (spread with jitter).
+    pub rebalance_rate: u32,
+    /// A node within this many percent of the fleet's mean count of WebSockets per node is
+    /// balanced; rebalancing starts when one is not and stops when all are.
+    pub rebalance_tolerance: u32,
+}
+
+impl Default for FleetSection {
+    fn default() -> Self {
+        FleetSection {
+            redis: None,
+            redis_cluster: None,
+            name: None,
+            namespace: "kuzzle-gateway".into(),
+            heartbeat: Dur(Duration::from_secs(1)),
+            ttl: Dur(Duration::from_secs(5)),
+            state_ttl: Dur(Duration::from_secs(7 * 24 * 3600)),
+            rebalance_websockets: false,
+            rebalance_rate: 10,
+            rebalance_tolerance: 10,
+        }
+    }
+}
+
+impl FleetSection {
+    /// The fleet's name of this gateway (always set on a parsed configuration).
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}
+
+/// A fleet name or namespace: letters, digits and `_ - . ~ :`, 1 to 128 bytes (it is part of
+/// Redis key names and shown on pages).
+pub fn valid_fleet_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'~' | b':'))
+}
+
+/// This machine's host name (for the default fleet name), "gateway" if it has none.
+fn host_name() -> String {
+    let u = rustix::system::uname();
+    let n = u.nodename().to_string_lossy().into_owned();
+    let n: String = n.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')).collect();
+    if n.is_empty() {
+        "gateway".into()
+    } else {
+        n
     }
 }
 
@@ -530,6 +615,7 @@ struct RawConfig {
     tls: Option<TlsSection>,
     cluster: Option<ClusterSection>,
     access_log: Option<AccessLogSection>,
+    fleet: Option<FleetSection>,
     #[serde(default)]
     node: Vec<NodeSection>,
 }
@@ -626,7 +712,13 @@ pub struct Config {
     pub cluster: Option<ClusterSection>,
     /// None: no access log.
     pub access_log: Option<AccessLogSection>,
+    /// `[fleet]`: shared operator states, fleet view and rebalancing through Redis.
+    pub fleet: Option<FleetSection>,
     pub nodes: Vec<StaticNode>,
+    /// Fingerprint of the file's settings, per-gateway keys left out (listen addresses, threads,
+    /// upgrade socket, fleet name): gateways of one fleet that run the same configuration show
+    /// the same one (`crate::fleet::fingerprint`).
+    pub fingerprint: String,
 }
 
 impl Default for Config {
@@ -642,7 +734,9 @@ impl Default for Config {
             tls: None,
             cluster: None,
             access_log: None,
+            fleet: None,
             nodes: Vec::new(),
+            fingerprint: crate::fleet::fingerprint::of_text(""),
         }
     }
 }
@@ -693,9 +787,12 @@ pub fn valid_node_name(name: &str) -> bool {
 /// Most data-plane workers `[gateway] threads` may ask for.
 pub const MAX_THREADS: usize = 1024;
 
-/// `[health] kuzzle2_path` by default: Kuzzle 2's readiness route. 503 while the node starts,
-/// shuts down or is overloaded, and no Elasticsearch call (`/_healthCheck` costs three per check).
-pub const KUZZLE2_HEALTH_PATH: &str = "/_ready";
+/// `[health] kuzzle2_path` by default: Kuzzle 2's liveness route, answered outside its request
+/// funnel: no Elasticsearch call (`/_healthCheck` costs three), never queued behind a loaded
+/// node's requests, and no 503 when a node merely queues (`/_ready` says 503 as soon as more than
+/// `limits.concurrentRequests` run, which would take busy nodes out one after the other). A
+/// node shutting down is known from its refusals instead (README: health checks).
+pub const KUZZLE2_HEALTH_PATH: &str = "/_healthcheck";
 
 /// The file's text and its name for errors.
 fn read_text(path: &Path) -> Result<(String, String), ConfigError> {
@@ -942,6 +1039,10 @@ impl Config {
                 let (l, k) = place("cluster.heartbeat_timeout");
                 return Err(err(l, &k, "durations must be greater than zero".into()));
             }
+            if c.ready_timeout.0.is_zero() || c.ready_timeout.0 > MAX_READY_TIMEOUT {
+                let (l, k) = place("cluster.ready_timeout");
+                return Err(err(l, &k, format!("must be more than zero and at most {}s", MAX_READY_TIMEOUT.as_secs())));
+            }
             for (key, v) in [
                 ("cluster.max_nodes", c.max_nodes as u64),
                 ("cluster.join_rate", u64::from(c.join_rate)),
@@ -953,6 +1054,14 @@ impl Config {
                 }
             }
         }
+
+        let fleet = match raw.fleet {
+            None => None,
+            Some(f) => Some(check_fleet(f, raw.cluster.as_ref(), raw.gateway.listen.port()).map_err(|(key, m)| {
+                let (l, k) = place(&key);
+                err(l, &k, m)
+            })?),
+        };
 
         // A [stats] table that names neither user nor password turns auth off ("omit both to
         // disable auth"); with no [stats] table at all the seed's kuzzle:kuzzle applies.
@@ -975,7 +1084,9 @@ impl Config {
             tls: raw.tls,
             cluster: raw.cluster.map(|c| ClusterSection { tls: cluster_tls, ..c }),
             access_log: raw.access_log,
+            fleet,
             nodes,
+            fingerprint: crate::fleet::fingerprint::of_text(text),
         })
     }
 }
@@ -1032,6 +1143,75 @@ fn check_edge(raw: &RawConfig) -> Result<(), (&'static str, String)> {
         }
     }
     Ok(())
+}
+
+/// Validate `[fleet]` and fill in its defaults (Redis from `[cluster]`, the name from the host
+/// name and the client port). Errors name the key (`fleet.name`...).
+fn check_fleet(
+    mut f: FleetSection,
+    cluster: Option<&ClusterSection>,
+    port: u16,
+) -> Result<FleetSection, (String, String)> {
+    let e = |k: &str, m: String| (format!("fleet.{k}"), m);
+    match (&f.redis, &f.redis_cluster) {
+        (Some(_), Some(_)) => {
+            return Err(e("redis_cluster", "set redis or redis_cluster, not both".into()));
+        }
+        (Some(u), None) => check_redis_url(u, false).map_err(|m| e("redis", m))?,
+        (None, Some(list)) => {
+            if list.is_empty() {
+                return Err(e("redis_cluster", "redis_cluster needs at least one seed URL".into()));
+            }
+            for u in list {
+                check_redis_url(u, true).map_err(|m| e("redis_cluster", m))?;
+            }
+        }
+        (None, None) => match cluster {
+            Some(c) if c.redis.is_some() || c.redis_cluster.is_some() => {
+                f.redis = c.redis.clone();
+                f.redis_cluster = if c.redis.is_some() { None } else { c.redis_cluster.clone() };
+            }
+            _ => {
+                return Err((
+                    "fleet".into(),
+                    "[fleet] needs redis or redis_cluster (or a [cluster] that has one)".into(),
+                ))
+            }
+        },
+    }
+    let name = f.name.clone().unwrap_or_else(|| format!("{}:{port}", host_name()));
+    if !valid_fleet_name(&name) {
+        return Err(e(
+            "name",
+            format!("invalid fleet name {name:?}: letters, digits, '_', '-', '.', '~', ':' only, at most 128"),
+        ));
+    }
+    f.name = Some(name);
+    if !valid_fleet_name(&f.namespace) || f.namespace.len() > 64 {
+        return Err(e(
+            "namespace",
+            format!("invalid namespace {:?}: letters, digits, '_', '-', '.', '~', ':' only, at most 64", f.namespace),
+        ));
+    }
+    if f.heartbeat.0 < Duration::from_millis(50) {
+        return Err(e("heartbeat", "at least 50ms".into()));
+    }
+    if f.ttl.0 < f.heartbeat.0 * 2 {
+        return Err(e(
+            "ttl",
+            format!("at least twice heartbeat ({:?}): one late heartbeat must not drop a gateway", f.heartbeat.0),
+        ));
+    }
+    if f.state_ttl.0 < f.ttl.0 {
+        return Err(e("state_ttl", "at least ttl".into()));
+    }
+    if !(1..=10_000).contains(&f.rebalance_rate) {
+        return Err(e("rebalance_rate", format!("{} closes a second: between 1 and 10000", f.rebalance_rate)));
+    }
+    if !(1..=100).contains(&f.rebalance_tolerance) {
+        return Err(e("rebalance_tolerance", format!("{} %: between 1 and 100", f.rebalance_tolerance)));
+    }
+    Ok(f)
 }
 
 /// `[gateway] node_header`: empty (off) or a header name the gateway may set on a response
@@ -1280,6 +1460,13 @@ mod tests {
         assert_eq!(e.line, 1, "{e}");
         let e = Config::parse("[cluster]\nredis_cluster = [\"redis://a:1/3\"]\n", "g.toml").unwrap_err();
         assert!(e.message.contains("database 0"), "{e}");
+        let redis = "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\n";
+        let c = Config::parse(redis, "g.toml").expect("valid");
+        assert_eq!(c.cluster.map(|c| c.ready_timeout.0), Some(Duration::from_secs(5)));
+        for bad in ["0s", "61s"] {
+            let e = Config::parse(&format!("{redis}ready_timeout = \"{bad}\"\n"), "g.toml").unwrap_err();
+            assert_eq!((e.line, e.key.as_str()), (3, "cluster.ready_timeout"), "{e}");
+        }
     }
 
     #[test]
@@ -1315,7 +1502,10 @@ mod tests {
     #[test]
     fn node_header_and_kuzzle2_path() {
         let c = Config::parse("", "g.toml").expect("defaults");
-        assert_eq!((c.gateway.node_header.as_str(), c.health.kuzzle2_path.as_str()), ("x-kuzzle-node", "/_ready"));
+        assert_eq!(
+            (c.gateway.node_header.as_str(), c.health.kuzzle2_path.as_str()),
+            ("x-kuzzle-node", "/_healthcheck")
+        );
         assert_eq!(c.balance.resend_body, 65536);
         for ok in ["", "X-Served-By", "x-kuzzle-node"] {
             Config::parse(&format!("[gateway]\nnode_header = {ok:?}\n"), "g.toml").expect(ok);

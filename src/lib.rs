@@ -18,10 +18,13 @@
 //!   access log).
 //! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
 //!   (the reload task; triggers send it a message), [`watch`] (file watcher), [`listeners`]
-//!   (bind, re-bind), [`upgrade`] (socket hand-over), [`tls`] (certificates by SNI, renewed on
+//!   (bind, re-bind), [`upgrade`] (socket hand-over) with [`state`] (what the old process hands
+//!   the new one besides the sockets), [`ready`] (when a starting gateway can route), [`tls`] (certificates by SNI, renewed on
 //!   disk; its [`tls::h2`] serves HTTP/2 clients on the data plane), [`drain`] (pruning, drain timeout),
 //!   [`resolve`] (host names of `[[node]]`s), [`fds`] (open-files limit, connection cap).
-//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes.
+//! - [`health`]: one checker task per node; [`cluster`]: Redis membership producing changes;
+//!   [`fleet`]: several gateways as one through Redis (operator states, fleet view, rebalancing
+//!   draws on [`core::shed`]).
 //! - Ops: [`ops`] (the 7575 listener), [`hastats`] (page, CSV, JSON), [`metrics`] (Prometheus),
 //!   [`envelope`] (Kuzzle's JSON envelope for the gateway's own answers).
 //! - [`demo`] runs the gateway in front of simulated nodes (separate `kuzzle-node-sim` processes).
@@ -37,17 +40,20 @@ pub mod drain;
 pub mod edge;
 pub mod envelope;
 pub mod fds;
+pub mod fleet;
 pub mod hastats;
 pub mod health;
 pub mod listeners;
 pub mod metrics;
 pub mod ops;
 pub mod proxy;
+pub mod ready;
 pub mod reload;
 pub mod resolve;
 pub mod route;
 pub mod send_timeout;
 pub mod serve;
+pub mod state;
 pub mod tls;
 pub mod tunnel;
 pub mod upgrade;

@@ -89,9 +89,11 @@ pub fn bind_std(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpLis
 
 /// One serving listener.
 struct Live {
+    /// Which listener (what reloads and upgrades match on).
     kind: ListenerKind,
     /// The address from the configuration (what reloads compare), not the bound one (port 0).
     configured: SocketAddr,
+    /// The bound address.
     local: SocketAddr,
     /// A duplicate of the socket the accept loop owns: handed to a new process on upgrade.
     fd: std::net::TcpListener,
@@ -107,9 +109,13 @@ pub type ServeFn =
 /// The listening side of a running gateway. Written by the control plane (start, reload, upgrade
 /// handover) under a short sync lock; accept loops never take it.
 pub struct LiveListeners {
+    /// The serving listeners.
     live: Mutex<Vec<Live>>,
+    /// Starts the accept loop(s) of a socket (given by the composition root).
     serve: ServeFn,
-    /// Parent of every accept loop's token: shutdown stops them all.
+    /// Parent of every client accept loop's token: shutdown stops them all. The ops listener's
+    /// is not its child: it answers `/healthz` 503 while a shutdown drains, until
+    /// [`LiveListeners::stop_all`].
     shutdown: CancellationToken,
 }
 
@@ -146,6 +152,11 @@ impl LiveListeners {
         crate::util::lock(&self.live).iter().map(|l| l.local).collect()
     }
 
+    /// The bound address of the listener of `kind`, if it serves.
+    pub fn local_of(&self, kind: ListenerKind) -> Option<SocketAddr> {
+        crate::util::lock(&self.live).iter().find(|l| l.kind == kind).map(|l| l.local)
+    }
+
     /// Call `f` with the serving sockets (for fd passing); the lock is held only during `f`.
     pub fn with_fds<T>(&self, f: impl FnOnce(&[(ListenerKind, SocketAddr, BorrowedFd<'_>)]) -> T) -> T {
         let live = crate::util::lock(&self.live);
@@ -158,6 +169,17 @@ impl LiveListeners {
         for l in crate::util::lock(&self.live).drain(..) {
             l.stop.cancel();
         }
+    }
+
+    /// Stop the client accept loops (HTTP and TLS); the ops listener serves on.
+    pub fn stop_clients(&self) {
+        crate::util::lock(&self.live).retain(|l| {
+            let client = l.kind != ListenerKind::Stats;
+            if client {
+                l.stop.cancel();
+            }
+            !client
+        });
     }
 }
 
@@ -243,7 +265,10 @@ impl LiveListeners {
         std_listener.set_nonblocking(true).map_err(err)?;
         let local = std_listener.local_addr().map_err(err)?;
         let fd = std_listener.try_clone().map_err(err)?;
-        let stop = self.shutdown.child_token();
+        let stop = match kind {
+            ListenerKind::Stats => CancellationToken::new(),
+            ListenerKind::Http | ListenerKind::Tls => self.shutdown.child_token(),
+        };
         (self.serve)(kind, std_listener, stop.clone()).map_err(err)?;
         Ok(Live { kind, configured, local, fd, stop })
     }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterState;
 use crate::core::backend::AdminState;
-use crate::core::{Core, Lifecycle};
+use crate::core::{Core, Gate, Lifecycle};
 use crate::reload::{ReloadHandle, ReloadStats};
 
 pub type OpsResponse = Response<Full<Bytes>>;
@@ -32,16 +32,21 @@ pub struct Ops {
     pub reloads: Arc<ReloadStats>,
     /// Membership status, reset and counters.
     pub cluster: Arc<ClusterState>,
+    /// `[fleet]`: operator states go to every gateway; the fleet's view on the stats.
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// Ops connections run on the background tracker and stop at shutdown.
     pub life: Lifecycle,
     /// Certificates in use and refused renewals, for the stats page.
     pub tls: crate::tls::TlsSlot,
+    /// Open once the gateway can route: `/healthz` answers 200 from then until shutdown.
+    pub routable: Gate,
 }
 
 impl Ops {
     fn view(&self) -> crate::hastats::StatsView {
         let mut v = crate::hastats::collect(&self.core, &self.reloads);
         v.process.tls = self.tls.view(&self.core.config());
+        self.fleet.fill(&mut v);
         v
     }
 }
@@ -86,8 +91,12 @@ pub async fn serve(ops: Arc<Ops>, listener: TcpListener, stop: CancellationToken
 /// Route one ops request.
 pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
     let path = req.uri().path().to_string();
-    if path == "/healthz" {
+    // Probes, without auth: liveness (the process answers) and readiness (send it clients).
+    if path == "/livez" {
         return text(StatusCode::OK, "ok\n");
+    }
+    if path == "/healthz" {
+        return readiness(ops);
     }
     let cfg = ops.core.config();
     if let Some(resp) = check_auth(&cfg.stats, req.headers()) {
@@ -116,8 +125,11 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
         (&Method::GET | &Method::HEAD, "/metrics") => typed(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(&ops.view(), &ops.cluster.metrics),
+            crate::metrics::render(&ops.view(), &ops.cluster.metrics) + &ops.fleet.metrics_text(),
         ),
+        (&Method::GET, "/fleet/status") => {
+            typed(StatusCode::OK, "application/json", ops.fleet.status_json().to_string())
+        }
         (&Method::GET, "/cluster/status") => {
             let v = crate::cluster::status(&ops.cluster, &ops.core).await;
             typed(StatusCode::OK, "application/json", v.to_string())
@@ -133,18 +145,32 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
         (&Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/state") => {
             let name = &p["/nodes/".len()..p.len() - "/state".len()];
             let name = name.to_string();
-            set_state(&ops.core, &name, req).await
+            set_state(ops, &name, req).await
         }
         (_, p)
             if p == uri
                 || p.starts_with("/nodes/")
                 || p == "/metrics"
                 || p.starts_with("/cluster/")
+                || p.starts_with("/fleet/")
                 || p == "/reload" =>
         {
             json_msg(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
         }
         _ => json_msg(StatusCode::NOT_FOUND, &format!("no ops endpoint at {path}")),
+    }
+}
+
+/// `/healthz`: 200 once the gateway can route (first membership read and checks done, or the
+/// state an upgrade handed over), 503 before and while it shuts down, so that a balancer or an
+/// orchestrator sends clients only to a gateway that can serve them.
+fn readiness(ops: &Ops) -> OpsResponse {
+    if ops.life.shutdown.is_cancelled() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !ops.routable.is_open() {
+        text(StatusCode::SERVICE_UNAVAILABLE, "starting: first membership read and node checks not done\n")
+    } else {
+        text(StatusCode::OK, "ok\n")
     }
 }
 
@@ -205,8 +231,10 @@ fn page_options(req: &Request<Incoming>, uri: &str) -> crate::hastats::HtmlOptio
 }
 
 /// `POST /nodes/<name>/state` with `ready`, `drain` or `maint` as the body (plain or
-/// `{"state": "..."}`) or as `?state=`.
-async fn set_state(core: &Core, name: &str, req: Request<Incoming>) -> OpsResponse {
+/// `{"state": "..."}`) or as `?state=`. With `[fleet]` the state goes to every gateway (202 when
+/// Redis could not take it: applied here, shared when Redis answers again).
+async fn set_state(ops: &Ops, name: &str, req: Request<Incoming>) -> OpsResponse {
+    let core = &ops.core;
     let from_query =
         req.uri().query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("state="))).map(str::to_string);
     let body = match Limited::new(req.into_body(), 4096).collect().await {
@@ -228,11 +256,22 @@ async fn set_state(core: &Core, name: &str, req: Request<Incoming>) -> OpsRespon
             return json_msg(StatusCode::BAD_REQUEST, &format!("unknown state {other:?}: use ready, drain or maint"))
         }
     };
-    if core.set_admin(name, state) {
-        tracing::info!(node = %name, state = state.as_str(), "operator changed node state");
-        json_msg(StatusCode::OK, &format!("node {name}: state set to {}", state.as_str()))
-    } else {
-        json_msg(StatusCode::NOT_FOUND, &format!("no node named {name:?}"))
+    if core.snapshot().node(name).is_none() {
+        return json_msg(StatusCode::NOT_FOUND, &format!("no node named {name:?}"));
+    }
+    tracing::info!(node = %name, state = state.as_str(), "operator changed node state");
+    match ops.fleet.set_state(name, state).await {
+        crate::fleet::SetOutcome::Local => {
+            json_msg(StatusCode::OK, &format!("node {name}: state set to {}", state.as_str()))
+        }
+        crate::fleet::SetOutcome::Shared(seq) => json_msg(
+            StatusCode::OK,
+            &format!("node {name}: state set to {} on every gateway of the fleet (change {seq})", state.as_str()),
+        ),
+        crate::fleet::SetOutcome::Pending(why) => json_msg(
+            StatusCode::ACCEPTED,
+            &format!("node {name}: state set to {} on this gateway; not shared yet: {why}", state.as_str()),
+        ),
     }
 }
 

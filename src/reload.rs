@@ -150,6 +150,11 @@ pub fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.limits.client_table != new.limits.client_table {
         v.push("limits.client_table");
     }
+    // Read once, while the gateway starts.
+    let ready = |c: &Config| c.cluster.as_ref().map(|c| c.ready_timeout);
+    if ready(old) != ready(new) {
+        v.push("cluster.ready_timeout");
+    }
     v
 }
 
@@ -251,6 +256,9 @@ pub fn change_summary(old: &Config, new: &Config) -> Vec<String> {
         != (new.gateway.proxy_protocol, &new.gateway.proxy_protocol_from)
     {
         v.push(format!("PROXY protocol: {}", if new.gateway.proxy_protocol { "on" } else { "off" }));
+    }
+    if old.fleet != new.fleet {
+        v.push("fleet".into());
     }
     v
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::core::backend::ActiveGuard;
 use crate::core::counters::FrontendCounters;
+use crate::core::shed::Shed;
 use crate::core::Lifecycle;
 use crate::edge::access_log::{FirstClose, WsEnd, WsRecord};
 
@@ -174,7 +175,8 @@ pub fn spawn(
             bytes_out: [&f.bytes_out, &c.bytes_out],
             session: log.as_ref().map(|_| Session::default()),
         };
-        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &close_all, &io).await;
+        let draw = Some((&backend.shed, crate::util::epoch_ms()));
+        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         if let (Some(r), Some(s)) = (log, &io.session) {
             r.log.websocket(&r, s.end(end));
@@ -234,9 +236,17 @@ pub enum TunnelEnd {
     NodeGone,
     /// The gateway is shutting down.
     Shutdown,
+    /// Drawn by WebSocket rebalancing (`[fleet] rebalance_websockets`): closed with 1012.
+    Rebalanced,
 }
 
+/// Why a rebalancing close says so: 1012 ("service restart") makes SDKs reconnect, never 1000.
+pub const REBALANCE_CLOSE: (u16, &str) = (1012, "rebalancing: please reconnect");
+
 /// Copy both ways until one side ends, a stop signal fires, or nothing moves for `idle`.
+/// `draw`: the node's rebalancing draws and when this tunnel opened (epoch ms); a drawn tunnel
+/// closes with [`REBALANCE_CLOSE`].
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C, N>(
     client: C,
     node: N,
@@ -244,6 +254,7 @@ pub async fn run<C, N>(
     idle: Duration,
     kill: &CancellationToken,
     shutdown: &CancellationToken,
+    draw: Option<(&Shed, u64)>,
     io: &TunnelIo<'_>,
 ) -> TunnelEnd
 where
@@ -258,6 +269,8 @@ where
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     // Set by the watcher (same task: no waker needed, the select loop polls the copy again).
     let stop = std::sync::atomic::AtomicBool::new(false);
+    // Set with `stop` when the reason is a rebalancing draw.
+    let drawn = std::sync::atomic::AtomicBool::new(false);
     let stopped =
         || std::future::poll_fn(|_| if stop.load(Ordering::Relaxed) { Poll::Ready(()) } else { Poll::Pending });
 
@@ -305,7 +318,7 @@ where
     let node_to_client = async {
         let mut pump = Pump::default();
         let mut frames = FrameTracker::default();
-        let mut closing: Option<(tokio::time::Instant, &'static str)> = None;
+        let mut closing: Option<(tokio::time::Instant, (u16, &'static str))> = None;
         loop {
             let is_closing = closing.is_some();
             let keep = |d: &[u8]| if websocket { frames.advance(d, is_closing) } else { d.len() };
@@ -321,20 +334,26 @@ where
                     }
                 },
                 _ = stopped(), if closing.is_none() => {
-                    let why = if shutdown.is_cancelled() { "gateway shutting down" } else { "node going away" };
+                    let why = if shutdown.is_cancelled() {
+                        (1001, "gateway shutting down")
+                    } else if drawn.load(Ordering::Relaxed) {
+                        REBALANCE_CLOSE
+                    } else {
+                        (1001, "node going away")
+                    };
                     if !websocket || frames.at_boundary() {
                         if websocket {
-                            let _ = cw.write_all(&close_frame(1001, why)).await;
+                            let _ = cw.write_all(&close_frame(why.0, why.1)).await;
                         }
                         let _ = cw.shutdown().await;
-                        return stop_reason(kill, shutdown);
+                        return stop_reason(kill, shutdown, &drawn);
                     }
                     closing = Some((tokio::time::Instant::now() + CLOSE_WAIT, why));
                     continue;
                 }
                 // Boxed: only a closing tunnel needs this timer, and inline it would widen every tunnel.
                 _ = async { if let Some((d, _)) = closing { Box::pin(tokio::time::sleep_until(d)).await } }, if closing.is_some() => {
-                    return stop_reason(kill, shutdown);
+                    return stop_reason(kill, shutdown, &drawn);
                 }
             };
             if let Some(s) = &io.session {
@@ -360,9 +379,9 @@ where
             }
             if let Some((_, why)) = closing {
                 if frames.at_boundary() {
-                    let _ = cw.write_all(&close_frame(1001, why)).await;
+                    let _ = cw.write_all(&close_frame(why.0, why.1)).await;
                     let _ = cw.shutdown().await;
-                    return stop_reason(kill, shutdown);
+                    return stop_reason(kill, shutdown, &drawn);
                 }
             }
         }
@@ -371,19 +390,45 @@ where
     // Every wake-up of the tunnel polls each branch: the stop tokens are polled once (to register
     // the task's waker, which stays valid) and then only read, and the idle timer is one Sleep,
     // reset when data moved (polling the tokens' futures on every message cost ~15 % of a relay).
+    // The tunnel waits on one token for the node: the node's current rebalancing wave (a child of
+    // its kill token, so a kill wakes it too), or the kill token itself without draws. A wave that
+    // did not draw this tunnel is replaced by the node's next one.
     let watcher = async {
         let idle_ms = idle.as_millis() as u64;
-        let (mut on_kill, mut on_shutdown) = (std::pin::pin!(kill.cancelled()), std::pin::pin!(shutdown.cancelled()));
+        let mut wave = draw.map_or_else(|| kill.clone(), |(s, _)| s.wave());
+        let mut on_wave = std::pin::pin!(wave.clone().cancelled_owned());
+        let mut on_shutdown = std::pin::pin!(shutdown.cancelled());
         let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
         let mut registered = false;
         let was_idle = std::future::poll_fn(|cx| {
             if !registered {
                 registered = true;
-                if on_kill.as_mut().poll(cx).is_ready() || on_shutdown.as_mut().poll(cx).is_ready() {
+                let _ = on_wave.as_mut().poll(cx);
+                let _ = on_shutdown.as_mut().poll(cx);
+                // A kill before the wave was taken (a kill after it cancels the wave too).
+                if kill.is_cancelled() {
                     return Poll::Ready(false);
                 }
-            } else if kill.is_cancelled() || shutdown.is_cancelled() {
+            }
+            if shutdown.is_cancelled() {
                 return Poll::Ready(false);
+            }
+            // Bounded: each turn takes the node's newest wave, and a draw replaces it at most once.
+            for _ in 0..8 {
+                if !wave.is_cancelled() {
+                    break;
+                }
+                if kill.is_cancelled() {
+                    return Poll::Ready(false);
+                }
+                let Some((shed, opened_ms)) = draw else { return Poll::Ready(false) };
+                if shed.drawn(opened_ms) {
+                    drawn.store(true, Ordering::Relaxed);
+                    return Poll::Ready(false);
+                }
+                wave = shed.wave();
+                on_wave.set(wave.clone().cancelled_owned());
+                let _ = on_wave.as_mut().poll(cx);
             }
             while sleep.as_mut().poll(cx).is_ready() {
                 let since = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
@@ -421,11 +466,17 @@ where
     }
 }
 
-fn stop_reason(kill: &CancellationToken, shutdown: &CancellationToken) -> TunnelEnd {
+fn stop_reason(
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    drawn: &std::sync::atomic::AtomicBool,
+) -> TunnelEnd {
     if shutdown.is_cancelled() {
         TunnelEnd::Shutdown
     } else if kill.is_cancelled() {
         TunnelEnd::NodeGone
+    } else if drawn.load(Ordering::Relaxed) {
+        TunnelEnd::Rebalanced
     } else {
         TunnelEnd::Idle
     }
@@ -672,7 +723,7 @@ mod tests {
             (client_peer, node_peer)
         };
         let (end, _peers) =
-            tokio::join!(run(client, node, false, Duration::from_secs(2), &kill, &shutdown, &io), traffic);
+            tokio::join!(run(client, node, false, Duration::from_secs(2), &kill, &shutdown, None, &io), traffic);
         assert_eq!(end, TunnelEnd::Idle);
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(3600), "closed after {took:?}");
@@ -691,11 +742,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             k.cancel();
         });
-        let end = run(client, node, true, Duration::from_secs(60), &kill, &shutdown, &io).await;
+        let end = run(client, node, true, Duration::from_secs(60), &kill, &shutdown, None, &io).await;
         assert_eq!(end, TunnelEnd::NodeGone);
         let mut got = Vec::new();
         tokio::io::AsyncReadExt::read_to_end(&mut client_peer, &mut got).await.expect("read");
         assert_eq!(got, close_frame(1001, "node going away"));
+    }
+
+    #[tokio::test]
+    async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_stays() {
+        let (a, b) = counters();
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+        let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let shed = Shed::new(&kill);
+        let (old_c, mut old_peer) = tokio::io::duplex(4096);
+        let (old_n, _old_node) = tokio::io::duplex(4096);
+        let (new_c, mut new_peer) = tokio::io::duplex(4096);
+        let (new_n, _new_node) = tokio::io::duplex(4096);
+        let old = run(old_c, old_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 100)), &io);
+        let new = run(new_c, new_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 5000)), &io);
+        let steer = async {
+            tokio::task::yield_now().await;
+            // Two to close, but only one tunnel opened before 1000: the other survives the wave.
+            shed.draw(2, 1000, &kill);
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut old_peer, &mut got).await.expect("read");
+            assert_eq!(got, close_frame(1012, "rebalancing: please reconnect"));
+            assert_eq!(shed.budget(), 1, "the newer tunnel took no share");
+            kill.cancel();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut new_peer, &mut got).await.expect("read");
+            assert_eq!(got, close_frame(1001, "node going away"), "a kill still reaches a tunnel that waited again");
+        };
+        let (old_end, new_end, ()) = tokio::join!(old, new, steer);
+        assert_eq!((old_end, new_end), (TunnelEnd::Rebalanced, TunnelEnd::NodeGone));
+        assert_eq!(shed.closed(), 1);
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! Control plane: binary upgrade without refused connections. The running gateway hands its
-//! listening sockets to a new process over a unix socket (SCM_RIGHTS), stops accepting once the
-//! new one serves, finishes its requests and keeps its WebSocket tunnels until they close or
+//! Control plane: binary upgrade without refused connections or requests the new process cannot
+//! route. The running gateway hands its listening sockets and its state ([`crate::state`]) to a
+//! new process over a unix socket (SCM_RIGHTS), keeps accepting until the new one can route, then
+//! stops, finishes its requests and keeps its WebSocket tunnels until they close or
 //! `hard_stop_after`. The process lifecycle around it is in [`crate::app`].
 //!
 //! Exchange on the upgrade socket (the new process connects):
-//! 1. old -> new: one JSON line `{"pid", "listeners": [{"kind", "addr"}...]}`, the listening
-//!    sockets attached in the same order (SCM_RIGHTS);
-//! 2. new -> old: `READY\n` once it serves on them (both processes accept meanwhile: the kernel
-//!    queue is one, nothing is refused);
+//! 1. old -> new: one JSON line `{"pid", "listeners": [{"kind", "addr"}...], "state"}`, the
+//!    listening sockets attached in the same order (SCM_RIGHTS);
+//! 2. new -> old: `READY\n` once it can route: at once with a usable state, otherwise after its
+//!    own first membership read and checks (at most `[cluster] ready_timeout`); it accepts nothing
+//!    before, and the old process serves meanwhile;
 //! 3. old -> new: `DONE\n` after it stopped accepting and removed the socket file; the new process
-//!    then listens on the socket itself, ready for the next upgrade.
+//!    then accepts (connections arriving in between wait in the kernel's queue, which both share:
+//!    nothing is refused) and listens on the socket itself, ready for the next upgrade.
 
 use std::io::{BufRead, BufReader, IoSlice, IoSliceMut, Write};
 use std::mem::MaybeUninit;
@@ -26,7 +29,7 @@ use rustix::net::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, MAX_READY_TIMEOUT};
 use crate::core::Lifecycle;
 use crate::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
 
@@ -56,11 +59,21 @@ struct Passed {
     addr: SocketAddr,
 }
 
+/// The old process's hand-over message.
 #[derive(Debug, Serialize, Deserialize)]
 struct Hello {
+    /// The old process (logs).
     pid: u32,
+    /// The sockets attached, in order.
     listeners: Vec<Passed>,
+    /// What it knew ([`crate::state::State`] as JSON; absent from older versions, and read only
+    /// when its version is understood).
+    #[serde(default)]
+    state: Option<serde_json::Value>,
 }
+
+/// Makes the state to hand over, at the moment a new process asks for it.
+pub type StateFn = Arc<dyn Fn() -> serde_json::Value + Send + Sync>;
 
 /// The upgrade socket of a configuration: `[gateway] upgrade_socket`, else
 /// `/tmp/kuzzle-gateway-<client port>.sock` (none when the client port is 0, as in tests).
@@ -74,16 +87,27 @@ pub fn socket_path(config: &Config) -> Option<PathBuf> {
     }
 }
 
-/// The exchange with the old process, to finish once the taken sockets serve.
+/// The exchange with the old process, to finish once this process can route.
 pub struct Handover {
+    /// The connection to the old process (READY and DONE go over it).
     stream: StdUnixStream,
+    /// The upgrade socket (logs).
     path: PathBuf,
+    /// The old process's state, until taken.
+    state: Option<serde_json::Value>,
 }
 
 impl Handover {
-    /// Tell the old process we serve; it stops accepting and answers DONE.
+    /// What the old process handed over besides the sockets (None once taken, or from an older
+    /// version that sends none).
+    pub fn take_state(&mut self) -> Option<serde_json::Value> {
+        self.state.take()
+    }
+
+    /// Tell the old process we can route; it stops accepting and answers DONE. This process must
+    /// accept only after that.
     pub async fn finish(self) -> Result<(), UpgradeError> {
-        let Handover { stream, path } = self;
+        let Handover { stream, path, state: _ } = self;
         let p = path.clone();
         tokio::task::spawn_blocking(move || finish(stream, &p))
             .await
@@ -93,8 +117,8 @@ impl Handover {
     }
 }
 
-/// New process: receive the running gateway's sockets (serve on them, then call
-/// [`Handover::finish`]).
+/// New process: receive the running gateway's sockets and state (start on them without
+/// accepting, call [`Handover::finish`] once able to route, then accept).
 pub async fn take_over(config: &Config) -> Result<(Listeners, Handover), UpgradeError> {
     let path = socket_path(config).ok_or(UpgradeError::NoSocket)?;
     let p = path.clone();
@@ -102,6 +126,7 @@ pub async fn take_over(config: &Config) -> Result<(Listeners, Handover), Upgrade
         .await
         .map_err(|e| exchange(&path, format!("task failed: {e}")))??;
     tracing::info!(old_pid = hello.pid, sockets = fds.len(), "received the listening sockets");
+    let state = hello.state;
     let mut inherited: Vec<(Passed, OwnedFd)> = hello.listeners.into_iter().zip(fds).collect();
     let mut take = |kind: ListenerKind, addr: SocketAddr| -> Result<std::net::TcpListener, StartError> {
         match inherited.iter().position(|(p, _)| p.kind == kind && p.addr == addr) {
@@ -122,7 +147,7 @@ pub async fn take_over(config: &Config) -> Result<(Listeners, Handover), Upgrade
     };
     // Sockets the new configuration no longer uses close here; the old process closes its copies.
     drop(inherited);
-    Ok((listeners, Handover { stream, path }))
+    Ok((listeners, Handover { stream, path, state }))
 }
 
 fn exchange(path: &Path, message: String) -> UpgradeError {
@@ -164,7 +189,7 @@ fn receive(path: &Path) -> Result<(Hello, Vec<OwnedFd>, StdUnixStream), UpgradeE
     Ok((hello, fds, stream))
 }
 
-/// New side, step 2 (blocking): we serve; wait until the old process stopped accepting.
+/// New side, step 2 (blocking): we can route; wait until the old process stopped accepting.
 fn finish(mut stream: StdUnixStream, path: &Path) -> Result<(), UpgradeError> {
     stream.write_all(b"READY\n").map_err(|e| exchange(path, e.to_string()))?;
     let mut line = String::new();
@@ -175,9 +200,10 @@ fn finish(mut stream: StdUnixStream, path: &Path) -> Result<(), UpgradeError> {
     Ok(())
 }
 
-/// Old side: listen on the upgrade socket until shutdown or a completed hand-over. A failure to
-/// listen is logged; the gateway serves on without upgrades.
-pub fn listen(cfg: &Config, listeners: Arc<LiveListeners>, life: &Lifecycle) {
+/// Old side: listen on the upgrade socket until shutdown or a completed hand-over; `state` makes
+/// what is handed over with the sockets. A failure to listen is logged; the gateway serves on
+/// without upgrades.
+pub fn listen(cfg: &Config, listeners: Arc<LiveListeners>, life: &Lifecycle, state: StateFn) {
     let Some(path) = socket_path(cfg) else {
         tracing::debug!("no upgrade socket (client port 0 and no [gateway] upgrade_socket)");
         return;
@@ -213,7 +239,9 @@ pub fn listen(cfg: &Config, listeners: Arc<LiveListeners>, life: &Lifecycle) {
             };
             let l = listeners.clone();
             let p = path.clone();
-            let done = tokio::task::spawn_blocking(move || hand_over(&l, std_stream, &p)).await;
+            // Taken now, on the async side: what the new process continues from.
+            let st = state();
+            let done = tokio::task::spawn_blocking(move || hand_over(&l, std_stream, &p, st)).await;
             match done {
                 Ok(Ok(())) => {
                     handed_over.cancel();
@@ -245,8 +273,15 @@ fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     tokio::net::UnixListener::from_std(l)
 }
 
-/// Old side (blocking): send the sockets, wait for READY, stop accepting, answer DONE.
-fn hand_over(listeners: &LiveListeners, mut stream: StdUnixStream, path: &Path) -> Result<(), UpgradeError> {
+/// Old side (blocking): send the sockets and the state, wait for READY (the new process may wait
+/// for its first membership read and checks first: up to `MAX_READY_TIMEOUT`), stop accepting,
+/// answer DONE.
+fn hand_over(
+    listeners: &LiveListeners,
+    mut stream: StdUnixStream,
+    path: &Path,
+    state: serde_json::Value,
+) -> Result<(), UpgradeError> {
     let err = |m: String| exchange(path, m);
     stream.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
     stream.set_read_timeout(Some(STEP_TIMEOUT)).map_err(|e| err(e.to_string()))?;
@@ -261,6 +296,7 @@ fn hand_over(listeners: &LiveListeners, mut stream: StdUnixStream, path: &Path) 
         let hello = Hello {
             pid: std::process::id(),
             listeners: fds.iter().map(|(kind, addr, _)| Passed { kind: *kind, addr: *addr }).collect(),
+            state: Some(state),
         };
         let mut line = serde_json::to_vec(&hello).map_err(|e| err(e.to_string()))?;
         line.push(b'\n');
@@ -277,6 +313,8 @@ fn hand_over(listeners: &LiveListeners, mut stream: StdUnixStream, path: &Path) 
         }
         Ok(())
     })?;
+    // Serving on meanwhile: this thread only waits.
+    stream.set_read_timeout(Some(STEP_TIMEOUT + MAX_READY_TIMEOUT)).map_err(|e| err(e.to_string()))?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(|e| err(e.to_string()))?;
     if reply.trim() != "READY" {

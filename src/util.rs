@@ -35,4 +35,9 @@ pub mod ms {
     pub fn from_duration<S: serde::Serializer>(d: &std::time::Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
+
+    /// The reverse of [`from_duration`] (state handed over on a binary upgrade is read back).
+    pub fn to_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<std::time::Duration, D::Error> {
+        <u64 as serde::Deserialize>::deserialize(d).map(std::time::Duration::from_millis)
+    }
 }

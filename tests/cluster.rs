@@ -68,9 +68,13 @@ async fn state_of(h: &Handle, name: &str) -> Option<String> {
 }
 
 /// GET through the gateway: which node answered, if any.
+/// Status and the node that answered, by its own word (the envelope's `node`: the gateway's
+/// `x-kuzzle-node` names nodes by their gateway names, e.g. a discovered node by its IP).
 async fn via(h: &Handle, path: &str) -> (u16, Option<String>) {
     let r = get(h.http_addr, path).await;
-    (r.status, r.node().map(String::from))
+    let own =
+        serde_json::from_slice::<serde_json::Value>(&r.body).ok().and_then(|v| v["node"].as_str().map(String::from));
+    (r.status, own)
 }
 
 async fn wait_routable(h: &Handle, name: &str) {

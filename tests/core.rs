@@ -445,7 +445,8 @@ async fn one_mib_bodies_streamed_and_chunked_both_ways() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooled_connections_reused_but_never_after_upgrade_or_error() {
-    let n1 = Sim::start("cluster_kuzzle_1", &[]);
+    // A node keeping its connections (real Kuzzle 2 closes after every response): pooling to test.
+    let n1 = Sim::builder("cluster_kuzzle_1").keep_alive().start();
     let relay = Relay::start(n1.addr).await;
     let gw = gateway(&gateway_toml(&format!(
         "[timeouts]\nserver = \"700ms\"\npool_idle = \"30s\"\n[[node]]\nname = \"cluster_kuzzle_1\"\naddress = \"{}\"\n",

@@ -77,7 +77,8 @@ async fn exhausted_fds_never_mark_healthy_nodes_down() {
 /// closed by the once-a-second upkeep, not only when the next request finds them stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_pooled_connections_are_closed_after_pool_idle() {
-    let sim = Sim::start("fd2", &[]);
+    // A node keeping its connections (real Kuzzle 2 closes after every response): pooling to test.
+    let sim = Sim::builder("fd2").keep_alive().start();
     let gw = gateway(&gateway_toml(&format!("[timeouts]\npool_idle = \"300ms\"\n{}", nodes_toml(&[&sim])))).await;
     let node = gw.core.snapshot().node("fd2").cloned().expect("node");
     assert_eq!(get(gw.http_addr, "/_now").await.status, 200);

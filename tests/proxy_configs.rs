@@ -147,7 +147,9 @@ fn each_use_case_config_sets_what_its_use_case_needs() {
     assert!(p3.get("node").is_none(), "plugin 3.x: nodes come from Redis only");
 
     let k2 = table(&dir.join("gateway-kuzzle2-redis.toml"));
-    assert_eq!(s(get(&k2, "health.path")).as_deref(), Some("/_healthCheck"));
+    // ID-card nodes are checked on `kuzzle2_path`, whose default suits Kuzzle 2 without a line here.
+    assert_eq!(s(get(&k2, "health.path")), None);
+    assert_eq!(s(get(&k2, "health.kuzzle2_path")), None);
     assert_eq!(b(get(&k2, "cluster.kuzzle2")), Some(true));
     assert_eq!((b(get(&k2, "cluster.pubsub")), b(get(&k2, "cluster.discovery"))), (Some(false), Some(false)));
     assert!(k2.get("node").is_none(), "Kuzzle 2: nodes come from their ID cards only");
@@ -254,6 +256,22 @@ fn default_config_shows_every_key() {
                 "node_tls",
                 "node_ca",
                 "node_server_name",
+                "ready_timeout",
+            ],
+        ),
+        (
+            "fleet",
+            &[
+                "redis",
+                "redis_cluster",
+                "name",
+                "namespace",
+                "heartbeat",
+                "ttl",
+                "state_ttl",
+                "rebalance_websockets",
+                "rebalance_rate",
+                "rebalance_tolerance",
             ],
         ),
         ("node", &["name", "address", "tls", "ca", "server_name"]),

@@ -1,8 +1,9 @@
 //! Hot reload and binary upgrade under load: config changes written to the watched file (nodes
 //! added and removed, algorithm switched, a broken file in the middle), a listener moved to a new
-//! address, `drain_timeout`, and the real binary handing its sockets to a new process. Every
-//! test asserts zero refused connections, zero non-2xx, zero unexpected WebSocket disconnects and
-//! every message echoed.
+//! address, `drain_timeout`, and the real binary handing its sockets (and, with Redis
+//! membership, its state) to a new process; a start with Redis membership under load. Every
+//! test asserts zero non-2xx (so no "no node" 503), zero unexpected WebSocket disconnects and
+//! every message echoed, and zero refused connections once the gateway listens.
 
 mod common;
 
@@ -496,12 +497,13 @@ fn args_tag() -> &'static str {
     "child"
 }
 
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, timeout: Duration) {
+/// The first output line containing `needle` (the lines before it are skipped).
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
-            Ok(l) if l.contains(needle) => return,
+            Ok(l) if l.contains(needle) => return l,
             Ok(_) => continue,
             Err(_) => panic!("no output line containing {needle:?} within {timeout:?}"),
         }
@@ -587,6 +589,274 @@ async fn binary_upgrade_hands_over_sockets_without_refusing() {
     let _ = Command::new("kill").args(["-TERM", &new.0.id().to_string()]).status();
     let status = tokio::task::spawn_blocking(move || wait_exit(&mut new, Duration::from_secs(20))).await.expect("join");
     assert_eq!(status.map(|s| s.code()), Some(Some(0)), "new process did not stop on SIGTERM");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Redis membership: upgrades and a start under load never answer "no node"
+// ---------------------------------------------------------------------------------------------
+
+/// How the simulated nodes announce themselves in Redis.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Announce {
+    /// Kuzzle 2 ID cards: one node per loopback address (127.0.0.2..4) on one port, as real
+    /// Kuzzle 2 nodes are.
+    IdCards,
+    /// The cluster plugin 3.x: `cluster:ready` and heartbeats on pub/sub, and the discovery set.
+    Plugin,
+}
+
+/// Three simulated nodes registered in a fresh Redis.
+struct RedisNodes {
+    redis: RedisServer,
+    /// The ID-card nodes' common HTTP port (`[cluster] node_port`).
+    port: u16,
+    sims: Vec<Sim>,
+    /// Which membership source the gateway reads.
+    announce: Announce,
+}
+
+impl RedisNodes {
+    fn start(announce: Announce) -> RedisNodes {
+        let redis = RedisServer::start();
+        let port = free_port();
+        let url = redis.url();
+        let sims = (2..=4)
+            .map(|i| match announce {
+                Announce::IdCards => Sim::start_on(
+                    &format!("127.0.0.{i}:{port}"),
+                    &format!("knode-{i}"),
+                    &["--redis", &url, "--kuzzle2", "--heartbeat", "300ms"],
+                ),
+                Announce::Plugin => Sim::start(&format!("pnode-{i}"), &["--redis", &url, "--heartbeat", "300ms"]),
+            })
+            .collect();
+        RedisNodes { redis, port, sims, announce }
+    }
+
+    /// A gateway configuration learning these nodes from Redis only; `extra` lands in
+    /// `[gateway]`, `cluster_extra` in `[cluster]`.
+    fn config(&self, listen: SocketAddr, stats: SocketAddr, sock: &Path, extra: &str, cluster_extra: &str) -> String {
+        format!(
+            "[gateway]\nlisten = \"{listen}\"\nshutdown_grace = \"1s\"\nupgrade_socket = {:?}\nhard_stop_after = \"60s\"\n{extra}\n\
+             [stats]\nlisten = \"{stats}\"\n\
+             [health]\npath = \"/_healthCheck\"\nkuzzle2_path = \"/_healthCheck\"\ninterval = \"1s\"\ntimeout = \"1s\"\n\
+             [cluster]\nredis = \"{}\"\n{}\nnode_port = {}\npoll_interval = \"200ms\"\n\
+             heartbeat_timeout = \"2s\"\n{cluster_extra}\n",
+            sock.display().to_string(),
+            self.redis.url(),
+            match self.announce {
+                Announce::IdCards => "pubsub = false\ndiscovery = false",
+                Announce::Plugin => "kuzzle2 = false",
+            },
+            self.port
+        )
+    }
+
+    /// Every node answers through the gateway at `addr` by its prefix.
+    async fn wait_routable(&self, addr: SocketAddr) {
+        for s in &self.sims {
+            eventually(READY_TIMEOUT, &format!("/{}/ routable", s.name), || async {
+                let r = get(addr, &format!("/{}/_now", s.name)).await;
+                (r.status == 200 && r.node() == Some(s.name.as_str())).then_some(())
+            })
+            .await;
+        }
+    }
+}
+
+/// Two free loopback addresses: client and ops listeners.
+fn two_addrs() -> (SocketAddr, SocketAddr) {
+    let a = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    (a(free_port()), a(free_port()))
+}
+
+/// Block on a child's output without holding a runtime worker.
+fn line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    tokio::task::block_in_place(|| wait_for_line(rx, needle, READY_TIMEOUT))
+}
+
+/// A child's output lines up to the first containing `needle`, that one included.
+fn lines_until(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    tokio::task::block_in_place(|| {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let mut seen = Vec::new();
+        while !seen.last().is_some_and(|l: &String| l.contains(needle)) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no output line containing {needle:?} within {READY_TIMEOUT:?}"),
+            }
+        }
+        seen
+    })
+}
+
+/// The line of `lines` containing `needle` (panics naming it otherwise).
+fn find<'a>(lines: &'a [String], needle: &str) -> &'a str {
+    lines.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line containing {needle:?} in {lines:#?}"))
+}
+
+/// HTTP load: `n` clients, half on a new connection per request.
+fn load(addr: SocketAddr, n: usize, stop: &Arc<AtomicBool>, t: &Arc<Tally>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n).map(|i| http_load(addr, i % 2 == 0, stop.clone(), t.clone())).collect()
+}
+
+/// At least `more` requests succeed from now on.
+async fn wait_ok(t: &Tally, more: u64, what: &str) {
+    let from = t.http_ok.load(Ordering::Relaxed);
+    eventually(T, what, || async { (t.http_ok.load(Ordering::Relaxed) >= from + more).then_some(()) }).await;
+}
+
+/// SIGTERM a gateway process and expect exit 0.
+async fn term(mut child: KillOnDrop) {
+    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+    let status =
+        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20))).await.expect("join");
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "gateway did not stop on SIGTERM");
+}
+
+/// Nodes learned from Kuzzle 2 ID cards, 8 HTTP clients: three binary upgrades in a row lose no
+/// request. Each new process takes the nodes and their health from the old one and routes from
+/// its first connection (before the hand-over of state, each upgrade answered "no node" until the
+/// new process had read Redis and checked the nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrades_with_redis_membership_lose_no_request() {
+    upgrades_lose_no_request(RedisNodes::start(Announce::IdCards)).await;
+}
+
+/// The same with the cluster plugin 3.x's membership (pub/sub heartbeats and the discovery set):
+/// the heartbeating members handed over are kept by the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrades_with_plugin_redis_membership_lose_no_request() {
+    upgrades_lose_no_request(RedisNodes::start(Announce::Plugin)).await;
+}
+
+async fn upgrades_lose_no_request(nodes: RedisNodes) {
+    let dir = scratch_dir("upgrade-redis");
+    let file = dir.join("gw.toml");
+    let (addr, stats) = two_addrs();
+    std::fs::write(&file, nodes.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
+    let cfg = file.to_str().expect("utf-8 path");
+
+    let (mut old, mut old_out) = spawn_gateway(&["--config", cfg]);
+    line(&old_out, "upgrade socket ready");
+    nodes.wait_routable(addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Arc::new(Tally::default());
+    let loads = load(addr, 8, &stop, &t);
+    wait_ok(&t, 50, "load running on the first process").await;
+
+    let mut states = Vec::new();
+    for round in 1..=3 {
+        let (new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
+        states.push(lines_until(&new_out, "upgrade complete"));
+        line(&new_out, "upgrade socket ready");
+        let status =
+            tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(20))).await.expect("join");
+        assert_eq!(status.map(|s| s.code()), Some(Some(0)), "round {round}: the old process did not exit 0");
+        wait_ok(&t, 50, &format!("load served by the process of round {round}")).await;
+        eprintln!("after upgrade {round}: {}", t.report());
+        (old, old_out) = (new, new_out);
+    }
+    drop(old_out);
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.expect("load");
+    }
+    eprintln!("binary_upgrades_with_redis_membership: {}", t.report());
+    t.assert_clean();
+    for (round, lines) in states.iter().enumerate() {
+        let state = find(lines, "state of the running gateway");
+        assert!(
+            state.contains("3 nodes with their health") && state.contains("routable=true"),
+            "round {round}: {state}"
+        );
+        find(lines, "routing from the first connection");
+    }
+    term(old).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The new process cannot use the old one's nodes (its `[cluster]` settings differ): it takes
+/// the sockets only once it read Redis and checked the nodes itself; the old one serves meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_without_usable_state_waits_until_it_can_route() {
+    let nodes = RedisNodes::start(Announce::IdCards);
+    let dir = scratch_dir("upgrade-redis-changed");
+    let file = dir.join("gw.toml");
+    let (addr, stats) = two_addrs();
+    let sock = dir.join("upgrade.sock");
+    // The old process must not reload the changed file: it runs with the first settings.
+    std::fs::write(&file, nodes.config(addr, stats, &sock, "watch = false", "")).expect("write");
+    let cfg = file.to_str().expect("utf-8 path");
+    let (old, old_out) = spawn_gateway(&["--config", cfg]);
+    line(&old_out, "upgrade socket ready");
+    nodes.wait_routable(addr).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Arc::new(Tally::default());
+    let loads = load(addr, 8, &stop, &t);
+    wait_ok(&t, 50, "load running on the first process").await;
+
+    let changed = nodes.config(addr, stats, &sock, "watch = false", "allowed_networks = [\"127.0.0.0/8\"]");
+    std::fs::write(&file, changed).expect("write");
+    let (new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
+    let lines = lines_until(&new_out, "upgrade complete");
+    let mut old = old;
+    let status = tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(20))).await.expect("join");
+    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "the old process did not exit 0");
+    wait_ok(&t, 50, "load served by the new process").await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.expect("load");
+    }
+    eprintln!("binary_upgrade_without_usable_state: {}", t.report());
+    t.assert_clean();
+    let state = find(&lines, "state of the running gateway");
+    assert!(state.contains("not the nodes") && state.contains("routable=false"), "{state}");
+    // In this order: it waited for Redis and the checks before it took the sockets.
+    let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
+    let (wait, ready) = (at("waiting for the first membership read"), at("ready: Redis read and every node"));
+    assert!(wait.is_some() && wait < ready, "{lines:#?}");
+    drop(new_out);
+    term(new).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// 8 clients hammer the port before the gateway starts (connections refused until it listens);
+/// once it accepts, every request reaches a node: it took clients only after reading Redis and
+/// checking the nodes found there (before, the first requests got the gateway's "no node" 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_with_redis_membership_under_load_answers_no_no_node() {
+    let nodes = RedisNodes::start(Announce::IdCards);
+    let dir = scratch_dir("start-redis");
+    let file = dir.join("gw.toml");
+    let (addr, stats) = two_addrs();
+    std::fs::write(&file, nodes.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
+    // A connect to a port nobody listens on can pick that very port as its source and connect to
+    // itself, taking the port from the gateway. A bound socket (SO_REUSEADDR, never listening)
+    // keeps the port out of the kernel's choice of source ports; the gateway still binds it.
+    let reserve = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserve.set_reuseaddr(true).expect("SO_REUSEADDR");
+    reserve.bind(addr).expect("reserve the client port");
+    let stop = Arc::new(AtomicBool::new(false));
+    let t = Arc::new(Tally::default());
+    let loads = load(addr, 8, &stop, &t);
+    eventually(T, "clients refused before the gateway listens", || async {
+        (t.refused.load(Ordering::Relaxed) >= 8).then_some(())
+    })
+    .await;
+    let (gw, out) = spawn_gateway(&["--config", file.to_str().expect("utf-8 path")]);
+    wait_ok(&t, 200, "requests served once the gateway accepts").await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loads {
+        l.await.expect("load");
+    }
+    eprintln!("start_with_redis_membership: {}", t.report());
+    let r = t.report();
+    assert_eq!(t.http_non2xx.load(Ordering::Relaxed), 0, "a \"no node\" answer once it accepted: {r}");
+    assert_eq!(t.http_errors.load(Ordering::Relaxed), 0, "{r}");
+    drop((out, reserve));
+    term(gw).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

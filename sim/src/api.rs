@@ -143,6 +143,11 @@ fn parse_query(q: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
+/// The value of argument `name` in a query string (`""` for a name alone), percent-decoded.
+pub(crate) fn query_arg(query: &str, name: &str) -> Option<String> {
+    parse_query(query).into_iter().find(|(k, _)| k == name).map(|(_, v)| v.unwrap_or_default())
+}
+
 /// `%XX` escapes decoded; `None` on a bad escape or non-UTF-8 result.
 fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
@@ -175,24 +180,54 @@ fn required_str<'a>(req: &'a Value, name: &str) -> Result<&'a str, ApiError> {
 /// Run one Kuzzle request for connection `conn` (`None` over HTTP: no subscriptions); returns
 /// its envelope and a published document for the caller to fan out.
 pub(crate) fn handle(node: &Node, conn: Option<ConnId>, req: &Value) -> (Envelope, Option<Published>) {
-    let request_id = match req.get("requestId") {
+    let controller = req.get("controller").and_then(Value::as_str).unwrap_or("");
+    let action = req.get("action").and_then(Value::as_str).unwrap_or("");
+    let (env, published) = match route(node, conn, controller, action, req) {
+        Ok((r, p)) => (Envelope::ok(r), p),
+        Err(e) => (Envelope::err(e), None),
+    };
+    (echo_request(env, req), published)
+}
+
+/// Answer `req` with `error` without running it (a node shutting down rejects requests so).
+pub(crate) fn reject(req: &Value, error: ApiError) -> Envelope {
+    echo_request(Envelope::err(error), req)
+}
+
+/// The envelope's fields that echo the request: requestId (a new one when it has none),
+/// controller, action, index, collection, volatile.
+fn echo_request(mut env: Envelope, req: &Value) -> Envelope {
+    env.request_id = match req.get("requestId") {
         Some(Value::String(s)) => Value::from(s.as_str()),
         Some(Value::Number(n)) => Value::from(n.to_string()),
         _ => Value::from(random_uuid()),
     };
-    let controller = req.get("controller").and_then(Value::as_str).unwrap_or("");
-    let action = req.get("action").and_then(Value::as_str).unwrap_or("");
-    let (mut env, published) = match route(node, conn, controller, action, req) {
-        Ok((r, p)) => (Envelope::ok(r), p),
-        Err(e) => (Envelope::err(e), None),
-    };
-    env.request_id = request_id;
     env.controller = req.get("controller").cloned().unwrap_or(Value::Null);
     env.action = req.get("action").cloned().unwrap_or(Value::Null);
     env.index = req.get("index").cloned().unwrap_or(Value::Null);
     env.collection = req.get("collection").cloned().unwrap_or(Value::Null);
     env.volatile = req.get("volatile").cloned().unwrap_or(Value::Null);
-    (env, published)
+    env
+}
+
+/// The services `server:healthCheck` reports on.
+const SERVICES: [&str; 3] = ["internalCache", "memoryStorage", "storageEngine"];
+
+/// `server:healthCheck`: `{"status", "services": {name: colour}}` for every service, or only
+/// those `services` lists (comma-separated, as Kuzzle's `?services=internalCache,...`; unknown
+/// names are ignored); all green when the ready knob is on, all red and `Err` (503) when off.
+pub(crate) fn health_check(node: &Node, services: Option<&str>) -> Result<Value, (ApiError, Value)> {
+    let wanted = |name: &str| services.is_none_or(|list| list.split(',').any(|s| s.trim() == name));
+    let ready = node.is_ready();
+    let colour = if ready { "green" } else { "red" };
+    let listed: Map<String, Value> =
+        SERVICES.iter().filter(|s| wanted(s)).map(|s| ((*s).to_owned(), Value::from(colour))).collect();
+    let result = json!({"status": colour, "services": listed});
+    if ready {
+        Ok(result)
+    } else {
+        Err((ApiError::new(503, "api.process.unhealthy", "The node is not ready"), result))
+    }
 }
 
 type Routed = Result<(Value, Option<Published>), ApiError>;
@@ -218,13 +253,11 @@ fn route(node: &Node, conn: Option<ConnId>, controller: &str, action: &str, req:
         ("server", "info") => ok(server_info(node)),
         ("server", "publicApi") => ok(public_api()),
         ("server", "healthCheck") => {
-            if node.is_ready() {
-                ok(
-                    json!({"status": "green", "services": {"internalCache": "green", "memoryStorage": "green", "storageEngine": "green"}}),
-                )
-            } else {
-                Err(ApiError::new(503, "api.process.unhealthy", "The node is not ready"))
-            }
+            let services = match req.get("services") {
+                Some(Value::String(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            health_check(node, services).map(|r| (r, None)).map_err(|(e, _)| e)
         }
         // The SDK asks these on a reconnection when it believes it is logged in; the sim has only
         // the anonymous user.

@@ -45,6 +45,21 @@ struct Cli {
     /// `pub` (identity) published in the descriptor (default: tcp://<listen ip>:<port>).
     #[arg(long = "pub", value_name = "tcp://IP:PORT")]
     pub_addr: Option<String>,
+    /// Keep HTTP connections open between requests (benchmarks, pooling tests). Without it every
+    /// response says `Connection: close` and the connection closes, as real Kuzzle 2 does.
+    #[arg(long)]
+    keep_alive: bool,
+    /// On SIGTERM, how long new requests are answered 503 (api.process.shutting_down) before the
+    /// node closes its WebSockets and exits (real Kuzzle: about 0.1 to 3 s).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    shutdown_window: Duration,
+    /// How long after start GET /_ready answers 503 (Kuzzle's starting state).
+    #[arg(long, value_name = "DURATION", default_value = "0ms", value_parser = parse_duration)]
+    start_delay: Duration,
+    /// Run as NAME-NNNNN (random digits, new at every start), as real Kuzzle 2 picks a new node id
+    /// at every start; the ready line names it.
+    #[arg(long)]
+    fresh_id: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -76,12 +91,17 @@ impl Cli {
         cfg.error_percent = self.errors;
         cfg.advertise_http = self.advertise_http;
         cfg.pub_addr = self.pub_addr;
+        cfg.keep_alive = self.keep_alive;
+        cfg.shutdown_window = self.shutdown_window;
+        cfg.start_delay = self.start_delay;
+        cfg.fresh_id = self.fresh_id;
         (self.listen, cfg)
     }
 }
 
-/// Entry point of the `kuzzle-node-sim` binary: exit 0 after a clean leave on SIGTERM/SIGINT,
-/// 1 when the node cannot start, 2 on bad flags.
+/// Entry point of the `kuzzle-node-sim` binary: exit 0 after a graceful shutdown on
+/// SIGTERM/SIGINT (see [`crate::SimHandle::shutdown`]), 1 when the node cannot start, 2 on bad
+/// flags.
 pub fn cli_main() -> ExitCode {
     let cli = Cli::parse(); // prints clap's message and exits 2 on bad flags
     let (listen, cfg) = cli.into_config();
@@ -128,6 +148,8 @@ async fn run(listen: String, cfg: SimConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // With --fresh-id the node runs under a new name.
+    let name = handle.name().to_owned();
     {
         let mut out = std::io::stdout().lock();
         let printed = writeln!(out, "kuzzle-node-sim {name} listening on {}", handle.addr).and_then(|()| out.flush());
@@ -136,7 +158,7 @@ async fn run(listen: String, cfg: SimConfig) -> ExitCode {
         }
     }
     let why = signals.wait().await;
-    tracing::info!(node = %name, "{why}: leaving the cluster");
+    tracing::info!(node = %name, "caught {why}: graceful shutdown");
     handle.shutdown().await;
     tracing::debug!(node = %name, "stopped");
     ExitCode::SUCCESS
@@ -197,6 +219,11 @@ mod tests {
         assert!(cfg.ready && !cfg.kuzzle2 && cfg.redis.is_none() && !cfg.redis_cluster);
         assert_eq!(cfg.latency, Duration::ZERO);
         assert_eq!(cfg.error_percent, 0);
+        assert!(!cfg.keep_alive, "Connection: close by default, as Kuzzle 2");
+        assert_eq!(cfg.shutdown_window, Duration::from_secs(1));
+        assert_eq!(cfg.start_delay, Duration::ZERO);
+        assert!(!cfg.fresh_id);
+        assert_eq!(cfg.running_name(), "n1");
     }
 
     #[test]
@@ -220,6 +247,12 @@ mod tests {
             "http://10.0.0.1:7512",
             "--pub",
             "tcp://10.0.0.1:7511",
+            "--keep-alive",
+            "--shutdown-window",
+            "250ms",
+            "--start-delay",
+            "2s",
+            "--fresh-id",
         ])
         .unwrap();
         assert_eq!(cfg.redis.as_deref(), Some("redis://a:1,redis://b:2"));
@@ -229,6 +262,14 @@ mod tests {
         assert_eq!(cfg.error_percent, 30);
         assert_eq!(cfg.advertise_http.as_deref(), Some("http://10.0.0.1:7512"));
         assert_eq!(cfg.pub_addr.as_deref(), Some("tcp://10.0.0.1:7511"));
+        assert!(cfg.keep_alive);
+        assert_eq!(cfg.shutdown_window, Duration::from_millis(250));
+        assert_eq!(cfg.start_delay, Duration::from_secs(2));
+        assert!(cfg.fresh_id);
+        let (a, b) = (cfg.running_name(), cfg.running_name());
+        assert!(a.starts_with("n2-") && a.len() == "n2-".len() + 5, "{a}");
+        assert!(a[3..].bytes().all(|c| c.is_ascii_digit()), "{a}");
+        assert!(a != b || cfg.running_name() != a, "a new id at every start");
     }
 
     #[test]
@@ -240,6 +281,7 @@ mod tests {
             &["--listen", "x", "--name", "n", "--heartbeat", "soon"],
             &["--listen", "x", "--name", "n", "--redis", "redis://a", "--redis-cluster", "redis://b"],
             &["--listen", "x", "--name", "n", "--bogus"],
+            &["--listen", "x", "--name", "n", "--shutdown-window", "later"],
         ] {
             let e = parse(args).expect_err("must be refused");
             assert_eq!(e.exit_code(), 2, "{args:?}: {e}");

@@ -4,6 +4,9 @@ use std::time::Duration;
 
 use crate::SimError;
 
+/// Default of [`SimConfig::shutdown_window`] (and of `--shutdown-window`).
+pub const DEFAULT_SHUTDOWN_WINDOW: Duration = Duration::from_secs(1);
+
 /// Configuration of one simulated node. Build it with [`SimConfig::new`] and change fields.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -31,10 +34,26 @@ pub struct SimConfig {
     /// `pub` (and `router`) of the descriptor, the node's identity; default
     /// `tcp://<listen ip>:<listen port>`, unique per listen address (see `node::Identity`).
     pub pub_addr: Option<String>,
+    /// Keep HTTP connections open between requests. Off by default because real Kuzzle 2 sends
+    /// `Connection: close` on every HTTP response and closes; on for benchmarks and for tests about
+    /// a client's connection pooling.
+    pub keep_alive: bool,
+    /// How long a graceful shutdown keeps the node up answering new requests with Kuzzle's 503
+    /// `api.process.shutting_down` before it closes its WebSockets and stops (real Kuzzle: about
+    /// 0.1 to 3 s). Requests already in progress are waited for besides.
+    pub shutdown_window: Duration,
+    /// How long after start `GET /_ready` answers 503 (Kuzzle's "starting" state); the node serves
+    /// everything else meanwhile.
+    pub start_delay: Duration,
+    /// Append `-NNNNN` (random digits) to `name` at start: real Kuzzle 2 picks a new node id every
+    /// time it starts, so a restarted node is a new node (a new ID card) to its cluster and to a
+    /// gateway. Off by default: tests name their nodes.
+    pub fresh_id: bool,
 }
 
 impl SimConfig {
-    /// Defaults: no Redis, plugin mode, heartbeat 5 s, ready, no latency, no errors.
+    /// Defaults: no Redis, plugin mode, heartbeat 5 s, ready, no latency, no errors,
+    /// `Connection: close` on every response, a 1 s shutdown window, no start delay.
     pub fn new(name: impl Into<String>) -> Self {
         SimConfig {
             name: name.into(),
@@ -47,6 +66,19 @@ impl SimConfig {
             error_percent: 0,
             advertise_http: None,
             pub_addr: None,
+            keep_alive: false,
+            shutdown_window: DEFAULT_SHUTDOWN_WINDOW,
+            start_delay: Duration::ZERO,
+            fresh_id: false,
+        }
+    }
+
+    /// The name the node runs under: `name`, with a new `-NNNNN` each call when `fresh_id`.
+    pub(crate) fn running_name(&self) -> String {
+        if self.fresh_id {
+            format!("{}-{:05}", self.name, rand::random_range(0..100_000u32))
+        } else {
+            self.name.clone()
         }
     }
 

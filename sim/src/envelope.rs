@@ -2,26 +2,50 @@
 
 use serde_json::{json, Map, Value};
 
-/// A Kuzzle API error (`{"status", "message", "id"}` in the envelope's `error`).
+/// The body real Kuzzle 2.56 answers an HTTP request with while it shuts down, as measured
+/// (status 503): the status and the error alone, not a whole envelope.
+pub(crate) const HTTP_SHUTTING_DOWN: &str = r#"{"status":503,"error":{"id":"api.process.shutting_down","code":33685511,"message":"Rejected: this node is shutting down."}}"#;
+
+/// A Kuzzle API error (`{"status", "message", "id"}`, and `code` when set, in the envelope's
+/// `error`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ApiError {
     pub status: u16,
     pub message: String,
     /// Kuzzle 2's error identifier (e.g. `api.process.action_not_found`).
     pub id: &'static str,
+    /// Kuzzle 2's numeric error code (domain, subdomain, error), where the sim mimics one exactly.
+    pub code: Option<u32>,
 }
 
 impl ApiError {
     pub fn new(status: u16, id: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into(), id }
+        ApiError { status, message: message.into(), id, code: None }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(400, "api.assert.invalid_argument", message)
     }
 
+    /// What Kuzzle 2.56 answers a WebSocket request with while it shuts down: its network entry
+    /// point rejects the request before the API funnel sees it (`EntryPoint.execute`), with
+    /// `network.entrypoint.shutting_down` (0x03040003), in a whole response envelope, so an SDK
+    /// still matches it to its request.
+    pub fn ws_shutting_down() -> ApiError {
+        ApiError {
+            status: 503,
+            message: "Rejected: instance is shutting down".into(),
+            id: "network.entrypoint.shutting_down",
+            code: Some(0x0304_0003),
+        }
+    }
+
     pub fn to_value(&self) -> Value {
-        json!({"status": self.status, "message": self.message, "id": self.id})
+        let mut v = json!({"status": self.status, "message": self.message, "id": self.id});
+        if let (Some(code), Value::Object(m)) = (self.code, &mut v) {
+            m.insert("code".into(), Value::from(code));
+        }
+        v
     }
 }
 
@@ -77,5 +101,24 @@ impl Envelope {
 
     pub fn render(&self, node: &str) -> String {
         self.to_value(node).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutting_down_answers() {
+        // Kuzzle's codes are domain << 24 | subdomain << 16 | error: api (2), process (2), 7.
+        let http: Value = serde_json::from_str(HTTP_SHUTTING_DOWN).expect("JSON");
+        assert_eq!(http["status"], 503);
+        assert_eq!(http["error"]["code"], (2 << 24) | (2 << 16) | 7);
+        assert_eq!(http["error"]["id"], "api.process.shutting_down");
+        // network (3), entrypoint (4), 3.
+        let ws = ApiError::ws_shutting_down().to_value();
+        assert_eq!(ws["code"], (3 << 24) | (4 << 16) | 3);
+        assert_eq!(ws["status"], 503);
+        assert!(ApiError::bad_request("x").to_value().get("code").is_none(), "no code unless set");
     }
 }

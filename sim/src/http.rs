@@ -1,5 +1,6 @@
 //! The node's HTTP routes (Kuzzle's, the cluster plugin's, the `/_sim` knobs and test helpers),
-//! every answer in Kuzzle's envelope with `x-kuzzle-node` and `x-sim-path`.
+//! every answer in Kuzzle's envelope with `x-kuzzle-node`, `x-kuzzle-request-id` and `x-sim-path`,
+//! and, as Kuzzle 2, `Connection: close` (unless the node keeps connections alive).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -15,7 +16,10 @@ use serde_json::{json, Map, Value};
 use tokio_util::task::TaskTracker;
 
 use crate::api;
-use crate::envelope::{ApiError, Envelope};
+use crate::envelope::{ApiError, Envelope, HTTP_SHUTTING_DOWN};
+use crate::lifecycle::InFlight;
+use crate::stats::HealthRoute;
+use crate::util::random_uuid;
 use crate::ws::{self, WsContext};
 
 /// Boxed error of response bodies.
@@ -32,6 +36,7 @@ const API_BODY_LIMIT: usize = 1 << 20;
 const BYTES_CHUNK: usize = 64 << 10;
 
 static X_KUZZLE_NODE: HeaderName = HeaderName::from_static("x-kuzzle-node");
+static X_KUZZLE_REQUEST_ID: HeaderName = HeaderName::from_static("x-kuzzle-request-id");
 static X_SIM_PATH: HeaderName = HeaderName::from_static("x-sim-path");
 
 /// What every request of one connection needs.
@@ -41,25 +46,118 @@ pub(crate) struct HttpContext {
     pub tracker: TaskTracker,
 }
 
+/// Who answers one HTTP request: the node's name and the request's id, which every envelope
+/// carries (Kuzzle sets the HTTP envelope's `requestId` to the `X-Kuzzle-Request-Id` it sends).
+struct Answer<'a> {
+    node: &'a str,
+    request_id: &'a str,
+}
+
+impl Answer<'_> {
+    fn envelope(&self, mut env: Envelope) -> Response<RespBody> {
+        env.request_id = Value::from(self.request_id);
+        envelope(self.node, env)
+    }
+}
+
 /// The hyper service of one connection.
 pub(crate) async fn handle(mut req: Request<Incoming>, cx: HttpContext) -> Result<Response<RespBody>, Infallible> {
     let node = cx.ws.node.clone();
+    // Counted until the response body is sent whole: a graceful shutdown waits for it.
+    let flight = node.lifecycle.enter();
     let path_q = req.uri().path_and_query().map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
-    let mut resp = if ws::is_upgrade(&req) { upgrade(&mut req, &cx) } else { route(req, &cx, &path_q).await };
+    // As Kuzzle: the client's `X-Kuzzle-Request-Id` when it sends one, else a new id.
+    let request_id = req
+        .headers()
+        .get(&X_KUZZLE_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map_or_else(random_uuid, str::to_owned);
+    let health = health_route(req.method(), req.uri().path(), req.uri().query());
+    if let Some(h) = health {
+        node.stats.health_hit(h);
+    }
+    let is_stats = req.uri().path() == STATS_ROUTE;
+    if !is_stats {
+        node.stats.http_request();
+    }
+    let a = Answer { node: &node.name, request_id: &request_id };
+    let mut resp = if ws::is_upgrade(&req) {
+        upgrade(&mut req, &cx, &a)
+    } else if node.lifecycle.is_shutting_down() && rejected_while_shutting_down(req.method(), req.uri().path(), health)
+    {
+        drain(req.into_body()).await;
+        shutting_down()
+    } else {
+        route(req, &cx, &path_q, &a).await
+    };
+    let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&node.name) {
         h.insert(X_KUZZLE_NODE.clone(), v);
     }
+    // Kuzzle's own header; its 101 comes from uWebSockets and has none.
+    if let (false, Ok(v)) = (upgraded, HeaderValue::from_str(&request_id)) {
+        h.insert(X_KUZZLE_REQUEST_ID.clone(), v);
+    }
     if let Ok(v) = HeaderValue::from_str(&path_q) {
         h.insert(X_SIM_PATH.clone(), v);
     }
-    Ok(resp)
+    // Kuzzle 2 closes after every response (hyper closes once it has written one saying so); a
+    // node shutting down closes even kept-alive connections. A 101 is left alone: the connection
+    // becomes the WebSocket.
+    if !upgraded && (!node.keep_alive || node.lifecycle.is_shutting_down()) {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp.map(|body| InFlightBody { body, _flight: flight }.boxed_unsync()))
 }
 
-fn upgrade(req: &mut Request<Incoming>, cx: &HttpContext) -> Response<RespBody> {
+/// Whether a request arriving while the node shuts down is rejected with Kuzzle's 503. Kuzzle
+/// answers `/_ready` (503 then) and `/_healthcheck` without its API funnel, so they still answer;
+/// the sim's own control routes (knobs, stats) keep working for tests. Everything else, health
+/// checks through the API (`/_healthCheck`, the plugin's) included, is rejected.
+fn rejected_while_shutting_down(method: &Method, path: &str, health: Option<HealthRoute>) -> bool {
+    if matches!(health, Some(HealthRoute::Ready | HealthRoute::Liveness)) {
+        return false;
+    }
+    !matches!(
+        exempt_route(method, path, None),
+        Some(Ok(Exempt::Ready(_) | Exempt::Latency(_) | Exempt::Errors(_) | Exempt::Stats))
+    )
+}
+
+/// Kuzzle 2.56's answer to a request arriving while it shuts down (HTTP 503, the measured body).
+fn shutting_down() -> Response<RespBody> {
+    let mut resp = Response::new(full(Bytes::from_static(HTTP_SHUTTING_DOWN.as_bytes())));
+    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// Which health route a request is, if any (for the stats).
+fn health_route(method: &Method, path: &str, query: Option<&str>) -> Option<HealthRoute> {
+    if method != Method::GET && method != Method::HEAD {
+        return None;
+    }
+    match path {
+        "/_ready" => Some(HealthRoute::Ready),
+        "/_healthcheck" => Some(HealthRoute::Liveness),
+        "/_healthCheck" if services_arg(query).is_some() => Some(HealthRoute::HealthCheckServices),
+        "/_healthCheck" => Some(HealthRoute::HealthCheck),
+        "/_plugin/cluster/health" => Some(HealthRoute::PluginHealth),
+        _ => None,
+    }
+}
+
+/// The `services` argument of a query string (`?services=internalCache,memoryStorage`).
+fn services_arg(query: Option<&str>) -> Option<String> {
+    api::query_arg(query?, "services")
+}
+
+fn upgrade(req: &mut Request<Incoming>, cx: &HttpContext, a: &Answer<'_>) -> Response<RespBody> {
     let resp = match ws::handshake(req.headers()) {
         Ok(r) => r,
-        Err(e) => return envelope(&cx.ws.node.name, Envelope::err(e)),
+        Err(e) => return a.envelope(Envelope::err(e)),
     };
     let on_upgrade = hyper::upgrade::on(req);
     let wcx = cx.ws.clone();
@@ -76,21 +174,34 @@ fn upgrade(req: &mut Request<Incoming>, cx: &HttpContext) -> Response<RespBody> 
     resp.map(|()| empty())
 }
 
+/// The `/_sim` route with the node's counters.
+const STATS_ROUTE: &str = "/_sim/stats";
+
 /// Routes exempt from the latency and errors knobs.
 enum Exempt {
     PluginHealth,
-    HealthCheck,
+    /// `GET /_healthCheck`, with its `services` argument.
+    HealthCheck(Option<String>),
+    /// `GET /_ready`: readiness.
+    ReadyCheck,
+    /// `GET /_healthcheck`: liveness.
+    Liveness,
+    /// `GET /_sim/stats`.
+    Stats,
     Ready(bool),
     Latency(u64),
     Errors(u8),
 }
 
-fn exempt_route(method: &Method, path: &str) -> Option<Result<Exempt, ApiError>> {
+fn exempt_route(method: &Method, path: &str, query: Option<&str>) -> Option<Result<Exempt, ApiError>> {
     let get = method == Method::GET || method == Method::HEAD;
     let post = method == Method::POST || method == Method::PUT;
     match path {
         "/_plugin/cluster/health" if get => return Some(Ok(Exempt::PluginHealth)),
-        "/_healthCheck" if get => return Some(Ok(Exempt::HealthCheck)),
+        "/_healthCheck" if get => return Some(Ok(Exempt::HealthCheck(services_arg(query)))),
+        "/_ready" if get => return Some(Ok(Exempt::ReadyCheck)),
+        "/_healthcheck" if get => return Some(Ok(Exempt::Liveness)),
+        STATS_ROUTE if get => return Some(Ok(Exempt::Stats)),
         _ => {}
     }
     if !post {
@@ -117,19 +228,18 @@ fn exempt_route(method: &Method, path: &str) -> Option<Result<Exempt, ApiError>>
     Some(parsed)
 }
 
-async fn route(req: Request<Incoming>, cx: &HttpContext, path_q: &str) -> Response<RespBody> {
+async fn route(req: Request<Incoming>, cx: &HttpContext, path_q: &str, a: &Answer<'_>) -> Response<RespBody> {
     let node = &cx.ws.node;
-    let name = node.name.as_str();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
 
-    if let Some(ex) = exempt_route(&method, &path) {
+    if let Some(ex) = exempt_route(&method, &path, req.uri().query()) {
         let (parts, body) = req.into_parts();
         drop(parts);
         drain(body).await;
         let ex = match ex {
             Ok(ex) => ex,
-            Err(e) => return envelope(name, Envelope::err(e).route("sim", "knob")),
+            Err(e) => return a.envelope(Envelope::err(e).route("sim", "knob")),
         };
         return match ex {
             Exempt::PluginHealth => {
@@ -140,30 +250,37 @@ async fn route(req: Request<Incoming>, cx: &HttpContext, path_q: &str) -> Respon
                     e.result = json!("ko");
                     e
                 };
-                envelope(name, env.route("cluster", "health"))
+                a.envelope(env.route("cluster", "health"))
             }
-            Exempt::HealthCheck => {
-                let services = json!({"internalCache": "green", "memoryStorage": "green", "storageEngine": "green"});
-                let env = if node.is_ready() {
-                    Envelope::ok(json!({"status": "green", "services": services}))
-                } else {
-                    let mut e = Envelope::err(ApiError::new(503, "api.process.unhealthy", "The node is not ready"));
-                    e.result = json!({"status": "red", "services": services});
-                    e
+            Exempt::HealthCheck(services) => {
+                let env = match api::health_check(node, services.as_deref()) {
+                    Ok(result) => Envelope::ok(result),
+                    Err((error, result)) => {
+                        let mut e = Envelope::err(error);
+                        e.result = result;
+                        e
+                    }
                 };
-                envelope(name, env.route("server", "healthCheck"))
+                a.envelope(env.route("server", "healthCheck"))
             }
+            // Kuzzle answers both outside its API: a status, no error, no result.
+            Exempt::ReadyCheck => {
+                let status = if node.is_ready_for_traffic() { 200 } else { 503 };
+                a.envelope(Envelope { status, ..Envelope::default() })
+            }
+            Exempt::Liveness => a.envelope(Envelope { status: 200, ..Envelope::default() }),
+            Exempt::Stats => a.envelope(Envelope::ok(node.stats.to_json()).route("sim", "stats")),
             Exempt::Ready(r) => {
                 node.set_ready(r);
-                envelope(name, Envelope::ok(json!({"ready": r})).route("sim", "ready"))
+                a.envelope(Envelope::ok(json!({"ready": r})).route("sim", "ready"))
             }
             Exempt::Latency(ms) => {
                 node.set_latency(Duration::from_millis(ms));
-                envelope(name, Envelope::ok(json!({"latency": ms})).route("sim", "latency"))
+                a.envelope(Envelope::ok(json!({"latency": ms})).route("sim", "latency"))
             }
             Exempt::Errors(p) => {
                 node.set_error_percent(p);
-                envelope(name, Envelope::ok(json!({"errors": p})).route("sim", "errors"))
+                a.envelope(Envelope::ok(json!({"errors": p})).route("sim", "errors"))
             }
         };
     }
@@ -176,7 +293,7 @@ async fn route(req: Request<Incoming>, cx: &HttpContext, path_q: &str) -> Respon
     if pct > 0 && rand::random_range(0u8..100) < pct {
         drain(req.into_body()).await;
         let e = ApiError::new(500, "sim.errors_knob", format!("simulated error (errors knob at {pct}%)"));
-        return envelope(name, Envelope::err(e));
+        return a.envelope(Envelope::err(e));
     }
 
     let get = method == Method::GET || method == Method::HEAD;
@@ -191,36 +308,35 @@ async fn route(req: Request<Incoming>, cx: &HttpContext, path_q: &str) -> Respon
             let headers = headers_json(req.headers());
             let body_length = drain(req.into_body()).await;
             let result = json!({"method": method, "path": path_q, "headers": headers, "body_length": body_length});
-            envelope(name, Envelope::ok(result).route("sim", "request"))
+            a.envelope(Envelope::ok(result).route("sim", "request"))
         }
         "/_plugin/cluster/status" if get => {
             drain(req.into_body()).await;
-            envelope(name, Envelope::ok(node.status()).route("cluster", "status"))
+            a.envelope(Envelope::ok(node.status()).route("cluster", "status"))
         }
         _ => {
             if let (true, Some(n)) = (get, path.strip_prefix("/_sim/bytes/")) {
                 drain(req.into_body()).await;
                 return match n.parse::<u64>() {
                     Ok(n) => octets(RepeatBody { left: n }.boxed_unsync()),
-                    Err(_) => envelope(name, Envelope::err(ApiError::bad_request(format!("bad byte count {n:?}")))),
+                    Err(_) => a.envelope(Envelope::err(ApiError::bad_request(format!("bad byte count {n:?}")))),
                 };
             }
-            api_call(req, cx, &path).await
+            api_call(req, cx, &path, a).await
         }
     }
 }
 
 /// A Kuzzle API route (see `api`: the routes `server:publicApi` lists, and `POST /_query` whose
 /// body is the whole request), or Kuzzle's 404. A published document fans out as on a WebSocket.
-async fn api_call(req: Request<Incoming>, cx: &HttpContext, path: &str) -> Response<RespBody> {
-    let name = cx.ws.node.name.as_str();
+async fn api_call(req: Request<Incoming>, cx: &HttpContext, path: &str, a: &Answer<'_>) -> Response<RespBody> {
     // HEAD is GET without the body (hyper drops it).
     let verb = if req.method() == Method::HEAD { "GET".to_owned() } else { req.method().as_str().to_owned() };
     let generic = verb == "POST" && path == api::QUERY_ROUTE;
     if !generic && api::http_request(&verb, path, None, None, None).is_none() {
         drain(req.into_body()).await;
         let e = ApiError::new(404, "network.http.url_not_found", format!("API URL not found: {path}"));
-        return envelope(name, Envelope::err(e));
+        return a.envelope(Envelope::err(e));
     }
     let query = req.uri().query().map(str::to_owned);
     let volatile = match req.headers().get("x-kuzzle-volatile").map(|v| serde_json::from_slice::<Value>(v.as_bytes())) {
@@ -228,29 +344,29 @@ async fn api_call(req: Request<Incoming>, cx: &HttpContext, path: &str) -> Respo
         Some(Ok(v)) => Some(v),
         Some(Err(_)) => {
             drain(req.into_body()).await;
-            return envelope(name, Envelope::err(ApiError::bad_request("x-kuzzle-volatile is not JSON")));
+            return a.envelope(Envelope::err(ApiError::bad_request("x-kuzzle-volatile is not JSON")));
         }
     };
     let body = match read_json(req.into_body()).await {
         Ok(b) => b,
-        Err(e) => return envelope(name, Envelope::err(e)),
+        Err(e) => return a.envelope(Envelope::err(e)),
     };
     let request = if generic {
         match body {
             Some(b @ Value::Object(_)) => b,
-            _ => return envelope(name, Envelope::err(ApiError::bad_request("POST /_query needs a JSON object body"))),
+            _ => return a.envelope(Envelope::err(ApiError::bad_request("POST /_query needs a JSON object body"))),
         }
     } else {
         match api::http_request(&verb, path, query.as_deref(), body, volatile) {
             Some(r) => r,
-            None => return envelope(name, Envelope::err(ApiError::bad_request("route vanished"))),
+            None => return a.envelope(Envelope::err(ApiError::bad_request("route vanished"))),
         }
     };
     let (env, published) = api::handle(&cx.ws.node, None, &request);
     if let Some(doc) = published {
         cx.ws.fan_out(&doc);
     }
-    envelope(name, env)
+    a.envelope(env)
 }
 
 /// A request body as JSON: `None` when empty; at most [`API_BODY_LIMIT`] bytes.
@@ -298,15 +414,18 @@ async fn drain(mut body: Incoming) -> usize {
     n
 }
 
+fn full(bytes: Bytes) -> RespBody {
+    Full::new(bytes).map_err(|e: Infallible| -> BoxError { match e {} }).boxed_unsync()
+}
+
 fn empty() -> RespBody {
-    Full::new(Bytes::new()).map_err(|e: Infallible| -> BoxError { match e {} }).boxed_unsync()
+    full(Bytes::new())
 }
 
 fn envelope(node: &str, env: Envelope) -> Response<RespBody> {
     let status = StatusCode::from_u16(env.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let text = env.render(node);
-    let mut resp =
-        Response::new(Full::new(Bytes::from(text)).map_err(|e: Infallible| -> BoxError { match e {} }).boxed_unsync());
+    let mut resp = Response::new(full(Bytes::from(text)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -316,6 +435,29 @@ fn octets(body: RespBody) -> Response<RespBody> {
     let mut resp = Response::new(body);
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     resp
+}
+
+/// A response body holding its request's in-flight count until it is sent whole (or dropped).
+struct InFlightBody {
+    body: RespBody,
+    _flight: InFlight,
+}
+
+impl Body for InFlightBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// `n` bytes of 'x', in 64 KiB chunks, with no length announced (so chunked encoding).

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -12,7 +12,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::config::SimConfig;
+use crate::lifecycle::Lifecycle;
 use crate::realtime::Realtime;
+use crate::stats::Stats;
 use crate::util::{now_ms, random_uuid};
 
 /// Kuzzle version reported by `server:info` in plugin (Kuzzle 1.x) mode.
@@ -110,6 +112,14 @@ pub(crate) struct Node {
     pool: Mutex<HashMap<String, PoolEntry>>,
     /// Real-time rooms and the WebSocket connections subscribed to them.
     pub realtime: Realtime,
+    /// Keep HTTP connections open between requests (else `Connection: close`, as Kuzzle 2).
+    pub keep_alive: bool,
+    /// How long a graceful shutdown rejects new requests before the node stops.
+    pub shutdown_window: Duration,
+    /// Starting / serving / shutting down, and the HTTP requests in flight.
+    pub lifecycle: Arc<Lifecycle>,
+    /// Counters for tests (`/_sim/stats`).
+    pub stats: Stats,
 }
 
 impl Node {
@@ -127,7 +137,17 @@ impl Node {
             latency_ns: AtomicU64::new(duration_ns(cfg.latency)),
             error_percent: AtomicU8::new(cfg.error_percent.min(100)),
             pool: Mutex::new(HashMap::new()),
+            keep_alive: cfg.keep_alive,
+            shutdown_window: cfg.shutdown_window,
+            lifecycle: Arc::new(Lifecycle::new(cfg.start_delay)),
+            stats: Stats::default(),
         }
+    }
+
+    /// `GET /_ready` answers 200: the ready knob is on, and the node is neither starting nor
+    /// shutting down (as Kuzzle 2's: 200 only in its RUNNING state).
+    pub fn is_ready_for_traffic(&self) -> bool {
+        self.is_ready() && !self.lifecycle.is_starting() && !self.lifecycle.is_shutting_down()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -181,6 +181,23 @@ impl Realtime {
         }
     }
 
+    /// Every subscription of every connection goes, the connections stay: what Kuzzle does as it
+    /// begins shutting down (its hotel clerk clears them on `kuzzle:shutdown`).
+    pub fn clear_subscriptions(&self) {
+        if let Ok(mut g) = self.inner.lock() {
+            for (id, r) in g.rooms.drain() {
+                for conn in r.subs.keys() {
+                    self.report(|| RoomUpdate::Leave { room: r.reference(&id), conn: *conn });
+                }
+            }
+        }
+    }
+
+    /// Live WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.inner.lock().map_or(0, |g| g.conns.len())
+    }
+
     /// `realtime:subscribe`: returns (roomId, channel).
     pub fn subscribe(
         &self,
@@ -417,5 +434,39 @@ mod tests {
         rt.unregister(c2);
         assert_eq!(rt.count(&room).unwrap_err().status, 404);
         assert_eq!(rt.count(&room2).unwrap_err().status, 404);
+    }
+
+    #[test]
+    fn clear_subscriptions_keeps_connections_and_reports_each_leave() {
+        let rt = Realtime::new("n".into());
+        let left = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = left.clone();
+        rt.set_sink(move |u| {
+            if let RoomUpdate::Leave { conn, .. } = u {
+                seen.lock().unwrap().push(conn);
+            }
+        });
+        let (tx1, mut rx1) = mpsc::channel(8);
+        let (tx2, _rx2) = mpsc::channel(8);
+        let c1 = rt.register(tx1);
+        let c2 = rt.register(tx2);
+        let (room, _) = rt.subscribe(c1, "i", "c", &json!({}), &json!({})).unwrap();
+        rt.subscribe(c2, "i", "c", &json!({}), &json!({})).unwrap();
+        rt.subscribe(c2, "i", "d", &json!({}), &json!({})).unwrap();
+        rt.clear_subscriptions();
+        assert_eq!(rt.connections(), 2, "connections stay");
+        assert_eq!(rt.count(&room).unwrap_err().status, 404, "rooms go");
+        let mut l = left.lock().unwrap().clone();
+        l.sort_unstable();
+        assert_eq!(l, vec![c1, c2, c2]);
+        let doc = Published {
+            index: "i".into(),
+            collection: "c".into(),
+            body: json!({}),
+            volatile: Value::Null,
+            id: Value::Null,
+        };
+        assert_eq!(rt.dispatch(&doc), 0);
+        assert!(rx1.try_recv().is_err());
     }
 }

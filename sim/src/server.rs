@@ -1,4 +1,5 @@
-//! The node's accept loop and one task per connection (hyper http1, keep-alive, upgrades).
+//! The node's accept loop and one task per connection (hyper http1, upgrades; whether a
+//! connection serves more than one request is the `Connection` header's business, see `http`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,8 +24,14 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub fn new(node: Arc<Node>, publisher: Option<Publisher>, stop: CancellationToken, tracker: TaskTracker) -> Server {
-        Server { cx: HttpContext { ws: WsContext { node, publisher, stop }, tracker } }
+    pub fn new(
+        node: Arc<Node>,
+        publisher: Option<Publisher>,
+        stop: CancellationToken,
+        closing: CancellationToken,
+        tracker: TaskTracker,
+    ) -> Server {
+        Server { cx: HttpContext { ws: WsContext { node, publisher, stop, closing }, tracker } }
     }
 
     /// Accept until the node stops; the listener is dropped (closed) when this returns.
@@ -37,12 +44,15 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    self.cx.ws.node.stats.connection();
                     let _ = stream.set_nodelay(true);
                     let cx = self.cx.clone();
                     self.cx.tracker.spawn(async move {
                         let stop = cx.ws.stop.clone();
                         let name = cx.ws.node.name.clone();
                         let svc = service_fn(move |req| http::handle(req, cx.clone()));
+                        // Keep-alive stays on in hyper: a response carrying `Connection: close`
+                        // (every one, unless the node keeps connections) ends the connection.
                         let conn = http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
                         tokio::select! {
                             _ = stop.cancelled() => {}

@@ -10,7 +10,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
@@ -24,12 +25,25 @@ use crate::realtime::{ConnId, Published};
 /// Notifications queued for one connection before it counts as too slow and misses some.
 const NOTIFY_QUEUE: usize = 4096;
 
+/// How the end of a graceful shutdown ends the node's WebSocket sessions.
+///
+/// `None`: the TCP connection is closed with no WebSocket close frame. That is what Kuzzle 2.56
+/// does: its shutdown ends in `process.exit(0)` and nothing closes the sockets before (the
+/// client's WebSocket reports 1006, abnormal closure; the SDK reconnects). `Some((code, reason))`
+/// sends that close frame first, e.g. `Some((1001, "going away"))`.
+pub const SHUTDOWN_CLOSE: Option<(u16, &str)> = None;
+/// How long a session may take to send its shutdown close frame.
+const CLOSE_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What one session needs from its node.
 #[derive(Clone)]
 pub(crate) struct WsContext {
     pub node: Arc<Node>,
     pub publisher: Option<Publisher>,
+    /// Cancelled to stop every task of the node at once.
     pub stop: CancellationToken,
+    /// Cancelled at the end of a graceful shutdown: sessions end as [`SHUTDOWN_CLOSE`] says.
+    pub closing: CancellationToken,
 }
 
 impl WsContext {
@@ -93,6 +107,7 @@ pub(crate) async fn session(upgraded: hyper::upgrade::Upgraded, cx: WsContext) {
     let reg = Registration { node: cx.node.clone(), conn: cx.node.realtime.register(tx) };
     let conn = reg.conn;
     let (mut sink, mut stream) = ws.split();
+    cx.node.stats.websocket();
     tracing::debug!(node = %cx.node.name, conn, "websocket session open");
     loop {
         // Biased: queued notifications go out before the next request is read, so a client sees
@@ -100,6 +115,14 @@ pub(crate) async fn session(upgraded: hyper::upgrade::Upgraded, cx: WsContext) {
         let out = tokio::select! {
             biased;
             _ = cx.stop.cancelled() => break,
+            _ = cx.closing.cancelled() => {
+                if let Some((code, reason)) = SHUTDOWN_CLOSE {
+                    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+                    let sent = tokio::time::timeout(CLOSE_FRAME_TIMEOUT, sink.send(Message::Close(Some(frame))));
+                    let _ = tokio::select! { _ = cx.stop.cancelled() => Ok(Ok(())), r = sent => r };
+                }
+                break;
+            }
             note = notes.recv() => match note {
                 Some(text) => Message::Text(text),
                 None => break,
@@ -158,7 +181,12 @@ fn on_text(cx: &WsContext, conn: ConnId, text: &str) -> Option<Message> {
     if req.get("p").and_then(Value::as_i64) == Some(1) && req.get("controller").is_none() {
         return Some(Message::text(json!({"p": 2}).to_string()));
     }
-    let (mut env, published) = api::handle(&cx.node, Some(conn), &req);
+    // A node shutting down rejects every request (Kuzzle's entry point does, before its API).
+    let (mut env, published) = if cx.node.lifecycle.is_shutting_down() {
+        (api::reject(&req, ApiError::ws_shutting_down()), None)
+    } else {
+        api::handle(&cx.node, Some(conn), &req)
+    };
     // The SDKs match a WebSocket response on `room`, which Kuzzle sets to the requestId.
     env.room = Some(env.request_id.clone());
     let msg = Message::text(env.render(&cx.node.name));

@@ -62,15 +62,14 @@ async fn routes_envelopes_and_headers() {
     assert_eq!(get(a, "/_now?x=%41").await.header("x-sim-path"), Some("/_now?x=%41"));
 
     // What the node received: method, path with query, lowercase headers (repeats as arrays).
-    let mut c = Client::connect(a).await;
-    let r = c
-        .send(
-            "PUT",
-            "/_sim/request?q=1",
-            &[("X-Forwarded-For", "10.1.1.1"), ("x-two", "a"), ("x-two", "b")],
-            Bytes::from_static(b"12345"),
-        )
-        .await;
+    let r = request(
+        a,
+        "PUT",
+        "/_sim/request?q=1",
+        &[("X-Forwarded-For", "10.1.1.1"), ("x-two", "a"), ("x-two", "b")],
+        Bytes::from_static(b"12345"),
+    )
+    .await;
     let v = assert_envelope(&r, "node_a", 200);
     let seen = &v["result"];
     assert_eq!(seen["method"], "PUT");
@@ -80,10 +79,86 @@ async fn routes_envelopes_and_headers() {
     assert_eq!(seen["headers"]["host"], a.to_string());
     assert_eq!(seen["body_length"], 5);
 
-    // Keep-alive: the same connection serves more requests.
-    for _ in 0..3 {
-        assert_eq!(c.send("GET", "/_now", &[], Bytes::new()).await.status, 200);
+    // As Kuzzle: a request id per request, in the X-Kuzzle-Request-Id header and the envelope
+    // (the client's own when it sends one).
+    let r = get(a, "/_now").await;
+    let id = r.header("x-kuzzle-request-id").expect("x-kuzzle-request-id").to_owned();
+    assert_eq!(id.len(), 36, "uuid-like: {id}");
+    assert_eq!(r.json()["requestId"], id.as_str());
+    assert_ne!(get(a, "/_now").await.header("x-kuzzle-request-id"), Some(id.as_str()), "one per request");
+    let r = request(a, "GET", "/_now", &[("x-kuzzle-request-id", "mine-1")], Bytes::new()).await;
+    assert_eq!(r.header("x-kuzzle-request-id"), Some("mine-1"));
+    assert_eq!(r.json()["requestId"], "mine-1");
+    s.shutdown().await;
+}
+
+/// Raw HTTP/1.1 exchange on one connection: everything the node sent until it closed (or `T`).
+async fn exchange(a: std::net::SocketAddr, bytes: &[u8]) -> (String, bool) {
+    raw_until(a, bytes, T).await
+}
+
+/// Like real Kuzzle 2: `Connection: close` on every response, then the connection closes; a
+/// second request pipelined on the same connection gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_closes_after_every_response() {
+    let s = sim(SimConfig::new("closer")).await;
+    let a = s.addr;
+    for path in ["/_now", "/_healthCheck", "/no/such/route", "/_sim/bytes/10"] {
+        let (text, closed) = exchange(a, format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await;
+        assert!(closed, "{path}: the node did not close the connection:\n{text}");
+        assert!(text.starts_with("HTTP/1.1 "), "{path}: {text}");
+        assert!(text.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{path}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{path}: {text}");
     }
+    // Even when the client asks for keep-alive.
+    let (text, closed) = exchange(a, b"GET /_now HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n").await;
+    assert!(closed && text.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{text}");
+    // Two requests pipelined: one answer, then the connection closes.
+    let (text, closed) =
+        exchange(a, b"GET /_now HTTP/1.1\r\nHost: x\r\n\r\nGET /_serverInfo HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(closed, "{text}");
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "the pipelined request was answered: {text}");
+    assert!(text.contains("\"now\""), "{text}");
+    // A client holding the connection sees it end after its first answer.
+    let mut c = Client::connect(a).await;
+    assert_eq!(c.send("GET", "/_now", &[], Bytes::new()).await.header("connection"), Some("close"));
+    assert!(c.try_send("GET", "/_now", &[], Bytes::new()).await.is_err(), "second request on a closed connection");
+    // A WebSocket upgrade is unaffected.
+    let mut w = ws(a, "/").await;
+    assert_eq!(ws_node(&mut w, "u1").await, "closer");
+    assert_eq!(ws_node(&mut w, "u2").await, "closer");
+    let stats = get(a, "/_sim/stats").await.json();
+    // 4 paths + keep-alive asked + pipelined + held client + WebSocket + this one.
+    assert_eq!(stats["result"]["connections"], 9, "one connection per request: {stats}");
+    assert_eq!(stats["result"]["http_requests"], 8, "the pipelined request was never read: {stats}");
+    s.shutdown().await;
+}
+
+/// With the keep-alive switch: no `Connection: close`, one connection serves many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_switch_keeps_connections() {
+    let mut cfg = SimConfig::new("keeper");
+    cfg.keep_alive = true;
+    let s = sim(cfg).await;
+    let a = s.addr;
+    let mut c = Client::connect(a).await;
+    for _ in 0..3 {
+        let r = c.send("GET", "/_now", &[], Bytes::new()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), None);
+    }
+    let (text, closed) = raw_until(
+        a,
+        b"GET /_now HTTP/1.1\r\nHost: x\r\n\r\nGET /_serverInfo HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(!closed, "the connection stays open: {text}");
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "both pipelined requests answered: {text}");
+    // A client asking to close still gets its way.
+    let (text, closed) = exchange(a, b"GET /_now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert!(closed, "{text}");
+    assert_eq!(s.stats()["connections"], 3, "{}", s.stats());
     s.shutdown().await;
 }
 
@@ -139,9 +214,8 @@ async fn knobs_ready_latency_errors() {
     // About half with 50 %.
     s.set_error_percent(50);
     let mut errors = 0;
-    let mut c = Client::connect(a).await;
     for _ in 0..200 {
-        if c.send("GET", "/_now", &[], Bytes::new()).await.status == 500 {
+        if get(a, "/_now").await.status == 500 {
             errors += 1;
         }
     }
@@ -159,22 +233,21 @@ async fn echo_and_bytes_stream() {
     let payload: Bytes = (0..MIB).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
 
     // 1 MiB with a length, echoed as octets.
-    let mut c = Client::connect(a).await;
-    let r = c.send("POST", "/_sim/echo", &[("content-type", "application/octet-stream")], payload.clone()).await;
+    let r = request(a, "POST", "/_sim/echo", &[("content-type", "application/octet-stream")], payload.clone()).await;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/octet-stream"));
     assert_eq!(r.header("x-kuzzle-node"), Some("streams"));
     assert!(r.body == payload, "echoed body differs ({} bytes)", r.body.len());
 
     // 1 MiB generated, chunked.
-    let r = c.send("GET", "/_sim/bytes/1048576", &[], Bytes::new()).await;
+    let r = get(a, "/_sim/bytes/1048576").await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), MIB);
     assert!(r.body.iter().all(|b| *b == b'x'));
     assert!(r.headers.get("content-length").is_none());
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-    assert_eq!(c.send("GET", "/_sim/bytes/0", &[], Bytes::new()).await.body.len(), 0);
-    assert_eq!(c.send("GET", "/_sim/bytes/lots", &[], Bytes::new()).await.status, 400);
+    assert_eq!(get(a, "/_sim/bytes/0").await.body.len(), 0);
+    assert_eq!(get(a, "/_sim/bytes/lots").await.status, 400);
 
     // Chunked request: the echo starts while the request is still open (no whole-body buffer).
     let (tx, rx) = mpsc::channel::<Bytes>(4);
@@ -209,7 +282,11 @@ async fn echo_and_bytes_stream() {
 async fn kill_and_shutdown_stop_serving() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     for kill in [true, false] {
-        let s = sim(SimConfig::new("stopper")).await;
+        // A node keeping connections, so that one is still open when the node stops.
+        let mut cfg = SimConfig::new("stopper");
+        cfg.keep_alive = true;
+        cfg.shutdown_window = Duration::from_millis(100);
+        let s = sim(cfg).await;
         let a = s.addr;
         // A keep-alive connection held open across the stop is cut too.
         let mut held = tokio::net::TcpStream::connect(a).await.expect("connect");
@@ -235,7 +312,6 @@ async fn kill_and_shutdown_stop_serving() {
 async fn kuzzle_api_over_http() {
     let s = sim(SimConfig::new("api")).await;
     let a = s.addr;
-    let mut c = Client::connect(a).await;
     let post = |body: &str| Bytes::from(body.to_owned());
 
     let api = assert_envelope(&get(a, "/_publicApi").await, "api", 200);
@@ -245,15 +321,23 @@ async fn kuzzle_api_over_http() {
     assert_eq!(v["result"]["serverInfo"]["kuzzle"]["api"]["routes"], api["result"], "server:info lists the API too");
 
     let v = assert_envelope(
-        &c.send("POST", "/_query", &[], post(r#"{"controller":"server","action":"now","requestId":"q1"}"#)).await,
+        &request(
+            a,
+            "POST",
+            "/_query",
+            &[("x-kuzzle-request-id", "q1")],
+            post(r#"{"controller":"server","action":"now","requestId":"ignored"}"#),
+        )
+        .await,
         "api",
         200,
     );
-    assert_eq!(v["requestId"], "q1");
+    assert_eq!(v["requestId"], "q1", "over HTTP, Kuzzle's envelope carries the X-Kuzzle-Request-Id");
     assert!(v["result"]["now"].is_u64(), "{v}");
-    assert_envelope(&c.send("POST", "/_query", &[], post("[1]")).await, "api", 400);
+    assert_envelope(&request(a, "POST", "/_query", &[], post("[1]")).await, "api", 400);
     let v = assert_envelope(
-        &c.send(
+        &request(
+            a,
             "POST",
             "/_query",
             &[],
@@ -268,7 +352,8 @@ async fn kuzzle_api_over_http() {
     let mut w = ws(a, "/").await;
     let (_, channel) = subscribe(&mut w, "i", "c", json!({}), "s1").await;
     let v = assert_envelope(
-        &c.send("POST", "/i/c/_publish?_id=d%201", &[("x-kuzzle-volatile", r#"{"v":1}"#)], post(r#"{"k":1}"#)).await,
+        &request(a, "POST", "/i/c/_publish?_id=d%201", &[("x-kuzzle-volatile", r#"{"v":1}"#)], post(r#"{"k":1}"#))
+            .await,
         "api",
         200,
     );
@@ -279,9 +364,9 @@ async fn kuzzle_api_over_http() {
     assert_eq!(n["volatile"], json!({"v": 1}));
 
     // Bad input is a Kuzzle error envelope; a route with the wrong verb is not found.
-    assert_envelope(&c.send("POST", "/i/c/_publish", &[], post("not json")).await, "api", 400);
-    assert_envelope(&c.send("POST", "/i/c/_publish", &[], Bytes::new()).await, "api", 400);
-    assert_envelope(&c.send("POST", "/i/c/_publish", &[("x-kuzzle-volatile", "{")], post("{}")).await, "api", 400);
+    assert_envelope(&request(a, "POST", "/i/c/_publish", &[], post("not json")).await, "api", 400);
+    assert_envelope(&request(a, "POST", "/i/c/_publish", &[], Bytes::new()).await, "api", 400);
+    assert_envelope(&request(a, "POST", "/i/c/_publish", &[("x-kuzzle-volatile", "{")], post("{}")).await, "api", 400);
     let v = assert_envelope(&get(a, "/i/c/_publish").await, "api", 404);
     assert_eq!(v["error"]["id"], "network.http.url_not_found");
     s.shutdown().await;

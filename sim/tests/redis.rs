@@ -317,6 +317,30 @@ async fn shared_realtime_state() {
     assert_eq!(room_count(&mut conn, &other_key).await, Some(1));
 }
 
+/// As real Kuzzle 2, a node started with `fresh_id` has a new id, and ID card, at every start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuzzle2_fresh_id_per_start() {
+    let r = RedisServer::start();
+    let mut conn = r.conn().await;
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut c = cfg("knode-fresh", &r);
+        c.kuzzle2 = true;
+        c.fresh_id = true;
+        let n = sim(c).await;
+        let id = n.name().to_owned();
+        assert!(id.starts_with("knode-fresh-") && id.len() == "knode-fresh-".len() + 5, "{id}");
+        let card: Option<String> = conn.get(format!("{{cluster/node}}/{id}")).await.expect("GET card");
+        let card: Value = serde_json::from_str(&card.expect("ID card under the new id")).expect("card JSON");
+        assert_eq!(card["id"], id.as_str());
+        assert_eq!(get(n.addr, "/_now").await.header("x-kuzzle-node"), Some(id.as_str()));
+        ids.push(id);
+        n.kill();
+    }
+    // Two starts under the same name; a clash of the 5 random digits is a 1-in-100,000 chance.
+    assert_ne!(ids[0], ids[1], "a new id at every start");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kuzzle2_id_card() {
     let r = RedisServer::start();

@@ -36,6 +36,63 @@ pub struct Member {
     pub up_seen: bool,
 }
 
+/// A member as a binary upgrade hands it to the new process (its clock readings stay behind: a
+/// heartbeating member gets a full `heartbeat_timeout` from the new process's connection).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MemberState {
+    /// Identity in Redis (`pub` address, discovery member or ID card key).
+    pub key: String,
+    /// Node name (URL prefix).
+    pub name: String,
+    /// HTTP address.
+    pub addr: std::net::SocketAddr,
+    /// Which source announced it.
+    pub origin: Origin,
+    /// Said ready in Redis (status page only).
+    pub ready: bool,
+    /// Heard on pub/sub: the heartbeat timeout applies.
+    pub heartbeats: bool,
+    /// Epoch milliseconds of the last heartbeat (status page).
+    pub last_seen_ms: Option<u64>,
+    /// Epoch milliseconds of the join.
+    pub joined_ms: u64,
+    /// Has been UP since it joined.
+    pub up_seen: bool,
+}
+
+impl Member {
+    /// What a binary upgrade hands over.
+    pub fn export(&self) -> MemberState {
+        MemberState {
+            key: self.key.clone(),
+            name: self.name.clone(),
+            addr: self.addr,
+            origin: self.origin,
+            ready: self.ready,
+            heartbeats: self.heartbeats,
+            last_seen_ms: self.last_seen_ms,
+            joined_ms: self.joined_ms,
+            up_seen: self.up_seen,
+        }
+    }
+
+    /// A member handed over by the old process.
+    pub fn restore(s: MemberState) -> Member {
+        Member {
+            key: s.key,
+            name: s.name,
+            addr: s.addr,
+            origin: s.origin,
+            ready: s.ready,
+            last_seen: None,
+            last_seen_ms: s.last_seen_ms,
+            heartbeats: s.heartbeats,
+            joined_ms: s.joined_ms,
+            up_seen: s.up_seen,
+        }
+    }
+}
+
 /// A node that left, for the status page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Gone {
@@ -135,6 +192,14 @@ impl Table {
             return Some(Reject::JoinRate(self.limits.rate));
         }
         None
+    }
+
+    /// Members handed over by the old process on a binary upgrade (the registry got the same
+    /// nodes): Redis confirms them as it is read, and what it no longer has leaves as usual.
+    pub fn restore(&mut self, members: Vec<MemberState>) {
+        for m in members {
+            self.members.insert(m.key.clone(), Member::restore(m));
+        }
     }
 
     /// A membership source was turned off (or `[cluster]` removed): its nodes leave.
@@ -511,6 +576,33 @@ mod tests {
         net.flush();
         assert!(t.members.is_empty());
         assert!(dynamic_names(&net, Origin::Plugin).is_empty() && dynamic_names(&net, Origin::Kuzzle2).is_empty());
+    }
+
+    #[test]
+    fn handed_over_members_are_confirmed_by_redis_or_leave() {
+        let (mut old_net, mut old) = setup();
+        let now = Instant::now();
+        old.on_cards(&mut old_net.out, vec![cand("{cluster/node}/k1", "k1", 2, None)], true, now);
+        old.on_message(&mut old_net.out, Kind::Ready, cand("p1", "a", 1, Some(true)), now);
+        old_net.flush();
+        let mut handed: Vec<MemberState> = old.members.values().map(Member::export).collect();
+        handed.sort_by(|a, b| a.key.cmp(&b.key));
+        let json = serde_json::to_string(&handed).expect("json");
+
+        let (mut net, mut t) = setup();
+        t.restore(serde_json::from_str(&json).expect("back"));
+        assert_eq!(t.members.len(), 2);
+        // The same card again: no join, no change for the registry.
+        t.on_cards(&mut net.out, vec![cand("{cluster/node}/k1", "k1", 2, None)], true, now);
+        assert!(net.out.is_empty(), "a confirmed member changes nothing: {:?}", net.out);
+        assert_eq!(t.metrics.joins.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // The heartbeating member gets a full timeout from the new connection, then leaves.
+        let since = now + Duration::from_secs(1);
+        t.expire(&mut net.out, Duration::from_secs(10), since, now + Duration::from_secs(10));
+        assert!(t.members.contains_key("p1"));
+        t.expire(&mut net.out, Duration::from_secs(10), since, now + Duration::from_secs(11));
+        assert!(!t.members.contains_key("p1"));
+        assert!(matches!(net.out.as_slice(), [Change::Remove(n)] if n == "a"), "{:?}", net.out);
     }
 
     #[test]

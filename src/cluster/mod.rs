@@ -19,12 +19,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use self::conn::{CallError, Commands, Subscription, Target};
-use self::membership::Table;
+use self::membership::{MemberState, Table};
 use self::message::{Reject, Rules, DISCOVERY_KEY, K2_INDEX_KEY, ROOM_HEARTBEAT, ROOM_READY, ROOM_REMOVE};
 use crate::config::{ClusterSection, Config};
 use crate::core::backend::{Membership, Origin};
 use crate::core::registry::Change;
-use crate::core::{Core, Lifecycle};
+use crate::core::{Core, Gate, Lifecycle};
 use crate::util::epoch_ms;
 
 /// Prefix of Kuzzle 2 ID card keys (and their hash tag).
@@ -114,8 +114,14 @@ impl ClusterMetrics {
 /// Per-gateway membership state, shared by the membership task and the ops handlers (status,
 /// reset, metrics).
 pub struct ClusterState {
+    /// Counters for /metrics and the status page.
     pub metrics: Arc<ClusterMetrics>,
+    /// Opened once Redis was read the first time (every source of `[cluster]`) and what it held
+    /// applied to the core: a starting gateway waits for it before it takes clients.
+    pub synced: Gate,
+    /// The members known from Redis (written by the membership task, read by ops).
     table: Mutex<Table>,
+    /// The Redis connection in use, for status and reset.
     link: Mutex<Link>,
     /// Epoch second of the last drop warning, and drops not logged since (log rate limit).
     last_warn: AtomicU64,
@@ -132,11 +138,12 @@ struct Link {
 }
 
 impl ClusterState {
-    fn new(own: OwnAddrs) -> ClusterState {
+    pub(crate) fn new(own: OwnAddrs) -> ClusterState {
         let metrics = Arc::new(ClusterMetrics::default());
         ClusterState {
             table: Mutex::new(Table::new(metrics.clone()).with_own(own)),
             metrics,
+            synced: Gate::closed(),
             link: Mutex::new(Link::default()),
             last_warn: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
@@ -158,6 +165,11 @@ impl ClusterState {
     fn error(&self, e: &CallError) {
         self.metrics.errors.fetch_add(1, Ordering::Relaxed);
         crate::util::lock(&self.link).last_error = Some(e.to_string());
+    }
+
+    /// The members to hand to a new process (binary upgrade).
+    pub fn export(&self) -> Vec<MemberState> {
+        crate::util::lock(&self.table).members.values().map(membership::Member::export).collect()
     }
 }
 
@@ -199,14 +211,17 @@ impl Ctx {
 
 /// Start the membership task (it idles while no `[cluster]` is configured and follows reloads
 /// through the settings watch); returns the state the ops handlers read.
-/// `own` lists the gateway's listener addresses (nodes announced there are refused).
+/// `own` lists the gateway's listener addresses (nodes announced there are refused); `handed`
+/// are the members an old process handed over on a binary upgrade (the core has their nodes).
 pub fn start(
     core: Arc<Core>,
     settings: watch::Receiver<Arc<Config>>,
     own: OwnAddrs,
+    handed: Vec<MemberState>,
     life: &Lifecycle,
 ) -> Arc<ClusterState> {
     let st = Arc::new(ClusterState::new(own));
+    crate::util::lock(&st.table).restore(handed);
     let ctx = Ctx { core, settings, stop: life.shutdown.clone(), st: st.clone() };
     life.background.spawn(run(ctx));
     st
@@ -345,6 +360,8 @@ async fn session(ctx: &mut Ctx, c: &ClusterSection, target: &Target, cmds: &Comm
     if let Err(e) = poll(ctx, c, cmds, &rules, false).await {
         return End::Lost(e);
     }
+    // What Redis holds is in the core now (its checkers started): a starting gateway may go on.
+    st.synced.open();
     *backoff = BACKOFF_MIN;
     st.metrics.connects.fetch_add(1, Ordering::Relaxed);
     st.metrics.connected.store(1, Ordering::Relaxed);

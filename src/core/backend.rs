@@ -88,7 +88,7 @@ pub enum Membership {
 }
 
 /// How a node came to be known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// A `[[node]]` of the configuration file.
@@ -127,6 +127,11 @@ pub struct Backend {
     idle: Pools,
     /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
     pub tls: Option<crate::tls::upstream::NodeTls>,
+    /// WebSocket rebalancing: draws that close some of this node's tunnels (`[fleet]`).
+    pub shed: super::shed::Shed,
+    /// Tunnels the other gateways of the fleet hold on this node, as of their last heartbeats
+    /// (`[fleet]`; 0 without): leastconn counts them, so gateways do not all pick the same node.
+    remote: AtomicU64,
 }
 
 impl std::fmt::Debug for Backend {
@@ -143,7 +148,10 @@ impl Backend {
         counters: Arc<NodeCounters>,
         initially_up: bool,
     ) -> Self {
+        let kill = CancellationToken::new();
         Backend {
+            shed: super::shed::Shed::new(&kill),
+            remote: AtomicU64::new(0),
             name_value: http::HeaderValue::from_str(&name).ok(),
             name,
             addr,
@@ -155,7 +163,7 @@ impl Backend {
             admin_since: AtomicU64::new(0),
             membership: AtomicU8::new(Membership::Active as u8),
             active: AtomicU64::new(0),
-            tunnel_kill: ArcSwap::from_pointee(CancellationToken::new()),
+            tunnel_kill: ArcSwap::from_pointee(kill),
             tasks: CancellationToken::new(),
             idle: Pools::new(),
             tls: None,
@@ -187,6 +195,11 @@ impl Backend {
         if s == AdminState::Maint && old != AdminState::Maint {
             self.kill_tunnels();
         }
+    }
+
+    /// When the operator state was set, as the old process recorded it (binary upgrade).
+    pub fn restore_admin_since(&self, epoch: u64) {
+        self.admin_since.store(epoch, Ordering::Relaxed);
     }
 
     /// Epoch seconds of the last operator state change (0: never changed).
@@ -258,8 +271,34 @@ impl Backend {
 
     /// Close every tunnel currently open on this node (with a 1001 close frame for WebSockets).
     pub fn kill_tunnels(&self) {
-        let old = self.tunnel_kill.swap(Arc::new(CancellationToken::new()));
+        let new = Arc::new(CancellationToken::new());
+        let old = self.tunnel_kill.swap(new.clone());
+        self.shed.rebase(&new);
         old.cancel();
+    }
+
+    /// Ask `n` of this node's tunnels opened before `before_ms` (epoch ms) to close with 1012
+    /// (WebSocket rebalancing); see [`super::shed::Shed`].
+    pub fn draw_tunnels(&self, n: u64, before_ms: u64) {
+        self.shed.draw(n, before_ms, &self.tunnel_kill.load());
+    }
+
+    /// Tunnels the rest of the fleet holds on this node (last heartbeats).
+    #[inline]
+    pub fn remote(&self) -> u64 {
+        self.remote.load(Ordering::Relaxed)
+    }
+
+    /// Set by the fleet task after each heartbeat it reads.
+    pub fn set_remote(&self, n: u64) {
+        self.remote.store(n, Ordering::Relaxed);
+    }
+
+    /// What leastconn compares: this gateway's open requests and tunnels on the node, plus the
+    /// tunnels the rest of the fleet holds there.
+    #[inline]
+    pub fn load(&self) -> u64 {
+        self.active() + self.remote()
     }
 
     /// An idle pooled connection of this worker that is ready now, if any (no await: the common

@@ -143,7 +143,80 @@ impl HealthCarry {
     }
 }
 
+/// A node's monotonic counters as a binary upgrade hands them over (what is open now, rates
+/// and the carried health history stay with each process).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeTotals {
+    /// smax
+    pub max_active: u64,
+    /// stot
+    pub sessions_total: u64,
+    /// Tunnels opened so far.
+    pub tunnels_total: u64,
+    /// Bytes from clients to the node.
+    pub bytes_in: u64,
+    /// Bytes from the node to clients.
+    pub bytes_out: u64,
+    /// econ
+    pub connect_errors: u64,
+    /// eresp
+    pub response_errors: u64,
+    /// wretr
+    pub retries: u64,
+    /// wredis
+    pub redispatches: u64,
+    /// Responses by class (1xx .. 5xx, other).
+    pub responses: [u64; 6],
+    /// Epoch seconds of the last request sent to it.
+    pub last_session: u64,
+}
+
+/// Add the old process's counts to the six classes (a new process continuing them).
+fn restore_classes(c: &StatusClasses, v: &[u64; 6]) {
+    for (a, v) in c.0.iter().zip(v) {
+        a.fetch_add(*v, Ordering::Relaxed);
+    }
+}
+
 impl NodeCounters {
+    /// The totals to hand over.
+    pub fn totals(&self) -> NodeTotals {
+        NodeTotals {
+            max_active: get(&self.max_active),
+            sessions_total: get(&self.sessions_total),
+            tunnels_total: get(&self.tunnels_total),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            connect_errors: get(&self.connect_errors),
+            response_errors: get(&self.response_errors),
+            retries: get(&self.retries),
+            redispatches: get(&self.redispatches),
+            responses: self.responses.all(),
+            last_session: get(&self.last_session),
+        }
+    }
+
+    /// Counters continuing from the old process's totals.
+    pub fn from_totals(t: &NodeTotals) -> NodeCounters {
+        let c = NodeCounters::default();
+        for (a, v) in [
+            (&c.max_active, t.max_active),
+            (&c.sessions_total, t.sessions_total),
+            (&c.tunnels_total, t.tunnels_total),
+            (&c.bytes_in, t.bytes_in),
+            (&c.bytes_out, t.bytes_out),
+            (&c.connect_errors, t.connect_errors),
+            (&c.response_errors, t.response_errors),
+            (&c.retries, t.retries),
+            (&c.redispatches, t.redispatches),
+            (&c.last_session, t.last_session),
+        ] {
+            a.store(v, Ordering::Relaxed);
+        }
+        restore_classes(&c.responses, &t.responses);
+        c
+    }
+
     pub fn session_started(&self, active_now: u64) {
         self.sessions_total.fetch_add(1, Ordering::Relaxed);
         self.max_active.fetch_max(active_now, Ordering::Relaxed);
@@ -217,7 +290,58 @@ impl FrontendCounters {
     }
 }
 
+/// The client side's monotonic counters as a binary upgrade hands them over.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrontendTotals {
+    /// Highest number of client connections at once.
+    pub max_connections: u64,
+    /// Client connections accepted so far.
+    pub connections_total: u64,
+    /// Requests so far.
+    pub requests_total: u64,
+    /// Tunnels opened so far.
+    pub tunnels_total: u64,
+    /// Bytes from clients.
+    pub bytes_in: u64,
+    /// Bytes to clients.
+    pub bytes_out: u64,
+    /// Requests the gateway refused or failed itself.
+    pub request_errors: u64,
+    /// Responses by class (1xx .. 5xx, other).
+    pub responses: [u64; 6],
+}
+
 impl FrontendCounters {
+    /// The totals to hand over.
+    pub fn totals(&self) -> FrontendTotals {
+        FrontendTotals {
+            max_connections: get(&self.max_connections),
+            connections_total: get(&self.connections_total),
+            requests_total: get(&self.requests_total),
+            tunnels_total: get(&self.tunnels_total),
+            bytes_in: get(&self.bytes_in),
+            bytes_out: get(&self.bytes_out),
+            request_errors: get(&self.request_errors),
+            responses: self.responses.all(),
+        }
+    }
+
+    /// Continue from the old process's totals (added to what this one counted so far).
+    pub fn restore(&self, t: &FrontendTotals) {
+        self.max_connections.fetch_max(t.max_connections, Ordering::Relaxed);
+        for (a, v) in [
+            (&self.connections_total, t.connections_total),
+            (&self.requests_total, t.requests_total),
+            (&self.tunnels_total, t.tunnels_total),
+            (&self.bytes_in, t.bytes_in),
+            (&self.bytes_out, t.bytes_out),
+            (&self.request_errors, t.request_errors),
+        ] {
+            a.fetch_add(v, Ordering::Relaxed);
+        }
+        restore_classes(&self.responses, &t.responses);
+    }
+
     pub fn connection_opened(&self) {
         let now = self.connections.fetch_add(1, Ordering::Relaxed) + 1;
         self.max_connections.fetch_max(now, Ordering::Relaxed);
@@ -250,6 +374,27 @@ mod tests {
         // The node left and came back: a new backend starts from zero.
         assert_eq!(c.totals(2, [0, 0, 0]), [3, 1, 12]);
         assert_eq!(c.totals(2, [1, 1, 4]), [4, 2, 16]);
+    }
+
+    #[test]
+    fn totals_carry_over() {
+        let c = NodeCounters::default();
+        c.session_started(3);
+        c.bytes_in.fetch_add(10, Ordering::Relaxed);
+        c.responses.record(503);
+        let t = c.totals();
+        let back: NodeTotals = serde_json::from_value(serde_json::to_value(&t).expect("json")).expect("back");
+        let n = NodeCounters::from_totals(&back);
+        assert_eq!(n.totals(), t);
+        assert_eq!((get(&n.sessions_total), get(&n.max_active), n.responses.get(4)), (1, 3, 1));
+
+        let f = FrontendCounters::default();
+        f.connection_opened();
+        f.requests_total.fetch_add(5, Ordering::Relaxed);
+        let g = FrontendCounters::default();
+        g.requests_total.fetch_add(1, Ordering::Relaxed);
+        g.restore(&f.totals());
+        assert_eq!((get(&g.requests_total), get(&g.connections_total), get(&g.max_connections)), (6, 1, 1));
     }
 
     #[test]

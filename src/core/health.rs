@@ -7,12 +7,28 @@ use std::sync::{Mutex, MutexGuard};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, Phase, Transition};
+pub use super::machine::{CheckKind, CheckResult, HealthView, Machine, MachineState, Phase, Transition};
 
 /// Bit of `flags`: the machine says UP.
 const UP: u8 = 1;
 /// Bit of `flags`: the node said it is shutting down (Kuzzle's 503 `api.process.shutting_down`).
 const LEAVING: u8 = 2;
+/// Bit of `flags`: leaving for good: a node whose identity dies with its process (a Kuzzle 2 ID
+/// card; restarted, it comes back under a new one) never comes back UP.
+const FOR_GOOD: u8 = 4;
+
+/// Whether a node said it is shutting down, as a binary upgrade hands it over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Leaving {
+    /// It did not.
+    #[default]
+    No,
+    /// Out of the rotation until checks bring it UP.
+    UntilUp,
+    /// Out for good: its identity ends with its process.
+    ForGood,
+}
 
 /// One node's health: an atomic for the data plane, the state machine for the control plane.
 #[derive(Debug)]
@@ -46,10 +62,52 @@ impl HealthState {
         }
     }
 
+    /// Health handed over by the old process on a binary upgrade: routed as it was there, checked
+    /// again at once by this process's checker.
+    pub fn restored(s: &MachineState, leaving: Leaving) -> Self {
+        let leaving = match leaving {
+            Leaving::No => 0,
+            Leaving::UntilUp => LEAVING,
+            Leaving::ForGood => LEAVING | FOR_GOOD,
+        };
+        let flags = if s.up { UP } else { 0 } | leaving;
+        HealthState {
+            flags: AtomicU8::new(flags),
+            machine: Mutex::new(Machine::restore(s, Instant::now())),
+            passive_pending: AtomicU32::new(0),
+            kick: Notify::new(),
+            // A slow start under way is not handed over: the new process routes it as a full node.
+            up_at: AtomicU64::new(0),
+        }
+    }
+
+    /// What a binary upgrade hands over: the machine and whether the node is leaving.
+    pub fn export(&self) -> (MachineState, Leaving) {
+        let flags = self.flags.load(Ordering::Relaxed);
+        let leaving = if flags & FOR_GOOD != 0 {
+            Leaving::ForGood
+        } else if flags & LEAVING != 0 {
+            Leaving::UntilUp
+        } else {
+            Leaving::No
+        };
+        (self.lock().export(Instant::now()), leaving)
+    }
+
+    /// Has a check of this node finished (passed or failed) since it was made?
+    pub fn checked(&self) -> bool {
+        self.lock().checked()
+    }
+
     /// UP and not leaving: may take traffic as far as health goes.
     #[inline]
     pub fn is_up(&self) -> bool {
         self.flags.load(Ordering::Relaxed) == UP
+    }
+
+    /// The machine's UP, leaving or not (what the stats page shows as health).
+    pub fn machine_up(&self) -> bool {
+        self.flags.load(Ordering::Relaxed) & UP != 0
     }
 
     /// The node told a request it is shutting down, and no check has brought it UP since.
@@ -59,16 +117,20 @@ impl HealthState {
 
     /// Data plane: the node refused a request because it is shutting down. It takes no new
     /// traffic from now on; the checker marks it DOWN (without closing its WebSockets: the node
-    /// closes them itself once its pending requests are done) until checks bring it back UP.
-    pub fn note_leaving(&self) {
-        if self.flags.fetch_or(LEAVING, Ordering::Relaxed) & LEAVING == 0 {
+    /// closes them itself once its pending requests are done) until checks bring it back UP, or
+    /// for good when `for_good` (its identity ends with its process).
+    pub fn note_leaving(&self, for_good: bool) {
+        let bits = if for_good { LEAVING | FOR_GOOD } else { LEAVING };
+        if self.flags.fetch_or(bits, Ordering::Relaxed) & LEAVING == 0 {
             self.kick.notify_one();
         }
     }
 
-    /// Checker: the node is UP again, so it is no longer leaving.
+    /// Checker: the node is UP again, so it is no longer leaving (unless it left for good).
     fn clear_leaving(&self) {
-        self.flags.fetch_and(!LEAVING, Ordering::Relaxed);
+        let _ = self
+            .flags
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |f| (f & FOR_GOOD == 0).then_some(f & !LEAVING));
     }
 
     /// Force the state (tests, tools); the next checks continue from there.
@@ -170,10 +232,35 @@ mod tests {
     }
 
     #[test]
+    fn restored_health_routes_as_it_was() {
+        let h = HealthState::new(true);
+        h.apply(|m, now, e| m.record(check(false), now, e));
+        h.note_leaving(false);
+        let (m, leaving) = h.export();
+        assert_eq!(leaving, Leaving::UntilUp);
+        let r = HealthState::restored(&m, leaving);
+        assert!(!r.is_up() && r.leaving() && r.checked(), "a leaving node stays out of the rotation");
+        let r = HealthState::restored(&m, Leaving::No);
+        assert!(r.is_up() && r.checked(), "UP with one failure seen");
+        assert_eq!(r.view().status, "UP 2/3");
+        assert!(!HealthState::new(false).checked());
+        // Leaving for good stays so in the new process: passing checks do not bring it back.
+        h.note_leaving(true);
+        let (m, leaving) = h.export();
+        assert_eq!(leaving, Leaving::ForGood);
+        let r = HealthState::restored(&m, leaving);
+        r.apply_leaving();
+        for _ in 0..3 {
+            r.apply(|m, now, e| m.record(check(true), now, e));
+        }
+        assert!(!r.is_up() && r.leaving());
+    }
+
+    #[test]
     fn leaving_takes_the_node_out_until_checks_bring_it_back() {
         let h = HealthState::new(true);
         assert!(h.is_up() && !h.leaving());
-        h.note_leaving();
+        h.note_leaving(false);
         // At once, before the checker runs: no traffic.
         assert!(!h.is_up() && h.leaving());
         // A passing check while the machine still says UP does not end it.
@@ -188,11 +275,23 @@ mod tests {
         assert_eq!(h.apply(|m, now, e| m.record(check(true), now, e)), Transition::Up);
         assert!(h.is_up() && !h.leaving() && !h.view().leaving);
         // Failing checks while leaving keep it DOWN; leaving twice is idempotent.
-        h.note_leaving();
-        h.note_leaving();
+        h.note_leaving(false);
+        h.note_leaving(false);
         assert_eq!(h.apply_leaving(), Transition::Down);
         assert_eq!(h.apply_leaving(), Transition::None);
         assert_eq!(h.apply(|m, now, e| m.record(check(false), now, e)), Transition::None);
         assert!(!h.is_up() && h.leaving());
+    }
+
+    #[test]
+    fn leaving_for_good_never_comes_back() {
+        let h = HealthState::new(true);
+        h.note_leaving(true);
+        assert_eq!(h.apply_leaving(), Transition::Down);
+        // Its liveness route may still answer while it finishes: no way back for this identity.
+        for _ in 0..3 {
+            h.apply(|m, now, e| m.record(check(true), now, e));
+        }
+        assert!(h.machine_up() && !h.is_up() && h.leaving());
     }
 }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use crate::config::HealthSection;
 
 /// Outcome of one check, in haproxy's vocabulary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CheckKind {
     /// TCP connect succeeded (no HTTP check configured).
     L4OK,
@@ -44,12 +44,18 @@ impl CheckKind {
 }
 
 /// One finished check.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CheckResult {
+    /// What the check found, in haproxy's words.
     pub kind: CheckKind,
     /// HTTP status when one came back.
     pub code: Option<u16>,
-    #[serde(rename = "duration_ms", serialize_with = "crate::util::ms::from_duration")]
+    /// How long the check took (shown as haproxy's `check_duration`).
+    #[serde(
+        rename = "duration_ms",
+        serialize_with = "crate::util::ms::from_duration",
+        deserialize_with = "crate::util::ms::to_duration"
+    )]
     pub duration: Duration,
     /// Epoch seconds.
     pub at: u64,
@@ -152,6 +158,29 @@ pub struct Machine {
     failed_checks: u64,
 }
 
+/// A machine as a binary upgrade hands it to the new process: times are epoch values or
+/// durations (an `Instant` means nothing in another process); thresholds are not carried (the
+/// new process's checker sets its own from `[health]`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MachineState {
+    /// UP or DOWN: what the data plane routes by.
+    pub up: bool,
+    /// Consecutive failures while UP, or successes while DOWN, so a streak under way continues.
+    pub streak: u32,
+    /// Never UP since it joined: its first passing check is enough.
+    pub joining: bool,
+    /// The last check's result (the stats page shows it).
+    pub last_check: Option<CheckResult>,
+    /// Epoch seconds of the last transition.
+    pub last_change: u64,
+    /// DOWN time so far, the current DOWN period included, in milliseconds.
+    pub downtime_ms: u64,
+    /// UP -> DOWN transitions so far (haproxy's chkdown).
+    pub down_transitions: u64,
+    /// Failed checks so far (haproxy's chkfail).
+    pub failed_checks: u64,
+}
+
 impl Machine {
     /// A node counted UP (`up`, the nodes the gateway starts with) or joining (DOWN until its
     /// first successful check).
@@ -178,6 +207,43 @@ impl Machine {
     /// Never UP yet (a node that joined after the gateway started).
     pub fn joining(&self) -> bool {
         self.joining
+    }
+
+    /// Has any check finished (passed or failed) since this machine was made?
+    pub fn checked(&self) -> bool {
+        self.last_check.is_some()
+    }
+
+    /// The state to hand to a new process (binary upgrade).
+    pub fn export(&self, now: Instant) -> MachineState {
+        MachineState {
+            up: self.up,
+            streak: self.streak,
+            joining: self.joining,
+            last_check: self.last_check,
+            last_change: self.last_change,
+            downtime_ms: u64::try_from(self.downtime(now).as_millis()).unwrap_or(u64::MAX),
+            down_transitions: self.down_transitions,
+            failed_checks: self.failed_checks,
+        }
+    }
+
+    /// A machine continuing from `s` (handed over by the old process): a DOWN node's current DOWN
+    /// period restarts at `now`, the time before it already counted in `downtime_ms`.
+    pub fn restore(s: &MachineState, now: Instant) -> Machine {
+        Machine {
+            up: s.up,
+            streak: s.streak,
+            joining: s.joining,
+            rise: 2,
+            fall: 3,
+            last_check: s.last_check,
+            last_change: s.last_change,
+            down_since: (!s.up).then_some(now),
+            downtime: Duration::from_millis(s.downtime_ms),
+            down_transitions: s.down_transitions,
+            failed_checks: s.failed_checks,
+        }
     }
 
     /// Apply (possibly reloaded) thresholds; a streak already past a lowered threshold acts at
@@ -456,6 +522,28 @@ pub(crate) mod tests {
         assert_eq!(m.next_delay(&t, 0.5), t.fastinter, "going up");
         let joining = Machine::new(false, t0, 0);
         assert_eq!(joining.next_delay(&t, 0.5), t.fastinter, "joining nodes are checked fast");
+    }
+
+    #[test]
+    fn a_handed_over_machine_continues_where_it_was() {
+        let t0 = Instant::now();
+        let mut m = Machine::new(true, t0, 100);
+        for _ in 0..3 {
+            m.record(ko(), t0, 101);
+        }
+        assert!(!m.is_up() && m.checked());
+        m.record(ok(), t0 + Duration::from_secs(4), 102);
+        let s = m.export(t0 + Duration::from_secs(4));
+        // Through JSON, as the upgrade socket carries it.
+        let s: MachineState = serde_json::from_value(serde_json::to_value(&s).expect("json")).expect("back");
+        assert_eq!((s.up, s.streak, s.downtime_ms, s.down_transitions, s.failed_checks), (false, 1, 4000, 1, 3));
+        let t1 = Instant::now();
+        let mut r = Machine::restore(&s, t1);
+        assert_eq!(r.status(), "DOWN 1/2", "the streak under way continues");
+        assert_eq!(r.view(t1 + Duration::from_secs(1)).downtime, 5, "downtime continues from the old total");
+        assert_eq!(r.record(ok(), t1, 103), Transition::Up, "one more pass makes rise = 2");
+        assert_eq!(r.view(t1).last_check.map(|c| c.kind), Some(CheckKind::L7OK));
+        assert_eq!(s.last_check.map(|c| c.duration), Some(Duration::from_millis(1)), "duration_ms read back");
     }
 
     #[test]

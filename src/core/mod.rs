@@ -8,6 +8,7 @@ pub mod counters;
 pub mod health;
 pub mod machine;
 pub mod registry;
+pub mod shed;
 pub mod snapshot;
 
 use std::sync::{Arc, Mutex};
@@ -29,12 +30,15 @@ pub type OnCreated = Box<dyn Fn(&Arc<Backend>) + Send + Sync>;
 /// The node set as both planes see it: the data plane reads [`Core::snapshot`] (lock-free); the
 /// control plane writes through [`Core::apply`] (a batch of changes, one swap).
 pub struct Core {
+    /// What the data plane reads, swapped whole by the control plane.
     snapshot: ArcSwap<Snapshot>,
     /// Client-side counters (the frontend row of the stats page).
     pub frontend: Arc<FrontendCounters>,
+    /// Process start (uptime on the stats page).
     pub started_at: SystemTime,
     /// Writers only (reload, membership, ops, pruning); never taken on the request path.
     registry: Mutex<Registry>,
+    /// Starts the health checker of every backend a change creates.
     on_created: OnCreated,
 }
 
@@ -99,6 +103,18 @@ impl Core {
         crate::util::lock(&self.registry).set_admin(name, state)
     }
 
+    /// Operator states by node name, those of nodes away for now included (binary upgrade).
+    pub fn admin_states(&self) -> std::collections::HashMap<String, AdminState> {
+        crate::util::lock(&self.registry).admin_states()
+    }
+
+    /// An operator state from the fleet (another gateway, or Redis): applied to the node if this
+    /// gateway knows it, and remembered for it otherwise (it applies when the node appears).
+    /// True when a known node took it.
+    pub fn remember_admin(&self, name: &str, state: AdminState) -> bool {
+        crate::util::lock(&self.registry).remember_admin(name, state)
+    }
+
     /// Drop draining nodes that no longer carry traffic and the counters of long-gone names.
     pub fn prune(&self, now: Instant) {
         let mut reg = crate::util::lock(&self.registry);
@@ -109,6 +125,39 @@ impl Core {
 
     fn cursor(&self) -> usize {
         self.snapshot.load().cursor.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A one-way latch, closed until the control plane opens it once (the gateway can route; the old
+/// process let go of the sockets); accept loops and start-up steps wait on it. Clones share it.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn closed() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    /// A gate already open (nothing to wait for).
+    pub fn opened() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(true)))
+    }
+
+    /// Open it (idempotent): every waiter goes on.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`: the channel cannot close while we wait.
+        let _ = rx.wait_for(|open| *open).await;
     }
 }
 

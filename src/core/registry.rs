@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::backend::{AdminState, Backend, Membership, Origin};
-use super::counters::NodeCounters;
+use super::counters::{NodeCounters, NodeTotals};
+use super::health::{HealthState, Leaving, MachineState};
 use super::snapshot::Snapshot;
 use crate::config::{Config, HostPort, NodeTarget};
 use crate::tls::upstream::NodeTls;
@@ -26,6 +27,36 @@ pub struct DynamicNode {
     pub origin: Origin,
 }
 
+/// One node as the old process had it (binary upgrade): used when the backend of that name is
+/// made at that address with that origin, so it routes as it did there from the first request.
+#[derive(Debug, Clone)]
+pub struct RestoredNode {
+    /// Where the old process reached it (another address now: a different node, checked afresh).
+    pub addr: SocketAddr,
+    /// How it was known (a static node of that name is not a discovered one).
+    pub origin: Origin,
+    /// Its health: UP/DOWN, the streak under way and the history.
+    pub health: MachineState,
+    /// It had said it was shutting down: it stays out of the rotation (until checks bring it UP,
+    /// or for good).
+    pub leaving: Leaving,
+    /// Epoch seconds its operator state was set (0: never).
+    pub admin_since: u64,
+}
+
+/// What a new process takes over from the old one on a binary upgrade (see `crate::state`).
+#[derive(Debug, Default)]
+pub struct Restore {
+    /// Nodes learned from Redis: members again at once, without waiting for Redis.
+    pub dynamic: Vec<DynamicNode>,
+    /// Health by node name (empty when the settings health depends on changed).
+    pub nodes: HashMap<String, RestoredNode>,
+    /// Operator states (DRAIN, MAINT) by node name.
+    pub admin: HashMap<String, AdminState>,
+    /// Counters by node name.
+    pub counters: HashMap<String, NodeTotals>,
+}
+
 /// One change to the node set. Sources (reload, membership) produce them; the registry applies a
 /// batch with one swap.
 #[derive(Debug, Clone)]
@@ -39,6 +70,8 @@ pub enum Change {
     Remove(String),
     /// The host names of static nodes, resolved again: a changed address applies like a reload.
     Resolved(Arc<Resolved>),
+    /// What the old process handed over on a binary upgrade (applied with the first batch).
+    Restore(Arc<Restore>),
 }
 
 /// What one batch did.
@@ -53,16 +86,26 @@ pub struct Applied {
 
 /// Control-plane state: only the control plane holds it, never the request path.
 pub struct Registry {
+    /// The configuration in force (static nodes, TLS to nodes).
     config: Arc<Config>,
+    /// Addresses of the static nodes' host names.
     resolved: Arc<Resolved>,
+    /// Nodes learned from Redis, by name.
     dynamic: BTreeMap<String, DynamicNode>,
+    /// The member backends by name (what the snapshot routes to).
     live: HashMap<String, Arc<Backend>>,
+    /// Backends that left but still carry traffic.
     draining: Vec<Arc<Backend>>,
     /// Counters by node name, kept after a node leaves so that it keeps its history if it returns.
     counters: HashMap<String, Arc<NodeCounters>>,
     /// Operator overrides by node name; survive reloads and rejoins.
     admin: HashMap<String, AdminState>,
+    /// Health handed over by an old process: read by the next rebuild only (a node that joins
+    /// later is checked afresh).
+    restored: HashMap<String, RestoredNode>,
+    /// Increases with every snapshot built.
     generation: u64,
+    /// The first snapshot was built (its static nodes start UP).
     started: bool,
     /// When each name with kept counters was last a node: history is forgotten after
     /// `COUNTERS_KEEP` (Kuzzle 2 node ids are new at every start, so names keep coming).
@@ -79,6 +122,7 @@ impl Registry {
             draining: Vec::new(),
             counters: HashMap::new(),
             admin: HashMap::new(),
+            restored: HashMap::new(),
             generation: 0,
             started: false,
             gone: HashMap::new(),
@@ -107,6 +151,17 @@ impl Registry {
                         changed = true;
                     }
                 }
+                Change::Restore(r) => {
+                    for d in &r.dynamic {
+                        self.dynamic.insert(d.name.clone(), d.clone());
+                    }
+                    self.admin.extend(r.admin.iter().map(|(n, s)| (n.clone(), *s)));
+                    for (name, t) in &r.counters {
+                        self.counters.entry(name.clone()).or_insert_with(|| Arc::new(NodeCounters::from_totals(t)));
+                    }
+                    self.restored = r.nodes.clone();
+                    changed = true;
+                }
             }
         }
         if !changed && self.started {
@@ -126,6 +181,14 @@ impl Registry {
             }
             None => false,
         }
+    }
+
+    /// An operator state for `name` whether or not the node is known yet (fleet states): kept
+    /// for it, applied to it now if it is known. True when a known node took it.
+    pub fn remember_admin(&mut self, name: &str, state: AdminState) -> bool {
+        self.admin.insert(name.to_string(), state);
+        let found = self.live.get(name).cloned().or_else(|| self.draining.iter().find(|b| b.name == name).cloned());
+        found.map(|b| b.set_admin(state)).is_some()
     }
 
     /// Drop draining nodes that no longer carry traffic, and the counters of names gone for more
@@ -157,6 +220,11 @@ impl Registry {
             return None;
         }
         self.rebuild(cursor).snapshot
+    }
+
+    /// Operator states by node name (kept for names away for now too).
+    pub fn admin_states(&self) -> HashMap<String, AdminState> {
+        self.admin.clone()
     }
 
     /// Names with kept counters (history), for tests and stats.
@@ -242,9 +310,16 @@ impl Registry {
                         None => Backend::unresolved(name.clone(), port, counters),
                     };
                     b.tls = tls;
+                    let restored = self.restored.remove(&name).filter(|r| Some(r.addr) == addr && r.origin == origin);
+                    if let Some(r) = &restored {
+                        b.health = HealthState::restored(&r.health, r.leaving);
+                    }
                     let b = Arc::new(b);
                     if let Some(s) = self.admin.get(&name) {
                         b.set_admin(*s);
+                    }
+                    if let Some(since) = restored.map(|r| r.admin_since).filter(|s| *s > 0) {
+                        b.restore_admin_since(since);
                     }
                     created.push(b.clone());
                     b
@@ -257,6 +332,7 @@ impl Registry {
             retire(&mut self.draining, &mut retired, old);
         }
         self.live = new_live;
+        self.restored.clear();
 
         // Draining nodes stay visible (prefix answers 503, stats show them) until their traffic ends.
         order.extend(self.draining.iter().filter(|d| !self.live.contains_key(&d.name)).cloned());
@@ -428,6 +504,64 @@ mod tests {
             r.apply(vec![resolved(Some("10.0.0.8:7512"))], 0).snapshot.is_none(),
             "the same answer changes nothing"
         );
+    }
+
+    #[test]
+    fn handed_over_nodes_route_as_they_did() {
+        let old_health = |up: bool| {
+            let h = HealthState::new(up);
+            h.apply(|m, now, e| {
+                m.record(
+                    crate::core::machine::CheckResult {
+                        kind: crate::core::machine::CheckKind::L7OK,
+                        code: Some(200),
+                        duration: Duration::ZERO,
+                        at: 1,
+                    },
+                    now,
+                    e,
+                )
+            });
+            h.export().0
+        };
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let restored = |p: u16, origin: Origin, up: bool| RestoredNode {
+            addr: addr(p),
+            origin,
+            health: old_health(up),
+            leaving: Leaving::No,
+            admin_since: 7,
+        };
+        let k = DynamicNode { name: "k".into(), addr: addr(5), origin: Origin::Kuzzle2 };
+        let restore = Restore {
+            dynamic: vec![k.clone()],
+            nodes: HashMap::from([
+                ("k".into(), restored(5, Origin::Kuzzle2, false)),
+                ("a".into(), restored(1, Origin::Static, true)),
+                // Moved since: the restored health is not this node's.
+                ("b".into(), restored(9, Origin::Static, true)),
+            ]),
+            admin: HashMap::from([("a".into(), AdminState::Drain)]),
+            counters: HashMap::from([("a".into(), NodeTotals { sessions_total: 41, ..NodeTotals::default() })]),
+        };
+        let mut r = Registry::new(Arc::new(Config::default()));
+        let Change::Config(config) = cfg(&[("a", 1), ("b", 2)]) else { unreachable!() };
+        let s = apply(&mut r, vec![Change::Restore(Arc::new(restore)), Change::Config(config)]);
+        let k_node = s.node("k").cloned().expect("the discovered node is a member without Redis");
+        assert!(k_node.health.is_up() && k_node.health.checked(), "routable at once: its health came along");
+        let a = s.node("a").expect("a");
+        assert_eq!((a.admin(), a.admin_since()), (AdminState::Drain, 7), "operator state and its time kept");
+        assert_eq!(a.counters.sessions_total.load(std::sync::atomic::Ordering::Relaxed), 41);
+        assert!(a.health.checked(), "a's history came along");
+        assert!(!s.node("b").expect("b").health.checked(), "b moved: checked afresh (UP as a start-up node)");
+        // Redis confirms the node: nothing changes; a later join is checked afresh.
+        assert!(r.apply(vec![Change::Upsert(k)], 0).snapshot.is_none());
+        let s = apply(&mut r, vec![Change::Remove("k".into())]);
+        drop(s);
+        r.prune(Instant::now(), COUNTERS_KEEP, 0);
+        let back = DynamicNode { name: "k".into(), addr: addr(5), origin: Origin::Kuzzle2 };
+        let s = apply(&mut r, vec![Change::Upsert(back)]);
+        assert!(!s.node("k").expect("k").health.is_up(), "a rejoin waits for its own check");
     }
 
     #[test]

@@ -323,7 +323,56 @@ pub fn render(v: &StatsView, rise: u32, fall: u32, stopping: bool) -> String {
         node_row(v, i + 1, n, rise, fall).write(&mut out);
     }
     backend_row(v, v.process.algorithm).write(&mut out);
+    fleet_rows(v, &mut out);
     out
+}
+
+/// Proxy name of the fleet's per-node totals (`[fleet]`): a tool that reads proxy `kuzzle` only
+/// sees what haproxy would show.
+pub const FLEET_PXNAME: &str = "kuzzle-fleet";
+/// Proxy name of the fleet's gateways (`[fleet]`), one row each.
+pub const GATEWAYS_PXNAME: &str = "kuzzle-gateways";
+
+/// With `[fleet]`: one `kuzzle-fleet` row per node (scur: sessions over every gateway) and one
+/// `kuzzle-gateways` row per live gateway (scur: its connections; lastchg: its uptime; lastsess:
+/// seconds since its last heartbeat; check_desc: its configuration fingerprint; last_chk says
+/// whether it differs from the fleet's).
+fn fleet_rows(v: &StatsView, out: &mut String) {
+    let Some(gws) = &v.gateways else { return };
+    for (i, n) in v.nodes.iter().enumerate() {
+        let f = n.fleet.unwrap_or_default();
+        let mut r = Row::new();
+        r.set("pxname", FLEET_PXNAME)
+            .set("svname", &n.name)
+            .set("pid", v.process.pid)
+            .set("iid", 2)
+            .set("sid", i + 1)
+            .set("type", 2)
+            .set("mode", "http")
+            .set("scur", f.sessions)
+            .set("status", if n.status == super::DNS_NO_ADDRESS { "DOWN" } else { &n.status })
+            .set("weight", n.weight)
+            .set("addr", &n.address);
+        r.write(out);
+    }
+    for (i, g) in gws.iter().enumerate() {
+        let mut r = Row::new();
+        r.set("pxname", GATEWAYS_PXNAME)
+            .set("svname", &g.name)
+            .set("pid", g.pid)
+            .set("iid", 3)
+            .set("sid", i + 1)
+            .set("type", 2)
+            .set("mode", "http")
+            .set("scur", g.connections)
+            .set("status", "UP")
+            .set("addr", &g.address)
+            .set("lastchg", g.uptime_ms / 1000)
+            .set("lastsess", g.last_seen_ms / 1000)
+            .set("check_desc", format!("config {}", g.fingerprint))
+            .set("last_chk", if g.config_differs { "configuration differs" } else { "configuration same" });
+        r.write(out);
+    }
 }
 
 /// `/hastats;csv`: the `# pxname,...` header, FRONTEND, one row per node, BACKEND.

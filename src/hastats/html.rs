@@ -185,8 +185,20 @@ fn node_row(o: &mut String, n: &NodeView, link_base: &str) {
     );
     traffic_cells(o, &n.traffic, false);
     let leaving = if n.member { "" } else { " (leaving)" };
-    let _ =
-        write!(o, "<td class=\"c node-status\">{} {}{}</td>", esc(&human_duration(n.lastchg)), esc(&n.status), leaving);
+    // With [fleet]: who set the operator state, and when.
+    let by = match (&n.admin_by, n.admin_at_ms) {
+        (Some(by), Some(at)) => {
+            format!("<br /><span class=\"sub\">{} by {} at {}</span>", esc(n.admin), esc(by), esc(&date(at / 1000)))
+        }
+        _ => String::new(),
+    };
+    let _ = write!(
+        o,
+        "<td class=\"c node-status\">{} {}{}{by}</td>",
+        esc(&human_duration(n.lastchg)),
+        esc(&n.status),
+        leaving
+    );
     match &n.health.last_check {
         Some(c) => {
             let code = c.code.map(|c| format!("/{c}")).unwrap_or_default();
@@ -284,6 +296,130 @@ fn process_info(o: &mut String, v: &StatsView) {
     o.push_str("</table></section>\n");
 }
 
+/// With `[fleet]`: the fleet's link, configuration agreement and rebalancing.
+fn fleet_info(o: &mut String, v: &StatsView) {
+    let Some(f) = &v.fleet else { return };
+    o.push_str("<section id=\"fleet\"><h2>Fleet</h2><table class=\"det\">");
+    let mut row = |k: &str, val: String| {
+        let _ = write!(o, "<tr><th>{}</th><td>{}</td></tr>", esc(k), val);
+    };
+    row("this gateway", format!("{} (namespace {})", esc(&f.name), esc(&f.namespace)));
+    let link = if f.connected {
+        format!("<span class=\"ok\">connected</span> to {}", esc(&f.redis))
+    } else {
+        format!(
+            "<span class=\"bad\">UNREACHABLE</span> {}: {}; keeping the last known states",
+            esc(&f.redis),
+            esc(f.last_error.as_deref().unwrap_or("connecting"))
+        )
+    };
+    row("Redis", link);
+    let n = v.gateways.as_ref().map_or(0, Vec::len);
+    row("gateways", format!("{n} live; heartbeat every {} ms, gone after {} ms of silence", f.heartbeat_ms, f.ttl_ms));
+    let cfg = if f.configs_agree {
+        format!("<span class=\"ok\">same on every gateway</span> ({})", esc(&f.fingerprint))
+    } else {
+        format!("<span class=\"bad\">DIFFERS</span> between gateways (this one: {})", esc(&f.fingerprint))
+    };
+    row("configuration", cfg);
+    if let Some(c) = &f.name_clash {
+        row("name", format!("<span class=\"bad\">USED TWICE</span>: also {}", esc(c)));
+    }
+    if f.pending_states > 0 {
+        row("operator states", format!("{} change(s) taken here, not yet in Redis", f.pending_states));
+    }
+    let r = &f.rebalance;
+    let rb = if !r.enabled {
+        "off (rebalance_websockets = false)".to_string()
+    } else {
+        let mut t = format!("{}, at most {} closes/s, tolerance {} %", r.phase, r.rate, r.tolerance_pct);
+        if let Some(since) = r.since_ms {
+            let _ = write!(t, "; since {}, round {}, {} moved, {} left", date(since / 1000), r.round, r.moved, r.left);
+        }
+        if let Some(why) = &r.reason {
+            let _ = write!(t, "; {why}");
+        }
+        if let Some(out) = &r.outcome {
+            let _ = write!(t, "; last: {out}");
+        }
+        let _ = write!(t, "; {} moved since start", r.moved_total);
+        esc(&t)
+    };
+    row("WebSocket rebalancing", rb);
+    o.push_str("</table></section>\n");
+}
+
+/// With `[fleet]`: every live gateway, and per node the fleet's totals.
+fn fleet_tables(o: &mut String, v: &StatsView) {
+    let Some(gws) = &v.gateways else { return };
+    o.push_str(
+        "<h2>Gateways of the fleet</h2><div class=\"scroll\"><table class=\"tbl gateways\"><thead><tr class=\"titre\">",
+    );
+    for h in [
+        "Name",
+        "Address",
+        "Ops",
+        "Uptime",
+        "Connections",
+        "WS tunnels",
+        "Config",
+        "Last seen",
+        "Version",
+        "Rebalancing",
+    ] {
+        let _ = write!(o, "<th>{h}</th>");
+    }
+    o.push_str("</tr></thead><tbody>\n");
+    for g in gws {
+        let class = if g.config_differs { "going_up" } else { "up" };
+        let me = if g.me { " (this one)" } else { "" };
+        let cfg = if g.config_differs {
+            format!("<span class=\"bad\">{} differs</span>", esc(&g.fingerprint))
+        } else {
+            esc(&g.fingerprint)
+        };
+        let _ = writeln!(
+            o,
+            "<tr class=\"{class} gateway\" data-gateway=\"{}\"><td class=\"l\">{}{me}<br /><span class=\"sub\">{}</span></td><td class=\"l\">{}</td><td class=\"l\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{cfg}</td><td>{} ms ago</td><td>{}</td><td>{}</td></tr>",
+            esc(&g.name),
+            esc(&g.name),
+            esc(&g.host),
+            esc(&g.address),
+            esc(&g.ops),
+            esc(&human_duration(g.uptime_ms / 1000)),
+            g.connections,
+            g.tunnels,
+            g.last_seen_ms,
+            esc(&g.version),
+            g.rebalancing_since_ms.map_or_else(|| "-".to_string(), |s| esc(&date(s / 1000))),
+        );
+    }
+    o.push_str("</tbody></table></div>\n<h2>Nodes over the fleet</h2><div class=\"scroll\"><table class=\"tbl fleet-nodes\"><thead><tr class=\"titre\">");
+    for h in ["Node", "Status here", "WS tunnels (fleet)", "Sessions (fleet)", "WS tunnels (here)", "Operator state"] {
+        let _ = write!(o, "<th>{h}</th>");
+    }
+    o.push_str("</tr></thead><tbody>\n");
+    for n in &v.nodes {
+        let f = n.fleet.unwrap_or_default();
+        let who = match (&n.admin_by, n.admin_at_ms) {
+            (Some(by), Some(at)) => format!("{} by {} at {}", esc(n.admin), esc(by), esc(&date(at / 1000))),
+            _ => esc(n.admin),
+        };
+        let _ = writeln!(
+            o,
+            "<tr class=\"{} fleet-node\" data-node=\"{}\"><td class=\"l\">{}</td><td class=\"c\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"l\">{who}</td></tr>",
+            n.class.css(),
+            esc(&n.name),
+            esc(&n.name),
+            esc(&n.status),
+            f.tunnels,
+            f.sessions,
+            n.traffic.tunnels,
+        );
+    }
+    o.push_str("</tbody></table></div>\n");
+}
+
 fn legend(o: &mut String) {
     o.push_str("<section><h2>Legend</h2><table class=\"lgd\">");
     let items = [
@@ -325,6 +461,7 @@ pub fn render(v: &StatsView, opts: &HtmlOptions, client_port: u16) -> String {
         v.process.pid
     );
     process_info(&mut o, v);
+    fleet_info(&mut o, v);
     legend(&mut o);
     o.push_str("<section class=\"links\"><h2>Display</h2><p>");
     if opts.no_refresh || refresh == 0 {
@@ -379,6 +516,7 @@ pub fn render(v: &StatsView, opts: &HtmlOptions, client_port: u16) -> String {
         b.status, b.weight, b.active_nodes, b.down_transitions
     );
     o.push_str("</tbody></table></div>\n");
+    fleet_tables(&mut o, v);
     let _ = write!(
         o,
         "<p class=\"foot\">Generated {} UTC by kuzzle-gateway {}. Sessions = requests plus WebSocket tunnels; rates are per second over the last complete second.</p>\n</body></html>\n",

@@ -34,6 +34,12 @@ pub struct StatsView {
     /// Members first (config order), then nodes leaving the cluster.
     pub nodes: Vec<NodeView>,
     pub backend: BackendView,
+    /// With `[fleet]`: every live gateway of the fleet, this one first (filled in by ops).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateways: Option<Vec<crate::fleet::view::GatewayView>>,
+    /// With `[fleet]`: the fleet's link, configuration agreement and rebalancing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::view::FleetView>,
 }
 
 /// The process: haproxy's "General process information".
@@ -168,6 +174,18 @@ pub struct NodeView {
     /// Kept for scripts written against the first version of this feed.
     pub active: u64,
     pub sessions_total: u64,
+    /// With `[fleet]`: the node's totals over every gateway of the fleet (`traffic` is this
+    /// gateway's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<crate::fleet::view::NodeFleet>,
+    /// With `[fleet]`: the gateway whose ops API set the operator state, when (epoch ms), and
+    /// when this gateway applied it (epoch ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_applied_ms: Option<u64>,
 }
 
 /// The backend total row.
@@ -346,6 +364,10 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64, ramp: crate::balance::Ram
         active: traffic.cur,
         sessions_total: traffic.total,
         traffic,
+        fleet: None,
+        admin_by: None,
+        admin_at_ms: None,
+        admin_applied_ms: None,
     }
 }
 
@@ -433,6 +455,8 @@ pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
         frontend: frontend_traffic(&core.frontend, max_conn),
         nodes,
         backend,
+        gateways: None,
+        fleet: None,
     }
 }
 

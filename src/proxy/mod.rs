@@ -812,7 +812,8 @@ const KUZZLE_REQUEST_ID: HeaderName = HeaderName::from_static("x-kuzzle-request-
 const REFUSAL_BODY_MAX: u64 = 4096;
 
 /// Kuzzle error ids that mean "rejected, not executed", and whether the node is leaving.
-const NOT_EXECUTED: [(&str, bool); 2] = [("api.process.shutting_down", true), ("api.process.overloaded", false)];
+const NOT_EXECUTED: [(&str, bool); 3] =
+    [("api.process.shutting_down", true), ("api.process.overloaded", false), ("api.process.not_enough_nodes", false)];
 
 /// The Content-Length of a 503 small enough to read for a refusal (a chunked one passes through).
 fn refusal_length(h: &HeaderMap) -> Option<u64> {
@@ -865,8 +866,10 @@ async fn refusal(
         }
         Some(leaving) => {
             if leaving {
-                tracing::info!(node = %node.name, "node is shutting down: out of the rotation until checks pass");
-                node.health.note_leaving();
+                // A Kuzzle 2 node found from its ID card comes back under a new identity.
+                let for_good = node.origin == crate::core::backend::Origin::Kuzzle2;
+                tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
+                node.health.note_leaving(for_good);
             }
             Err(Failure::Refused(Box::new(resp)))
         }

@@ -68,16 +68,22 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
+        Client::try_connect(addr).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connect, or say why not (load loops count a refused connection instead of panicking).
+    pub async fn try_connect(addr: SocketAddr) -> Result<Client, String> {
         let stream = tokio::time::timeout(T, TcpStream::connect(addr))
             .await
-            .unwrap_or_else(|_| panic!("connect to {addr} timed out"))
-            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
-        let (send, conn) = http1::handshake(TokioIo::new(stream)).await.expect("HTTP/1.1 handshake");
+            .map_err(|_| format!("connect to {addr} timed out"))?
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let (send, conn) =
+            http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
         // Ends with the connection, or when the Client is dropped (abort).
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Client { send, addr, task }
+        Ok(Client { send, addr, task })
     }
 
     async fn try_head(

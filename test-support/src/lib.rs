@@ -10,7 +10,10 @@
 //! - `tcp`: `free_port`, raw exchanges, a counting `Relay`, a `rude_node`, a `CannedNode`;
 //! - `http_client`: `Client`, `Resp`, `request`/`get`/`post`, `ChanBody`, source-bound `conn_from`;
 //! - `websocket`: `ws`, `ws_next_json`, `ws_wait`, `ws_call`;
-//! - `kuzzle_api`: Kuzzle requests, subscribe/publish/notification helpers, error envelopes.
+//! - `kuzzle_api`: Kuzzle requests, subscribe/publish/notification helpers, error envelopes;
+//! - `load`: HTTP load clients (a connection per request) and official-SDK `Subscribers`;
+//! - `kuzzle_real`: real Kuzzle 2 nodes (`kuzzle-real/`, npm kuzzle@2.56.0) as a `KuzzleCluster`, with
+//!   its own Redis and Elasticsearch stand-in, nodes on 127.0.0.X, stop/kill/restart per node.
 //!
 //! The kit depends on neither kuzzle-gateway nor the kuzzle-node-sim library (nodes run as
 //! processes), so both packages can take it as a dev-dependency without a dependency loop.
@@ -19,6 +22,8 @@
 
 mod http_client;
 mod kuzzle_api;
+mod kuzzle_real;
+mod load;
 mod process;
 mod redis_server;
 mod scratch;
@@ -30,6 +35,8 @@ mod websocket;
 
 pub use http_client::*;
 pub use kuzzle_api::*;
+pub use kuzzle_real::*;
+pub use load::*;
 pub use process::*;
 pub use redis_server::*;
 pub use scratch::*;

@@ -14,14 +14,21 @@ pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 
 /// Open a WebSocket to `ws://addr{path}`; the 101 must come from a simulated node (`x-kuzzle-node`).
 pub async fn ws(addr: SocketAddr, path: &str) -> Ws {
+    let (ws, resp) = ws_any(addr, path).await;
+    assert!(resp.headers().get("x-kuzzle-node").is_some(), "WebSocket {addr}{path}: the 101 carries no x-kuzzle-node");
+    ws
+}
+
+/// Open a WebSocket to `ws://addr{path}` on any server (real Kuzzle's 101 names no node); returns
+/// the 101 too.
+pub async fn ws_any(addr: SocketAddr, path: &str) -> (Ws, tokio_tungstenite::tungstenite::handshake::client::Response) {
     let url = format!("ws://{addr}{path}");
     let (ws, resp) = tokio::time::timeout(T, tokio_tungstenite::connect_async(&url))
         .await
         .unwrap_or_else(|_| panic!("WebSocket {url}: handshake timed out"))
         .unwrap_or_else(|e| panic!("WebSocket {url}: {e}"));
     assert_eq!(resp.status(), 101, "WebSocket {url}: status");
-    assert!(resp.headers().get("x-kuzzle-node").is_some(), "WebSocket {url}: the 101 carries no x-kuzzle-node");
-    ws
+    (ws, resp)
 }
 
 /// Next JSON text message within `timeout` (non-text frames skipped); `None` on timeout, close,
