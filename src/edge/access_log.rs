@@ -437,6 +437,8 @@ impl AccessLog {
         let _ = tokio::time::timeout(Duration::from_secs(2), waited).await;
         self.flush_local();
         self.sync(Duration::from_secs(3)).await;
+        // The writer thread ends once it has no sender (a line after this starts a new one).
+        *crate::util::lock(&self.tx) = None;
     }
 
     /// Wait (at most `limit`) until the writer wrote everything handed over so far.
@@ -452,7 +454,8 @@ impl AccessLog {
     }
 }
 
-/// The writer thread: owns the open file; ends when every sender is gone.
+/// The writer thread: owns the open file; ends when its sender is gone (at [`AccessLog::finish`],
+/// or with the gateway).
 fn writer(rx: Receiver<Msg>, counters: &AccessLogCounters, spare: &crossbeam_queue::ArrayQueue<Vec<u8>>) {
     let mut out = Output { target: None, file: None, failing: false };
     while let Ok(m) = rx.recv() {
