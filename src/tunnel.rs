@@ -506,7 +506,8 @@ pub struct FrameTracker {
     pub saw_close: bool,
     /// The current frame's masking key (client frames are masked), to read a close code.
     mask: Option<[u8; 4]>,
-    /// Payload bytes of the current frame consumed so far (only counted for close frames).
+    /// Payload bytes of the current frame consumed so far (only counted for close frames, whose
+    /// first two are the code).
     offset: u64,
     /// The first two payload bytes of a close frame: its code.
     code: [u8; 2],
@@ -530,10 +531,11 @@ impl FrameTracker {
         while i < data.len() {
             if self.in_payload {
                 let take = (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-                if self.opcode == 0x8 && self.offset < 2 {
-                    for (j, b) in data[i..i + take].iter().take(2 - self.offset as usize).enumerate() {
-                        let at = self.offset as usize + j;
-                        self.code[at] = b ^ self.mask.map_or(0, |m| m[at % 4]);
+                if self.opcode == 0x8 {
+                    // The first two payload bytes of a close frame are its code.
+                    let have = usize::try_from(self.offset).unwrap_or(usize::MAX);
+                    for (j, b) in data[i..i + take].iter().take(2usize.saturating_sub(have)).enumerate() {
+                        self.code[have + j] = b ^ self.mask.map_or(0, |m| m[(have + j) % 4]);
                     }
                     self.offset += take as u64;
                 }

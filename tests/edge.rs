@@ -337,7 +337,9 @@ async fn client_connections_are_capped_per_address_websockets_included() {
     let gw = gateway(&config("", &rest)).await;
     let mut w = ws(gw.http_addr, "/").await;
     let _ = ws_node(&mut w, "c-1").await;
-    assert_eq!(get_from("127.0.0.1".parse().expect("ip"), gw.http_addr, "/_now").await, None, "held by the WebSocket");
+    // Closed at once, or answered 429 when the request came before the gateway looked.
+    let other = get_from("127.0.0.1".parse().expect("ip"), gw.http_addr, "/_now").await;
+    assert!(matches!(other, None | Some(429)), "held by the WebSocket: {other:?}");
     drop(w);
     eventually(T, "the WebSocket's slot given back", || async {
         get_from("127.0.0.1".parse().expect("ip"), gw.http_addr, "/_now").await.filter(|s| *s == 200)
