@@ -6,8 +6,10 @@
 #
 # Usage: bench/callgrind.sh [BIN...]     default: target/release/kuzzle-gateway
 # Environment: CASE [http|ws], N [10000] requests (http), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
-#              SKIP_BUILD [0]. Prints one line per binary; the profile stays in the work folder
-#              for callgrind_annotate (path printed).
+#              SKIP_BUILD [0]; GW_EXTRA_<i>: configuration appended for the i-th binary (the same
+#              binary twice compares two configurations, e.g. GW_EXTRA_2 with an [access_log]).
+#              Prints one line per binary; the profile stays in the work folder for
+#              callgrind_annotate (path printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +50,8 @@ for bin in "$@"; do
   port=$(pick_port 17810); stats=$(pick_port 17820)
   printf '[gateway]\nlisten = "127.0.0.1:%s"\nthreads = 1\n[stats]\nlisten = "127.0.0.1:%s"\n[[node]]\nname = "cluster_kuzzle_1"\naddress = "127.0.0.1:%s"\n' \
     "$port" "$stats" "$BACK" >"$WORK/gw$i.toml"
+  extra_var=GW_EXTRA_$i
+  [ -z "${!extra_var:-}" ] || printf '%s\n' "${!extra_var}" >>"$WORK/gw$i.toml"
   out=$WORK/callgrind.$i.out
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$WORK/gw$i.toml" >"$WORK/gw$i.log" 2>&1 &
   pid=$!; PIDS+=("$pid")

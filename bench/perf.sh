@@ -11,7 +11,7 @@
 #        CASES="get-ka two-cores" bench/perf.sh
 #        GW_BIN=/path/to/kuzzle-gateway SKIP_BUILD=1 bench/perf.sh
 # Environment (defaults in brackets):
-#   CASES [all]      any of: get-ka get-close get-1m ws-idle ws-relay two-cores tls-new tls-ka
+#   CASES [all]      any of: get-ka get-ka-log get-close get-1m ws-idle ws-relay two-cores tls-new tls-ka
 #   ROUNDS [3]       rounds; each runs every case on every target (order rotated), median shown
 #   DURATION [6]     seconds per load measurement (wrk, tls_load)
 #   CONNS [50]       client connections for small requests, keep-alive or not, HTTP or HTTPS
@@ -31,7 +31,7 @@ QUICK=${QUICK:-0}
 if [ "$QUICK" = 1 ]; then ROUNDS=${ROUNDS:-1}; DURATION=${DURATION:-3}; fi
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-6}
-ALL_CASES="get-ka get-close get-1m ws-idle ws-relay two-cores tls-new tls-ka"
+ALL_CASES="get-ka get-ka-log get-close get-1m ws-idle ws-relay two-cores tls-new tls-ka"
 CASES=${CASES:-$ALL_CASES}
 CONNS=${CONNS:-50}
 BIG_CONNS=${BIG_CONNS:-10}
@@ -120,12 +120,17 @@ openssl req -x509 "${newkey[@]}" -nodes -days 2 -subj /CN=localhost -addext subj
 cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" >"$WORK/tls/both.pem"    # haproxy wants one file
 
 # --- the proxies: copies of proxy-configs/ with this run's ports ------------------------------
-# start_gateway NAME CPUS THREADS TLS(0|1) P1 P2 P3: proxy-configs/gateway.toml, nodes on P1..P3.
+# start_gateway NAME CPUS THREADS TLS(0|1) P1 P2 P3: proxy-configs/gateway.toml, nodes on P1..P3;
+# GW_EXTRA (optional) is appended to its configuration.
 start_gateway() {
   local name=$1 cpus=$2 threads=$3 tls=$4 port stats tport cfg=$WORK/$1.toml
   shift 4
   port=$(pick_port 17710); stats=$(pick_port 17730)
   gateway_config "$cfg" "$port" "$stats" "$threads" "$@"
+  if [ -n "${GW_EXTRA:-}" ]; then
+    printf '\n%s\n' "$GW_EXTRA" >>"$cfg"
+    "$GW_BIN" --config "$cfg" --check >/dev/null || die "gateway config with GW_EXTRA is invalid: $cfg"
+  fi
   if [ "$tls" = 1 ]; then
     tport=$(pick_port 17750)
     printf '\n[tls]\nlisten = "127.0.0.1:%s"\ncert = "%s"\nkey = "%s"\n' "$tport" "$WORK/tls/cert.pem" \
@@ -184,8 +189,14 @@ start_gateway kuzzle-gateway-ws "$PROXY_CPUS" 1 0 "${SIM_PORTS[@]}"
 start_nginx nginx-ws 0 "${SIM_PORTS[@]}"
 start_haproxy haproxy-ws 0 "${SIM_PORTS[@]}"
 start_gateway kuzzle-gateway-2cores 0-1 2 0 "${BK_PORTS[@]}"
+# The access log's cost: the same gateway, its log on (JSON, to a file), measured beside it.
+if has_case get-ka-log; then
+  GW_EXTRA=$(printf '[access_log]\npath = "%s"\nformat = "json"' "$WORK/access.log") \
+    start_gateway kuzzle-gateway-log "$PROXY_CPUS" 1 0 "${BK_PORTS[@]}"
+fi
 
-for t in direct kuzzle-gateway nginx haproxy kuzzle-gateway-2cores direct-ws kuzzle-gateway-ws nginx-ws haproxy-ws; do
+for t in direct kuzzle-gateway nginx haproxy kuzzle-gateway-2cores direct-ws kuzzle-gateway-ws nginx-ws haproxy-ws \
+  $(has_case get-ka-log && echo kuzzle-gateway-log); do
   wait_http "http://${URL[$t]}/_now" "$t"
 done
 # Sanity: the same answer through every proxy, plain and TLS, and the 1 MiB file whole.
@@ -264,6 +275,7 @@ targets_of() {
     ws-relay) echo "direct-ws kuzzle-gateway-ws nginx-ws haproxy-ws" ;;
     ws-idle) echo "kuzzle-gateway nginx haproxy" ;;
     two-cores) echo "kuzzle-gateway kuzzle-gateway-2cores" ;;
+    get-ka-log) echo "kuzzle-gateway kuzzle-gateway-log" ;;
     tls-new | tls-ka) echo "kuzzle-gateway nginx haproxy" ;;
   esac
 }
@@ -273,7 +285,7 @@ targets_of() {
 measure() {
   local c=$1 t=$2
   case $c in
-    get-ka | two-cores) wrk_measure "$t" "$CONNS" "http://${URL[$t]}/_now" ;;
+    get-ka | two-cores | get-ka-log) wrk_measure "$t" "$CONNS" "http://${URL[$t]}/_now" ;;
     get-close) wrk_measure "$t" "$CONNS" "http://${URL[$t]}/_now" -H "Connection: close" ;;
     get-1m) wrk_measure "$t" "$BIG_CONNS" "http://${URL[$t]}/1m" ;;
     tls-ka) wrk_measure "$t" "$CONNS" "https://${TLSURL[$t]}/_now" ;;
@@ -360,6 +372,14 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
     awk -v t="$t" '/^requests/ { printf "%s %s %s %s; ", t, $14, $16, $18 }' "$WORK/tls-$t.out"; done)certificate: $TLS_KEY"
   echo "load average at start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine)"
   echo "CPU 1 busy beyond the measured proxy: $(foreign_load)"
+  if has_case get-ka-log; then
+    echo "access log (get-ka-log): $(wc -l <"$WORK/access.log") lines, $(mib $(($(stat -c %s "$WORK/access.log") / 1024))) MiB written; first line: $(head -c 400 "$WORK/access.log" | head -1)"
+    # Each round measures both back to back: the ratio of each pair drifts less with the machine's
+    # other load than the ratio of the medians.
+    echo "get-ka-log per CPU-second, log on / off, round by round: $(paste <(printf '%s' "${RES[get-ka-log,kuzzle-gateway-log]}" | awk 'NF { print $6 }') \
+      <(printf '%s' "${RES[get-ka-log,kuzzle-gateway]}" | awk 'NF { print $6 }') |
+      awk '{ r[NR] = $1 / $2; printf "%.2f ", r[NR] } END { n = asort(r); printf "(median %.2f)", r[int((n + 1) / 2)] }')"
+  fi
   echo "placement: each proxy on CPU $PROXY_CPUS with one worker (threads = 1, worker_processes 1, nbthread 1);" \
     "load generators, backend nginx and the 3 kuzzle-node-sim on CPU $LOAD_CPUS; two-cores: the gateway with threads = 2 on CPUs 0-1"
   echo "backends: HTTP: nginx, 1 worker, return 200 of a ${#BODY}-byte JSON body and a 1 MiB file, 3 ports as 3 nodes;" \
@@ -387,6 +407,8 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
   fi
   has_case two-cores &&
     row two-cores "requests per CPU-second, threads = 2" 6 kuzzle-gateway-2cores - - - kuzzle-gateway "gateway, 1 core" ge 0.90
+  has_case get-ka-log &&
+    row get-ka-log "requests per CPU-second, access log on (file)" 6 kuzzle-gateway-log - - - kuzzle-gateway "gateway, log off" ge 0.93
   for c in tls-new tls-ka; do
     has_case "$c" || continue
     b=$(best "$c" nginx haproxy)
@@ -396,6 +418,7 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
   echo
   echo "Cases: get-ka small GETs, keep-alive; get-close a new connection per request; get-1m 1 MiB responses;" \
     "ws-idle idle WebSockets; ws-relay WebSocket round trips; two-cores get-ka with the gateway on 2 cores;" \
+    "get-ka-log get-ka with the access log on (JSON lines to a file), against the same gateway with it off;" \
     "tls-new a new TLS connection (full handshake) per request; tls-ka HTTPS keep-alive." \
     "The tls-* targets (>= the best of nginx and haproxy) are provisional: issue 12 names the cases, not a bar."
   echo

@@ -112,8 +112,8 @@ pub fn start_with(
 
     let limit = crate::fds::max_connections(config.gateway.max_connections, crate::fds::raise_nofile());
     core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
-    let ctx =
-        Arc::new(Context { core: core.clone(), life: life.clone(), instance: crate::proxy::headers::instance_id() });
+    let ctx = Arc::new(Context::new(core.clone(), life.clone()));
+    crate::edge::start(&ctx.edge, &life);
     let door = Arc::new(Frontdoor { ctx, tls: tls.clone(), limit: Arc::new(Semaphore::new(limit)) });
     let reloads = Arc::new(ReloadStats::default());
     // The listeners start after membership (ops serves its status): the handle reads them late.

@@ -106,6 +106,13 @@ pub struct GatewaySection {
     /// Response header naming the node that answered (real Kuzzle 2 sends `X-Kuzzle-Node:
     /// undefined`, so ops and tests cannot tell otherwise); written over the node's own; "" = off.
     pub node_header: String,
+    /// Every client connection (plain and TLS) starts with a PROXY protocol v1 or v2 header: the
+    /// gateway sits behind an L4 balancer (AWS NLB, keepalived + haproxy) and the header is the
+    /// only place the client's address survives.
+    pub proxy_protocol: bool,
+    /// The networks of those L4 balancers: with `proxy_protocol`, a connection from elsewhere is
+    /// closed (anyone else could claim any address in a header of their own).
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 impl Default for GatewaySection {
@@ -121,6 +128,8 @@ impl Default for GatewaySection {
             watch: true,
             resolve_interval: Dur(Duration::from_secs(10)),
             node_header: "x-kuzzle-node".into(),
+            proxy_protocol: false,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }
@@ -150,7 +159,8 @@ impl Default for TimeoutsSection {
 }
 
 /// Size limits at the edge (haproxy-like defaults): what one client or node may make the gateway
-/// hold, so memory stays bounded per connection.
+/// hold, so memory stays bounded per connection; and what one client (an IP address, an IPv6
+/// /64) may do: nginx's `limit_conn` / `limit_req`, haproxy's stick tables.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsSection {
@@ -162,11 +172,55 @@ pub struct LimitsSection {
     pub uri: usize,
     /// Bytes of a node's response head; more: 502.
     pub response_head: usize,
+    /// Open connections per client, WebSockets included; one more is closed at once (or answered
+    /// 429 when its request already came). 0 = off. At most [`MAX_CLIENT_CONNECTIONS`].
+    pub client_connections: u32,
+    /// Requests and WebSocket upgrades per second per client (token bucket); over it: 429 with
+    /// `Retry-After`. 0 = off.
+    pub client_rate: u32,
+    /// The bucket's size: requests a client may make at once before `client_rate` applies;
+    /// 0 = `client_rate`.
+    pub client_burst: u32,
+    /// Clients never limited (monitoring, the office, other gateways).
+    pub exempt_networks: Vec<ipnet::IpNet>,
+    /// Clients tracked at once (the table is allocated whole: 16 bytes each, so memory stays
+    /// fixed whatever the clients do). Read at start only.
+    pub client_table: usize,
 }
+
+/// Most open connections `[limits] client_connections` may allow a client (the count per client
+/// is 16 bits wide in the limits table).
+pub const MAX_CLIENT_CONNECTIONS: u32 = 65_535;
 
 impl Default for LimitsSection {
     fn default() -> Self {
-        LimitsSection { request_head: 32 * 1024, headers: 100, uri: 8 * 1024, response_head: 64 * 1024 }
+        LimitsSection {
+            request_head: 32 * 1024,
+            headers: 100,
+            uri: 8 * 1024,
+            response_head: 64 * 1024,
+            client_connections: 0,
+            client_rate: 0,
+            client_burst: 0,
+            exempt_networks: Vec::new(),
+            client_table: 65_536,
+        }
+    }
+}
+
+impl LimitsSection {
+    /// Is any per-client limit on (then the table exists and every connection is looked up)?
+    pub fn per_client(&self) -> bool {
+        self.client_connections > 0 || self.client_rate > 0
+    }
+
+    /// The token bucket's size.
+    pub fn burst(&self) -> u32 {
+        if self.client_burst == 0 {
+            self.client_rate
+        } else {
+            self.client_burst
+        }
     }
 }
 
@@ -180,11 +234,21 @@ pub struct BalanceSection {
     /// to a node, so that a request a node refused unexecuted (Kuzzle's 503 "shutting down") can
     /// be sent to another; 0 = always stream (such a request then gets the node's 503).
     pub resend_body: usize,
+    /// An idempotent request (body-less GET, HEAD, OPTIONS) that waited `[timeouts] server` on a
+    /// node gone silent is sent once to another node instead of getting the 504 (haproxy's
+    /// `retry-on response-timeout`). Off: a slow request is then run twice.
+    pub retry_on_timeout: bool,
 }
 
 impl Default for BalanceSection {
     fn default() -> Self {
-        BalanceSection { algorithm: Algorithm::Leastconn, retries: 3, redispatch: true, resend_body: 64 * 1024 }
+        BalanceSection {
+            algorithm: Algorithm::Leastconn,
+            retries: 3,
+            redispatch: true,
+            resend_body: 64 * 1024,
+            retry_on_timeout: false,
+        }
     }
 }
 
@@ -206,6 +270,10 @@ pub struct HealthSection {
     /// Count connect failures and timeouts of real traffic against a node.
     pub passive: bool,
     pub on_marked_down: OnMarkedDown,
+    /// A node that joins or comes back UP gets a share of new traffic that grows from almost
+    /// nothing to a full node's over this long (haproxy's `slowstart`): a cold Kuzzle is slower
+    /// in its first seconds. 0 = off.
+    pub slowstart: Dur,
 }
 
 impl Default for HealthSection {
@@ -221,8 +289,43 @@ impl Default for HealthSection {
             fall: 3,
             passive: true,
             on_marked_down: OnMarkedDown::ShutdownTunnels,
+            slowstart: Dur(DEFAULT_SLOWSTART),
         }
     }
+}
+
+/// `[health] slowstart` by default (see README: health checks, for the measurement behind it).
+pub const DEFAULT_SLOWSTART: Duration = Duration::from_secs(30);
+
+/// Format of the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object a line; the field names are a contract (README: access log).
+    #[default]
+    Json,
+    /// One line in the spirit of haproxy's `option httplog`.
+    Text,
+}
+
+/// `[access_log]`: one line per HTTP request and per WebSocket session (nginx's `access_log`,
+/// haproxy's `option httplog`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// `"stdout"`, or a file (appended to; reopened on SIGUSR1, as logrotate's `postrotate` asks).
+    pub path: String,
+    /// JSON for log shippers, text for people.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// Query parameters whose values are written as `***` (Kuzzle takes its token as `jwt=` or
+    /// `access_token=`: a log is no place for it).
+    #[serde(default = "default_masked")]
+    pub mask: Vec<String>,
+}
+
+fn default_masked() -> Vec<String> {
+    vec!["jwt".into(), "access_token".into()]
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -511,6 +614,7 @@ struct RawConfig {
     limits: LimitsSection,
     tls: Option<TlsSection>,
     cluster: Option<ClusterSection>,
+    access_log: Option<AccessLogSection>,
     fleet: Option<FleetSection>,
     #[serde(default)]
     node: Vec<NodeSection>,
@@ -606,6 +710,8 @@ pub struct Config {
     pub limits: LimitsSection,
     pub tls: Option<TlsSection>,
     pub cluster: Option<ClusterSection>,
+    /// None: no access log.
+    pub access_log: Option<AccessLogSection>,
     /// `[fleet]`: shared operator states, fleet view and rebalancing through Redis.
     pub fleet: Option<FleetSection>,
     pub nodes: Vec<StaticNode>,
@@ -627,6 +733,7 @@ impl Default for Config {
             limits: LimitsSection::default(),
             tls: None,
             cluster: None,
+            access_log: None,
             fleet: None,
             nodes: Vec::new(),
             fingerprint: crate::fleet::fingerprint::of_text(""),
@@ -828,6 +935,10 @@ impl Config {
                 format!("{v} worker threads is too many: at most {MAX_THREADS} (0 = one per core)"),
             ));
         }
+        check_edge(&raw).map_err(|(key, m)| {
+            let (line, k) = place(key);
+            err(line, &k, m)
+        })?;
         if !raw.stats.uri.starts_with('/') {
             let (l, k) = place("stats.uri");
             return Err(err(l, &k, format!("stats uri {:?} must start with '/'", raw.stats.uri)));
@@ -972,11 +1083,66 @@ impl Config {
             stats,
             tls: raw.tls,
             cluster: raw.cluster.map(|c| ClusterSection { tls: cluster_tls, ..c }),
+            access_log: raw.access_log,
             fleet,
             nodes,
             fingerprint: crate::fleet::fingerprint::of_text(text),
         })
     }
+}
+
+/// Most requests a second `[limits] client_rate` may allow (the buckets count microseconds).
+pub const MAX_CLIENT_RATE: u32 = 1_000_000;
+
+/// Most clients `[limits] client_table` may track (16 bytes each: 256 MiB).
+pub const MAX_CLIENT_TABLE: usize = 1 << 24;
+
+/// The edge keys (`[gateway] proxy_protocol*`, the per-client `[limits]`, `[access_log]`): the
+/// key and what is wrong with it.
+fn check_edge(raw: &RawConfig) -> Result<(), (&'static str, String)> {
+    let g = &raw.gateway;
+    if g.proxy_protocol && g.proxy_protocol_from.is_empty() {
+        return Err((
+            "gateway.proxy_protocol",
+            "proxy_protocol = true needs the L4 balancers' networks in proxy_protocol_from (e.g. [\"10.0.0.0/8\"]): \
+             any other client could claim any address"
+                .into(),
+        ));
+    }
+    if !g.proxy_protocol && !g.proxy_protocol_from.is_empty() {
+        return Err(("gateway.proxy_protocol_from", "proxy_protocol_from needs proxy_protocol = true".into()));
+    }
+    let l = &raw.limits;
+    if l.client_connections > MAX_CLIENT_CONNECTIONS {
+        return Err((
+            "limits.client_connections",
+            format!("{} is too many: at most {MAX_CLIENT_CONNECTIONS} (0 = off)", l.client_connections),
+        ));
+    }
+    if l.client_rate > MAX_CLIENT_RATE {
+        return Err((
+            "limits.client_rate",
+            format!("{} a second is more than can be told apart: at most {MAX_CLIENT_RATE} (0 = off)", l.client_rate),
+        ));
+    }
+    if l.client_burst > 0 && l.client_rate == 0 {
+        return Err(("limits.client_burst", "client_burst needs client_rate (requests per second, 0 = off)".into()));
+    }
+    if !(1024..=MAX_CLIENT_TABLE).contains(&l.client_table) {
+        return Err((
+            "limits.client_table",
+            format!("{} clients: between 1024 and {MAX_CLIENT_TABLE}", l.client_table),
+        ));
+    }
+    if let Some(a) = &raw.access_log {
+        if a.path.trim().is_empty() {
+            return Err(("access_log.path", "path is \"stdout\" or a file; remove [access_log] to turn it off".into()));
+        }
+        if let Some(bad) = a.mask.iter().find(|m| m.is_empty() || m.bytes().any(|b| b"&=# ".contains(&b))) {
+            return Err(("access_log.mask", format!("{bad:?} is no query parameter name")));
+        }
+    }
+    Ok(())
 }
 
 /// Validate `[fleet]` and fill in its defaults (Redis from `[cluster]`, the name from the host
@@ -1300,6 +1466,36 @@ mod tests {
         for bad in ["0s", "61s"] {
             let e = Config::parse(&format!("{redis}ready_timeout = \"{bad}\"\n"), "g.toml").unwrap_err();
             assert_eq!((e.line, e.key.as_str()), (3, "cluster.ready_timeout"), "{e}");
+        }
+    }
+
+    #[test]
+    fn edge_keys_and_their_errors() {
+        let c = Config::parse("", "g.toml").expect("defaults");
+        assert!(!c.gateway.proxy_protocol && c.access_log.is_none() && !c.limits.per_client());
+        assert_eq!(
+            (c.limits.client_table, c.health.slowstart.0, c.balance.retry_on_timeout),
+            (65_536, DEFAULT_SLOWSTART, false)
+        );
+        let t = "[gateway]\nproxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\"]\n[limits]\nclient_connections = 20\nclient_rate = 50\nexempt_networks = [\"192.0.2.0/24\"]\n[health]\nslowstart = \"30s\"\n[access_log]\npath = \"stdout\"\nformat = \"text\"\n";
+        let c = Config::parse(t, "g.toml").expect("valid");
+        assert_eq!(c.limits.burst(), 50, "client_burst defaults to client_rate");
+        let a = c.access_log.expect("access log");
+        assert_eq!((a.format, a.mask), (LogFormat::Text, vec!["jwt".to_string(), "access_token".to_string()]));
+        for (t, line, key) in [
+            ("[gateway]\nproxy_protocol = true\n", 2, "gateway.proxy_protocol"),
+            ("[gateway]\nproxy_protocol_from = [\"10.0.0.0/8\"]\n", 2, "gateway.proxy_protocol_from"),
+            ("[limits]\nclient_connections = 70000\n", 2, "limits.client_connections"),
+            ("[limits]\nclient_burst = 5\n", 2, "limits.client_burst"),
+            ("[limits]\nclient_table = 10\n", 2, "limits.client_table"),
+            ("[limits]\nclient_rate = 2000000\n", 2, "limits.client_rate"),
+            ("[access_log]\npath = \"\"\n", 2, "access_log.path"),
+            ("[access_log]\npath = \"x\"\nmask = [\"a=b\"]\n", 3, "access_log.mask"),
+            ("[access_log]\npath = \"x\"\nformat = \"xml\"\n", 3, "access_log.format"),
+            ("[health]\nslowstart = \"soon\"\n", 2, "health.slowstart"),
+        ] {
+            let e = Config::parse(t, "g.toml").unwrap_err();
+            assert_eq!((e.line, e.key.as_str()), (line, key), "{t}: {e}");
         }
     }
 

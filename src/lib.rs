@@ -14,7 +14,8 @@
 //! - Data plane (reads one snapshot per request): [`serve`] (accept loops, client connections,
 //!   [`send_timeout`] cutting clients that stop reading),
 //!   [`proxy`] (one request, typed errors, header rules), [`route`] (prefix rule), [`balance`]
-//!   (algorithms), [`tunnel`] (WebSocket tunnels).
+//!   (algorithms), [`tunnel`] (WebSocket tunnels), [`edge`] (PROXY protocol, per-client limits,
+//!   access log).
 //! - Control plane (writes through `Core::apply`, settings by a `watch`): [`config`], [`reload`]
 //!   (the reload task; triggers send it a message), [`watch`] (file watcher), [`listeners`]
 //!   (bind, re-bind), [`upgrade`] (socket hand-over) with [`state`] (what the old process hands
@@ -36,6 +37,7 @@ pub mod config;
 pub mod core;
 pub mod demo;
 pub mod drain;
+pub mod edge;
 pub mod envelope;
 pub mod fds;
 pub mod fleet;

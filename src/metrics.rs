@@ -122,6 +122,33 @@ pub fn render_view(v: &StatsView) -> String {
     for (c, n) in STATUS_CLASS_NAMES.iter().zip(f.responses) {
         o.sample("responses_total", &format!("code=\"{c}\""), n);
     }
+    let e = &p.edge;
+    o.family("limited_total", "counter", "Clients refused by [limits] (rate: 429; connections: closed or 429), and clients left untracked for want of room in the limits table (table_full).");
+    for (reason, n) in &e.limited {
+        o.sample("limited_total", &format!("reason=\"{reason}\""), n);
+    }
+    o.family(
+        "proxy_protocol_refused_total",
+        "counter",
+        "Connections closed for their PROXY protocol header, by reason.",
+    );
+    for (reason, n) in &e.proxy_refused {
+        o.sample("proxy_protocol_refused_total", &format!("reason=\"{reason}\""), n);
+    }
+    o.single(
+        "h2_reset_floods_total",
+        "counter",
+        "HTTP/2 connections cut for resetting too many streams before their answer.",
+        e.h2_reset_floods,
+    );
+    o.single("access_log_lines_total", "counter", "Access log lines formatted.", e.access_log.lines);
+    o.single(
+        "access_log_dropped_total",
+        "counter",
+        "Access log lines dropped because the writer was too far behind.",
+        e.access_log.dropped,
+    );
+    o.single("access_log_errors_total", "counter", "Failed opens and writes of the access log.", e.access_log.errors);
     o.family("nodes", "gauge", "Nodes known (members and leaving ones), and those taking traffic.");
     o.sample("nodes", "state=\"known\"", p.nodes_total);
     o.sample("nodes", "state=\"eligible\"", p.nodes_eligible);
@@ -162,9 +189,13 @@ pub fn render_view(v: &StatsView) -> String {
             o.sample("node_admin_state", &format!("{},state=\"{a}\"", node_labels(n)), u8::from(n.admin == a));
         }
     }
-    o.per_node(v, "node_weight", "gauge", "Balancing weight now (0 when the node takes no new traffic).", |n| {
-        s(n.weight)
-    });
+    o.per_node(
+        v,
+        "node_weight",
+        "gauge",
+        "Share of new traffic in percent of a full node's (0: none; below 100 during slow start).",
+        |n| s(n.weight),
+    );
     o.per_node(v, "node_active", "gauge", "Requests plus tunnels open on the node now.", |n| s(n.traffic.cur));
     o.per_node(v, "node_active_max", "gauge", "Highest number of simultaneous requests plus tunnels.", |n| {
         s(n.traffic.max)

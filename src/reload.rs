@@ -146,6 +146,10 @@ pub fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.gateway.watch != new.gateway.watch {
         v.push("gateway.watch");
     }
+    // The limits table is allocated whole, once.
+    if old.limits.client_table != new.limits.client_table {
+        v.push("limits.client_table");
+    }
     // Read once, while the gateway starts.
     let ready = |c: &Config| c.cluster.as_ref().map(|c| c.ready_timeout);
     if ready(old) != ready(new) {
@@ -239,6 +243,20 @@ pub fn change_summary(old: &Config, new: &Config) -> Vec<String> {
     if old.tls != new.tls {
         v.push("tls".into());
     }
+    if old.limits != new.limits {
+        v.push("limits".into());
+    }
+    if old.access_log != new.access_log {
+        v.push(match &new.access_log {
+            Some(a) => format!("access log: {}", a.path),
+            None => "access log: off".into(),
+        });
+    }
+    if (old.gateway.proxy_protocol, &old.gateway.proxy_protocol_from)
+        != (new.gateway.proxy_protocol, &new.gateway.proxy_protocol_from)
+    {
+        v.push(format!("PROXY protocol: {}", if new.gateway.proxy_protocol { "on" } else { "off" }));
+    }
     if old.fleet != new.fleet {
         v.push("fleet".into());
     }
@@ -256,8 +274,11 @@ mod tests {
     #[test]
     fn fixed_settings_are_named() {
         let old = cfg("[gateway]\nthreads = 2\n");
-        let new = cfg("[gateway]\nthreads = 4\nmax_connections = 10\n[balance]\nalgorithm = \"source\"\n");
-        assert_eq!(not_reloadable(&old, &new), vec!["gateway.threads", "gateway.max_connections"]);
+        let new = cfg("[gateway]\nthreads = 4\nmax_connections = 10\n[balance]\nalgorithm = \"source\"\n[limits]\nclient_table = 4096\nclient_rate = 5\n");
+        assert_eq!(
+            not_reloadable(&old, &new),
+            vec!["gateway.threads", "gateway.max_connections", "limits.client_table"]
+        );
         assert!(not_reloadable(&old, &old).is_empty());
     }
 

@@ -1,6 +1,7 @@
 //! Data plane: the accept loop of a client listener and the serving of one client connection
 //! (HTTP/1.1, keep-alive, upgrades, TLS handshake, graceful close on shutdown or hand-over).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::core::counters::LimitReason;
+use crate::edge::limits::{Admission, ConnGuard, CONNECTIONS_RETRY_AFTER};
+use crate::edge::proxy_protocol::{self, Prefixed, Refusal};
 use crate::proxy::{self, ClientInfo, Context, Scheme};
 use crate::tls::TlsSlot;
+use crate::tunnel::Held;
 
 /// What client accept loops share: the proxy's context, the TLS acceptor (swapped on reload) and
 /// the connection cap.
@@ -54,16 +59,17 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
         // TLS clients may speak HTTP/2, whose streams take slots of their own.
         let tls = if scheme == Scheme::Https { door.tls.acceptor().map(|a| (a, limit.clone())) } else { None };
         door.ctx.life.connections.spawn(async move {
-            let client = ClientInfo::new(addr, scheme);
+            let Some((stream, client, conn)) = admit(&ctx, stream, addr, scheme).await else { return };
+            let held = Held { permit: Some(permit), conn };
             match tls {
                 None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
-                None => serve_conn(ctx, stream, client, Some(permit)).await,
+                None => serve_conn(ctx, stream, client, held).await,
                 Some((acceptor, shared)) => {
                     if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
                         if crate::tls::is_h2(&s) {
-                            crate::tls::h2::serve(ctx, s, client, Some(permit), shared).await;
+                            crate::tls::h2::serve(ctx, s, client, held, shared).await;
                         } else {
-                            serve_conn(ctx, s, client, Some(permit)).await;
+                            serve_conn(ctx, s, client, held).await;
                         }
                     }
                 }
@@ -72,11 +78,103 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
     }
 }
 
+/// A client stream: the socket, after the bytes read with its PROXY header (if any).
+pub type ClientStream = Prefixed<TcpStream>;
+
+/// What happens to a new connection before any HTTP or TLS: its PROXY protocol header (when
+/// `[gateway] proxy_protocol`: the client's real address), then `[limits] client_connections`.
+/// None: the connection was refused (closed, or answered 429) and counted.
+async fn admit(
+    ctx: &Context,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    scheme: Scheme,
+) -> Option<(ClientStream, ClientInfo, Option<ConnGuard>)> {
+    let cfg = ctx.core.config();
+    let f = &ctx.core.frontend;
+    let (addr, rest) = if cfg.gateway.proxy_protocol {
+        let read = if proxy_protocol::allowed(peer.ip(), &cfg.gateway.proxy_protocol_from) {
+            proxy_protocol::read_header(&mut stream, peer, cfg.timeouts.client.0).await
+        } else {
+            Err(Refusal::NotAllowed)
+        };
+        match read {
+            Ok(r) => r,
+            Err(why) => {
+                f.proxy_refused[why as usize].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, ?why, "connection closed: PROXY protocol header refused");
+                return None;
+            }
+        }
+    } else {
+        (peer, Vec::new())
+    };
+    let stream = Prefixed::new(stream, rest);
+    let mut client = ClientInfo::new(addr, scheme);
+    if cfg.access_log.is_some() {
+        client = client.labelled();
+    }
+    let l = &cfg.limits;
+    let mut conn = None;
+    if crate::edge::limited(l, addr.ip()) {
+        let table = ctx.edge.table(l);
+        client.place = Some(table.place(addr.ip()));
+        if l.client_connections > 0 {
+            match table.open(addr.ip(), l.client_connections) {
+                Admission::Counted(g) => conn = Some(g),
+                Admission::Untracked => f.limited(LimitReason::TableFull),
+                Admission::Over => {
+                    f.limited(LimitReason::Connections);
+                    too_many_connections(stream, scheme, l.client_connections).await;
+                    return None;
+                }
+            }
+        }
+    }
+    Some((stream, client, conn))
+}
+
+/// A connection over `[limits] client_connections`: closed at once; a plain HTTP client whose
+/// request already came gets a 429 first (a TLS one cannot be answered before its handshake).
+async fn too_many_connections(mut stream: ClientStream, scheme: Scheme, limit: u32) {
+    use tokio::io::AsyncWriteExt;
+    if scheme != Scheme::Http {
+        return;
+    }
+    // What already came is read (closing with unread bytes would reset the connection and lose
+    // the answer); nothing is waited for.
+    let mut buf = [0u8; 4096];
+    let mut came = !stream.pending().is_empty();
+    for _ in 0..16 {
+        match stream.get_ref().try_read(&mut buf) {
+            Ok(n) if n > 0 => came = true,
+            _ => break,
+        }
+    }
+    if !came {
+        return;
+    }
+    let msg = format!("too many connections: this client already has {limit} open");
+    let body = crate::envelope::body(http::StatusCode::TOO_MANY_REQUESTS, &msg);
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        CONNECTIONS_RETRY_AFTER.as_secs(),
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
 async fn tls_handshake(
     ctx: &Context,
     acceptor: tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
-) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    stream: ClientStream,
+) -> Option<tokio_rustls::server::TlsStream<ClientStream>> {
     // Runs under the connection's permit: a stalled handshake holds a slot until it is cut.
     let t = crate::tls::handshake_timeout(&ctx.core.config());
     match tokio::time::timeout(t, acceptor.accept(stream)).await {
@@ -101,18 +199,15 @@ const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 pub const HANDOVER_KEEPALIVE_LINGER: Duration = Duration::from_secs(5);
 
 /// Serve one client connection (HTTP/1.1, keep-alive, upgrades) until it closes or shutdown.
-/// `permit` is this connection's place under `[gateway] max_connections`; an upgrade hands it on to
-/// its tunnel, so long-lived WebSockets keep counting against the cap.
-pub async fn serve_conn<I>(
-    ctx: Arc<Context>,
-    io: I,
-    client: ClientInfo,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-) where
+/// `held` is this connection's place under `[gateway] max_connections` and its count under
+/// `[limits] client_connections`; an upgrade hands them on to its tunnel, so long-lived
+/// WebSockets keep counting.
+pub async fn serve_conn<I>(ctx: Arc<Context>, io: I, client: ClientInfo, held: Held)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     ctx.core.frontend.connection_opened();
-    let slot = Arc::new(crate::tunnel::PermitSlot::new(permit));
+    let slot = Arc::new(crate::tunnel::PermitSlot::new(held));
     // One read of the settings for the whole connection (a reload applies to the next one).
     let cfg = ctx.core.config();
     let timeout = cfg.timeouts.client.0;
@@ -155,6 +250,9 @@ pub async fn serve_conn<I>(
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
         .keep_alive(true)
+        // A client that half-closes after its request (`shutdown(SHUT_WR)`: `nc -N`, some
+        // balancers' checks) still gets its answer, as from haproxy and Node.js.
+        .half_close(true)
         .max_buf_size((2 * limits.request_head).max(8192));
     // hyper parses up to 100 header lines in arrays on the stack; an explicit cap makes it
     // allocate and fill two arrays for every request head (measured: ~6 % of the gateway's

@@ -18,6 +18,7 @@ use crate::core::backend::ActiveGuard;
 use crate::core::counters::FrontendCounters;
 use crate::core::shed::Shed;
 use crate::core::Lifecycle;
+use crate::edge::access_log::{FirstClose, WsEnd, WsRecord};
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -109,17 +110,27 @@ impl Pump {
     }
 }
 
-/// A connection's `max_connections` permit, handed from the HTTP connection to its tunnel.
+/// What a client connection holds while it is open, handed on to its tunnel when it upgrades (a
+/// WebSocket keeps counting as a connection).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Its place under `[gateway] max_connections`.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its count under `[limits] client_connections`.
+    pub conn: Option<crate::edge::limits::ConnGuard>,
+}
+
+/// A connection's [`Held`], handed from the HTTP connection to its tunnel.
 #[derive(Debug)]
-pub struct PermitSlot(std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>);
+pub struct PermitSlot(std::sync::Mutex<Option<Held>>);
 
 impl PermitSlot {
-    pub fn new(p: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
-        PermitSlot(std::sync::Mutex::new(p))
+    pub fn new(h: Held) -> Self {
+        PermitSlot(std::sync::Mutex::new(Some(h)))
     }
 
-    /// Take the permit (once per connection; an upgrade ends the HTTP connection).
-    pub fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// Take what the connection holds (once per connection; an upgrade ends the HTTP connection).
+    pub fn take(&self) -> Option<Held> {
         crate::util::lock(&self.0).take()
     }
 }
@@ -132,10 +143,11 @@ pub fn spawn(
     idle: Duration,
     guard: ActiveGuard,
     kill: CancellationToken,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<Held>,
     client: OnUpgrade,
     node: OnUpgrade,
     websocket: bool,
+    log: Option<Box<WsRecord>>,
 ) {
     let frontend = frontend.clone();
     let close_all = life.close_tunnels.clone();
@@ -144,6 +156,10 @@ pub fn spawn(
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
+                if let Some(r) = log {
+                    let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
+                    r.log.websocket(&r, end);
+                }
                 return;
             }
         };
@@ -154,10 +170,17 @@ pub fn spawn(
         f.tunnels_total.fetch_add(1, Ordering::Relaxed);
         c.tunnels.fetch_add(1, Ordering::Relaxed);
         c.tunnels_total.fetch_add(1, Ordering::Relaxed);
-        let io = TunnelIo { bytes_in: [&f.bytes_in, &c.bytes_in], bytes_out: [&f.bytes_out, &c.bytes_out] };
+        let io = TunnelIo {
+            bytes_in: [&f.bytes_in, &c.bytes_in],
+            bytes_out: [&f.bytes_out, &c.bytes_out],
+            session: log.as_ref().map(|_| Session::default()),
+        };
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
         let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
+        if let (Some(r), Some(s)) = (log, &io.session) {
+            r.log.websocket(&r, s.end(end));
+        }
         f.tunnels.fetch_sub(1, Ordering::Relaxed);
         c.tunnels.fetch_sub(1, Ordering::Relaxed);
         drop(guard);
@@ -169,6 +192,35 @@ pub fn spawn(
 pub struct TunnelIo<'a> {
     pub bytes_in: [&'a AtomicU64; 2],
     pub bytes_out: [&'a AtomicU64; 2],
+    /// This session's own figures, for its access log line (None: no access log).
+    pub session: Option<Session>,
+}
+
+/// One session's bytes and who closed it first (only kept when the access log is on).
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Bytes from the client.
+    pub bytes_in: AtomicU64,
+    /// Bytes to the client.
+    pub bytes_out: AtomicU64,
+    /// Who closed first, with which code.
+    pub first_close: FirstClose,
+}
+
+impl Session {
+    /// The line's figures, once the tunnel ended with `end`.
+    pub fn end(&self, end: TunnelEnd) -> WsEnd {
+        if matches!(end, TunnelEnd::Idle | TunnelEnd::NodeGone | TunnelEnd::Shutdown) {
+            self.first_close.set(FirstClose::GATEWAY, Some(1001));
+        }
+        let (closed_by, close_code) = self.first_close.get();
+        WsEnd {
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            close_code,
+            closed_by,
+        }
+    }
 }
 
 /// Why a tunnel ended.
@@ -224,8 +276,34 @@ where
 
     let client_to_node = async {
         let mut pump = Pump::default();
+        // The client's frames are followed only for the access log (its close code).
+        let mut frames = (websocket && io.session.is_some()).then(FrameTracker::default);
         loop {
-            let (n, _) = pump.pump(&mut cr, &mut nw, |d| d.len()).await?;
+            let keep = |d: &[u8]| {
+                if let Some(f) = frames.as_mut() {
+                    f.advance(d, false);
+                }
+                d.len()
+            };
+            let r = pump.pump(&mut cr, &mut nw, keep).await;
+            let n = match r {
+                Ok((n, _)) => n,
+                Err(e) => {
+                    if let Some(s) = &io.session {
+                        s.first_close.set(FirstClose::CLIENT, None);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(s) = &io.session {
+                if let Some(code) = frames.as_mut().and_then(FrameTracker::take_close) {
+                    s.first_close.set(FirstClose::CLIENT, Some(code));
+                }
+                if n == 0 {
+                    s.first_close.set(FirstClose::CLIENT, None);
+                }
+                s.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
             if n == 0 {
                 let _ = nw.shutdown().await;
                 return Ok::<(), std::io::Error>(());
@@ -248,7 +326,12 @@ where
                 biased;
                 r = pump.pump(&mut nr, &mut cw, keep) => match r {
                     Ok(x) => x,
-                    Err(_) => return TunnelEnd::Error,
+                    Err(_) => {
+                        if let Some(s) = &io.session {
+                            s.first_close.set(FirstClose::NODE, None);
+                        }
+                        return TunnelEnd::Error;
+                    }
                 },
                 _ = stopped(), if closing.is_none() => {
                     let why = if shutdown.is_cancelled() {
@@ -273,6 +356,15 @@ where
                     return stop_reason(kill, shutdown, &drawn);
                 }
             };
+            if let Some(s) = &io.session {
+                if let Some(code) = frames.take_close() {
+                    s.first_close.set(FirstClose::NODE, Some(code));
+                }
+                if n == 0 {
+                    s.first_close.set(FirstClose::NODE, None);
+                }
+                s.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+            }
             if n == 0 {
                 // The node went away without a close frame: tell the client it may reconnect.
                 if websocket && frames.at_boundary() && !frames.saw_close {
@@ -412,6 +504,16 @@ pub struct FrameTracker {
     opcode: u8,
     /// The last complete frame was a close frame.
     pub saw_close: bool,
+    /// The current frame's masking key (client frames are masked), to read a close code.
+    mask: Option<[u8; 4]>,
+    /// Payload bytes of the current frame consumed so far (only counted for close frames, whose
+    /// first two are the code).
+    offset: u64,
+    /// The first two payload bytes of a close frame: its code.
+    code: [u8; 2],
+    /// A close frame completed and its code was not taken yet ([`FrameTracker::take_close`]);
+    /// 1005 ("no status") for one without a code.
+    close: Option<u16>,
 }
 
 impl FrameTracker {
@@ -429,6 +531,14 @@ impl FrameTracker {
         while i < data.len() {
             if self.in_payload {
                 let take = (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                if self.opcode == 0x8 {
+                    // The first two payload bytes of a close frame are its code.
+                    let have = usize::try_from(self.offset).unwrap_or(usize::MAX);
+                    for (j, b) in data[i..i + take].iter().take(2usize.saturating_sub(have)).enumerate() {
+                        self.code[have + j] = b ^ self.mask.map_or(0, |m| m[(have + j) % 4]);
+                    }
+                    self.offset += take as u64;
+                }
                 i += take;
                 self.remaining -= take as u64;
                 if self.remaining == 0 {
@@ -465,6 +575,11 @@ impl FrameTracker {
                 _ => u64::from(len7),
             };
             self.opcode = self.hdr[0] & 0x0f;
+            self.mask = (mask == 4).then(|| {
+                let k = 2 + ext;
+                [self.hdr[k], self.hdr[k + 1], self.hdr[k + 2], self.hdr[k + 3]]
+            });
+            self.offset = 0;
             self.have = 0;
             if len == 0 {
                 self.frame_done();
@@ -482,6 +597,14 @@ impl FrameTracker {
     fn frame_done(&mut self) {
         self.in_payload = false;
         self.saw_close = self.opcode == 0x8;
+        if self.saw_close && self.close.is_none() {
+            self.close = Some(if self.offset >= 2 { u16::from_be_bytes(self.code) } else { 1005 });
+        }
+    }
+
+    /// The code of a close frame completed since the last call (1005 when it had none).
+    pub fn take_close(&mut self) -> Option<u16> {
+        self.close.take()
     }
 }
 
@@ -591,7 +714,7 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(4096);
         let (node, mut node_peer) = tokio::io::duplex(4096);
         let (a, b) = counters();
-        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b] };
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
         let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let t0 = tokio::time::Instant::now();
         let traffic = async {
@@ -614,7 +737,7 @@ mod tests {
         let (client, mut client_peer) = tokio::io::duplex(4096);
         let (node, _node_peer) = tokio::io::duplex(4096);
         let (a, b) = counters();
-        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b] };
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
         let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let k = kill.clone();
         tokio::spawn(async move {
@@ -631,7 +754,7 @@ mod tests {
     #[tokio::test]
     async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_stays() {
         let (a, b) = counters();
-        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b] };
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
         let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
         let shed = Shed::new(&kill);
         let (old_c, mut old_peer) = tokio::io::duplex(4096);
@@ -656,6 +779,27 @@ mod tests {
         let (old_end, new_end, ()) = tokio::join!(old, new, steer);
         assert_eq!((old_end, new_end), (TunnelEnd::Rebalanced, TunnelEnd::NodeGone));
         assert_eq!(shed.closed(), 1);
+    }
+
+    #[test]
+    fn close_codes_are_read_from_masked_and_plain_frames() {
+        // A client's close frame: masked, code 4001 and a reason, split across reads.
+        let key = [9u8, 8, 7, 6];
+        let payload = [&4001u16.to_be_bytes()[..], b"bye"].concat();
+        let mut f = vec![0x88, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let mut t = FrameTracker::default();
+        for c in f.chunks(3) {
+            t.advance(c, false);
+        }
+        assert_eq!(t.take_close(), Some(4001));
+        assert_eq!(t.take_close(), None, "taken once");
+        let mut t = FrameTracker::default();
+        t.advance(&close_frame(1000, "done"), false);
+        assert_eq!(t.take_close(), Some(1000));
+        t.advance(&[0x88, 0], false);
+        assert_eq!(t.take_close(), Some(1005), "a close frame without a code");
     }
 
     #[test]

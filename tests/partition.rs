@@ -225,10 +225,20 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Three sims behind a gateway process; cut the victim off, wait for DOWN and the 1001, heal, wait
 /// for UP. `streams` clients send GETs all along (0: no traffic, checks alone decide).
-async fn partition_run(part: &Partition, passive: bool, streams: usize) -> Timings {
+async fn partition_run(
+    part: &Partition,
+    passive: bool,
+    streams: usize,
+    retry_on_timeout: bool,
+    victim_latency_ms: u64,
+) -> Timings {
     let a = Sim::start("node_a", &[]);
     let b = Sim::start("node_b", &[]);
     let victim = Sim::start("victim", &[]);
+    if victim_latency_ms > 0 {
+        // A slow victim: at the cut, requests are sure to be on its connections.
+        common::post(victim.addr, &format!("/_sim/latency/{victim_latency_ms}")).await;
+    }
     let nodes: String = [&a, &b, &victim]
         .iter()
         .map(|s| format!("[[node]]\nname = \"{}\"\naddress = \"{}\"\n", s.name, s.addr))
@@ -237,7 +247,7 @@ async fn partition_run(part: &Partition, passive: bool, streams: usize) -> Timin
     // fails over fast.
     let gw = Gateway::start(&format!(
         "[timeouts]\nconnect = \"300ms\"\nserver = \"{}ms\"\npool_idle = \"200ms\"\n\
-         [balance]\nalgorithm = \"roundrobin\"\nretries = 3\nredispatch = true\n\
+         [balance]\nalgorithm = \"roundrobin\"\nretries = 3\nredispatch = true\nretry_on_timeout = {retry_on_timeout}\n\
          [health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\npassive = {passive}\n{nodes}",
         SERVER_TIMEOUT.as_millis(),
         INTERVAL.as_millis(),
@@ -379,7 +389,7 @@ fn up_range() -> (Duration, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_node_marked_down_by_checks_then_rejoins() {
     let Some(part) = partition_or_skip("checks") else { return };
-    let t = partition_run(&part, false, 0).await;
+    let t = partition_run(&part, false, 0, false, 0).await;
     report("checks only", &t);
     let min_down = (FALL - 1) * (INTERVAL - INTERVAL / 10) + CHECK_TIMEOUT;
     assert!(
@@ -399,7 +409,7 @@ async fn partitioned_node_marked_down_by_checks_then_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_node_under_traffic_fails_over_then_rejoins() {
     let Some(part) = partition_or_skip("traffic") else { return };
-    let t = partition_run(&part, true, 4).await;
+    let t = partition_run(&part, true, 4, false, 0).await;
     report("under traffic, passive checks", &t);
     assert!(t.down_after <= down_bound(), "DOWN after {} > {}", ms(t.down_after), ms(down_bound()));
     // Upper bound only: connect timeouts of requests begun before DOWN end after it, and each one
@@ -411,4 +421,23 @@ async fn partitioned_node_under_traffic_fails_over_then_rejoins() {
     assert!(t.gets_while_cut >= 10, "too few requests during the partition to say anything ({})", t.gets_while_cut);
     // A handful at most: one per connection that was open to the victim at the cut.
     assert!(t.timed_out_in_window <= 8, "{} requests timed out", t.timed_out_in_window);
+}
+
+/// `[balance] retry_on_timeout`: with a slow victim (300 ms per answer, so that GETs are sure to
+/// be on its connections when its packets stop), those GETs get the 504 after `[timeouts] server`
+/// without it, and an answer from another node with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_node_with_retry_on_timeout_costs_no_504() {
+    let Some(part) = partition_or_skip("retry") else { return };
+    let without = partition_run(&part, true, 4, false, 300).await;
+    report("slow victim, without retry_on_timeout", &without);
+    let with = partition_run(&part, true, 4, true, 300).await;
+    report("slow victim, retry_on_timeout", &with);
+    assert!(
+        with.gets_while_cut >= 10,
+        "too few requests during the partition to say anything ({})",
+        with.gets_while_cut
+    );
+    assert!(without.timed_out_in_window >= 1, "no GET was on the victim at the cut: the test shows nothing");
+    assert_eq!(with.timed_out_in_window, 0, "a GET timed out although another node could answer it");
 }

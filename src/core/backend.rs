@@ -227,6 +227,30 @@ impl Backend {
             && self.membership.load(Ordering::Relaxed) == Membership::Active as u8
     }
 
+    /// The node's share of new traffic, in percent of a full node's: 0 when it takes none, 100
+    /// when it takes its full share, in between during `[health] slowstart` after it came UP
+    /// (at least 1: a node in slow start always gets some). Times in epoch milliseconds; a node
+    /// whose first UP came before `from_ms` (found in the gateway's first seconds: its initial
+    /// membership, running already) has no slow start, as haproxy never applies it at start.
+    #[inline]
+    pub fn weight(&self, slowstart_ms: u64, now_ms: u64, from_ms: u64) -> u32 {
+        if !self.eligible() {
+            return 0;
+        }
+        if slowstart_ms == 0 {
+            return FULL_WEIGHT;
+        }
+        let up_at = match self.health.came_up() {
+            Some((at, first)) if !(first && at < from_ms) => at,
+            _ => return FULL_WEIGHT,
+        };
+        let w = ramp(now_ms.saturating_sub(up_at), slowstart_ms);
+        if w == FULL_WEIGHT {
+            self.health.ramp_done();
+        }
+        w
+    }
+
     /// Open requests plus tunnels.
     #[inline]
     pub fn active(&self) -> u64 {
@@ -394,6 +418,18 @@ impl Backend {
             }
         }
     }
+}
+
+/// A node's weight when it takes its full share (weights are percents of it).
+pub const FULL_WEIGHT: u32 = 100;
+
+/// Slow start: the weight `elapsed_ms` into a ramp of `slowstart_ms`, growing linearly from 1 to
+/// [`FULL_WEIGHT`] (haproxy's `slowstart`).
+pub fn ramp(elapsed_ms: u64, slowstart_ms: u64) -> u32 {
+    if slowstart_ms == 0 || elapsed_ms >= slowstart_ms {
+        return FULL_WEIGHT;
+    }
+    ((u64::from(FULL_WEIGHT) * elapsed_ms / slowstart_ms) as u32).clamp(1, FULL_WEIGHT - 1)
 }
 
 /// Counts one open request or tunnel on a node for leastconn and stats.

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -36,12 +36,19 @@ pin_project_lite::pin_project! {
         dir: Direction,
         // Set once the body has been read to its end (only for uploads whose end matters).
         ended: Option<Arc<AtomicBool>>,
+        // This body's own byte count (only for the access log's line of its request).
+        mine: Option<Arc<AtomicU64>>,
     }
 }
 
 impl<B> Counted<B> {
     pub fn new(inner: B, frontend: Arc<FrontendCounters>, node: Option<Arc<NodeCounters>>, dir: Direction) -> Self {
-        Counted { inner, frontend, node, dir, ended: None }
+        Counted { inner, frontend, node, dir, ended: None, mine: None }
+    }
+
+    /// A counter of this body's own bytes (the access log's `bytes_in`).
+    pub fn count_mine(&mut self) -> Arc<AtomicU64> {
+        self.mine.get_or_insert_with(Arc::default).clone()
     }
 
     /// A flag that turns true when this body has been read to its end: tells a slow client's
@@ -84,6 +91,9 @@ impl<B: Body<Data = Bytes>> Body for Counted<B> {
         if let Some(Ok(f)) = &frame {
             if let Some(d) = f.data_ref() {
                 Self::add(this.frontend, this.node.as_deref(), *this.dir, d.len() as u64);
+                if let Some(m) = this.mine.as_ref() {
+                    m.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
             }
         }
         if let Some(flag) = this.ended.as_ref() {

@@ -245,6 +245,49 @@ pub struct FrontendCounters {
     /// Requests the gateway refused or failed itself (bad request, no node...).
     pub request_errors: AtomicU64,
     pub responses: StatusClasses,
+    /// Clients refused by `[limits]`, by [`LIMIT_REASONS`].
+    pub limited: [AtomicU64; 3],
+    /// Connections closed for their PROXY protocol header, by [`PROXY_REFUSALS`].
+    pub proxy_refused: [AtomicU64; 5],
+    /// HTTP/2 connections cut for resetting too many streams (rapid reset).
+    pub h2_reset_floods: AtomicU64,
+    /// The access log's own counters.
+    pub access_log: AccessLogCounters,
+}
+
+/// The access log's counters (on /metrics and /hastats).
+#[derive(Debug, Default)]
+pub struct AccessLogCounters {
+    /// Lines formatted (counted as each worker hands its buffer over: up to a second late).
+    pub lines: AtomicU64,
+    /// Lines dropped: the writer was too far behind (its queue full).
+    pub dropped: AtomicU64,
+    /// Failed opens and writes (each failure of a streak counted, one warning per streak).
+    pub errors: AtomicU64,
+}
+
+/// Why `[limits]` refused a client: over `client_rate` (a 429), over `client_connections` (closed,
+/// or a 429), or not tracked because the limits table had no room near its place (served: the
+/// table never grows; counted so that a table too small shows).
+pub const LIMIT_REASONS: [&str; 3] = ["rate", "connections", "table_full"];
+
+/// Index of a reason in [`LIMIT_REASONS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitReason {
+    Rate = 0,
+    Connections = 1,
+    TableFull = 2,
+}
+
+/// Why a connection was closed before any HTTP: it came from outside `proxy_protocol_from`, its
+/// header was malformed, it closed before a whole header, its header was too slow, or too big.
+pub const PROXY_REFUSALS: [&str; 5] = ["not_allowed", "malformed", "truncated", "timeout", "too_big"];
+
+impl FrontendCounters {
+    /// Count one client refused by `[limits]`.
+    pub fn limited(&self, why: LimitReason) {
+        self.limited[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// The client side's monotonic counters as a binary upgrade hands them over.

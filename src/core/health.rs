@@ -1,7 +1,7 @@
 //! Core: one node's health state: an atomic the data plane reads, the pure rise/fall machine
 //! ([`super::machine`]) the checker ([`crate::health`]) drives, and passive failure counting.
 
-use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -43,6 +43,10 @@ pub struct HealthState {
     passive_pending: AtomicU32,
     /// Wakes the checker so passive failures act at once (and trigger a fast re-check).
     kick: Notify,
+    /// The last transition to UP, where `[health] slowstart` counts from: epoch milliseconds << 1,
+    /// low bit set when it was the node's first (it joined); 0: UP since the gateway started, or
+    /// never UP.
+    up_at: AtomicU64,
 }
 
 impl HealthState {
@@ -54,6 +58,7 @@ impl HealthState {
             machine: Mutex::new(Machine::new(up, Instant::now(), crate::util::epoch_secs())),
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
+            up_at: AtomicU64::new(0),
         }
     }
 
@@ -71,6 +76,8 @@ impl HealthState {
             machine: Mutex::new(Machine::restore(s, Instant::now())),
             passive_pending: AtomicU32::new(0),
             kick: Notify::new(),
+            // A slow start under way is not handed over: the new process routes it as a full node.
+            up_at: AtomicU64::new(0),
         }
     }
 
@@ -141,6 +148,7 @@ impl HealthState {
     /// ends a leaving state (the node restarted and passed its checks).
     pub fn apply(&self, f: impl FnOnce(&mut Machine, Instant, u64) -> Transition) -> Transition {
         let mut m = self.lock();
+        let first = m.joining();
         let t = f(&mut m, Instant::now(), crate::util::epoch_secs());
         if m.is_up() {
             self.flags.fetch_or(UP, Ordering::Relaxed);
@@ -149,8 +157,25 @@ impl HealthState {
         }
         if t == Transition::Up {
             self.clear_leaving();
+            self.up_at.store(crate::util::epoch_ms().max(1) << 1 | u64::from(first), Ordering::Relaxed);
         }
         t
+    }
+
+    /// When the node last came UP (epoch milliseconds) and whether that was its first time (it
+    /// joined); None when it has been UP since the gateway started (no slow start then: it would
+    /// only starve a running cluster), or after its ramp ended.
+    #[inline]
+    pub fn came_up(&self) -> Option<(u64, bool)> {
+        match self.up_at.load(Ordering::Relaxed) {
+            0 => None,
+            v => Some((v >> 1, v & 1 == 1)),
+        }
+    }
+
+    /// The ramp is over: the data plane stops computing it.
+    pub fn ramp_done(&self) {
+        self.up_at.store(0, Ordering::Relaxed);
     }
 
     /// Checker: a node marked leaving that the machine still counts UP goes DOWN now.

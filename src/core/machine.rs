@@ -204,6 +204,11 @@ impl Machine {
         self.up
     }
 
+    /// Never UP yet (a node that joined after the gateway started).
+    pub fn joining(&self) -> bool {
+        self.joining
+    }
+
     /// Has any check finished (passed or failed) since this machine was made?
     pub fn checked(&self) -> bool {
         self.last_check.is_some()

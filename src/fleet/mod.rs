@@ -1106,10 +1106,14 @@ mod tests {
         let cursor = std::sync::atomic::AtomicUsize::new(0);
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         for _ in 0..4 {
-            let got = crate::balance::pick(crate::config::Algorithm::Leastconn, &nodes, &cursor, ip, &[]);
+            let got =
+                crate::balance::pick(crate::config::Algorithm::Leastconn, &nodes, &cursor, ip, &[], Default::default());
             assert_eq!(got, Some(1), "the fleet-wide emptier node");
         }
         nodes[0].set_remote(0);
-        assert_eq!(crate::balance::pick(crate::config::Algorithm::Leastconn, &nodes, &cursor, ip, &[]), Some(0));
+        assert_eq!(
+            crate::balance::pick(crate::config::Algorithm::Leastconn, &nodes, &cursor, ip, &[], Default::default()),
+            Some(0)
+        );
     }
 }

@@ -224,7 +224,15 @@ fn frontend_row(v: &StatsView, stopping: bool) -> Row {
     common(&mut r, "FRONTEND", v.process.pid, 0);
     traffic(&mut r, t);
     r.set("slim", t.limit.unwrap_or(0))
-        .zero(&["dreq", "rate_lim", "intercepted", "dcon", "dses", "cache_lookups", "cache_hits"])
+        .zero(&["rate_lim", "intercepted", "dses", "cache_lookups", "cache_hits"])
+        // haproxy's denied requests (`http-request deny`) and connections (`tcp-request
+        // connection reject`): the gateway's 429s, and the connections it closed at once.
+        .set("dreq", v.process.edge.limited.get("rate").copied().unwrap_or(0))
+        .set(
+            "dcon",
+            v.process.edge.limited.get("connections").copied().unwrap_or(0)
+                + v.process.edge.proxy_refused.values().sum::<u64>(),
+        )
         .zero(&["comp_in", "comp_out", "comp_byp", "comp_rsp"])
         .set("ereq", t.req_errors.unwrap_or(0))
         .set("status", if stopping { "STOP" } else { "OPEN" })
@@ -251,7 +259,7 @@ fn node_row(v: &StatsView, sid: usize, n: &NodeView, rise: u32, fall: u32) -> Ro
     server_side(&mut r, t);
     r.set("status", if n.status == super::DNS_NO_ADDRESS { "DOWN" } else { &n.status })
         .set("weight", n.weight)
-        .set("uweight", 1)
+        .set("uweight", crate::core::backend::FULL_WEIGHT)
         .set("act", 1)
         .set("chkfail", h.failed_checks)
         .set("chkdown", h.down_transitions)
@@ -293,7 +301,7 @@ fn backend_row(v: &StatsView, algo: &str) -> Row {
         .zero(&["dreq", "comp_in", "comp_out", "comp_byp", "comp_rsp", "cache_lookups", "cache_hits"])
         .set("status", b.status)
         .set("weight", b.weight)
-        .set("uweight", b.weight)
+        .set("uweight", b.active_nodes * u64::from(crate::core::backend::FULL_WEIGHT))
         .set("act", b.active_nodes)
         .set("chkdown", b.down_transitions)
         .set("sid", 0)

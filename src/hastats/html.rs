@@ -252,6 +252,21 @@ fn process_info(o: &mut String, v: &StatsView) {
     };
     row("last reload", reload);
     row("reloads", format!("{} ok, {} failed", p.reloads_ok, p.reloads_failed));
+    let e = &p.edge;
+    let pairs = |m: &std::collections::BTreeMap<&str, u64>| {
+        m.iter().map(|(k, v)| format!("{v} {}", k.replace('_', " "))).collect::<Vec<_>>().join(", ")
+    };
+    row("limits", format!("refused: {}", pairs(&e.limited)));
+    if e.proxy_refused.values().any(|v| *v > 0) {
+        row("PROXY protocol", format!("closed: {}", pairs(&e.proxy_refused)));
+    }
+    if e.h2_reset_floods > 0 {
+        row("HTTP/2", format!("{} connections cut for resetting too many streams", e.h2_reset_floods));
+    }
+    let l = &e.access_log;
+    if l.lines > 0 || l.errors > 0 {
+        row("access log", format!("{} lines, {} dropped, {} write errors", l.lines, l.dropped, l.errors));
+    }
     if let Some(t) = &p.tls {
         for c in &t.certificates {
             let names = if c.names.is_empty() { "no names".to_string() } else { c.names.join(", ") };

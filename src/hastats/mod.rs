@@ -69,6 +69,49 @@ pub struct ProcessView {
     pub nodes_total: usize,
     /// Nodes that may take new traffic now.
     pub nodes_eligible: usize,
+    /// What the edge refused, cut and logged.
+    pub edge: EdgeView,
+}
+
+/// The edge's counters: `[limits]`, the PROXY protocol, HTTP/2 resets, the access log.
+#[derive(Debug, Clone, Serialize)]
+pub struct EdgeView {
+    /// Clients refused by `[limits]` (`rate`: 429s; `connections`: connections closed or
+    /// answered 429), and clients not tracked for want of room in the table (`table_full`).
+    pub limited: std::collections::BTreeMap<&'static str, u64>,
+    /// Connections closed for their PROXY protocol header, by reason.
+    pub proxy_refused: std::collections::BTreeMap<&'static str, u64>,
+    /// HTTP/2 connections cut for resetting too many streams.
+    pub h2_reset_floods: u64,
+    /// Access log lines written, dropped (writer behind), and its failed writes.
+    pub access_log: AccessLogView,
+}
+
+/// The access log's counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccessLogView {
+    /// Lines formatted.
+    pub lines: u64,
+    /// Lines dropped because the writer was too far behind.
+    pub dropped: u64,
+    /// Failed opens and writes.
+    pub errors: u64,
+}
+
+impl EdgeView {
+    fn of(f: &FrontendCounters) -> EdgeView {
+        use crate::core::counters::{LIMIT_REASONS, PROXY_REFUSALS};
+        EdgeView {
+            limited: LIMIT_REASONS.iter().zip(&f.limited).map(|(k, v)| (*k, get(v))).collect(),
+            proxy_refused: PROXY_REFUSALS.iter().zip(&f.proxy_refused).map(|(k, v)| (*k, get(v))).collect(),
+            h2_reset_floods: get(&f.h2_reset_floods),
+            access_log: AccessLogView {
+                lines: get(&f.access_log.lines),
+                dropped: get(&f.access_log.dropped),
+                errors: get(&f.access_log.errors),
+            },
+        }
+    }
 }
 
 /// Traffic figures of one row (frontend, node or backend total).
@@ -119,7 +162,8 @@ pub struct NodeView {
     pub member: bool,
     /// Takes new traffic now.
     pub eligible: bool,
-    /// 1 when the node may be picked by the balancer, else 0 (all nodes weigh the same).
+    /// The node's share of new traffic in percent of a full node's: 100 normally, 0 when it
+    /// takes none, in between while it ramps up after coming UP (`[health] slowstart`).
     pub weight: u64,
     pub health: HealthView,
     /// Seconds since the status last changed (UP/DOWN, or an operator's DRAIN/MAINT).
@@ -149,6 +193,7 @@ pub struct NodeView {
 pub struct BackendView {
     /// UP when at least one node takes traffic, else DOWN.
     pub status: &'static str,
+    /// Sum of the nodes' weights (100 per node taking its full share).
     pub weight: u64,
     pub active_nodes: u64,
     pub traffic: Traffic,
@@ -282,7 +327,7 @@ fn frontend_traffic(f: &FrontendCounters, limit: u64) -> Traffic {
     }
 }
 
-fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
+fn node_view(b: &Arc<Backend>, now: u64, started: u64, ramp: crate::balance::Ramp) -> NodeView {
     let mut health = b.health.view();
     // Health counts as totals since the name was first seen, like the traffic counters.
     let [failed, downs, downtime] = b
@@ -312,7 +357,7 @@ fn node_view(b: &Arc<Backend>, now: u64, started: u64) -> NodeView {
         admin: admin.as_str(),
         member: membership == Membership::Active,
         eligible,
-        weight: u64::from(eligible),
+        weight: u64::from(b.weight(ramp.slowstart_ms, ramp.now_ms, ramp.from_ms)),
         lastchg: now.saturating_sub(since),
         health,
         idle_connections: b.idle_connections(),
@@ -370,7 +415,7 @@ fn backend_view(nodes: &[NodeView]) -> BackendView {
     BackendView {
         status: if weight > 0 { "UP" } else { "DOWN" },
         weight,
-        active_nodes: weight,
+        active_nodes: nodes.iter().filter(|n| n.weight > 0).count() as u64,
         down_transitions: nodes.iter().map(|n| n.health.down_transitions).sum(),
         traffic: t,
     }
@@ -382,7 +427,8 @@ pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
     let cfg = &snap.config;
     let now = crate::util::epoch_secs();
     let started = core.started_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started)).collect();
+    let ramp = crate::balance::Ramp::now(cfg.health.slowstart.0, core.started_at);
+    let nodes: Vec<NodeView> = snap.nodes.iter().map(|b| node_view(b, now, started, ramp)).collect();
     let backend = backend_view(&nodes);
     let max_conn = core.frontend.connection_limit.load(Ordering::Relaxed);
     StatsView {
@@ -404,6 +450,7 @@ pub fn collect(core: &Core, reloads: &ReloadStats) -> StatsView {
             generation: snap.generation,
             nodes_total: nodes.len(),
             nodes_eligible: nodes.iter().filter(|n| n.eligible).count(),
+            edge: EdgeView::of(&core.frontend),
         },
         frontend: frontend_traffic(&core.frontend, max_conn),
         nodes,

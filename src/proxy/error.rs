@@ -38,6 +38,9 @@ pub enum NodeFault {
     Response,
 }
 
+/// The message of a client's upload that ended before its length (it went away mid-body).
+pub const BODY_CUT_SHORT: &str = "bad request: request body cut short";
+
 /// A failed request, answered by the gateway in Kuzzle's envelope.
 #[derive(Debug)]
 pub struct ProxyError {
@@ -115,6 +118,27 @@ impl ProxyError {
         match self.progress {
             Progress::NothingSent => true,
             Progress::NoAnswer => idempotent && self.status != StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The access log's termination state (haproxy's two letters: who ended it, at which step):
+    /// `PR` the gateway refused the request, `CR`/`cR` the client aborted or was too slow
+    /// uploading, `SC`/`sC` no connection to a node (refused, or timed out), `SH`/`sH` the node
+    /// broke or went silent before its response head, `RC` the gateway ran out of a resource.
+    pub fn termination(&self) -> &'static str {
+        match self.side {
+            Side::Client if self.status == StatusCode::REQUEST_TIMEOUT => "cR",
+            Side::Client if self.message.starts_with(BODY_CUT_SHORT) => "CR",
+            Side::Client => "PR",
+            Side::Gateway if self.message.starts_with("gateway overloaded") => "RC",
+            Side::Gateway if self.status == StatusCode::SERVICE_UNAVAILABLE => "SC",
+            Side::Gateway => "PR",
+            Side::Node => match (self.fault, self.status == StatusCode::GATEWAY_TIMEOUT) {
+                (Some(NodeFault::Response), true) => "sH",
+                (Some(NodeFault::Response), false) => "SH",
+                (_, true) => "sC",
+                (_, false) => "SC",
+            },
         }
     }
 

@@ -6,7 +6,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use super::{ClientInfo, Scheme};
 
 /// Headers that concern one connection only (RFC 9110 section 7.6.1), never forwarded.
-const HOP_COUNT: usize = 8;
+const HOP_COUNT: usize = 9;
 /// A `static`, not a `const`: a const array of names is built (and dropped) at every use.
 static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::CONNECTION,
@@ -17,6 +17,8 @@ static HOP_BY_HOP: [HeaderName; HOP_COUNT] = [
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
+    // RFC 7540 3.2.1: the settings of an `Upgrade: h2c`, which is never forwarded.
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// The place of a (lower-case) name in [`HOP_BY_HOP`]: a match on the text is a length switch and
@@ -31,6 +33,7 @@ fn hop_index(name: &str) -> Option<usize> {
         "te" => 5,
         "trailer" => 6,
         "transfer-encoding" => 7,
+        "http2-settings" => 8,
         _ => return None,
     })
 }
@@ -92,15 +95,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
     }
 }
 
-/// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`)?
+/// Is this an HTTP/1.1 WebSocket upgrade request (`Connection: upgrade` + `Upgrade` naming
+/// `websocket`)? The upgrade to forward (`websocket` alone: any other token, `h2c` first of all,
+/// never reaches a node).
 pub fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
     let wants = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
-    if wants {
-        h.get(header::UPGRADE).cloned()
+    if wants && h.get_all(header::UPGRADE).iter().any(is_websocket) {
+        Some(HeaderValue::from_static("websocket"))
     } else {
         None
     }
@@ -182,6 +187,13 @@ mod tests {
         assert!(upgrade_of(&h).is_none());
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
         assert!(upgrade_of(&h).is_some_and(|v| is_websocket(&v)));
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(upgrade_of(&h).is_none(), "h2c is never forwarded");
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c, WebSocket"));
+        assert_eq!(upgrade_of(&h).expect("websocket among them"), "websocket");
+        h.insert("http2-settings", HeaderValue::from_static("AAMAAABkAAQAoAAAAAIAAAAA"));
+        strip_hop_by_hop(&mut h, None);
+        assert!(h.is_empty(), "upgrade, connection and http2-settings go: {h:?}");
     }
 
     #[test]

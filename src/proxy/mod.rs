@@ -7,12 +7,15 @@ pub mod headers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::{Body as _, Incoming};
@@ -23,14 +26,95 @@ use self::error::ProxyError;
 use self::headers::{add_forwarded, crossed, is_websocket, strip_hop_by_hop, upgrade_of, GATEWAY_MARK};
 use crate::balance;
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
-use crate::core::body::{Counted, Direction, Tracked};
+use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
 use crate::core::{Core, Lifecycle};
+use crate::edge::access_log::{BytesIn, HttpRecord, WsRecord};
+use crate::edge::limits::{Place, RateVerdict};
+use crate::edge::Edge;
 use crate::route::{self, RouteError};
 use crate::tunnel;
 
-/// Body of a response to a client: a node's streamed body, or the gateway's own JSON.
-pub type DownBody = Either<Tracked, Full<Bytes>>;
+pin_project_lite::pin_project! {
+    /// Body of a response to a client: a node's streamed body, or the gateway's own JSON; with
+    /// the request's access log line, written when the body ends or is dropped.
+    pub struct DownBody {
+        #[pin]
+        inner: Either<Tracked, Full<Bytes>>,
+        // The line to write (None: no access log, or already written).
+        log: Option<Box<HttpRecord>>,
+        // Body bytes sent, for the line.
+        sent: u64,
+        // The body reached its end (else a drop means the client went away).
+        ended: bool,
+        // Why the body failed, if it did.
+        failed: Option<&'static str>,
+    }
+
+    impl PinnedDrop for DownBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(mut r) = this.log.take() {
+                if let Some(t) = *this.failed {
+                    r.termination = t;
+                } else if !*this.ended && !this.inner.is_end_stream() && r.termination == "--" {
+                    // The client went away (or stopped reading) before the end.
+                    r.termination = "CD";
+                }
+                r.log.http(&r, *this.sent);
+            }
+        }
+    }
+}
+
+impl DownBody {
+    /// A node's streamed body.
+    pub fn node(body: Tracked) -> DownBody {
+        DownBody { inner: Either::Left(body), log: None, sent: 0, ended: false, failed: None }
+    }
+
+    /// A body held whole (the gateway's own answers, a refusal read to be judged).
+    pub fn full(bytes: Bytes) -> DownBody {
+        DownBody { inner: Either::Right(Full::new(bytes)), log: None, sent: 0, ended: false, failed: None }
+    }
+}
+
+impl hyper::body::Body for DownBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let r = match this.inner.poll_frame(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        if this.log.is_some() {
+            match &r {
+                Some(Ok(f)) => *this.sent += f.data_ref().map_or(0, |d| d.len() as u64),
+                Some(Err(e)) => {
+                    *this.failed = Some(match e.downcast_ref::<BodyError>() {
+                        Some(BodyError::Stalled(_)) => "sD",
+                        _ => "SD",
+                    })
+                }
+                None => *this.ended = true,
+            }
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Scheme clients used, for `X-Forwarded-Proto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,15 +126,29 @@ pub enum Scheme {
 /// Where a request came from.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
+    /// The client: the address of the PROXY protocol header when there is one, else the socket's
+    /// peer. What `X-Forwarded-For`, `source` balancing, the limits and the access log see.
     pub addr: SocketAddr,
     pub scheme: Scheme,
     /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
     pub forwarded_for: HeaderValue,
+    /// The client's place in the limits table when `[limits]` apply to it (None: no per-client
+    /// limit, or an exempt network), found once per connection.
+    pub place: Option<Place>,
+    /// `addr` as the access log writes it (`ip:port`), made once per connection when the log is
+    /// on (formatting it per request cost a tenth of a line).
+    pub label: Option<HeaderValue>,
 }
 
 impl ClientInfo {
     pub fn new(addr: SocketAddr, scheme: Scheme) -> ClientInfo {
-        ClientInfo { addr, scheme, forwarded_for: headers::forwarded_for(addr) }
+        ClientInfo { addr, scheme, forwarded_for: headers::forwarded_for(addr), place: None, label: None }
+    }
+
+    /// The same, with its access log label made now.
+    pub fn labelled(mut self) -> ClientInfo {
+        self.label = HeaderValue::from_str(&self.addr.to_string()).ok();
+        self
     }
 }
 
@@ -62,6 +160,15 @@ pub struct Context {
     /// This gateway's loop mark ([`headers::instance_id`]): added to every forwarded request; a
     /// request that already carries it went round a loop.
     pub instance: HeaderValue,
+    /// Limits table and access log.
+    pub edge: Edge,
+}
+
+impl Context {
+    pub fn new(core: Arc<Core>, life: Lifecycle) -> Context {
+        let edge = Edge::new(life.clone(), core.frontend.clone());
+        Context { core, life, instance: headers::instance_id(), edge }
+    }
 }
 
 /// Entry point for every client request.
@@ -73,20 +180,104 @@ pub async fn handle(
     let frontend = &ctx.core.frontend;
     frontend.requests_total.fetch_add(1, Ordering::Relaxed);
     frontend.request_rate.tick();
-    let resp = match forward(&ctx, req, &client).await {
-        Ok(r) => r,
-        Err(e) => {
-            frontend.request_errors.fetch_add(1, Ordering::Relaxed);
-            json_error(e.status, &e.message)
+    let snap = ctx.core.snapshot_full();
+    let mut log = begin_log(&ctx, &snap, req.method(), req.uri(), &client);
+    let resp = match admit(&ctx, &snap, &client) {
+        Some(refused) => {
+            if let Some(r) = log.as_mut() {
+                r.termination = "PR";
+            }
+            refused
         }
+        None => match forward(&ctx, &snap, req, &client, &mut log).await {
+            Ok(r) => r,
+            Err(e) => {
+                frontend.request_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = log.as_mut() {
+                    r.termination = e.termination();
+                }
+                json_error(e.status, &e.message)
+            }
+        },
     };
     frontend.responses.record(resp.status().as_u16());
-    Ok(resp)
+    Ok(with_log(resp, log))
+}
+
+/// The access log line of a request, when the access log is on.
+pub fn begin_log(
+    ctx: &Context,
+    snap: &Snapshot,
+    method: &Method,
+    uri: &Uri,
+    client: &ClientInfo,
+) -> Option<Box<HttpRecord>> {
+    snap.config.access_log.as_ref()?;
+    Some(Box::new(HttpRecord {
+        config: snap.config.clone(),
+        log: ctx.edge.log.clone(),
+        start: Instant::now(),
+        client: client.addr,
+        client_label: client.label.clone(),
+        method: method.clone(),
+        uri: uri.clone(),
+        status: 0,
+        node: None,
+        connect: None,
+        wait: None,
+        retries: 0,
+        termination: "--",
+        request_id: None,
+        bytes_in: BytesIn::None,
+    }))
+}
+
+/// The response with its access log line, written when its body ends.
+pub fn with_log(mut resp: Response<DownBody>, log: Option<Box<HttpRecord>>) -> Response<DownBody> {
+    if let Some(mut r) = log {
+        r.status = resp.status().as_u16();
+        resp.body_mut().log = Some(r);
+    }
+    resp
+}
+
+/// `[limits] client_rate`: None when the request may go on, else the gateway's 429.
+fn admit(ctx: &Context, snap: &Snapshot, client: &ClientInfo) -> Option<Response<DownBody>> {
+    let l = &snap.config.limits;
+    if l.client_rate == 0 {
+        return None;
+    }
+    let table = ctx.edge.table(l);
+    // Found once per connection; a connection opened before the limits were on finds it here.
+    let place = match client.place {
+        Some(p) => p,
+        None if crate::edge::limited(l, client.addr.ip()) => table.place(client.addr.ip()),
+        None => return None,
+    };
+    match table.request(place, l.client_rate, l.burst()) {
+        RateVerdict::Allowed => None,
+        RateVerdict::Untracked => {
+            ctx.core.frontend.limited(crate::core::counters::LimitReason::TableFull);
+            None
+        }
+        RateVerdict::Over(after) => {
+            ctx.core.frontend.limited(crate::core::counters::LimitReason::Rate);
+            let msg = format!("too many requests: over {} a second from this client", l.client_rate);
+            Some(too_many(&msg, after))
+        }
+    }
+}
+
+/// The gateway's 429, with `Retry-After` (seconds).
+pub fn too_many(message: &str, retry_after: u64) -> Response<DownBody> {
+    let mut r = json_error(StatusCode::TOO_MANY_REQUESTS, message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    r
 }
 
 /// The gateway's own answer, in Kuzzle's envelope.
 pub fn json_error(status: StatusCode, message: &str) -> Response<DownBody> {
-    let mut resp = Response::new(Either::Right(Full::new(crate::envelope::body(status, message))));
+    let mut resp = Response::new(DownBody::full(crate::envelope::body(status, message)));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -108,6 +299,13 @@ struct Prepared {
     /// A small body (Content-Length up to `[balance] resend_body`) still to read whole before the
     /// first try, so that it can be sent again.
     unread: Option<Incoming>,
+    /// A body-less GET, HEAD or OPTIONS (prefixed or not, one node or several): sent again on a
+    /// fresh connection if the pooled one it went on turns out closed (the keep-alive race).
+    race: bool,
+    /// Counts the streamed request body's bytes for the access log.
+    counted_in: Option<Arc<AtomicU64>>,
+    /// The access log line, while the attempts run (a WebSocket takes it for its own line).
+    log: Option<Box<HttpRecord>>,
 }
 
 /// A request as it can be sent again: a node that refused it unexecuted (Kuzzle shutting down)
@@ -121,49 +319,96 @@ struct Template {
 }
 
 impl Template {
+    /// A copy of a body-less request about to be sent.
+    fn of(r: &Request<UpBody>) -> Template {
+        Template { method: r.method().clone(), uri: r.uri().clone(), headers: r.headers().clone(), body: Bytes::new() }
+    }
+
     fn request(&self) -> Request<UpBody> {
         build(self.method.clone(), self.uri.clone(), self.headers.clone(), Either::Right(Full::new(self.body.clone())))
     }
 }
 
-async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> Result<Response<DownBody>, ProxyError> {
-    let snap = ctx.core.snapshot_full();
-    let (mut p, mut first) = prepare(ctx, &snap, req, client)?;
+async fn forward(
+    ctx: &Context,
+    snap: &Arc<Snapshot>,
+    req: Request<Incoming>,
+    client: &ClientInfo,
+    log: &mut Option<Box<HttpRecord>>,
+) -> Result<Response<DownBody>, ProxyError> {
+    let (mut p, mut first) = prepare(ctx, snap, req, client, log.is_some())?;
     let cfg = &snap.config;
     if let Some(body) = p.unread.take() {
         let bytes = read_whole(body, cfg.balance.resend_body, cfg.timeouts.client.0).await?;
         ctx.core.frontend.bytes_in.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        if let Some(r) = log.as_mut() {
+            r.bytes_in = BytesIn::Known(bytes.len() as u64);
+        }
         *first.body_mut() = Either::Right(Full::new(bytes.clone()));
         if let Some(t) = p.template.as_mut() {
             t.body = bytes;
         }
     }
+    if let (Some(r), Some(c)) = (log.as_mut(), p.counted_in.take()) {
+        r.bytes_in = BytesIn::Counted(c);
+    }
+    p.log = log.take();
+    let r = attempts(ctx, snap, &mut p, first, client).await;
+    *log = p.log.take();
+    r
+}
+
+/// The attempts of one request: pick a node, get a connection, exchange; again on another node
+/// (or on a fresh connection) when that is safe.
+async fn attempts(
+    ctx: &Context,
+    snap: &Arc<Snapshot>,
+    p: &mut Prepared,
+    first: Request<UpBody>,
+    client: &ClientInfo,
+) -> Result<Response<DownBody>, ProxyError> {
+    let cfg = &snap.config;
     let attempts = cfg.balance.retries + 1;
     let mut tried: Vec<usize> = Vec::new();
     let mut resent = false;
+    // A pooled connection the node had closed meanwhile (the keep-alive race) is worth one more
+    // try on a fresh connection, to the same node if need be.
+    let mut raced = false;
+    let mut fresh_only = false;
     // The last node's own "not executed" answer, passed on when no other node can take the request.
     let mut refused: Option<Box<Response<DownBody>>> = None;
     let mut pending = Some(first);
     let mut last = ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available");
     let mut attempt = 0;
+    let mut tries = 0u32;
     while attempt < attempts {
         attempt += 1;
-        let Some(idx) = choose(&snap, p.pinned, client, &tried)? else { break };
+        let Some(idx) = choose(ctx, snap, p.pinned, client, &tried)? else { break };
         let node = snap.nodes[idx].clone();
-        if attempt > 1 {
+        if tries > 0 {
             node.counters.retries.fetch_add(1, Ordering::Relaxed);
         }
+        tries += 1;
+        if let Some(r) = p.log.as_mut() {
+            r.retries = tries - 1;
+            r.node = Some(node.clone());
+        }
         let guard = node.track();
+        let connecting = Instant::now();
         // A pooled connection is taken without a future; only a new one is awaited (boxed: the
         // connect future is large, and inline it would be copied around with every request's).
-        let pooled = node.take_idle(cfg.timeouts.pool_idle.0);
+        let pooled = if fresh_only { None } else { node.take_idle(cfg.timeouts.pool_idle.0) };
         let checkout = match pooled {
             Some(s) => Ok((s, true)),
+            None if fresh_only => {
+                Box::pin(node.connect(cfg.timeouts.connect.0, cfg.limits.response_head)).await.map(|s| (s, false))
+            }
             None => {
                 Box::pin(node.checkout(cfg.timeouts.connect.0, cfg.timeouts.pool_idle.0, cfg.limits.response_head))
                     .await
             }
         };
+        fresh_only = false;
         let (sender, reused) = match checkout {
             Ok(s) => s,
             Err(e) => {
@@ -179,10 +424,17 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> 
                 continue;
             }
         };
+        if let Some(r) = p.log.as_mut() {
+            r.connect = Some(connecting.elapsed());
+        }
         let Some(request) = pending.take() else { break };
+        // What a re-send after a keep-alive race needs, kept only when that race is possible.
+        if reused && p.race && !raced && p.template.is_none() {
+            p.template = Some(Template::of(&request));
+        }
         // Boxed: this future is over a kilobyte, and inline it made every move of the request's
         // future (hyper moves it into a box of its own) copy it along.
-        let failure = match Box::pin(exchange(ctx, &snap, &node, guard, sender, request, &mut p)).await {
+        let failure = match Box::pin(exchange(ctx, snap, &node, guard, sender, request, p)).await {
             Ok(resp) => return Ok(resp),
             Err(f) => f,
         };
@@ -199,7 +451,32 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> 
                 }
                 ProxyError::closed_at_once(&node)
             }
+            // A pooled connection that broke before any byte of an answer to a body-less GET,
+            // HEAD or OPTIONS: most likely the node closed it as it went idle, just as the request
+            // left (the keep-alive race). Once, on a fresh connection, the same node allowed (a
+            // request sent by prefix has no other); nothing is held against the node.
+            Failure::Broke(_) if reused && p.race && !raced => {
+                raced = true;
+                fresh_only = true;
+                let Some(t) = &p.template else { return Err(ProxyError::broke(&node)) };
+                pending = Some(t.request());
+                attempt -= 1;
+                continue;
+            }
             Failure::Broke(e) => e,
+            // The node did not answer within `[timeouts] server`: with `retry_on_timeout`, an
+            // idempotent request goes once to another node.
+            Failure::TimedOut(e) => match &p.template {
+                Some(t) if cfg.balance.retry_on_timeout && !resent && p.pinned.is_none() && p.idempotent => {
+                    resent = true;
+                    tried.push(idx);
+                    node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                    pending = Some(t.request());
+                    last = e;
+                    continue;
+                }
+                _ => return Err(e),
+            },
             // Not executed (Kuzzle shutting down or overloaded): any request may go to another
             // node, each node at most once, whatever `retries` and `redispatch` say.
             Failure::Refused(resp) => match &p.template {
@@ -244,7 +521,7 @@ async fn forward(ctx: &Context, req: Request<Incoming>, client: &ClientInfo) -> 
 async fn read_whole(body: Incoming, limit: usize, wait: std::time::Duration) -> Result<Bytes, ProxyError> {
     match tokio::time::timeout(wait, http_body_util::Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short")),
+        Ok(Err(_)) => Err(ProxyError::client(StatusCode::BAD_REQUEST, error::BODY_CUT_SHORT)),
         Err(_) => {
             Err(ProxyError::client(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {wait:?}")))
         }
@@ -258,8 +535,10 @@ fn prepare(
     snap: &Snapshot,
     mut req: Request<Incoming>,
     client: &ClientInfo,
+    logging: bool,
 ) -> Result<(Prepared, Request<UpBody>), ProxyError> {
     strict_framing(&req, &snap.config.limits)?;
+    strict_target(&req)?;
     if crossed(req.headers(), &ctx.instance) {
         // Sent back here by a node that is (or leads to) this gateway: forwarding would go round.
         return Err(ProxyError::gateway(
@@ -285,6 +564,9 @@ fn prepare(
     };
     let pinned = routed.node;
 
+    // Only WebSocket is forwarded as an upgrade: any other token (`h2c` above all: a tunnel that
+    // would take the client past the gateway's rules) is dropped with the rest of the hop-by-hop
+    // headers, and the request goes on as a plain one.
     let upgrade = if req.version() == Version::HTTP_11 { upgrade_of(req.headers()) } else { None };
     let upgrade = upgrade.map(|u| (u, hyper::upgrade::on(&mut req)));
     let (parts, body) = req.into_parts();
@@ -302,10 +584,16 @@ fn prepare(
         others && upgrade.is_none() && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && bodiless;
     let limit = snap.config.balance.resend_body as u64;
     let small = others && upgrade.is_none() && !bodiless && body.size_hint().exact().is_some_and(|n| n <= limit);
+    let race = upgrade.is_none() && matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) && bodiless;
+    let mut counted_in = None;
     let (first_body, unread): (UpBody, _) = if small {
         (Either::Right(Full::new(Bytes::new())), Some(body))
     } else {
-        (Either::Left(Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound)), None)
+        let mut c = Counted::new(body, ctx.core.frontend.clone(), None, Direction::Inbound);
+        if logging && !bodiless {
+            counted_in = Some(c.count_mine());
+        }
+        (Either::Left(c), None)
     };
     let template = (others && (bodiless || small)).then(|| Template {
         method: parts.method.clone(),
@@ -314,7 +602,27 @@ fn prepare(
         body: Bytes::new(),
     });
     let first = build(parts.method, uri, headers, first_body);
-    Ok((Prepared { pinned, upgrade, slot, template, idempotent, unread }, first))
+    Ok((Prepared { pinned, upgrade, slot, template, idempotent, unread, race, counted_in, log: None }, first))
+}
+
+/// The request target and authority (both listeners): `*` is a target for OPTIONS only (RFC 9112
+/// 3.2.4); CONNECT is no tunnel the gateway opens; and no userinfo (`user@`) in an absolute
+/// target, in `Host`, or in HTTP/2's `:authority` (which became `Host`): RFC 9110 4.2.4 forbids
+/// it, and a node or a log that reads it as the host would be misled.
+fn strict_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let bad = |m: &'static str| Err(ProxyError::client(StatusCode::BAD_REQUEST, m));
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::client(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: CONNECT"));
+    }
+    if req.uri().path() == "*" && req.uri().query().is_none() && req.method() != Method::OPTIONS {
+        return bad("bad request: the target * is for OPTIONS only");
+    }
+    let userinfo = req.uri().authority().is_some_and(|a| a.as_str().contains('@'))
+        || req.headers().get_all(header::HOST).iter().any(|h| h.as_bytes().contains(&b'@'));
+    if userinfo {
+        return bad("bad request: userinfo (user@) in the authority");
+    }
+    Ok(())
 }
 
 /// RFC 9112 strictness on what hyper lets through: HTTP/1.1 needs exactly one Host (two Hosts let
@@ -358,8 +666,11 @@ enum Failure {
     Unsent(Box<Request<UpBody>>),
     /// The node broke the exchange after the request was written.
     Broke(ProxyError),
-    /// Nothing more to try (the client's fault, or a timeout).
+    /// Nothing more to try (the client's fault, or the node's that no other node can mend).
     Final(ProxyError),
+    /// The node did not answer within `[timeouts] server` (its answer may still come: the
+    /// request may have run).
+    TimedOut(ProxyError),
     /// The node answered that it did not execute the request (Kuzzle's 503 while shutting down
     /// or overloaded): its answer, to pass on if no other node can take the request.
     Refused(Box<Response<DownBody>>),
@@ -393,6 +704,7 @@ async fn exchange(
         }
     }
     let wait = cfg.timeouts.server.0;
+    let sent_at = Instant::now();
     let mut resp = match tokio::time::timeout(wait, sender.try_send_request(request)).await {
         Err(_) if upload_done.as_ref().is_some_and(|d| !d.load(Ordering::Relaxed)) => {
             // The client is still uploading: its slowness, not the node's.
@@ -402,11 +714,15 @@ async fn exchange(
         Err(_) => {
             let e = ProxyError::timed_out(node, wait);
             e.record(node, &cfg.health);
-            return Err(Failure::Final(e));
+            return Err(Failure::TimedOut(e));
         }
         Ok(Err(e)) => return Err(classify(node, e)),
         Ok(Ok(resp)) => resp,
     };
+    if let Some(r) = p.log.as_mut() {
+        r.wait = Some(sent_at.elapsed());
+        r.request_id = resp.headers().get(KUZZLE_REQUEST_ID).cloned();
+    }
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS && p.upgrade.is_none() {
         // The connection now speaks something the client never asked for: nothing to relay.
         let e = ProxyError::unrequested_upgrade(node);
@@ -421,13 +737,24 @@ async fn exchange(
             let permit = p.slot.as_ref().and_then(|s| s.take());
             let idle = cfg.timeouts.tunnel.0;
             let ws = is_websocket(&proto);
-            tunnel::spawn(&ctx.life, &ctx.core.frontend, idle, guard, kill, permit, client_up, node_up, ws);
+            // The session gets its own line when it ends, in place of the request's.
+            let log = p.log.take().map(|r| {
+                Box::new(WsRecord {
+                    config: r.config,
+                    log: r.log,
+                    start: r.start,
+                    client: r.client,
+                    uri: r.uri,
+                    node: node.clone(),
+                })
+            });
+            tunnel::spawn(&ctx.life, &ctx.core.frontend, idle, guard, kill, permit, client_up, node_up, ws, log);
             let (mut parts, _) = resp.into_parts();
             let kept = parts.headers.get(header::UPGRADE).cloned().unwrap_or(proto);
             strip_hop_by_hop(&mut parts.headers, Some(kept));
             name_node(snap, node, &mut parts.headers);
             node.counters.responses.record(101);
-            return Ok(Response::from_parts(parts, Either::Right(Full::new(Bytes::new()))));
+            return Ok(Response::from_parts(parts, DownBody::full(Bytes::new())));
         }
     }
     node.counters.responses.record(resp.status().as_u16());
@@ -470,13 +797,16 @@ async fn exchange(
             Err(_) => {
                 let e = ProxyError::timed_out(node, wait);
                 e.record(node, &cfg.health);
-                return Err(Failure::Final(e));
+                return Err(Failure::TimedOut(e));
             }
         }
     };
     let body = Tracked::new(body, first, sender, guard, wait);
-    Ok(Response::from_parts(parts, Either::Left(body)))
+    Ok(Response::from_parts(parts, DownBody::node(body)))
 }
+
+/// Kuzzle's id of the request, in its answers (the access log's `request_id`).
+const KUZZLE_REQUEST_ID: HeaderName = HeaderName::from_static("x-kuzzle-request-id");
 
 /// Largest 503 body read to learn whether the node executed the request (Kuzzle's is ~130 bytes).
 const REFUSAL_BODY_MAX: u64 = 4096;
@@ -528,7 +858,7 @@ async fn refusal(
     node.release(sender);
     let verdict = not_executed(&bytes);
     let n = bytes.len() as u64;
-    let resp = Response::from_parts(parts, Either::Right(Full::new(bytes)));
+    let resp = Response::from_parts(parts, DownBody::full(bytes));
     match verdict {
         None => {
             ctx.core.frontend.bytes_out.fetch_add(n, Ordering::Relaxed);
@@ -563,7 +893,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
     if e.error().is_user() {
         // The client's own body failed (it went away mid-upload): not the node's fault, and the
         // node must not be marked down for it.
-        return Failure::Final(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: request body cut short"));
+        return Failure::Final(ProxyError::client(StatusCode::BAD_REQUEST, error::BODY_CUT_SHORT));
     }
     tracing::debug!(node = %node.name, error = %e.error(), "node broke the exchange");
     Failure::Broke(ProxyError::broke(node))
@@ -571,6 +901,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
 
 /// The node for this attempt: the prefixed one (503 unless it may take traffic) or the balancer's pick.
 fn choose(
+    ctx: &Context,
     snap: &Snapshot,
     pinned: Option<usize>,
     client: &ClientInfo,
@@ -592,7 +923,8 @@ fn choose(
         }
         return Ok(Some(i));
     }
-    let picked = balance::pick(snap.config.balance.algorithm, &snap.nodes, &snap.cursor, client.addr.ip(), tried);
+    let ramp = balance::Ramp::now(snap.config.health.slowstart.0, ctx.core.started_at);
+    let picked = balance::pick(snap.config.balance.algorithm, &snap.nodes, &snap.cursor, client.addr.ip(), tried, ramp);
     if picked.is_none() && tried.is_empty() {
         return Err(ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available"));
     }
