@@ -22,7 +22,7 @@ need_tools valgrind h2load:nghttp2-client nginx curl
 LOAD_CPUS=0-$(($(nproc) - 1))   # ws_open runs the WebSocket client there
 WS_BIN=$BIN_DIR/examples/ws_idle
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example ws_idle || die "release build failed"
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim --example ws_idle || die "release build failed"
 fi
 [ $# -ge 1 ] || set -- "$BIN_DIR/kuzzle-gateway"
 

@@ -18,7 +18,7 @@ VARIANT=${VARIANT:-keep-alive}
 need_tools wrk curl taskset:util-linux ss:iproute2
 for b in "$@"; do [ -x "$b" ] || die "not an executable: $b"; done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
 fi
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (gateway on CPU 1, load on CPU 0)"
 CLK_TCK=$(getconf CLK_TCK)

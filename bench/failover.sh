@@ -40,7 +40,7 @@ need_tools wrk haproxy curl taskset:util-linux
 
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
 fi
 GW_BIN=$ROOT/target/release/kuzzle-gateway
 for b in "$GW_BIN" "$ROOT/target/release/kuzzle-node-sim"; do [ -x "$b" ] || die "missing $b"; done

@@ -12,7 +12,7 @@ OUT=${1:-$ROOT/docs/hastats.png}
 need_tools chromium:chromium curl:curl python3:python3
 if [ -z "${SKIP_BUILD:-}" ]; then   # SKIP_BUILD=1: use the release binaries already built
   log "building release binaries"
-  (cd "$ROOT" && cargo build --release --bins --quiet)
+  (cd "$ROOT" && cargo build --release --workspace --bins --quiet)
 fi
 
 # Sims on port 0: each prints the address it got.

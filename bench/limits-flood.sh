@@ -28,7 +28,7 @@ GW_BIN=${GW_BIN:-$BIN_DIR/kuzzle-gateway}
 need_tools curl
 if [ "$SKIP_BUILD" != 1 ]; then
   log "cargo build --release (gateway, sim, limits_flood)"
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example limits_flood || die "build failed"
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim --example limits_flood || die "build failed"
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

@@ -55,7 +55,7 @@ has_case() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 need_tools wrk nginx haproxy curl openssl taskset:util-linux ss:iproute2
 
 if [ "$SKIP_BUILD" != 1 ]; then
-  build=(--bin kuzzle-node-sim --example ws_idle --example tls_load)
+  build=(--workspace --bin kuzzle-node-sim --example ws_idle --example tls_load)
   [ "$GW_BIN" = "$BIN_DIR/kuzzle-gateway" ] && build+=(--bin kuzzle-gateway)
   log "cargo build --release ${build[*]}"
   cargo build --release --quiet "${build[@]}" || die "release build failed"

@@ -19,7 +19,7 @@ need_tools wrk curl perf:linux-perf taskset:util-linux ss:iproute2
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries"
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
 fi
 [ "$(nproc)" -ge 2 ] && { LOAD=0; GWCPU=1; } || { LOAD=0; GWCPU=0; }
 

@@ -50,7 +50,7 @@ case " $TARGETS " in *" haproxy "*) need_tools haproxy ;; esac
 
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example reload_load ||
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim --example reload_load ||
     die "release build failed"
 fi
 GW_BIN=${GW_BIN:-$BIN_DIR/kuzzle-gateway}

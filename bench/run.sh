@@ -36,7 +36,7 @@ need_tools wrk nginx haproxy curl taskset:util-linux ss:iproute2
 
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example ws_idle ||
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim --example ws_idle ||
     die "release build failed"
 fi
 GW_BIN=$BIN_DIR/kuzzle-gateway

@@ -31,7 +31,7 @@ SKIP_BUILD=${SKIP_BUILD:-0}
 need_tools curl redis-server:redis-server
 if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
-  cargo build --release --quiet --bin kuzzle-gateway --bin kuzzle-node-sim --example reload_load || die "build failed"
+  cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim --example reload_load || die "build failed"
 fi
 BIN=$ROOT/target/release
 for b in kuzzle-gateway kuzzle-node-sim examples/reload_load; do [ -x "$BIN/$b" ] || die "missing $BIN/$b"; done

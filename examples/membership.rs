@@ -173,7 +173,7 @@ async fn bench(cluster: bool, joins: usize) {
         "[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:0\"\n\
          [balance]\nalgorithm = \"roundrobin\"\n[cluster]\n{line}\n[[node]]\nname = \"anchor\"\naddress = \"{anchor_addr}\"\n"
     );
-    let cfg = kuzzle_gateway::config::Config::parse(&cfg, "<bench>").expect("bench config");
+    let cfg = kuzzle_gateway::control::config::Config::parse(&cfg, "<bench>").expect("bench config");
     let h = kuzzle_gateway::app::bind_and_start(cfg).expect("gateway");
     let gw_addr = h.http_addr;
     let mut pubc = redis::Client::open(urls[0].as_str()).and_then(|c| c.get_connection()).expect("Redis connection");

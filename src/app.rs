@@ -5,7 +5,7 @@
 //! handed over) -> settings watch -> membership -> readiness -> reload task -> listeners (each
 //! kind served by the data plane or ops, accepting once its gate opens) -> file watch -> drain
 //! upkeep. Process start and binary upgrade both come through [`run_process`]: a fresh start
-//! serves ops at once and clients once it can route ([`crate::ready`]); an upgrade accepts
+//! serves ops at once and clients once it can route ([`crate::control::ready`]); an upgrade accepts
 //! nothing until it can route and the old process let go of the sockets.
 
 use std::future::Future;
@@ -15,18 +15,18 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::cluster::ClusterState;
-use crate::config::Config;
+use crate::control::cluster::ClusterState;
+use crate::control::config::Config;
 use crate::core::{Core, Gate, Lifecycle};
-use crate::health::Checkers;
-use crate::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
+use crate::control::checks::Checkers;
+use crate::control::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
 use crate::ops::Ops;
-use crate::proxy::{Context, Scheme};
-use crate::reload::{ReloadHandle, ReloadStats, Reloader};
-use crate::serve::Frontdoor;
-use crate::state::Taken;
-use crate::upgrade::UpgradeError;
-use crate::workers::Workers;
+use crate::data::proxy::{Context, Scheme};
+use crate::control::reload::{ReloadHandle, ReloadStats, Reloader};
+use crate::data::serve::Frontdoor;
+use crate::control::handover::Taken;
+use crate::control::upgrade::UpgradeError;
+use crate::data::workers::Workers;
 
 /// A running gateway: the handles its parts were given, and its bound addresses.
 pub struct Handle {
@@ -43,7 +43,7 @@ pub struct Handle {
     /// Redis membership: status, counters, first read.
     pub cluster: Arc<ClusterState>,
     /// `[fleet]`: shared operator states, the fleet view, rebalancing.
-    pub fleet: Arc<crate::fleet::Fleet>,
+    pub fleet: Arc<crate::control::fleet::Fleet>,
     /// The settings watch (the reload task publishes every applied configuration here).
     pub settings: Arc<watch::Sender<Arc<Config>>>,
     /// Open once the gateway can route (what `/healthz` says): clients are accepted from then on
@@ -88,7 +88,7 @@ pub fn start_with(
     workers: Arc<Workers>,
     how: Start,
 ) -> Result<Handle, StartError> {
-    let tls = crate::tls::Tls::start(&config).map_err(|e| StartError::Tls(e.to_string()))?;
+    let tls = crate::control::tls::Tls::start(&config).map_err(|e| StartError::Tls(e.to_string()))?;
     warn_default_credentials(&config);
     let config = Arc::new(config);
     let life = Lifecycle::default();
@@ -97,8 +97,8 @@ pub fn start_with(
 
     let checkers = Checkers { settings: settings.clone(), life: life.clone() };
     // Host names resolve before the first snapshot, so named nodes start UP like addressed ones.
-    let resolved = crate::resolve::resolve_blocking(&config);
-    crate::resolve::warn_unresolved(&resolved);
+    let resolved = crate::control::resolve::resolve_blocking(&config);
+    crate::control::resolve::warn_unresolved(&resolved);
     let (upgrade, taken) = match how {
         Start::Fresh => (false, Taken::default()),
         Start::Upgrade(t) => (true, t),
@@ -110,29 +110,29 @@ pub fn start_with(
         core.frontend.restore(f);
     }
 
-    let limit = crate::fds::max_connections(config.gateway.max_connections, crate::fds::raise_nofile());
+    let limit = crate::control::fds::max_connections(config.gateway.max_connections, crate::control::fds::raise_nofile());
     core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
     let ctx = Arc::new(Context::new(core.clone(), life.clone()));
-    crate::edge::start(&ctx.edge, &life);
+    crate::data::edge::start(&ctx.edge, &life);
     let door = Arc::new(Frontdoor { ctx, tls: tls.clone(), limit: Arc::new(Semaphore::new(limit)) });
     let reloads = Arc::new(ReloadStats::default());
     // The listeners start after membership (ops serves its status): the handle reads them late.
     let own_listeners: Arc<std::sync::OnceLock<Arc<LiveListeners>>> = Arc::default();
-    let own: crate::cluster::OwnAddrs = {
+    let own: crate::control::cluster::OwnAddrs = {
         let l = own_listeners.clone();
         Arc::new(move || l.get().map(|l| l.bound()).unwrap_or_default())
     };
-    let cluster = crate::cluster::start(core.clone(), settings.clone(), own, taken.members, &life);
+    let cluster = crate::control::cluster::start(core.clone(), settings.clone(), own, taken.members, &life);
     let fleet = {
         let l = own_listeners.clone();
-        let addrs: crate::fleet::Addrs = Arc::new(move || {
+        let addrs: crate::control::fleet::Addrs = Arc::new(move || {
             let of = |k| l.get().and_then(|l| l.local_of(k));
             (of(ListenerKind::Http), of(ListenerKind::Stats))
         });
-        crate::fleet::start(core.clone(), settings.clone(), addrs, &life)
+        crate::control::fleet::start(core.clone(), settings.clone(), addrs, &life)
     };
     let routable = Gate::closed();
-    crate::ready::start(core.clone(), cluster.clone(), routable.clone(), taken.routable, &life);
+    crate::control::ready::start(core.clone(), cluster.clone(), routable.clone(), taken.routable, &life);
     // A fresh start answers probes at once and takes clients once it can route; an upgrade takes
     // nothing before the old process let go (it serves meanwhile).
     let accepting = if upgrade { Gate::closed() } else { Gate::opened() };
@@ -141,7 +141,7 @@ pub fn start_with(
 
     // The reload handle exists before the task, so that ops (which the listeners serve) can hold
     // it and the task can hold the listeners.
-    let (reload, requests) = crate::reload::channel();
+    let (reload, requests) = crate::control::reload::channel();
     let ops = Arc::new(Ops {
         core: core.clone(),
         reload: reload.clone(),
@@ -187,7 +187,7 @@ pub fn start_with(
                             _ = gate.wait() => {}
                             _ = stop.cancelled() => return,
                         }
-                        crate::serve::accept_loop(door, l, scheme, stop).await;
+                        crate::data::serve::accept_loop(door, l, scheme, stop).await;
                     },
                     h,
                 );
@@ -197,7 +197,7 @@ pub fn start_with(
     };
     let live = Arc::new(LiveListeners::new(Box::new(serve), life.shutdown.clone()));
     let _ = own_listeners.set(live.clone());
-    crate::reload::start(
+    crate::control::reload::start(
         requests,
         Reloader {
             core: core.clone(),
@@ -208,7 +208,7 @@ pub fn start_with(
         },
         &life,
     );
-    crate::reload::sighup(reload.clone(), &life);
+    crate::control::reload::sighup(reload.clone(), &life);
 
     let http_addr = live.start(ListenerKind::Http, config.gateway.listen, listeners.http)?;
     let stats_addr = live.start(ListenerKind::Stats, config.stats.listen, listeners.stats)?;
@@ -217,10 +217,10 @@ pub fn start_with(
         _ => None,
     };
 
-    crate::watch::start(&config, reload.clone(), &life);
-    crate::tls::watch::start(tls, &life);
-    crate::drain::start(core.clone(), &life);
-    crate::resolve::start(core.clone(), settings.clone(), resolved, &life);
+    crate::control::config_watch::start(&config, reload.clone(), &life);
+    crate::control::tls::renew::start(tls, &life);
+    crate::control::drain::start(core.clone(), &life);
+    crate::control::resolve::start(core.clone(), settings.clone(), resolved, &life);
     tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = core.snapshot().nodes.len(), "kuzzle-gateway serving");
     Ok(Handle {
         core,
@@ -267,11 +267,11 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
 /// run until SIGTERM/SIGINT, clients served on `workers`.
 pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -> Result<(), UpgradeError> {
     let h = if upgrade {
-        let (listeners, mut handover) = crate::upgrade::take_over(&config).await?;
-        let taken = crate::state::take(handover.take_state(), &config);
+        let (listeners, mut handover) = crate::control::upgrade::take_over(&config).await?;
+        let taken = crate::control::handover::take(handover.take_state(), &config);
         tracing::info!(routable = taken.routable, "state of the running gateway: {}", taken.note);
         // Operator states the fleet keeps in Redis apply from the first request (bounded wait).
-        let states = crate::fleet::preload(&config).await;
+        let states = crate::control::fleet::preload(&config).await;
         let h = start_with(config, listeners, workers, Start::Upgrade(taken))?;
         h.fleet.seed(states);
         if !h.routable.is_open() {
@@ -286,7 +286,7 @@ pub async fn run_process(config: Config, upgrade: bool, workers: Arc<Workers>) -
         h
     } else {
         let listeners = Listeners::bind(&config)?;
-        let states = crate::fleet::preload(&config).await;
+        let states = crate::control::fleet::preload(&config).await;
         let h = start_on(config, listeners, workers)?;
         h.fleet.seed(states);
         h
@@ -304,14 +304,14 @@ impl Handle {
     /// Offer the sockets and the state to a future upgrade, then wait for `shutdown` (graceful
     /// stop) or for a newer process to take the sockets (drain).
     pub async fn serve_until(self, shutdown: impl Future<Output = ()>) {
-        let state: crate::upgrade::StateFn = {
+        let state: crate::control::upgrade::StateFn = {
             let (core, cluster, routable) = (self.core.clone(), self.cluster.clone(), self.routable.clone());
             Arc::new(move || {
-                let s = crate::state::capture(&core, &cluster, routable.is_open());
+                let s = crate::control::handover::capture(&core, &cluster, routable.is_open());
                 serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
             })
         };
-        crate::upgrade::listen(&self.config(), self.listeners.clone(), &self.life, state);
+        crate::control::upgrade::listen(&self.config(), self.listeners.clone(), &self.life, state);
         tokio::pin!(shutdown);
         tokio::select! {
             _ = &mut shutdown => self.shutdown().await,

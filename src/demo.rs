@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::control::config::Config;
 
 /// Options of the demo command.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,7 +32,7 @@ pub struct DemoArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error("{0}")]
-    Start(#[from] crate::listeners::StartError),
+    Start(#[from] crate::control::listeners::StartError),
     #[error("cannot start simulated node {name} on {addr}: {err}")]
     Node { name: String, addr: SocketAddr, err: String },
     #[error("cannot find kuzzle-node-sim: {0}")]
@@ -40,7 +40,7 @@ pub enum DemoError {
     #[error("cannot write the demo configuration {0}: {1}")]
     Write(String, std::io::Error),
     #[error("demo configuration: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::control::config::ConfigError),
 }
 
 /// Demo credentials of the ops listener (printed with the URLs).
@@ -119,12 +119,12 @@ fn find_sim(given: Option<&Path>) -> Result<PathBuf, DemoError> {
     }
     // `cargo run` sets CARGO: build the simulator with the same profile as this binary.
     let cargo = std::env::var_os("CARGO").ok_or_else(|| {
-        DemoError::NoSim(format!("{} is missing; build it with `cargo build --release --bins`", sim.display()))
+        DemoError::NoSim(format!("{} is missing; build it with `cargo build --release --workspace --bins`", sim.display()))
     })?;
     let release = dir.file_name().is_some_and(|n| n == "release");
     println!("kuzzle-gateway demo: building kuzzle-node-sim (first run only)...");
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--bin", "kuzzle-node-sim"]);
+    cmd.args(["build", "-p", "kuzzle-node-sim", "--bin", "kuzzle-node-sim"]);
     if release {
         cmd.arg("--release");
     }
@@ -132,7 +132,7 @@ fn find_sim(given: Option<&Path>) -> Result<PathBuf, DemoError> {
     if ok && sim.is_file() {
         Ok(sim)
     } else {
-        Err(DemoError::NoSim(format!("building it failed; try `cargo build --release --bins` ({})", sim.display())))
+        Err(DemoError::NoSim(format!("building it failed; try `cargo build --release --workspace --bins` ({})", sim.display())))
     }
 }
 

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 // mimalloc: ~7% less CPU per proxied request than glibc's malloc under load (bench/compare-builds.sh).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use kuzzle_gateway::config::{Config, DEFAULT_CONFIG_PATH};
+use kuzzle_gateway::control::config::{Config, DEFAULT_CONFIG_PATH};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -100,9 +100,9 @@ fn main() -> ExitCode {
     };
     if cli.check {
         // A name that does not resolve is no error (the node stays DOWN until it does): a warning.
-        let resolved = kuzzle_gateway::resolve::resolve_blocking(&config);
+        let resolved = kuzzle_gateway::control::resolve::resolve_blocking(&config);
         for n in &config.nodes {
-            if let kuzzle_gateway::config::NodeTarget::Host(h) = &n.target {
+            if let kuzzle_gateway::control::config::NodeTarget::Host(h) = &n.target {
                 if resolved.get(h).copied().flatten().is_none() {
                     eprintln!(
                         "kuzzle-gateway: warning: {}: node {}: DNS: no address for {h} (the gateway starts; the node stays DOWN until it resolves)",
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
             }
         }
         // Certificate files: loaded as the gateway would, and dated.
-        let findings = kuzzle_gateway::tls::check::check(&config, kuzzle_gateway::util::epoch_secs());
+        let findings = kuzzle_gateway::control::tls::check::check(&config, kuzzle_gateway::util::epoch_secs());
         for f in &findings {
             let what = if f.error { "configuration error" } else { "warning" };
             eprintln!("kuzzle-gateway: {what}: {}", f.message);
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
         n => n,
     };
     let result = rt.block_on(async {
-        let workers = kuzzle_gateway::workers::Workers::spawn(threads)
+        let workers = kuzzle_gateway::data::workers::Workers::spawn(threads)
             .map_err(|e| format!("cannot start {threads} worker threads: {e}"))?;
         let workers = std::sync::Arc::new(workers);
         let r = kuzzle_gateway::app::run_process(config, cli.upgrade, workers.clone()).await.map_err(|e| e.to_string());

@@ -53,7 +53,7 @@ fn publish(url: &str, room: &str, payload: &[u8]) {
 }
 
 async fn status(h: &Handle) -> Value {
-    kuzzle_gateway::cluster::status(&h.cluster, &h.core).await
+    kuzzle_gateway::control::cluster::status(&h.cluster, &h.core).await
 }
 
 /// State of `name` in the status ("up", "joining", "draining", "gone", ...), None if absent.
@@ -433,7 +433,7 @@ async fn cluster_section_follows_reloads() {
     let without = gateway_toml(&format!("user = \"kuzzle\"\npassword = \"kuzzle\"\n{FAST_HEALTH}"));
     let with = cluster_toml(&format!("redis = \"{}\"", redis.url()), "");
     std::fs::write(&path, &without).expect("write config");
-    let cfg = kuzzle_gateway::config::Config::load(&path).expect("valid config");
+    let cfg = kuzzle_gateway::control::config::Config::load(&path).expect("valid config");
     let h = kuzzle_gateway::app::bind_and_start(cfg).expect("gateway starts");
     let _a = Sim::start("cluster_kuzzle_1", &["--redis", &redis.url(), "--heartbeat", HEARTBEAT]);
 

@@ -204,7 +204,7 @@ async fn prefix_routing_including_tricky_paths() {
     let mut held = ws(a, "/cluster_kuzzle_10/").await;
     let (resp, _) = ws_call(&mut held, kuzzle("server", "now", "h")).await;
     assert_eq!(resp["node"], "cluster_kuzzle_10");
-    let cfg = kuzzle_gateway::config::Config::parse(
+    let cfg = kuzzle_gateway::control::config::Config::parse(
         &format!("[gateway]\nlisten = \"{a}\"\n[stats]\nlisten = \"{}\"\n{}", gw.stats_addr, nodes_toml(&[&n1, &n2])),
         "<reload>",
     )

@@ -378,7 +378,7 @@ async fn http2_streams_reset_after_reaching_a_node_hold_at_most_the_stream_limit
     let max = node.max.load(Ordering::SeqCst);
     println!("{ROUNDS} streams reset after reaching the node: at most {max} held there at once");
     assert!(
-        max <= kuzzle_gateway::tls::h2::MAX_CONCURRENT_STREAMS as usize,
+        max <= kuzzle_gateway::data::h2::MAX_CONCURRENT_STREAMS as usize,
         "{max} requests at the node from one connection"
     );
     assert!(max >= 100, "the test did not pile requests up ({max})");
@@ -395,7 +395,7 @@ async fn http2_connection_resetting_every_stream_is_cut_after_the_budget() {
     );
     let gw = gateway(&gateway_toml(&cfg)).await;
     let mut send = h2_client(gw.tls_addr.expect("tls")).await;
-    let budget = kuzzle_gateway::tls::h2::RESET_BUDGET as usize;
+    let budget = kuzzle_gateway::data::h2::RESET_BUDGET as usize;
     let mut cut_at = None;
     for i in 0..budget * 2 {
         if !reset_after_it_reached_the_node(&mut send, &node).await {

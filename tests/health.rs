@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::*;
 use kuzzle_gateway::app::Handle;
-use kuzzle_gateway::config::Config;
+use kuzzle_gateway::control::config::Config;
 use kuzzle_gateway::core::backend::AdminState;
 use kuzzle_gateway::core::health::{CheckKind, HealthView};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use common::*;
-use kuzzle_gateway::config::Config;
+use kuzzle_gateway::control::config::Config;
 use kuzzle_gateway::core::backend::AdminState;
 
 /// The header line of `/hastats;csv` printed by a real haproxy 2.6.12-1+deb12u4 (Debian 12) for
@@ -345,7 +345,7 @@ fn parse_metrics(body: &str) -> HashMap<String, f64> {
 }
 
 fn metrics_of(h: &kuzzle_gateway::app::Handle) -> HashMap<String, f64> {
-    parse_metrics(&kuzzle_gateway::metrics::render_view(&kuzzle_gateway::hastats::collect(&h.core, &h.reloads)))
+    parse_metrics(&kuzzle_gateway::ops::metrics::render_view(&kuzzle_gateway::ops::hastats::collect(&h.core, &h.reloads)))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

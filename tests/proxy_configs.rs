@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use common::{check_config, with_test_certs};
-use kuzzle_gateway::config::{Algorithm, Config, DEFAULT_CONFIG_PATH};
+use kuzzle_gateway::control::config::{Algorithm, Config, DEFAULT_CONFIG_PATH};
 
 const NODES: [(&str, &str); 3] = [
     ("cluster_kuzzle_1", "127.0.0.1:17601"),
@@ -122,7 +122,7 @@ fn every_gateway_config_passes_check() {
         // Every node address is one the gateway takes: IP:PORT or HOST:PORT.
         for n in table(f).get("node").and_then(|v| v.as_array()).into_iter().flatten() {
             let a = n.get("address").and_then(|v| v.as_str()).expect("node address");
-            let ok = kuzzle_gateway::config::parse_node_target(a).is_some();
+            let ok = kuzzle_gateway::control::config::parse_node_target(a).is_some();
             assert!(ok, "{}: node address {a:?} is neither IP:PORT nor HOST:PORT", f.display());
         }
     }

@@ -3,7 +3,7 @@
 mod fuzz_checks;
 
 use fuzz_checks::{lookup, resolve, strict_decode, NODES};
-use kuzzle_gateway::route::route;
+use kuzzle_gateway::data::route::route;
 use proptest::prelude::*;
 
 /// The node the path's first segment names, by the documented rule: dot segments resolved first,

@@ -48,7 +48,7 @@ fn publish(redis: &RedisServer, payload: &[u8]) {
 }
 
 fn drops(h: &Handle, reason: &str) -> u64 {
-    let i = kuzzle_gateway::cluster::DROP_REASONS.iter().position(|r| *r == reason).expect("known reason");
+    let i = kuzzle_gateway::control::cluster::DROP_REASONS.iter().position(|r| *r == reason).expect("known reason");
     h.cluster.metrics.dropped[i].load(Ordering::Relaxed)
 }
 
@@ -81,7 +81,7 @@ async fn a_node_announced_ready_gets_no_request_before_its_first_passing_check()
         assert_eq!((r.status, r.node()), (200, Some("real")), "balanced request {n}");
         n += 1;
     }
-    let st = kuzzle_gateway::cluster::status(&h.cluster, &h.core).await;
+    let st = kuzzle_gateway::control::cluster::status(&h.cluster, &h.core).await;
     let liar_st = st["nodes"].as_array().and_then(|a| a.iter().find(|n| n["name"] == "liar").cloned());
     assert_eq!(liar_st.as_ref().map(|n| n["state"].clone()), Some(json!("joining")), "{st}");
     // Once its check passes, it takes traffic.

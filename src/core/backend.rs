@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::body::Counted;
 use super::counters::NodeCounters;
 use super::health::HealthState;
-use crate::config::HealthSection;
+use crate::control::config::HealthSection;
 
 /// Body sent to a node: the client's streamed body, or one held in memory (health checks, small
 /// bodies kept so that their request can be re-sent, re-sent GETs).
@@ -38,14 +38,14 @@ struct Pools(Box<[ArrayQueue<(Sender, Instant)>]>);
 
 impl Pools {
     fn new() -> Pools {
-        let n = crate::workers::count();
+        let n = crate::data::workers::count();
         Pools((0..n).map(|_| ArrayQueue::new((MAX_IDLE_PER_NODE / n).max(16))).collect())
     }
 
     /// This worker's queue.
     #[inline]
     fn mine(&self) -> &ArrayQueue<(Sender, Instant)> {
-        &self.0[crate::workers::index() % self.0.len()]
+        &self.0[crate::data::workers::index() % self.0.len()]
     }
 }
 
@@ -126,7 +126,7 @@ pub struct Backend {
     pub tasks: CancellationToken,
     idle: Pools,
     /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
-    pub tls: Option<crate::tls::upstream::NodeTls>,
+    pub tls: Option<crate::control::tls::upstream::NodeTls>,
     /// WebSocket rebalancing: draws that close some of this node's tunnels (`[fleet]`).
     pub shed: super::shed::Shed,
     /// Tunnels the other gateways of the fleet hold on this node, as of their last heartbeats
@@ -384,8 +384,8 @@ impl Backend {
             None => handshake(stream, max_head).await,
             Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
                 Ok(s) => handshake(s, max_head).await,
-                Err(crate::tls::upstream::Error::Timeout) => Err(ConnectError::Timeout),
-                Err(crate::tls::upstream::Error::Handshake) => Err(ConnectError::Tls),
+                Err(crate::control::tls::upstream::Error::Timeout) => Err(ConnectError::Timeout),
+                Err(crate::control::tls::upstream::Error::Handshake) => Err(ConnectError::Tls),
             },
         }
     }

@@ -1,5 +1,5 @@
 //! Core: one node's health state: an atomic the data plane reads, the pure rise/fall machine
-//! ([`super::machine`]) the checker ([`crate::health`]) drives, and passive failure counting.
+//! ([`super::machine`]) the checker ([`crate::control::checks`]) drives, and passive failure counting.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard};

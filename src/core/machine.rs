@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::config::HealthSection;
+use crate::control::config::HealthSection;
 
 /// Outcome of one check, in haproxy's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -22,7 +22,7 @@ use self::backend::{AdminState, Backend};
 use self::counters::FrontendCounters;
 use self::registry::{Change, Registry, COUNTERS_KEEP};
 use self::snapshot::Snapshot;
-use crate::config::Config;
+use crate::control::config::Config;
 
 /// Called for every backend a change creates (the composition root starts its health checker).
 pub type OnCreated = Box<dyn Fn(&Arc<Backend>) + Send + Sync>;

@@ -10,8 +10,8 @@ use super::backend::{AdminState, Backend, Membership, Origin};
 use super::counters::{NodeCounters, NodeTotals};
 use super::health::{HealthState, Leaving, MachineState};
 use super::snapshot::Snapshot;
-use crate::config::{Config, HostPort, NodeTarget};
-use crate::tls::upstream::NodeTls;
+use crate::control::config::{Config, HostPort, NodeTarget};
+use crate::control::tls::upstream::NodeTls;
 
 /// What each `[[node]]` host name resolved to (None: no address).
 pub type Resolved = HashMap<HostPort, Option<SocketAddr>>;
@@ -44,7 +44,7 @@ pub struct RestoredNode {
     pub admin_since: u64,
 }
 
-/// What a new process takes over from the old one on a binary upgrade (see `crate::state`).
+/// What a new process takes over from the old one on a binary upgrade (see `crate::control::handover`).
 #[derive(Debug, Default)]
 pub struct Restore {
     /// Nodes learned from Redis: members again at once, without waiting for Redis.
@@ -477,7 +477,7 @@ mod tests {
     fn host_names_resolve_late_and_change_like_a_reload() {
         let text = "[[node]]\nname = \"k\"\naddress = \"kuzzle-1:7512\"\n";
         let config = Arc::new(Config::parse(text, "t.toml").expect("valid"));
-        let h = crate::config::HostPort { host: "kuzzle-1".into(), port: 7512 };
+        let h = crate::control::config::HostPort { host: "kuzzle-1".into(), port: 7512 };
         let resolved = |a: Option<&str>| {
             Change::Resolved(Arc::new(Resolved::from([(h.clone(), a.map(|a| a.parse().expect("addr")))])))
         };

@@ -5,7 +5,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::backend::Backend;
-use crate::config::Config;
+use crate::control::config::Config;
 
 /// What the data plane needs for one request: settings and nodes, swapped whole.
 pub struct Snapshot {

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use kuzzle_gateway::app::{self, Handle};
-use kuzzle_gateway::config::Config;
+use kuzzle_gateway::control::config::Config;
 pub use kuzzle_test_support::*;
 
 /// The header a state-changing ops request needs (it proves it is no cross-site form).

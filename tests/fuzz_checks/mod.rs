@@ -2,12 +2,12 @@
 // Each fuzz target includes this file for one of its checks; the rest is unused there.
 #![allow(dead_code)]
 
-use kuzzle_gateway::cluster::message::{
+use kuzzle_gateway::control::cluster::message::{
     self, Candidate, Kind, Reject, Rules, MAX_PAYLOAD, ROOM_HEARTBEAT, ROOM_READY, ROOM_REMOVE,
 };
-use kuzzle_gateway::config::{valid_node_name, Config};
-use kuzzle_gateway::route::{self, RouteError};
-use kuzzle_gateway::tunnel::FrameTracker;
+use kuzzle_gateway::control::config::{valid_node_name, Config};
+use kuzzle_gateway::data::route::{self, RouteError};
+use kuzzle_gateway::data::tunnel::FrameTracker;
 
 // ---------------------------------------------------------------------------------------------
 // route: the `/<node name>/...` prefix rule of src/route.rs

@@ -1,0 +1,291 @@
+//! Control plane: the one reload path. The file watcher, SIGHUP and `POST /reload` send a request to
+//! the reload task and await its answer; it validates the file, binds changed listeners, applies
+//! the configuration to the core in one swap and publishes it to the settings watch.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::control::config::{Config, ConfigError};
+use crate::core::registry::Change;
+use crate::core::{Core, Lifecycle};
+use crate::control::listeners::{LiveListeners, StartError};
+use crate::control::tls::TlsSlot;
+
+/// Why a reload was refused (the gateway keeps the last good configuration).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{file}: {source}")]
+    Listen { file: String, source: StartError },
+    #[error("{file}: TLS: {message}")]
+    Tls { file: String, message: String },
+    #[error("the gateway is stopping")]
+    Stopped,
+}
+
+/// Outcome of the last configuration reload, for logs and the stats page.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadStatus {
+    pub ok: bool,
+    /// Epoch seconds.
+    pub at: u64,
+    pub message: String,
+}
+
+/// Reload counters and the last outcome (read by the stats page and metrics).
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+    last: Mutex<Option<ReloadStatus>>,
+}
+
+impl ReloadStats {
+    /// Count a reload outcome and keep it as the last one.
+    pub fn record(&self, ok: bool, message: String) {
+        let n = if ok { &self.ok } else { &self.failed };
+        n.fetch_add(1, Ordering::Relaxed);
+        *crate::util::lock(&self.last) = Some(ReloadStatus { ok, at: crate::util::epoch_secs(), message });
+    }
+
+    pub fn last(&self) -> Option<ReloadStatus> {
+        crate::util::lock(&self.last).clone()
+    }
+}
+
+type Reply = oneshot::Sender<Result<String, ReloadError>>;
+
+/// Asks the reload task for a reload; cheap to clone (the watcher, SIGHUP and ops each hold one).
+#[derive(Clone)]
+pub struct ReloadHandle(mpsc::Sender<Reply>);
+
+impl ReloadHandle {
+    /// Reload and wait for the outcome: the summary line, or why the file was refused.
+    pub async fn reload(&self) -> Result<String, ReloadError> {
+        let (tx, rx) = oneshot::channel();
+        self.0.send(tx).await.map_err(|_| ReloadError::Stopped)?;
+        rx.await.map_err(|_| ReloadError::Stopped)?
+    }
+}
+
+/// What the reload task writes to.
+pub struct Reloader {
+    pub core: Arc<Core>,
+    pub listeners: Arc<LiveListeners>,
+    pub tls: TlsSlot,
+    pub settings: Arc<watch::Sender<Arc<Config>>>,
+    pub stats: Arc<ReloadStats>,
+}
+
+/// Requests waiting for the reload task.
+pub struct Requests(mpsc::Receiver<Reply>);
+
+/// The handle triggers use, and the queue the reload task will read.
+pub fn channel() -> (ReloadHandle, Requests) {
+    // Reloads are rare: a short queue; one reload runs at a time, in arrival order.
+    let (tx, rx) = mpsc::channel::<Reply>(16);
+    (ReloadHandle(tx), Requests(rx))
+}
+
+/// Start the reload task; it stops with `life.shutdown`.
+pub fn start(requests: Requests, r: Reloader, life: &Lifecycle) {
+    let mut rx = requests.0;
+    let stop = life.shutdown.clone();
+    life.background.spawn(async move {
+        loop {
+            let reply = tokio::select! {
+                r = rx.recv() => match r { Some(r) => r, None => return },
+                _ = stop.cancelled() => return,
+            };
+            let _ = reply.send(r.reload().await);
+        }
+    });
+}
+
+/// SIGHUP sends a reload request, until `life.shutdown`.
+#[cfg(unix)]
+pub fn sighup(handle: ReloadHandle, life: &Lifecycle) {
+    let stop = life.shutdown.clone();
+    life.background.spawn(async move {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload with POST /reload instead");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    let _ = handle.reload().await;
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+    });
+}
+
+#[cfg(not(unix))]
+pub fn sighup(_: ReloadHandle, _: &Lifecycle) {}
+
+/// Settings read once at start: a change is accepted (the rest of the file applies) but only
+/// takes effect after a restart or a binary upgrade.
+pub fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if old.gateway.threads != new.gateway.threads {
+        v.push("gateway.threads");
+    }
+    if old.gateway.max_connections != new.gateway.max_connections {
+        v.push("gateway.max_connections");
+    }
+    if old.gateway.upgrade_socket != new.gateway.upgrade_socket {
+        v.push("gateway.upgrade_socket");
+    }
+    if old.gateway.watch != new.gateway.watch {
+        v.push("gateway.watch");
+    }
+    // The limits table is allocated whole, once.
+    if old.limits.client_table != new.limits.client_table {
+        v.push("limits.client_table");
+    }
+    // Read once, while the gateway starts.
+    let ready = |c: &Config| c.cluster.as_ref().map(|c| c.ready_timeout);
+    if ready(old) != ready(new) {
+        v.push("cluster.ready_timeout");
+    }
+    v
+}
+
+impl Reloader {
+    /// Re-read the configuration file, validate it, bind any listener whose address changed, and
+    /// apply it; on any error keep the last good configuration and record the refusal.
+    async fn reload(&self) -> Result<String, ReloadError> {
+        let old = self.core.config();
+        let path = old.source.clone();
+        let result = Config::load_for_reload(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
+            // Certificates are re-read on every reload: renewed files at the same paths take effect.
+            let tls =
+                self.tls.prepare(&new).map_err(|e| ReloadError::Tls { file: path.clone(), message: e.to_string() })?;
+            let plan = self
+                .listeners
+                .prepare_rebind(&new)
+                .map_err(|source| ReloadError::Listen { file: path.clone(), source })?;
+            Ok((new, tls, plan))
+        });
+        match result {
+            Ok((new, tls, plan)) => {
+                let fixed = not_reloadable(&old, &new);
+                if !fixed.is_empty() {
+                    tracing::warn!(
+                        settings = ?fixed,
+                        "these settings changed but cannot change live: they apply after a restart or `kuzzle-gateway --upgrade`"
+                    );
+                }
+                let listeners = plan.summary();
+                let mut summary = change_summary(&old, &new);
+                summary.extend(tls.kept());
+                // Names resolve off the async threads; the addresses and the file apply in one swap.
+                let resolved = crate::control::resolve::resolve(&new).await;
+                crate::control::resolve::warn_unresolved(&resolved);
+                let new = Arc::new(new);
+                self.core.apply([Change::Resolved(Arc::new(resolved)), Change::Config(new.clone())]);
+                self.tls.commit(tls);
+                self.listeners.commit_rebind(plan);
+                self.settings.send_replace(new);
+                let msg = format!("reloaded {path}{}", join(&summary, &listeners));
+                tracing::info!(file = %path, changes = ?summary, listeners = ?listeners, "configuration reloaded");
+                self.stats.record(true, msg.clone());
+                Ok(msg)
+            }
+            Err(e) => {
+                tracing::error!("configuration refused, keeping the last good one: {e}");
+                self.stats.record(false, e.to_string());
+                Err(e)
+            }
+        }
+    }
+}
+
+fn join(a: &[String], b: &[String]) -> String {
+    let all: Vec<&str> = a.iter().chain(b).map(String::as_str).collect();
+    if all.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", all.join("; "))
+    }
+}
+
+/// What changed, in a few words, for the log and the stats page.
+pub fn change_summary(old: &Config, new: &Config) -> Vec<String> {
+    let mut v = Vec::new();
+    let added: Vec<&str> = new.nodes.iter().filter(|n| !old.nodes.contains(n)).map(|n| n.name.as_str()).collect();
+    let removed: Vec<&str> = old.nodes.iter().filter(|n| !new.nodes.contains(n)).map(|n| n.name.as_str()).collect();
+    if !added.is_empty() {
+        v.push(format!("nodes added: {}", added.join(", ")));
+    }
+    if !removed.is_empty() {
+        v.push(format!("nodes removed: {}", removed.join(", ")));
+    }
+    if old.balance != new.balance {
+        v.push(format!("balance: {}", new.balance.algorithm.as_str()));
+    }
+    if old.timeouts != new.timeouts {
+        v.push("timeouts".into());
+    }
+    if old.health != new.health {
+        v.push("health".into());
+    }
+    if old.stats != new.stats {
+        v.push("stats".into());
+    }
+    if old.tls != new.tls {
+        v.push("tls".into());
+    }
+    if old.limits != new.limits {
+        v.push("limits".into());
+    }
+    if old.access_log != new.access_log {
+        v.push(match &new.access_log {
+            Some(a) => format!("access log: {}", a.path),
+            None => "access log: off".into(),
+        });
+    }
+    if (old.gateway.proxy_protocol, &old.gateway.proxy_protocol_from)
+        != (new.gateway.proxy_protocol, &new.gateway.proxy_protocol_from)
+    {
+        v.push(format!("PROXY protocol: {}", if new.gateway.proxy_protocol { "on" } else { "off" }));
+    }
+    if old.fleet != new.fleet {
+        v.push("fleet".into());
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "t.toml").expect("valid")
+    }
+
+    #[test]
+    fn fixed_settings_are_named() {
+        let old = cfg("[gateway]\nthreads = 2\n");
+        let new = cfg("[gateway]\nthreads = 4\nmax_connections = 10\n[balance]\nalgorithm = \"source\"\n[limits]\nclient_table = 4096\nclient_rate = 5\n");
+        assert_eq!(
+            not_reloadable(&old, &new),
+            vec!["gateway.threads", "gateway.max_connections", "limits.client_table"]
+        );
+        assert!(not_reloadable(&old, &old).is_empty());
+    }
+
+    #[test]
+    fn summary_lists_node_and_setting_changes() {
+        let old = cfg("[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n");
+        let new = cfg("[balance]\nalgorithm = \"roundrobin\"\n[[node]]\nname = \"b\"\naddress = \"127.0.0.1:2\"\n");
+        assert_eq!(change_summary(&old, &new), vec!["nodes added: b", "nodes removed: a", "balance: roundrobin"]);
+    }
+}

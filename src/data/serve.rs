@@ -1,0 +1,298 @@
+//! Data plane: the accept loop of a client listener and the serving of one client connection
+//! (HTTP/1.1, keep-alive, upgrades, TLS handshake, graceful close on shutdown or hand-over).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::core::counters::LimitReason;
+use crate::data::edge::limits::{Admission, ConnGuard, CONNECTIONS_RETRY_AFTER};
+use crate::data::edge::proxy_protocol::{self, Prefixed, Refusal};
+use crate::data::proxy::{self, ClientInfo, Context, Scheme};
+use crate::control::tls::TlsSlot;
+use crate::data::tunnel::Held;
+
+/// What client accept loops share: the proxy's context, the TLS acceptor (swapped on reload) and
+/// the connection cap.
+pub struct Frontdoor {
+    pub ctx: Arc<Context>,
+    /// Read per connection: a reload with new certificates applies to the next handshake.
+    pub tls: TlsSlot,
+    /// `[gateway] max_connections`, fixed at start; shared by every client listener.
+    pub limit: Arc<Semaphore>,
+}
+
+/// Accept clients until `stop`; each connection is served on the gateway's tracker and outlives
+/// the loop (a re-bound or handed-over listener leaves its connections alone).
+pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Scheme, stop: CancellationToken) {
+    let limit = door.limit.clone();
+    loop {
+        // Backpressure: past the connection cap, stop accepting until one closes.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.cancelled() => return,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = door.ctx.clone();
+        // TLS clients may speak HTTP/2, whose streams take slots of their own.
+        let tls = if scheme == Scheme::Https { door.tls.acceptor().map(|a| (a, limit.clone())) } else { None };
+        door.ctx.life.connections.spawn(async move {
+            let Some((stream, client, conn)) = admit(&ctx, stream, addr, scheme).await else { return };
+            let held = Held { permit: Some(permit), conn };
+            match tls {
+                None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
+                None => serve_conn(ctx, stream, client, held).await,
+                Some((acceptor, shared)) => {
+                    if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
+                        if crate::control::tls::is_h2(&s) {
+                            crate::data::h2::serve(ctx, s, client, held, shared).await;
+                        } else {
+                            serve_conn(ctx, s, client, held).await;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// A client stream: the socket, after the bytes read with its PROXY header (if any).
+pub type ClientStream = Prefixed<TcpStream>;
+
+/// What happens to a new connection before any HTTP or TLS: its PROXY protocol header (when
+/// `[gateway] proxy_protocol`: the client's real address), then `[limits] client_connections`.
+/// None: the connection was refused (closed, or answered 429) and counted.
+async fn admit(
+    ctx: &Context,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    scheme: Scheme,
+) -> Option<(ClientStream, ClientInfo, Option<ConnGuard>)> {
+    let cfg = ctx.core.config();
+    let f = &ctx.core.frontend;
+    let (addr, rest) = if cfg.gateway.proxy_protocol {
+        let read = if proxy_protocol::allowed(peer.ip(), &cfg.gateway.proxy_protocol_from) {
+            proxy_protocol::read_header(&mut stream, peer, cfg.timeouts.client.0).await
+        } else {
+            Err(Refusal::NotAllowed)
+        };
+        match read {
+            Ok(r) => r,
+            Err(why) => {
+                f.proxy_refused[why as usize].fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, ?why, "connection closed: PROXY protocol header refused");
+                return None;
+            }
+        }
+    } else {
+        (peer, Vec::new())
+    };
+    let stream = Prefixed::new(stream, rest);
+    let mut client = ClientInfo::new(addr, scheme);
+    if cfg.access_log.is_some() {
+        client = client.labelled();
+    }
+    let l = &cfg.limits;
+    let mut conn = None;
+    if crate::data::edge::limited(l, addr.ip()) {
+        let table = ctx.edge.table(l);
+        client.place = Some(table.place(addr.ip()));
+        if l.client_connections > 0 {
+            match table.open(addr.ip(), l.client_connections) {
+                Admission::Counted(g) => conn = Some(g),
+                Admission::Untracked => f.limited(LimitReason::TableFull),
+                Admission::Over => {
+                    f.limited(LimitReason::Connections);
+                    too_many_connections(stream, scheme, l.client_connections).await;
+                    return None;
+                }
+            }
+        }
+    }
+    Some((stream, client, conn))
+}
+
+/// A connection over `[limits] client_connections`: closed at once; a plain HTTP client whose
+/// request already came gets a 429 first (a TLS one cannot be answered before its handshake).
+async fn too_many_connections(mut stream: ClientStream, scheme: Scheme, limit: u32) {
+    use tokio::io::AsyncWriteExt;
+    if scheme != Scheme::Http {
+        return;
+    }
+    // What already came is read (closing with unread bytes would reset the connection and lose
+    // the answer); nothing is waited for.
+    let mut buf = [0u8; 4096];
+    let mut came = !stream.pending().is_empty();
+    for _ in 0..16 {
+        match stream.get_ref().try_read(&mut buf) {
+            Ok(n) if n > 0 => came = true,
+            _ => break,
+        }
+    }
+    if !came {
+        return;
+    }
+    let msg = format!("too many connections: this client already has {limit} open");
+    let body = crate::data::envelope::body(http::StatusCode::TOO_MANY_REQUESTS, &msg);
+    let head = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\nretry-after: {}\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n",
+        CONNECTIONS_RETRY_AFTER.as_secs(),
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
+}
+
+async fn tls_handshake(
+    ctx: &Context,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: ClientStream,
+) -> Option<tokio_rustls::server::TlsStream<ClientStream>> {
+    // Runs under the connection's permit: a stalled handshake holds a slot until it is cut.
+    let t = crate::control::tls::handshake_timeout(&ctx.core.config());
+    match tokio::time::timeout(t, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => Some(s),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(timeout = ?t, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// hyper's own cap on header lines when none is set (`http1::Builder::max_headers`).
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// After a hand-over, how long an idle keep-alive connection of the old process waits for one more
+/// request (answered with `Connection: close`) before it is closed: closing an idle connection
+/// races with a client sending on it, answering its next request with `close` does not.
+pub const HANDOVER_KEEPALIVE_LINGER: Duration = Duration::from_secs(5);
+
+/// Serve one client connection (HTTP/1.1, keep-alive, upgrades) until it closes or shutdown.
+/// `held` is this connection's place under `[gateway] max_connections` and its count under
+/// `[limits] client_connections`; an upgrade hands them on to its tunnel, so long-lived
+/// WebSockets keep counting.
+pub async fn serve_conn<I>(ctx: Arc<Context>, io: I, client: ClientInfo, held: Held)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    ctx.core.frontend.connection_opened();
+    let slot = Arc::new(crate::data::tunnel::PermitSlot::new(held));
+    // One read of the settings for the whole connection (a reload applies to the next one).
+    let cfg = ctx.core.config();
+    let timeout = cfg.timeouts.client.0;
+    let ctx_svc = ctx.clone();
+    // Requests started on this connection: lets a draining connection close right after a response.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let busy = Arc::new(AtomicBool::new(false));
+    let (started_svc, busy_svc) = (started.clone(), busy.clone());
+    let peer = client.addr;
+    let svc = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        if req.headers().contains_key(http::header::UPGRADE) {
+            req.extensions_mut().insert(slot.clone());
+        }
+        busy_svc.store(true, Ordering::Release);
+        started_svc.notify_one();
+        let fut = proxy::handle(ctx_svc.clone(), req, client.clone());
+        let (busy, ctx) = (busy_svc.clone(), ctx_svc.clone());
+        // Boxed: hyper would otherwise move this large future around by value (measured: ~9% CPU).
+        Box::pin(async move {
+            let mut r = fut.await;
+            busy.store(false, Ordering::Release);
+            // Draining: say so, so the client opens its next request elsewhere instead of racing
+            // our close of an idle keep-alive connection.
+            if ctx.life.shutdown.is_cancelled() {
+                if let Ok(resp) = &mut r {
+                    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                        resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    }
+                }
+            }
+            r
+        })
+    });
+    let mut builder = http1::Builder::new();
+    // hyper's read buffer is what a client holding an unfinished head costs: capped at twice the
+    // limit (the service answers 431 in Kuzzle's envelope between the two), and a head never
+    // grows the buffer past it.
+    let limits = &cfg.limits;
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .keep_alive(true)
+        // A client that half-closes after its request (`shutdown(SHUT_WR)`: `nc -N`, some
+        // balancers' checks) still gets its answer, as from haproxy and Node.js.
+        .half_close(true)
+        .max_buf_size((2 * limits.request_head).max(8192));
+    // hyper parses up to 100 header lines in arrays on the stack; an explicit cap makes it
+    // allocate and fill two arrays for every request head (measured: ~6 % of the gateway's
+    // instructions per request). So only a limit above that sets one; at or under it, a head of
+    // more than 100 lines gets hyper's bare 431, and Kuzzle's 431 answers the lines in between.
+    if limits.headers > HYPER_DEFAULT_MAX_HEADERS {
+        builder.max_headers(2 * limits.headers);
+    }
+    // A client that stops reading is cut after `[timeouts] client` without progress.
+    let io = crate::data::send_timeout::SendTimeout::new(io, timeout);
+    let conn = builder.serve_connection(TokioIo::new(io), svc).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(client = %peer, error = %e, "client connection error");
+            }
+        }
+        _ = ctx.life.shutdown.cancelled() => {
+            // A permit left by an earlier request says nothing about now: drop it, then look.
+            let _ = started.notified().now_or_never();
+            if ctx.life.handed_over.is_cancelled() && !busy.load(Ordering::Acquire) {
+                // Wait for the next request (its response then says `Connection: close`), or idle out.
+                let linger = tokio::time::sleep(HANDOVER_KEEPALIVE_LINGER.min(timeout));
+                tokio::pin!(linger);
+                tokio::select! {
+                    _ = started.notified() => {}
+                    _ = &mut linger => {}
+                    _ = ctx.life.close_tunnels.cancelled() => {}
+                    _ = conn.as_mut() => {
+                        ctx.core.frontend.connection_closed();
+                        return;
+                    }
+                }
+            }
+            conn.as_mut().graceful_shutdown();
+            // In-flight requests may finish past the grace period (only tunnels are closed then);
+            // `shutdown` bounds the whole wait by `hard_stop_after`.
+            let _ = conn.await;
+        }
+    }
+    ctx.core.frontend.connection_closed();
+}

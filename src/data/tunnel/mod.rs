@@ -1,0 +1,812 @@
+//! Data plane: the bidirectional tunnel behind an upgraded connection (WebSocket), with idle timeout
+//! and a clean 1001 close frame when the node goes away or the gateway stops.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use std::io;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::backend::ActiveGuard;
+use crate::core::counters::FrontendCounters;
+use crate::core::shed::Shed;
+use crate::core::Lifecycle;
+use crate::data::edge::access_log::{FirstClose, WsEnd, WsRecord};
+
+/// How long a closing tunnel waits for the node to finish the frame it is sending.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// The worker's read buffer: one per thread, shared by every tunnel on it.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; SCRATCH]);
+}
+
+/// One direction's copy. Thousands of WebSockets stay open for hours and are idle nearly all the
+/// time, so a tunnel holds no buffer of its own: reads land in the worker's scratch buffer and
+/// are written on at once from there; only what the writer cannot take at once (a slow reader) is
+/// copied into a buffer of the tunnel's, freed once written. No allocation, no zeroing per message.
+#[derive(Debug, Default)]
+pub struct Pump {
+    /// Bytes read but not yet written, and how far they are written.
+    pending: Vec<u8>,
+    written: usize,
+    /// What the call that left `pending` will report once it is written: (read, kept).
+    report: (usize, usize),
+}
+
+impl Pump {
+    /// Read what `r` has and write it to `w`, all of it before this returns. `keep` sees the bytes
+    /// read and says how many of the first ones go on (the rest are dropped: a close after a
+    /// frame boundary). Returns (bytes read, bytes written); (0, 0) at end of stream.
+    pub async fn pump<R, W>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
+        mut keep: impl FnMut(&[u8]) -> usize,
+    ) -> io::Result<(usize, usize)>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        std::future::poll_fn(|cx| {
+            if !self.pending.is_empty() {
+                // An earlier poll read more than the writer took: finish that first.
+                while self.written < self.pending.len() {
+                    match Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(k)) => self.written += k,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                self.pending = Vec::new();
+                self.written = 0;
+                return Poll::Ready(Ok(self.report));
+            }
+            SCRATCH_BUF.with_borrow_mut(|buf| {
+                let mut rb = ReadBuf::new(buf);
+                match Pin::new(&mut *r).poll_read(cx, &mut rb) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Ok((0, 0)));
+                }
+                let upto = keep(&buf[..n]).min(n);
+                let mut off = 0;
+                while off < upto {
+                    match Pin::new(&mut *w).poll_write(cx, &buf[off..upto]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(k)) => off += k,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            // The writer's waker is registered: keep the rest until it can take it.
+                            self.pending = buf[off..upto].to_vec();
+                            self.written = 0;
+                            self.report = (n, upto);
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                Poll::Ready(Ok((n, upto)))
+            })
+        })
+        .await
+    }
+
+    /// Whether a buffer is held now (tests, memory accounting).
+    pub fn held(&self) -> bool {
+        self.pending.capacity() > 0
+    }
+}
+
+/// What a client connection holds while it is open, handed on to its tunnel when it upgrades (a
+/// WebSocket keeps counting as a connection).
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Its place under `[gateway] max_connections`.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its count under `[limits] client_connections`.
+    pub conn: Option<crate::data::edge::limits::ConnGuard>,
+}
+
+/// A connection's [`Held`], handed from the HTTP connection to its tunnel.
+#[derive(Debug)]
+pub struct PermitSlot(std::sync::Mutex<Option<Held>>);
+
+impl PermitSlot {
+    pub fn new(h: Held) -> Self {
+        PermitSlot(std::sync::Mutex::new(Some(h)))
+    }
+
+    /// Take what the connection holds (once per connection; an upgrade ends the HTTP connection).
+    pub fn take(&self) -> Option<Held> {
+        crate::util::lock(&self.0).take()
+    }
+}
+
+/// Start the tunnel task once both sides have switched protocols.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    life: &Lifecycle,
+    frontend: &Arc<FrontendCounters>,
+    idle: Duration,
+    guard: ActiveGuard,
+    kill: CancellationToken,
+    permit: Option<Held>,
+    client: OnUpgrade,
+    node: OnUpgrade,
+    websocket: bool,
+    log: Option<Box<WsRecord>>,
+) {
+    let frontend = frontend.clone();
+    let close_all = life.close_tunnels.clone();
+    life.connections.spawn(async move {
+        let (client, node) = match tokio::try_join!(client, node) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                if let Some(r) = log {
+                    let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
+                    r.log.websocket(&r, end);
+                }
+                return;
+            }
+        };
+        let backend = guard.backend.clone();
+        let f = &frontend;
+        let c = &backend.counters;
+        f.tunnels.fetch_add(1, Ordering::Relaxed);
+        f.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        c.tunnels.fetch_add(1, Ordering::Relaxed);
+        c.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        let io = TunnelIo {
+            bytes_in: [&f.bytes_in, &c.bytes_in],
+            bytes_out: [&f.bytes_out, &c.bytes_out],
+            session: log.as_ref().map(|_| Session::default()),
+        };
+        let draw = Some((&backend.shed, crate::util::epoch_ms()));
+        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &close_all, draw, &io).await;
+        tracing::debug!(node = %backend.name, ?end, "tunnel closed");
+        if let (Some(r), Some(s)) = (log, &io.session) {
+            r.log.websocket(&r, s.end(end));
+        }
+        f.tunnels.fetch_sub(1, Ordering::Relaxed);
+        c.tunnels.fetch_sub(1, Ordering::Relaxed);
+        drop(guard);
+        drop(permit);
+    });
+}
+
+/// Counters one tunnel feeds.
+pub struct TunnelIo<'a> {
+    pub bytes_in: [&'a AtomicU64; 2],
+    pub bytes_out: [&'a AtomicU64; 2],
+    /// This session's own figures, for its access log line (None: no access log).
+    pub session: Option<Session>,
+}
+
+/// One session's bytes and who closed it first (only kept when the access log is on).
+#[derive(Debug, Default)]
+pub struct Session {
+    /// Bytes from the client.
+    pub bytes_in: AtomicU64,
+    /// Bytes to the client.
+    pub bytes_out: AtomicU64,
+    /// Who closed first, with which code.
+    pub first_close: FirstClose,
+}
+
+impl Session {
+    /// The line's figures, once the tunnel ended with `end`.
+    pub fn end(&self, end: TunnelEnd) -> WsEnd {
+        if matches!(end, TunnelEnd::Idle | TunnelEnd::NodeGone | TunnelEnd::Shutdown) {
+            self.first_close.set(FirstClose::GATEWAY, Some(1001));
+        }
+        let (closed_by, close_code) = self.first_close.get();
+        WsEnd {
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            close_code,
+            closed_by,
+        }
+    }
+}
+
+/// Why a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunnelEnd {
+    /// One side closed normally.
+    Closed,
+    /// A read or write failed.
+    Error,
+    /// Idle for the tunnel timeout.
+    Idle,
+    /// The node was marked down / put in maintenance.
+    NodeGone,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// Drawn by WebSocket rebalancing (`[fleet] rebalance_websockets`): closed with 1012.
+    Rebalanced,
+}
+
+/// Why a rebalancing close says so: 1012 ("service restart") makes SDKs reconnect, never 1000.
+pub const REBALANCE_CLOSE: (u16, &str) = (1012, "rebalancing: please reconnect");
+
+/// Copy both ways until one side ends, a stop signal fires, or nothing moves for `idle`.
+/// `draw`: the node's rebalancing draws and when this tunnel opened (epoch ms); a drawn tunnel
+/// closes with [`REBALANCE_CLOSE`].
+#[allow(clippy::too_many_arguments)]
+pub async fn run<C, N>(
+    client: C,
+    node: N,
+    websocket: bool,
+    idle: Duration,
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    draw: Option<(&Shed, u64)>,
+    io: &TunnelIo<'_>,
+) -> TunnelEnd
+where
+    C: AsyncRead + AsyncWrite + Send,
+    N: AsyncRead + AsyncWrite + Send,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut nr, mut nw) = tokio::io::split(node);
+    // tokio's clock, the one the idle timer runs on (and tests pause).
+    let start = tokio::time::Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    // Set by the watcher (same task: no waker needed, the select loop polls the copy again).
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // Set with `stop` when the reason is a rebalancing draw.
+    let drawn = std::sync::atomic::AtomicBool::new(false);
+    let stopped =
+        || std::future::poll_fn(|_| if stop.load(Ordering::Relaxed) { Poll::Ready(()) } else { Poll::Pending });
+
+    let client_to_node = async {
+        let mut pump = Pump::default();
+        // The client's frames are followed only for the access log (its close code).
+        let mut frames = (websocket && io.session.is_some()).then(FrameTracker::default);
+        loop {
+            let keep = |d: &[u8]| {
+                if let Some(f) = frames.as_mut() {
+                    f.advance(d, false);
+                }
+                d.len()
+            };
+            let r = pump.pump(&mut cr, &mut nw, keep).await;
+            let n = match r {
+                Ok((n, _)) => n,
+                Err(e) => {
+                    if let Some(s) = &io.session {
+                        s.first_close.set(FirstClose::CLIENT, None);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(s) = &io.session {
+                if let Some(code) = frames.as_mut().and_then(FrameTracker::take_close) {
+                    s.first_close.set(FirstClose::CLIENT, Some(code));
+                }
+                if n == 0 {
+                    s.first_close.set(FirstClose::CLIENT, None);
+                }
+                s.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if n == 0 {
+                let _ = nw.shutdown().await;
+                return Ok::<(), std::io::Error>(());
+            }
+            touch();
+            for a in io.bytes_in {
+                a.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    };
+
+    let node_to_client = async {
+        let mut pump = Pump::default();
+        let mut frames = FrameTracker::default();
+        let mut closing: Option<(tokio::time::Instant, (u16, &'static str))> = None;
+        loop {
+            let is_closing = closing.is_some();
+            let keep = |d: &[u8]| if websocket { frames.advance(d, is_closing) } else { d.len() };
+            let (n, sent) = tokio::select! {
+                biased;
+                r = pump.pump(&mut nr, &mut cw, keep) => match r {
+                    Ok(x) => x,
+                    Err(_) => {
+                        if let Some(s) = &io.session {
+                            s.first_close.set(FirstClose::NODE, None);
+                        }
+                        return TunnelEnd::Error;
+                    }
+                },
+                _ = stopped(), if closing.is_none() => {
+                    let why = if shutdown.is_cancelled() {
+                        (1001, "gateway shutting down")
+                    } else if drawn.load(Ordering::Relaxed) {
+                        REBALANCE_CLOSE
+                    } else {
+                        (1001, "node going away")
+                    };
+                    if !websocket || frames.at_boundary() {
+                        if websocket {
+                            let _ = cw.write_all(&close_frame(why.0, why.1)).await;
+                        }
+                        let _ = cw.shutdown().await;
+                        return stop_reason(kill, shutdown, &drawn);
+                    }
+                    closing = Some((tokio::time::Instant::now() + CLOSE_WAIT, why));
+                    continue;
+                }
+                // Boxed: only a closing tunnel needs this timer, and inline it would widen every tunnel.
+                _ = async { if let Some((d, _)) = closing { Box::pin(tokio::time::sleep_until(d)).await } }, if closing.is_some() => {
+                    return stop_reason(kill, shutdown, &drawn);
+                }
+            };
+            if let Some(s) = &io.session {
+                if let Some(code) = frames.take_close() {
+                    s.first_close.set(FirstClose::NODE, Some(code));
+                }
+                if n == 0 {
+                    s.first_close.set(FirstClose::NODE, None);
+                }
+                s.bytes_out.fetch_add(sent as u64, Ordering::Relaxed);
+            }
+            if n == 0 {
+                // The node went away without a close frame: tell the client it may reconnect.
+                if websocket && frames.at_boundary() && !frames.saw_close {
+                    let _ = cw.write_all(&close_frame(1001, "node going away")).await;
+                }
+                let _ = cw.shutdown().await;
+                return TunnelEnd::Closed;
+            }
+            touch();
+            for a in io.bytes_out {
+                a.fetch_add(sent as u64, Ordering::Relaxed);
+            }
+            if let Some((_, why)) = closing {
+                if frames.at_boundary() {
+                    let _ = cw.write_all(&close_frame(why.0, why.1)).await;
+                    let _ = cw.shutdown().await;
+                    return stop_reason(kill, shutdown, &drawn);
+                }
+            }
+        }
+    };
+
+    // Every wake-up of the tunnel polls each branch: the stop tokens are polled once (to register
+    // the task's waker, which stays valid) and then only read, and the idle timer is one Sleep,
+    // reset when data moved (polling the tokens' futures on every message cost ~15 % of a relay).
+    // The tunnel waits on one token for the node: the node's current rebalancing wave (a child of
+    // its kill token, so a kill wakes it too), or the kill token itself without draws. A wave that
+    // did not draw this tunnel is replaced by the node's next one.
+    let watcher = async {
+        let idle_ms = idle.as_millis() as u64;
+        let mut wave = draw.map_or_else(|| kill.clone(), |(s, _)| s.wave());
+        let mut on_wave = std::pin::pin!(wave.clone().cancelled_owned());
+        let mut on_shutdown = std::pin::pin!(shutdown.cancelled());
+        let mut sleep = std::pin::pin!(tokio::time::sleep(idle));
+        let mut registered = false;
+        let was_idle = std::future::poll_fn(|cx| {
+            if !registered {
+                registered = true;
+                let _ = on_wave.as_mut().poll(cx);
+                let _ = on_shutdown.as_mut().poll(cx);
+                // A kill before the wave was taken (a kill after it cancels the wave too).
+                if kill.is_cancelled() {
+                    return Poll::Ready(false);
+                }
+            }
+            if shutdown.is_cancelled() {
+                return Poll::Ready(false);
+            }
+            // Bounded: each turn takes the node's newest wave, and a draw replaces it at most once.
+            for _ in 0..8 {
+                if !wave.is_cancelled() {
+                    break;
+                }
+                if kill.is_cancelled() {
+                    return Poll::Ready(false);
+                }
+                let Some((shed, opened_ms)) = draw else { return Poll::Ready(false) };
+                if shed.drawn(opened_ms) {
+                    drawn.store(true, Ordering::Relaxed);
+                    return Poll::Ready(false);
+                }
+                wave = shed.wave();
+                on_wave.set(wave.clone().cancelled_owned());
+                let _ = on_wave.as_mut().poll(cx);
+            }
+            while sleep.as_mut().poll(cx).is_ready() {
+                let since = (start.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+                if since >= idle_ms {
+                    return Poll::Ready(true);
+                }
+                sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_millis(idle_ms - since));
+            }
+            Poll::Pending
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        was_idle
+    };
+
+    tokio::pin!(client_to_node, node_to_client, watcher);
+    let mut client_done = false;
+    let mut idle_fired = false;
+    loop {
+        tokio::select! {
+            biased;
+            end = &mut node_to_client => {
+                return if idle_fired { TunnelEnd::Idle } else { end };
+            }
+            r = &mut client_to_node, if !client_done => {
+                client_done = true;
+                if r.is_err() {
+                    return TunnelEnd::Error;
+                }
+            }
+            was_idle = &mut watcher, if !stop.load(Ordering::Relaxed) => {
+                idle_fired = was_idle;
+            }
+        }
+    }
+}
+
+fn stop_reason(
+    kill: &CancellationToken,
+    shutdown: &CancellationToken,
+    drawn: &std::sync::atomic::AtomicBool,
+) -> TunnelEnd {
+    if shutdown.is_cancelled() {
+        TunnelEnd::Shutdown
+    } else if kill.is_cancelled() {
+        TunnelEnd::NodeGone
+    } else if drawn.load(Ordering::Relaxed) {
+        TunnelEnd::Rebalanced
+    } else {
+        TunnelEnd::Idle
+    }
+}
+
+/// An unmasked (server to client) WebSocket close frame.
+pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let reason = &reason.as_bytes()[..reason.len().min(123)];
+    let mut f = Vec::with_capacity(4 + reason.len());
+    f.push(0x88);
+    f.push((2 + reason.len()) as u8);
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason);
+    f
+}
+
+/// Follows WebSocket frame boundaries in one direction of a byte stream, so that the gateway can
+/// inject a close frame without cutting a frame in two.
+#[derive(Debug, Default)]
+pub struct FrameTracker {
+    hdr: [u8; 14],
+    have: usize,
+    remaining: u64,
+    in_payload: bool,
+    opcode: u8,
+    /// The last complete frame was a close frame.
+    pub saw_close: bool,
+    /// The current frame's masking key (client frames are masked), to read a close code.
+    mask: Option<[u8; 4]>,
+    /// Payload bytes of the current frame consumed so far (only counted for close frames, whose
+    /// first two are the code).
+    offset: u64,
+    /// The first two payload bytes of a close frame: its code.
+    code: [u8; 2],
+    /// A close frame completed and its code was not taken yet ([`FrameTracker::take_close`]);
+    /// 1005 ("no status") for one without a code.
+    close: Option<u16>,
+}
+
+impl FrameTracker {
+    pub fn at_boundary(&self) -> bool {
+        !self.in_payload && self.have == 0
+    }
+
+    /// Consume `data`; with `stop_at_boundary`, stop right after the first frame that completes
+    /// (or at once if already at a boundary). Returns how many bytes were consumed.
+    pub fn advance(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut i = 0;
+        if stop_at_boundary && self.at_boundary() {
+            return 0;
+        }
+        while i < data.len() {
+            if self.in_payload {
+                let take = (data.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                if self.opcode == 0x8 {
+                    // The first two payload bytes of a close frame are its code.
+                    let have = usize::try_from(self.offset).unwrap_or(usize::MAX);
+                    for (j, b) in data[i..i + take].iter().take(2usize.saturating_sub(have)).enumerate() {
+                        self.code[have + j] = b ^ self.mask.map_or(0, |m| m[(have + j) % 4]);
+                    }
+                    self.offset += take as u64;
+                }
+                i += take;
+                self.remaining -= take as u64;
+                if self.remaining == 0 {
+                    self.frame_done();
+                    if stop_at_boundary {
+                        return i;
+                    }
+                }
+                continue;
+            }
+            self.hdr[self.have] = data[i];
+            self.have += 1;
+            i += 1;
+            if self.have < 2 {
+                continue;
+            }
+            let len7 = self.hdr[1] & 0x7f;
+            let ext = match len7 {
+                126 => 2,
+                127 => 8,
+                _ => 0,
+            };
+            let mask = if self.hdr[1] & 0x80 != 0 { 4 } else { 0 };
+            if self.have < 2 + ext + mask {
+                continue;
+            }
+            let len = match ext {
+                2 => u64::from(u16::from_be_bytes([self.hdr[2], self.hdr[3]])),
+                8 => {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&self.hdr[2..10]);
+                    u64::from_be_bytes(b)
+                }
+                _ => u64::from(len7),
+            };
+            self.opcode = self.hdr[0] & 0x0f;
+            self.mask = (mask == 4).then(|| {
+                let k = 2 + ext;
+                [self.hdr[k], self.hdr[k + 1], self.hdr[k + 2], self.hdr[k + 3]]
+            });
+            self.offset = 0;
+            self.have = 0;
+            if len == 0 {
+                self.frame_done();
+                if stop_at_boundary {
+                    return i;
+                }
+            } else {
+                self.in_payload = true;
+                self.remaining = len;
+            }
+        }
+        i
+    }
+
+    fn frame_done(&mut self) {
+        self.in_payload = false;
+        self.saw_close = self.opcode == 0x8;
+        if self.saw_close && self.close.is_none() {
+            self.close = Some(if self.offset >= 2 { u16::from_be_bytes(self.code) } else { 1005 });
+        }
+    }
+
+    /// The code of a close frame completed since the last call (1005 when it had none).
+    pub fn take_close(&mut self) -> Option<u16> {
+        self.close.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x81];
+        let m = if masked { 0x80 } else { 0 };
+        match payload_len {
+            0..=125 => f.push(m | payload_len as u8),
+            126..=65535 => {
+                f.push(m | 126);
+                f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+            }
+            _ => {
+                f.push(m | 127);
+                f.extend_from_slice(&(payload_len as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(b'x', payload_len));
+        f
+    }
+
+    #[test]
+    fn tracks_boundaries_across_splits() {
+        let mut stream = Vec::new();
+        for (len, masked) in [(5, false), (0, false), (300, true), (70_000, false), (1, true)] {
+            stream.extend(frame(len, masked));
+        }
+        for chunk in [1, 3, 7, 1000, stream.len()] {
+            let mut t = FrameTracker::default();
+            for c in stream.chunks(chunk) {
+                assert_eq!(t.advance(c, false), c.len());
+            }
+            assert!(t.at_boundary(), "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn stops_at_first_boundary() {
+        let mut stream = frame(10, false);
+        let first = stream.len();
+        stream.extend(frame(10, false));
+        let mut t = FrameTracker::default();
+        assert_eq!(t.advance(&stream[..4], false), 4);
+        assert!(!t.at_boundary());
+        assert_eq!(t.advance(&stream[4..], true), first - 4);
+        assert!(t.at_boundary());
+        assert_eq!(t.advance(&stream[first..], true), 0);
+    }
+
+    #[tokio::test]
+    async fn pump_holds_no_buffer_while_idle_and_keeps_only_what_a_slow_writer_left() {
+        let (mut src, b) = tokio::io::duplex(1 << 20);
+        let (mut r, _rw) = tokio::io::split(b);
+        // The writer's pipe takes 1 KiB: a 200 KB burst waits for the reader at the other end.
+        let (w, mut sink) = tokio::io::duplex(1024);
+        let (_wr, mut w) = tokio::io::split(w);
+        let mut pump = Pump::default();
+        src.write_all(b"hello").await.expect("write");
+        assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("pump"), (5, 5));
+        assert!(!pump.held(), "written at once: nothing kept");
+        let mut got = [0u8; 5];
+        tokio::io::AsyncReadExt::read_exact(&mut sink, &mut got).await.expect("read");
+        assert_eq!(&got, b"hello");
+        // Nothing to read: a waiting pump holds nothing.
+        assert!(tokio::time::timeout(Duration::from_millis(50), pump.pump(&mut r, &mut w, |d| d.len())).await.is_err());
+        assert!(!pump.held(), "an idle pump holds no buffer");
+        src.write_all(&vec![7u8; 200_000]).await.expect("write");
+        let drain = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            while all.len() < 200_000 {
+                let n = tokio::io::AsyncReadExt::read(&mut sink, &mut buf).await.expect("read");
+                assert!(n > 0, "pipe closed early");
+                all.extend_from_slice(&buf[..n]);
+            }
+            (all, sink)
+        });
+        let mut moved = 0;
+        while moved < 200_000 {
+            let (n, sent) = pump.pump(&mut r, &mut w, |d| d.len()).await.expect("pump");
+            assert_eq!(n, sent);
+            moved += n;
+        }
+        assert!(!pump.held(), "freed once written");
+        let (all, _sink) = drain.await.expect("drain");
+        assert!(all.len() == 200_000 && all.iter().all(|&x| x == 7));
+        // `keep` drops what follows: a closing tunnel stops at a frame boundary.
+        src.write_all(b"abcdef").await.expect("write");
+        assert_eq!(pump.pump(&mut r, &mut w, |_| 2).await.expect("pump"), (6, 2));
+        drop(src);
+        assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("eof"), (0, 0));
+    }
+
+    fn counters() -> (AtomicU64, AtomicU64) {
+        (AtomicU64::new(0), AtomicU64::new(0))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
+        let (client, mut client_peer) = tokio::io::duplex(4096);
+        let (node, mut node_peer) = tokio::io::duplex(4096);
+        let (a, b) = counters();
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+        let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let t0 = tokio::time::Instant::now();
+        let traffic = async {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            client_peer.write_all(b"ping").await.expect("write");
+            let mut got = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut node_peer, &mut got).await.expect("relayed");
+            (client_peer, node_peer)
+        };
+        let (end, _peers) =
+            tokio::join!(run(client, node, false, Duration::from_secs(2), &kill, &shutdown, None, &io), traffic);
+        assert_eq!(end, TunnelEnd::Idle);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(3600), "closed after {took:?}");
+        assert_eq!(a.load(Ordering::Relaxed), 8, "4 bytes counted on both counters");
+    }
+
+    #[tokio::test]
+    async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
+        let (client, mut client_peer) = tokio::io::duplex(4096);
+        let (node, _node_peer) = tokio::io::duplex(4096);
+        let (a, b) = counters();
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+        let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let k = kill.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            k.cancel();
+        });
+        let end = run(client, node, true, Duration::from_secs(60), &kill, &shutdown, None, &io).await;
+        assert_eq!(end, TunnelEnd::NodeGone);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut client_peer, &mut got).await.expect("read");
+        assert_eq!(got, close_frame(1001, "node going away"));
+    }
+
+    #[tokio::test]
+    async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_stays() {
+        let (a, b) = counters();
+        let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+        let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+        let shed = Shed::new(&kill);
+        let (old_c, mut old_peer) = tokio::io::duplex(4096);
+        let (old_n, _old_node) = tokio::io::duplex(4096);
+        let (new_c, mut new_peer) = tokio::io::duplex(4096);
+        let (new_n, _new_node) = tokio::io::duplex(4096);
+        let old = run(old_c, old_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 100)), &io);
+        let new = run(new_c, new_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 5000)), &io);
+        let steer = async {
+            tokio::task::yield_now().await;
+            // Two to close, but only one tunnel opened before 1000: the other survives the wave.
+            shed.draw(2, 1000, &kill);
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut old_peer, &mut got).await.expect("read");
+            assert_eq!(got, close_frame(1012, "rebalancing: please reconnect"));
+            assert_eq!(shed.budget(), 1, "the newer tunnel took no share");
+            kill.cancel();
+            let mut got = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut new_peer, &mut got).await.expect("read");
+            assert_eq!(got, close_frame(1001, "node going away"), "a kill still reaches a tunnel that waited again");
+        };
+        let (old_end, new_end, ()) = tokio::join!(old, new, steer);
+        assert_eq!((old_end, new_end), (TunnelEnd::Rebalanced, TunnelEnd::NodeGone));
+        assert_eq!(shed.closed(), 1);
+    }
+
+    #[test]
+    fn close_codes_are_read_from_masked_and_plain_frames() {
+        // A client's close frame: masked, code 4001 and a reason, split across reads.
+        let key = [9u8, 8, 7, 6];
+        let payload = [&4001u16.to_be_bytes()[..], b"bye"].concat();
+        let mut f = vec![0x88, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        let mut t = FrameTracker::default();
+        for c in f.chunks(3) {
+            t.advance(c, false);
+        }
+        assert_eq!(t.take_close(), Some(4001));
+        assert_eq!(t.take_close(), None, "taken once");
+        let mut t = FrameTracker::default();
+        t.advance(&close_frame(1000, "done"), false);
+        assert_eq!(t.take_close(), Some(1000));
+        t.advance(&[0x88, 0], false);
+        assert_eq!(t.take_close(), Some(1005), "a close frame without a code");
+    }
+
+    #[test]
+    fn close_frame_layout() {
+        assert_eq!(close_frame(1001, ""), vec![0x88, 2, 0x03, 0xE9]);
+        let mut t = FrameTracker::default();
+        t.advance(&close_frame(1000, "bye"), false);
+        assert!(t.saw_close && t.at_boundary());
+    }
+}
