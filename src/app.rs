@@ -15,18 +15,18 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
+use crate::control::checks::Checkers;
 use crate::control::cluster::ClusterState;
 use crate::control::config::Config;
-use crate::core::{Core, Gate, Lifecycle};
-use crate::control::checks::Checkers;
-use crate::control::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
-use crate::ops::Ops;
-use crate::data::proxy::{Context, Scheme};
-use crate::control::reload::{ReloadHandle, ReloadStats, Reloader};
-use crate::data::serve::Frontdoor;
 use crate::control::handover::Taken;
+use crate::control::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
+use crate::control::reload::{ReloadHandle, ReloadStats, Reloader};
 use crate::control::upgrade::UpgradeError;
+use crate::core::{Core, Gate, Lifecycle};
+use crate::data::proxy::{Context, Scheme};
+use crate::data::serve::Frontdoor;
 use crate::data::workers::Workers;
+use crate::ops::Ops;
 
 /// A running gateway: the handles its parts were given, and its bound addresses.
 pub struct Handle {
@@ -110,7 +110,8 @@ pub fn start_with(
         core.frontend.restore(f);
     }
 
-    let limit = crate::control::fds::max_connections(config.gateway.max_connections, crate::control::fds::raise_nofile());
+    let limit =
+        crate::control::fds::max_connections(config.gateway.max_connections, crate::control::fds::raise_nofile());
     core.frontend.connection_limit.store(limit as u64, std::sync::atomic::Ordering::Relaxed);
     let ctx = Arc::new(Context::new(core.clone(), life.clone()));
     crate::data::edge::start(&ctx.edge, &life);

@@ -119,7 +119,10 @@ fn find_sim(given: Option<&Path>) -> Result<PathBuf, DemoError> {
     }
     // `cargo run` sets CARGO: build the simulator with the same profile as this binary.
     let cargo = std::env::var_os("CARGO").ok_or_else(|| {
-        DemoError::NoSim(format!("{} is missing; build it with `cargo build --release --workspace --bins`", sim.display()))
+        DemoError::NoSim(format!(
+            "{} is missing; build it with `cargo build --release --workspace --bins`",
+            sim.display()
+        ))
     })?;
     let release = dir.file_name().is_some_and(|n| n == "release");
     println!("kuzzle-gateway demo: building kuzzle-node-sim (first run only)...");
@@ -132,7 +135,10 @@ fn find_sim(given: Option<&Path>) -> Result<PathBuf, DemoError> {
     if ok && sim.is_file() {
         Ok(sim)
     } else {
-        Err(DemoError::NoSim(format!("building it failed; try `cargo build --release --workspace --bins` ({})", sim.display())))
+        Err(DemoError::NoSim(format!(
+            "building it failed; try `cargo build --release --workspace --bins` ({})",
+            sim.display()
+        )))
     }
 }
 

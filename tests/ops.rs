@@ -345,7 +345,9 @@ fn parse_metrics(body: &str) -> HashMap<String, f64> {
 }
 
 fn metrics_of(h: &kuzzle_gateway::app::Handle) -> HashMap<String, f64> {
-    parse_metrics(&kuzzle_gateway::ops::metrics::render_view(&kuzzle_gateway::ops::hastats::collect(&h.core, &h.reloads)))
+    parse_metrics(&kuzzle_gateway::ops::metrics::render_view(&kuzzle_gateway::ops::hastats::collect(
+        &h.core, &h.reloads,
+    )))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,8 +11,8 @@ use notify_debouncer_full::notify::RecursiveMode;
 use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 
 use crate::control::config::Config;
-use crate::core::Lifecycle;
 use crate::control::reload::ReloadHandle;
+use crate::core::Lifecycle;
 
 /// Quiet time after the last change before reloading: an editor's save is several events.
 pub const DEBOUNCE: Duration = Duration::from_millis(250);

@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::control::config::{Config, ConfigError};
-use crate::core::registry::Change;
-use crate::core::{Core, Lifecycle};
 use crate::control::listeners::{LiveListeners, StartError};
 use crate::control::tls::TlsSlot;
+use crate::core::registry::Change;
+use crate::core::{Core, Lifecycle};
 
 /// Why a reload was refused (the gateway keeps the last good configuration).
 #[derive(Debug, thiserror::Error)]

@@ -30,8 +30,8 @@ use rustix::net::{
 use serde::{Deserialize, Serialize};
 
 use crate::control::config::{Config, MAX_READY_TIMEOUT};
-use crate::core::Lifecycle;
 use crate::control::listeners::{ListenerKind, Listeners, LiveListeners, StartError};
+use crate::core::Lifecycle;
 
 /// How long each step of the exchange may take before the upgrade is abandoned.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);

@@ -146,8 +146,13 @@ impl Body for Held {
 /// Serve one HTTP/2 connection until it closes, idles out (`[timeouts] client` without a request),
 /// or the gateway stops (GOAWAY, then open streams finish). `permit` is its place under
 /// `[gateway] max_connections`, held to the end.
-pub async fn serve<I>(ctx: Arc<Context>, io: I, client: ClientInfo, held: crate::data::tunnel::Held, limit: Arc<Semaphore>)
-where
+pub async fn serve<I>(
+    ctx: Arc<Context>,
+    io: I,
+    client: ClientInfo,
+    held: crate::data::tunnel::Held,
+    limit: Arc<Semaphore>,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _held = held;

@@ -15,11 +15,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::tls::TlsSlot;
 use crate::core::counters::LimitReason;
 use crate::data::edge::limits::{Admission, ConnGuard, CONNECTIONS_RETRY_AFTER};
 use crate::data::edge::proxy_protocol::{self, Prefixed, Refusal};
 use crate::data::proxy::{self, ClientInfo, Context, Scheme};
-use crate::control::tls::TlsSlot;
 use crate::data::tunnel::Held;
 
 /// What client accept loops share: the proxy's context, the TLS acceptor (swapped on reload) and

@@ -20,9 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::control::cluster::ClusterState;
+use crate::control::reload::{ReloadHandle, ReloadStats};
 use crate::core::backend::AdminState;
 use crate::core::{Core, Gate, Lifecycle};
-use crate::control::reload::{ReloadHandle, ReloadStats};
 
 pub type OpsResponse = Response<Full<Bytes>>;
 

@@ -1106,13 +1106,26 @@ mod tests {
         let cursor = std::sync::atomic::AtomicUsize::new(0);
         let ip = std::net::IpAddr::from([127, 0, 0, 1]);
         for _ in 0..4 {
-            let got =
-                crate::data::balance::pick(crate::control::config::Algorithm::Leastconn, &nodes, &cursor, ip, &[], Default::default());
+            let got = crate::data::balance::pick(
+                crate::control::config::Algorithm::Leastconn,
+                &nodes,
+                &cursor,
+                ip,
+                &[],
+                Default::default(),
+            );
             assert_eq!(got, Some(1), "the fleet-wide emptier node");
         }
         nodes[0].set_remote(0);
         assert_eq!(
-            crate::data::balance::pick(crate::control::config::Algorithm::Leastconn, &nodes, &cursor, ip, &[], Default::default()),
+            crate::data::balance::pick(
+                crate::control::config::Algorithm::Leastconn,
+                &nodes,
+                &cursor,
+                ip,
+                &[],
+                Default::default()
+            ),
             Some(0)
         );
     }

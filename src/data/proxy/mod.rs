@@ -24,11 +24,11 @@ use hyper::upgrade::OnUpgrade;
 
 use self::error::ProxyError;
 use self::headers::{add_forwarded, crossed, is_websocket, strip_hop_by_hop, upgrade_of, GATEWAY_MARK};
-use crate::data::balance;
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
 use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
 use crate::core::{Core, Lifecycle};
+use crate::data::balance;
 use crate::data::edge::access_log::{BytesIn, HttpRecord, WsRecord};
 use crate::data::edge::limits::{Place, RateVerdict};
 use crate::data::edge::Edge;

@@ -10,11 +10,11 @@ use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
 
+use crate::control::reload::{ReloadStats, ReloadStatus};
 use crate::core::backend::{AdminState, Backend, Membership};
 use crate::core::counters::{get, FrontendCounters, NodeCounters};
 use crate::core::health::{CheckKind, HealthView, Phase};
 use crate::core::Core;
-use crate::control::reload::{ReloadStats, ReloadStatus};
 
 pub use csv::{csv, HAPROXY_CSV_FIELDS};
 pub use html::{html, HtmlOptions};
