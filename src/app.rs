@@ -105,7 +105,7 @@ pub fn start_with(
     };
     let mut first = vec![crate::core::registry::Change::Resolved(Arc::new(resolved.clone()))];
     first.extend(taken.restore.map(crate::core::registry::Change::Restore));
-    let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)));
+    let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)), workers.count());
     if let Some(f) = &taken.frontend {
         core.frontend.restore(f);
     }

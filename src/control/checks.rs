@@ -369,7 +369,7 @@ mod tests {
             }
         });
         let counters = Arc::new(crate::core::counters::NodeCounters::default());
-        (Backend::new("n".into(), addr, crate::core::backend::Origin::Static, counters, true), task)
+        (Backend::new("n".into(), addr, crate::core::backend::Origin::Static, counters, true, 1), task)
     }
 
     #[tokio::test]
@@ -401,6 +401,7 @@ mod tests {
             crate::core::backend::Origin::Static,
             counters,
             true,
+            1,
         );
         assert_eq!(http_check(&b, "/", t).await.map(|r| r.kind), Some(CheckKind::L4CON));
     }

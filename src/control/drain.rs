@@ -76,6 +76,7 @@ mod tests {
             cfg("[gateway]\ndrain_timeout = \"5s\"\n[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n"),
             Vec::new(),
             Box::new(|_| {}),
+            1,
         );
         let a = core.snapshot().node("a").cloned().expect("a");
         let _tunnel = a.track();

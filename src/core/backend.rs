@@ -37,15 +37,16 @@ const MAX_IDLE_PER_NODE: usize = 512;
 struct Pools(Box<[ArrayQueue<(Sender, Instant)>]>);
 
 impl Pools {
-    fn new() -> Pools {
-        let n = crate::data::workers::count();
+    /// One queue per worker of `workers` (at least one).
+    fn new(workers: usize) -> Pools {
+        let n = workers.max(1);
         Pools((0..n).map(|_| ArrayQueue::new((MAX_IDLE_PER_NODE / n).max(16))).collect())
     }
 
     /// This worker's queue.
     #[inline]
     fn mine(&self) -> &ArrayQueue<(Sender, Instant)> {
-        &self.0[crate::data::workers::index() % self.0.len()]
+        &self.0[super::worker::index() % self.0.len()]
     }
 }
 
@@ -147,6 +148,7 @@ impl Backend {
         origin: Origin,
         counters: Arc<NodeCounters>,
         initially_up: bool,
+        workers: usize,
     ) -> Self {
         let kill = CancellationToken::new();
         Backend {
@@ -165,7 +167,7 @@ impl Backend {
             active: AtomicU64::new(0),
             tunnel_kill: ArcSwap::from_pointee(kill),
             tasks: CancellationToken::new(),
-            idle: Pools::new(),
+            idle: Pools::new(workers),
             tls: None,
         }
     }
@@ -173,12 +175,12 @@ impl Backend {
     /// A static node `name` at 127.0.0.1:`port`, UP, with fresh counters (unit tests).
     #[cfg(test)]
     pub(crate) fn for_test(name: &str, port: u16) -> Self {
-        Backend::new(name.into(), SocketAddr::from(([127, 0, 0, 1], port)), Origin::Static, Default::default(), true)
+        Backend::new(name.into(), SocketAddr::from(([127, 0, 0, 1], port)), Origin::Static, Default::default(), true, 1)
     }
 
     /// A static node whose host name did not resolve: a placeholder that stays DOWN.
     pub fn unresolved(name: String, port: u16, counters: Arc<NodeCounters>) -> Self {
-        let mut b = Backend::new(name, SocketAddr::from(([0, 0, 0, 0], port)), Origin::Static, counters, false);
+        let mut b = Backend::new(name, SocketAddr::from(([0, 0, 0, 0], port)), Origin::Static, counters, false, 1);
         b.unresolved = true;
         b
     }

@@ -10,6 +10,7 @@ pub mod machine;
 pub mod registry;
 pub mod shed;
 pub mod snapshot;
+pub mod worker;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
@@ -45,12 +46,13 @@ pub struct Core {
 impl Core {
     /// A core with `config` applied after `first` (e.g. the resolved host names) in the same batch:
     /// its static nodes count as UP until checks say otherwise.
-    pub fn new(config: Arc<Config>, first: Vec<Change>, on_created: OnCreated) -> Arc<Core> {
+    /// Each node keeps one connection pool per worker of the data plane's `workers`.
+    pub fn new(config: Arc<Config>, first: Vec<Change>, on_created: OnCreated, workers: usize) -> Arc<Core> {
         let core = Arc::new(Core {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config.clone(), Vec::new(), 0, 0)),
             frontend: Arc::new(FrontendCounters::default()),
             started_at: SystemTime::now(),
-            registry: Mutex::new(Registry::new(config.clone())),
+            registry: Mutex::new(Registry::new(config.clone(), workers)),
             on_created,
         });
         core.apply(first.into_iter().chain([Change::Config(config)]));

@@ -88,6 +88,8 @@ pub struct Applied {
 pub struct Registry {
     /// The configuration in force (static nodes, TLS to nodes).
     config: Arc<Config>,
+    /// Data-plane workers: each backend keeps one connection pool per worker.
+    workers: usize,
     /// Addresses of the static nodes' host names.
     resolved: Arc<Resolved>,
     /// Nodes learned from Redis, by name.
@@ -113,9 +115,11 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(config: Arc<Config>) -> Registry {
+    /// An empty registry for a data plane of `workers` workers.
+    pub fn new(config: Arc<Config>, workers: usize) -> Registry {
         Registry {
             config,
+            workers,
             resolved: Arc::default(),
             dynamic: BTreeMap::new(),
             live: HashMap::new(),
@@ -306,7 +310,7 @@ impl Registry {
                 None => {
                     let counters = self.counters.entry(name.clone()).or_default().clone();
                     let mut b = match addr {
-                        Some(a) => Backend::new(name.clone(), a, origin, counters, up),
+                        Some(a) => Backend::new(name.clone(), a, origin, counters, up, self.workers),
                         None => Backend::unresolved(name.clone(), port, counters),
                     };
                     b.tls = tls;
@@ -381,7 +385,7 @@ mod tests {
 
     #[test]
     fn reload_diffs_nodes() {
-        let mut r = Registry::new(Arc::new(Config::default()));
+        let mut r = Registry::new(Arc::new(Config::default()), 1);
         let s1 = apply(&mut r, vec![cfg(&[("a", 1), ("b", 2)])]);
         assert_eq!(s1.nodes.len(), 2);
         assert!(s1.nodes.iter().all(|b| b.eligible()), "start-up nodes count as UP");
@@ -409,7 +413,7 @@ mod tests {
 
     #[test]
     fn history_of_gone_nodes_is_forgotten_after_a_while() {
-        let mut r = Registry::new(Arc::new(Config::default()));
+        let mut r = Registry::new(Arc::new(Config::default()), 1);
         let s = apply(&mut r, vec![cfg(&[("a", 1), ("b", 2)])]);
         drop(s.node("b").expect("b").track());
         apply(&mut r, vec![cfg(&[("a", 1)])]);
@@ -428,7 +432,7 @@ mod tests {
 
     #[test]
     fn one_batch_one_snapshot_and_nothing_changed_publishes_nothing() {
-        let mut r = Registry::new(Arc::new(Config::default()));
+        let mut r = Registry::new(Arc::new(Config::default()), 1);
         apply(&mut r, vec![cfg(&[])]);
         let joins: Vec<Change> = (0..50)
             .map(|i| {
@@ -460,7 +464,7 @@ mod tests {
             Change::Config(Arc::new(Config::parse(&text, "t.toml").expect("valid")))
         };
         let with_ca = format!("tls = true\nca = {:?}\n", ca.display().to_string());
-        let mut r = Registry::new(Arc::new(Config::default()));
+        let mut r = Registry::new(Arc::new(Config::default()), 1);
         let plain = apply(&mut r, vec![node("")]).node("a").cloned().expect("a");
         assert!(plain.tls.is_none());
         let tls = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
@@ -481,7 +485,7 @@ mod tests {
         let resolved = |a: Option<&str>| {
             Change::Resolved(Arc::new(Resolved::from([(h.clone(), a.map(|a| a.parse().expect("addr")))])))
         };
-        let mut r = Registry::new(config.clone());
+        let mut r = Registry::new(config.clone(), 1);
         let s = apply(&mut r, vec![resolved(None), Change::Config(config.clone())]);
         let k = s.node("k").cloned().expect("an unresolved node is still a node (its prefix answers 503)");
         assert!(k.unresolved && !k.eligible(), "no address: DOWN, never picked");
@@ -544,7 +548,7 @@ mod tests {
             admin: HashMap::from([("a".into(), AdminState::Drain)]),
             counters: HashMap::from([("a".into(), NodeTotals { sessions_total: 41, ..NodeTotals::default() })]),
         };
-        let mut r = Registry::new(Arc::new(Config::default()));
+        let mut r = Registry::new(Arc::new(Config::default()), 1);
         let Change::Config(config) = cfg(&[("a", 1), ("b", 2)]) else { unreachable!() };
         let s = apply(&mut r, vec![Change::Restore(Arc::new(restore)), Change::Config(config)]);
         let k_node = s.node("k").cloned().expect("the discovered node is a member without Redis");
@@ -566,7 +570,7 @@ mod tests {
 
     #[test]
     fn admin_state_survives_reload_and_dynamic_nodes_merge() {
-        let mut r = Registry::new(Arc::new(Config::default()));
+        let mut r = Registry::new(Arc::new(Config::default()), 1);
         apply(&mut r, vec![cfg(&[("a", 1)])]);
         assert!(r.set_admin("a", AdminState::Drain));
         assert!(!r.set_admin("zz", AdminState::Drain));

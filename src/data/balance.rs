@@ -136,6 +136,7 @@ mod tests {
                     Origin::Static,
                     Arc::new(NodeCounters::default()),
                     true,
+                    1,
                 ))
             })
             .collect()
@@ -210,8 +211,14 @@ mod tests {
         n.health.set_up(true);
         assert!(n.weight(10_000, now + 5_000, 0) < 100, "came back UP: ramps");
         assert!(n.weight(10_000, now + 5_000, now + 60_000) < 100, "back UP in the gateway's first seconds: ramps");
-        let joined =
-            Backend::new("j".into(), "127.0.0.1:1".parse().expect("addr"), Origin::Plugin, Default::default(), false);
+        let joined = Backend::new(
+            "j".into(),
+            "127.0.0.1:1".parse().expect("addr"),
+            Origin::Plugin,
+            Default::default(),
+            false,
+            1,
+        );
         joined.health.set_up(true);
         assert_eq!(
             joined.weight(10_000, now + 5_000, now + 60_000),

@@ -6,39 +6,23 @@
 //! re-bind hand over one socket per address (no connection waits in the queue of a socket that is
 //! about to close), and the kernel wakes whichever worker is idle first.
 
-use std::cell::Cell;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-thread_local! {
-    static INDEX: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Worker count of this process's data plane, fixed at start: how many connection pools a node
-/// keeps (one per worker). Unset (tests, embedding): one.
-static COUNT: OnceLock<usize> = OnceLock::new();
-
-/// The worker running on this thread: 0 on the main thread and on any thread that is no worker.
-#[inline]
-pub fn index() -> usize {
-    INDEX.with(Cell::get)
-}
-
-/// How many workers the data plane has (at least 1).
-#[inline]
-pub fn count() -> usize {
-    COUNT.get().copied().unwrap_or(1)
-}
+pub use crate::core::worker::index;
 
 /// The runtimes client connections are served on. Worker 0 is the runtime the gateway was
 /// started on (it also runs the control plane: health checks, Redis, reload, ops, which are
 /// light); the others run on threads of their own until [`Workers::stop`].
 pub struct Workers {
+    /// Each worker's runtime, worker 0 first: accept loops are spawned on every one.
     handles: Vec<Handle>,
+    /// The threads of workers 1.., joined by [`Workers::stop`].
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// Ends the worker threads' runtimes.
     stop: CancellationToken,
 }
 
@@ -49,10 +33,8 @@ impl Workers {
     }
 
     /// `n` workers: the current runtime and `n - 1` threads with a current-thread runtime each.
-    /// The first call in a process fixes [`count`].
     pub fn spawn(n: usize) -> std::io::Result<Workers> {
         let n = n.max(1);
-        let _ = COUNT.set(n);
         let stop = CancellationToken::new();
         let mut handles = vec![Handle::current()];
         let mut threads = Vec::with_capacity(n - 1);
@@ -60,7 +42,7 @@ impl Workers {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             let stop = stop.clone();
             let t = std::thread::Builder::new().name(format!("kg-worker-{i}")).spawn(move || {
-                INDEX.with(|c| c.set(i));
+                crate::core::worker::set_index(i);
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -76,6 +58,11 @@ impl Workers {
             handles.push(handle);
         }
         Ok(Workers { handles, threads: Mutex::new(threads), stop })
+    }
+
+    /// How many workers there are (how many connection pools each node keeps).
+    pub fn count(&self) -> usize {
+        self.handles.len()
     }
 
     /// Every worker's runtime, worker 0 first.

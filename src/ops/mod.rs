@@ -145,10 +145,13 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
             Ok(_) => json_msg(StatusCode::OK, "reloaded"),
             Err(e) => json_msg(StatusCode::BAD_REQUEST, &e.to_string()),
         },
-        (&Method::POST, p) if p.starts_with("/nodes/") && p.ends_with("/state") => {
-            let name = &p["/nodes/".len()..p.len() - "/state".len()];
-            let name = name.to_string();
+        // `/nodes/state` (no name) overlaps both affixes: it names no node (404 below).
+        (&Method::POST, p) if node_of_state_path(p).is_some() => {
+            let name = node_of_state_path(p).unwrap_or_default().to_string();
             set_state(ops, &name, req).await
+        }
+        (&Method::POST, p) if p.starts_with("/nodes/") => {
+            json_msg(StatusCode::NOT_FOUND, &format!("no node in {path}: POST /nodes/<name>/state"))
         }
         (_, p)
             if p == uri
@@ -162,6 +165,11 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> OpsResponse {
         }
         _ => json_msg(StatusCode::NOT_FOUND, &format!("no ops endpoint at {path}")),
     }
+}
+
+/// The node a `/nodes/<name>/state` path names; None when the name is empty.
+fn node_of_state_path(path: &str) -> Option<&str> {
+    path.strip_prefix("/nodes/")?.strip_suffix("/state").filter(|n| !n.is_empty())
 }
 
 /// `/healthz`: 200 once the gateway can route (first membership read and checks done, or the
@@ -322,4 +330,18 @@ pub fn json_msg(status: StatusCode, message: &str) -> OpsResponse {
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_of_state_path;
+
+    #[test]
+    fn state_paths_name_a_node_or_none() {
+        assert_eq!(node_of_state_path("/nodes/k1/state"), Some("k1"));
+        // Both affixes overlap here: once sliced by hand, this panicked the connection's task.
+        assert_eq!(node_of_state_path("/nodes/state"), None);
+        assert_eq!(node_of_state_path("/nodes//state"), None);
+        assert_eq!(node_of_state_path("/nodes/k1"), None);
+    }
 }

@@ -437,7 +437,7 @@ mod tests {
     }
 
     fn setup() -> (Net, Table) {
-        let mut reg = Registry::new(Arc::new(Config::default()));
+        let mut reg = Registry::new(Arc::new(Config::default()), 1);
         let snap = reg.apply([], 0).snapshot.expect("first snapshot");
         (Net { reg, snap, out: Vec::new() }, Table::new(Arc::default()))
     }

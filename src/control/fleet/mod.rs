@@ -1097,6 +1097,7 @@ mod tests {
                     Origin::Static,
                     Default::default(),
                     true,
+                    1,
                 ))
             })
             .collect();
