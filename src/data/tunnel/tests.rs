@@ -1,0 +1,201 @@
+//! Unit tests of the parent module.
+
+use super::*;
+
+fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
+    let mut f = vec![0x81];
+    let m = if masked { 0x80 } else { 0 };
+    match payload_len {
+        0..=125 => f.push(m | payload_len as u8),
+        126..=65535 => {
+            f.push(m | 126);
+            f.extend_from_slice(&(payload_len as u16).to_be_bytes());
+        }
+        _ => {
+            f.push(m | 127);
+            f.extend_from_slice(&(payload_len as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        f.extend_from_slice(&[1, 2, 3, 4]);
+    }
+    f.extend(std::iter::repeat_n(b'x', payload_len));
+    f
+}
+
+#[test]
+fn tracks_boundaries_across_splits() {
+    let mut stream = Vec::new();
+    for (len, masked) in [(5, false), (0, false), (300, true), (70_000, false), (1, true)] {
+        stream.extend(frame(len, masked));
+    }
+    for chunk in [1, 3, 7, 1000, stream.len()] {
+        let mut t = FrameTracker::default();
+        for c in stream.chunks(chunk) {
+            assert_eq!(t.advance(c, false), c.len());
+        }
+        assert!(t.at_boundary(), "chunk size {chunk}");
+    }
+}
+
+#[test]
+fn stops_at_first_boundary() {
+    let mut stream = frame(10, false);
+    let first = stream.len();
+    stream.extend(frame(10, false));
+    let mut t = FrameTracker::default();
+    assert_eq!(t.advance(&stream[..4], false), 4);
+    assert!(!t.at_boundary());
+    assert_eq!(t.advance(&stream[4..], true), first - 4);
+    assert!(t.at_boundary());
+    assert_eq!(t.advance(&stream[first..], true), 0);
+}
+
+#[tokio::test]
+async fn pump_holds_no_buffer_while_idle_and_keeps_only_what_a_slow_writer_left() {
+    let (mut src, b) = tokio::io::duplex(1 << 20);
+    let (mut r, _rw) = tokio::io::split(b);
+    // The writer's pipe takes 1 KiB: a 200 KB burst waits for the reader at the other end.
+    let (w, mut sink) = tokio::io::duplex(1024);
+    let (_wr, mut w) = tokio::io::split(w);
+    let mut pump = Pump::default();
+    src.write_all(b"hello").await.expect("write");
+    assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("pump"), (5, 5));
+    assert!(!pump.held(), "written at once: nothing kept");
+    let mut got = [0u8; 5];
+    tokio::io::AsyncReadExt::read_exact(&mut sink, &mut got).await.expect("read");
+    assert_eq!(&got, b"hello");
+    // Nothing to read: a waiting pump holds nothing.
+    assert!(tokio::time::timeout(Duration::from_millis(50), pump.pump(&mut r, &mut w, |d| d.len())).await.is_err());
+    assert!(!pump.held(), "an idle pump holds no buffer");
+    src.write_all(&vec![7u8; 200_000]).await.expect("write");
+    let drain = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while all.len() < 200_000 {
+            let n = tokio::io::AsyncReadExt::read(&mut sink, &mut buf).await.expect("read");
+            assert!(n > 0, "pipe closed early");
+            all.extend_from_slice(&buf[..n]);
+        }
+        (all, sink)
+    });
+    let mut moved = 0;
+    while moved < 200_000 {
+        let (n, sent) = pump.pump(&mut r, &mut w, |d| d.len()).await.expect("pump");
+        assert_eq!(n, sent);
+        moved += n;
+    }
+    assert!(!pump.held(), "freed once written");
+    let (all, _sink) = drain.await.expect("drain");
+    assert!(all.len() == 200_000 && all.iter().all(|&x| x == 7));
+    // `keep` drops what follows: a closing tunnel stops at a frame boundary.
+    src.write_all(b"abcdef").await.expect("write");
+    assert_eq!(pump.pump(&mut r, &mut w, |_| 2).await.expect("pump"), (6, 2));
+    drop(src);
+    assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("eof"), (0, 0));
+}
+
+fn counters() -> (AtomicU64, AtomicU64) {
+    (AtomicU64::new(0), AtomicU64::new(0))
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
+    let (client, mut client_peer) = tokio::io::duplex(4096);
+    let (node, mut node_peer) = tokio::io::duplex(4096);
+    let (a, b) = counters();
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let t0 = tokio::time::Instant::now();
+    let traffic = async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        client_peer.write_all(b"ping").await.expect("write");
+        let mut got = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut node_peer, &mut got).await.expect("relayed");
+        (client_peer, node_peer)
+    };
+    let (end, _peers) =
+        tokio::join!(run(client, node, false, Duration::from_secs(2), &kill, &shutdown, None, &io), traffic);
+    assert_eq!(end, TunnelEnd::Idle);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(3600), "closed after {took:?}");
+    assert_eq!(a.load(Ordering::Relaxed), 8, "4 bytes counted on both counters");
+}
+
+#[tokio::test]
+async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
+    let (client, mut client_peer) = tokio::io::duplex(4096);
+    let (node, _node_peer) = tokio::io::duplex(4096);
+    let (a, b) = counters();
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let k = kill.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        k.cancel();
+    });
+    let end = run(client, node, true, Duration::from_secs(60), &kill, &shutdown, None, &io).await;
+    assert_eq!(end, TunnelEnd::NodeGone);
+    let mut got = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut client_peer, &mut got).await.expect("read");
+    assert_eq!(got, close_frame(1001, "node going away"));
+}
+
+#[tokio::test]
+async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_stays() {
+    let (a, b) = counters();
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let shed = Shed::new(&kill);
+    let (old_c, mut old_peer) = tokio::io::duplex(4096);
+    let (old_n, _old_node) = tokio::io::duplex(4096);
+    let (new_c, mut new_peer) = tokio::io::duplex(4096);
+    let (new_n, _new_node) = tokio::io::duplex(4096);
+    let old = run(old_c, old_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 100)), &io);
+    let new = run(new_c, new_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 5000)), &io);
+    let steer = async {
+        tokio::task::yield_now().await;
+        // Two to close, but only one tunnel opened before 1000: the other survives the wave.
+        shed.draw(2, 1000, &kill);
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut old_peer, &mut got).await.expect("read");
+        assert_eq!(got, close_frame(1012, "rebalancing: please reconnect"));
+        assert_eq!(shed.budget(), 1, "the newer tunnel took no share");
+        kill.cancel();
+        let mut got = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut new_peer, &mut got).await.expect("read");
+        assert_eq!(got, close_frame(1001, "node going away"), "a kill still reaches a tunnel that waited again");
+    };
+    let (old_end, new_end, ()) = tokio::join!(old, new, steer);
+    assert_eq!((old_end, new_end), (TunnelEnd::Rebalanced, TunnelEnd::NodeGone));
+    assert_eq!(shed.closed(), 1);
+}
+
+#[test]
+fn close_codes_are_read_from_masked_and_plain_frames() {
+    // A client's close frame: masked, code 4001 and a reason, split across reads.
+    let key = [9u8, 8, 7, 6];
+    let payload = [&4001u16.to_be_bytes()[..], b"bye"].concat();
+    let mut f = vec![0x88, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    let mut t = FrameTracker::default();
+    for c in f.chunks(3) {
+        t.advance(c, false);
+    }
+    assert_eq!(t.take_close(), Some(4001));
+    assert_eq!(t.take_close(), None, "taken once");
+    let mut t = FrameTracker::default();
+    t.advance(&close_frame(1000, "done"), false);
+    assert_eq!(t.take_close(), Some(1000));
+    t.advance(&[0x88, 0], false);
+    assert_eq!(t.take_close(), Some(1005), "a close frame without a code");
+}
+
+#[test]
+fn close_frame_layout() {
+    assert_eq!(close_frame(1001, ""), vec![0x88, 2, 0x03, 0xE9]);
+    let mut t = FrameTracker::default();
+    t.advance(&close_frame(1000, "bye"), false);
+    assert!(t.saw_close && t.at_boundary());
+}
