@@ -10,7 +10,7 @@ fn replay(target: &str, check: fn(&[u8])) {
     let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
         panic!(
             "fuzz corpus directory {} is missing ({e}): it is committed with the fuzz targets; \
-             restore it (git checkout fuzz/corpus) or regenerate it (README.md, section Fuzzing)",
+             restore it (git checkout fuzz/corpus) or regenerate it (docs/fuzzing.md)",
             dir.display()
         )
     });
