@@ -4,6 +4,8 @@
 
 pub mod error;
 pub mod headers;
+mod resend;
+mod strict;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +26,8 @@ use hyper::upgrade::OnUpgrade;
 
 use self::error::ProxyError;
 use self::headers::{add_forwarded, crossed, is_websocket, strip_hop_by_hop, upgrade_of, GATEWAY_MARK};
+use self::resend::{read_whole, refusal, refusal_length, Template};
+use self::strict::{strict_framing, strict_target};
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
 use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
@@ -308,27 +312,6 @@ struct Prepared {
     log: Option<Box<HttpRecord>>,
 }
 
-/// A request as it can be sent again: a node that refused it unexecuted (Kuzzle shutting down)
-/// or broke before answering an idempotent one.
-struct Template {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    /// The whole body (empty for a body-less request).
-    body: Bytes,
-}
-
-impl Template {
-    /// A copy of a body-less request about to be sent.
-    fn of(r: &Request<UpBody>) -> Template {
-        Template { method: r.method().clone(), uri: r.uri().clone(), headers: r.headers().clone(), body: Bytes::new() }
-    }
-
-    fn request(&self) -> Request<UpBody> {
-        build(self.method.clone(), self.uri.clone(), self.headers.clone(), Either::Right(Full::new(self.body.clone())))
-    }
-}
-
 async fn forward(
     ctx: &Context,
     snap: &Arc<Snapshot>,
@@ -517,17 +500,6 @@ async fn attempts(
     }
 }
 
-/// A small request body, read whole (within the client timeout) so that it can be sent again.
-async fn read_whole(body: Incoming, limit: usize, wait: std::time::Duration) -> Result<Bytes, ProxyError> {
-    match tokio::time::timeout(wait, http_body_util::Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(ProxyError::client(StatusCode::BAD_REQUEST, error::BODY_CUT_SHORT)),
-        Err(_) => {
-            Err(ProxyError::client(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {wait:?}")))
-        }
-    }
-}
-
 /// Route the request and rewrite its headers; keep what a re-send of a body-less idempotent
 /// request needs (a request with a body is never re-sent once written: it streams).
 fn prepare(
@@ -603,61 +575,6 @@ fn prepare(
     });
     let first = build(parts.method, uri, headers, first_body);
     Ok((Prepared { pinned, upgrade, slot, template, idempotent, unread, race, counted_in, log: None }, first))
-}
-
-/// The request target and authority (both listeners): `*` is a target for OPTIONS only (RFC 9112
-/// 3.2.4); CONNECT is no tunnel the gateway opens; and no userinfo (`user@`) in an absolute
-/// target, in `Host`, or in HTTP/2's `:authority` (which became `Host`): RFC 9110 4.2.4 forbids
-/// it, and a node or a log that reads it as the host would be misled.
-fn strict_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
-    let bad = |m: &'static str| Err(ProxyError::client(StatusCode::BAD_REQUEST, m));
-    if req.method() == Method::CONNECT {
-        return Err(ProxyError::client(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: CONNECT"));
-    }
-    if req.uri().path() == "*" && req.uri().query().is_none() && req.method() != Method::OPTIONS {
-        return bad("bad request: the target * is for OPTIONS only");
-    }
-    let userinfo = req.uri().authority().is_some_and(|a| a.as_str().contains('@'))
-        || req.headers().get_all(header::HOST).iter().any(|h| h.as_bytes().contains(&b'@'));
-    if userinfo {
-        return bad("bad request: userinfo (user@) in the authority");
-    }
-    Ok(())
-}
-
-/// RFC 9112 strictness on what hyper lets through: HTTP/1.1 needs exactly one Host (two Hosts let
-/// the gateway and a node disagree on the target). (A request with both Content-Length and
-/// Transfer-Encoding never gets here ambiguous: hyper reads it chunked and drops the length.)
-/// Then `[limits]`: the target (414), the header count and the head's size (431). hyper's own
-/// buffer caps a head at twice the limit (its bare 431); under that, the answer is Kuzzle's.
-fn strict_framing<B>(req: &Request<B>, limits: &crate::control::config::LimitsSection) -> Result<(), ProxyError> {
-    let h = req.headers();
-    let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if target > limits.uri {
-        return Err(ProxyError::client(
-            StatusCode::URI_TOO_LONG,
-            format!("request target of {target} bytes is over the {}-byte limit", limits.uri),
-        ));
-    }
-    if h.len() > limits.headers {
-        return Err(ProxyError::client(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!("{} header lines, over the limit of {}", h.len(), limits.headers),
-        ));
-    }
-    // Size as on the wire: "name: value\r\n" per line, plus the request line.
-    let head = target + h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>() + 16;
-    if head > limits.request_head {
-        return Err(ProxyError::client(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!("request head of about {head} bytes is over the {}-byte limit", limits.request_head),
-        ));
-    }
-    let hosts = h.get_all(header::HOST).iter().count();
-    if hosts > 1 || (hosts == 0 && req.version() == Version::HTTP_11) {
-        return Err(ProxyError::client(StatusCode::BAD_REQUEST, "bad request: HTTP/1.1 needs exactly one Host header"));
-    }
-    Ok(())
 }
 
 /// How one exchange with a node failed.
@@ -808,74 +725,6 @@ async fn exchange(
 /// Kuzzle's id of the request, in its answers (the access log's `request_id`).
 const KUZZLE_REQUEST_ID: HeaderName = HeaderName::from_static("x-kuzzle-request-id");
 
-/// Largest 503 body read to learn whether the node executed the request (Kuzzle's is ~130 bytes).
-const REFUSAL_BODY_MAX: u64 = 4096;
-
-/// Kuzzle error ids that mean "rejected, not executed", and whether the node is leaving.
-const NOT_EXECUTED: [(&str, bool); 3] =
-    [("api.process.shutting_down", true), ("api.process.overloaded", false), ("api.process.not_enough_nodes", false)];
-
-/// The Content-Length of a 503 small enough to read for a refusal (a chunked one passes through).
-fn refusal_length(h: &HeaderMap) -> Option<u64> {
-    let n: u64 = h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
-    (n <= REFUSAL_BODY_MAX).then_some(n)
-}
-
-/// The Kuzzle error id of a response body, if it names one that means "not executed": `Some(true)`
-/// when the node is shutting down.
-pub fn not_executed(body: &[u8]) -> Option<bool> {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        #[serde(borrow)]
-        error: Option<ErrorId<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct ErrorId<'a> {
-        #[serde(borrow)]
-        id: Option<std::borrow::Cow<'a, str>>,
-    }
-    let id = serde_json::from_slice::<Envelope<'_>>(body).ok()?.error?.id?;
-    NOT_EXECUTED.iter().find(|(known, _)| *known == id).map(|(_, leaving)| *leaving)
-}
-
-/// A node's 503 with a small body: read it whole; a Kuzzle "not executed" refusal becomes
-/// [`Failure::Refused`] (and a node shutting down leaves the rotation at once), anything else
-/// goes to the client as it came.
-async fn refusal(
-    ctx: &Context,
-    node: &Arc<Backend>,
-    parts: http::response::Parts,
-    body: Incoming,
-    len: u64,
-    sender: Sender,
-    wait: std::time::Duration,
-) -> Result<Response<DownBody>, Failure> {
-    let bytes = match tokio::time::timeout(wait, http_body_util::Limited::new(body, len as usize).collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(_)) | Err(_) => return Err(Failure::Final(ProxyError::broke(node))),
-    };
-    node.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    node.release(sender);
-    let verdict = not_executed(&bytes);
-    let n = bytes.len() as u64;
-    let resp = Response::from_parts(parts, DownBody::full(bytes));
-    match verdict {
-        None => {
-            ctx.core.frontend.bytes_out.fetch_add(n, Ordering::Relaxed);
-            Ok(resp)
-        }
-        Some(leaving) => {
-            if leaving {
-                // A Kuzzle 2 node found from its ID card comes back under a new identity.
-                let for_good = node.origin == crate::core::backend::Origin::Kuzzle2;
-                tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
-                node.health.note_leaving(for_good);
-            }
-            Err(Failure::Refused(Box::new(resp)))
-        }
-    }
-}
-
 /// Name the node that answered in `[gateway] node_header` (over any value the node sent: real
 /// Kuzzle 2 sends `undefined`).
 #[inline]
@@ -941,13 +790,4 @@ fn build(method: Method, uri: Uri, headers: HeaderMap, body: UpBody) -> Request<
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_envelope() {
-        let r = json_error(StatusCode::SERVICE_UNAVAILABLE, "no node available");
-        assert_eq!(r.status(), 503);
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
-    }
-}
+mod tests;
