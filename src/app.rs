@@ -1,8 +1,9 @@
 //! The composition root: the only place that starts things. It builds the core, wires health,
 //! reload, membership, listeners and ops to it through narrow handles, and owns the shutdown.
 //!
-//! Start-up order: core (with the health checkers as its "new backend" hook, and what an upgrade
-//! handed over) -> settings watch -> membership -> readiness -> reload task -> listeners (each
+//! Start-up order: TLS material (certificates, node CA files) -> core (with the health checkers as
+//! its "new backend" hook, and what an upgrade handed over; it publishes every configuration it
+//! applies to the control plane's settings watch) -> membership -> readiness -> reload task -> listeners (each
 //! kind served by the data plane or ops, accepting once its gate opens) -> file watch -> drain
 //! upkeep. Process start and binary upgrade both come through [`run_process`]: a fresh start
 //! serves ops at once and clients once it can route ([`crate::control::ready`]); an upgrade accepts
@@ -44,8 +45,6 @@ pub struct Handle {
     pub cluster: Arc<ClusterState>,
     /// `[fleet]`: shared operator states, the fleet view, rebalancing.
     pub fleet: Arc<crate::control::fleet::Fleet>,
-    /// The settings watch (the reload task publishes every applied configuration here).
-    pub settings: Arc<watch::Sender<Arc<Config>>>,
     /// Open once the gateway can route (what `/healthz` says): clients are accepted from then on
     /// (after an upgrade, once the old process also let go of the sockets).
     pub routable: Gate,
@@ -90,10 +89,12 @@ pub fn start_with(
 ) -> Result<Handle, StartError> {
     let tls = crate::control::tls::Tls::start(&config).map_err(|e| StartError::Tls(e.to_string()))?;
     warn_default_credentials(&config);
+    let node_tls = crate::core::node_tls::NodeTlsSet::build(&config).map_err(|e| StartError::Tls(e.to_string()))?;
     let config = Arc::new(config);
     let life = Lifecycle::default();
+    // The core publishes every configuration it applies here; the checkers of its first nodes
+    // need a receiver before it exists.
     let (settings_tx, settings) = watch::channel(config.clone());
-    let settings_tx = Arc::new(settings_tx);
 
     let checkers = Checkers { settings: settings.clone(), life: life.clone() };
     // Host names resolve before the first snapshot, so named nodes start UP like addressed ones.
@@ -103,9 +104,12 @@ pub fn start_with(
         Start::Fresh => (false, Taken::default()),
         Start::Upgrade(t) => (true, t),
     };
-    let mut first = vec![crate::core::registry::Change::Resolved(Arc::new(resolved.clone()))];
+    let mut first = vec![
+        crate::core::registry::Change::Resolved(Arc::new(resolved.clone())),
+        crate::core::registry::Change::NodeTls(Arc::new(node_tls)),
+    ];
     first.extend(taken.restore.map(crate::core::registry::Change::Restore));
-    let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)), workers.count());
+    let core = Core::new(config.clone(), first, Box::new(move |b| checkers.spawn(b)), workers.count(), settings_tx);
     if let Some(f) = &taken.frontend {
         core.frontend.restore(f);
     }
@@ -198,15 +202,10 @@ pub fn start_with(
     };
     let live = Arc::new(LiveListeners::new(Box::new(serve), life.shutdown.clone()));
     let _ = own_listeners.set(live.clone());
+    let dns = crate::control::resolve::start(core.clone(), &config, resolved, &life);
     crate::control::reload::start(
         requests,
-        Reloader {
-            core: core.clone(),
-            listeners: live.clone(),
-            tls: door.tls.clone(),
-            settings: settings_tx.clone(),
-            stats: reloads.clone(),
-        },
+        Reloader { core: core.clone(), listeners: live.clone(), tls: door.tls.clone(), dns, stats: reloads.clone() },
         &life,
     );
     crate::control::reload::sighup(reload.clone(), &life);
@@ -221,7 +220,6 @@ pub fn start_with(
     crate::control::config_watch::start(&config, reload.clone(), &life);
     crate::control::tls::renew::start(tls, &life);
     crate::control::drain::start(core.clone(), &life);
-    crate::control::resolve::start(core.clone(), settings.clone(), resolved, &life);
     tracing::info!(%http_addr, %stats_addr, ?tls_addr, nodes = core.snapshot().nodes.len(), "kuzzle-gateway serving");
     Ok(Handle {
         core,
@@ -231,7 +229,6 @@ pub fn start_with(
         reloads,
         cluster,
         fleet,
-        settings: settings_tx,
         routable,
         accepting,
         http_addr,
@@ -329,11 +326,10 @@ impl Handle {
     }
 
     /// Install an already validated configuration without a file (tests, embedding): nodes are
-    /// diffed as on reload and the settings watch is told. Listeners are not re-bound.
+    /// diffed as on reload (the core tells the control plane). Listeners are not re-bound; the
+    /// configuration must not ask for TLS to nodes (no connectors are built here).
     pub fn apply_config(&self, config: Config) {
-        let config = Arc::new(config);
-        self.core.apply([crate::core::registry::Change::Config(config.clone())]);
-        self.settings.send_replace(config);
+        self.core.apply([crate::core::registry::Change::Config(Arc::new(config))]);
     }
 
     /// Graceful stop: stop accepting clients (`/healthz` says 503 from now on, the ops listener

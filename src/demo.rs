@@ -40,7 +40,7 @@ pub enum DemoError {
     #[error("cannot write the demo configuration {0}: {1}")]
     Write(String, std::io::Error),
     #[error("demo configuration: {0}")]
-    Config(#[from] crate::control::config::ConfigError),
+    Config(#[from] crate::control::config::ConfigErrors),
 }
 
 /// Demo credentials of the ops listener (printed with the URLs).

@@ -86,8 +86,11 @@ fn main() -> ExitCode {
 
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("kuzzle-gateway: configuration error: {e}");
+        Err(errors) => {
+            // Every mistake of the file, one per line, as `haproxy -c` lists them.
+            for e in errors.all() {
+                eprintln!("kuzzle-gateway: configuration error: {e}");
+            }
             if cli.config == std::path::Path::new(DEFAULT_CONFIG_PATH) && !cli.config.exists() {
                 // The default is relative: say where it was looked for.
                 let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
@@ -112,13 +115,20 @@ fn main() -> ExitCode {
                 }
             }
         }
-        // Certificate files: loaded as the gateway would, and dated.
+        // CA bundles of TLS to nodes, and certificate files: loaded as the gateway would, and dated.
+        let mut failed = false;
+        if let Err(errors) = kuzzle_gateway::core::node_tls::NodeTlsSet::build(&config) {
+            for e in errors.all() {
+                eprintln!("kuzzle-gateway: configuration error: {e}");
+            }
+            failed = true;
+        }
         let findings = kuzzle_gateway::control::tls::check::check(&config, kuzzle_gateway::util::epoch_secs());
         for f in &findings {
             let what = if f.error { "configuration error" } else { "warning" };
             eprintln!("kuzzle-gateway: {what}: {}", f.message);
         }
-        if findings.iter().any(|f| f.error) {
+        if failed || findings.iter().any(|f| f.error) {
             return ExitCode::FAILURE;
         }
         println!("kuzzle-gateway: configuration file {} is valid", cli.config.display());

@@ -787,11 +787,13 @@ async fn nodes_speaking_https_are_reached_over_tls_health_checks_included() {
 
 #[test]
 fn node_tls_settings_are_checked_with_the_configuration() {
-    let e = Config::parse(
+    // The CA file is read when the connectors are built (on the blocking pool in a running gateway).
+    let c = Config::parse(
         "[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\ntls = true\nca = \"/nonexistent/ca.pem\"\n",
         "g.toml",
     )
-    .unwrap_err();
+    .expect("valid text");
+    let e = kuzzle_gateway::core::node_tls::NodeTlsSet::build(&c).unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (5, "node[0].ca"), "{e}");
     assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
     let e = Config::parse("[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\nserver_name = \"x\"\n", "g.toml")
@@ -801,6 +803,14 @@ fn node_tls_settings_are_checked_with_the_configuration() {
     let e =
         Config::parse("[cluster]\nredis = \"redis://127.0.0.1:1/0\"\nnode_ca = \"/x.pem\"\n", "g.toml").unwrap_err();
     assert_eq!((e.line, e.key.as_str()), (3, "cluster.node_ca"), "{e}");
+    assert!(e.message.contains("needs tls = true"), "{e}");
+    let c = Config::parse(
+        "[cluster]\nredis = \"redis://127.0.0.1:1/0\"\nnode_tls = true\nnode_ca = \"/x.pem\"\n",
+        "g.toml",
+    )
+    .expect("valid text");
+    let e = kuzzle_gateway::core::node_tls::NodeTlsSet::build(&c).unwrap_err();
+    assert_eq!((e.line, e.key.as_str()), (4, "cluster.node_ca"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

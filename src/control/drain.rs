@@ -77,6 +77,7 @@ mod tests {
             Vec::new(),
             Box::new(|_| {}),
             1,
+            Default::default(),
         );
         let a = core.snapshot().node("a").cloned().expect("a");
         let _tunnel = a.track();

@@ -241,7 +241,7 @@ mod tests {
     /// `k` in DRAIN; its state as JSON.
     fn old_state(text: &str) -> serde_json::Value {
         let config = cfg(&format!("{text}[[node]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n"));
-        let core = Core::new(config.clone(), Vec::new(), Box::new(|_| {}), 1);
+        let core = Core::new(config.clone(), Vec::new(), Box::new(|_| {}), 1, Default::default());
         let k = DynamicNode { name: "k".into(), addr: "127.0.0.1:2".parse().expect("addr"), origin: Origin::Kuzzle2 };
         core.apply([Change::Upsert(k)]);
         let b = core.snapshot().node("k").cloned().expect("k");
@@ -256,7 +256,13 @@ mod tests {
     /// The core a new process would build with what it took.
     fn new_core(text: &str, taken: &Taken) -> Arc<Core> {
         let config = cfg(&format!("{text}[[node]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n"));
-        Core::new(config, taken.restore.iter().map(|r| Change::Restore(r.clone())).collect(), Box::new(|_| {}), 1)
+        Core::new(
+            config,
+            taken.restore.iter().map(|r| Change::Restore(r.clone())).collect(),
+            Box::new(|_| {}),
+            1,
+            Default::default(),
+        )
     }
 
     #[test]

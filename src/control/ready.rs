@@ -88,7 +88,7 @@ mod tests {
     #[test]
     fn waits_for_the_first_check_of_every_discovered_node() {
         let config = Config::parse("[[node]]\nname = \"s\"\naddress = \"127.0.0.1:1\"\n", "t.toml").expect("valid");
-        let core = Core::new(Arc::new(config), Vec::new(), Box::new(|_| {}), 1);
+        let core = Core::new(Arc::new(config), Vec::new(), Box::new(|_| {}), 1, Default::default());
         assert!(first_checks_done(&core.snapshot()), "static nodes need no check");
         let node =
             |n: &str, p: u16| DynamicNode { name: n.into(), addr: ([127, 0, 0, 1], p).into(), origin: Origin::Kuzzle2 };

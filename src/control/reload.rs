@@ -1,28 +1,36 @@
 //! Control plane: the one reload path. The file watcher, SIGHUP and `POST /reload` send a request to
-//! the reload task and await its answer; it validates the file, binds changed listeners, applies
-//! the configuration to the core in one swap and publishes it to the settings watch.
+//! the reload task and await its answer; it reads and validates the file and builds its TLS
+//! material on the blocking pool (the task runs on worker 0, which also serves clients), binds
+//! changed listeners, has the DNS task resolve the new host names, and applies the configuration
+//! to the core in one swap (the core publishes it to the control plane's settings watch).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::control::config::{Config, ConfigError};
+use crate::control::config::{Config, ConfigErrors};
 use crate::control::listeners::{LiveListeners, StartError};
+use crate::control::resolve::Dns;
 use crate::control::tls::TlsSlot;
+use crate::core::node_tls::NodeTlsSet;
 use crate::core::registry::Change;
 use crate::core::{Core, Lifecycle};
 
 /// Why a reload was refused (the gateway keeps the last good configuration).
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
+    /// The file has mistakes (every one of them).
     #[error("{0}")]
-    Config(#[from] ConfigError),
+    Config(#[from] ConfigErrors),
+    /// A new listen address cannot be bound.
     #[error("{file}: {source}")]
     Listen { file: String, source: StartError },
+    /// A new certificate pair does not load.
     #[error("{file}: TLS: {message}")]
     Tls { file: String, message: String },
+    /// The reload task has ended.
     #[error("the gateway is stopping")]
     Stopped,
 }
@@ -30,17 +38,22 @@ pub enum ReloadError {
 /// Outcome of the last configuration reload, for logs and the stats page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ReloadStatus {
+    /// Applied (true) or refused.
     pub ok: bool,
     /// Epoch seconds.
     pub at: u64,
+    /// The summary of what changed, or every reason it was refused.
     pub message: String,
 }
 
 /// Reload counters and the last outcome (read by the stats page and metrics).
 #[derive(Debug, Default)]
 pub struct ReloadStats {
+    /// Reloads applied.
     pub ok: AtomicU64,
+    /// Reloads refused.
     pub failed: AtomicU64,
+    /// The last outcome, for the stats page.
     last: Mutex<Option<ReloadStatus>>,
 }
 
@@ -74,10 +87,15 @@ impl ReloadHandle {
 
 /// What the reload task writes to.
 pub struct Reloader {
+    /// Where the configuration is applied (and published to the control plane).
     pub core: Arc<Core>,
+    /// Re-bound when a listen address changes.
     pub listeners: Arc<LiveListeners>,
+    /// The TLS listener's certificates, re-read on every reload.
     pub tls: TlsSlot,
-    pub settings: Arc<watch::Sender<Arc<Config>>>,
+    /// The DNS task, told the new host names.
+    pub dns: Dns,
+    /// Outcomes, for the stats page and metrics.
     pub stats: Arc<ReloadStats>,
 }
 
@@ -130,53 +148,35 @@ pub fn sighup(handle: ReloadHandle, life: &Lifecycle) {
 #[cfg(not(unix))]
 pub fn sighup(_: ReloadHandle, _: &Lifecycle) {}
 
-/// Settings read once at start: a change is accepted (the rest of the file applies) but only
-/// takes effect after a restart or a binary upgrade.
-pub fn not_reloadable(old: &Config, new: &Config) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    if old.gateway.threads != new.gateway.threads {
-        v.push("gateway.threads");
-    }
-    if old.gateway.max_connections != new.gateway.max_connections {
-        v.push("gateway.max_connections");
-    }
-    if old.gateway.upgrade_socket != new.gateway.upgrade_socket {
-        v.push("gateway.upgrade_socket");
-    }
-    if old.gateway.watch != new.gateway.watch {
-        v.push("gateway.watch");
-    }
-    // The limits table is allocated whole, once.
-    if old.limits.client_table != new.limits.client_table {
-        v.push("limits.client_table");
-    }
-    // Read once, while the gateway starts.
-    let ready = |c: &Config| c.cluster.as_ref().map(|c| c.ready_timeout);
-    if ready(old) != ready(new) {
-        v.push("cluster.ready_timeout");
-    }
-    v
-}
-
 impl Reloader {
     /// Re-read the configuration file, validate it, bind any listener whose address changed, and
     /// apply it; on any error keep the last good configuration and record the refusal.
     async fn reload(&self) -> Result<String, ReloadError> {
         let old = self.core.config();
         let path = old.source.clone();
-        let result = Config::load_for_reload(Path::new(&path)).map_err(ReloadError::from).and_then(|new| {
+        let tls = self.tls.clone();
+        let file = path.clone();
+        // Files (the configuration, CA bundles, certificates) are read on the blocking pool.
+        let read = tokio::task::spawn_blocking(move || {
+            let new = Config::load_for_reload(Path::new(&file))?;
+            let node_tls = NodeTlsSet::build(&new)?;
             // Certificates are re-read on every reload: renewed files at the same paths take effect.
-            let tls =
-                self.tls.prepare(&new).map_err(|e| ReloadError::Tls { file: path.clone(), message: e.to_string() })?;
+            let tls = tls.prepare(&new).map_err(|e| ReloadError::Tls { file: file.clone(), message: e.to_string() })?;
+            Ok::<_, ReloadError>((new, node_tls, tls))
+        })
+        .await
+        .map_err(|_| ReloadError::Stopped)
+        .and_then(|r| r);
+        let result = read.and_then(|(new, node_tls, tls)| {
             let plan = self
                 .listeners
                 .prepare_rebind(&new)
                 .map_err(|source| ReloadError::Listen { file: path.clone(), source })?;
-            Ok((new, tls, plan))
+            Ok((new, node_tls, tls, plan))
         });
         match result {
-            Ok((new, tls, plan)) => {
-                let fixed = not_reloadable(&old, &new);
+            Ok((new, node_tls, tls, plan)) => {
+                let fixed = crate::control::config::keys::restart_only_changes(&old, &new);
                 if !fixed.is_empty() {
                     tracing::warn!(
                         settings = ?fixed,
@@ -186,14 +186,18 @@ impl Reloader {
                 let listeners = plan.summary();
                 let mut summary = change_summary(&old, &new);
                 summary.extend(tls.kept());
-                // Names resolve off the async threads; the addresses and the file apply in one swap.
-                let resolved = crate::control::resolve::resolve(&new).await;
+                // The DNS task resolves the new names (and follows them from now on); the
+                // addresses, the TLS connectors and the file apply in one swap.
+                let resolved = self.dns.follow(&new).await;
                 crate::control::resolve::warn_unresolved(&resolved);
                 let new = Arc::new(new);
-                self.core.apply([Change::Resolved(Arc::new(resolved)), Change::Config(new.clone())]);
+                self.core.apply([
+                    Change::Resolved(Arc::new(resolved)),
+                    Change::NodeTls(Arc::new(node_tls)),
+                    Change::Config(new.clone()),
+                ]);
                 self.tls.commit(tls);
                 self.listeners.commit_rebind(plan);
-                self.settings.send_replace(new);
                 let msg = format!("reloaded {path}{}", join(&summary, &listeners));
                 tracing::info!(file = %path, changes = ?summary, listeners = ?listeners, "configuration reloaded");
                 self.stats.record(true, msg.clone());
@@ -269,17 +273,6 @@ mod tests {
 
     fn cfg(text: &str) -> Config {
         Config::parse(text, "t.toml").expect("valid")
-    }
-
-    #[test]
-    fn fixed_settings_are_named() {
-        let old = cfg("[gateway]\nthreads = 2\n");
-        let new = cfg("[gateway]\nthreads = 4\nmax_connections = 10\n[balance]\nalgorithm = \"source\"\n[limits]\nclient_table = 4096\nclient_rate = 5\n");
-        assert_eq!(
-            not_reloadable(&old, &new),
-            vec!["gateway.threads", "gateway.max_connections", "limits.client_table"]
-        );
-        assert!(not_reloadable(&old, &old).is_empty());
     }
 
     #[test]

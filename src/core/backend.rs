@@ -127,7 +127,7 @@ pub struct Backend {
     pub tasks: CancellationToken,
     idle: Pools,
     /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
-    pub tls: Option<crate::control::tls::upstream::NodeTls>,
+    pub tls: Option<crate::core::node_tls::NodeTls>,
     /// WebSocket rebalancing: draws that close some of this node's tunnels (`[fleet]`).
     pub shed: super::shed::Shed,
     /// Tunnels the other gateways of the fleet hold on this node, as of their last heartbeats
@@ -386,8 +386,8 @@ impl Backend {
             None => handshake(stream, max_head).await,
             Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
                 Ok(s) => handshake(s, max_head).await,
-                Err(crate::control::tls::upstream::Error::Timeout) => Err(ConnectError::Timeout),
-                Err(crate::control::tls::upstream::Error::Handshake) => Err(ConnectError::Tls),
+                Err(crate::core::node_tls::Error::Timeout) => Err(ConnectError::Timeout),
+                Err(crate::core::node_tls::Error::Handshake) => Err(ConnectError::Tls),
             },
         }
     }

@@ -7,6 +7,7 @@ pub mod body;
 pub mod counters;
 pub mod health;
 pub mod machine;
+pub mod node_tls;
 pub mod registry;
 pub mod shed;
 pub mod snapshot;
@@ -41,19 +42,32 @@ pub struct Core {
     registry: Mutex<Registry>,
     /// Starts the health checker of every backend a change creates.
     on_created: OnCreated,
+    /// The configuration for long-running control tasks (checkers, membership, fleet, DNS), to
+    /// wait on: published by [`Core::apply`] with the snapshot that carries the same one, so
+    /// the two never disagree.
+    settings: tokio::sync::watch::Sender<Arc<Config>>,
 }
 
 impl Core {
     /// A core with `config` applied after `first` (e.g. the resolved host names) in the same batch:
     /// its static nodes count as UP until checks say otherwise.
-    /// Each node keeps one connection pool per worker of the data plane's `workers`.
-    pub fn new(config: Arc<Config>, first: Vec<Change>, on_created: OnCreated, workers: usize) -> Arc<Core> {
+    /// Each node keeps one connection pool per worker of the data plane's `workers`. Every
+    /// configuration applied is published to `settings` (whose receivers may exist already: the
+    /// checkers of the first nodes need one).
+    pub fn new(
+        config: Arc<Config>,
+        first: Vec<Change>,
+        on_created: OnCreated,
+        workers: usize,
+        settings: tokio::sync::watch::Sender<Arc<Config>>,
+    ) -> Arc<Core> {
         let core = Arc::new(Core {
             snapshot: ArcSwap::from_pointee(Snapshot::new(config.clone(), Vec::new(), 0, 0)),
             frontend: Arc::new(FrontendCounters::default()),
             started_at: SystemTime::now(),
             registry: Mutex::new(Registry::new(config.clone(), workers)),
             on_created,
+            settings,
         });
         core.apply(first.into_iter().chain([Change::Config(config)]));
         core
@@ -75,6 +89,12 @@ impl Core {
         self.snapshot.load().config.clone()
     }
 
+    /// A receiver of every configuration applied (the control plane's read path; the data
+    /// plane reads the snapshot's).
+    pub fn settings(&self) -> tokio::sync::watch::Receiver<Arc<Config>> {
+        self.settings.subscribe()
+    }
+
     /// Apply a batch of changes with one swap. Returns true when the node set changed. Health
     /// checkers of new backends start after the registry lock is released.
     pub fn apply(&self, changes: impl IntoIterator<Item = Change>) -> bool {
@@ -82,8 +102,12 @@ impl Core {
             let mut reg = crate::util::lock(&self.registry);
             let applied = reg.apply(changes, self.cursor());
             if let Some(s) = applied.snapshot {
+                let config = s.config.clone();
                 // Swapped under the lock: two writers cannot publish out of order.
                 self.snapshot.store(Arc::new(s));
+                if !Arc::ptr_eq(&config, &self.settings.borrow()) {
+                    self.settings.send_replace(config);
+                }
                 Some(applied.created)
             } else {
                 None

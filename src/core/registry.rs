@@ -11,7 +11,7 @@ use super::counters::{NodeCounters, NodeTotals};
 use super::health::{HealthState, Leaving, MachineState};
 use super::snapshot::Snapshot;
 use crate::control::config::{Config, HostPort, NodeTarget};
-use crate::control::tls::upstream::NodeTls;
+use crate::core::node_tls::{NodeTls, NodeTlsSet};
 
 /// What each `[[node]]` host name resolved to (None: no address).
 pub type Resolved = HashMap<HostPort, Option<SocketAddr>>;
@@ -63,6 +63,9 @@ pub struct Restore {
 pub enum Change {
     /// A new (validated) configuration: static nodes are diffed, not restarted.
     Config(Arc<Config>),
+    /// The TLS connectors of the configuration that comes in the same batch (built off the
+    /// async threads: they read CA files).
+    NodeTls(Arc<NodeTlsSet>),
     /// A discovered node joined or changed. A new one starts DOWN (joining): its checker starts at
     /// once and its first passing check lets traffic in; what Redis says is never a check.
     Upsert(DynamicNode),
@@ -92,6 +95,8 @@ pub struct Registry {
     workers: usize,
     /// Addresses of the static nodes' host names.
     resolved: Arc<Resolved>,
+    /// TLS connectors of the configuration in force, by setting.
+    node_tls: Arc<NodeTlsSet>,
     /// Nodes learned from Redis, by name.
     dynamic: BTreeMap<String, DynamicNode>,
     /// The member backends by name (what the snapshot routes to).
@@ -121,6 +126,7 @@ impl Registry {
             config,
             workers,
             resolved: Arc::default(),
+            node_tls: Arc::default(),
             dynamic: BTreeMap::new(),
             live: HashMap::new(),
             draining: Vec::new(),
@@ -149,6 +155,10 @@ impl Registry {
                     }
                 }
                 Change::Remove(name) => changed |= self.dynamic.remove(&name).is_some(),
+                Change::NodeTls(t) => {
+                    self.node_tls = t;
+                    changed = true;
+                }
                 Change::Resolved(r) => {
                     if *r != *self.resolved {
                         self.resolved = r;
@@ -256,17 +266,34 @@ impl Registry {
                 port,
                 origin: Origin::Static,
                 up: first,
-                tls: n.tls.clone(),
+                tls: match &n.tls {
+                    None => None,
+                    Some(spec) => match self.node_tls.get(spec) {
+                        Some(t) => Some(t.clone()),
+                        // Never in plain text when TLS was asked for.
+                        None => {
+                            tracing::error!(node = %n.name, "no TLS connector built for this node: left out");
+                            continue;
+                        }
+                    },
+                },
             });
         }
-        let cluster_tls = config.cluster.as_ref().and_then(|c| c.tls.clone());
+        let cluster_tls = config.cluster.as_ref().and_then(|c| c.tls.as_ref());
+        let cluster_tls = match cluster_tls {
+            None => Ok(None),
+            Some(spec) => self.node_tls.get(spec).cloned().map(Some).ok_or(()),
+        };
         for d in self.dynamic.values() {
             if config.nodes.iter().any(|s| s.name == d.name) {
                 tracing::warn!(node = %d.name, "discovered node shadowed by a static [[node]] of the same name");
                 continue;
             }
             // Never UP on Redis' word: anyone who can publish there could otherwise take traffic.
-            let tls = cluster_tls.clone();
+            let Ok(tls) = cluster_tls.clone() else {
+                tracing::error!(node = %d.name, "no TLS connector built for [cluster] node_tls: left out");
+                continue;
+            };
             desired.push(Desired {
                 name: d.name.clone(),
                 addr: Some(d.addr),
@@ -461,18 +488,20 @@ mod tests {
         write_ca();
         let node = |tls: &str| {
             let text = format!("[[node]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n{tls}");
-            Change::Config(Arc::new(Config::parse(&text, "t.toml").expect("valid")))
+            let config = Config::parse(&text, "t.toml").expect("valid");
+            let tls = crate::core::node_tls::NodeTlsSet::build(&config).expect("CA file");
+            vec![Change::NodeTls(Arc::new(tls)), Change::Config(Arc::new(config))]
         };
         let with_ca = format!("tls = true\nca = {:?}\n", ca.display().to_string());
         let mut r = Registry::new(Arc::new(Config::default()), 1);
-        let plain = apply(&mut r, vec![node("")]).node("a").cloned().expect("a");
+        let plain = apply(&mut r, node("")).node("a").cloned().expect("a");
         assert!(plain.tls.is_none());
-        let tls = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        let tls = apply(&mut r, node(&with_ca)).node("a").cloned().expect("a");
         assert!(tls.tls.is_some() && !Arc::ptr_eq(&plain, &tls), "plain -> TLS: a new backend");
-        let same = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        let same = apply(&mut r, node(&with_ca)).node("a").cloned().expect("a");
         assert!(Arc::ptr_eq(&tls, &same), "same settings, same CA: the backend (and its pool) stays");
         write_ca();
-        let renewed = apply(&mut r, vec![node(&with_ca)]).node("a").cloned().expect("a");
+        let renewed = apply(&mut r, node(&with_ca)).node("a").cloned().expect("a");
         assert!(!Arc::ptr_eq(&tls, &renewed), "another CA file: a new backend (its pool trusted the old one)");
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -23,8 +23,7 @@ pub struct Finding {
 /// (epoch seconds).
 pub fn check(config: &Config, now: u64) -> Vec<Finding> {
     let Some(t) = &config.tls else { return Vec::new() };
-    let text = std::fs::read_to_string(&config.source).unwrap_or_default();
-    let at = |key: &str| match crate::control::config::locate(&text, key) {
+    let at = |key: &str| match config.line_of(key) {
         0 => format!("{}: key `{key}`", config.source),
         line => format!("{}:{line}: key `{key}`", config.source),
     };

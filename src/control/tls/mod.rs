@@ -9,7 +9,6 @@
 pub mod certs;
 pub mod check;
 pub mod renew;
-pub mod upstream;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

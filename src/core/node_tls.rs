@@ -1,7 +1,7 @@
-//! TLS to the nodes (`[[node]] tls`, `[cluster] node_tls`): the client configuration a node's
-//! connections use, built when the configuration is read (so `--check` and reloads report a bad CA
-//! file), and the handshake made after each TCP connect (pooled connections and health checks).
-//! A leaf: it depends on nothing in the crate, so `config` builds it and `core::backend` uses it.
+//! Core: TLS to the nodes (`[[node]] tls`, `[cluster] node_tls`): the client configuration a
+//! node's connections use, built by the control plane from the configuration's settings (a file
+//! read: on the blocking pool, so that `--check` and reloads report a bad CA file), and the
+//! handshake made after each TCP connect (pooled connections and health checks).
 
 use std::fmt;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -15,6 +15,8 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::control::config::{Config, ConfigErrors, NodeTlsSpec};
 
 /// Where the system's CA bundle usually is (Debian/Ubuntu/Alpine, Fedora/RHEL, openSUSE);
 /// `SSL_CERT_FILE` comes first, as with OpenSSL.
@@ -33,7 +35,9 @@ pub struct NodeTls {
     pub ca: Option<PathBuf>,
     /// Name checked in the node's certificate and sent as SNI; None: the node's IP address.
     pub server_name: Option<String>,
+    /// Hash of the CA file's bytes: a renewed bundle at the same path is another configuration.
     fingerprint: u64,
+    /// The rustls client configuration, shared by every connection to the node.
     connector: TlsConnector,
     /// Epoch second of the last handshake failure logged: one line per 10 s, not one per request.
     last_warning: Arc<AtomicU64>,
@@ -55,7 +59,7 @@ impl fmt::Debug for NodeTls {
 
 impl NodeTls {
     /// Read the CA bundle (`ca`, else the system's) and build the client configuration: TLS 1.2
-    /// and 1.3, ALPN `http/1.1` (the pool speaks HTTP/1.1, and WebSockets need it).
+    /// and 1.3, ALPN `http/1.1` (the pool speaks HTTP/1.1, and WebSockets need it). Blocking.
     pub fn new(ca: Option<&Path>, server_name: Option<String>) -> Result<NodeTls, String> {
         if let Some(n) = &server_name {
             ServerName::try_from(n.clone()).map_err(|_| format!("invalid server name {n:?}"))?;
@@ -120,6 +124,7 @@ impl NodeTls {
 /// Why a TLS handshake with a node failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error {
+    /// No handshake within the connect timeout.
     Timeout,
     /// Logged where it happened, with its reason.
     Handshake,
@@ -133,4 +138,46 @@ fn system_bundle() -> Result<(PathBuf, Vec<u8>), String> {
         }
     }
     Err(format!("no system CA bundle found (tried SSL_CERT_FILE, {}): set `ca`", SYSTEM_BUNDLES.join(", ")))
+}
+
+/// The TLS connectors a configuration needs, one per distinct setting: built by the control plane
+/// (a file read each), handed to the registry with the configuration it was built from.
+#[derive(Debug, Clone, Default)]
+pub struct NodeTlsSet(std::collections::BTreeMap<NodeTlsSpec, NodeTls>);
+
+impl NodeTlsSet {
+    /// Build every connector `config` names (blocking: reads the CA files); every bad file is a
+    /// mistake placed at its key (`node[1].ca`, `cluster.node_ca`).
+    pub fn build(config: &Config) -> Result<NodeTlsSet, ConfigErrors> {
+        let mut set = std::collections::BTreeMap::new();
+        let mut errors = Vec::new();
+        let cluster = config.cluster.as_ref().and_then(|c| c.tls.as_ref().map(|t| (t, "cluster.node_".to_string())));
+        let nodes =
+            config.nodes.iter().enumerate().filter_map(|(i, n)| n.tls.as_ref().map(|t| (t, format!("node[{i}]."))));
+        for (spec, prefix) in nodes.chain(cluster) {
+            if set.contains_key(spec) {
+                continue;
+            }
+            match NodeTls::new(spec.ca.as_deref(), spec.server_name.clone()) {
+                Ok(t) => {
+                    set.insert(spec.clone(), t);
+                }
+                Err(m) => {
+                    // The CA file named, else the system's bundle that `tls = true` asked for.
+                    let key = if spec.ca.is_some() { "ca" } else { "tls" };
+                    errors.push(config.error_at(&format!("{prefix}{key}"), m));
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(NodeTlsSet(set))
+        } else {
+            Err(ConfigErrors::new(&config.source, errors))
+        }
+    }
+
+    /// The connector for `spec` (built by [`NodeTlsSet::build`] from the same configuration).
+    pub fn get(&self, spec: &NodeTlsSpec) -> Option<&NodeTls> {
+        self.0.get(spec)
+    }
 }
