@@ -4,7 +4,7 @@
 # ID cards), behind the seed's nginx config and behind its haproxy config (static addresses):
 # requests/s under 8 GET + 8 POST-publish clients (a connection per request), then failed requests
 # during the same rolling restart (each node SIGTERMed, started again, 3 s apart) under the same
-# load. Prints one markdown table (README: Benchmarks). Installs nginx, haproxy and Kuzzle when
+# load. Prints one markdown table (docs/benchmarks.md). Installs nginx, haproxy and Kuzzle when
 # missing. Real Kuzzle is the bottleneck here (a node costs ~20x a proxy's CPU per request), so the
 # requests/s column says whether a proxy costs the cluster throughput, not which proxy is fastest.
 #

@@ -1,6 +1,6 @@
 //! Data plane: the `/<node name>/...` prefix rule: which node a path names, and the path it is forwarded as.
 //!
-//! The rule (also in README.md):
+//! The rule (also in docs/proxying.md):
 //! 1. Dot segments are resolved first (RFC 3986 `remove_dot_segments`), and a segment that
 //!    percent-decodes to `.` or `..` counts as one (`%2e%2e`), so `/cluster_kuzzle_1/../x` is `/x`.
 //!    A path that climbs above the root is a 400.

@@ -245,7 +245,7 @@ impl Default for BalanceSection {
 pub struct HealthSection {
     /// Checked on static nodes and nodes of the cluster plugin.
     pub path: String,
-    /// Checked on nodes found from Kuzzle 2 ID cards (see README: chosen on measured costs).
+    /// Checked on nodes found from Kuzzle 2 ID cards (docs/kuzzle-real.md: chosen on measured costs).
     pub kuzzle2_path: String,
     /// Time between two checks of a node in a steady state.
     pub interval: Dur,
@@ -291,17 +291,17 @@ impl Default for HealthSection {
 /// funnel: no Elasticsearch call (`/_healthCheck` costs three), never queued behind a loaded
 /// node's requests, and no 503 when a node merely queues (`/_ready` says 503 as soon as more than
 /// `limits.concurrentRequests` run, which would take busy nodes out one after the other). A
-/// node shutting down is known from its refusals instead (README: health checks).
+/// node shutting down is known from its refusals instead (docs/failover.md, "Nodes shutting down").
 pub const KUZZLE2_HEALTH_PATH: &str = "/_healthcheck";
 
-/// `[health] slowstart` by default (see README: health checks, for the measurement behind it).
+/// `[health] slowstart` by default (docs/edge.md, "Why 30 s", for the measurement behind it).
 pub const DEFAULT_SLOWSTART: Duration = Duration::from_secs(30);
 
 /// Format of the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// One JSON object a line; the field names are a contract (README: access log).
+    /// One JSON object a line; the field names are a contract (docs/edge.md, "Access log").
     #[default]
     Json,
     /// One line in the spirit of haproxy's `option httplog`.
