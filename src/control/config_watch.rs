@@ -81,7 +81,18 @@ fn spawn(reload: ReloadHandle, life: &Lifecycle, file: &Path) -> Result<(), Watc
                 _ = stop.cancelled() => return,
             }
             while rx.try_recv().is_ok() {}
-            if changed(&abs, &mut last) {
+            // The file is read off the async threads (worker 0 also serves clients).
+            let (file, seen) = (abs.clone(), last);
+            let Ok((is_new, now)) = tokio::task::spawn_blocking(move || {
+                let mut now = seen;
+                (changed(&file, &mut now), now)
+            })
+            .await
+            else {
+                return;
+            };
+            last = now;
+            if is_new {
                 // The outcome is logged and recorded by the reload task.
                 let _ = reload.reload().await;
             }
