@@ -9,6 +9,7 @@ pub struct Rate {
     cur: AtomicU64,
     /// Count of the previous second.
     prev: AtomicU64,
+    /// Highest complete-second count seen (haproxy's *_rate_max); `max()` also weighs the current one.
     max: AtomicU64,
 }
 
@@ -91,11 +92,15 @@ pub struct NodeCounters {
     pub max_active: AtomicU64,
     /// Requests and tunnels handled (stot).
     pub sessions_total: AtomicU64,
+    /// Requests plus tunnels started per second (rate, rate_max).
     pub session_rate: Rate,
     /// WebSocket and other upgraded tunnels: open now, total.
     pub tunnels: AtomicU64,
+    /// Tunnels opened so far (the open count is `tunnels`).
     pub tunnels_total: AtomicU64,
+    /// Bytes from clients to the node (bin), request bodies and tunnels alike.
     pub bytes_in: AtomicU64,
+    /// Bytes from the node to clients (bout).
     pub bytes_out: AtomicU64,
     /// Connection failures to the node (econ).
     pub connect_errors: AtomicU64,
@@ -103,7 +108,9 @@ pub struct NodeCounters {
     pub response_errors: AtomicU64,
     /// Retries on this node (wretr) and requests redispatched away from it (wredis).
     pub retries: AtomicU64,
+    /// See `retries`: requests moved to another node after failing on this one.
     pub redispatches: AtomicU64,
+    /// The node's responses by status class (hrsp_*).
     pub responses: StatusClasses,
     /// Epoch seconds of the last request sent to it.
     pub last_session: AtomicU64,
@@ -122,7 +129,9 @@ pub struct HealthCarry(std::sync::Mutex<CarryState>);
 struct CarryState {
     /// Identity of the backend last seen (address of its `Arc`), 0 before the first read.
     backend: usize,
+    /// The counts `[failed_checks, down_transitions, downtime]` of that backend at the last read.
     last: [u64; 3],
+    /// What earlier backends of this name had reached, added to the current one's counts.
     base: [u64; 3],
 }
 
@@ -230,20 +239,30 @@ impl NodeCounters {
 pub struct FrontendCounters {
     /// Client connections open now, highest, total.
     pub connections: AtomicU64,
+    /// Highest number of client connections at once (smax), kept across upgrades.
     pub max_connections: AtomicU64,
     /// The cap enforced on client connections (`[gateway] max_connections` or derived from the
     /// open-files limit), set at start.
     pub connection_limit: AtomicU64,
+    /// Client connections accepted so far (stot).
     pub connections_total: AtomicU64,
+    /// Client connections accepted per second (rate, conn_rate_max).
     pub connection_rate: Rate,
+    /// HTTP requests received so far (req_tot).
     pub requests_total: AtomicU64,
+    /// HTTP requests per second (req_rate).
     pub request_rate: Rate,
+    /// WebSocket tunnels open now: their connections left `connections` when the upgrade took.
     pub tunnels: AtomicU64,
+    /// Tunnels opened so far.
     pub tunnels_total: AtomicU64,
+    /// Bytes from clients, bodies and tunnels alike (bin).
     pub bytes_in: AtomicU64,
+    /// Bytes sent to clients (bout).
     pub bytes_out: AtomicU64,
     /// Requests the gateway refused or failed itself (bad request, no node...).
     pub request_errors: AtomicU64,
+    /// Responses sent to clients by status class, the gateway's own included (hrsp_*).
     pub responses: StatusClasses,
     /// Clients refused by `[limits]`, by [`LIMIT_REASONS`].
     pub limited: [AtomicU64; 3],

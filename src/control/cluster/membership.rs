@@ -18,10 +18,15 @@ const GONE_HISTORY: usize = 64;
 /// One node learned from Redis.
 #[derive(Debug, Clone)]
 pub struct Member {
+    /// Identity in Redis (`pub` address, discovery member or ID card key): the table's key.
     pub key: String,
+    /// Node name (URL prefix); one member per name.
     pub name: String,
+    /// HTTP address requests go to.
     pub addr: std::net::SocketAddr,
+    /// Which source announced it (a source turned off takes its members away).
     pub origin: Origin,
+    /// Said ready in Redis: shown on the status page only, traffic waits for a passing check.
     pub ready: bool,
     /// Last heartbeat / ready message (control-plane clock, for expiry).
     pub last_seen: Option<Instant>,
@@ -96,9 +101,13 @@ impl Member {
 /// A node that left, for the status page.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Gone {
+    /// Node name it had.
     pub name: String,
+    /// HTTP address it had.
     pub address: String,
+    /// Which source had announced it.
     pub origin: Origin,
+    /// Why it left: "remove", "heartbeat timeout", "ID card expired", ...
     pub reason: &'static str,
     /// Epoch milliseconds.
     pub at: u64,
@@ -107,15 +116,20 @@ pub struct Gone {
 /// How many nodes Redis may add, and how fast (from `[cluster]`).
 #[derive(Debug, Clone, Copy)]
 struct Limits {
+    /// `[cluster] max_nodes`: members beyond it are refused.
     max_nodes: usize,
+    /// `[cluster] join_rate`: joins a second once the burst is spent.
     rate: u32,
+    /// `[cluster] join_burst`: joins allowed at once.
     burst: u32,
 }
 
 /// Token bucket for joins: `burst` at once, then `rate` a second.
 #[derive(Debug, Default)]
 struct Bucket {
+    /// Joins allowed now (refilled on each `take`).
     tokens: f64,
+    /// When `tokens` was last refilled; None before the first join (a full burst).
     at: Option<Instant>,
 }
 
@@ -138,13 +152,18 @@ impl Bucket {
 
 /// Nodes known from Redis, by identity (`pub` address or card key).
 pub struct Table {
+    /// Join and leave counters, shared with the metrics and status pages.
     pub metrics: Arc<super::ClusterMetrics>,
+    /// Members by identity (`Member::key`).
     pub members: HashMap<String, Member>,
     /// Identities that left (remove, heartbeat timeout): a stale discovery member of theirs is
     /// not a rejoin; only a new message is.
     left: HashSet<String>,
+    /// The last `GONE_HISTORY` departures, oldest first, for the status page.
     pub gone: VecDeque<Gone>,
+    /// Caps on joins from `[cluster]` (`set_limits`).
     limits: Limits,
+    /// Paces new joins at `limits.rate`, `limits.burst` at once.
     joins: Bucket,
     /// The gateway's own listeners: a node announced there would make a loop.
     own: super::OwnAddrs,
@@ -423,8 +442,11 @@ mod tests {
 
     /// The table's changes applied to a registry, as the membership task does (no gateway).
     struct Net {
+        /// The registry the changes go to.
         reg: Registry,
+        /// Its latest snapshot.
         snap: Snapshot,
+        /// Changes made by the table, not applied yet (`flush`).
         out: Vec<Change>,
     }
 

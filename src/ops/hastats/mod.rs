@@ -29,10 +29,13 @@ pub const PXNAME: &str = "kuzzle";
 /// exact, the set is not a transaction, as in haproxy).
 #[derive(Debug, Clone, Serialize)]
 pub struct StatsView {
+    /// The page's header: version, uptime, listeners, reloads, node counts, edge counters.
     pub process: ProcessView,
+    /// The client listener's row (haproxy's FRONTEND).
     pub frontend: Traffic,
     /// Members first (config order), then nodes leaving the cluster.
     pub nodes: Vec<NodeView>,
+    /// The total row over every node (haproxy's BACKEND).
     pub backend: BackendView,
     /// With `[fleet]`: every live gateway of the fleet, this one first (filled in by ops).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,27 +48,39 @@ pub struct StatsView {
 /// The process: haproxy's "General process information".
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessView {
+    /// The gateway's version (Cargo package version).
     pub version: &'static str,
+    /// Process id: tells a binary upgrade's new process from the old one.
     pub pid: u32,
     /// Epoch seconds.
     pub started_at: u64,
+    /// Epoch seconds when the view was read: ages and durations are counted from it.
     pub now: u64,
+    /// Seconds since start-up (`uptime_ms` in JSON).
     #[serde(rename = "uptime_ms", serialize_with = "crate::util::ms::from_secs")]
     pub uptime: u64,
+    /// The `[balance] algorithm` in force.
     pub algorithm: &'static str,
     /// Auto-refresh period of the page, seconds.
     #[serde(rename = "refresh_ms", serialize_with = "crate::util::ms::from_secs")]
     pub refresh: u64,
+    /// The `[gateway] listen` address.
     pub client_listen: String,
+    /// The `[tls] listen` address, None without a TLS listener.
     pub tls_listen: Option<String>,
+    /// The cap on client connections in force (configured or derived from the open-files limit).
     pub max_connections: u64,
+    /// Configuration reloads applied since start-up.
     pub reloads_ok: u64,
+    /// Configuration reloads refused since start-up.
     pub reloads_failed: u64,
+    /// Outcome of the last reload, None if there was none.
     pub last_reload: Option<ReloadStatus>,
     /// Certificates served on the TLS listener and refused renewals (filled in by ops).
     pub tls: Option<crate::control::tls::TlsView>,
     /// Snapshot generation: increases with every change of the node set or configuration.
     pub generation: u64,
+    /// Node rows, members and draining nodes alike.
     pub nodes_total: usize,
     /// Nodes that may take new traffic now.
     pub nodes_eligible: usize,
@@ -119,25 +134,39 @@ impl EdgeView {
 pub struct Traffic {
     /// Open now: client connections (frontend), requests plus tunnels (node, backend).
     pub cur: u64,
+    /// Peak of `cur` (smax).
     pub max: u64,
+    /// The connection cap (frontend only: slim).
     pub limit: Option<u64>,
+    /// Sessions so far: client connections (frontend), requests plus tunnels (node, backend).
     pub total: u64,
     /// Sessions (connections or requests + tunnels) per second over the last second.
     pub rate: u64,
+    /// Peak of `rate` over any complete second.
     pub rate_max: u64,
     /// HTTP requests per second (frontend only).
     pub req_rate: Option<u64>,
+    /// Peak of `req_rate` (frontend only).
     pub req_rate_max: Option<u64>,
+    /// HTTP requests (frontend) or responses received from the node (node, backend).
     pub req_tot: u64,
+    /// WebSocket tunnels open now.
     pub tunnels: u64,
+    /// WebSocket tunnels opened so far.
     pub tunnels_total: u64,
+    /// Bytes from clients (bin).
     pub bytes_in: u64,
+    /// Bytes to clients (bout).
     pub bytes_out: u64,
     /// Requests the gateway answered itself with an error (frontend only).
     pub req_errors: Option<u64>,
+    /// Failed connections to the node (econ; 0 on the frontend).
     pub conn_errors: u64,
+    /// Broken or timed out node responses (eresp; 0 on the frontend).
     pub resp_errors: u64,
+    /// Attempts after the first on a node (wretr; 0 on the frontend).
     pub retries: u64,
+    /// Requests moved to another node after failing on this one (wredis; 0 on the frontend).
     pub redispatches: u64,
     /// 1xx, 2xx, 3xx, 4xx, 5xx, other.
     pub responses: [u64; 6],
@@ -149,14 +178,19 @@ pub struct Traffic {
 /// One node row.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeView {
+    /// The node's name: the `[[node]]` name or the id it was discovered under.
     pub name: String,
+    /// The address requests go to (ip:port; a placeholder while unresolved).
     pub address: String,
+    /// How the node came to be known: configuration, plugin discovery or Kuzzle 2 ID card.
     pub origin: crate::core::backend::Origin,
     /// haproxy's status text: UP, DOWN, "UP 1/3", "DOWN 1/2", DRAIN, MAINT, "no check".
     pub status: String,
     /// Colour class of the row (haproxy's palette).
     pub class: StatusClass,
+    /// Health checks say UP (whatever the operator state).
     pub up: bool,
+    /// Operator state: "ready", "drain" or "maint".
     pub admin: &'static str,
     /// False once the node left the configuration or the cluster (it drains, then disappears).
     pub member: bool,
@@ -165,14 +199,18 @@ pub struct NodeView {
     /// The node's share of new traffic in percent of a full node's: 100 normally, 0 when it
     /// takes none, in between while it ramps up after coming UP (`[health] slowstart`).
     pub weight: u64,
+    /// Check state and history: last check, failed checks, downtime, DOWN transitions.
     pub health: HealthView,
     /// Seconds since the status last changed (UP/DOWN, or an operator's DRAIN/MAINT).
     #[serde(rename = "lastchg_ms", serialize_with = "crate::util::ms::from_secs")]
     pub lastchg: u64,
+    /// Pooled keep-alive connections to the node, idle now.
     pub idle_connections: usize,
+    /// This gateway's traffic to the node.
     pub traffic: Traffic,
     /// Kept for scripts written against the first version of this feed.
     pub active: u64,
+    /// Kept for scripts written against the first version of this feed (`traffic.total`).
     pub sessions_total: u64,
     /// With `[fleet]`: the node's totals over every gateway of the fleet (`traffic` is this
     /// gateway's).
@@ -182,8 +220,10 @@ pub struct NodeView {
     /// when this gateway applied it (epoch ms).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_by: Option<String>,
+    /// With `[fleet]`: when the operator state was set, epoch ms (see `admin_by`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_at_ms: Option<u64>,
+    /// With `[fleet]`: when this gateway applied the operator state, epoch ms (see `admin_by`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_applied_ms: Option<u64>,
 }
@@ -195,8 +235,11 @@ pub struct BackendView {
     pub status: &'static str,
     /// Sum of the nodes' weights (100 per node taking its full share).
     pub weight: u64,
+    /// Nodes taking traffic now (weight above 0).
     pub active_nodes: u64,
+    /// Sums of the node rows; peaks are the largest node's.
     pub traffic: Traffic,
+    /// UP to DOWN changes summed over the nodes.
     pub down_transitions: u64,
 }
 
