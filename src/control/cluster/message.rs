@@ -75,7 +75,9 @@ pub enum Kind {
 pub struct Candidate {
     /// Identity: the plugin's `pub` address, or the Kuzzle 2 card key.
     pub key: String,
+    /// Node name (URL prefix): the descriptor's `name`, the card's id, or derived from the address.
     pub name: String,
+    /// Where client traffic goes (checked against `allowed_networks`).
     pub addr: SocketAddr,
     /// `Some(true)`: the node says it is ready; `None`: it did not say.
     pub ready: Option<bool>,
@@ -84,7 +86,9 @@ pub struct Candidate {
 /// Settings the checks need (from `[cluster]`).
 #[derive(Debug, Clone)]
 pub struct Rules {
+    /// `[cluster] node_port`: the HTTP port of nodes whose descriptor gives no `http` URL.
     pub node_port: u16,
+    /// `[cluster] allowed_networks`: a node announced outside them is refused.
     pub allowed: Vec<ipnet::IpNet>,
 }
 

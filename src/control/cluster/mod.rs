@@ -68,7 +68,9 @@ pub struct ClusterMetrics {
     pub messages: AtomicU64,
     /// Messages, discovery members and ID cards dropped, by `DROP_REASONS` index.
     pub dropped: [AtomicU64; DROP_REASONS.len()],
+    /// Nodes that joined (new identities taken into the table).
     pub joins: AtomicU64,
+    /// Nodes that left (remove, heartbeat timeout, expired card, source turned off).
     pub leaves: AtomicU64,
     /// Successful (re)connections to Redis (the first one included).
     pub connects: AtomicU64,
@@ -125,15 +127,20 @@ pub struct ClusterState {
     link: Mutex<Link>,
     /// Epoch second of the last drop warning, and drops not logged since (log rate limit).
     last_warn: AtomicU64,
+    /// Drops not logged since the last drop warning (reported with the next one).
     suppressed: AtomicU64,
 }
 
 /// The current Redis connection, for status and reset.
 #[derive(Default)]
 struct Link {
+    /// Where Redis is (the status page shows it, redacted; reset needs it).
     target: Option<Target>,
+    /// The command connection, for room counts and reset from ops handlers.
     commands: Option<Commands>,
+    /// Epoch ms of the connection in use, None while disconnected.
     connected_since_ms: Option<u64>,
+    /// The last failed Redis call or connection, for the status page (cleared on connect).
     last_error: Option<String>,
 }
 
@@ -175,9 +182,13 @@ impl ClusterState {
 
 /// What the membership task works with: the core's change sink, the settings watch, the stop token.
 struct Ctx {
+    /// Where the membership changes are applied.
     core: Arc<Core>,
+    /// The configuration in force: `[cluster]` changes restart the session.
     settings: watch::Receiver<Arc<Config>>,
+    /// Cancelled at shutdown: the task ends.
     stop: tokio_util::sync::CancellationToken,
+    /// The shared state: table, link, counters.
     st: Arc<ClusterState>,
 }
 

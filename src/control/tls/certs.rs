@@ -18,7 +18,9 @@ use crate::control::config::CertPair;
 pub struct PairError {
     /// Dotted key: `tls.cert`, `tls.certificate[1].key`...
     pub key: String,
+    /// The file the key names.
     pub path: PathBuf,
+    /// What is wrong with it (read, parse, key mismatch...).
     pub message: String,
 }
 
@@ -33,13 +35,16 @@ impl std::error::Error for PairError {}
 /// A pair ready for handshakes, with what the stats page and `--check` show of it.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// The configured pair it was loaded from (files, names, place): renewals reread it.
     pub pair: CertPair,
+    /// Chain and signing key, as handed to rustls.
     pub key: Arc<CertifiedKey>,
     /// SNI names this pair answers (lowercase): the configured `names`, else the certificate's
     /// DNS subjectAltNames.
     pub names: Vec<String>,
     /// Validity of the leaf certificate, epoch seconds.
     pub not_before: i64,
+    /// Expiry of the leaf, epoch seconds (warned about, shown on the stats page).
     pub not_after: i64,
     /// Hash of both files' bytes: the watcher reloads only what changed.
     pub fingerprint: u64,
@@ -132,7 +137,9 @@ fn dns_names(x509: &x509_parser::certificate::X509Certificate<'_>) -> Vec<String
 /// The certificates of one moment, by SNI name: built by the control plane, read per handshake.
 #[derive(Debug)]
 pub struct CertSet {
+    /// The first pair: for clients without SNI or with a name no pair has.
     default: Arc<CertifiedKey>,
+    /// Pairs by exact lowercase name, without a trailing dot.
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` is kept as `example.com`: it matches exactly one more label.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
@@ -182,6 +189,7 @@ impl CertSet {
 /// rustls asks this for a certificate on every handshake: one atomic load, one map lookup.
 #[derive(Debug, Default)]
 pub struct Resolver {
+    /// The certificates in force; swapped by reloads and renewals (None: no `[tls]`).
     pub set: arc_swap::ArcSwapOption<CertSet>,
 }
 

@@ -29,6 +29,7 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The TLS state of the gateway, shared by the accept loops (read), the reload task and the
 /// certificate watcher (write). Cheap to clone as [`TlsSlot`].
 pub struct Tls {
+    /// Picks each handshake's certificate by SNI; its set is swapped, the resolver stays.
     resolver: Arc<Resolver>,
     /// None while no `[tls]` is configured; replaced by reloads (ALPN may change).
     acceptor: ArcSwapOption<TlsAcceptor>,
@@ -36,6 +37,7 @@ pub struct Tls {
     pairs: Mutex<Vec<Slot>>,
     /// Directories of the certificate files, for the watcher (empty: nothing to watch).
     dirs: tokio::sync::watch::Sender<Vec<PathBuf>>,
+    /// The crypto provider (ring) every pair is loaded with and rustls configured with.
     provider: Arc<CryptoProvider>,
     /// Pairs replaced by the watcher after their files changed.
     pub renewals: AtomicU64,
@@ -49,6 +51,7 @@ pub type TlsSlot = Arc<Tls>;
 /// One configured pair: what serves, and why the files on disk do not (when they do not).
 #[derive(Clone)]
 struct Slot {
+    /// The pair that serves now.
     loaded: Loaded,
     /// Epoch seconds the served pair was loaded.
     loaded_at: u64,
@@ -60,8 +63,11 @@ struct Slot {
 
 /// A validated `[tls]`, ready to apply in one step ([`Tls::commit`]).
 pub struct Prepared {
+    /// Every pair of `[tls]`, loaded (or kept from the running set when their files broke).
     pairs: Vec<Slot>,
+    /// The rustls acceptor for the new settings (None: no `[tls]`).
     acceptor: Option<Arc<TlsAcceptor>>,
+    /// `[tls] watch`: the certificate directories are watched for renewals.
     watch: bool,
 }
 
@@ -256,7 +262,9 @@ impl Tls {
 /// TLS as the stats page shows it (gateway level).
 #[derive(Debug, Clone, Serialize)]
 pub struct TlsView {
+    /// `[tls] http2`: ALPN offers `h2`.
     pub http2: bool,
+    /// `[tls] watch`: renewed files on disk are picked up without a reload.
     pub watch: bool,
     /// Pairs replaced since start because their files changed.
     pub renewals: u64,
@@ -271,8 +279,11 @@ pub struct TlsView {
 pub struct CertView {
     /// Configuration key: `tls` or `tls.certificate[N]`.
     pub place: String,
+    /// Path of the certificate chain file.
     pub cert: String,
+    /// Path of the private key file.
     pub key: String,
+    /// SNI names the pair answers (configured, else the certificate's DNS names).
     pub names: Vec<String>,
     /// Expiry of the served certificate, epoch seconds.
     pub not_after: u64,
@@ -280,7 +291,9 @@ pub struct CertView {
     pub status: &'static str,
     /// When the served pair was loaded, epoch seconds.
     pub loaded_at: u64,
+    /// Why the files on disk were refused (the previous pair serves), None once they load.
     pub error: Option<String>,
+    /// When they were refused, epoch seconds.
     pub error_at: Option<u64>,
 }
 
