@@ -103,21 +103,27 @@ pub enum Origin {
 /// One node. Shared as `Arc<Backend>` between snapshots, in-flight requests and tunnels, so a
 /// removed node lives until its last connection ends.
 pub struct Backend {
+    /// Node name: URL prefix, stats row, `node_header` value; its counters are kept under it.
     pub name: String,
     /// `name` as a header value, made once: the `[gateway] node_header` of every response it
     /// serves (None for a name that is no valid header value).
     pub name_value: Option<http::HeaderValue>,
+    /// Where requests and checks connect (0.0.0.0:port while `unresolved`).
     pub addr: SocketAddr,
+    /// How the node came to be known (stats, and what a membership source may remove).
     pub origin: Origin,
     /// A `[[node]]` whose host name has no address yet: DOWN, never checked nor picked, shown as
     /// "DNS: no address" (its `addr` is a placeholder).
     pub unresolved: bool,
     /// Counters; shared with any earlier or later `Backend` of the same name so history survives.
     pub counters: Arc<NodeCounters>,
+    /// UP/DOWN and check history, written by the checker and passive failures.
     pub health: HealthState,
+    /// Operator state (`AdminState` as u8): DRAIN and MAINT keep new traffic away.
     admin: AtomicU8,
     /// Epoch seconds of the last operator state change (0: never).
     admin_since: AtomicU64,
+    /// `Membership` as u8: a draining node keeps its traffic but takes no new.
     membership: AtomicU8,
     /// Open requests plus tunnels: what leastconn compares.
     active: AtomicU64,
@@ -125,6 +131,7 @@ pub struct Backend {
     tunnel_kill: ArcSwap<CancellationToken>,
     /// Stops this node's background tasks (health checks) when it leaves for good.
     pub tasks: CancellationToken,
+    /// Keep-alive connections to the node, one queue per worker, reused by later requests.
     idle: Pools,
     /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
     pub tls: Option<crate::core::node_tls::NodeTls>,
@@ -437,6 +444,7 @@ pub fn ramp(elapsed_ms: u64, slowstart_ms: u64) -> u32 {
 /// Counts one open request or tunnel on a node for leastconn and stats.
 #[derive(Debug)]
 pub struct ActiveGuard {
+    /// The node counted; its active count drops when the guard does.
     pub backend: Arc<Backend>,
 }
 

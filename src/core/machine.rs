@@ -64,11 +64,13 @@ pub struct CheckResult {
 /// Health as the stats page shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct HealthView {
+    /// UP or DOWN: what the data plane routes by (`status` adds the streak).
     pub up: bool,
     /// Where the node is in its rise/fall cycle (what `status` says, typed).
     pub phase: Phase,
     /// haproxy-style status text: "UP", "DOWN", "UP 1/3" (going down), "DOWN 1/2" (going up), "no check".
     pub status: String,
+    /// The last active check's result; None before the first one.
     pub last_check: Option<CheckResult>,
     /// Epoch seconds of the last UP/DOWN transition (or of creation).
     pub last_change: u64,
@@ -105,7 +107,9 @@ pub struct Timing {
     pub fastinter: Duration,
     /// Between checks of a node that is steadily DOWN.
     pub downinter: Duration,
+    /// Consecutive passing checks that bring a DOWN node UP (`[health] rise`, at least 1).
     pub rise: u32,
+    /// Consecutive failures that take an UP node DOWN (`[health] fall`, at least 1).
     pub fall: u32,
     /// Each delay is spread by up to +/- this percentage so checks of many nodes do not align.
     pub jitter_pct: u32,
@@ -141,20 +145,27 @@ pub enum Transition {
 /// success resets the failure streak; while DOWN, any failure resets the success streak.
 #[derive(Debug, Clone)]
 pub struct Machine {
+    /// UP or DOWN: what the data plane routes by.
     up: bool,
     /// Consecutive failures while UP, or consecutive successes while DOWN.
     streak: u32,
     /// A node that joined after start-up and was never UP: its first success is enough.
     joining: bool,
+    /// Successes in a row that bring it UP (`set_limits`; 2 until the checker sets it).
     rise: u32,
+    /// Failures in a row that take it DOWN (`set_limits`; 3 until the checker sets it).
     fall: u32,
+    /// The last active check's result (None: not checked yet).
     last_check: Option<CheckResult>,
     /// Epoch seconds of the last transition (or of creation).
     last_change: u64,
+    /// Start of the current DOWN period (None while UP): `downtime` adds it when it ends.
     down_since: Option<Instant>,
     /// DOWN time of finished DOWN periods.
     downtime: Duration,
+    /// UP -> DOWN transitions so far (haproxy's chkdown).
     down_transitions: u64,
+    /// Failed checks so far, passive failures included (haproxy's chkfail).
     failed_checks: u64,
 }
 

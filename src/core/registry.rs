@@ -22,8 +22,11 @@ pub const COUNTERS_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// A node learned from Redis (pub/sub, discovery set or Kuzzle 2 ID card).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamicNode {
+    /// Node name (URL prefix); a static `[[node]]` of the same name shadows it.
     pub name: String,
+    /// HTTP address client traffic goes to.
     pub addr: SocketAddr,
+    /// Which source announced it (plugin or Kuzzle 2 ID card).
     pub origin: Origin,
 }
 
@@ -374,11 +377,17 @@ impl Registry {
 
 /// A node the new snapshot must have: where it is, how it came, whether it starts UP, its TLS.
 struct Desired {
+    /// Node name: the key of the live map and of the kept counters.
     name: String,
+    /// Where it is; None for a host name that did not resolve (a placeholder that stays DOWN).
     addr: Option<SocketAddr>,
+    /// The port even without an address: an unresolved placeholder keeps it.
     port: u16,
+    /// How it came: static, plugin or Kuzzle 2.
     origin: Origin,
+    /// Starts UP: only static nodes of the first snapshot do; the others wait for a passing check.
     up: bool,
+    /// HTTPS to the node; a change makes a new backend (pooled connections speak the old way).
     tls: Option<NodeTls>,
 }
 

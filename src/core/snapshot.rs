@@ -9,9 +9,11 @@ use crate::control::config::Config;
 
 /// What the data plane needs for one request: settings and nodes, swapped whole.
 pub struct Snapshot {
+    /// The configuration in force: a request reads its settings here, consistent with its nodes.
     pub config: Arc<Config>,
     /// Members first (static in config order, then discovered by name), then draining nodes.
     pub nodes: Vec<Arc<Backend>>,
+    /// Index in `nodes` by name: the URL prefix a request may route by.
     names: HashMap<String, usize>,
     /// Round-robin / tie-break cursor.
     pub cursor: AtomicUsize,
