@@ -32,6 +32,7 @@ struct Cli {
     /// Log format: `text` (coloured only on a terminal) or `json` (one object a line, for log shippers).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// A subcommand (`demo`); None runs the gateway.
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }

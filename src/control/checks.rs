@@ -28,7 +28,9 @@ pub const MIN_RECHECK_GAP: Duration = Duration::from_millis(50);
 /// reloads apply; checkers stop when their node leaves for good (`b.tasks`) or at shutdown.
 #[derive(Clone)]
 pub struct Checkers {
+    /// The configuration in force: `[health]` is read from it before every round.
     pub settings: watch::Receiver<Arc<Config>>,
+    /// Where checkers run (the background tracker) and the shutdown that stops them.
     pub life: Lifecycle,
 }
 

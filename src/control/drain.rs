@@ -37,6 +37,7 @@ pub fn start(core: Arc<Core>, life: &Lifecycle) {
 /// When each draining node started draining, to close its tunnels after `drain_timeout`.
 #[derive(Default)]
 struct DrainClock {
+    /// By draining node (name, address): when it started draining, and whether its tunnels were closed.
     since: HashMap<(String, SocketAddr), (Instant, bool)>,
 }
 

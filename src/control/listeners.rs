@@ -53,8 +53,11 @@ impl ListenerKind {
 
 /// Listening sockets, bound up front (or inherited from an older process on upgrade).
 pub struct Listeners {
+    /// The client listener (`[gateway] listen`).
     pub http: std::net::TcpListener,
+    /// The ops listener (`[stats] listen`): stats, metrics, reload, cluster status.
     pub stats: std::net::TcpListener,
+    /// The TLS client listener (`[tls] listen`), None without `[tls]`.
     pub tls: Option<std::net::TcpListener>,
 }
 
@@ -186,6 +189,7 @@ impl LiveListeners {
 /// New listeners bound (and a TLS acceptor built) for a configuration, not yet serving: made
 /// before the configuration is applied so that a failure refuses the reload.
 pub struct Rebind {
+    /// Listeners bound for new or moved addresses, with what they serve; swapped in on commit.
     new: Vec<(ListenerKind, SocketAddr, std::net::TcpListener)>,
     /// Listeners to stop: their address changed, or the listener is gone from the configuration.
     retire: Vec<ListenerKind>,

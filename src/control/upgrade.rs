@@ -54,6 +54,7 @@ pub enum UpgradeError {
 /// One listening socket as described in the hand-over message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Passed {
+    /// Which listener it is: client, ops or TLS.
     kind: ListenerKind,
     /// The configured address it serves (the new process matches its own configuration on it).
     addr: SocketAddr,

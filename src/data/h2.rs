@@ -61,7 +61,9 @@ where
 /// One open stream of a connection, from its request to the end of its response body: counted
 /// (idle detection) and holding a slot: the connection's own or one more under `max_connections`.
 struct Open {
+    /// The connection's open streams: the idle timer closes it only when none are.
     count: Arc<AtomicUsize>,
+    /// The slot it holds until it ends (None only once the semaphores closed at process end).
     _slot: Option<OwnedSemaphorePermit>,
 }
 

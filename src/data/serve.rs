@@ -25,6 +25,7 @@ use crate::data::tunnel::Held;
 /// What client accept loops share: the proxy's context, the TLS acceptor (swapped on reload) and
 /// the connection cap.
 pub struct Frontdoor {
+    /// The proxy's context: every connection's requests are served with it.
     pub ctx: Arc<Context>,
     /// Read per connection: a reload with new certificates applies to the next handshake.
     pub tls: TlsSlot,

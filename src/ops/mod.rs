@@ -32,6 +32,7 @@ pub struct Ops {
     pub core: Arc<Core>,
     /// `POST /reload` asks the reload task.
     pub reload: ReloadHandle,
+    /// Reload counts and the last outcome, for the stats page and /metrics.
     pub reloads: Arc<ReloadStats>,
     /// Membership status, reset and counters.
     pub cluster: Arc<ClusterState>,

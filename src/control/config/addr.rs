@@ -14,7 +14,9 @@ pub enum NodeTarget {
 /// A host name and a port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostPort {
+    /// The host name, resolved at load and every `[gateway] resolve_interval`.
     pub host: String,
+    /// The node's HTTP port.
     pub port: u16,
 }
 

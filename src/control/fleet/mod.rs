@@ -87,6 +87,7 @@ pub struct FleetMetrics {
 /// Another gateway, as its last heartbeat said.
 #[derive(Debug, Clone)]
 struct Peer {
+    /// Its last heartbeat: name, instance, address, counters, configuration fingerprint.
     beat: Beat,
     /// When a new heartbeat of it last reached us (our clock).
     seen: Instant,
@@ -107,17 +108,22 @@ struct Link {
 struct Shared {
     /// The `[fleet]` in force (None: no fleet).
     section: Option<FleetSection>,
+    /// The Redis link, for the view.
     link: Link,
+    /// The other live gateways by `[fleet] name` (forgotten after `ttl` without a heartbeat).
     peers: BTreeMap<String, Peer>,
     /// This gateway's last heartbeat (the view shows it beside the others).
     me: Option<Beat>,
+    /// Operator states: the last applied per node, and this gateway's not yet in Redis.
     states: States,
+    /// WebSocket rebalancing as this gateway runs it, for the view.
     rebalance: RebalanceView,
     /// Another instance heartbeating under our name: (its instance, its address, when last heard;
     /// forgotten after `ttl`, e.g. the old process of a binary upgrade once it left).
     clash: Option<(String, String, Instant)>,
     /// Epoch second of the last warning about dropped input, and drops not logged since.
     last_warn: u64,
+    /// Drops not logged since `last_warn` (reported with the next warning).
     suppressed: u64,
 }
 
@@ -133,6 +139,7 @@ struct Write {
 pub struct Fleet {
     /// Operator states are applied here; snapshots give the nodes to count.
     core: Arc<Core>,
+    /// The state ops and the stats read and the task writes.
     shared: Mutex<Shared>,
     /// Ops' state changes, to the task.
     tx: mpsc::Sender<Write>,

@@ -66,6 +66,7 @@ pub struct RebalanceView {
     pub round: u32,
     /// WebSockets this gateway closed in the current rebalancing, and since start.
     pub moved: u64,
+    /// WebSockets this gateway closed by rebalancing since start.
     pub moved_total: u64,
     /// Closes left in this round.
     pub left: u64,

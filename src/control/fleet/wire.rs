@@ -155,9 +155,13 @@ impl StateRecord {
     pub fn tail(&self) -> String {
         #[derive(Serialize)]
         struct NoSeq<'a> {
+            /// See `StateRecord::node`.
             node: &'a str,
+            /// See `StateRecord::state`.
             state: AdminState,
+            /// See `StateRecord::by`.
             by: &'a str,
+            /// See `StateRecord::at_ms`.
             at_ms: u64,
         }
         let text =

@@ -21,6 +21,7 @@ pub struct Edge {
     /// Allocated whole the first time a per-client limit is on (`[limits] client_table` then):
     /// memory stays fixed whatever clients do.
     table: OnceLock<Arc<ClientTable>>,
+    /// The access log: workers hand it their lines, its writer task writes them.
     pub log: Arc<AccessLog>,
 }
 

@@ -44,11 +44,15 @@ pub const BODY_CUT_SHORT: &str = "bad request: request body cut short";
 /// A failed request, answered by the gateway in Kuzzle's envelope.
 #[derive(Debug)]
 pub struct ProxyError {
+    /// Whose fault: decides the counters, passive health and the access log's termination state.
     pub side: Side,
+    /// How far the request got: whether it may be sent again (`resend_safe`).
     pub progress: Progress,
     /// Set for node faults (Side::Node).
     pub fault: Option<NodeFault>,
+    /// What the client is answered.
     pub status: StatusCode,
+    /// The error message of Kuzzle's envelope (also read to tell some terminations apart).
     pub message: String,
 }
 

@@ -133,6 +133,7 @@ pub struct ClientInfo {
     /// The client: the address of the PROXY protocol header when there is one, else the socket's
     /// peer. What `X-Forwarded-For`, `source` balancing, the limits and the access log see.
     pub addr: SocketAddr,
+    /// How the client came (plain or TLS): the `X-Forwarded-Proto` sent to nodes.
     pub scheme: Scheme,
     /// `addr`'s IP as an `X-Forwarded-For` value, made once per connection.
     pub forwarded_for: HeaderValue,
@@ -159,7 +160,9 @@ impl ClientInfo {
 /// What the proxy reads: the core (snapshot, counters) and the lifecycle (tunnels are tracked
 /// connections, closed at the end of a shutdown).
 pub struct Context {
+    /// Snapshot, counters and the change sink.
     pub core: Arc<Core>,
+    /// Tunnels are tracked connections of it, closed at the end of a shutdown.
     pub life: Lifecycle,
     /// This gateway's loop mark ([`headers::instance_id`]): added to every forwarded request; a
     /// request that already carries it went round a loop.

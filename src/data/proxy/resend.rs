@@ -18,8 +18,11 @@ use crate::core::backend::{Backend, Sender, UpBody};
 /// A request as it can be sent again: a node that refused it unexecuted (Kuzzle shutting down)
 /// or broke before answering an idempotent one.
 pub(super) struct Template {
+    /// The request's method, as the client sent it.
     pub(super) method: Method,
+    /// The request's target, as forwarded to the first node.
     pub(super) uri: Uri,
+    /// The request's headers, as forwarded to the first node (hop-by-hop ones already out).
     pub(super) headers: HeaderMap,
     /// The whole body (empty for a body-less request).
     pub(super) body: Bytes,
@@ -65,11 +68,13 @@ pub(super) fn refusal_length(h: &HeaderMap) -> Option<u64> {
 pub fn not_executed(body: &[u8]) -> Option<bool> {
     #[derive(serde::Deserialize)]
     struct Envelope<'a> {
+        /// Kuzzle's `error` object, when there is one.
         #[serde(borrow)]
         error: Option<ErrorId<'a>>,
     }
     #[derive(serde::Deserialize)]
     struct ErrorId<'a> {
+        /// Kuzzle's error id (`api.process.shutting_down`...): compared with `NOT_EXECUTED`.
         #[serde(borrow)]
         id: Option<std::borrow::Cow<'a, str>>,
     }

@@ -37,6 +37,7 @@ thread_local! {
 pub struct Pump {
     /// Bytes read but not yet written, and how far they are written.
     pending: Vec<u8>,
+    /// How much of `pending` is written already.
     written: usize,
     /// What the call that left `pending` will report once it is written: (read, kept).
     report: (usize, usize),
@@ -190,7 +191,9 @@ pub fn spawn(
 
 /// Counters one tunnel feeds.
 pub struct TunnelIo<'a> {
+    /// Client-to-node bytes: the frontend's and the node's counters.
     pub bytes_in: [&'a AtomicU64; 2],
+    /// Node-to-client bytes: the frontend's and the node's counters.
     pub bytes_out: [&'a AtomicU64; 2],
     /// This session's own figures, for its access log line (None: no access log).
     pub session: Option<Session>,
@@ -497,10 +500,15 @@ pub fn close_frame(code: u16, reason: &str) -> Vec<u8> {
 /// inject a close frame without cutting a frame in two.
 #[derive(Debug, Default)]
 pub struct FrameTracker {
+    /// The frame header read so far (at most 14 bytes: 2, extended length, mask).
     hdr: [u8; 14],
+    /// Bytes of `hdr` read so far (0 at a frame boundary).
     have: usize,
+    /// Payload bytes of the current frame not consumed yet.
     remaining: u64,
+    /// Inside a frame's payload (its header complete).
     in_payload: bool,
+    /// The current frame's opcode (0x8: close, whose code is read).
     opcode: u8,
     /// The last complete frame was a close frame.
     pub saw_close: bool,
