@@ -28,11 +28,14 @@ pin_project_lite::pin_project! {
     /// A body that adds the size of each data frame to the frontend's and the node's counters.
     /// Holds the counters themselves (no per-request allocation, only reference counts).
     pub struct Counted<B> {
+        // The body whose frames are counted.
         #[pin]
         inner: B,
+        // Always counted into: the client side's bytes.
         frontend: Arc<FrontendCounters>,
         // None until the node is known (a request body is built before a node is picked).
         node: Option<Arc<NodeCounters>>,
+        // Which counters the bytes go to: bytes_in or bytes_out.
         dir: Direction,
         // Set once the body has been read to its end (only for uploads whose end matters).
         ended: Option<Arc<AtomicBool>>,
@@ -128,15 +131,20 @@ pin_project_lite::pin_project! {
     /// error), and fails the body if the node stays silent for `idle` in the middle of it, so a
     /// frozen node cannot hang a client forever.
     pub struct Tracked {
+        // The node's body, its bytes counted.
         inner: Counted<Incoming>,
         // The first frame, read before the response head went to the client (see `new`).
         first: Option<Frame<Bytes>>,
+        // The node connection, back to the pool once the body ends (None once released or broken).
         sender: Option<Sender>,
+        // Keeps the request counted active on its node until the body ends.
         guard: ActiveGuard,
+        // How long the node may stay silent mid-body (`[timeouts] server`).
         idle: Duration,
         // Armed only while the node keeps us waiting: no timer work while data flows.
         #[pin]
         stall: Sleep,
+        // The stall timer is set for the current wait.
         armed: bool,
     }
 

@@ -93,9 +93,12 @@ pin_project_lite::pin_project! {
     /// A response body that keeps its stream's [`Open`] and its place at the nodes until it ends
     /// or is dropped.
     struct Held {
+        // The response body as the proxy made it.
         #[pin]
         body: DownBody,
+        // The stream's count and slot, released when the body ends or is dropped (None: failed task).
         _open: Option<Open>,
+        // The stream's place among the connection's requests at the nodes.
         _at_nodes: Option<OwnedSemaphorePermit>,
     }
 }

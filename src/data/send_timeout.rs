@@ -14,8 +14,10 @@ use tokio::time::{Instant, Sleep};
 pin_project_lite::pin_project! {
     /// `inner` with a deadline on writes that make no progress.
     pub struct SendTimeout<I> {
+        // The stream written to.
         #[pin]
         inner: I,
+        // How long a write may make no progress before it fails.
         limit: Duration,
         // Made on the first stalled write and kept (reset) for the next ones.
         timer: Option<Pin<Box<Sleep>>>,

@@ -107,9 +107,12 @@ pin_project_lite::pin_project! {
     /// A client stream whose first bytes were read with its PROXY header: those bytes are read
     /// again first, then the stream itself. Empty (no allocation) without PROXY protocol.
     pub struct Prefixed<I> {
+        // The client stream, read once `rest` is handed on.
         #[pin]
         inner: I,
+        // Bytes read past the PROXY header, handed on first (freed once they are).
         rest: Vec<u8>,
+        // How much of `rest` is handed on already.
         pos: usize,
     }
 }

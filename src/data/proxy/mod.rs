@@ -43,6 +43,7 @@ pin_project_lite::pin_project! {
     /// Body of a response to a client: a node's streamed body, or the gateway's own JSON; with
     /// the request's access log line, written when the body ends or is dropped.
     pub struct DownBody {
+        // A node's streamed body (`Tracked`), or the gateway's own answer.
         #[pin]
         inner: Either<Tracked, Full<Bytes>>,
         // The line to write (None: no access log, or already written).
