@@ -34,7 +34,14 @@ pub enum DemoError {
     #[error("{0}")]
     Start(#[from] crate::control::listeners::StartError),
     #[error("cannot start simulated node {name} on {addr}: {err}")]
-    Node { name: String, addr: SocketAddr, err: String },
+    Node {
+        /// The node's name.
+        name: String,
+        /// Where it was to listen.
+        addr: SocketAddr,
+        /// Why it did not come up.
+        err: String,
+    },
     #[error("cannot find kuzzle-node-sim: {0}")]
     NoSim(String),
     #[error("cannot write the demo configuration {0}: {1}")]

@@ -21,7 +21,12 @@ pub const DEBOUNCE: Duration = Duration::from_millis(250);
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
     #[error("cannot watch {dir}: {source}")]
-    Watch { dir: String, source: notify_debouncer_full::notify::Error },
+    Watch {
+        /// The directory of the configuration file.
+        dir: String,
+        /// What the file watcher said.
+        source: notify_debouncer_full::notify::Error,
+    },
     #[error("configuration {0} is not a file on disk")]
     NotAFile(String),
 }

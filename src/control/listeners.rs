@@ -13,7 +13,14 @@ use crate::control::config::Config;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// Which listener (client, stats, TLS).
+        what: &'static str,
+        /// The address it was to bind.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     #[error("TLS: {0}")]
     Tls(String),
 }

@@ -26,10 +26,20 @@ pub enum ReloadError {
     Config(#[from] ConfigErrors),
     /// A new listen address cannot be bound.
     #[error("{file}: {source}")]
-    Listen { file: String, source: StartError },
+    Listen {
+        /// The configuration file.
+        file: String,
+        /// Why the address cannot be bound.
+        source: StartError,
+    },
     /// A new certificate pair does not load.
     #[error("{file}: TLS: {message}")]
-    Tls { file: String, message: String },
+    Tls {
+        /// The configuration file.
+        file: String,
+        /// Which pair, and why it does not load.
+        message: String,
+    },
     /// The reload task has ended.
     #[error("the gateway is stopping")]
     Stopped,

@@ -44,9 +44,19 @@ pub enum UpgradeError {
     #[error("no upgrade socket: set [gateway] upgrade_socket, or a fixed [gateway] listen port")]
     NoSocket,
     #[error("cannot reach the running gateway at {path}: {source}")]
-    Connect { path: String, source: std::io::Error },
+    Connect {
+        /// The upgrade socket.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     #[error("upgrade exchange on {path} failed: {message}")]
-    Exchange { path: String, message: String },
+    Exchange {
+        /// The upgrade socket.
+        path: String,
+        /// What went wrong in the exchange.
+        message: String,
+    },
     #[error(transparent)]
     Start(#[from] StartError),
 }

@@ -38,7 +38,12 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 /// What the writer thread is told.
 enum Msg {
     /// Append these lines to `target` ("stdout" or a file path).
-    Lines { target: Arc<str>, bytes: Vec<u8> },
+    Lines {
+        /// "stdout" or the file's path.
+        target: Arc<str>,
+        /// Whole lines, newline-terminated.
+        bytes: Vec<u8>,
+    },
     /// Reopen the file (SIGUSR1).
     Reopen,
     /// Write out what came before, then answer.
