@@ -166,7 +166,9 @@ async fn run(listen: String, cfg: SimConfig) -> ExitCode {
 
 #[cfg(unix)]
 struct Signals {
+    /// SIGTERM: what stops a Kuzzle node gracefully.
     term: tokio::signal::unix::Signal,
+    /// SIGINT (Ctrl-C at a terminal): the same graceful shutdown.
     int: tokio::signal::unix::Signal,
 }
 

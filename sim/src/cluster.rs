@@ -60,18 +60,27 @@ enum Ctl {
 /// The real-time side's handle to publish cross-node notifications (never blocks).
 #[derive(Clone)]
 pub(crate) struct Publisher {
+    /// The Redis writer's queue; `try_send` only, so a full queue drops the notification rather than
+    /// block the request.
     tx: mpsc::Sender<Ctl>,
+    /// This node's UUID, sent as `origin` so the node skips its own notification on the way back.
     uuid: String,
 }
 
 #[derive(Serialize)]
 struct NotifyData<'a> {
+    /// The publishing node's UUID: it ignores its own message (it notified its subscribers already).
     origin: &'a str,
+    /// The index published on: only rooms on it (and `collection`) are notified.
     index: &'a str,
+    /// The collection published on.
     collection: &'a str,
+    /// The document: what the rooms' filters match, `_source` of the notifications.
     body: &'a Value,
+    /// The publish request's volatile data, passed on to the subscribers as is.
     volatile: &'a Value,
     #[serde(rename = "_id")]
+    /// The publish request's optional `_id` (`ids` filters match it).
     id: &'a Value,
 }
 
@@ -94,7 +103,9 @@ impl Publisher {
 
 /// The running Redis side of one node.
 pub(crate) struct ClusterLink {
+    /// The Redis writer's queue: notifications (through each [`Publisher`]) and the clean leave.
     ctl: mpsc::Sender<Ctl>,
+    /// This node's UUID, handed to each [`Publisher`] as the notifications' `origin`.
     uuid: String,
     /// The shared real-time state writer (plugin mode only).
     rooms: Option<RoomSink>,

@@ -10,7 +10,9 @@ pub(crate) const HTTP_SHUTTING_DOWN: &str = r#"{"status":503,"error":{"id":"api.
 /// `error`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ApiError {
+    /// HTTP status of the error, also the envelope's `status`.
     pub status: u16,
+    /// What went wrong, for a person reading the answer.
     pub message: String,
     /// Kuzzle 2's error identifier (e.g. `api.process.action_not_found`).
     pub id: &'static str,
@@ -52,14 +54,23 @@ impl ApiError {
 /// One response envelope. Unset fields are `null`, as Kuzzle sends them.
 #[derive(Debug, Default)]
 pub(crate) struct Envelope {
+    /// `requestId`: the client's (a new one when it sent none); on HTTP, the `X-Kuzzle-Request-Id`.
     pub request_id: Value,
+    /// `status`, also the HTTP status of an HTTP answer.
     pub status: u16,
+    /// `error`: `null` on success.
     pub error: Option<ApiError>,
+    /// `controller`: the request's, echoed, or the route's (`null` when unknown).
     pub controller: Value,
+    /// `action`: the request's, echoed, or the route's (`null` when unknown).
     pub action: Value,
+    /// `index`: the request's, echoed (`null` when it has none).
     pub index: Value,
+    /// `collection`: the request's, echoed (`null` when it has none).
     pub collection: Value,
+    /// `volatile`: the request's volatile data, echoed as Kuzzle does.
     pub volatile: Value,
+    /// `result`: what the action returns (`null` on most errors).
     pub result: Value,
     /// WebSocket only: the SDKs match a response on `room`, which Kuzzle sets to the requestId.
     pub room: Option<Value>,

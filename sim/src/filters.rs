@@ -14,10 +14,15 @@ pub(crate) enum Filter {
     In(String, Vec<Value>),
     Exists(String),
     Range {
+        /// The document field compared (a dotted path).
         field: String,
+        /// Exclusive lower bound, if any.
         gt: Option<f64>,
+        /// Inclusive lower bound, if any.
         gte: Option<f64>,
+        /// Exclusive upper bound, if any.
         lt: Option<f64>,
+        /// Inclusive upper bound, if any.
         lte: Option<f64>,
     },
     Ids(Vec<String>),

@@ -42,14 +42,20 @@ static X_SIM_PATH: HeaderName = HeaderName::from_static("x-sim-path");
 /// What every request of one connection needs.
 #[derive(Clone)]
 pub(crate) struct HttpContext {
+    /// What WebSocket sessions need (node, publisher, stop tokens); HTTP routes reach the node and
+    /// fan out publications through it too.
     pub ws: WsContext,
+    /// The node's task tracker: upgraded WebSocket sessions are spawned on it, so shutdown waits
+    /// for them.
     pub tracker: TaskTracker,
 }
 
 /// Who answers one HTTP request: the node's name and the request's id, which every envelope
 /// carries (Kuzzle sets the HTTP envelope's `requestId` to the `X-Kuzzle-Request-Id` it sends).
 struct Answer<'a> {
+    /// The node's name: every envelope's `node`.
     node: &'a str,
+    /// The request's id: every envelope's `requestId`.
     request_id: &'a str,
 }
 
@@ -439,7 +445,10 @@ fn octets(body: RespBody) -> Response<RespBody> {
 
 /// A response body holding its request's in-flight count until it is sent whole (or dropped).
 struct InFlightBody {
+    /// The response body itself, polled through unchanged.
     body: RespBody,
+    /// Never read: dropped with the body, it ends the request's in-flight count (graceful shutdown
+    /// waits for it).
     _flight: InFlight,
 }
 
@@ -462,6 +471,7 @@ impl Body for InFlightBody {
 
 /// `n` bytes of 'x', in 64 KiB chunks, with no length announced (so chunked encoding).
 struct RepeatBody {
+    /// Bytes still to send.
     left: u64,
 }
 

@@ -72,7 +72,9 @@ pub enum SimError {
     /// The Redis URL (or a cluster seed URL) does not parse.
     #[error("invalid Redis URL {url:?}: {source}")]
     RedisUrl {
+        /// The URL as given (the whole seed list for a Redis Cluster).
         url: String,
+        /// The Redis client's parse error.
         #[source]
         source: redis::RedisError,
     },
@@ -99,6 +101,7 @@ const FIRST_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct SimHandle {
     /// The address the node serves HTTP and WebSocket on (the listener's local address).
     pub addr: SocketAddr,
+    /// The state the node's tasks share: name, identity, knobs, stats, lifecycle, rooms.
     node: Arc<node::Node>,
     /// Cancelled to stop every task of this node.
     stop: CancellationToken,

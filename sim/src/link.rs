@@ -52,6 +52,8 @@ pub(crate) async fn unless_stopped<T>(stop: &CancellationToken, f: impl std::fut
 
 /// Exponential backoff with jitter.
 pub(crate) struct Backoff {
+    /// The next wait before jitter: doubles at each step up to `BACKOFF_MAX`, back to `BACKOFF_MIN`
+    /// on reset.
     next: Duration,
 }
 

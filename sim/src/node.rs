@@ -67,12 +67,18 @@ impl Identity {
 /// struct so the JSON text is stable.
 #[derive(Debug, Serialize)]
 pub(crate) struct Descriptor<'a> {
+    /// The node's random UUID (plugin 3.x's node id).
     pub uuid: &'a str,
     #[serde(rename = "pub")]
+    /// `pub`: the node's identity in the pool (`cluster:remove` names the node by it).
     pub pub_addr: &'a str,
+    /// `router`: the plugin's ZeroMQ router address (the sim repeats `pub`).
     pub router: &'a str,
+    /// The ready knob, so the pool knows whether the node takes traffic.
     pub ready: bool,
+    /// The node's name (its URL prefix on the gateway).
     pub name: &'a str,
+    /// Where clients' HTTP / WebSocket traffic for the node goes.
     pub http: &'a str,
 }
 
@@ -80,23 +86,36 @@ pub(crate) struct Descriptor<'a> {
 #[derive(Debug, Serialize)]
 pub(crate) struct DiscoveryMember<'a> {
     #[serde(rename = "pub")]
+    /// `pub`: the node's identity in the pool.
     pub pub_addr: &'a str,
+    /// `router`: the plugin's ZeroMQ router address (the sim repeats `pub`).
     pub router: &'a str,
+    /// The node's name (its URL prefix on the gateway).
     pub name: &'a str,
+    /// Where clients' HTTP / WebSocket traffic for the node goes.
     pub http: &'a str,
 }
 
 /// A node heard of on Redis, with when it was last heard of.
 struct PoolEntry {
+    /// Its descriptor as heard, reported as is by the status route.
     descriptor: Value,
+    /// When it was last heard of: after 2 x heartbeat of silence the node is gone.
     seen: Instant,
 }
 
 /// Everything one node's tasks share.
 pub(crate) struct Node {
+    /// The running name (with `fresh_id`'s suffix): logs, `node` of every answer, descriptor `name`,
+    /// Kuzzle 2 ID card key.
     pub name: String,
+    /// How the node names itself on the cluster protocol (uuid, pub, router, http, ip).
     pub identity: Identity,
+    /// Kuzzle 2 mode: an ID card in Redis instead of plugin 3.x's registration and shared real-time
+    /// state; also the version `server:info` reports.
     pub kuzzle2: bool,
+    /// Heartbeat period: registration refresh, ID card TTL and pool expiry (both twice this), ping
+    /// period of the subscription.
     pub heartbeat: Duration,
     /// Epoch ms at start (Kuzzle 2 ID card `birthdate`).
     pub birthdate: u64,

@@ -19,9 +19,13 @@ pub(crate) type ConnId = u64;
 /// A document published with `realtime:publish`, here or on another node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Published {
+    /// The index published on: only rooms on it (and `collection`) are notified.
     pub index: String,
+    /// The collection published on.
     pub collection: String,
+    /// The document: what the rooms' filters match, `_source` of the notifications.
     pub body: Value,
+    /// The publish request's volatile data, copied into each notification.
     pub volatile: Value,
     /// The optional `_id` of the publish request.
     pub id: Value,
@@ -30,23 +34,41 @@ pub(crate) struct Published {
 /// A room: its id and where it listens.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct RoomRef {
+    /// The room id (the same index, collection and filters give the same id on every node).
     pub id: String,
+    /// The index the room listens on (with `collection`, the hash tag of its Redis keys).
     pub index: String,
+    /// The collection the room listens on.
     pub collection: String,
 }
 
 /// One connection entering or leaving a room on this node.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum RoomUpdate {
-    Join { room: RoomRef, filters: String, conn: ConnId },
-    Leave { room: RoomRef, conn: ConnId },
+    Join {
+        /// The room entered.
+        room: RoomRef,
+        /// The room's filters as canonical JSON text (the shared state's `cluster:filters:*`).
+        filters: String,
+        /// The connection entering (its first channel in the room).
+        conn: ConnId,
+    },
+    Leave {
+        /// The room left.
+        room: RoomRef,
+        /// The connection leaving (it unsubscribed, closed, or the node began shutting down).
+        conn: ConnId,
+    },
 }
 
 /// A room with local subscribers: what this node contributes to the shared state.
 #[derive(Debug, Clone)]
 pub(crate) struct RoomShare {
+    /// The room (id, index, collection: what its Redis keys are named after).
     pub room: RoomRef,
+    /// Its filters as canonical JSON text (written again on a replay).
     pub filters: String,
+    /// The local connections subscribed to it (entered on a replay, withdrawn on a clean leave).
     pub conns: Vec<ConnId>,
 }
 
@@ -81,8 +103,11 @@ impl Scope {
 }
 
 struct Room {
+    /// The index the room listens on: a document published elsewhere skips the room.
     index: String,
+    /// The collection the room listens on.
     collection: String,
+    /// The compiled filters, matched against each published document.
     filter: Filter,
     /// The filters as canonical JSON text (what the shared state in Redis stores).
     filters: String,
@@ -93,6 +118,7 @@ struct Room {
 }
 
 struct Inner {
+    /// Rooms with at least one local subscriber, by room id (a room left empty goes).
     rooms: HashMap<String, Room>,
     /// Outgoing queue of each live connection (notifications are pushed there, never awaited).
     conns: HashMap<ConnId, mpsc::Sender<Utf8Bytes>>,
@@ -109,8 +135,11 @@ type RoomReporter = Box<dyn Fn(RoomUpdate) + Send + Sync>;
 
 /// The room registry of one node. Critical sections are short and never await.
 pub(crate) struct Realtime {
+    /// The node's name: logs and the `node` of each notification.
     node: String,
+    /// The next connection id (from 1, never reused).
     next_id: AtomicU64,
+    /// Rooms and connections, under one lock so a dispatch sees both consistent.
     inner: Mutex<Inner>,
     /// Where a connection entering or leaving a room is reported (plugin mode with Redis only).
     /// Called under the registry's lock, so it must not block (the Redis writer's queue is

@@ -70,10 +70,15 @@ return {removed, 1, 1}
 /// `{index/collection}`, so one room's keys (and one collection's) share a Redis Cluster slot.
 #[derive(Debug, PartialEq)]
 struct Keys {
+    /// `cluster:room_clients:{index/collection}ROOM`: SET of the room's clients (`uuid-conn`).
     clients: String,
+    /// `cluster:room_counts:{index/collection}ROOM`: how many clients the room has.
     count: String,
+    /// `cluster:filters_tree{index/collection}`: SET of the collection's room ids.
     tree: String,
+    /// `cluster:filters:{index/collection}ROOM`: the room's filters JSON.
     filters: String,
+    /// `cluster:version{index/collection}`: bumped at every change of the collection's rooms.
     version: String,
     /// The `cluster:collections` member.
     collection: String,
@@ -108,7 +113,9 @@ fn client_id(node: &Node, conn: ConnId) -> String {
 /// Counts dropped updates and warns about them at most every [`WARN_EVERY_MS`].
 #[derive(Default)]
 struct Drops {
+    /// Updates dropped since the last warning, which reports them.
     dropped: AtomicU64,
+    /// Epoch ms of the last warning (at most one every `WARN_EVERY_MS`).
     last_warn_ms: AtomicU64,
 }
 
@@ -136,8 +143,12 @@ enum RoomCtl {
 /// The real-time registry's handle to the writer (never blocks).
 #[derive(Clone)]
 pub(crate) struct RoomSink {
+    /// The writer's queue; `try_send` only, as the registry reports under its lock: a full queue
+    /// drops the update.
     tx: mpsc::Sender<RoomCtl>,
+    /// Dropped updates, shared with the writer (which also counts those it cannot write to Redis).
     drops: Arc<Drops>,
+    /// The node's name, for the warnings.
     node: Arc<str>,
 }
 

@@ -20,6 +20,7 @@ use crate::ws::WsContext;
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
 pub(crate) struct Server {
+    /// What each connection's service gets: node, publisher, stop tokens, task tracker.
     cx: HttpContext,
 }
 

@@ -38,7 +38,9 @@ const CLOSE_FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// What one session needs from its node.
 #[derive(Clone)]
 pub(crate) struct WsContext {
+    /// The node served: API actions, room registry, lifecycle, stats.
     pub node: Arc<Node>,
+    /// Where a publish goes to the other nodes (None without Redis).
     pub publisher: Option<Publisher>,
     /// Cancelled to stop every task of the node at once.
     pub stop: CancellationToken,
@@ -90,7 +92,9 @@ pub(crate) fn handshake(headers: &HeaderMap) -> Result<Response<()>, ApiError> {
 
 /// Removes the connection from the room registry however the session ends (cancellation too).
 struct Registration {
+    /// The node whose room registry holds the connection.
     node: Arc<Node>,
+    /// The connection's id there, unregistered on drop.
     conn: ConnId,
 }
 
