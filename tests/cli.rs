@@ -2,37 +2,12 @@
 //! codes in a pipe) and the message when the default configuration file is not where it is looked for.
 mod common;
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use common::*;
-
-fn write_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let path = dir.join("gw.toml");
-    std::fs::write(
-        &path,
-        "[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:0\"\n",
-    )
-    .expect("write config");
-    path
-}
 
 /// The first log line the gateway prints once serving, in the given format.
 fn first_serving_line(args: &[&str]) -> String {
-    let dir = scratch_dir("cli-logs");
-    let cfg = write_config(&dir);
-    let mut child = KillOnDrop(
-        Command::new(bin("kuzzle-gateway"))
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("gateway starts"),
-    );
-    wait_line(&mut child.0, Duration::from_secs(20), "serving log line", |l| {
-        l.contains("kuzzle-gateway serving").then(|| l.to_string())
-    })
+    let gw = Gateway::builder().config(&gateway_toml("")).args(args).start();
+    gw.wait_line(SERVING, READY_TIMEOUT)
 }
 
 #[test]
@@ -52,7 +27,7 @@ fn text_logs_carry_no_colour_codes_in_a_pipe() {
 #[test]
 fn missing_default_config_says_where_it_looked() {
     let dir = scratch_dir("cli-default");
-    let out = Command::new(bin("kuzzle-gateway")).arg("--check").current_dir(&dir).output().expect("runs");
+    let out = Gateway::run_in(&dir, &["--check"]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("proxy-configs/gateway.toml"), "{err}");

@@ -8,7 +8,6 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -740,10 +739,7 @@ fn config_check_names_file_line_and_key() {
     for (file, text, line, key) in cases {
         let p = dir.join(file);
         std::fs::write(&p, text).expect("write config");
-        let out = Command::new(bin("kuzzle-gateway"))
-            .args(["--config", p.to_str().expect("utf-8 path"), "--check"])
-            .output()
-            .expect("run kuzzle-gateway");
+        let out = run_check(&p);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{file}: {err}");
         let place = format!("{}:{line}:", p.display());
@@ -752,10 +748,7 @@ fn config_check_names_file_line_and_key() {
     }
     // A missing file is an error naming it.
     let missing = dir.join("missing.toml");
-    let out = Command::new(bin("kuzzle-gateway"))
-        .args(["--config", missing.to_str().expect("path"), "--check"])
-        .output()
-        .expect("run");
+    let out = run_check(&missing);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
     // A good file passes.
@@ -766,18 +759,12 @@ fn config_check_names_file_line_and_key() {
          [[node]]\nname = \"cluster_kuzzle_1\"\naddress = \"127.0.0.1:17601\"\n",
     )
     .expect("write");
-    let out = Command::new(bin("kuzzle-gateway"))
-        .args(["--config", good.to_str().expect("path"), "--check"])
-        .output()
-        .expect("run");
+    let out = run_check(&good);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     // The shipped configuration is valid too.
     let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("proxy-configs/gateway.toml");
     if shipped.exists() {
-        let out = Command::new(bin("kuzzle-gateway"))
-            .args(["--config", shipped.to_str().expect("path"), "--check"])
-            .output()
-            .expect("run");
+        let out = run_check(&shipped);
         assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -787,29 +774,11 @@ fn config_check_names_file_line_and_key() {
 async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     let n1 = Sim::start("cluster_kuzzle_1", &[]);
     let relay = Relay::start(n1.addr).await;
-    let dir = scratch_dir("sigterm");
-    let (port, stats) = (free_port(), free_port());
-    let cfg = dir.join("gw.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[gateway]\nlisten = \"127.0.0.1:{port}\"\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:{stats}\"\n\
-             [[node]]\nname = \"cluster_kuzzle_1\"\naddress = \"{}\"\n",
-            relay.addr
-        ),
-    )
-    .expect("write config");
-    let mut child = KillOnDrop(
-        Command::new(bin("kuzzle-gateway"))
-            .args(["--config", cfg.to_str().expect("path")])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kuzzle-gateway"),
-    );
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    eventually(READY_TIMEOUT, "gateway listening", || async { TcpStream::connect(addr).await.ok().map(|_| ()) }).await;
+    let mut gw = Gateway::start(&gateway_toml(&format!(
+        "[[node]]\nname = \"cluster_kuzzle_1\"\naddress = \"{}\"\n",
+        relay.addr
+    )));
+    let addr = gw.http();
 
     let mut w = ws(addr, "/").await;
     let (r, _) = ws_call(&mut w, kuzzle("server", "now", "1")).await;
@@ -824,8 +793,7 @@ async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     .await;
 
     let t0 = Instant::now();
-    let st = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().expect("kill");
-    assert!(st.success());
+    gw.sigterm();
 
     // New connections are refused at once.
     eventually(Duration::from_secs(5), "listener closed", || async {
@@ -853,19 +821,7 @@ async fn sigterm_drains_requests_closes_tunnels_and_exits_0() {
     assert_eq!(path, "/_sim/request");
 
     // And the process exits 0.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().expect("wait") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.0.kill();
-            panic!("kuzzle-gateway still running 15 s after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(status.code(), Some(0), "exit status after SIGTERM");
-    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)).code(), Some(0), "exit status after SIGTERM");
 }
 
 /// A node that answers Kuzzle's "shutting down" 503 (as real Kuzzle 2 does for ~0.1-3 s after a
@@ -906,15 +862,7 @@ async fn shutting_down_refusals_are_resent_whatever_the_method() {
     let node = snap.node("leaving").expect("node");
     assert!(node.health.leaving() && !node.eligible());
     assert!(node.counters.redispatches.load(Ordering::Relaxed) >= 1);
-    let v = request(
-        gw.stats_addr,
-        "GET",
-        "/hastats;json",
-        &[("authorization", "Basic a3V6emxlOmt1enpsZQ==")],
-        Bytes::new(),
-    )
-    .await
-    .json();
+    let v = request(gw.stats_addr, "GET", "/hastats;json", &[ops_auth()], Bytes::new()).await.json();
     let row = v["nodes"].as_array().expect("nodes").iter().find(|n| n["name"] == "leaving").cloned();
     assert_eq!(row.as_ref().map(|n| n["status"].clone()), Some(json!("LEAVING")), "{v}");
     // Its prefix names it: the gateway says why it cannot go there.
