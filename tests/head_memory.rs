@@ -3,22 +3,11 @@
 //! clients leave. The gateway runs as its own process (its allocator, its RSS).
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_heads_cost_a_bounded_buffer_each_and_are_given_back() {
@@ -26,33 +15,14 @@ async fn partial_heads_cost_a_bounded_buffer_each_and_are_given_back() {
     let clients_wanted: usize = std::env::var("HEAD_MEMORY_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
     let clients_wanted = clients_wanted.clamp(1, 5000);
     let sim = Sim::start("hm1", &[]);
-    let (port, stats) = (free_port(), free_port());
-    let dir = scratch_dir("head-memory");
-    let cfg = dir.join("gw.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            // One worker: the pages freed on a worker are purged as that worker keeps working, and
-            // with two the follow-up traffic may all land on the other one (RSS then stays up
-            // until this one serves again: retained, not leaked).
-            "[gateway]\nlisten = \"127.0.0.1:{port}\"\nthreads = 1\nwatch = false\n[stats]\nlisten = \"127.0.0.1:{stats}\"\n{}",
-            nodes_toml(&[&sim])
-        ),
-    )
-    .expect("write config");
-    let mut child = KillOnDrop(
-        Command::new(bin("kuzzle-gateway"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("gateway starts"),
-    );
-    let pid = child.0.id();
-    wait_line(&mut child.0, Duration::from_secs(20), "gateway serving", |l| {
-        l.contains("kuzzle-gateway serving").then(String::new)
-    });
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    // One worker: the pages freed on a worker are purged as that worker keeps working, and with
+    // two the follow-up traffic may all land on the other one (RSS then stays up until this one
+    // serves again: retained, not leaked).
+    let gw = Gateway::start(&format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nthreads = 1\nwatch = false\n[stats]\nlisten = \"127.0.0.1:0\"\n{}",
+        nodes_toml(&[&sim])
+    ));
+    let (pid, addr) = (gw.pid(), gw.http());
     assert_eq!(get(addr, "/_now").await.status, 200);
     let base = rss_kib(pid);
     // Each client sends a 60 KB head without its final blank line, and waits.
@@ -64,11 +34,9 @@ async fn partial_heads_cost_a_bounded_buffer_each_and_are_given_back() {
         let _ = s.write_all(partial.as_bytes()).await;
         clients.push(s);
     }
-    // Let the gateway read what was sent (bounded: 2 s), then measure.
-    let until = std::time::Instant::now() + Duration::from_secs(2);
-    while std::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Measure once the gateway read everything that was sent (nothing left in a socket buffer).
+    eventually(T, "the gateway read every partial head", || async { (unread_bytes(addr.port()) == 0).then_some(()) })
+        .await;
     let during = rss_kib(pid);
     drop(clients);
     // Closed connections are freed as the gateway notices them; the allocator returns the pages.
