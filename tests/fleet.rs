@@ -13,8 +13,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,72 +29,26 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const HEARTBEAT: &str = "200ms";
 const TTL: Duration = Duration::from_millis(1000);
 
-/// A `kuzzle-gateway` process with its own config file; SIGKILLed on drop.
+/// A `kuzzle-gateway` process of the fleet, on ports of its own that a restart keeps.
 struct Gw {
     name: String,
-    child: Option<Child>,
-    dir: PathBuf,
+    gw: Gateway,
     http: SocketAddr,
     ops: SocketAddr,
-    /// The configuration text (kept for restarts).
-    text: String,
 }
 
 impl Gw {
     /// Start gateway `name` with `extra` configuration (its [fleet] section included) on free
-    /// ports; waits until its ops listener answers.
-    async fn start(name: &str, extra: &str) -> Gw {
+    /// ports; returns once it serves.
+    fn start(name: &str, extra: &str) -> Gw {
         let (http, ops) = (free_port(), free_port());
-        let dir = scratch_dir(&format!("fleet-{name}"));
         // A [stats] table naming neither user nor password: no auth on the ops listener.
         let text = format!(
             "[gateway]\nlisten = \"127.0.0.1:{http}\"\nshutdown_grace = \"1s\"\nwatch = false\n\
              [stats]\nlisten = \"127.0.0.1:{ops}\"\n{extra}"
         );
-        let mut g = Gw {
-            name: name.into(),
-            child: None,
-            dir,
-            http: ([127, 0, 0, 1], http).into(),
-            ops: ([127, 0, 0, 1], ops).into(),
-            text,
-        };
-        g.spawn().await;
-        g
-    }
-
-    async fn spawn(&mut self) {
-        let config = self.dir.join("gateway.toml");
-        std::fs::write(&config, &self.text).expect("write gateway config");
-        let log = std::env::var_os("GATEWAY_LOG").is_some();
-        let child = Command::new(bin("kuzzle-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(if log { Stdio::inherit() } else { Stdio::null() })
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kuzzle-gateway");
-        self.child = Some(child);
-        let ops = self.ops;
-        eventually(READY_TIMEOUT, &format!("gateway {} serving", self.name), || async move {
-            let c = tokio::net::TcpStream::connect(ops).await.ok()?;
-            drop(c);
-            (get(ops, "/healthz").await.status == 200).then_some(())
-        })
-        .await;
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
+        let gw = Gateway::builder().name(name).config(&text).start();
+        Gw { name: name.into(), http: gw.http(), ops: gw.ops(), gw }
     }
 
     async fn stats(&self) -> Value {
@@ -120,13 +72,6 @@ impl Gw {
             .unwrap_or_default();
         v.sort();
         v
-    }
-}
-
-impl Drop for Gw {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -180,7 +125,7 @@ async fn states_and_view(redis: &Redis, n: usize, label: &str) -> Vec<String> {
     let mut gws = Vec::new();
     for i in 1..=n {
         let name = format!("gw-{i}");
-        gws.push(Gw::start(&name, &fleet(&name)).await);
+        gws.push(Gw::start(&name, &fleet(&name)));
     }
     let all: Vec<String> = gws.iter().map(|g| g.name.clone()).collect();
     for g in &gws {
@@ -243,10 +188,10 @@ async fn states_and_view(redis: &Redis, n: usize, label: &str) -> Vec<String> {
     assert_eq!(gws[1 % n].set_state("n1", "drain").await, 200);
     assert_eq!(gws[0].set_state("n2", "maint").await, 200);
     for g in &mut gws {
-        g.kill();
+        g.gw.kill();
     }
     for g in &mut gws {
-        g.spawn().await;
+        g.gw.restart();
     }
     for g in &gws {
         // The first answer after start-up already has them (read before serving).
@@ -270,8 +215,9 @@ async fn states_and_view(redis: &Redis, n: usize, label: &str) -> Vec<String> {
 
     // A gateway with another configuration is flagged by the others.
     let last = gws.len() - 1;
-    gws[last].text.push_str("[balance]\nretries = 1\n");
-    gws[last].restart().await;
+    let odd_text = format!("{}[balance]\nretries = 1\n", gws[last].gw.config_text().expect("config text"));
+    gws[last].gw.set_config(&odd_text);
+    gws[last].gw.restart();
     let odd = gws[last].name.clone();
     eventually(T, "the odd configuration flagged", || async {
         let j = gws[0].stats().await;
@@ -283,7 +229,7 @@ async fn states_and_view(redis: &Redis, n: usize, label: &str) -> Vec<String> {
 
     // SIGKILL one: it leaves the others' view within its TTL.
     let t0 = Instant::now();
-    gws[last].kill();
+    gws[last].gw.kill();
     let mut gone = Vec::new();
     for g in &gws[..last] {
         eventually(TTL * 3, &format!("{odd} gone from {}", g.name), || async {
@@ -496,8 +442,7 @@ async fn websockets_spread_again_after_a_node_joins() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start();
     let mut k = K2Nodes::start(&redis.url(), 60, 3);
-    let gws =
-        [Gw::start("gw-a", &k.gateway_toml("gw-a", 20)).await, Gw::start("gw-b", &k.gateway_toml("gw-b", 20)).await];
+    let gws = [Gw::start("gw-a", &k.gateway_toml("gw-a", 20)), Gw::start("gw-b", &k.gateway_toml("gw-b", 20))];
     let names = k.names();
     for g in &gws {
         eventually(T, "3 nodes UP on both gateways", || async {
@@ -597,7 +542,7 @@ async fn real_kuzzle_official_sdk_clients_spread_again_after_a_node_joins() {
             kuzzle.http_port()
         )
     };
-    let gws = [Gw::start("gw-a", &toml("gw-a")).await, Gw::start("gw-b", &toml("gw-b")).await];
+    let gws = [Gw::start("gw-a", &toml("gw-a")), Gw::start("gw-b", &toml("gw-b"))];
     for g in &gws {
         eventually(Duration::from_secs(20), "2 real nodes UP", || async {
             (g.stats().await["process"]["nodes_eligible"] == 2).then_some(())
@@ -633,12 +578,16 @@ async fn real_kuzzle_official_sdk_clients_spread_again_after_a_node_joins() {
         let r = request(gws[i % 2].http, "POST", "/fleet/sdk/_publish", &[JSON], body).await;
         assert_eq!(r.status, 200, "publish: {}", String::from_utf8_lossy(&r.body));
     }
-    // The report ends the subscribers: leave the last notifications (node to node through
-    // Kuzzle's cluster) a moment to arrive first.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The report ends the subscribers: the last notifications (node to node through Kuzzle's
+    // cluster) arrive first.
     let mut reports = Vec::new();
     for s in subs {
-        reports.push(s.report().await);
+        let s = tokio::sync::Mutex::new(s);
+        eventually(T, "every subscriber notified 3 times", || async {
+            s.lock().await.counts().await.iter().all(|&n| n >= 3).then_some(())
+        })
+        .await;
+        reports.push(s.into_inner().report().await);
     }
     let disconnected: u64 = reports.iter().map(|r| r.disconnected).sum();
     let reconnected: u64 = reports.iter().map(|r| r.reconnected).sum();
@@ -674,7 +623,7 @@ async fn a_redis_outage_costs_clients_nothing_and_states_are_reconciled_after() 
             TTL.as_millis()
         )
     };
-    let gws = [Gw::start("gw-a", &toml("gw-a")).await, Gw::start("gw-b", &toml("gw-b")).await];
+    let gws = [Gw::start("gw-a", &toml("gw-a")), Gw::start("gw-b", &toml("gw-b"))];
     for g in &gws {
         eventually(T, "both gateways listed", || async { (g.sees().await.len() == 2).then_some(()) }).await;
     }
@@ -762,7 +711,7 @@ async fn forged_fleet_messages_are_ignored_and_the_last_good_state_kept() {
         redis.url(),
         TTL.as_millis()
     );
-    let gw = Gw::start("gw-a", &toml).await;
+    let gw = Gw::start("gw-a", &toml);
     assert_eq!(gw.set_state("n1", "drain").await, 200);
     let mut c = redis.conn().await;
     let publish = |chan: &'static str, payload: String| redis::cmd("PUBLISH").arg(chan).arg(payload).clone();

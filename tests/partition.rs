@@ -8,14 +8,14 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{close_code, free_port, ws, ws_node, Client, Sim};
+use common::{close_code, eventually_every, ws, ws_node, Client, Gateway, Sim, WAIT};
 
 /// Check period, check timeout, rise and fall of the gateway under test.
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -25,8 +25,8 @@ const FALL: u32 = 3;
 /// The gateway spreads checks by +-10 % of the interval (haproxy's jitter); allow that and some
 /// scheduling slack on a loaded 2-core machine on top of the nominal bound.
 const SLACK: Duration = Duration::from_millis(400);
-/// Bound of every wait that has no timing claim of its own.
-const WAIT: Duration = Duration::from_secs(20);
+/// Polls of the transitions the test times.
+const POLL_FAST: Duration = Duration::from_millis(10);
 
 fn run(cmd: &str, args: &[&str]) -> Result<String, String> {
     match Command::new(cmd).args(args).output() {
@@ -100,87 +100,39 @@ impl Drop for Partition {
     }
 }
 
-/// The `kuzzle-gateway` binary running as its own process with a config file written here.
-struct Gateway {
-    child: Option<Child>,
-    dir: PathBuf,
-    http: std::net::SocketAddr,
-    ops: std::net::SocketAddr,
+/// The `kuzzle-gateway` binary as its own process with `extra` configuration. A `[stats]` table
+/// naming neither user nor password: no auth on the ops listener.
+fn start_gateway(extra: &str) -> Gateway {
+    Gateway::start(&format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\nwatch = false\n\
+         [stats]\nlisten = \"127.0.0.1:0\"\n{extra}"
+    ))
 }
 
-impl Gateway {
-    fn start(extra: &str) -> Gateway {
-        let (http, ops) = (free_port(), free_port());
-        let dir = std::env::temp_dir().join(format!("kgw-partition-{}-{http}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = dir.join("gateway.toml");
-        // A [stats] table naming neither user nor password: no auth on the ops listener.
-        let text = format!(
-            "[gateway]\nlisten = \"127.0.0.1:{http}\"\nshutdown_grace = \"1s\"\nwatch = false\n\
-             [stats]\nlisten = \"127.0.0.1:{ops}\"\n{extra}"
-        );
-        std::fs::write(&config, text).expect("write gateway config");
-        let child = Command::new(env!("CARGO_BIN_EXE_kuzzle-gateway"))
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", std::env::var("GATEWAY_LOG").unwrap_or_else(|_| "warn".into()))
-            // The gateway logs to stdout: shown only when asked for (GATEWAY_LOG=info).
-            .stdout(if std::env::var_os("GATEWAY_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn kuzzle-gateway");
-        Gateway { child: Some(child), dir, http: ([127, 0, 0, 1], http).into(), ops: ([127, 0, 0, 1], ops).into() }
-    }
-
-    /// `kuzzle_gateway_node_up{node="NAME"}` from /metrics (None while the gateway is not serving).
-    async fn node_up(&self, name: &str) -> Option<bool> {
-        let mut c = tokio::time::timeout(Duration::from_secs(2), try_connect(self.ops)).await.ok()??;
-        let r = c.try_send("GET", "/metrics", &[], Bytes::new()).await.ok()?;
-        let text = String::from_utf8_lossy(&r.body).into_owned();
-        let prefix = format!("kuzzle_gateway_node_up{{node=\"{name}\"}} ");
-        text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim() == "1")
-    }
-
-    /// Poll every 10 ms until the node's UP flag is `up`; the instant it was seen.
-    async fn wait_node(&self, name: &str, up: bool, within: Duration) -> Instant {
-        let deadline = Instant::now() + within;
-        loop {
-            if self.node_up(name).await == Some(up) {
-                return Instant::now();
-            }
-            assert!(Instant::now() < deadline, "node {name} not {} within {within:?}", if up { "UP" } else { "DOWN" });
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
+/// `kuzzle_gateway_node_up{node="NAME"}` from /metrics (None while the gateway is not serving).
+async fn node_up(ops: SocketAddr, name: &str) -> Option<bool> {
+    let mut c = tokio::time::timeout(Duration::from_secs(2), Client::try_connect(ops)).await.ok()?.ok()?;
+    let r = c.try_send("GET", "/metrics", &[], Bytes::new()).await.ok()?;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let prefix = format!("kuzzle_gateway_node_up{{node=\"{name}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| v.trim() == "1")
 }
 
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// Poll every 10 ms (the transition is timed) until the node's UP flag is `up`; the instant it
+/// was seen.
+async fn wait_node(gw: &Gateway, name: &str, up: bool, within: Duration) -> Instant {
+    let (ops, what) = (gw.ops(), format!("node {name} {}", if up { "UP" } else { "DOWN" }));
+    eventually_every(within, POLL_FAST, &what, || async { (node_up(ops, name).await == Some(up)).then(Instant::now) })
+        .await
 }
 
-/// A connection, or None when nothing listens yet.
-async fn try_connect(addr: std::net::SocketAddr) -> Option<Client> {
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    Some(Client::connect(addr).await)
-}
-
-/// Poll a condition every 10 ms for at most `within`.
+/// Poll a counter every 10 ms for at most `within`.
 async fn wait_for(within: Duration, what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_every(within, POLL_FAST, what, || async { f().then_some(()) }).await;
 }
 
 /// One balanced GET on a fresh client connection: (status, answering node, how long it took).
-async fn one_get(addr: std::net::SocketAddr) -> (u16, Option<String>, Duration) {
+async fn one_get(addr: SocketAddr) -> (u16, Option<String>, Duration) {
     let t = Instant::now();
     let mut c = Client::connect(addr).await;
     match c.try_send("GET", "/_now", &[], Bytes::new()).await {
@@ -245,7 +197,7 @@ async fn partition_run(
         .collect();
     // Connect timeout below the check period: a request that picks the victim on a new connection
     // fails over fast.
-    let gw = Gateway::start(&format!(
+    let gw = start_gateway(&format!(
         "[timeouts]\nconnect = \"300ms\"\nserver = \"{}ms\"\npool_idle = \"200ms\"\n\
          [balance]\nalgorithm = \"roundrobin\"\nretries = 3\nredispatch = true\nretry_on_timeout = {retry_on_timeout}\n\
          [health]\ninterval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\npassive = {passive}\n{nodes}",
@@ -254,13 +206,13 @@ async fn partition_run(
         CHECK_TIMEOUT.as_millis()
     ));
     for n in ["victim", "node_a", "node_b"] {
-        gw.wait_node(n, true, WAIT).await;
+        wait_node(&gw, n, true, WAIT).await;
     }
 
     // WebSockets pinned by prefix: one on the victim, one on a node that stays.
-    let mut ws_victim = ws(gw.http, "/victim/").await;
+    let mut ws_victim = ws(gw.http(), "/victim/").await;
     assert_eq!(ws_node(&mut ws_victim, "v1").await, "victim");
-    let mut ws_a = ws(gw.http, "/node_a/").await;
+    let mut ws_a = ws(gw.http(), "/node_a/").await;
     assert_eq!(ws_node(&mut ws_a, "a1").await, "node_a");
 
     // Idempotent requests all along: `streams` clients, each one request at a time on a new client
@@ -270,7 +222,7 @@ async fn partition_run(
     let counts = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let loads: Vec<_> = (0..streams)
         .map(|_| {
-            let (stop, counts, addr) = (stop.clone(), counts.clone(), gw.http);
+            let (stop, counts, addr) = (stop.clone(), counts.clone(), gw.http());
             tokio::spawn(async move {
                 let mut log = Vec::new();
                 let deadline = Instant::now() + Duration::from_secs(60);
@@ -296,7 +248,7 @@ async fn partition_run(
     let t_cut = Instant::now();
     part.cut(victim.addr.port());
     let t_cut_done = Instant::now();
-    let t_down = gw.wait_node("victim", false, WAIT).await;
+    let t_down = wait_node(&gw, "victim", false, WAIT).await;
 
     let code = close_code(&mut ws_victim, Duration::from_secs(5)).await;
     let t_close = Instant::now();
@@ -308,7 +260,7 @@ async fn partition_run(
         let done_at_down = served(0);
         wait_for(WAIT, "requests served while the victim is DOWN", || served(0) >= done_at_down + 20).await;
     } else {
-        let r = common::get(gw.http, "/_now").await;
+        let r = common::get(gw.http(), "/_now").await;
         assert_eq!(r.status, 200);
     }
     if victim_latency_ms > 0 {
@@ -318,7 +270,7 @@ async fn partition_run(
     }
     let t_heal = Instant::now();
     part.heal();
-    let t_up = gw.wait_node("victim", true, WAIT).await;
+    let t_up = wait_node(&gw, "victim", true, WAIT).await;
     stop.store(true, Ordering::Relaxed);
     let mut log = Vec::new();
     for l in loads {
@@ -326,9 +278,9 @@ async fn partition_run(
     }
 
     // After the rejoin: the victim serves its prefix and a new WebSocket again.
-    let r = common::get(gw.http, "/victim/_now").await;
+    let r = common::get(gw.http(), "/victim/_now").await;
     assert_eq!((r.status, r.node()), (200, Some("victim")), "prefix of the rejoined node");
-    let mut ws_back = ws(gw.http, "/victim/").await;
+    let mut ws_back = ws(gw.http(), "/victim/").await;
     assert_eq!(ws_node(&mut ws_back, "v2").await, "victim");
 
     // Every request answered by a live node, except those already sent to the victim on an open
