@@ -9,14 +9,13 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use kuzzle_gateway::app;
 use kuzzle_gateway::control::config::Config;
 use kuzzle_gateway::control::listeners::ListenerKind;
@@ -41,176 +40,16 @@ fn node_lines(sims: &[&Sim]) -> String {
     nodes_toml(sims)
 }
 
-/// What the load generators saw.
-#[derive(Default)]
-struct Tally {
-    http_ok: AtomicU64,
-    http_non2xx: AtomicU64,
-    http_errors: AtomicU64,
-    refused: AtomicU64,
-    ws_sent: AtomicU64,
-    ws_echoed: AtomicU64,
-    ws_disconnects: AtomicU64,
-}
-
-impl Tally {
-    fn report(&self) -> String {
-        format!(
-            "http ok {} non-2xx {} errors {} refused {}; ws sent {} echoed {} disconnects {}",
-            self.http_ok.load(Ordering::Relaxed),
-            self.http_non2xx.load(Ordering::Relaxed),
-            self.http_errors.load(Ordering::Relaxed),
-            self.refused.load(Ordering::Relaxed),
-            self.ws_sent.load(Ordering::Relaxed),
-            self.ws_echoed.load(Ordering::Relaxed),
-            self.ws_disconnects.load(Ordering::Relaxed),
-        )
-    }
-
-    fn assert_clean(&self) {
-        let r = self.report();
-        assert!(self.http_ok.load(Ordering::Relaxed) > 0, "no HTTP request succeeded: {r}");
-        assert_eq!(self.http_non2xx.load(Ordering::Relaxed), 0, "{r}");
-        assert_eq!(self.http_errors.load(Ordering::Relaxed), 0, "{r}");
-        assert_eq!(self.refused.load(Ordering::Relaxed), 0, "{r}");
-        assert_eq!(self.ws_disconnects.load(Ordering::Relaxed), 0, "{r}");
-        assert_eq!(self.ws_sent.load(Ordering::Relaxed), self.ws_echoed.load(Ordering::Relaxed), "{r}");
-    }
-}
-
-/// One keep-alive HTTP/1.1 connection of the load generator (connect errors are counted, not panics).
-struct LoadConn(hyper::client::conn::http1::SendRequest<http_body_util::Full<Bytes>>);
-
-impl LoadConn {
-    async fn connect(addr: SocketAddr) -> Result<LoadConn, String> {
-        let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out".to_string())?
-            .map_err(|e| e.to_string())?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(LoadConn(sender))
-    }
-
-    /// GET a path: (status, response said `Connection: close`).
-    async fn get(&mut self, path: &str) -> Result<(u16, bool), String> {
-        use http_body_util::BodyExt;
-        let req = http::Request::get(path)
-            .header("host", "gw.test")
-            .body(http_body_util::Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
-        self.0.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
-        let resp = tokio::time::timeout(Duration::from_secs(30), self.0.send_request(req))
-            .await
-            .map_err(|_| "no response within 30 s".to_string())?
-            .map_err(|e| e.to_string())?;
-        let close = resp.headers().get("connection").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
-        let status = resp.status().as_u16();
-        resp.into_body().collect().await.map_err(|e| e.to_string())?;
-        Ok((status, close))
-    }
-}
-
-/// HTTP load: `fresh` = a new connection per request (what a refused connection shows on),
-/// otherwise one keep-alive connection (renewed only when a response says `Connection: close`).
-/// Runs until `stop` (bounded by `LOAD_CAP`).
-fn http_load(addr: SocketAddr, fresh: bool, stop: Arc<AtomicBool>, t: Arc<Tally>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let start = Instant::now();
-        let mut keep: Option<LoadConn> = None;
-        while !stop.load(Ordering::Relaxed) && start.elapsed() < LOAD_CAP {
-            if fresh || keep.is_none() {
-                match LoadConn::connect(addr).await {
-                    Ok(c) => keep = Some(c),
-                    Err(e) => {
-                        eprintln!("connect to {addr}: {e}");
-                        t.refused.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                }
-            }
-            let Some(c) = keep.as_mut() else { continue };
-            match c.get("/_serverInfo").await {
-                Ok((status, close)) => {
-                    if (200..300).contains(&status) {
-                        t.http_ok.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        eprintln!("non-2xx {status}");
-                        t.http_non2xx.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // As any HTTP client: a response saying `Connection: close` ends the connection.
-                    if close {
-                        keep = None;
-                    }
-                }
-                Err(e) => {
-                    eprintln!(
-                        "HTTP error ({} connection, after {:?}): {e}",
-                        if fresh { "fresh" } else { "keep-alive" },
-                        start.elapsed()
-                    );
-                    t.http_errors.fetch_add(1, Ordering::Relaxed);
-                    keep = None;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-}
-
-/// One WebSocket client sending `server:now` every ~`every` and checking each answer comes back,
-/// until `stop`; then it closes normally. Returns the node it was tunnelled to.
-async fn ws_client(
-    ws: Ws,
-    id: usize,
-    every: Duration,
-    stop: Arc<AtomicBool>,
-    t: Arc<Tally>,
-) -> tokio::task::JoinHandle<String> {
-    tokio::spawn(async move {
-        let mut ws = ws;
-        let mut node = String::new();
-        let start = Instant::now();
-        let mut k = 0u64;
-        while !stop.load(Ordering::Relaxed) && start.elapsed() < LOAD_CAP {
-            k += 1;
-            let rid = format!("c{id}-{k}");
-            t.ws_sent.fetch_add(1, Ordering::Relaxed);
-            let req = json!({"controller": "server", "action": "now", "requestId": rid});
-            if ws.send(Message::text(req.to_string())).await.is_err() {
-                t.ws_disconnects.fetch_add(1, Ordering::Relaxed);
-                return node;
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, ws.next()).await {
-                    Ok(Some(Ok(Message::Text(txt)))) => {
-                        let v: serde_json::Value = serde_json::from_str(&txt).unwrap_or_default();
-                        if v["requestId"] == rid.as_str() {
-                            t.ws_echoed.fetch_add(1, Ordering::Relaxed);
-                            node = v["node"].as_str().unwrap_or_default().to_string();
-                            break;
-                        }
-                    }
-                    Ok(Some(Ok(_))) => continue,
-                    other => {
-                        eprintln!("ws client {id} lost its connection waiting for {rid}: {other:?}");
-                        t.ws_disconnects.fetch_add(1, Ordering::Relaxed);
-                        return node;
-                    }
-                }
-            }
-            tokio::time::sleep(every).await;
-        }
-        let _ = ws.close(None).await;
-        node
-    })
+/// The load of these tests: `n` clients asking `/_serverInfo` every 10 ms, half on a new
+/// connection per request (what a refused connection shows on), half on one kept alive.
+fn load(addr: SocketAddr, n: usize) -> Load {
+    let shot = Shot::get("/_serverInfo");
+    Load::builder(addr)
+        .fresh(n.div_ceil(2), shot.clone())
+        .keep_alive(n / 2, shot)
+        .pause(Duration::from_millis(10))
+        .max(LOAD_CAP)
+        .start()
 }
 
 /// Open `n` WebSockets to `addr` (all must succeed).
@@ -246,16 +85,8 @@ async fn config_changes_under_load_lose_nothing() {
     let cfg = Config::load(&file).expect("valid config");
     let h = app::bind_and_start(cfg).expect("gateway starts");
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Arc::new(Tally::default());
-    let mut loads = Vec::new();
-    for i in 0..4 {
-        loads.push(http_load(h.http_addr, i % 2 == 0, stop.clone(), t.clone()));
-    }
-    let mut clients = Vec::new();
-    for (i, w) in open_ws(h.http_addr, "/", WS_CLIENTS).await.into_iter().enumerate() {
-        clients.push(ws_client(w, i, Duration::from_millis(150), stop.clone(), t.clone()).await);
-    }
+    let load = load(h.http_addr, 4);
+    let clients = WsLoad::start(open_ws(h.http_addr, "/", WS_CLIENTS).await, Duration::from_millis(150), LOAD_CAP);
 
     let mut rng_state = 7u64;
     let mut next = move || {
@@ -305,24 +136,16 @@ async fn config_changes_under_load_lose_nothing() {
         // (reloads_ok is bumped just after the swap; counted once at the end)
         // Listeners did not move.
         assert_eq!(h.listeners.local_addr(ListenerKind::Http), Some(h.http_addr));
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // Traffic on this configuration before the next change.
+        load.wait_ok(10, &format!("requests served after change {step}")).await;
     }
-    // A last interval of traffic on the final configuration, then stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in loads {
-        l.await.expect("load task");
-    }
-    for c in clients {
-        c.await.expect("ws task");
-    }
-    eprintln!("config_changes_under_load: {}", t.report());
-    t.assert_clean();
-    assert!(
-        t.ws_echoed.load(Ordering::Relaxed) >= (WS_CLIENTS * CHANGES) as u64 / 4,
-        "too little WS traffic: {}",
-        t.report()
-    );
+    // A last stretch of traffic on the final configuration, then stop.
+    load.wait_ok(40, "requests served on the final configuration").await;
+    let (report, ws) = (load.stop().await, clients.stop().await);
+    eprintln!("config_changes_under_load: {report:?}; {ws:?}");
+    report.assert_clean("config changes under load");
+    ws.assert_clean("config changes under load");
+    assert!(ws.echoed >= (WS_CLIENTS * CHANGES) as u64 / 4, "too little WS traffic: {ws:?}");
     assert!(
         h.reloads.ok.load(Ordering::Relaxed) >= (CHANGES - 2) as u64,
         "reloads ok: {}",
@@ -376,19 +199,18 @@ async fn listener_address_change_keeps_serving() {
     let (r, _) = ws_call(&mut w, json!({"controller": "server", "action": "now", "requestId": "before"})).await;
     assert_eq!(r["status"], 200);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Arc::new(Tally::default());
-    let load = http_load(old_addr, false, stop.clone(), t.clone());
-    eventually(Duration::from_secs(10), "load running", || async {
-        (t.http_ok.load(Ordering::Relaxed) > 0).then_some(())
-    })
-    .await;
+    let load = Load::builder(old_addr)
+        .keep_alive(1, Shot::get("/_serverInfo"))
+        .pause(Duration::from_millis(10))
+        .max(LOAD_CAP)
+        .start();
+    load.wait_ok(1, "load running").await;
 
     // Move both listeners; reload through the ops endpoint (authenticated).
     let l2 = format!("127.0.0.1:{p2}");
     let st2 = format!("127.0.0.1:{s2}");
     std::fs::write(&file, config_text(&l2, &st2, "roundrobin", "watch = false", &node_lines(&[&a]))).expect("write");
-    let auth = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
+    let auth = ops_auth();
     let r = request(h.stats_addr, "POST", "/reload", &[auth, JSON], Bytes::new()).await;
     assert_eq!(r.status, 200, "reload: {}", String::from_utf8_lossy(&r.body));
     let new_addr: SocketAddr = l2.parse().expect("addr");
@@ -406,9 +228,7 @@ async fn listener_address_change_keeps_serving() {
     assert_eq!(keep.send("GET", "/_serverInfo", &[], Bytes::new()).await.status, 200);
     let (r, _) = ws_call(&mut w, json!({"controller": "server", "action": "now", "requestId": "after"})).await;
     assert_eq!(r["status"], 200);
-    stop.store(true, Ordering::Relaxed);
-    load.await.expect("load");
-    t.assert_clean();
+    load.stop().await.assert_clean("a keep-alive client while the listener moves");
 
     // A listener that cannot be bound refuses the whole reload.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -470,55 +290,14 @@ async fn drain_timeout_closes_only_removed_nodes_tunnels() {
 // Binary upgrade with the real binary
 // ---------------------------------------------------------------------------------------------
 
-/// Spawn `kuzzle-gateway ARGS`; its output lines go to a channel (and to stderr for debugging).
-fn spawn_gateway(args: &[&str]) -> (KillOnDrop, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(bin("kuzzle-gateway"))
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start kuzzle-gateway: {e}"));
-    let out = child.stdout.take().expect("stdout piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            eprintln!("[gateway {}] {line}", args_tag());
-            let _ = tx.send(line);
-        }
-    });
-    (KillOnDrop(child), rx)
+/// The first gateway process on `file`, once it offers its sockets to an upgrade.
+fn start_first(file: &Path) -> Gateway {
+    Gateway::builder().name("old").config_file(file).ready_on("upgrade socket ready").start()
 }
 
-fn args_tag() -> &'static str {
-    "child"
-}
-
-/// The first output line containing `needle` (the lines before it are skipped).
-fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) if l.contains(needle) => return l,
-            Ok(_) => continue,
-            Err(_) => panic!("no output line containing {needle:?} within {timeout:?}"),
-        }
-    }
-}
-
-fn wait_exit(child: &mut KillOnDrop, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if let Ok(Some(s)) = child.0.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    None
+/// `kuzzle-gateway --config FILE --upgrade`, once it took the sockets over ("upgrade complete").
+fn start_upgrade(file: &Path) -> Gateway {
+    Gateway::builder().name("new").config_file(file).arg("--upgrade").ready_on("upgrade complete").start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,37 +312,26 @@ async fn binary_upgrade_hands_over_sockets_without_refusing() {
     let text =
         config_text(&format!("127.0.0.1:{p}"), &format!("127.0.0.1:{s}"), "leastconn", &extra, &node_lines(&[&a, &b]));
     std::fs::write(&file, text).expect("write");
-    let cfg = file.to_str().expect("utf-8 path");
-    let addr: SocketAddr = format!("127.0.0.1:{p}").parse().expect("addr");
-    let stats: SocketAddr = format!("127.0.0.1:{s}").parse().expect("addr");
 
-    let (mut old, old_out) = spawn_gateway(&["--config", cfg]);
-    wait_for_line(&old_out, "upgrade socket ready", READY_TIMEOUT);
+    let mut old = start_first(&file);
+    let (addr, stats) = (old.http(), old.ops());
     assert_eq!(get(stats, "/healthz").await.status, 200);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Arc::new(Tally::default());
-    let mut loads = Vec::new();
-    for i in 0..4 {
-        loads.push(http_load(addr, i % 2 == 0, stop.clone(), t.clone()));
-    }
+    let load = load(addr, 4);
     // WebSockets opened on the old process: they must keep working across the hand-over.
-    let ws_stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for (i, w) in open_ws(addr, "/", 10).await.into_iter().enumerate() {
-        clients.push(ws_client(w, i, Duration::from_millis(100), ws_stop.clone(), t.clone()).await);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let clients = WsLoad::start(open_ws(addr, "/", 10).await, Duration::from_millis(100), LOAD_CAP);
+    load.wait_ok(20, "load running on the old process").await;
 
-    let (mut new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
-    wait_for_line(&new_out, "upgrade complete", READY_TIMEOUT);
-    wait_for_line(&new_out, "upgrade socket ready", READY_TIMEOUT);
-    // Load continues on the new process; the old one is alive for its tunnels.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(old.0.try_wait().expect("try_wait").is_none(), "old process exited while its WebSockets were open");
-    let echoed_before = t.ws_echoed.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(t.ws_echoed.load(Ordering::Relaxed) > echoed_before, "WebSockets on the old process stalled");
+    let mut new = start_upgrade(&file);
+    new.wait_line("upgrade socket ready", READY_TIMEOUT);
+    // Load continues on the new process; the old one serves its tunnels and stays alive for them.
+    load.wait_ok(50, "load served after the hand-over").await;
+    let echoed = clients.snapshot().echoed;
+    eventually(T, "WebSockets on the old process answered after the hand-over", || async {
+        (clients.snapshot().echoed >= echoed + 20).then_some(())
+    })
+    .await;
+    assert!(old.is_running(), "old process exited while its WebSockets were open");
     // New WebSockets go to the new process and work.
     let mut w = ws(addr, "/").await;
     let (r, _) = ws_call(&mut w, json!({"controller": "server", "action": "now", "requestId": "new-1"})).await;
@@ -571,24 +339,17 @@ async fn binary_upgrade_hands_over_sockets_without_refusing() {
     drop(w);
     assert_eq!(get(stats, "/healthz").await.status, 200, "stats listener handed over too");
 
-    stop.store(true, Ordering::Relaxed);
-    for l in loads {
-        l.await.expect("load");
-    }
+    let report = load.stop().await;
     // Closing the old process's last tunnels lets it exit 0.
-    ws_stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.expect("ws task");
-    }
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(20))).await.expect("join");
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "old process did not exit 0 after its last tunnel closed");
-    eprintln!("binary_upgrade: {}", t.report());
-    t.assert_clean();
+    let ws = clients.stop().await;
+    let status = old.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "old process did not exit 0 after its last tunnel closed");
+    eprintln!("binary_upgrade: {report:?}; {ws:?}");
+    report.assert_clean("binary upgrade");
+    ws.assert_clean("binary upgrade");
 
     // The new process is a normal gateway now: SIGTERM stops it.
-    let _ = Command::new("kill").args(["-TERM", &new.0.id().to_string()]).status();
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut new, Duration::from_secs(20))).await.expect("join");
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "new process did not stop on SIGTERM");
+    assert_eq!(new.stop().code(), Some(0), "new process did not stop on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -671,48 +432,9 @@ fn two_addrs() -> (SocketAddr, SocketAddr) {
     (a(free_port()), a(free_port()))
 }
 
-/// Block on a child's output without holding a runtime worker.
-fn line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
-    tokio::task::block_in_place(|| wait_for_line(rx, needle, READY_TIMEOUT))
-}
-
-/// A child's output lines up to the first containing `needle`, that one included.
-fn lines_until(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
-    tokio::task::block_in_place(|| {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut seen = Vec::new();
-        while !seen.last().is_some_and(|l: &String| l.contains(needle)) {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => seen.push(l),
-                Err(_) => panic!("no output line containing {needle:?} within {READY_TIMEOUT:?}"),
-            }
-        }
-        seen
-    })
-}
-
 /// The line of `lines` containing `needle` (panics naming it otherwise).
 fn find<'a>(lines: &'a [String], needle: &str) -> &'a str {
     lines.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line containing {needle:?} in {lines:#?}"))
-}
-
-/// HTTP load: `n` clients, half on a new connection per request.
-fn load(addr: SocketAddr, n: usize, stop: &Arc<AtomicBool>, t: &Arc<Tally>) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..n).map(|i| http_load(addr, i % 2 == 0, stop.clone(), t.clone())).collect()
-}
-
-/// At least `more` requests succeed from now on.
-async fn wait_ok(t: &Tally, more: u64, what: &str) {
-    let from = t.http_ok.load(Ordering::Relaxed);
-    eventually(T, what, || async { (t.http_ok.load(Ordering::Relaxed) >= from + more).then_some(()) }).await;
-}
-
-/// SIGTERM a gateway process and expect exit 0.
-async fn term(mut child: KillOnDrop) {
-    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
-    let status =
-        tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(20))).await.expect("join");
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "gateway did not stop on SIGTERM");
 }
 
 /// Nodes learned from Kuzzle 2 ID cards, 8 HTTP clients: three binary upgrades in a row lose no
@@ -736,35 +458,26 @@ async fn upgrades_lose_no_request(nodes: RedisNodes) {
     let file = dir.join("gw.toml");
     let (addr, stats) = two_addrs();
     std::fs::write(&file, nodes.config(addr, stats, &dir.join("upgrade.sock"), "", "")).expect("write");
-    let cfg = file.to_str().expect("utf-8 path");
 
-    let (mut old, mut old_out) = spawn_gateway(&["--config", cfg]);
-    line(&old_out, "upgrade socket ready");
+    let mut old = start_first(&file);
     nodes.wait_routable(addr).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Arc::new(Tally::default());
-    let loads = load(addr, 8, &stop, &t);
-    wait_ok(&t, 50, "load running on the first process").await;
+    let load = load(addr, 8);
+    load.wait_ok(50, "load running on the first process").await;
 
     let mut states = Vec::new();
     for round in 1..=3 {
-        let (new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
-        states.push(lines_until(&new_out, "upgrade complete"));
-        line(&new_out, "upgrade socket ready");
-        let status =
-            tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(20))).await.expect("join");
-        assert_eq!(status.map(|s| s.code()), Some(Some(0)), "round {round}: the old process did not exit 0");
-        wait_ok(&t, 50, &format!("load served by the process of round {round}")).await;
-        eprintln!("after upgrade {round}: {}", t.report());
-        (old, old_out) = (new, new_out);
+        let new = start_upgrade(&file);
+        states.push(new.lines_until("upgrade complete", T));
+        new.wait_line("upgrade socket ready", READY_TIMEOUT);
+        let status = old.wait_exit(Duration::from_secs(20));
+        assert_eq!(status.code(), Some(0), "round {round}: the old process did not exit 0");
+        load.wait_ok(50, &format!("load served by the process of round {round}")).await;
+        eprintln!("after upgrade {round}: {:?}", load.snapshot());
+        old = new;
     }
-    drop(old_out);
-    stop.store(true, Ordering::Relaxed);
-    for l in loads {
-        l.await.expect("load");
-    }
-    eprintln!("binary_upgrades_with_redis_membership: {}", t.report());
-    t.assert_clean();
+    let report = load.stop().await;
+    eprintln!("binary_upgrades_with_redis_membership: {report:?}");
+    report.assert_clean("binary upgrades with Redis membership");
     for (round, lines) in states.iter().enumerate() {
         let state = find(lines, "state of the running gateway");
         assert!(
@@ -773,7 +486,7 @@ async fn upgrades_lose_no_request(nodes: RedisNodes) {
         );
         find(lines, "routing from the first connection");
     }
-    term(old).await;
+    assert_eq!(old.stop().code(), Some(0), "gateway did not stop on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -788,37 +501,28 @@ async fn binary_upgrade_without_usable_state_waits_until_it_can_route() {
     let sock = dir.join("upgrade.sock");
     // The old process must not reload the changed file: it runs with the first settings.
     std::fs::write(&file, nodes.config(addr, stats, &sock, "watch = false", "")).expect("write");
-    let cfg = file.to_str().expect("utf-8 path");
-    let (old, old_out) = spawn_gateway(&["--config", cfg]);
-    line(&old_out, "upgrade socket ready");
+    let mut old = start_first(&file);
     nodes.wait_routable(addr).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Arc::new(Tally::default());
-    let loads = load(addr, 8, &stop, &t);
-    wait_ok(&t, 50, "load running on the first process").await;
+    let load = load(addr, 8);
+    load.wait_ok(50, "load running on the first process").await;
 
     let changed = nodes.config(addr, stats, &sock, "watch = false", "allowed_networks = [\"127.0.0.0/8\"]");
     std::fs::write(&file, changed).expect("write");
-    let (new, new_out) = spawn_gateway(&["--config", cfg, "--upgrade"]);
-    let lines = lines_until(&new_out, "upgrade complete");
-    let mut old = old;
-    let status = tokio::task::spawn_blocking(move || wait_exit(&mut old, Duration::from_secs(20))).await.expect("join");
-    assert_eq!(status.map(|s| s.code()), Some(Some(0)), "the old process did not exit 0");
-    wait_ok(&t, 50, "load served by the new process").await;
-    stop.store(true, Ordering::Relaxed);
-    for l in loads {
-        l.await.expect("load");
-    }
-    eprintln!("binary_upgrade_without_usable_state: {}", t.report());
-    t.assert_clean();
+    let mut new = start_upgrade(&file);
+    let lines = new.lines_until("upgrade complete", T);
+    let status = old.wait_exit(Duration::from_secs(20));
+    assert_eq!(status.code(), Some(0), "the old process did not exit 0");
+    load.wait_ok(50, "load served by the new process").await;
+    let report = load.stop().await;
+    eprintln!("binary_upgrade_without_usable_state: {report:?}");
+    report.assert_clean("binary upgrade without usable state");
     let state = find(&lines, "state of the running gateway");
     assert!(state.contains("not the nodes") && state.contains("routable=false"), "{state}");
     // In this order: it waited for Redis and the checks before it took the sockets.
     let at = |needle: &str| lines.iter().position(|l| l.contains(needle));
     let (wait, ready) = (at("waiting for the first membership read"), at("ready: Redis read and every node"));
     assert!(wait.is_some() && wait < ready, "{lines:#?}");
-    drop(new_out);
-    term(new).await;
+    assert_eq!(new.stop().code(), Some(0), "gateway did not stop on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -838,25 +542,18 @@ async fn a_start_with_redis_membership_under_load_answers_no_no_node() {
     let reserve = tokio::net::TcpSocket::new_v4().expect("socket");
     reserve.set_reuseaddr(true).expect("SO_REUSEADDR");
     reserve.bind(addr).expect("reserve the client port");
-    let stop = Arc::new(AtomicBool::new(false));
-    let t = Arc::new(Tally::default());
-    let loads = load(addr, 8, &stop, &t);
+    let load = load(addr, 8);
     eventually(T, "clients refused before the gateway listens", || async {
-        (t.refused.load(Ordering::Relaxed) >= 8).then_some(())
+        (load.snapshot().refused >= 8).then_some(())
     })
     .await;
-    let (gw, out) = spawn_gateway(&["--config", file.to_str().expect("utf-8 path")]);
-    wait_ok(&t, 200, "requests served once the gateway accepts").await;
-    stop.store(true, Ordering::Relaxed);
-    for l in loads {
-        l.await.expect("load");
-    }
-    eprintln!("start_with_redis_membership: {}", t.report());
-    let r = t.report();
-    assert_eq!(t.http_non2xx.load(Ordering::Relaxed), 0, "a \"no node\" answer once it accepted: {r}");
-    assert_eq!(t.http_errors.load(Ordering::Relaxed), 0, "{r}");
-    drop((out, reserve));
-    term(gw).await;
+    let mut gw = Gateway::builder().config_file(&file).no_wait().start();
+    load.wait_ok(200, "requests served once the gateway accepts").await;
+    let report = load.stop().await;
+    eprintln!("start_with_redis_membership: {report:?}");
+    assert_eq!(report.failed_connected(), 0, "a \"no node\" answer once it accepted: {report:?}");
+    drop(reserve);
+    assert_eq!(gw.stop().code(), Some(0), "gateway did not stop on SIGTERM");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
