@@ -11,10 +11,6 @@ use common::*;
 use kuzzle_gateway::app::Handle;
 use serde_json::{json, Value};
 
-/// Basic auth `kuzzle:kuzzle` (the ops listener's default).
-const OPS_AUTH: (&str, &str) = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
-/// Generous bound for anything membership must reach (it needs about a second).
-const WAIT: Duration = Duration::from_secs(15);
 const HEARTBEAT: &str = "300ms";
 const FAST_HEALTH: &str = "[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 1\nfall = 2\n";
 
@@ -313,7 +309,7 @@ async fn malformed_messages_are_dropped_and_counted() {
         assert!(by_reason[reason].as_u64().unwrap_or(0) >= 1, "{reason} counted: {by_reason}");
     }
     // /metrics shows the drops by reason.
-    let m = request(h.stats_addr, "GET", "/metrics", &[OPS_AUTH], Bytes::new()).await;
+    let m = request(h.stats_addr, "GET", "/metrics", &[ops_auth()], Bytes::new()).await;
     let text = String::from_utf8_lossy(&m.body).to_string();
     let line = text
         .lines()
@@ -322,7 +318,7 @@ async fn malformed_messages_are_dropped_and_counted() {
     assert!(line.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()).is_some_and(|v| v >= 1), "{line}");
     assert!(text.contains("kuzzle_gateway_cluster_redis_connected 1"), "connected gauge");
     // The ops listener serves the same status.
-    let r = request(h.stats_addr, "GET", "/cluster/status", &[OPS_AUTH], Bytes::new()).await;
+    let r = request(h.stats_addr, "GET", "/cluster/status", &[ops_auth()], Bytes::new()).await;
     assert_eq!(r.status, 200);
     assert!(r.json()["nodes"].as_array().is_some_and(|a| a.iter().any(|n| n["name"] == "cluster_kuzzle_1")));
     h.shutdown().await;
@@ -402,7 +398,7 @@ async fn redis_cluster_membership_status_and_reset_on_every_master() {
     ps.subscribe("cluster:sync").expect("SUBSCRIBE");
     ps.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
 
-    let r = request(h.stats_addr, "POST", "/cluster/reset", &[OPS_AUTH, JSON], Bytes::new()).await;
+    let r = request(h.stats_addr, "POST", "/cluster/reset", &[ops_auth(), JSON], Bytes::new()).await;
     assert_eq!(r.status, 200, "reset: {}", String::from_utf8_lossy(&r.body));
     let body = r.json();
     assert_eq!(body["masters"].as_array().map(Vec::len), Some(3), "{body}");

@@ -17,10 +17,6 @@ use kuzzle_gateway::core::health::{CheckKind, HealthView};
 /// Fast checks: DOWN after 3 x ~200 ms, UP after 2. The timeout stays generous so that a busy
 /// machine does not fail healthy nodes.
 const FAST_HEALTH: &str = "[health]\ninterval = \"200ms\"\ntimeout = \"1s\"\nrise = 2\nfall = 3\n";
-/// Basic auth `kuzzle:kuzzle` (the ops listener's default).
-const OPS_AUTH: (&str, &str) = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
-/// Generous bound for anything the checks must reach (they need well under a second).
-const WAIT: Duration = Duration::from_secs(10);
 
 fn view(h: &Handle, name: &str) -> HealthView {
     h.core.snapshot().node(name).unwrap_or_else(|| panic!("gateway has no node {name}")).health.view()
@@ -40,7 +36,7 @@ async fn sim_ready(sim: &Sim, ready: bool) {
 }
 
 async fn ops_state(h: &Handle, node: &str, state: &str) -> Resp {
-    request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[OPS_AUTH, JSON], Bytes::from(state.to_string()))
+    request(h.stats_addr, "POST", &format!("/nodes/{node}/state"), &[ops_auth(), JSON], Bytes::from(state.to_string()))
         .await
 }
 

@@ -153,11 +153,6 @@ async fn wait_routable(gw: &kuzzle_gateway::app::Handle, n: usize, limit: Durati
     .await;
 }
 
-/// Run a blocking cluster step (process starts and waits) without stalling the load's tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 /// The scenario, on any cluster of three nodes behind the shipped Kuzzle 2 config: a
 /// rolling restart (0 failed requests, every subscriber receiving again), a crash (no GET fails,
 /// at most the POSTs in flight on that node), a 4th node (takes traffic within 2 s of being
@@ -200,7 +195,7 @@ async fn scenario(cluster: &mut impl Nodes, what: &str) {
 
     // A crash (SIGKILL): no GET fails; at most the POSTs in flight on that node.
     let l = load(gw.http_addr);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    l.wait_ok(50, "the load running before the crash").await;
     cluster.crash(1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let report = l.stop().await;

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,8 +16,6 @@ use common::*;
 use kuzzle_gateway::app::Handle;
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(15);
-const OPS_AUTH: (&str, &str) = ("authorization", "Basic a3V6emxlOmt1enpsZQ==");
 /// Fast checks; a long heartbeat timeout, since forged members never heartbeat.
 const HEALTH: &str = "[health]\ninterval = \"200ms\"\ntimeout = \"500ms\"\nrise = 2\nfall = 2\n";
 
@@ -52,12 +51,15 @@ fn drops(h: &Handle, reason: &str) -> u64 {
     h.cluster.metrics.dropped[i].load(Ordering::Relaxed)
 }
 
-fn rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(String::from))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
+/// Failed checks per forged member now.
+fn forged_checks(h: &Handle) -> BTreeMap<String, u64> {
+    h.core
+        .snapshot()
+        .nodes
+        .iter()
+        .filter(|b| b.name.starts_with("forged_"))
+        .map(|b| (b.name.clone(), b.health.view().failed_checks))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,7 +103,7 @@ async fn a_flood_of_forged_joins_leaves_service_through_real_nodes_unaffected() 
     let (a, b) = (Sim::start("real_a", &[]), Sim::start("real_b", &[]));
     let h = gateway(&trust_toml(&redis, &nodes_toml(&[&a, &b]), "max_nodes = 64\n")).await;
     connected(&h).await;
-    let rss_before = rss_kb();
+    let rss_before = rss_kib(std::process::id());
 
     // Balanced requests from 4 keep-alive clients, for the whole flood and a while after.
     let stop = Arc::new(AtomicBool::new(false));
@@ -144,13 +146,18 @@ async fn a_flood_of_forged_joins_leaves_service_through_real_nodes_unaffected() 
         (seen >= u64::from(FORGED)).then_some(())
     })
     .await;
-    // A few more check rounds of the forged nodes while the clients go on.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Two more check rounds of the forged members while the clients go on.
+    let before = forged_checks(&h);
+    eventually(T, "two more check rounds of the forged members", || async {
+        let now = forged_checks(&h);
+        before.iter().all(|(n, c)| now.get(n).is_none_or(|x| *x >= c + 2)).then_some(())
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
         c.await.expect("client task");
     }
-    let rss_after = rss_kb();
+    let rss_after = rss_kib(std::process::id());
     let (ok, total) = (ok.load(Ordering::Relaxed), total.load(Ordering::Relaxed));
     let dynamic = h.core.snapshot().nodes.iter().filter(|b| b.name.starts_with("forged_")).count();
     let (capped, rated) = (drops(&h, "max_nodes"), drops(&h, "join_rate"));
@@ -164,10 +171,11 @@ async fn a_flood_of_forged_joins_leaves_service_through_real_nodes_unaffected() 
     assert_eq!(ok, total, "every balanced request reached a real node during the flood");
     assert!(dynamic <= 64, "membership capped at max_nodes: {dynamic}");
     assert!(capped + rated > 0, "refused joins counted");
-    let text = String::from_utf8_lossy(&request(h.stats_addr, "GET", "/metrics", &[OPS_AUTH], Bytes::new()).await.body)
-        .to_string();
+    let text =
+        String::from_utf8_lossy(&request(h.stats_addr, "GET", "/metrics", &[ops_auth()], Bytes::new()).await.body)
+            .to_string();
     assert!(text.contains("kuzzle_gateway_cluster_dropped_total{reason=\"max_nodes\"}"), "metrics show max_nodes");
-    let st = request(h.stats_addr, "GET", "/cluster/status", &[OPS_AUTH], Bytes::new()).await.json();
+    let st = request(h.stats_addr, "GET", "/cluster/status", &[ops_auth()], Bytes::new()).await.json();
     assert_eq!(st["metrics"]["dropped"]["max_nodes"].as_u64(), Some(capped), "{}", st["metrics"]);
     h.shutdown().await;
 }
