@@ -152,8 +152,7 @@ async fn access_log_text_lines_reopen_on_sigusr1_and_write_errors_never_stop_tra
     // logrotate: the file is moved away, then SIGUSR1; the next lines go to a new file.
     let rotated = dir.join("access.log.1");
     std::fs::rename(&log, &rotated).expect("rotate");
-    let kill = std::process::Command::new("kill").args(["-USR1", &std::process::id().to_string()]).status();
-    assert!(kill.is_ok_and(|s| s.success()), "kill -USR1");
+    signal(std::process::id(), Signal::USR1);
     eventually(T, "a request logged to the new file", || async {
         assert_eq!(get(gw.http_addr, "/_now").await.status, 200);
         std::fs::read_to_string(&log).ok().filter(|t| t.contains("\"GET /_now\"")).map(|_| ())

@@ -254,7 +254,7 @@ async fn simulator_matches_real_kuzzle_where_a_gateway_looks() {
     let sim_addr = sim.addr;
     let pid = sim.pid();
     let ours = observe(sim_addr, || {
-        let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        signal(pid, Signal::TERM);
     })
     .await;
     sim.kill();
