@@ -46,3 +46,11 @@ where
     }
     panic!("timed out after {limit:?} waiting for: {what}");
 }
+
+/// One at a time: a test whose timings are the point (or that loads both cores for long: real
+/// Kuzzle clusters, fleets of gateways, partitions) holds this for its whole run, so that no other
+/// such test of its binary runs beside it. Process-wide: every module of a test binary shares it.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static ONE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    ONE.lock().await
+}
