@@ -2,7 +2,8 @@
 //!
 //! Layout (every item is re-exported here, so a suite's `common` module does
 //! `pub use kuzzle_test_support::*;` and adds only its in-process glue):
-//! - `wait`: the shared bounds `T`, `WAIT` and `READY_TIMEOUT`, and `eventually` (`eventually_every`);
+//! - `wait`: the shared bounds `T`, `WAIT` and `READY_TIMEOUT`, `eventually` (`eventually_every`), and
+//!   `one_at_a_time` for the tests whose timings are the point;
 //! - `scratch`: unique scratch directories;
 //! - `process`: `need` (a missing tool fails the test, naming it), built binaries (`bin`), `KillOnDrop`,
 //!   `signal`, `wait_exit` (the one wait for an exit), `blocking`, `rss_kib`;
@@ -10,7 +11,7 @@
 //!   "serving" line, its addresses, its output lines, signals, its exit;
 //! - `sim`: `kuzzle-node-sim` as a process (`Sim`), and what a node reports it saw (`seen`, `sim_path`);
 //! - `redis_server`: `RedisServer`, a 3-master `RedisCluster`, a plain `Subscriber`;
-//! - `tcp`: `free_port`, raw exchanges, a counting `Relay`, a `rude_node`, a `CannedNode`;
+//! - `tcp`: `free_port`, raw exchanges, `unread_bytes`, a counting `Relay`, a `rude_node`, a `CannedNode`;
 //! - `http_client`: `Client`, `Resp`, `request`/`get`/`post`, `ChanBody`, source-bound `conn_from`,
 //!   `ops_auth`/`basic_auth`;
 //! - `websocket`: `ws`, `ws_next_json`, `ws_wait`, `ws_call`;

@@ -5,16 +5,12 @@
 
 use crate::common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-
-fn sdk_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sim/tests/sdk")
-}
 
 /// Run a command with a deadline, killing it if it overruns; returns its output.
 fn run_bounded(cmd: &mut Command, limit: Duration, what: &str) -> Output {
