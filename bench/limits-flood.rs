@@ -23,15 +23,9 @@ fn v2(src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     h
 }
 
+/// The gateway's RSS in KiB (0 once it is gone).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().to_string()))
-        })
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    kuzzle_test_support::try_rss_kib(pid).unwrap_or(0)
 }
 
 /// One flood connection: header, a request, read the status (0: no answer).

@@ -142,6 +142,17 @@ impl Drop for Client {
     }
 }
 
+/// `authorization` for the ops listener's default credentials (`kuzzle:kuzzle`).
+pub fn ops_auth() -> (&'static str, &'static str) {
+    ("authorization", "Basic a3V6emxlOmt1enpsZQ==")
+}
+
+/// The `authorization` value of HTTP Basic auth for `user:password`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+}
+
 /// One request on a fresh connection (tests that need keep-alive use `Client`).
 pub async fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Bytes) -> Resp {
     Client::connect(addr).await.send(method, path, headers, body).await
@@ -205,4 +216,12 @@ pub async fn send_any(
         .await
         .expect("no response within 30 s")
         .expect("response")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ops_auth_is_basic_auth_of_the_default_credentials() {
+        assert_eq!(super::ops_auth().1, super::basic_auth("kuzzle", "kuzzle"));
+    }
 }

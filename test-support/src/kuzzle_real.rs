@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rustix::process::{kill_process, kill_process_group, Pid, Signal};
 use serde_json::Value;
 
-use crate::process::{need, wait_line};
+use crate::process::{need, wait_exit, wait_line};
 use crate::redis_server::RedisServer;
 use crate::scratch::scratch_dir;
 use crate::tcp::free_port;
@@ -370,16 +370,9 @@ impl KuzzleCluster {
     /// empty (the IDCardRenewer child exits when its parent does); returns the main exit status.
     pub fn wait_exit(&mut self, i: usize) -> ExitStatus {
         let mut g = self.nodes[i].proc.take().unwrap_or_else(|| panic!("node {i} is not running"));
-        let deadline = Instant::now() + EXIT_TIMEOUT;
-        let status = loop {
-            if let Some(st) = g.child.try_wait().expect("try_wait") {
-                break st;
-            }
-            if Instant::now() >= deadline {
-                g.kill();
-                panic!("Kuzzle node {i} did not exit within {EXIT_TIMEOUT:?}\n{}", self.log_tail(i, 20));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = wait_exit(&mut g.child, EXIT_TIMEOUT) else {
+            g.kill();
+            panic!("Kuzzle node {i} did not exit within {EXIT_TIMEOUT:?}\n{}", self.log_tail(i, 20));
         };
         g.wait_empty(Duration::from_secs(10));
         status

@@ -1,10 +1,14 @@
-//! Child processes: finding tools and built binaries, killing children on drop, reading their ready line.
+//! Child processes: finding tools and built binaries, killing children on drop, reading their ready
+//! line, signals, waiting for an exit (the one way the kit does), and a process's resident memory.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+pub use rustix::process::Signal;
+use rustix::process::{kill_process, Pid};
 
 /// Panics, naming the tool and how to install it, unless `tool --version` runs and succeeds.
 pub fn need(tool: &str) {
@@ -77,4 +81,51 @@ pub fn wait_line(
         }
     });
     rx.recv_timeout(timeout).unwrap_or_else(|_| panic!("{what}: not ready within {timeout:?}"))
+}
+
+/// Send `signal` to process `pid` (e.g. `Signal::TERM`, `Signal::HUP`); panics when it cannot be
+/// delivered (the process is gone, or never was).
+pub fn signal(pid: u32, signal: Signal) {
+    let p = i32::try_from(pid).ok().and_then(Pid::from_raw).unwrap_or_else(|| panic!("no such pid {pid}"));
+    kill_process(p, signal).unwrap_or_else(|e| panic!("cannot send {signal:?} to process {pid}: {e}"));
+}
+
+/// Wait at most `limit` for `child` to exit (checked every 20 ms); `None` when it still runs.
+/// Inside a multi-thread tokio runtime the wait leaves the worker to the other tasks.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    blocking(|| {
+        let deadline = Instant::now() + limit;
+        for _ in 0..(limit.as_millis() / 20 + 2) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    })
+}
+
+/// Run a blocking step (a process start, a wait for a line or an exit) from a test: inside a
+/// multi-thread tokio runtime through `block_in_place`, so the runtime's other tasks (load
+/// clients) keep running; elsewhere (a plain `#[test]`, a current-thread runtime) as is.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Resident set size of process `pid` in KiB (`VmRSS` in `/proc/PID/status`, Linux); `None` when
+/// it cannot be read (the process is gone).
+pub fn try_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
+/// Resident set size of process `pid` in KiB; panics when it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    try_rss_kib(pid).unwrap_or_else(|| panic!("cannot read VmRSS of process {pid} (/proc/{pid}/status)"))
 }

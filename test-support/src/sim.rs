@@ -2,12 +2,12 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::http_client::Resp;
-use crate::process::{bin, wait_line};
+use crate::process::{bin, signal, wait_exit, wait_line, Signal};
 use crate::wait::READY_TIMEOUT;
 
 /// A simulated Kuzzle node running as its own process (`kuzzle-node-sim`); killed on drop.
@@ -118,20 +118,12 @@ impl Sim {
     /// window (1 s unless `--shutdown-window` says otherwise), then exits.
     pub fn term(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            for _ in 0..600 {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return;
-                }
-                if Instant::now() >= deadline {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            signal(c.id(), Signal::TERM);
+            if wait_exit(&mut c, Duration::from_secs(10)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+                panic!("kuzzle-node-sim {} did not exit within 10 s of SIGTERM", self.name);
             }
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("kuzzle-node-sim {} did not exit within 10 s of SIGTERM", self.name);
         }
     }
 }

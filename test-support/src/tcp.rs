@@ -16,6 +16,27 @@ pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("no free port on 127.0.0.1")
 }
 
+/// Bytes on established IPv4 connections to or from local port `port` that their reader has
+/// not read yet (both directions, from `/proc/net/tcp`, Linux): 0 once a server read everything
+/// its clients sent (and they read its answers).
+pub fn unread_bytes(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port_of = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let established = f.get(3) == Some(&"01");
+            let ours = port_of(f.get(1)?) == Some(port) || port_of(f.get(2)?) == Some(port);
+            let (tx, rx) = f.get(4)?.split_once(':')?;
+            (established && ours)
+                .then(|| u64::from_str_radix(tx, 16).unwrap_or(0) + u64::from_str_radix(rx, 16).unwrap_or(0))
+        })
+        .sum()
+}
+
 /// Send raw bytes, read what comes back until the peer closes or 5 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
     raw_until(addr, bytes, Duration::from_secs(5)).await.0

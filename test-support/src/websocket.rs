@@ -45,6 +45,23 @@ pub async fn ws_next_json(ws: &mut Ws, timeout: Duration) -> Option<Value> {
     }
 }
 
+/// The next JSON text message satisfying `f` within `within` (other messages skipped); `None`
+/// on timeout, close or error.
+pub async fn ws_next_json_where(ws: &mut Ws, within: Duration, f: impl Fn(&Value) -> bool) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.checked_duration_since(Instant::now())?;
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<Value>(&t) {
+                Ok(v) if f(&v) => return Some(v),
+                _ => continue,
+            },
+            Ok(Some(Ok(_))) => continue,
+            _ => return None,
+        }
+    }
+}
+
 /// The next JSON text message satisfying `f`, within `T`, and the JSON messages that came
 /// before it. Panics on timeout, close, error or a text that is not JSON.
 pub async fn ws_wait(ws: &mut Ws, what: &str, f: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {

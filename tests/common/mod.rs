@@ -64,12 +64,7 @@ pub fn with_test_certs(path: &std::path::Path, dir: &std::path::Path) -> std::pa
 
 /// `kuzzle-gateway --config FILE --check`, run as a process.
 pub fn run_check(file: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(bin("kuzzle-gateway"))
-        .arg("--config")
-        .arg(file)
-        .arg("--check")
-        .output()
-        .expect("run kuzzle-gateway --check")
+    Gateway::run(&["--config", file.to_str().expect("utf-8 path"), "--check"])
 }
 
 /// `kuzzle-gateway --config FILE --check` must pass (`what` names the file in the failure); its

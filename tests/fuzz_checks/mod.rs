@@ -1,4 +1,4 @@
-//! Checks shared by the fuzz targets (fuzz/fuzz_targets/*.rs) and the corpus replay (tests/fuzz_replay.rs): each takes raw fuzzer bytes and panics when an invariant the gateway documents breaks.
+//! Checks shared by the fuzz targets (fuzz/fuzz_targets/*.rs) and the corpus replay (tests/it/fuzz_replay.rs): each takes raw fuzzer bytes and panics when an invariant the gateway documents breaks.
 // Each fuzz target includes this file for one of its checks; the rest is unused there.
 #![allow(dead_code)]
 

@@ -1,0 +1,103 @@
+//! A WebSocket session through the gateway.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_session_through_the_gateway() {
+    let sims: Vec<Sim> = names("cluster_kuzzle_", 2).iter().map(|n| Sim::start(n, &[])).collect();
+    let refs: Vec<&Sim> = sims.iter().collect();
+    let gw = gateway(&gateway_toml(&nodes_toml(&refs))).await;
+    let mut w = ws(gw.http_addr, "/").await;
+
+    // Request / response: requestId echoed, room = requestId (what the SDKs match on).
+    let (r, _) = ws_call(&mut w, kuzzle("server", "now", "req-1")).await;
+    assert_eq!(r["status"], 200, "{r}");
+    assert_eq!(r["room"], "req-1", "{r}");
+    assert!(r["result"]["now"].is_number(), "{r}");
+    let node = r["node"].as_str().expect("node").to_string();
+    let (r, _) = ws_call(&mut w, kuzzle("server", "info", "req-2")).await;
+    assert_eq!(r["node"], node.as_str(), "a WebSocket stays on its node");
+
+    // Subscribe, publish on the same connection: the notification comes back on the channel.
+    let mut sub = kuzzle("realtime", "subscribe", "sub-1");
+    sub["index"] = json!("idx");
+    sub["collection"] = json!("col");
+    sub["body"] = json!({});
+    let (r, _) = ws_call(&mut w, sub).await;
+    assert_eq!(r["status"], 200, "{r}");
+    let channel = r["result"]["channel"].as_str().expect("channel").to_string();
+    assert!(r["result"]["roomId"].is_string(), "{r}");
+    let mut publ = kuzzle("realtime", "publish", "pub-1");
+    publ["index"] = json!("idx");
+    publ["collection"] = json!("col");
+    publ["body"] = json!({"hello": "world", "n": 42});
+    let (r, early) = ws_call(&mut w, publ).await;
+    assert_eq!(r["status"], 200, "{r}");
+    let is_note = |v: &Value| v["room"] == channel.as_str() && v["type"] == "document";
+    let note = match early.into_iter().find(is_note) {
+        Some(n) => n,
+        None => ws_wait(&mut w, "notification", is_note).await.0,
+    };
+    assert_eq!(note["result"]["_source"], json!({"hello": "world", "n": 42}), "{note}");
+    assert_eq!(note["action"], "publish");
+    assert_eq!(note["scope"], "in");
+
+    // Kuzzle's JSON ping, and a WebSocket ping.
+    w.send(Message::text("{\"p\":1}")).await.expect("send");
+    let (p, _) = ws_wait(&mut w, "{\"p\":2}", |v| v.get("p").is_some()).await;
+    assert_eq!(p, json!({"p": 2}));
+    w.send(Message::Ping(Bytes::from_static(b"hb"))).await.expect("ping");
+    let deadline = Instant::now() + T;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, w.next()).await {
+            Ok(Some(Ok(Message::Pong(b)))) => {
+                assert_eq!(&b[..], b"hb");
+                break;
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no pong: {other:?}"),
+        }
+    }
+
+    // A subscriber and a publisher on two connections, both through the node's prefix.
+    let prefix = format!("/{node}/");
+    let mut s = ws(gw.http_addr, &prefix).await;
+    let mut p = ws(gw.http_addr, &prefix).await;
+    let mut sub = kuzzle("realtime", "subscribe", "s");
+    sub["index"] = json!("i2");
+    sub["collection"] = json!("c2");
+    sub["body"] = json!({});
+    let (r, _) = ws_call(&mut s, sub).await;
+    let ch2 = r["result"]["channel"].as_str().expect("channel").to_string();
+    let mut publ = kuzzle("realtime", "publish", "p");
+    publ["index"] = json!("i2");
+    publ["collection"] = json!("c2");
+    publ["body"] = json!({"x": 1});
+    ws_call(&mut p, publ).await;
+    let (note, _) = ws_wait(&mut s, "cross-connection notification", |v| v["room"] == ch2.as_str()).await;
+    assert_eq!(note["result"]["_source"], json!({"x": 1}));
+
+    // A large message both ways (several TCP reads and tunnel buffers).
+    let big = "z".repeat(200_000);
+    let mut publ = kuzzle("realtime", "publish", "big");
+    publ["index"] = json!("i2");
+    publ["collection"] = json!("c2");
+    publ["body"] = json!({"big": big});
+    ws_call(&mut p, publ).await;
+    let (note, _) = ws_wait(&mut s, "big notification", |v| v["result"]["_source"]["big"].is_string()).await;
+    assert_eq!(note["result"]["_source"]["big"].as_str().map(str::len), Some(200_000));
+
+    // Closing from the client side ends the tunnel: the gateway's tunnel count returns to zero.
+    for mut c in [w, s, p] {
+        c.close(None).await.expect("close");
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(T, c.next()).await {}
+    }
+    eventually(T, "tunnels closed", || async { (gw.core.frontend.tunnels.load(Ordering::Relaxed) == 0).then_some(()) })
+        .await;
+    gw.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+// ---------------------------------------------------------------------------------------------
