@@ -157,6 +157,13 @@ async fn state_changes_refuse_cross_site_requests() {
     .await;
     assert_eq!(r.status, 200, "{}", text(&r));
     assert_eq!(admin(), Some(AdminState::Ready));
+    // No node named: 404 (slicing the name out of this path once panicked the connection's task).
+    let json_auth = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    for path in ["/nodes/state", "/nodes//state", "/nodes/nope/state"] {
+        let r = request(a, "POST", path, &json_auth, Bytes::from("{\"state\":\"drain\"}")).await;
+        assert_eq!(r.status, 404, "{path}: {}", text(&r));
+    }
+    assert_eq!(request(a, "GET", "/healthz", &[], Bytes::new()).await.status, 200, "the listener still serves");
     gw.shutdown().await;
 }
 

@@ -170,6 +170,15 @@ async fn an_empty_file_is_refused_on_reload() {
     let failed = h.reload.reload().await.expect_err("an empty file must be refused");
     assert!(failed.to_string().contains("empty"), "{failed}");
     assert_eq!(*h.config(), *running, "the running configuration changed");
+    // A file with several mistakes: the refusal names every one, each at its line and key.
+    let broken = text.replacen("[balance]", "[balance]\nretries = \"many\"", 1).replacen("rise = 1", "rise = 0", 1)
+        + "[gatway]\n";
+    std::fs::write(&file, &broken).expect("write config");
+    let failed = h.reload.reload().await.expect_err("a broken file must be refused").to_string();
+    let keys: Vec<&str> = failed.lines().filter_map(|l| l.split("key `").nth(1)?.split('`').next()).collect();
+    assert_eq!(keys, ["balance.retries", "health.rise", "gatway"], "{failed}");
+    assert!(failed.lines().all(|l| l.contains("gw.toml:")), "every mistake has its file:line: {failed}");
+    assert_eq!(*h.config(), *running, "the running configuration changed");
     assert_eq!(h.listeners.local_addr(ListenerKind::Http), Some(h.http_addr), "the listener moved");
     std::fs::write(&file, text.replace("leastconn", "roundrobin")).expect("write config");
     eventually(Duration::from_secs(10), "the complete file applied", || async {
