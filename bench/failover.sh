@@ -42,7 +42,7 @@ if [ "$SKIP_BUILD" != 1 ]; then
   log "building release binaries"
   cargo build --release --quiet --workspace --bin kuzzle-gateway --bin kuzzle-node-sim || die "release build failed"
 fi
-GW_BIN=$ROOT/target/release/kuzzle-gateway
+GW_BIN=${GW_BIN:-$ROOT/target/release/kuzzle-gateway}
 for b in "$GW_BIN" "$ROOT/target/release/kuzzle-node-sim"; do [ -x "$b" ] || die "missing $b"; done
 
 if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ]; then
