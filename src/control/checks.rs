@@ -1,4 +1,4 @@
-//! Health: the health-check I/O: one checker task per node (HTTP probe, passive failures,
+//! Control plane: the health-check I/O: one checker task per node (HTTP probe, passive failures,
 //! scheduling) and what a transition does (close tunnels, drop pooled connections).
 
 use std::future::Future;

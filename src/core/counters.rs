@@ -1,4 +1,4 @@
-//! Data plane counters: per node and per frontend, atomics only, kept across reloads.
+//! Core: the counters per node and per frontend, atomics only, kept across reloads.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,4 +1,4 @@
-//! Kuzzle's JSON response envelope, for every answer the gateway writes itself (proxy errors and
+//! Data plane: Kuzzle's JSON response envelope, for every answer the gateway writes itself (proxy errors and
 //! the ops listener): `{"status": N, "error": {"status": N, "message": "..."}, "result": null}`.
 
 use bytes::Bytes;

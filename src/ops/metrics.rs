@@ -1,4 +1,4 @@
-//! Control plane: `/metrics`, the gateway's counters in Prometheus text format (0.0.4), with
+//! Ops: `/metrics`, the gateway's counters in Prometheus text format (0.0.4), with
 //! `# HELP`/`# TYPE` for every family and a `node` label per node.
 //!
 //! Counters never go backwards: node counters are shared by name across reloads and rejoins

@@ -1,4 +1,4 @@
-//! Cluster: the membership table. Turns checked Redis events (messages, discovery set, ID cards,
+//! Control plane: the membership table. Turns checked Redis events (messages, discovery set, ID cards,
 //! heartbeat expiry) into registry changes, which the caller applies as one batch.
 
 use std::collections::{HashMap, HashSet, VecDeque};

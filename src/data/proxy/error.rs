@@ -1,4 +1,4 @@
-//! Proxy: why a request failed, as data: whose fault it is (client, node, gateway) and how far the
+//! Data plane: why a request failed, as data: whose fault it is (client, node, gateway) and how far the
 //! request got (nothing sent, sent but not answered). The status, the node's counters, passive
 //! health and whether a re-send is safe are all read from it.
 

@@ -1,4 +1,4 @@
-//! Proxy: header rules: hop-by-hop headers removed (RFC 9110 section 7.6.1), the upgrade pair kept,
+//! Data plane: header rules: hop-by-hop headers removed (RFC 9110 section 7.6.1), the upgrade pair kept,
 //! `X-Forwarded-*` added, the gateway's loop mark (`X-Kuzzle-Gateway`) checked and added.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

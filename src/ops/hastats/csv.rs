@@ -1,4 +1,4 @@
-//! Control plane: `/hastats;csv`, haproxy 2.6's stats CSV (same header, same column order, same
+//! Ops: `/hastats;csv`, haproxy 2.6's stats CSV (same header, same column order, same
 //! row kinds) so that tools written for haproxy's CSV read the gateway's unchanged.
 
 use std::fmt::Write as _;

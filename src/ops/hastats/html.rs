@@ -1,4 +1,4 @@
-//! Control plane: the `/hastats` HTML page: one self-contained, auto-refreshing page in haproxy's
+//! Ops: the `/hastats` HTML page: one self-contained, auto-refreshing page in haproxy's
 //! layout and colours (no external assets, no script), readable on a phone.
 
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-//! Control plane: the `/hastats` views (HTML page, haproxy CSV, JSON), built from one read of the
+//! Ops: the `/hastats` views (HTML page, haproxy CSV, JSON), built from one read of the
 //! gateway's counters and health into a plain [`StatsView`] that every format renders.
 
 mod csv;
