@@ -164,17 +164,18 @@ pin_project_lite::pin_project! {
 impl Tracked {
     /// `first`: a frame already read from `inner` (the proxy reads one before answering, so that a
     /// node that sends a head and closes gets the client a 502 rather than a cut response).
+    /// `sender`: the connection to pool when the body ends; None when the node closes it.
     pub fn new(
         inner: Counted<Incoming>,
         first: Option<Frame<Bytes>>,
-        sender: Sender,
+        sender: Option<Sender>,
         guard: ActiveGuard,
         idle: Duration,
     ) -> Self {
         Tracked {
             inner,
             first,
-            sender: Some(sender),
+            sender,
             guard,
             idle,
             stall: tokio::time::sleep_until(Instant::now() + idle),

@@ -53,6 +53,21 @@ pub fn crossed(h: &HeaderMap, id: &HeaderValue) -> bool {
     h.get_all(&GATEWAY_MARK).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii() == id.as_bytes()))
 }
 
+/// Does this response end its connection (`Connection: close`, or HTTP/1.0 without
+/// `keep-alive`)? Real Kuzzle 2 closes after every answer: such a connection is not pooled.
+pub fn closes_connection(h: &HeaderMap, version: http::Version) -> bool {
+    let tokens = || {
+        h.get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(|t| t.trim_ascii())
+    };
+    if version == http::Version::HTTP_10 {
+        return !tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
+    }
+    tokens().any(|t| t.eq_ignore_ascii_case(b"close"))
+}
+
 /// Remove hop-by-hop headers; with `upgrade`, put back the `Connection: upgrade` + `Upgrade` pair.
 /// One pass over the names first: most messages carry none, or only `Connection: keep-alive`, and
 /// a lookup per hop-by-hop name (nine, on every request and response) cost more than the rest of
@@ -152,6 +167,22 @@ pub fn add_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<Header
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_closing_answer_is_told_apart() {
+        use http::Version;
+        let h = |v: &'static str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::CONNECTION, HeaderValue::from_static(v));
+            m
+        };
+        assert!(closes_connection(&h("close"), Version::HTTP_11));
+        assert!(closes_connection(&h("Keep-Alive, Close"), Version::HTTP_11));
+        assert!(!closes_connection(&h("keep-alive"), Version::HTTP_11));
+        assert!(!closes_connection(&HeaderMap::new(), Version::HTTP_11));
+        assert!(closes_connection(&HeaderMap::new(), Version::HTTP_10), "HTTP/1.0 closes by default");
+        assert!(!closes_connection(&h("keep-alive"), Version::HTTP_10));
+    }
 
     #[test]
     fn hop_index_follows_the_list() {

@@ -25,7 +25,9 @@ use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 
 use self::error::ProxyError;
-use self::headers::{add_forwarded, crossed, is_websocket, strip_hop_by_hop, upgrade_of, GATEWAY_MARK};
+use self::headers::{
+    add_forwarded, closes_connection, crossed, is_websocket, strip_hop_by_hop, upgrade_of, GATEWAY_MARK,
+};
 use self::resend::{read_whole, refusal, refusal_length, Template};
 use self::strict::{strict_framing, strict_target};
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
@@ -680,6 +682,9 @@ async fn exchange(
     }
     node.counters.responses.record(resp.status().as_u16());
     let (mut parts, body) = resp.into_parts();
+    // A connection the node closes after this answer goes back to no pool: the next request
+    // would only find it closing (Kuzzle 2 closes after every answer).
+    let sender = (!closes_connection(&parts.headers, parts.version)).then_some(sender);
     // Transfer-Encoding wins (RFC 9112 6.3): hyper read the body chunked, so a Content-Length
     // beside it would make the client cut the body short.
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {

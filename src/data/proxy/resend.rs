@@ -91,7 +91,7 @@ pub(super) async fn refusal(
     parts: http::response::Parts,
     body: Incoming,
     len: u64,
-    sender: Sender,
+    sender: Option<Sender>,
     wait: std::time::Duration,
 ) -> Result<Response<DownBody>, Failure> {
     let bytes = match tokio::time::timeout(wait, http_body_util::Limited::new(body, len as usize).collect()).await {
@@ -99,7 +99,9 @@ pub(super) async fn refusal(
         Ok(Err(_)) | Err(_) => return Err(Failure::Final(ProxyError::broke(node))),
     };
     node.counters.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    node.release(sender);
+    if let Some(sender) = sender {
+        node.release(sender);
+    }
     let verdict = not_executed(&bytes);
     let n = bytes.len() as u64;
     let resp = Response::from_parts(parts, DownBody::full(bytes));
