@@ -1,5 +1,6 @@
-//! Data plane: one client request: route, pick a node, forward with retries, stream the response or
-//! open a tunnel. Each step is a function; failures are [`ProxyError`]s (whose fault, may re-send).
+//! Data plane: one client request: route, pick a node, forward with retries, stream the response
+//! or open a tunnel. Each step is a function; failures are [`ProxyError`]s that say whose fault
+//! they are and whether the request may be sent again.
 
 pub mod error;
 pub mod headers;
@@ -733,7 +734,8 @@ async fn exchange(
 /// Kuzzle's id of the request, in its answers (the access log's `request_id`).
 const KUZZLE_REQUEST_ID: HeaderName = HeaderName::from_static("x-kuzzle-request-id");
 
-/// Name the answering node in `[gateway] node_header`, over any value it sent (Kuzzle 2 sends `undefined`).
+/// Name the node that answered in `[gateway] node_header` (over any value the node sent: real
+/// Kuzzle 2 sends `undefined`).
 #[inline]
 fn name_node(snap: &Snapshot, node: &Backend, h: &mut HeaderMap) {
     if let (Some(name), Some(value)) = (&snap.node_header, &node.name_value) {
@@ -747,7 +749,8 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
         return Failure::Unsent(Box::new(back));
     }
     if e.error().is_user() {
-        // The client's own body failed (gone mid-upload): not the node's fault, not marked down.
+        // The client's own body failed (it went away mid-upload): not the node's fault, and the
+        // node must not be marked down for it.
         return Failure::Final(ProxyError::client(StatusCode::BAD_REQUEST, error::BODY_CUT_SHORT));
     }
     tracing::debug!(node = %node.name, error = %e.error(), "node broke the exchange");
