@@ -236,6 +236,20 @@ impl Backend {
             && self.membership.load(Ordering::Relaxed) == Membership::Active as u8
     }
 
+    /// Why the node takes no traffic, for the 503 a prefixed request gets (checked in the order
+    /// an operator acts on: leaving, shutting down, maintenance, down).
+    pub fn unavailable_reason(&self) -> &'static str {
+        if self.membership() == Membership::Draining {
+            "is leaving the cluster"
+        } else if self.health.leaving() {
+            "is shutting down"
+        } else if self.admin() != AdminState::Ready {
+            "is in maintenance"
+        } else {
+            "is down"
+        }
+    }
+
     /// The node's share of new traffic, in percent of a full node's: 0 when it takes none, 100
     /// when it takes its full share, in between during `[health] slowstart` after it came UP
     /// (at least 1: a node in slow start always gets some). Times in epoch milliseconds; a node

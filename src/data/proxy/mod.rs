@@ -768,15 +768,7 @@ fn choose(
     if let Some(i) = pinned {
         let node = &snap.nodes[i];
         if !node.eligible() {
-            let why = if node.membership() == crate::core::backend::Membership::Draining {
-                "is leaving the cluster"
-            } else if node.health.leaving() {
-                "is shutting down"
-            } else if node.admin() != crate::core::backend::AdminState::Ready {
-                "is in maintenance"
-            } else {
-                "is down"
-            };
+            let why = node.unavailable_reason();
             return Err(ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, format!("node {} {why}", node.name)));
         }
         return Ok(Some(i));
