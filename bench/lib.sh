@@ -216,14 +216,15 @@ bench_header() {
     "$(haproxy -v | head -1 | awk '{ print "haproxy " $3 }'), $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }')"
 }
 
-# ws_open NAME URL COUNT [ROUND_TRIPS]: start examples/ws_idle (binary WS_BIN) on CPUs LOAD_CPUS with
-# COUNT WebSockets to URL, and return once all are open and idle (dies if they do not open in
-# 120 s). Its output is $WORK/ws-NAME.out; ws_release finishes it.
+# ws_open NAME URL COUNT [ROUND_TRIPS [OPTION...]]: start examples/ws_idle (binary WS_BIN) on CPUs
+# LOAD_CPUS with COUNT WebSockets to URL (and any further ws_idle options, e.g. --ping-every 2),
+# and return once all are open and idle (dies if they do not open in 120 s). Its output is
+# $WORK/ws-NAME.out; ws_release finishes it.
 ws_open() {
   local name=$1 url=$2 count=$3 rt=${4:-0} fifo=$WORK/ws-$1.ctl
   rm -f "$fifo" "$WORK/ws-$name.out"
   mkfifo "$fifo"
-  taskset -c "$LOAD_CPUS" "$WS_BIN" "$url" --count "$count" --concurrency 50 --hold 300 --round-trips "$rt" \
+  taskset -c "$LOAD_CPUS" "$WS_BIN" "$url" --count "$count" --concurrency 50 --hold 300 --round-trips "$rt" "${@:5}" \
     <"$fifo" >"$WORK/ws-$name.out" 2>"$WORK/ws-$name.err" &
   WS_PID=$!; PIDS+=("$WS_PID")
   exec 3>"$fifo"    # keeps ws_idle holding until ws_release writes a line

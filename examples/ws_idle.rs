@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo run --release --example ws_idle -- ws://127.0.0.1:7512/ --count 1000 [--concurrency 50]
-//!     [--hold 600] [--timeout 20] [--round-trips 0]
+//!     [--hold 600] [--timeout 20] [--round-trips 0] [--ping-every 0]
 //! ```
 //! Holding ends at the first of: a line or EOF on stdin, SIGTERM/SIGINT, `--hold` seconds. Then each
 //! connection does one more request/response (so a proxy that silently dropped a tunnel is seen),
@@ -17,6 +17,11 @@
 //! round trips, one after the other, and the tool prints `relay MESSAGES MS P50_MS P99_MS` before
 //! `verified`: the round trips made, the milliseconds from release until the last one, and the
 //! round-trip time percentiles.
+//!
+//! With `--ping-every SECS`, every connection sends the official SDKs' heartbeat `{"p":1}` every
+//! SECS seconds while it idles (first pings spread evenly over one interval) and counts the
+//! `{"p":2}` answers; the tool prints `pings SENT ANSWERED LATE P50_MS P99_MS` before `verified`
+//! (LATE: heartbeats still unanswered when the next one was due, as an SDK would count them).
 
 mod common;
 
@@ -40,10 +45,12 @@ struct Args {
     hold: Duration,
     timeout: Duration,
     round_trips: usize,
+    /// SDK-like heartbeat period while idle (zero: no pings), for the ws-ping benchmark case.
+    ping_every: Duration,
 }
 
 const USAGE: &str =
-    "usage: ws_idle URL [--count N] [--concurrency C] [--hold SECS] [--timeout SECS] [--round-trips M]  (e.g. ws://127.0.0.1:7512/)";
+    "usage: ws_idle URL [--count N] [--concurrency C] [--hold SECS] [--timeout SECS] [--round-trips M] [--ping-every SECS]  (e.g. ws://127.0.0.1:7512/)";
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
@@ -54,6 +61,7 @@ fn parse_args() -> Result<Args, String> {
         hold: Duration::from_secs(600),
         timeout: Duration::from_secs(20),
         round_trips: 0,
+        ping_every: Duration::ZERO,
     };
     while let Some(arg) = it.next() {
         let mut num = |name: &str| -> Result<u64, String> {
@@ -66,6 +74,7 @@ fn parse_args() -> Result<Args, String> {
             "--hold" => a.hold = Duration::from_secs(num("--hold")?),
             "--timeout" => a.timeout = Duration::from_secs(num("--timeout")?.max(1)),
             "--round-trips" => a.round_trips = num("--round-trips")? as usize,
+            "--ping-every" => a.ping_every = Duration::from_secs(num("--ping-every")?),
             "-h" | "--help" => return Err(USAGE.into()),
             s if s.starts_with("--") => return Err(format!("unknown option {s}\n{USAGE}")),
             s if a.url.is_empty() => a.url = s.to_string(),
@@ -76,6 +85,21 @@ fn parse_args() -> Result<Args, String> {
         return Err(format!("need a ws:// URL\n{USAGE}"));
     }
     Ok(a)
+}
+
+/// What the connections report back, shared by all of them.
+#[derive(Default)]
+struct Tally {
+    /// Connections that still answered after the hold (the tool's exit status).
+    verified: AtomicUsize,
+    /// Relay round-trip times, microseconds.
+    relay: Mutex<Vec<u64>>,
+    /// Heartbeats sent (--ping-every).
+    pings_sent: AtomicUsize,
+    /// Heartbeats unanswered when the next one was sent.
+    pings_late: AtomicUsize,
+    /// Heartbeat answer times, microseconds (one per answered ping).
+    ping_lat: Mutex<Vec<u64>>,
 }
 
 /// Send one `server:now` request and wait for the response that echoes its requestId.
@@ -112,8 +136,7 @@ async fn one(
     gate: Arc<Semaphore>,
     opened: mpsc::Sender<Result<(), String>>,
     mut release: watch::Receiver<bool>,
-    verified: Arc<AtomicUsize>,
-    relay: Arc<Mutex<Vec<u64>>>,
+    tally: Arc<Tally>,
 ) {
     let ws = {
         let Ok(_permit) = gate.acquire().await else { return };
@@ -135,16 +158,40 @@ async fn one(
         }
     };
     let mut ws = ws;
-    // Idle, but keep reading so pings are answered and an early close is noticed.
+    // Idle, but keep reading so pings are answered and an early close is noticed; with
+    // --ping-every, send the SDK heartbeat, the first one offset by i/count of a period so that
+    // the pings of all connections spread evenly over time.
+    let pinging = !a.ping_every.is_zero();
+    let period = if pinging { a.ping_every } else { Duration::from_secs(3600) };
+    let offset = period.mul_f64((i % a.count.max(1)) as f64 / a.count.max(1) as f64);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut sent, mut late, mut ping_at, mut ping_lat) = (0usize, 0usize, None::<Instant>, Vec::new());
     let alive = loop {
         tokio::select! {
             r = release.changed() => { let _ = r; break true; }
+            _ = ticks.tick(), if pinging => {
+                if ws.send(Message::text(r#"{"p":1}"#)).await.is_err() {
+                    break false;
+                }
+                late += usize::from(ping_at.is_some());
+                sent += 1;
+                ping_at = Some(Instant::now());
+            }
             m = ws.next() => match m {
+                Some(Ok(Message::Text(t))) if t.as_str() == r#"{"p":2}"# => {
+                    if let Some(t0) = ping_at.take() {
+                        ping_lat.push(t0.elapsed().as_micros() as u64);
+                    }
+                }
                 Some(Ok(_)) => {}
                 _ => break false,
             },
         }
     };
+    tally.pings_sent.fetch_add(sent, Ordering::Relaxed);
+    tally.pings_late.fetch_add(late, Ordering::Relaxed);
+    tally.ping_lat.lock().unwrap_or_else(|e| e.into_inner()).extend(ping_lat);
     // The relay: round trips one after the other, each timed (microseconds).
     let mut lat = Vec::with_capacity(if alive { a.round_trips } else { 0 });
     for n in 0..if alive { a.round_trips } else { 0 } {
@@ -154,9 +201,9 @@ async fn one(
         }
         lat.push(t0.elapsed().as_micros() as u64);
     }
-    relay.lock().unwrap_or_else(|e| e.into_inner()).extend(lat);
+    tally.relay.lock().unwrap_or_else(|e| e.into_inner()).extend(lat);
     if alive && round_trip(&mut ws, &format!("verify-{i}"), a.timeout).await.is_ok() {
-        verified.fetch_add(1, Ordering::Relaxed);
+        tally.verified.fetch_add(1, Ordering::Relaxed);
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), ws.close(None)).await;
 }
@@ -166,12 +213,11 @@ async fn run(a: Args) -> Result<(), String> {
     let gate = Arc::new(Semaphore::new(a.concurrency));
     let (tx, mut rx) = mpsc::channel(a.count.max(1));
     let (release_tx, release_rx) = watch::channel(false);
-    let verified = Arc::new(AtomicUsize::new(0));
-    let relay = Arc::new(Mutex::new(Vec::new()));
+    let tally = Arc::new(Tally::default());
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..a.count {
-        tasks.spawn(one(i, a.clone(), gate.clone(), tx.clone(), release_rx.clone(), verified.clone(), relay.clone()));
+        tasks.spawn(one(i, a.clone(), gate.clone(), tx.clone(), release_rx.clone(), tally.clone()));
     }
     drop(tx);
     let mut ok = 0usize;
@@ -208,7 +254,7 @@ async fn run(a: Args) -> Result<(), String> {
         tasks.abort_all();
     }
     if a.round_trips > 0 && !failed {
-        let mut lat = std::mem::take(&mut *relay.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut lat = std::mem::take(&mut *tally.relay.lock().unwrap_or_else(|e| e.into_inner()));
         lat.sort_unstable();
         let pct = |q: f64| common::quantile(&lat, q);
         println!(
@@ -219,7 +265,20 @@ async fn run(a: Args) -> Result<(), String> {
             pct(0.99) as f64 / 1000.0
         );
     }
-    let v = verified.load(Ordering::Relaxed);
+    if !a.ping_every.is_zero() && !failed {
+        let mut lat = std::mem::take(&mut *tally.ping_lat.lock().unwrap_or_else(|e| e.into_inner()));
+        lat.sort_unstable();
+        let pct = |q: f64| common::quantile(&lat, q);
+        println!(
+            "pings {} {} {} {:.3} {:.3}",
+            tally.pings_sent.load(Ordering::Relaxed),
+            lat.len(),
+            tally.pings_late.load(Ordering::Relaxed),
+            pct(0.50) as f64 / 1000.0,
+            pct(0.99) as f64 / 1000.0
+        );
+    }
+    let v = tally.verified.load(Ordering::Relaxed);
     println!("verified {v}/{}", a.count);
     if failed || v != a.count {
         return Err(format!("{ok} opened, {v} still answering, of {}", a.count));
