@@ -53,6 +53,8 @@ pub const KEYS: &[Key] = &[
     live("gateway", "node_header"),
     live("gateway", "proxy_protocol"),
     live("gateway", "proxy_protocol_from"),
+    live("gateway", "sdk_pings"),
+    live("gateway", "sdk_ping_forward"),
     live("timeouts", "connect"),
     live("timeouts", "client"),
     live("timeouts", "server"),

@@ -62,6 +62,19 @@ pub enum OnMarkedDown {
     Keep,
 }
 
+/// The official SDKs' heartbeat, a `{"p":1}` text message every 2 s on every WebSocket, that
+/// Kuzzle answers `{"p":2}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SdkPings {
+    /// The gateway answers it, but for one in every `sdk_ping_forward` that goes on to the node
+    /// (so the node sees the client, and a node that stopped answering is noticed by the SDK).
+    #[default]
+    Answer,
+    /// Every heartbeat goes to the node, as through nginx or haproxy.
+    Forward,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GatewaySection {
@@ -94,6 +107,13 @@ pub struct GatewaySection {
     /// The networks of those L4 balancers: with `proxy_protocol`, a connection from elsewhere is
     /// closed (anyone else could claim any address in a header of their own).
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
+    /// Who answers the SDKs' `{"p":1}` heartbeats: 100,000 clients send 50,000 a second, which
+    /// cost a node a JSON parse each and the gateway two more socket writes each when forwarded.
+    pub sdk_pings: SdkPings,
+    /// With `sdk_pings = "answer"`: a WebSocket's heartbeat goes on to its node once in this long
+    /// (below Kuzzle's 60 s WebSocket idle timeout; the longest a hung node goes unnoticed by an
+    /// SDK whose health checks do not catch it first).
+    pub sdk_ping_forward: Dur,
 }
 
 impl Default for GatewaySection {
@@ -111,6 +131,8 @@ impl Default for GatewaySection {
             node_header: "x-kuzzle-node".into(),
             proxy_protocol: false,
             proxy_protocol_from: Vec::new(),
+            sdk_pings: SdkPings::Answer,
+            sdk_ping_forward: Dur(Duration::from_secs(10)),
         }
     }
 }

@@ -190,6 +190,7 @@ fn durations(raw: &RawConfig, m: &mut Mistakes<'_>) {
         ("timeouts.tunnel", Some(raw.timeouts.tunnel)),
         ("timeouts.pool_idle", Some(raw.timeouts.pool_idle)),
         ("gateway.drain_timeout", raw.gateway.drain_timeout),
+        ("gateway.sdk_ping_forward", Some(raw.gateway.sdk_ping_forward)),
     ] {
         if d.is_some_and(|d| d.0.is_zero()) {
             m.at(key, "duration must be greater than zero");

@@ -30,6 +30,7 @@ use self::headers::{
 };
 use self::resend::{read_whole, refusal, refusal_length, Template};
 use self::strict::{strict_framing, strict_target};
+use crate::control::config::SdkPings;
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
 use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
@@ -660,6 +661,7 @@ async fn exchange(
             let permit = p.slot.as_ref().and_then(|s| s.take());
             let idle = cfg.timeouts.tunnel.0;
             let ws = is_websocket(&proto);
+            let pings = (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0);
             // The session gets its own line when it ends, in place of the request's.
             let log = p.log.take().map(|r| {
                 Box::new(WsRecord {
@@ -671,7 +673,7 @@ async fn exchange(
                     node: node.clone(),
                 })
             });
-            tunnel::spawn(&ctx.life, &ctx.core.frontend, idle, guard, kill, permit, client_up, node_up, ws, log);
+            tunnel::spawn(&ctx.life, &ctx.core.frontend, idle, guard, kill, permit, client_up, node_up, ws, pings, log);
             let (mut parts, _) = resp.into_parts();
             let kept = parts.headers.get(header::UPGRADE).cloned().unwrap_or(proto);
             strip_hop_by_hop(&mut parts.headers, Some(kept));

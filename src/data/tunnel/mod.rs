@@ -39,8 +39,9 @@ pub struct Pump {
     pending: Vec<u8>,
     /// How much of `pending` is written already.
     written: usize,
-    /// What the call that left `pending` will report once it is written: (read, kept).
-    report: (usize, usize),
+    /// What the call that left `pending` will report once it is written: (read, kept); None
+    /// when `pending` holds the rest of an injected message (the call then goes on reading).
+    report: Option<(usize, usize)>,
 }
 
 impl Pump {
@@ -51,26 +52,62 @@ impl Pump {
         &mut self,
         r: &mut R,
         w: &mut W,
+        keep: impl FnMut(&[u8]) -> usize,
+    ) -> io::Result<(usize, usize)>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        self.pump_with(r, w, keep, || None).await
+    }
+
+    /// [`Pump::pump`], and before each read, while `inject` gives one, a message of the gateway's
+    /// own is written to `w` (between two reads: the caller says when the stream is at a boundary
+    /// where one may go).
+    pub async fn pump_with<R, W>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
         mut keep: impl FnMut(&[u8]) -> usize,
+        mut inject: impl FnMut() -> Option<&'static [u8]>,
     ) -> io::Result<(usize, usize)>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         std::future::poll_fn(|cx| {
-            if !self.pending.is_empty() {
-                // An earlier poll read more than the writer took: finish that first.
-                while self.written < self.pending.len() {
-                    match Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]) {
-                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Poll::Ready(Ok(k)) => self.written += k,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
+            loop {
+                if !self.pending.is_empty() {
+                    // An earlier poll read (or injected) more than the writer took: finish that first.
+                    while self.written < self.pending.len() {
+                        match Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]) {
+                            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                            Poll::Ready(Ok(k)) => self.written += k,
+                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                    self.pending = Vec::new();
+                    self.written = 0;
+                    if let Some(report) = self.report.take() {
+                        return Poll::Ready(Ok(report));
                     }
                 }
-                self.pending = Vec::new();
-                self.written = 0;
-                return Poll::Ready(Ok(self.report));
+                let Some(msg) = inject() else { break };
+                let mut off = 0;
+                while off < msg.len() {
+                    match Pin::new(&mut *w).poll_write(cx, &msg[off..]) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                        Poll::Ready(Ok(k)) => off += k,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {
+                            self.pending = msg[off..].to_vec();
+                            self.written = 0;
+                            self.report = None;
+                            return Poll::Pending;
+                        }
+                    }
+                }
             }
             SCRATCH_BUF.with_borrow_mut(|buf| {
                 let mut rb = ReadBuf::new(buf);
@@ -94,7 +131,7 @@ impl Pump {
                             // The writer's waker is registered: keep the rest until it can take it.
                             self.pending = buf[off..upto].to_vec();
                             self.written = 0;
-                            self.report = (n, upto);
+                            self.report = Some((n, upto));
                             return Poll::Pending;
                         }
                     }
@@ -148,6 +185,7 @@ pub fn spawn(
     client: OnUpgrade,
     node: OnUpgrade,
     websocket: bool,
+    pings: Option<Duration>,
     log: Option<Box<WsRecord>>,
 ) {
     let frontend = frontend.clone();
@@ -177,7 +215,8 @@ pub fn spawn(
             session: log.as_ref().map(|_| Session::default()),
         };
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
-        let end = run(TokioIo::new(client), TokioIo::new(node), websocket, idle, &kill, &close_all, draw, &io).await;
+        let opts = RunOpts { websocket, idle, pings: pings.filter(|_| websocket) };
+        let end = run(TokioIo::new(client), TokioIo::new(node), opts, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         if let (Some(r), Some(s)) = (log, &io.session) {
             r.log.websocket(&r, s.end(end));
@@ -246,15 +285,38 @@ pub enum TunnelEnd {
 /// Why a rebalancing close says so: 1012 ("service restart") makes SDKs reconnect, never 1000.
 pub const REBALANCE_CLOSE: (u16, &str) = (1012, "rebalancing: please reconnect");
 
-/// Copy both ways until one side ends, a stop signal fires, or nothing moves for `idle`.
+/// What a tunnel is for, as the request that opened it and the configuration say.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOpts {
+    /// A WebSocket (frames are followed; closes are close frames), not another upgrade.
+    pub websocket: bool,
+    /// Closed after this long with nothing moving either way.
+    pub idle: Duration,
+    /// `[gateway] sdk_pings = "answer"`: SDK heartbeats are answered here but for one in this
+    /// long, which goes on to the node.
+    pub pings: Option<Duration>,
+}
+
+/// The official SDKs' heartbeat answer, as Kuzzle sends it: an unmasked text frame `{"p":2}`.
+pub const SDK_PONG: &[u8] = b"\x81\x07{\"p\":2}";
+/// Most heartbeat answers owed to one client before further heartbeats are forwarded instead (a
+/// client that sends and never reads holds no more than this).
+const MAX_OWED_PONGS: u8 = 16;
+
+/// Whether `d` is exactly one SDK heartbeat from a client: a masked, unfragmented, uncompressed
+/// text frame whose payload is `{"p":1}`.
+pub fn is_sdk_ping(d: &[u8]) -> bool {
+    const PING: &[u8; 7] = b"{\"p\":1}";
+    d.len() == 13 && d[0] == 0x81 && d[1] == 0x87 && (0..7).all(|i| d[6 + i] ^ d[2 + i % 4] == PING[i])
+}
+
+/// Copy both ways until one side ends, a stop signal fires, or nothing moves for `opts.idle`.
 /// `draw`: the node's rebalancing draws and when this tunnel opened (epoch ms); a drawn tunnel
 /// closes with [`REBALANCE_CLOSE`].
-#[allow(clippy::too_many_arguments)]
 pub async fn run<C, N>(
     client: C,
     node: N,
-    websocket: bool,
-    idle: Duration,
+    opts: RunOpts,
     kill: &CancellationToken,
     shutdown: &CancellationToken,
     draw: Option<(&Shed, u64)>,
@@ -264,6 +326,7 @@ where
     C: AsyncRead + AsyncWrite + Send,
     N: AsyncRead + AsyncWrite + Send,
 {
+    let RunOpts { websocket, idle, pings } = opts;
     let (mut cr, mut cw) = tokio::io::split(client);
     let (mut nr, mut nw) = tokio::io::split(node);
     // tokio's clock, the one the idle timer runs on (and tests pause).
@@ -276,19 +339,50 @@ where
     let drawn = std::sync::atomic::AtomicBool::new(false);
     let stopped =
         || std::future::poll_fn(|_| if stop.load(Ordering::Relaxed) { Poll::Ready(()) } else { Poll::Pending });
+    // SDK heartbeats answered here: counted by the client's side, written by the node's side
+    // (the writer of the client's stream) when that stream is between two of the node's frames.
+    // Atomics only because the task must be Send: one task reads and writes them.
+    let owed = std::sync::atomic::AtomicU8::new(0);
+    // The node-to-client stream is at a frame boundary with nothing read left unwritten, and no
+    // close frame went to the client: an answer may go now.
+    let n2c_clear = std::sync::atomic::AtomicBool::new(true);
 
     let client_to_node = async {
         let mut pump = Pump::default();
-        // The client's frames are followed only for the access log (its close code).
-        let mut frames = (websocket && io.session.is_some()).then(FrameTracker::default);
+        // The client's frames are followed for the access log (its close code) and to find the
+        // SDK heartbeats at frame boundaries.
+        let mut frames = (websocket && (io.session.is_some() || pings.is_some())).then(FrameTracker::default);
+        // When the next heartbeat goes on to the node (one per `pings` period).
+        let mut next_forward = tokio::time::Instant::now() + pings.unwrap_or_default();
         loop {
+            let mut answered = false;
             let keep = |d: &[u8]| {
+                if let (Some(every), Some(f)) = (pings, frames.as_ref()) {
+                    if f.at_boundary() && is_sdk_ping(d) && owed.load(Ordering::Relaxed) < MAX_OWED_PONGS {
+                        let now = tokio::time::Instant::now();
+                        if now < next_forward {
+                            owed.store(owed.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                            answered = true;
+                            return 0;
+                        }
+                        next_forward = now + every;
+                    }
+                }
                 if let Some(f) = frames.as_mut() {
                     f.advance(d, false);
                 }
                 d.len()
             };
             let r = pump.pump(&mut cr, &mut nw, keep).await;
+            if answered {
+                // The node's side writes the answer: have this task polled again (same task, so
+                // no other thread is woken) so that it does at once.
+                std::future::poll_fn(|cx| {
+                    cx.waker().wake_by_ref();
+                    Poll::Ready(())
+                })
+                .await;
+            }
             let n = match r {
                 Ok((n, _)) => n,
                 Err(e) => {
@@ -324,10 +418,23 @@ where
         let mut closing: Option<(tokio::time::Instant, (u16, &'static str))> = None;
         loop {
             let is_closing = closing.is_some();
-            let keep = |d: &[u8]| if websocket { frames.advance(d, is_closing) } else { d.len() };
+            let keep = |d: &[u8]| {
+                n2c_clear.store(false, Ordering::Relaxed);
+                if websocket {
+                    frames.advance(d, is_closing)
+                } else {
+                    d.len()
+                }
+            };
+            let inject = || {
+                (n2c_clear.load(Ordering::Relaxed) && !is_closing && owed.load(Ordering::Relaxed) > 0).then(|| {
+                    owed.store(owed.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                    SDK_PONG
+                })
+            };
             let (n, sent) = tokio::select! {
                 biased;
-                r = pump.pump(&mut nr, &mut cw, keep) => match r {
+                r = pump.pump_with(&mut nr, &mut cw, keep, inject) => match r {
                     Ok(x) => x,
                     Err(_) => {
                         if let Some(s) = &io.session {
@@ -377,6 +484,7 @@ where
                 return TunnelEnd::Closed;
             }
             touch();
+            n2c_clear.store(websocket && frames.at_boundary() && !frames.saw_close, Ordering::Relaxed);
             for a in io.bytes_out {
                 a.fetch_add(sent as u64, Ordering::Relaxed);
             }

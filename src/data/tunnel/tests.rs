@@ -114,8 +114,7 @@ async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
         tokio::io::AsyncReadExt::read_exact(&mut node_peer, &mut got).await.expect("relayed");
         (client_peer, node_peer)
     };
-    let (end, _peers) =
-        tokio::join!(run(client, node, false, Duration::from_secs(2), &kill, &shutdown, None, &io), traffic);
+    let (end, _peers) = tokio::join!(run(client, node, opts(false, 2), &kill, &shutdown, None, &io), traffic);
     assert_eq!(end, TunnelEnd::Idle);
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(3600), "closed after {took:?}");
@@ -134,7 +133,7 @@ async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         k.cancel();
     });
-    let end = run(client, node, true, Duration::from_secs(60), &kill, &shutdown, None, &io).await;
+    let end = run(client, node, opts(true, 60), &kill, &shutdown, None, &io).await;
     assert_eq!(end, TunnelEnd::NodeGone);
     let mut got = Vec::new();
     tokio::io::AsyncReadExt::read_to_end(&mut client_peer, &mut got).await.expect("read");
@@ -151,8 +150,8 @@ async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_sta
     let (old_n, _old_node) = tokio::io::duplex(4096);
     let (new_c, mut new_peer) = tokio::io::duplex(4096);
     let (new_n, _new_node) = tokio::io::duplex(4096);
-    let old = run(old_c, old_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 100)), &io);
-    let new = run(new_c, new_n, true, Duration::from_secs(60), &kill, &shutdown, Some((&shed, 5000)), &io);
+    let old = run(old_c, old_n, opts(true, 60), &kill, &shutdown, Some((&shed, 100)), &io);
+    let new = run(new_c, new_n, opts(true, 60), &kill, &shutdown, Some((&shed, 5000)), &io);
     let steer = async {
         tokio::task::yield_now().await;
         // Two to close, but only one tunnel opened before 1000: the other survives the wave.
@@ -198,4 +197,118 @@ fn close_frame_layout() {
     let mut t = FrameTracker::default();
     t.advance(&close_frame(1000, "bye"), false);
     assert!(t.saw_close && t.at_boundary());
+}
+
+fn opts(websocket: bool, idle_secs: u64) -> RunOpts {
+    RunOpts { websocket, idle: Duration::from_secs(idle_secs), pings: None }
+}
+
+/// A client's masked text frame.
+fn masked_text(payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![0x81, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&key);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    f
+}
+
+#[test]
+fn only_a_lone_whole_sdk_heartbeat_is_recognised() {
+    assert!(is_sdk_ping(&masked_text(br#"{"p":1}"#, [0x12, 0x34, 0x56, 0x78])));
+    assert!(is_sdk_ping(&masked_text(br#"{"p":1}"#, [0, 0, 0, 0])));
+    let mut compressed = masked_text(br#"{"p":1}"#, [1, 2, 3, 4]);
+    compressed[0] = 0xC1; // RSV1: permessage-deflate
+    let mut fragment = masked_text(br#"{"p":1}"#, [1, 2, 3, 4]);
+    fragment[0] = 0x01; // no FIN
+    let mut two = masked_text(br#"{"p":1}"#, [1, 2, 3, 4]);
+    two.extend(masked_text(br#"{"p":1}"#, [1, 2, 3, 4]));
+    for (bad, why) in [
+        (masked_text(br#"{"p":2}"#, [1, 2, 3, 4]), "an answer"),
+        (masked_text(br#"{"p":1} "#, [1, 2, 3, 4]), "another payload"),
+        (b"\x81\x07{\"p\":1}".to_vec(), "unmasked"),
+        (compressed, "compressed"),
+        (fragment, "a fragment"),
+        (two, "two heartbeats in one read"),
+    ] {
+        assert!(!is_sdk_ping(&bad), "{why}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_are_answered_between_the_nodes_frames_and_one_per_period_goes_on() {
+    use tokio::io::AsyncReadExt as _;
+    let (client, mut client_peer) = tokio::io::duplex(4096);
+    let (node, mut node_peer) = tokio::io::duplex(4096);
+    let (a, b) = counters();
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let every = Duration::from_secs(10);
+    let opts = RunOpts { websocket: true, idle: Duration::from_secs(600), pings: Some(every) };
+    let ping = masked_text(br#"{"p":1}"#, [7, 7, 7, 7]);
+    let steer = async {
+        // Answered here: the client reads the answer, the node nothing but the next message.
+        client_peer.write_all(&ping).await.expect("ping");
+        let mut got = [0u8; 9];
+        client_peer.read_exact(&mut got).await.expect("pong");
+        assert_eq!(&got, SDK_PONG);
+        let hello = masked_text(b"hello", [1, 2, 3, 4]);
+        client_peer.write_all(&hello).await.expect("hello");
+        let mut got = vec![0u8; hello.len()];
+        node_peer.read_exact(&mut got).await.expect("hello relayed");
+        assert_eq!(got, hello, "the heartbeat never reached the node");
+
+        // Half a node frame is out: the answer waits for its end, then follows it.
+        let frame = b"\x81\x0Anotify-123".to_vec();
+        node_peer.write_all(&frame[..5]).await.expect("half");
+        let mut got = [0u8; 5];
+        client_peer.read_exact(&mut got).await.expect("half relayed");
+        client_peer.write_all(&ping).await.expect("ping");
+        tokio::task::yield_now().await;
+        node_peer.write_all(&frame[5..]).await.expect("rest");
+        let mut got = vec![0u8; frame.len() - 5 + SDK_PONG.len()];
+        client_peer.read_exact(&mut got).await.expect("rest and pong");
+        assert_eq!(got, [&frame[5..], SDK_PONG].concat(), "the answer never cuts the node's frame");
+
+        // Once per period the heartbeat goes on to the node, which answers it itself.
+        tokio::time::advance(every).await;
+        client_peer.write_all(&ping).await.expect("ping");
+        let mut got = vec![0u8; ping.len()];
+        node_peer.read_exact(&mut got).await.expect("forwarded");
+        assert_eq!(got, ping);
+        node_peer.write_all(SDK_PONG).await.expect("node's pong");
+        let mut got = [0u8; 9];
+        client_peer.read_exact(&mut got).await.expect("node's pong relayed");
+        assert_eq!(&got, SDK_PONG);
+        // ...and the next one is answered here again.
+        client_peer.write_all(&ping).await.expect("ping");
+        client_peer.read_exact(&mut got).await.expect("pong");
+        assert_eq!(&got, SDK_PONG);
+        kill.cancel();
+        (client_peer, node_peer)
+    };
+    let (end, _peers) = tokio::join!(run(client, node, opts, &kill, &shutdown, None, &io), steer);
+    assert_eq!(end, TunnelEnd::NodeGone);
+}
+
+#[tokio::test]
+async fn with_pings_forwarded_every_heartbeat_reaches_the_node() {
+    use tokio::io::AsyncReadExt as _;
+    let (client, mut client_peer) = tokio::io::duplex(4096);
+    let (node, mut node_peer) = tokio::io::duplex(4096);
+    let (a, b) = counters();
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let ping = masked_text(br#"{"p":1}"#, [7, 7, 7, 7]);
+    let steer = async {
+        for _ in 0..3 {
+            client_peer.write_all(&ping).await.expect("ping");
+            let mut got = vec![0u8; ping.len()];
+            node_peer.read_exact(&mut got).await.expect("forwarded");
+            assert_eq!(got, ping);
+        }
+        kill.cancel();
+        (client_peer, node_peer)
+    };
+    let (end, _peers) = tokio::join!(run(client, node, opts(true, 60), &kill, &shutdown, None, &io), steer);
+    assert_eq!(end, TunnelEnd::NodeGone);
 }

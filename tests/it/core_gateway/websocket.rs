@@ -101,3 +101,44 @@ async fn websocket_session_through_the_gateway() {
 // ---------------------------------------------------------------------------------------------
 // Bodies
 // ---------------------------------------------------------------------------------------------
+
+/// The SDK heartbeat `{"p":1}`: answered by the gateway itself (`sdk_pings = "answer"`, the
+/// default) even while the node cannot answer, and by the node only with `"forward"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_heartbeats_are_answered_by_the_gateway_unless_forwarded() {
+    let sim = Sim::start("cluster_kuzzle_1", &[]);
+    for (mode, gateway_answers) in [("answer", true), ("forward", false)] {
+        // Health checks far apart: a stopped node stays UP (and its tunnel open) for the test.
+        let toml = gateway_toml(&format!("{}[health]\ninterval = \"60s\"\n", nodes_toml(&[&sim]))).replacen(
+            "[gateway]\n",
+            &format!("[gateway]\nsdk_pings = \"{mode}\"\n"),
+            1,
+        );
+        let gw = gateway(&toml).await;
+        let mut w = ws(gw.http_addr, "/").await;
+        assert_eq!(sdk_heartbeat(&mut w).await.ok(), Some(json!({"p": 2})), "{mode}: answered");
+        // The node stops: it reads and answers nothing.
+        signal(sim.pid(), Signal::STOP);
+        let answer = sdk_heartbeat(&mut w).await;
+        signal(sim.pid(), Signal::CONT);
+        if gateway_answers {
+            assert_eq!(answer.ok(), Some(json!({"p": 2})), "{mode}: the gateway answers while the node cannot");
+        } else {
+            assert!(answer.is_err(), "{mode}: only the node answers: {answer:?}");
+            let (late, _) = ws_wait(&mut w, "the node's late {\"p\":2}", |v| v.get("p").is_some()).await;
+            assert_eq!(late, json!({"p": 2}), "{mode}: the node answers once it runs again");
+        }
+        // Either way the session goes on.
+        let (r, _) = ws_call(&mut w, kuzzle("server", "now", "after")).await;
+        assert_eq!(r["status"], 200, "{mode}: {r}");
+        gw.shutdown().await;
+    }
+}
+
+/// Send `{"p":1}`; the first `{"p":...}` message within 1 s.
+async fn sdk_heartbeat(w: &mut Ws) -> Result<Value, tokio::time::error::Elapsed> {
+    w.send(Message::text("{\"p\":1}")).await.expect("send");
+    tokio::time::timeout(Duration::from_secs(1), ws_wait(w, "{\"p\":2}", |v| v.get("p").is_some()))
+        .await
+        .map(|(p, _)| p)
+}
