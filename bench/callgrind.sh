@@ -8,8 +8,8 @@
 # Environment: CASE [http|ws], N [10000] requests (http), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
 #              SKIP_BUILD [0]; GW_EXTRA_<i>: configuration appended for the i-th binary (the same
 #              binary twice compares two configurations, e.g. GW_EXTRA_2 with an [access_log]).
-#              Prints one line per binary; the profile stays in the work folder for
-#              callgrind_annotate (path printed).
+#              Prints one line per binary; its profile is kept as target/bench/callgrind-CASE-i.out
+#              for callgrind_annotate (path printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -71,5 +71,7 @@ for bin in "$@"; do
   stop_proc "$pid"
   total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   [ -n "$total" ] || die "$bin: no profile in $out.1"
-  printf '%s: %d instructions per %s (profile: %s)\n' "$bin" $((total / units)) "$what" "$out.1"
+  mkdir -p "$ROOT/target/bench"
+  cp "$out.1" "$ROOT/target/bench/callgrind-$CASE-$i.out"
+  printf '%s: %d instructions per %s (profile: %s)\n' "$bin" $((total / units)) "$what" "target/bench/callgrind-$CASE-$i.out"
 done

@@ -98,14 +98,16 @@ rss_kib() {
   done
   echo "$total"
 }
-# CPU time (user + system) in clock ticks (getconf CLK_TCK, usually 100/s) of a process plus its
-# descendants (nginx workers).
+# CPU time (user + system; with a second argument "user", user only) in clock ticks (getconf
+# CLK_TCK, usually 100/s) of a process plus its descendants (nginx workers).
 cpu_ticks() {
-  local total=0 p kids
+  local total=0 p kids t sys=1
   local todo=("$1")
+  [ "${2:-}" = user ] && sys=0
   while [ ${#todo[@]} -gt 0 ]; do
     p=${todo[0]}; todo=("${todo[@]:1}")
-    total=$((total + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }' || echo 0)))
+    t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk -v sys="$sys" '{ print $12 + sys * $13 }')
+    total=$((total + ${t:-0}))
     kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
     for k in $kids; do todo+=("$k"); done
   done
@@ -115,17 +117,19 @@ cpu_ticks() {
 cpu_lines() { awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
 
 # with_cpu PID CMD...: run CMD (output is the caller's to redirect); set CPU_S to the CPU seconds
-# PID and its descendants used meanwhile (user + system), WALL_S to the wall-clock seconds and
+# PID and its descendants used meanwhile (user + system), USER_PCT to the user share of it (%), WALL_S to the wall-clock seconds and
 # BUSY to how busy each CPU of the machine was meanwhile, all processes counted ("93 71": % of
 # cpu0, of cpu1): shows whether the load side was saturated, and what else ran on the proxy's CPU.
 CLK_TCK=$(getconf CLK_TCK)
 # shellcheck disable=SC2034  # CPU_S, WALL_S and BUSY are the callers' to read
 with_cpu() {
-  local pid=$1 c0 t0 s0 rc=0
+  local pid=$1 c0 u0 t0 s0 rc=0 c
   shift
-  c0=$(cpu_ticks "$pid"); t0=$(date +%s%N); s0=$(cpu_lines)
+  c0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$pid" user); t0=$(date +%s%N); s0=$(cpu_lines)
   "$@" || rc=$?
-  CPU_S=$(awk -v c="$(($(cpu_ticks "$pid") - c0))" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", c / hz }')
+  c=$(($(cpu_ticks "$pid") - c0))
+  CPU_S=$(awk -v c="$c" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", c / hz }')
+  USER_PCT=$(awk -v u="$(($(cpu_ticks "$pid" user) - u0))" -v c="$c" 'BEGIN { printf "%.0f", (c > 0) ? 100 * u / c : 0 }')
   WALL_S=$(awk -v ns="$(($(date +%s%N) - t0))" 'BEGIN { printf "%.3f", ns / 1e9 }')
   BUSY=$(paste -d' ' <(echo "$s0") <(cpu_lines) |
     awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0 }')

@@ -289,7 +289,7 @@ ws_relay_measure() {
 # WebSocket with WS_IDLE open; the p50 column carries the seconds it took to open them.
 ws_idle_measure() {
   local kind=$1 name=idle-$1 rss0 rss1 out=$WORK/ws-idle.out
-  BUSY="- -"
+  BUSY="- -"; USER_PCT=-
   case $kind in
     kuzzle-gateway) start_gateway "$name" "$PROXY_CPUS" 1 0 "${SIM_PORTS[@]}" ;;
     nginx) start_nginx "$name" 0 "${SIM_PORTS[@]}" ;;
@@ -400,7 +400,7 @@ measure() {
     ws-ping-1k) ws_ping_measure "$t" 1000 ;;
     ws-ping-9k) ws_ping_measure "$t" 9000 ;;
   esac >"$WORK/measure.line"
-  echo "$(<"$WORK/measure.line") $BUSY"
+  echo "$(<"$WORK/measure.line") $BUSY ${USER_PCT:--}"
 }
 
 # --- the rounds: every case, every target, order rotated each round ---------------------------
@@ -418,7 +418,7 @@ for r in $(seq 1 "$ROUNDS"); do
       measure "$c" "$t" >"$WORK/line"
       line=$(<"$WORK/line")
       RES[$c,$t]="${RES[$c,$t]:-}$line"$'\n'
-      log "round $r/$ROUNDS $c $t: $line (value p50 p99 errors cpu% per-cpu-s cpu0% cpu1%)"
+      log "round $r/$ROUNDS $c $t: $line (value p50 p99 errors cpu% per-cpu-s cpu0% cpu1% user%)"
     done
   done
 done
@@ -438,7 +438,8 @@ fi
 
 # --- report ----------------------------------------------------------------------------------
 # med CASE TARGET FIELD: median over the rounds of one column (1 value, 2 p50, 3 p99, 4 errors,
-# 5 cpu %, 6 per CPU-second, 7 and 8 busy % of CPU 0 and 1); each column has its own median.
+# 5 cpu %, 6 per CPU-second, 7 and 8 busy % of CPU 0 and 1, 9 user share of the target's CPU %);
+# each column has its own median.
 med() {
   printf '%s' "${RES[$1,$2]:-}" | awk -v f="$3" 'NF { print $f }' | sort -g |
     awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)]; else print "-" }'
@@ -591,14 +592,15 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
     "ws-idle, whose p50 column is the seconds to open them; CPU %: the target's process, % of one core;" \
     "per CPU-s: requests, messages or handshakes per CPU-second of it; CPU0/CPU1 busy: the whole machine's use of" \
     "each CPU meanwhile, every process counted; CPU 1 well above the target's CPU % means other work shared its core;" \
+    "user % of CPU: the share of the target's CPU time spent in its own code, the rest in the kernel on its behalf;" \
     "all rounds: lowest-highest of the rounds):"
   echo
-  echo "| case | target | value | p50 ms | p99 ms | errors | CPU % | per CPU-s | CPU0 busy % | CPU1 busy % | value, all rounds | per CPU-s, all rounds |"
-  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+  echo "| case | target | value | p50 ms | p99 ms | errors | CPU % | per CPU-s | CPU0 busy % | CPU1 busy % | user % of CPU | value, all rounds | per CPU-s, all rounds |"
+  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
   for c in $CASES; do
     for t in $(targets_of "$c"); do
       printf '| %s | %s |' "$c" "$t"
-      for f in 1 2 3 4 5 6 7 8; do printf ' %s |' "$(med "$c" "$t" "$f")"; done
+      for f in 1 2 3 4 5 6 7 8 9; do printf ' %s |' "$(med "$c" "$t" "$f")"; done
       echo " $(spread "$c" "$t" 1) | $(spread "$c" "$t" 6) |"
     done
   done

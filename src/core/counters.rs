@@ -270,6 +270,8 @@ pub struct FrontendCounters {
     pub proxy_refused: [AtomicU64; 5],
     /// HTTP/2 connections cut for resetting too many streams (rapid reset).
     pub h2_reset_floods: AtomicU64,
+    /// SDK heartbeats (`{"p":1}`) the gateway answered itself (`[gateway] sdk_pings`).
+    pub sdk_pings_answered: AtomicU64,
     /// The access log's own counters.
     pub access_log: AccessLogCounters,
 }

@@ -141,6 +141,12 @@ pub fn render_view(v: &StatsView) -> String {
         "HTTP/2 connections cut for resetting too many streams before their answer.",
         e.h2_reset_floods,
     );
+    o.single(
+        "sdk_pings_answered_total",
+        "counter",
+        "SDK heartbeats ({\"p\":1}) the gateway answered itself instead of forwarding them ([gateway] sdk_pings).",
+        e.sdk_pings_answered,
+    );
     o.single("access_log_lines_total", "counter", "Access log lines formatted.", e.access_log.lines);
     o.single(
         "access_log_dropped_total",

@@ -212,6 +212,7 @@ pub fn spawn(
         let io = TunnelIo {
             bytes_in: [&f.bytes_in, &c.bytes_in],
             bytes_out: [&f.bytes_out, &c.bytes_out],
+            pings_answered: &f.sdk_pings_answered,
             session: log.as_ref().map(|_| Session::default()),
         };
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
@@ -234,6 +235,8 @@ pub struct TunnelIo<'a> {
     pub bytes_in: [&'a AtomicU64; 2],
     /// Node-to-client bytes: the frontend's and the node's counters.
     pub bytes_out: [&'a AtomicU64; 2],
+    /// SDK heartbeats answered here (the frontend's counter).
+    pub pings_answered: &'a AtomicU64,
     /// This session's own figures, for its access log line (None: no access log).
     pub session: Option<Session>,
 }
@@ -429,6 +432,7 @@ where
             let inject = || {
                 (n2c_clear.load(Ordering::Relaxed) && !is_closing && owed.load(Ordering::Relaxed) > 0).then(|| {
                     owed.store(owed.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                    io.pings_answered.fetch_add(1, Ordering::Relaxed);
                     SDK_PONG
                 })
             };

@@ -104,7 +104,7 @@ async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, mut node_peer) = tokio::io::duplex(4096);
     let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
     let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
     let t0 = tokio::time::Instant::now();
     let traffic = async {
@@ -126,7 +126,7 @@ async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, _node_peer) = tokio::io::duplex(4096);
     let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
     let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
     let k = kill.clone();
     tokio::spawn(async move {
@@ -143,7 +143,7 @@ async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
 #[tokio::test]
 async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_stays() {
     let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
     let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
     let shed = Shed::new(&kill);
     let (old_c, mut old_peer) = tokio::io::duplex(4096);
@@ -240,7 +240,8 @@ async fn heartbeats_are_answered_between_the_nodes_frames_and_one_per_period_goe
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, mut node_peer) = tokio::io::duplex(4096);
     let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let pongs = AtomicU64::new(0);
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &pongs, session: None };
     let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
     let every = Duration::from_secs(10);
     let opts = RunOpts { websocket: true, idle: Duration::from_secs(600), pings: Some(every) };
@@ -288,6 +289,7 @@ async fn heartbeats_are_answered_between_the_nodes_frames_and_one_per_period_goe
     };
     let (end, _peers) = tokio::join!(run(client, node, opts, &kill, &shutdown, None, &io), steer);
     assert_eq!(end, TunnelEnd::NodeGone);
+    assert_eq!(pongs.load(Ordering::Relaxed), 3, "three answered here, one by the node");
 }
 
 #[tokio::test]
@@ -296,7 +298,7 @@ async fn with_pings_forwarded_every_heartbeat_reaches_the_node() {
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, mut node_peer) = tokio::io::duplex(4096);
     let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], session: None };
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
     let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
     let ping = masked_text(br#"{"p":1}"#, [7, 7, 7, 7]);
     let steer = async {

@@ -98,6 +98,8 @@ pub struct EdgeView {
     pub proxy_refused: std::collections::BTreeMap<&'static str, u64>,
     /// HTTP/2 connections cut for resetting too many streams.
     pub h2_reset_floods: u64,
+    /// SDK heartbeats the gateway answered itself instead of its nodes.
+    pub sdk_pings_answered: u64,
     /// Access log lines written, dropped (writer behind), and its failed writes.
     pub access_log: AccessLogView,
 }
@@ -120,6 +122,7 @@ impl EdgeView {
             limited: LIMIT_REASONS.iter().zip(&f.limited).map(|(k, v)| (*k, get(v))).collect(),
             proxy_refused: PROXY_REFUSALS.iter().zip(&f.proxy_refused).map(|(k, v)| (*k, get(v))).collect(),
             h2_reset_floods: get(&f.h2_reset_floods),
+            sdk_pings_answered: get(&f.sdk_pings_answered),
             access_log: AccessLogView {
                 lines: get(&f.access_log.lines),
                 dropped: get(&f.access_log.dropped),

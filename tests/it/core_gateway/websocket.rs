@@ -131,6 +131,11 @@ async fn sdk_heartbeats_are_answered_by_the_gateway_unless_forwarded() {
         // Either way the session goes on.
         let (r, _) = ws_call(&mut w, kuzzle("server", "now", "after")).await;
         assert_eq!(r["status"], 200, "{mode}: {r}");
+        // Ops see what the gateway answered (both heartbeats fall within the first forward period).
+        let m = request(gw.stats_addr, "GET", "/metrics", &[ops_auth()], Bytes::new()).await;
+        let answered = if gateway_answers { 2 } else { 0 };
+        let line = format!("kuzzle_gateway_sdk_pings_answered_total {answered}\n");
+        assert!(String::from_utf8_lossy(&m.body).contains(&line), "{mode}: no {line:?} in /metrics");
         gw.shutdown().await;
     }
 }
