@@ -193,23 +193,24 @@ pub async fn handle(
     frontend.request_rate.tick();
     let snap = ctx.core.snapshot_full();
     let mut log = begin_log(&ctx, &snap, req.method(), req.uri(), &client);
-    let resp = match admit(&ctx, &snap, &client) {
-        Some(refused) => {
-            if let Some(r) = log.as_mut() {
-                r.termination = "PR";
-            }
-            refused
+    // Refused here, before any await: the refusal is no part of the request's future (which
+    // every request allocates and moves whole).
+    if let Some(refused) = admit(&ctx, &snap, &client) {
+        if let Some(r) = log.as_mut() {
+            r.termination = "PR";
         }
-        None => match forward(&ctx, &snap, req, &client, &mut log).await {
-            Ok(r) => r,
-            Err(e) => {
-                frontend.request_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = log.as_mut() {
-                    r.termination = e.termination();
-                }
-                json_error(e.status, &e.message)
+        frontend.responses.record(refused.status().as_u16());
+        return Ok(with_log(refused, log));
+    }
+    let resp = match forward(&ctx, &snap, req, &client, &mut log).await {
+        Ok(r) => r,
+        Err(e) => {
+            frontend.request_errors.fetch_add(1, Ordering::Relaxed);
+            if let Some(r) = log.as_mut() {
+                r.termination = e.termination();
             }
-        },
+            json_error(e.status, &e.message)
+        }
     };
     frontend.responses.record(resp.status().as_u16());
     Ok(with_log(resp, log))
