@@ -5,7 +5,8 @@
 # User space only: the kernel's share (4 syscalls per keep-alive request, as for haproxy) is not in it.
 #
 # Usage: bench/callgrind.sh [BIN...]     default: target/release/kuzzle-gateway
-# Environment: CASE [http|ws], N [10000] requests (http), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
+# Environment: CASE [http|http-close|ws] (http-close: the node closes every connection after its
+#              answer, as real Kuzzle 2 does), N [10000] requests (http, http-close), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
 #              SKIP_BUILD [0]; GW_EXTRA_<i>: configuration appended for the i-th binary (the same
 #              binary twice compares two configurations, e.g. GW_EXTRA_2 with an [access_log]).
 #              Prints one line per binary; its profile is kept as target/bench/callgrind-CASE-i.out
@@ -28,11 +29,13 @@ fi
 
 # Backends: a fixed-answer nginx (http) or one kuzzle-node-sim (ws), so only the gateway is counted.
 BACK=$(pick_port 17800)
-if [ "$CASE" = http ]; then
+case $CASE in http | http-close | ws) ;; *) die "CASE is http, http-close or ws, not '$CASE'" ;; esac
+if [ "$CASE" != ws ]; then
+  keepalive=""; [ "$CASE" = http-close ] && keepalive="keepalive_timeout 0;"
   cat >"$WORK/backend.conf" <<EOF
 worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err warn;
 events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
+http { access_log off; keepalive_requests 1000000; $keepalive
   server { listen 127.0.0.1:$BACK;
     location / { default_type application/json; return 200 '{"status":200,"result":{"now":1764633600000}}'; } } }
 EOF
@@ -56,7 +59,7 @@ for bin in "$@"; do
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$WORK/gw$i.toml" >"$WORK/gw$i.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
-  if [ "$CASE" = http ]; then
+  if [ "$CASE" != ws ]; then
     h2load --h1 -n 2000 -c 16 "http://127.0.0.1:$port/" >/dev/null 2>&1
     callgrind_control -z "$pid" >/dev/null
     h2load --h1 -n "$N" -c 16 "http://127.0.0.1:$port/" | grep -q "$N succeeded" || die "$bin: not all $N requests succeeded"
