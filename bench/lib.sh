@@ -175,14 +175,16 @@ subst_nodes() {
 }
 
 # gateway_config OUT PORT STATS_PORT THREADS [P1 P2 P3]: proxy-configs/gateway.toml with this run's
-# ports (nodes on P1..P3, default the sims), checked with the gateway binary GW_BIN.
+# ports (nodes on P1..P3, default the sims), checked with the gateway binary GW_BIN. SDK_PINGS, when
+# set, replaces `[gateway] sdk_pings` ("forward": every SDK heartbeat to the node, as nginx does).
 gateway_config() {
   local out=$1 port=$2 stats=$3 threads=$4
   shift 4
   subst_nodes "$@" <"$ROOT/proxy-configs/gateway.toml" |
     sed -e "s/^listen = \"0\.0\.0\.0:7512\"/listen = \"127.0.0.1:$port\"/" \
       -e "s/^listen = \"127\.0\.0\.1:7575\"/listen = \"127.0.0.1:$stats\"/" \
-      -e "s/^threads = 0 /threads = $threads /" >"$out"
+      -e "s/^threads = 0 /threads = $threads /" \
+      -e "s/^sdk_pings = \"answer\"/sdk_pings = \"${SDK_PINGS:-answer}\"/" >"$out"
   grep -q "127.0.0.1:$port" "$out" || die "could not set the gateway's port in $out"
   "${GW_BIN:-$BIN_DIR/kuzzle-gateway}" --config "$out" --check >/dev/null || die "gateway config copy is invalid: $out"
 }

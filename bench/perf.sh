@@ -22,6 +22,7 @@
 #   BIG_CONNS [10]   client connections for 1 MiB responses
 #   WS_IDLE [3000]   idle WebSockets per proxy
 #   PING_WINDOW [12; QUICK: 6]  seconds of CPU measured with the ws-ping sockets open and pinging
+#   SDK_PINGS [answer]  the gateway's [gateway] sdk_pings (forward: every heartbeat to the node)
 #   SYSCALLS [0]     1: also count each proxy's system calls (strace -c -f) over one more window of
 #                    get-ka, get-ka-close and the ws-ping cases; prints syscalls per request / ping
 #   WS_CLIENTS [50], WS_ROUND_TRIPS [1000; QUICK: 200]  relay: clients x round trips each (1000 makes
@@ -586,7 +587,8 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
     "ws-ping-1k/9k 1,000 / 9,000 WebSockets idle but for the SDK heartbeat every 2 s (value: CPU ms per second per" \
     "1,000 connections; p50 column: RSS KiB per connection; per CPU-s: heartbeats relayed per CPU-second);" \
     "tls-new a new TLS connection (full handshake) per request; tls-ka HTTPS keep-alive." \
-    "The tls-* targets (>= the best of nginx and haproxy) are provisional: issue 12 names the cases, not a bar."
+    "Targets: issue 22's (1.2 x the better peer per CPU-second, p99 <= the lower); tls-new keeps its lead (>= 1)." \
+    "The gateway's SDK heartbeats: sdk_pings = ${SDK_PINGS:-answer}."
   echo
   echo "Every measurement (median per column; value: requests/s, MiB/s, messages/s, or KiB per WebSocket for" \
     "ws-idle, whose p50 column is the seconds to open them; CPU %: the target's process, % of one core;" \
