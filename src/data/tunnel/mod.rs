@@ -39,9 +39,8 @@ pub struct Pump {
     pending: Vec<u8>,
     /// How much of `pending` is written already.
     written: usize,
-    /// What the call that left `pending` will report once it is written: (read, kept); None
-    /// when `pending` holds the rest of an injected message (the call then goes on reading).
-    report: Option<(usize, usize)>,
+    /// What the call that left `pending` will report once it is written: (read, kept).
+    report: (usize, usize),
 }
 
 impl Pump {
@@ -52,62 +51,26 @@ impl Pump {
         &mut self,
         r: &mut R,
         w: &mut W,
-        keep: impl FnMut(&[u8]) -> usize,
-    ) -> io::Result<(usize, usize)>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
-        self.pump_with(r, w, keep, || None).await
-    }
-
-    /// [`Pump::pump`], and before each read, while `inject` gives one, a message of the gateway's
-    /// own is written to `w` (between two reads: the caller says when the stream is at a boundary
-    /// where one may go).
-    pub async fn pump_with<R, W>(
-        &mut self,
-        r: &mut R,
-        w: &mut W,
         mut keep: impl FnMut(&[u8]) -> usize,
-        mut inject: impl FnMut() -> Option<&'static [u8]>,
     ) -> io::Result<(usize, usize)>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         std::future::poll_fn(|cx| {
-            loop {
-                if !self.pending.is_empty() {
-                    // An earlier poll read (or injected) more than the writer took: finish that first.
-                    while self.written < self.pending.len() {
-                        match Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]) {
-                            Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                            Poll::Ready(Ok(k)) => self.written += k,
-                            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                            Poll::Pending => return Poll::Pending,
-                        }
-                    }
-                    self.pending = Vec::new();
-                    self.written = 0;
-                    if let Some(report) = self.report.take() {
-                        return Poll::Ready(Ok(report));
-                    }
-                }
-                let Some(msg) = inject() else { break };
-                let mut off = 0;
-                while off < msg.len() {
-                    match Pin::new(&mut *w).poll_write(cx, &msg[off..]) {
+            if !self.pending.is_empty() {
+                // An earlier poll read more than the writer took: finish that first.
+                while self.written < self.pending.len() {
+                    match Pin::new(&mut *w).poll_write(cx, &self.pending[self.written..]) {
                         Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                        Poll::Ready(Ok(k)) => off += k,
+                        Poll::Ready(Ok(k)) => self.written += k,
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => {
-                            self.pending = msg[off..].to_vec();
-                            self.written = 0;
-                            self.report = None;
-                            return Poll::Pending;
-                        }
+                        Poll::Pending => return Poll::Pending,
                     }
                 }
+                self.pending = Vec::new();
+                self.written = 0;
+                return Poll::Ready(Ok(self.report));
             }
             SCRATCH_BUF.with_borrow_mut(|buf| {
                 let mut rb = ReadBuf::new(buf);
@@ -131,7 +94,7 @@ impl Pump {
                             // The writer's waker is registered: keep the rest until it can take it.
                             self.pending = buf[off..upto].to_vec();
                             self.written = 0;
-                            self.report = Some((n, upto));
+                            self.report = (n, upto);
                             return Poll::Pending;
                         }
                     }
@@ -216,7 +179,7 @@ pub fn spawn(
             session: log.as_ref().map(|_| Session::default()),
         };
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
-        let opts = RunOpts { websocket, idle, pings: pings.filter(|_| websocket) };
+        let opts = RunOpts { websocket, idle, pings };
         let end = run(TokioIo::new(client), TokioIo::new(node), opts, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         if let (Some(r), Some(s)) = (log, &io.session) {
@@ -296,19 +259,19 @@ pub struct RunOpts {
     /// Closed after this long with nothing moving either way.
     pub idle: Duration,
     /// `[gateway] sdk_pings = "answer"`: SDK heartbeats are answered here but for one in this
-    /// long, which goes on to the node.
+    /// long, which goes on to the node (WebSockets only).
     pub pings: Option<Duration>,
 }
 
 /// The official SDKs' heartbeat answer, as Kuzzle sends it: an unmasked text frame `{"p":2}`.
-pub const SDK_PONG: &[u8] = b"\x81\x07{\"p\":2}";
+const SDK_PONG: &[u8] = b"\x81\x07{\"p\":2}";
 /// Most heartbeat answers owed to one client before further heartbeats are forwarded instead (a
 /// client that sends and never reads holds no more than this).
 const MAX_OWED_PONGS: u8 = 16;
 
 /// Whether `d` is exactly one SDK heartbeat from a client: a masked, unfragmented, uncompressed
 /// text frame whose payload is `{"p":1}`.
-pub fn is_sdk_ping(d: &[u8]) -> bool {
+fn is_sdk_ping(d: &[u8]) -> bool {
     const PING: &[u8; 7] = b"{\"p\":1}";
     d.len() == 13 && d[0] == 0x81 && d[1] == 0x87 && (0..7).all(|i| d[6 + i] ^ d[2 + i % 4] == PING[i])
 }
@@ -343,12 +306,23 @@ where
     let stopped =
         || std::future::poll_fn(|_| if stop.load(Ordering::Relaxed) { Poll::Ready(()) } else { Poll::Pending });
     // SDK heartbeats answered here: counted by the client's side, written by the node's side
-    // (the writer of the client's stream) when that stream is between two of the node's frames.
+    // (the writer of the client's stream), like the gateway's close frames, between two frames.
     // Atomics only because the task must be Send: one task reads and writes them.
     let owed = std::sync::atomic::AtomicU8::new(0);
-    // The node-to-client stream is at a frame boundary with nothing read left unwritten, and no
-    // close frame went to the client: an answer may go now.
-    let n2c_clear = std::sync::atomic::AtomicBool::new(true);
+    // Every byte read from the node is written to the client and that stream is between two
+    // frames: a frame of the gateway's own (an answer, a close) may go now. The node's side keeps
+    // it (its frame tracker is borrowed by the copy while a read is in progress).
+    let between = std::sync::atomic::AtomicBool::new(true);
+    // Ready when an answer is owed and may go now; no waker: the client's side wakes this task.
+    let pong_due = || {
+        std::future::poll_fn(|_| {
+            if owed.load(Ordering::Relaxed) > 0 && between.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+    };
 
     let client_to_node = async {
         let mut pump = Pump::default();
@@ -421,24 +395,19 @@ where
         let mut closing: Option<(tokio::time::Instant, (u16, &'static str))> = None;
         loop {
             let is_closing = closing.is_some();
+            // Never an answer after the node's close frame, nor while the gateway closes.
+            let may_answer = pings.is_some() && !frames.saw_close && !is_closing;
             let keep = |d: &[u8]| {
-                n2c_clear.store(false, Ordering::Relaxed);
+                between.store(false, Ordering::Relaxed);
                 if websocket {
                     frames.advance(d, is_closing)
                 } else {
                     d.len()
                 }
             };
-            let inject = || {
-                (n2c_clear.load(Ordering::Relaxed) && !is_closing && owed.load(Ordering::Relaxed) > 0).then(|| {
-                    owed.store(owed.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
-                    io.pings_answered.fetch_add(1, Ordering::Relaxed);
-                    SDK_PONG
-                })
-            };
             let (n, sent) = tokio::select! {
                 biased;
-                r = pump.pump_with(&mut nr, &mut cw, keep, inject) => match r {
+                r = pump.pump(&mut nr, &mut cw, keep) => match r {
                     Ok(x) => x,
                     Err(_) => {
                         if let Some(s) = &io.session {
@@ -455,7 +424,7 @@ where
                     } else {
                         (1001, "node going away")
                     };
-                    if !websocket || frames.at_boundary() {
+                    if !websocket || between.load(Ordering::Relaxed) {
                         if websocket {
                             let _ = cw.write_all(&close_frame(why.0, why.1)).await;
                         }
@@ -463,6 +432,14 @@ where
                         return stop_reason(kill, shutdown, &drawn);
                     }
                     closing = Some((tokio::time::Instant::now() + CLOSE_WAIT, why));
+                    continue;
+                }
+                _ = pong_due(), if may_answer => {
+                    owed.store(owed.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+                    io.pings_answered.fetch_add(1, Ordering::Relaxed);
+                    if cw.write_all(SDK_PONG).await.is_err() {
+                        return TunnelEnd::Error;
+                    }
                     continue;
                 }
                 // Boxed: only a closing tunnel needs this timer, and inline it would widen every tunnel.
@@ -488,7 +465,7 @@ where
                 return TunnelEnd::Closed;
             }
             touch();
-            n2c_clear.store(websocket && frames.at_boundary() && !frames.saw_close, Ordering::Relaxed);
+            between.store(frames.at_boundary(), Ordering::Relaxed);
             for a in io.bytes_out {
                 a.fetch_add(sent as u64, Ordering::Relaxed);
             }

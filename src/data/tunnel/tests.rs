@@ -314,3 +314,31 @@ async fn with_pings_forwarded_every_heartbeat_reaches_the_node() {
     let (end, _peers) = tokio::join!(run(client, node, opts(true, 60), &kill, &shutdown, None, &io), steer);
     assert_eq!(end, TunnelEnd::NodeGone);
 }
+
+#[tokio::test]
+async fn a_close_waits_for_the_rest_of_a_frame_the_client_has_not_taken_yet() {
+    use tokio::io::AsyncReadExt as _;
+    // The client's side takes 64 bytes at a time: most of the node's frame is still unwritten
+    // (though read whole, at a frame boundary) when the node goes away.
+    let (client, mut client_peer) = tokio::io::duplex(64);
+    let (node, mut node_peer) = tokio::io::duplex(4096);
+    let (a, b) = counters();
+    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
+    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let big = frame(300, false);
+    let steer = async {
+        node_peer.write_all(&big).await.expect("frame");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        kill.cancel();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.expect("read");
+        assert_eq!(
+            got,
+            [big.clone(), close_frame(1001, "node going away")].concat(),
+            "the close frame after the whole frame"
+        );
+        node_peer
+    };
+    let (end, _node) = tokio::join!(run(client, node, opts(true, 60), &kill, &shutdown, None, &io), steer);
+    assert_eq!(end, TunnelEnd::NodeGone);
+}
