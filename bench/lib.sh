@@ -86,33 +86,33 @@ wait_http() {
   die "$what: $url did not answer 200 within 20s"
 }
 
-# VmRSS in KiB of a process plus its descendants (nginx workers).
+# proc_tree PID: PID and its descendants (nginx workers), one a line.
+proc_tree() {
+  local p todo=("$1")
+  while [ ${#todo[@]} -gt 0 ]; do
+    p=${todo[0]}; todo=("${todo[@]:1}")
+    echo "$p"
+    for k in $(cat /proc/"$p"/task/*/children 2>/dev/null || true); do todo+=("$k"); done
+  done
+}
+
+# VmRSS in KiB of a process plus its descendants.
 rss_kib() {
-  local total=0 p kids
-  local todo=("$1")
-  while [ ${#todo[@]} -gt 0 ]; do
-    p=${todo[0]}; todo=("${todo[@]:1}")
+  local total=0 p
+  for p in $(proc_tree "$1"); do
     total=$((total + $(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status" 2>/dev/null || echo 0)))
-    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
-    for k in $kids; do todo+=("$k"); done
   done
   echo "$total"
 }
-# CPU time (user + system; with a second argument "user", user only) in clock ticks (getconf
-# CLK_TCK, usually 100/s) of a process plus its descendants (nginx workers).
-cpu_ticks() {
-  local total=0 p kids t sys=1
-  local todo=("$1")
-  [ "${2:-}" = user ] && sys=0
-  while [ ${#todo[@]} -gt 0 ]; do
-    p=${todo[0]}; todo=("${todo[@]:1}")
-    t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk -v sys="$sys" '{ print $12 + sys * $13 }')
-    total=$((total + ${t:-0}))
-    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null || true)
-    for k in $kids; do todo+=("$k"); done
-  done
-  echo "$total"
+# cpu_split PID: "TOTAL USER": CPU time (user + system, and user alone) in clock ticks (getconf
+# CLK_TCK, usually 100/s) of a process plus its descendants (nginx workers), read in one pass.
+cpu_split() {
+  local p
+  for p in $(proc_tree "$1"); do sed 's/.*) //' "/proc/$p/stat" 2>/dev/null; done |
+    awk '{ t += $12 + $13; u += $12 } END { print t + 0, u + 0 }'
 }
+# cpu_ticks PID: the TOTAL of cpu_split.
+cpu_ticks() { cpu_split "$1" | cut -d' ' -f1; }
 # Busy and total ticks of each CPU, "busy total" per line (cpu0 first), from /proc/stat.
 cpu_lines() { awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
 
@@ -123,13 +123,14 @@ cpu_lines() { awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; print
 CLK_TCK=$(getconf CLK_TCK)
 # shellcheck disable=SC2034  # CPU_S, WALL_S and BUSY are the callers' to read
 with_cpu() {
-  local pid=$1 c0 u0 t0 s0 rc=0 c
+  local pid=$1 c0 u0 c1 u1 t0 s0 rc=0 c
   shift
-  c0=$(cpu_ticks "$pid"); u0=$(cpu_ticks "$pid" user); t0=$(date +%s%N); s0=$(cpu_lines)
+  read -r c0 u0 <<<"$(cpu_split "$pid")"; t0=$(date +%s%N); s0=$(cpu_lines)
   "$@" || rc=$?
-  c=$(($(cpu_ticks "$pid") - c0))
+  read -r c1 u1 <<<"$(cpu_split "$pid")"
+  c=$((c1 - c0))
   CPU_S=$(awk -v c="$c" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", c / hz }')
-  USER_PCT=$(awk -v u="$(($(cpu_ticks "$pid" user) - u0))" -v c="$c" 'BEGIN { printf "%.0f", (c > 0) ? 100 * u / c : 0 }')
+  USER_PCT=$(awk -v u="$((u1 - u0))" -v c="$c" 'BEGIN { printf "%.0f", (c > 0) ? 100 * u / c : 0 }')
   WALL_S=$(awk -v ns="$(($(date +%s%N) - t0))" 'BEGIN { printf "%.3f", ns / 1e9 }')
   BUSY=$(paste -d' ' <(echo "$s0") <(cpu_lines) |
     awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0 }')

@@ -285,18 +285,24 @@ ws_relay_measure() {
       (want - msgs) + (n - ok), 100 * cpu / s, (cpu > 0 ? msgs / cpu : 0) }' "$out"
 }
 
+# start_fresh KIND NAME: a new proxy of KIND (kuzzle-gateway, nginx or haproxy) called NAME in front
+# of the sims, on the proxies' CPU, once it answers (memory cases: no earlier round's memory in it).
+start_fresh() {
+  case $1 in
+    kuzzle-gateway) start_gateway "$2" "$PROXY_CPUS" 1 0 "${SIM_PORTS[@]}" ;;
+    nginx) start_nginx "$2" 0 "${SIM_PORTS[@]}" ;;
+    haproxy) start_haproxy "$2" 0 "${SIM_PORTS[@]}" ;;
+  esac
+  wait_http "http://${URL[$2]}/_now" "$2"
+}
+
 # ws_idle_measure KIND: a fresh proxy of KIND (gateway, nginx or haproxy; fresh, so memory freed by
 # an earlier round does not hide the cost) in front of the sims; value = KiB of RSS per idle
 # WebSocket with WS_IDLE open; the p50 column carries the seconds it took to open them.
 ws_idle_measure() {
   local kind=$1 name=idle-$1 rss0 rss1 out=$WORK/ws-idle.out
   BUSY="- -"; USER_PCT=-
-  case $kind in
-    kuzzle-gateway) start_gateway "$name" "$PROXY_CPUS" 1 0 "${SIM_PORTS[@]}" ;;
-    nginx) start_nginx "$name" 0 "${SIM_PORTS[@]}" ;;
-    haproxy) start_haproxy "$name" 0 "${SIM_PORTS[@]}" ;;
-  esac
-  wait_http "http://${URL[$name]}/_now" "$name"
+  start_fresh "$kind" "$name"
   rss0=$(rss_kib "${PID[$name]}")
   ws_open idle "ws://${URL[$name]}/" "$WS_IDLE"
   sleep 1    # let the sockets settle (buffers released after the first exchange)
@@ -317,12 +323,7 @@ ws_idle_measure() {
 # message each way) per CPU-second.
 ws_ping_measure() {
   local kind=$1 n=$2 name=ping-$1 rss0 rss1 out=$WORK/ws-ping.out cpu wall
-  case $kind in
-    kuzzle-gateway) start_gateway "$name" "$PROXY_CPUS" 1 0 "${SIM_PORTS[@]}" ;;
-    nginx) start_nginx "$name" 0 "${SIM_PORTS[@]}" ;;
-    haproxy) start_haproxy "$name" 0 "${SIM_PORTS[@]}" ;;
-  esac
-  wait_http "http://${URL[$name]}/_now" "$name"
+  start_fresh "$kind" "$name"
   rss0=$(rss_kib "${PID[$name]}")
   ws_open ping "ws://${URL[$name]}/" "$n" 0 --ping-every 2
   sleep 3    # every connection has sent a heartbeat or two: buffers in their steady state
@@ -346,12 +347,8 @@ ws_ping_measure() {
 # between; appends "LABEL: calls per event (calls; the most frequent)" to $WORK/syscalls, EVENTS
 # being the requests or heartbeats relayed meanwhile. strace slows the proxy: counts, not speed.
 syscalls_begin() {
-  local todo p pids=()
-  todo=("${PID[$1]}")
-  while [ ${#todo[@]} -gt 0 ]; do
-    p=${todo[0]}; todo=("${todo[@]:1}"); pids+=(-p "$p")
-    for k in $(cat /proc/"$p"/task/*/children 2>/dev/null || true); do todo+=("$k"); done
-  done
+  local p pids=()
+  for p in $(proc_tree "${PID[$1]}"); do pids+=(-p "$p"); done
   STRACE_OUT=$WORK/strace-$2.txt; STRACE_LABEL=$2
   strace -c -f -o "$STRACE_OUT" "${pids[@]}" >/dev/null 2>&1 &
   STRACE_PID=$!; PIDS+=("$STRACE_PID")
