@@ -111,6 +111,16 @@ cpu_split() {
   for p in $(proc_tree "$1"); do sed 's/.*) //' "/proc/$p/stat" 2>/dev/null; done |
     awk '{ t += $12 + $13; u += $12 } END { print t + 0, u + 0 }'
 }
+# kernel_counts PID: "FAULTS SWITCHES": minor page faults and context switches (voluntary and not,
+# every thread) of a process plus its descendants: kernel work that strace does not show.
+kernel_counts() {
+  local p f=0 c=0
+  for p in $(proc_tree "$1"); do
+    f=$((f + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $8 + 0 }')))
+    c=$((c + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')))
+  done
+  echo "$f $c"
+}
 # cpu_ticks PID: the TOTAL of cpu_split.
 cpu_ticks() { cpu_split "$1" | cut -d' ' -f1; }
 # Busy and total ticks of each CPU, "busy total" per line (cpu0 first), from /proc/stat.

@@ -427,6 +427,13 @@ if [ "$SYSCALLS" = 1 ]; then
     has_case "$c" || continue
     for t in $(targets_of "$c"); do
       case $t in direct*) continue ;; esac
+      # Page faults and context switches first, over a window of their own (strace adds switches).
+      read -r f0 s0 <<<"$(kernel_counts "${PID[$t]}")"
+      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" >"$WORK/kc.wrk" 2>&1 || true
+      read -r f1 s1 <<<"$(kernel_counts "${PID[$t]}")"
+      awk -v l="$c-$t" -v n="$(awk '/requests in/ { print $1 }' "$WORK/kc.wrk")" -v f="$((f1 - f0))" -v s="$((s1 - s0))" \
+        'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per request (%d requests)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), n }' \
+        >>"$WORK/syscalls"
       syscalls_begin "$t" "$c-$t"
       taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" >"$WORK/strace.wrk" 2>&1 || true
       syscalls_end "$(awk '/requests in/ { print $1 }' "$WORK/strace.wrk")"

@@ -134,16 +134,17 @@ pin_project_lite::pin_project! {
         // The node's body, its bytes counted.
         inner: Counted<Incoming>,
         // The first frame, read before the response head went to the client (see `new`).
-        first: Option<Frame<Bytes>>,
+        first: Option<First>,
         // The node connection, back to the pool once the body ends (None once released or broken).
         sender: Option<Sender>,
         // Keeps the request counted active on its node until the body ends.
         guard: ActiveGuard,
         // How long the node may stay silent mid-body (`[timeouts] server`).
         idle: Duration,
-        // Armed only while the node keeps us waiting: no timer work while data flows.
-        #[pin]
-        stall: Sleep,
+        // Made the first time the node keeps us waiting, armed only while it does: no timer work
+        // while data flows, and none at all for a body that came with its head (boxed: a response
+        // is moved whole several times on its way out, 112 bytes of timer with it).
+        stall: Option<Pin<Box<Sleep>>>,
         // The stall timer is set for the current wait.
         armed: bool,
     }
@@ -172,15 +173,11 @@ impl Tracked {
         guard: ActiveGuard,
         idle: Duration,
     ) -> Self {
-        Tracked {
-            inner,
-            first,
-            sender,
-            guard,
-            idle,
-            stall: tokio::time::sleep_until(Instant::now() + idle),
-            armed: false,
-        }
+        let first = first.map(|f| match f.into_data() {
+            Ok(data) => First::Data(data),
+            Err(other) => First::Other(Box::new(other)),
+        });
+        Tracked { inner, first, sender, guard, idle, stall: None, armed: false }
     }
 }
 
@@ -189,21 +186,31 @@ impl Body for Tracked {
     type Error = BodyError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let mut this = self.project();
+        let this = self.project();
         if let Some(f) = this.first.take() {
             if this.inner.is_end_stream() {
                 release(this.sender, this.guard);
             }
-            return Poll::Ready(Some(Ok(f)));
+            return Poll::Ready(Some(Ok(match f {
+                First::Data(data) => Frame::data(data),
+                First::Other(frame) => *frame,
+            })));
         }
         let frame = match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                if !*this.armed {
-                    this.stall.as_mut().reset(Instant::now() + *this.idle);
-                    *this.armed = true;
-                }
-                if this.stall.as_mut().poll(cx).is_ready() {
+                let deadline = Instant::now() + *this.idle;
+                let stall = match this.stall {
+                    Some(s) => {
+                        if !*this.armed {
+                            s.as_mut().reset(deadline);
+                        }
+                        s
+                    }
+                    None => this.stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                *this.armed = true;
+                if stall.as_mut().poll(cx).is_ready() {
                     // The connection is mid-body: never reuse it.
                     *this.sender = None;
                     this.guard.backend.counters.response_errors.fetch_add(1, Ordering::Relaxed);
@@ -231,7 +238,10 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.inner.size_hint();
-        let held = self.first.as_ref().and_then(|f| f.data_ref()).map_or(0, |d| d.len() as u64);
+        let held = match &self.first {
+            Some(First::Data(d)) => d.len() as u64,
+            _ => 0,
+        };
         if held > 0 {
             // Upper first: SizeHint refuses a lower bound above the current upper one.
             if let Some(u) = hint.upper() {
@@ -241,6 +251,14 @@ impl Body for Tracked {
         }
         hint
     }
+}
+
+/// The first frame of a body, held: data (nearly always) kept inline, anything else boxed.
+enum First {
+    /// A data frame's bytes.
+    Data(Bytes),
+    /// A trailers frame (a chunked body that is empty but for its trailers).
+    Other(Box<Frame<Bytes>>),
 }
 
 fn release(sender: &mut Option<Sender>, guard: &ActiveGuard) {
