@@ -9,7 +9,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
@@ -19,6 +18,11 @@ use crate::core::counters::FrontendCounters;
 use crate::core::shed::Shed;
 use crate::core::Lifecycle;
 use crate::data::edge::access_log::{FirstClose, WsEnd, WsRecord};
+use crate::data::send_timeout::SendTimeout;
+use crate::data::serve::ClientStream;
+
+mod side;
+use side::Side;
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -180,7 +184,10 @@ pub fn spawn(
         };
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
         let opts = RunOpts { websocket, idle, pings };
-        let end = run(TokioIo::new(client), TokioIo::new(node), opts, &kill, &close_all, draw, &io).await;
+        // Plain TCP on both sides (the common case) skips hyper's `Upgraded` on every read and write.
+        let client = Side::<SendTimeout<ClientStream>>::of(client);
+        let node = Side::<tokio::net::TcpStream>::of(node);
+        let end = run(client, node, opts, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         if let (Some(r), Some(s)) = (log, &io.session) {
             r.log.websocket(&r, s.end(end));

@@ -142,3 +142,77 @@ async fn sdk_heartbeat(w: &mut Ws) -> Result<Value, tokio::time::error::Elapsed>
         .await
         .map(|(p, _)| p)
 }
+
+/// Frames that arrive in the same packet as the upgrade exchange (the client's right behind its
+/// request, the node's right behind its 101) were read by hyper, not by the tunnel: they must be
+/// relayed first, whichever stream type the tunnel works on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_exchange_are_relayed() {
+    // A node that answers the upgrade and sends a frame in the same write, then reports what the
+    // client sent after its request head.
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let node = l.local_addr().expect("addr");
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                let head_end = loop {
+                    match c.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                if !got.starts_with(b"GET /ws") {
+                    // A health check or anything else: a plain answer.
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                    return;
+                }
+                let _ = c
+                    .write_all(
+                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x0anode-first",
+                    )
+                    .await;
+                // The client's frame: 6 bytes of header (masked, zero key) and 12 of payload.
+                while got.len() < head_end + 18 {
+                    match tokio::time::timeout(T, c.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let _ = tx.send(got[head_end..].to_vec()).await;
+                // Hold the tunnel open until the test ends.
+                let _ = c.read(&mut buf).await;
+            });
+        }
+    });
+    let gw = gateway(&gateway_toml(&format!(
+        "[health]\ninterval = \"1h\"\n[[node]]\nname = \"n1\"\naddress = \"{node}\"\n"
+    )))
+    .await;
+    let mut c = TcpStream::connect(gw.http_addr).await.expect("connect");
+    let mut hello = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        .to_vec();
+    hello.extend_from_slice(b"\x81\x8c\x00\x00\x00\x00client-first");
+    c.write_all(&hello).await.expect("write");
+    let from_client = tokio::time::timeout(T, rx.recv()).await.expect("node got nothing").expect("node");
+    assert_eq!(from_client, b"\x81\x8c\x00\x00\x00\x00client-first", "{}", String::from_utf8_lossy(&from_client));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"node-first") {
+        match tokio::time::timeout(T, c.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("no node frame ({other:?}): {}", String::from_utf8_lossy(&got)),
+        }
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    task.abort();
+    gw.shutdown().await;
+}
