@@ -1,6 +1,7 @@
 //! Core: one Kuzzle node as the proxy sees it: address, live state (atomics), counters, connection pool.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -404,7 +405,7 @@ impl Backend {
         };
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => handshake(stream, max_head).await,
+            None => handshake(NodeStream(stream), max_head).await,
             Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
                 Ok(s) => handshake(s, max_head).await,
                 Err(crate::core::node_tls::Error::Timeout) => Err(ConnectError::Timeout),
@@ -492,6 +493,61 @@ where
         let _ = conn.with_upgrades().await;
     });
     Ok(sender)
+}
+
+/// A plain connection to a node as hyper's client holds it: the socket, but for a shutdown that
+/// does nothing. hyper shuts a connection down before dropping it, one system call per request
+/// when the node closes after every answer (as Kuzzle 2 does) for nothing the close does not do
+/// itself: the answer was read whole, so the close sends the same FIN. A tunnel takes the socket
+/// back out ([`NodeStream::into_inner`]) and half-closes it for real.
+#[derive(Debug)]
+pub struct NodeStream(TcpStream);
+
+impl NodeStream {
+    /// The socket, shutdowns and all.
+    pub fn into_inner(self) -> TcpStream {
+        self.0
+    }
+}
+
+impl tokio::io::AsyncRead for NodeStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for NodeStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Why a connection to a node could not be made (nothing was sent: safe to retry anything).

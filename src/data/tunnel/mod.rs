@@ -13,7 +13,7 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio_util::sync::CancellationToken;
 
-use crate::core::backend::ActiveGuard;
+use crate::core::backend::{ActiveGuard, NodeStream};
 use crate::core::counters::FrontendCounters;
 use crate::core::shed::Shed;
 use crate::core::Lifecycle;
@@ -185,8 +185,8 @@ pub fn spawn(
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
         let opts = RunOpts { websocket, idle, pings };
         // Plain TCP on both sides (the common case) skips hyper's `Upgraded` on every read and write.
-        let client = Side::<SendTimeout<ClientStream>>::of(client);
-        let node = Side::<tokio::net::TcpStream>::of(node);
+        let client = Side::of::<SendTimeout<ClientStream>>(client, |s| s);
+        let node = Side::of::<NodeStream>(node, NodeStream::into_inner);
         let end = run(client, node, opts, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         if let (Some(r), Some(s)) = (log, &io.session) {

@@ -21,15 +21,16 @@ pub enum Side<T> {
     Hyper(TokioIo<Upgraded>),
 }
 
-impl<T> Side<T>
-where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    /// `up` as its own stream if it is a `T` (served as `TokioIo<T>`), else as it is.
-    pub fn of(up: Upgraded) -> Side<T> {
-        match up.downcast::<TokioIo<T>>() {
+impl<T> Side<T> {
+    /// `up` as its own stream if it was served as a `TokioIo<S>` (`own` takes the stream out of
+    /// the `S`), else as it is.
+    pub fn of<S>(up: Upgraded, own: impl FnOnce(S) -> T) -> Side<T>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match up.downcast::<TokioIo<S>>() {
             // Frames the peer sent right behind the upgrade exchange, read by hyper: handed on first.
-            Ok(parts) => Side::Own(Prefixed::new(parts.io.into_inner(), parts.read_buf.to_vec())),
+            Ok(parts) => Side::Own(Prefixed::new(own(parts.io.into_inner()), parts.read_buf.to_vec())),
             Err(up) => Side::Hyper(TokioIo::new(up)),
         }
     }

@@ -145,7 +145,8 @@ async fn sdk_heartbeat(w: &mut Ws) -> Result<Value, tokio::time::error::Elapsed>
 
 /// Frames that arrive in the same packet as the upgrade exchange (the client's right behind its
 /// request, the node's right behind its 101) were read by hyper, not by the tunnel: they must be
-/// relayed first, whichever stream type the tunnel works on.
+/// relayed first, whichever stream type the tunnel works on; and a half-close still reaches the
+/// node as one (the node's socket is shut down for real, not through hyper's no-op shutdown).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frames_sent_with_the_upgrade_exchange_are_relayed() {
     // A node that answers the upgrade and sends a frame in the same write, then reports what the
@@ -187,8 +188,12 @@ async fn frames_sent_with_the_upgrade_exchange_are_relayed() {
                     }
                 }
                 let _ = tx.send(got[head_end..].to_vec()).await;
-                // Hold the tunnel open until the test ends.
-                let _ = c.read(&mut buf).await;
+                // The client's half-close must reach the node as one (an end of stream, not a reset).
+                let end = match tokio::time::timeout(T, c.read(&mut buf)).await {
+                    Ok(Ok(0)) => b"eof".to_vec(),
+                    other => format!("{other:?}").into_bytes(),
+                };
+                let _ = tx.send(end).await;
             });
         }
     });
@@ -213,6 +218,9 @@ async fn frames_sent_with_the_upgrade_exchange_are_relayed() {
         }
     }
     assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    c.shutdown().await.expect("half-close");
+    let end = tokio::time::timeout(T, rx.recv()).await.expect("node saw no end").expect("node");
+    assert_eq!(end, b"eof", "{}", String::from_utf8_lossy(&end));
     task.abort();
     gw.shutdown().await;
 }
