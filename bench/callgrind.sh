@@ -5,8 +5,8 @@
 # User space only: the kernel's share (4 syscalls per keep-alive request, as for haproxy) is not in it.
 #
 # Usage: bench/callgrind.sh [BIN...]     default: target/release/kuzzle-gateway
-# Environment: CASE [http|http-close|ws] (http-close: the node closes every connection after its
-#              answer, as real Kuzzle 2 does), N [10000] requests (http, http-close), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
+# Environment: CASE [http|http-close|new-conn|ws] (http-close: the node closes every connection after its
+#              answer, as real Kuzzle 2 does; new-conn: the client opens a connection per request), N [10000] requests (http, http-close), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
 #              SKIP_BUILD [0]; GW_EXTRA_<i>: configuration appended for the i-th binary (the same
 #              binary twice compares two configurations, e.g. GW_EXTRA_2 with an [access_log]).
 #              Prints one line per binary; its profile is kept as target/bench/callgrind-CASE-i.out
@@ -29,7 +29,7 @@ fi
 
 # Backends: a fixed-answer nginx (http) or one kuzzle-node-sim (ws), so only the gateway is counted.
 BACK=$(pick_port 17800)
-case $CASE in http | http-close | ws) ;; *) die "CASE is http, http-close or ws, not '$CASE'" ;; esac
+case $CASE in http | http-close | new-conn | ws) ;; *) die "CASE is http, http-close, new-conn or ws, not '$CASE'" ;; esac
 if [ "$CASE" != ws ]; then
   keepalive=""; [ "$CASE" = http-close ] && keepalive="keepalive_timeout 0;"
   cat >"$WORK/backend.conf" <<EOF
@@ -60,9 +60,10 @@ for bin in "$@"; do
   pid=$!; PIDS+=("$pid")
   for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
   if [ "$CASE" != ws ]; then
-    h2load --h1 -n 2000 -c 16 "http://127.0.0.1:$port/" >/dev/null 2>&1
+    close=(); [ "$CASE" = new-conn ] && close=(-H "Connection: close")
+    h2load --h1 -n 2000 -c 16 "${close[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
     callgrind_control -z "$pid" >/dev/null
-    h2load --h1 -n "$N" -c 16 "http://127.0.0.1:$port/" | grep -q "$N succeeded" || die "$bin: not all $N requests succeeded"
+    h2load --h1 -n "$N" -c 16 "${close[@]}" "http://127.0.0.1:$port/" | grep -q "$N succeeded" || die "$bin: not all $N requests succeeded"
     units=$N; what="request"
   else
     ws_open relay "ws://127.0.0.1:$port/" "$WS_CLIENTS" "$ROUND_TRIPS"

@@ -488,10 +488,10 @@ where
         .handshake(TokioIo::new(stream))
         .await
         .map_err(|_| ConnectError::Io(std::io::ErrorKind::Other))?;
-    // The connection task ends when the node closes it or every `Sender` is dropped.
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
+    // The connection task ends when the node closes it or every `Sender` is dropped. Boxed: the
+    // connection is over a kilobyte, and spawning it inline copied it whole several times (one
+    // connection per request when nodes close after every answer, as Kuzzle 2 does).
+    tokio::spawn(Box::pin(conn.with_upgrades()));
     Ok(sender)
 }
 
