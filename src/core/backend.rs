@@ -501,7 +501,10 @@ where
 /// itself: the answer was read whole, so the close sends the same FIN. A tunnel takes the socket
 /// back out ([`NodeStream::into_inner`]) and half-closes it for real.
 #[derive(Debug)]
-pub struct NodeStream(TcpStream);
+pub struct NodeStream(
+    /// The socket itself: every read and write goes to it unchanged.
+    TcpStream,
+);
 
 impl NodeStream {
     /// The socket, shutdowns and all.
