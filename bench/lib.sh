@@ -116,7 +116,8 @@ cpu_split() {
 kernel_counts() {
   local p f=0 c=0
   for p in $(proc_tree "$1"); do
-    f=$((f + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $8 + 0 }')))
+    # A process gone meanwhile reads as 0 (awk prints a line even for no input).
+    f=$((f + $(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ f = $8 } END { print f + 0 }')))
     c=$((c + $(cat /proc/"$p"/task/*/status 2>/dev/null | awk '/ctxt_switches/ { s += $2 } END { print s + 0 }')))
   done
   echo "$f $c"

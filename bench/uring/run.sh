@@ -68,10 +68,11 @@ done
 # One measurement: "requests user_ticks system_ticks total_ns p99".
 measure() {
   local n=$1 pid=${PID[$1]} u0 s0 ns0 u1 s1 ns1
-  read -r u0 s0 < <(awk '{ print $14, $15 }' "/proc/$pid/stat"); ns0=$(awk '{ print $1 }' "/proc/$pid/schedstat")
+  # schedstat per thread, summed: io_uring's kernel worker threads (iou-wrk) count too.
+  read -r u0 s0 < <(awk '{ print $14, $15 }' "/proc/$pid/stat"); ns0=$(cat /proc/"$pid"/task/*/schedstat | awk '{ n += $1 } END { print n }')
   taskset -c 0 wrk -t1 -c50 -d"${DURATION}s" --latency "http://127.0.0.1:${PORT[$n]}/" >"$WORK/wrk.out" 2>&1 ||
     die "wrk failed on $n: $(tail -3 "$WORK/wrk.out")"
-  read -r u1 s1 < <(awk '{ print $14, $15 }' "/proc/$pid/stat"); ns1=$(awk '{ print $1 }' "/proc/$pid/schedstat")
+  read -r u1 s1 < <(awk '{ print $14, $15 }' "/proc/$pid/stat"); ns1=$(cat /proc/"$pid"/task/*/schedstat | awk '{ n += $1 } END { print n }')
   echo "$(awk '/requests in/ { print $1 }' "$WORK/wrk.out") $((u1 - u0)) $((s1 - s0)) $((ns1 - ns0)) $(awk '$1 == "99%" { print $2 }' "$WORK/wrk.out")"
 }
 

@@ -199,15 +199,15 @@ impl Body for Tracked {
         let frame = match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                let deadline = Instant::now() + *this.idle;
+                // The clock is read only when a wait starts, not on every poll of one.
                 let stall = match this.stall {
                     Some(s) => {
                         if !*this.armed {
-                            s.as_mut().reset(deadline);
+                            s.as_mut().reset(Instant::now() + *this.idle);
                         }
                         s
                     }
-                    None => this.stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                    None => this.stall.insert(Box::pin(tokio::time::sleep_until(Instant::now() + *this.idle))),
                 };
                 *this.armed = true;
                 if stall.as_mut().poll(cx).is_ready() {

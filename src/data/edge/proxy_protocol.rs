@@ -104,13 +104,15 @@ fn parse(buf: &[u8], peer: SocketAddr) -> Result<Option<(SocketAddr, Vec<u8>)>, 
 }
 
 pin_project_lite::pin_project! {
-    /// A client stream whose first bytes were read with its PROXY header: those bytes are read
-    /// again first, then the stream itself. Empty (no allocation) without PROXY protocol.
+    /// A stream some of whose first bytes were already read elsewhere: those bytes are read
+    /// again first, then the stream itself. A client's, behind its PROXY header; a tunnel's side,
+    /// behind what hyper read past the upgrade exchange. Empty (no allocation) when there are none.
     pub struct Prefixed<I> {
-        // The client stream, read once `rest` is handed on.
+        // The stream, read once `rest` is handed on.
         #[pin]
         inner: I,
-        // Bytes read past the PROXY header, handed on first (freed once they are).
+        // Bytes already read past the PROXY header or the upgrade exchange, handed on first
+        // (freed once they are).
         rest: Vec<u8>,
         // How much of `rest` is handed on already.
         pos: usize,

@@ -53,6 +53,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Side<T> {
         }
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Side::Own(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Side::Hyper(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Side::Own(s) => s.is_write_vectored(),
+            Side::Hyper(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Side::Own(s) => Pin::new(s).poll_flush(cx),

@@ -168,6 +168,42 @@ async fn node_stalling_mid_body_cannot_hang_a_client() {
     gw.shutdown().await;
 }
 
+/// The stall timer counts each silence on its own: a node that pauses several times mid-body, each
+/// pause under `[timeouts] server` but all of them well over it, delivers its whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_pausing_mid_body_under_the_limit_each_time_is_not_cut() {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let node = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = c.read(&mut buf).await;
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nabc").await;
+                // 4 pauses of 300 ms: 1.2 s of silence in all, 0.3 s at a time, server = 500ms.
+                for part in [&b"def"[..], b"ghi", b"jkl"] {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = c.write_all(part).await;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            });
+        }
+    });
+    let gw = gateway(&gateway_toml(&format!(
+        "[timeouts]\nserver = \"500ms\"\n[health]\ninterval = \"1h\"\n[[node]]\nname = \"slow\"\naddress = \"{node}\"\n"
+    )))
+    .await;
+    let (out, _) =
+        raw_until(gw.http_addr, b"GET /_now HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", Duration::from_secs(10))
+            .await;
+    assert!(out.starts_with("HTTP/1.1 200") && out.ends_with("abcdefghijkl"), "{out:?}");
+    let snap = gw.core.snapshot_full();
+    let b = snap.node("slow").expect("node");
+    assert_eq!(b.counters.response_errors.load(Ordering::Relaxed), 0, "the body was cut as stalled");
+    task.abort();
+    gw.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400() {
     let n1 = Sim::start("cluster_kuzzle_1", &[]);
