@@ -22,7 +22,7 @@ use crate::data::send_timeout::SendTimeout;
 use crate::data::serve::ClientStream;
 
 mod side;
-use side::Side;
+use side::side;
 
 /// How long a closing tunnel waits for the node to finish the frame it is sending.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -185,8 +185,8 @@ pub fn spawn(
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
         let opts = RunOpts { websocket, idle, pings };
         // Plain TCP on both sides (the common case) skips hyper's `Upgraded` on every read and write.
-        let client = Side::of::<SendTimeout<ClientStream>>(client, |s| s);
-        let node = Side::of::<NodeStream>(node, NodeStream::into_inner);
+        let client = side::<SendTimeout<ClientStream>, _>(client, |s| s);
+        let node = side::<NodeStream, _>(node, NodeStream::into_inner);
         let end = run(client, node, opts, &kill, &close_all, draw, &io).await;
         tracing::debug!(node = %backend.name, ?end, "tunnel closed");
         if let (Some(r), Some(s)) = (log, &io.session) {
