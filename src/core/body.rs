@@ -1,7 +1,6 @@
 //! Core: body wrappers that count bytes, bound a node's silence mid-body, and hand a node
 //! connection back to its pool when a response ends.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -10,10 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
 
 use super::backend::{ActiveGuard, Sender};
 use super::counters::{FrontendCounters, NodeCounters};
+use super::stall::Stall;
 
 /// Which direction a body's bytes count in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,12 +140,8 @@ pin_project_lite::pin_project! {
         guard: ActiveGuard,
         // How long the node may stay silent mid-body (`[timeouts] server`).
         idle: Duration,
-        // Made the first time the node keeps us waiting, armed only while it does: no timer work
-        // while data flows, and none at all for a body that came with its head (boxed: a response
-        // is moved whole several times on its way out, 112 bytes of timer with it).
-        stall: Option<Pin<Box<Sleep>>>,
-        // The stall timer is set for the current wait.
-        armed: bool,
+        // The node's silence mid-body: no timer at all for a body that came with its head.
+        stall: Stall,
     }
 
     impl PinnedDrop for Tracked {
@@ -177,7 +172,7 @@ impl Tracked {
             Ok(data) => First::Data(data),
             Err(other) => First::Other(Box::new(other)),
         });
-        Tracked { inner, first, sender, guard, idle, stall: None, armed: false }
+        Tracked { inner, first, sender, guard, idle, stall: Stall::default() }
     }
 }
 
@@ -199,18 +194,7 @@ impl Body for Tracked {
         let frame = match Pin::new(&mut *this.inner).poll_frame(cx) {
             Poll::Ready(f) => f,
             Poll::Pending => {
-                // The clock is read only when a wait starts, not on every poll of one.
-                let stall = match this.stall {
-                    Some(s) => {
-                        if !*this.armed {
-                            s.as_mut().reset(Instant::now() + *this.idle);
-                        }
-                        s
-                    }
-                    None => this.stall.insert(Box::pin(tokio::time::sleep_until(Instant::now() + *this.idle))),
-                };
-                *this.armed = true;
-                if stall.as_mut().poll(cx).is_ready() {
+                if this.stall.poll_wait(*this.idle, cx).is_ready() {
                     // The connection is mid-body: never reuse it.
                     *this.sender = None;
                     this.guard.backend.counters.response_errors.fetch_add(1, Ordering::Relaxed);
@@ -219,7 +203,7 @@ impl Body for Tracked {
                 return Poll::Pending;
             }
         };
-        *this.armed = false;
+        this.stall.progress();
         match &frame {
             None => release(this.sender, this.guard),
             Some(Ok(_)) if this.inner.is_end_stream() => release(this.sender, this.guard),

@@ -11,6 +11,7 @@ pub mod node_tls;
 pub mod registry;
 pub mod shed;
 pub mod snapshot;
+pub mod stall;
 pub mod worker;
 
 use std::sync::{Arc, Mutex};

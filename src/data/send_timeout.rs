@@ -2,14 +2,14 @@
 //! stops reading (a slow-read attack, a frozen phone) is cut, and the node connection feeding it is
 //! freed with it. No timer exists while writes go through.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+
+use crate::core::stall::Stall;
 
 pin_project_lite::pin_project! {
     /// `inner` with a deadline on writes that make no progress.
@@ -19,47 +19,40 @@ pin_project_lite::pin_project! {
         inner: I,
         // How long a write may make no progress before it fails.
         limit: Duration,
-        // Made on the first stalled write and kept (reset) for the next ones.
-        timer: Option<Pin<Box<Sleep>>>,
-        // The timer runs for the current stall.
-        armed: bool,
+        // The current stall, if any.
+        stall: Stall,
     }
 }
 
 impl<I> SendTimeout<I> {
     pub fn new(inner: I, limit: Duration) -> Self {
-        SendTimeout { inner, limit, timer: None, armed: false }
+        SendTimeout { inner, limit, stall: Stall::default() }
     }
 }
 
-/// What a stalled write reports: progress resets the clock, a stall past the limit is an error.
-fn stalled(
-    timer: &mut Option<Pin<Box<Sleep>>>,
-    armed: &mut bool,
+/// A write's outcome with the deadline applied: progress resets the clock, a stall past the limit
+/// is an error.
+fn within<T>(
+    polled: Poll<io::Result<T>>,
+    stall: &mut Stall,
     limit: Duration,
     cx: &mut Context<'_>,
-) -> Poll<io::Error> {
-    let t = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-    if !*armed {
-        t.as_mut().reset(Instant::now() + limit);
-        *armed = true;
-    }
-    match t.as_mut().poll(cx) {
-        Poll::Ready(()) => Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")),
-        Poll::Pending => Poll::Pending,
+) -> Poll<io::Result<T>> {
+    match polled {
+        Poll::Pending => {
+            stall.poll_wait(limit, cx).map(|()| Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading")))
+        }
+        ready => {
+            stall.progress();
+            ready
+        }
     }
 }
 
 impl<I: AsyncWrite> AsyncWrite for SendTimeout<I> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write(cx, buf) {
-            Poll::Pending => stalled(this.timer, this.armed, *this.limit, cx).map(Err),
-            ready => {
-                *this.armed = false;
-                ready
-            }
-        }
+        within(this.inner.poll_write(cx, buf), this.stall, *this.limit, cx)
     }
 
     fn poll_write_vectored(
@@ -68,13 +61,7 @@ impl<I: AsyncWrite> AsyncWrite for SendTimeout<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
-        match this.inner.poll_write_vectored(cx, bufs) {
-            Poll::Pending => stalled(this.timer, this.armed, *this.limit, cx).map(Err),
-            ready => {
-                *this.armed = false;
-                ready
-            }
-        }
+        within(this.inner.poll_write_vectored(cx, bufs), this.stall, *this.limit, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -83,21 +70,12 @@ impl<I: AsyncWrite> AsyncWrite for SendTimeout<I> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
-        match this.inner.poll_flush(cx) {
-            Poll::Pending => stalled(this.timer, this.armed, *this.limit, cx).map(Err),
-            ready => {
-                *this.armed = false;
-                ready
-            }
-        }
+        within(this.inner.poll_flush(cx), this.stall, *this.limit, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.project();
-        match this.inner.poll_shutdown(cx) {
-            Poll::Pending => stalled(this.timer, this.armed, *this.limit, cx).map(Err),
-            ready => ready,
-        }
+        within(this.inner.poll_shutdown(cx), this.stall, *this.limit, cx)
     }
 }
 
@@ -111,6 +89,7 @@ impl<I: AsyncRead> AsyncRead for SendTimeout<I> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+    use tokio::time::Instant;
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_that_stops_is_cut_after_the_limit_and_progress_resets_the_clock() {
