@@ -660,9 +660,11 @@ async fn exchange(
             let node_up = hyper::upgrade::on(&mut resp);
             let kill = kill.unwrap_or_else(|| node.tunnel_kill_token());
             let permit = p.slot.as_ref().and_then(|s| s.take());
-            let idle = cfg.timeouts.tunnel.0;
-            let ws = is_websocket(&proto);
-            let pings = (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0);
+            let opts = tunnel::RunOpts {
+                websocket: is_websocket(&proto),
+                idle: cfg.timeouts.tunnel.0,
+                pings: (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0),
+            };
             // The session gets its own line when it ends, in place of the request's.
             let log = p.log.take().map(|r| {
                 Box::new(WsRecord {
@@ -674,7 +676,7 @@ async fn exchange(
                     node: node.clone(),
                 })
             });
-            tunnel::spawn(&ctx.life, &ctx.core.frontend, idle, guard, kill, permit, client_up, node_up, ws, pings, log);
+            tunnel::spawn(&ctx.life, &ctx.core.frontend, opts, guard, kill, permit, client_up, node_up, log);
             let (mut parts, _) = resp.into_parts();
             let kept = parts.headers.get(header::UPGRADE).cloned().unwrap_or(proto);
             strip_hop_by_hop(&mut parts.headers, Some(kept));

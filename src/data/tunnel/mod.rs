@@ -145,14 +145,12 @@ impl PermitSlot {
 pub fn spawn(
     life: &Lifecycle,
     frontend: &Arc<FrontendCounters>,
-    idle: Duration,
+    opts: RunOpts,
     guard: ActiveGuard,
     kill: CancellationToken,
     permit: Option<Held>,
     client: OnUpgrade,
     node: OnUpgrade,
-    websocket: bool,
-    pings: Option<Duration>,
     log: Option<Box<WsRecord>>,
 ) {
     let frontend = frontend.clone();
@@ -183,7 +181,6 @@ pub fn spawn(
             session: log.as_ref().map(|_| Session::default()),
         };
         let draw = Some((&backend.shed, crate::util::epoch_ms()));
-        let opts = RunOpts { websocket, idle, pings };
         // Plain TCP on both sides (the common case) skips hyper's `Upgraded` on every read and write.
         let client = side::<SendTimeout<ClientStream>, _>(client, |s| s);
         let node = side::<NodeStream, _>(node, NodeStream::into_inner);
