@@ -1,5 +1,5 @@
-//! Raw TCP: free ports, raw byte exchanges, a counting relay in front of a node, a rude fake node and
-//! one that answers every request the same way.
+//! Raw TCP: free ports, raw byte exchanges, a counting relay in front of a node, fake nodes (any
+//! script, a rude one, one that answers every request the same way).
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -129,8 +129,9 @@ impl Drop for Relay {
     }
 }
 
-/// Read one whole request (head and Content-Length body) from `c`; None if the peer closed first.
-async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
+/// Read one whole request (head and Content-Length body) from `c`: every byte read, the request
+/// and whatever came behind it in the same reads; None if the peer closed first.
+pub async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -152,21 +153,32 @@ async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
+/// A fake node on an ephemeral port of 127.0.0.1 that serves each connection with `serve`, in a
+/// task of its own. Stops when the returned task is aborted (or the runtime ends).
+pub async fn fake_node<F, Fut>(serve: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((c, _)) = l.accept().await {
+            tokio::spawn(serve(c));
+        }
+    });
+    (addr, task)
+}
+
 /// A fake node that reads each whole request (head and Content-Length body), then closes without
 /// answering: it may have acted on the request, so only idempotent ones may be re-sent.
 /// Stops when the returned task is aborted (or the runtime ends).
 pub async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            // Dropped with nothing unread: the connection closes (FIN) with no answer.
-            tokio::spawn(async move {
-                let _ = read_request(&mut c).await;
-            });
-        }
-    });
-    (addr, task)
+    // Dropped with nothing unread: the connection closes (FIN) with no answer.
+    fake_node(|mut c| async move {
+        let _ = read_request(&mut c).await;
+    })
+    .await
 }
 
 /// A fake node that answers every whole request with `status` and the JSON `body`, then closes
@@ -180,8 +192,6 @@ pub struct CannedNode {
 
 impl CannedNode {
     pub async fn start(status: u16, body: &str) -> CannedNode {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = l.local_addr().expect("addr");
         let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
         let reply = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Kuzzle-Node: undefined\r\n\
@@ -189,18 +199,17 @@ impl CannedNode {
             body.len()
         );
         let log = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut c, _)) = l.accept().await {
-                let (reply, log) = (reply.clone(), log.clone());
-                tokio::spawn(async move {
-                    if let Some(req) = read_request(&mut c).await {
-                        let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
-                        log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                        let _ = c.write_all(reply.as_bytes()).await;
-                    }
-                });
+        let (addr, task) = fake_node(move |mut c| {
+            let (reply, log) = (reply.clone(), log.clone());
+            async move {
+                if let Some(req) = read_request(&mut c).await {
+                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or_default().to_string();
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                    let _ = c.write_all(reply.as_bytes()).await;
+                }
             }
-        });
+        })
+        .await;
         CannedNode { addr, seen, task }
     }
 

@@ -138,18 +138,13 @@ async fn slow_node_gives_504_after_server_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_stalling_mid_body_cannot_hang_a_client() {
     // A fake node: answers the head and 3 of 100 promised bytes, then says nothing, for a minute.
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let node = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf).await;
-                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nx-kuzzle-node: stall\r\n\r\nabc").await;
-                tokio::time::sleep(Duration::from_secs(60)).await;
-            });
-        }
-    });
+    let (node, task) = fake_node(|mut c| async move {
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf).await;
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nx-kuzzle-node: stall\r\n\r\nabc").await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    })
+    .await;
     let gw = gateway(&gateway_toml(&format!(
         "[timeouts]\nserver = \"500ms\"\n[health]\ninterval = \"1h\"\n[[node]]\nname = \"stall\"\naddress = \"{node}\"\n"
     )))
@@ -172,23 +167,18 @@ async fn node_stalling_mid_body_cannot_hang_a_client() {
 /// pause under `[timeouts] server` but all of them well over it, delivers its whole body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_pausing_mid_body_under_the_limit_each_time_is_not_cut() {
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let node = l.local_addr().expect("addr");
-    let task = tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = c.read(&mut buf).await;
-                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nabc").await;
-                // 4 pauses of 300 ms: 1.2 s of silence in all, 0.3 s at a time, server = 500ms.
-                for part in [&b"def"[..], b"ghi", b"jkl"] {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    let _ = c.write_all(part).await;
-                }
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            });
+    let (node, task) = fake_node(|mut c| async move {
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf).await;
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nConnection: close\r\n\r\nabc").await;
+        // 4 pauses of 300 ms: 1.2 s of silence in all, 0.3 s at a time, server = 500ms.
+        for part in [&b"def"[..], b"ghi", b"jkl"] {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = c.write_all(part).await;
         }
-    });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await;
     let gw = gateway(&gateway_toml(&format!(
         "[timeouts]\nserver = \"500ms\"\n[health]\ninterval = \"1h\"\n[[node]]\nname = \"slow\"\naddress = \"{node}\"\n"
     )))

@@ -151,52 +151,41 @@ async fn sdk_heartbeat(w: &mut Ws) -> Result<Value, tokio::time::error::Elapsed>
 async fn frames_sent_with_the_upgrade_exchange_are_relayed() {
     // A node that answers the upgrade and sends a frame in the same write, then reports what the
     // client sent after its request head.
-    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let node = l.local_addr().expect("addr");
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1);
-    let task = tokio::spawn(async move {
-        while let Ok((mut c, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                let head_end = loop {
-                    match c.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break i + 4;
-                    }
-                };
-                if !got.starts_with(b"GET /ws") {
-                    // A health check or anything else: a plain answer.
-                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
-                    return;
+    let (node, task) = fake_node(move |mut c| {
+        let tx = tx.clone();
+        async move {
+            let Some(mut got) = read_request(&mut c).await else { return };
+            if !got.starts_with(b"GET /ws") {
+                // A health check or anything else: a plain answer.
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+                return;
+            }
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").map_or(got.len(), |i| i + 4);
+            let _ = c
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                      Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x0anode-first",
+                )
+                .await;
+            // The client's frame: 6 bytes of header (masked, zero key) and 12 of payload.
+            let mut buf = [0u8; 4096];
+            while got.len() < head_end + 18 {
+                match tokio::time::timeout(T, c.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                    _ => break,
                 }
-                let _ = c
-                    .write_all(
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81\x0anode-first",
-                    )
-                    .await;
-                // The client's frame: 6 bytes of header (masked, zero key) and 12 of payload.
-                while got.len() < head_end + 18 {
-                    match tokio::time::timeout(T, c.read(&mut buf)).await {
-                        Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-                        _ => break,
-                    }
-                }
-                let _ = tx.send(got[head_end..].to_vec()).await;
-                // The client's half-close must reach the node as one (an end of stream, not a reset).
-                let end = match tokio::time::timeout(T, c.read(&mut buf)).await {
-                    Ok(Ok(0)) => b"eof".to_vec(),
-                    other => format!("{other:?}").into_bytes(),
-                };
-                let _ = tx.send(end).await;
-            });
+            }
+            let _ = tx.send(got[head_end..].to_vec()).await;
+            // The client's half-close must reach the node as one (an end of stream, not a reset).
+            let end = match tokio::time::timeout(T, c.read(&mut buf)).await {
+                Ok(Ok(0)) => b"eof".to_vec(),
+                other => format!("{other:?}").into_bytes(),
+            };
+            let _ = tx.send(end).await;
         }
-    });
+    })
+    .await;
     let gw = gateway(&gateway_toml(&format!(
         "[health]\ninterval = \"1h\"\n[[node]]\nname = \"n1\"\naddress = \"{node}\"\n"
     )))
