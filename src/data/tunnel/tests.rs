@@ -95,17 +95,41 @@ async fn pump_holds_no_buffer_while_idle_and_keeps_only_what_a_slow_writer_left(
     assert_eq!(pump.pump(&mut r, &mut w, |d| d.len()).await.expect("eof"), (0, 0));
 }
 
-fn counters() -> (AtomicU64, AtomicU64) {
-    (AtomicU64::new(0), AtomicU64::new(0))
+/// The counters a test tunnel feeds (a real one feeds the frontend's and its node's; here both are
+/// the same).
+#[derive(Default)]
+struct Meters {
+    /// Client-to-node bytes, counted twice (frontend and node).
+    inbound: AtomicU64,
+    /// Node-to-client bytes, counted twice.
+    outbound: AtomicU64,
+    /// SDK heartbeats answered by the tunnel.
+    pongs: AtomicU64,
+}
+
+impl Meters {
+    fn io(&self) -> TunnelIo<'_> {
+        TunnelIo {
+            bytes_in: [&self.inbound, &self.inbound],
+            bytes_out: [&self.outbound, &self.outbound],
+            pings_answered: &self.pongs,
+            session: None,
+        }
+    }
+}
+
+/// A tunnel's kill and shutdown signals.
+fn tokens() -> (CancellationToken, CancellationToken) {
+    (CancellationToken::new(), CancellationToken::new())
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, mut node_peer) = tokio::io::duplex(4096);
-    let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
-    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
     let t0 = tokio::time::Instant::now();
     let traffic = async {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -118,16 +142,16 @@ async fn an_idle_tunnel_closes_after_the_timeout_and_traffic_defers_it() {
     assert_eq!(end, TunnelEnd::Idle);
     let took = t0.elapsed();
     assert!(took >= Duration::from_millis(3500) && took < Duration::from_millis(3600), "closed after {took:?}");
-    assert_eq!(a.load(Ordering::Relaxed), 8, "4 bytes counted on both counters");
+    assert_eq!(m.inbound.load(Ordering::Relaxed), 8, "4 bytes counted on both counters");
 }
 
 #[tokio::test]
 async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, _node_peer) = tokio::io::duplex(4096);
-    let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
-    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
     let k = kill.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,9 +166,9 @@ async fn a_killed_websocket_tunnel_says_going_away_between_frames() {
 
 #[tokio::test]
 async fn a_drawn_tunnel_says_1012_and_one_opened_after_the_rebalancing_began_stays() {
-    let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
-    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
     let shed = Shed::new(&kill);
     let (old_c, mut old_peer) = tokio::io::duplex(4096);
     let (old_n, _old_node) = tokio::io::duplex(4096);
@@ -239,10 +263,9 @@ async fn heartbeats_are_answered_between_the_nodes_frames_and_one_per_period_goe
     use tokio::io::AsyncReadExt as _;
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, mut node_peer) = tokio::io::duplex(4096);
-    let (a, b) = counters();
-    let pongs = AtomicU64::new(0);
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &pongs, session: None };
-    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
     let every = Duration::from_secs(10);
     let opts = RunOpts { websocket: true, idle: Duration::from_secs(600), pings: Some(every) };
     let ping = masked_text(br#"{"p":1}"#, [7, 7, 7, 7]);
@@ -289,7 +312,7 @@ async fn heartbeats_are_answered_between_the_nodes_frames_and_one_per_period_goe
     };
     let (end, _peers) = tokio::join!(run(client, node, opts, &kill, &shutdown, None, &io), steer);
     assert_eq!(end, TunnelEnd::NodeGone);
-    assert_eq!(pongs.load(Ordering::Relaxed), 3, "three answered here, one by the node");
+    assert_eq!(m.pongs.load(Ordering::Relaxed), 3, "three answered here, one by the node");
 }
 
 #[tokio::test]
@@ -297,9 +320,9 @@ async fn with_pings_forwarded_every_heartbeat_reaches_the_node() {
     use tokio::io::AsyncReadExt as _;
     let (client, mut client_peer) = tokio::io::duplex(4096);
     let (node, mut node_peer) = tokio::io::duplex(4096);
-    let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
-    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
     let ping = masked_text(br#"{"p":1}"#, [7, 7, 7, 7]);
     let steer = async {
         for _ in 0..3 {
@@ -322,9 +345,9 @@ async fn a_close_waits_for_the_rest_of_a_frame_the_client_has_not_taken_yet() {
     // (though read whole, at a frame boundary) when the node goes away.
     let (client, mut client_peer) = tokio::io::duplex(64);
     let (node, mut node_peer) = tokio::io::duplex(4096);
-    let (a, b) = counters();
-    let io = TunnelIo { bytes_in: [&a, &a], bytes_out: [&b, &b], pings_answered: &b, session: None };
-    let (kill, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
     let big = frame(300, false);
     let steer = async {
         node_peer.write_all(&big).await.expect("frame");
