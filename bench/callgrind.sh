@@ -36,15 +36,7 @@ PINGERS=${PINGERS:-1000}
 PING_WINDOW=${PING_WINDOW:-10}
 if [ "${CASE#ws}" = "$CASE" ]; then
   keepalive=""; [ "$CASE" = http-close ] && keepalive="keepalive_timeout 0;"
-  cat >"$WORK/backend.conf" <<EOF
-worker_processes 1; daemon off; pid $WORK/backend.pid; error_log $WORK/backend.err warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; $keepalive
-  server { listen 127.0.0.1:$BACK;
-    location / { default_type application/json; return 200 '{"status":200,"result":{"now":1764633600000}}'; } } }
-EOF
-  nginx -c "$WORK/backend.conf" >/dev/null 2>&1 &
-  PIDS+=($!)
+  nginx_one backend "$LOAD_CPUS" "$BACK" "$keepalive" "$FIXED_ANSWER"
 else
   "$BIN_DIR/kuzzle-node-sim" "${SIM_ARGS[@]}" --listen "127.0.0.1:$BACK" --name cluster_kuzzle_1 >"$WORK/sim.log" 2>&1 &
   PIDS+=($!)

@@ -76,6 +76,26 @@ wait_for_line() {
   die "$what: not ready within ${secs}s (log: $file)"
 }
 
+# The `location /` of a backend nginx that answers every request with a small fixed JSON body.
+FIXED_ANSWER="default_type application/json; return 200 '{\"status\":200,\"result\":{\"now\":1764633600000}}';"
+
+# nginx_one NAME CPUS PORT HTTP LOCATION: one nginx, one worker, on CPUS (taskset list), listening
+# on 127.0.0.1:PORT; HTTP is extra http-level configuration (an upstream, keepalive_timeout, or
+# nothing), LOCATION the body of `location /` (e.g. $FIXED_ANSWER). Returns once it answers.
+nginx_one() {
+  local d=$WORK/$1
+  mkdir -p "$d"
+  cat >"$d/nginx.conf" <<EOF
+worker_processes 1; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; keepalive_requests 1000000; $4
+  server { listen 127.0.0.1:$3; location / { $5 } } }
+EOF
+  taskset -c "$2" nginx -c "$d/nginx.conf" >/dev/null 2>&1 &
+  PIDS+=($!)
+  wait_http "http://127.0.0.1:$3/" "$1"
+}
+
 # Wait until URL answers 200, at most 20 s.
 wait_http() {
   local url=$1 what=$2

@@ -24,28 +24,12 @@ B=$CARGO_TARGET_DIR/release
 
 log "probe: $("$B/probe" 2>&1 | tr '\n' ' ')"
 
-# start_nginx NAME CPU PORT UPSTREAM LOCATION: one nginx, one worker, on CPU; UPSTREAM is an
-# http-level block (or nothing), LOCATION the body of `location /`.
-start_nginx() {
-  local d=$WORK/$1
-  mkdir -p "$d"
-  cat >"$d/nginx.conf" <<EOF
-worker_processes 1; daemon off; pid $d/nginx.pid; error_log $d/error.log warn;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000; $4
-  server { listen 127.0.0.1:$3; location / { $5 } } }
-EOF
-  taskset -c "$2" nginx -c "$d/nginx.conf" >/dev/null 2>&1 &
-  PIDS+=($!)
-  wait_http "http://127.0.0.1:$3/" "$1"
-}
 BACK=$(pick_port 18080)
-start_nginx backend 0 "$BACK" "" \
-  "default_type application/json; return 200 '{\"status\":200,\"result\":{\"now\":1764633600000}}';"
+nginx_one backend 0 "$BACK" "" "$FIXED_ANSWER"
 # nginx as the proxy, as bench/perf.sh sets it up (1 worker on CPU 1, keep-alive to the backend):
 # the real proxy the dumb relays are compared with, in the same run.
 NGX=$(pick_port 18090)
-start_nginx proxy 1 "$NGX" "upstream back { server 127.0.0.1:$BACK; keepalive 64; }" \
+nginx_one proxy 1 "$NGX" "upstream back { server 127.0.0.1:$BACK; keepalive 64; }" \
   'proxy_pass http://back; proxy_http_version 1.1; proxy_set_header Connection "";'
 
 NAMES=(epoll tokio-uring raw-uring raw-uring-defer nginx-proxy)
