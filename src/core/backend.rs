@@ -35,19 +35,43 @@ const MAX_IDLE_PER_NODE: usize = 512;
 /// Idle connections of one node, one queue per worker: a connection's task runs on the worker
 /// that opened it, so a request only takes connections of its own worker (no cross-thread
 /// wake-up per request).
-struct Pools(Box<[ArrayQueue<(Sender, Instant)>]>);
+struct Pools<C>(Box<[ArrayQueue<(C, Instant)>]>);
 
-impl Pools {
+impl<C> Pools<C> {
     /// One queue per worker of `workers` (at least one).
-    fn new(workers: usize) -> Pools {
+    fn new(workers: usize) -> Pools<C> {
         let n = workers.max(1);
         Pools((0..n).map(|_| ArrayQueue::new((MAX_IDLE_PER_NODE / n).max(16))).collect())
     }
 
     /// This worker's queue.
     #[inline]
-    fn mine(&self) -> &ArrayQueue<(Sender, Instant)> {
+    fn mine(&self) -> &ArrayQueue<(C, Instant)> {
         &self.0[super::worker::index() % self.0.len()]
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(ArrayQueue::len).sum()
+    }
+
+    /// Close what is past `pool_idle` or no longer `alive`. Bounded: one pass over what is in
+    /// the pool now.
+    fn expire(&self, pool_idle: Duration, alive: impl Fn(&C) -> bool) {
+        for q in self.0.iter() {
+            for _ in 0..q.len() {
+                let Some((c, since)) = q.pop() else { break };
+                if since.elapsed() < pool_idle && alive(&c) {
+                    // Still fresh: back in the pool (a full pool drops it, like release does).
+                    let _ = q.push((c, since));
+                }
+            }
+        }
+    }
+
+    fn clear(&self) {
+        for q in self.0.iter() {
+            while q.pop().is_some() {}
+        }
     }
 }
 
@@ -133,7 +157,10 @@ pub struct Backend {
     /// Stops this node's background tasks (health checks) when it leaves for good.
     pub tasks: CancellationToken,
     /// Keep-alive connections to the node, one queue per worker, reused by later requests.
-    idle: Pools,
+    idle: Pools<Sender>,
+    /// The fast lane's keep-alive connections (plain sockets it writes requests to itself), one
+    /// queue per worker: hyper's cannot carry its requests, nor it hyper's.
+    raw: Pools<TcpStream>,
     /// HTTPS to this node (`[[node]] tls`, `[cluster] node_tls`); set by the registry at creation.
     pub tls: Option<crate::core::node_tls::NodeTls>,
     /// WebSocket rebalancing: draws that close some of this node's tunnels (`[fleet]`).
@@ -176,6 +203,7 @@ impl Backend {
             tunnel_kill: ArcSwap::from_pointee(kill),
             tasks: CancellationToken::new(),
             idle: Pools::new(workers),
+            raw: Pools::new(workers),
             tls: None,
         }
     }
@@ -389,21 +417,14 @@ impl Backend {
 
     /// Idle pooled connections right now, every worker's (stats, tests).
     pub fn idle_connections(&self) -> usize {
-        self.idle.0.iter().map(ArrayQueue::len).sum()
+        self.idle.len() + self.raw.len()
     }
 
     /// A fresh connection (also used by the health checker). A response head over `max_head`
     /// bytes fails the exchange (the client gets a 502), so a node cannot make the gateway hold
     /// an unbounded head.
     pub async fn connect(&self, connect_timeout: Duration, max_head: usize) -> Result<Sender, ConnectError> {
-        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
-            Err(_) => return Err(ConnectError::Timeout),
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
-            Ok(Err(e)) if is_local_shortage(&e) => return Err(ConnectError::Local(e.kind())),
-            Ok(Err(e)) => return Err(ConnectError::Io(e.kind())),
-            Ok(Ok(s)) => s,
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = self.connect_tcp(connect_timeout).await?;
         match &self.tls {
             None => handshake(NodeStream(stream), max_head).await,
             Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
@@ -412,6 +433,37 @@ impl Backend {
                 Err(crate::core::node_tls::Error::Handshake) => Err(ConnectError::Tls),
             },
         }
+    }
+
+    /// A plain TCP connection to the node (no TLS: the fast lane, and the start of `connect`).
+    pub async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
+            Err(_) => return Err(ConnectError::Timeout),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused),
+            Ok(Err(e)) if is_local_shortage(&e) => return Err(ConnectError::Local(e.kind())),
+            Ok(Err(e)) => return Err(ConnectError::Io(e.kind())),
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// A fast-lane connection of this worker idle for less than `pool_idle`, if any. Not checked
+    /// for a close by the node: the lane sends a request that meets one again on a fresh
+    /// connection (the keep-alive race), and [`Backend::expire_idle`] closes the rest.
+    pub fn take_raw(&self, pool_idle: Duration) -> Option<TcpStream> {
+        let idle = self.raw.mine();
+        while let Some((s, since)) = idle.pop() {
+            if since.elapsed() < pool_idle {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Give a fast-lane connection back after a complete exchange.
+    pub fn release_raw(&self, stream: TcpStream) {
+        let _ = self.raw.mine().push((stream, Instant::now()));
     }
 
     /// Give a connection back after a complete exchange.
@@ -423,24 +475,21 @@ impl Backend {
 
     /// Drop every pooled idle connection (node removed).
     pub fn clear_pool(&self) {
-        for q in self.idle.0.iter() {
-            while q.pop().is_some() {}
-        }
+        self.idle.clear();
+        self.raw.clear();
     }
 
     /// Close pooled connections idle for `pool_idle` or closed by the node, so an idle gateway
     /// holds no fd for them (checkout skips them too, but only when traffic comes). Bounded: one
     /// pass over what is in the pool now.
     pub fn expire_idle(&self, pool_idle: Duration) {
-        for q in self.idle.0.iter() {
-            for _ in 0..q.len() {
-                let Some((sender, since)) = q.pop() else { break };
-                if since.elapsed() < pool_idle && !sender.is_closed() {
-                    // Still fresh: back in the pool (a full pool drops it, like release does).
-                    let _ = q.push((sender, since));
-                }
-            }
-        }
+        self.idle.expire(pool_idle, |s| !s.is_closed());
+        // A plain socket the node closed reads its end (or a byte it should not have sent): either
+        // way it is done. One non-blocking read each, off the request path.
+        self.raw.expire(
+            pool_idle,
+            |s| matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        );
     }
 }
 

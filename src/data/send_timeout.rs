@@ -28,6 +28,11 @@ impl<I> SendTimeout<I> {
     pub fn new(inner: I, limit: Duration) -> Self {
         SendTimeout { inner, limit, stall: Stall::default() }
     }
+
+    /// The stream (a stall in progress is forgotten).
+    pub fn into_inner(self) -> I {
+        self.inner
+    }
 }
 
 /// A write's outcome with the deadline applied: progress resets the clock, a stall past the limit

@@ -66,13 +66,13 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
             let held = Held { permit: Some(permit), conn };
             match tls {
                 None if scheme == Scheme::Https => tracing::warn!("TLS connection without a TLS configuration"),
-                None => serve_conn(ctx, stream, client, held).await,
+                None => crate::data::lane::serve(ctx, stream, client, held).await,
                 Some((acceptor, shared)) => {
                     if let Some(s) = tls_handshake(&ctx, (*acceptor).clone(), stream).await {
                         if crate::control::tls::is_h2(&s) {
                             crate::data::h2::serve(ctx, s, client, held, shared).await;
                         } else {
-                            serve_conn(ctx, s, client, held).await;
+                            crate::data::lane::serve(ctx, s, client, held).await;
                         }
                     }
                 }

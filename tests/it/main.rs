@@ -27,6 +27,7 @@ mod fuzz_replay;
 mod head_memory;
 mod health;
 mod hostnames;
+mod lane;
 mod ops;
 mod proxy_configs;
 mod ready;

@@ -54,6 +54,7 @@ pub const KEYS: &[Key] = &[
     live("gateway", "proxy_protocol"),
     live("gateway", "proxy_protocol_from"),
     live("gateway", "sdk_pings"),
+    live("gateway", "fast_lane"),
     live("gateway", "sdk_ping_forward"),
     live("timeouts", "connect"),
     live("timeouts", "client"),

@@ -114,6 +114,10 @@ pub struct GatewaySection {
     /// (below Kuzzle's 60 s WebSocket idle timeout; the longest a hung node goes unnoticed by an
     /// SDK whose health checks do not catch it first).
     pub sdk_ping_forward: Dur,
+    /// HTTP/1.1 client connections (plain and TLS) are served by the fast lane (`src/data/lane`) while their
+    /// requests are body-less GET, HEAD or OPTIONS: off sends every request through hyper's
+    /// path (the same answers, more CPU per request).
+    pub fast_lane: bool,
 }
 
 impl Default for GatewaySection {
@@ -133,6 +137,7 @@ impl Default for GatewaySection {
             proxy_protocol_from: Vec::new(),
             sdk_pings: SdkPings::Answer,
             sdk_ping_forward: Dur(Duration::from_secs(10)),
+            fast_lane: true,
         }
     }
 }

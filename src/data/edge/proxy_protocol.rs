@@ -132,6 +132,12 @@ impl<I> Prefixed<I> {
     pub fn get_ref(&self) -> &I {
         &self.inner
     }
+
+    /// The stream and the bytes not yet handed on.
+    pub fn into_parts(mut self) -> (I, Vec<u8>) {
+        let rest = if self.pos == 0 { self.rest } else { self.rest.split_off(self.pos) };
+        (self.inner, rest)
+    }
 }
 
 impl<I: AsyncRead> AsyncRead for Prefixed<I> {

@@ -4,7 +4,7 @@
 
 pub mod error;
 pub mod headers;
-mod resend;
+pub(crate) mod resend;
 mod strict;
 
 use std::convert::Infallible;
@@ -763,7 +763,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
 }
 
 /// The node for this attempt: the prefixed one (503 unless it may take traffic) or the balancer's pick.
-fn choose(
+pub(crate) fn choose(
     ctx: &Context,
     snap: &Snapshot,
     pinned: Option<usize>,

@@ -51,7 +51,7 @@ pub(super) async fn read_whole(body: Incoming, limit: usize, wait: std::time::Du
 }
 
 /// Largest 503 body read to learn whether the node executed the request (Kuzzle's is ~130 bytes).
-const REFUSAL_BODY_MAX: u64 = 4096;
+pub(crate) const REFUSAL_BODY_MAX: u64 = 4096;
 
 /// Kuzzle error ids that mean "rejected, not executed", and whether the node is leaving.
 const NOT_EXECUTED: [(&str, bool); 3] =

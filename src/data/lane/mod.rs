@@ -1,0 +1,729 @@
+//! Data plane, fast lane: an HTTP/1.1 client connection served without hyper while its requests
+//! are body-less GET, HEAD or OPTIONS, each relayed to a node on a plain pooled socket;
+//! at the first request it does not take, the connection goes on in hyper's path with its bytes.
+
+pub mod wire;
+
+use std::pin::pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderValue, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use self::wire::{Framing, NodeParsed, Parsed};
+use crate::core::backend::{ActiveGuard, Backend, Origin};
+use crate::core::snapshot::Snapshot;
+use crate::data::edge::access_log::HttpRecord;
+use crate::data::edge::proxy_protocol::Prefixed;
+use crate::data::proxy::error::{Progress, ProxyError};
+use crate::data::proxy::{self, resend, ClientInfo, Context, Scheme};
+use crate::data::route;
+use crate::data::send_timeout::SendTimeout;
+use crate::data::serve::ClientStream;
+use crate::data::tunnel::Held;
+
+/// A client stream the lane can hand to hyper's path, the bytes it read put back in front.
+pub trait Rewind: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The stream hyper's path serves then.
+    type Out: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The stream with `read` (bytes read from it and not taken) to be read again first.
+    fn rewind(self, read: Vec<u8>) -> Self::Out;
+}
+
+impl Rewind for ClientStream {
+    /// The same type as a connection hyper's path serves from its start: a tunnel takes its
+    /// plain socket back out of hyper's upgrade by that type.
+    type Out = ClientStream;
+
+    fn rewind(self, mut read: Vec<u8>) -> ClientStream {
+        let (tcp, pending) = self.into_parts();
+        read.extend_from_slice(&pending);
+        Prefixed::new(tcp, read)
+    }
+}
+
+impl Rewind for tokio_rustls::server::TlsStream<ClientStream> {
+    type Out = Prefixed<tokio_rustls::server::TlsStream<ClientStream>>;
+
+    fn rewind(self, read: Vec<u8>) -> Self::Out {
+        Prefixed::new(self, read)
+    }
+}
+
+/// Serve a client connection (plain, or TLS without ALPN h2) on the fast lane; at the first
+/// request the lane does not take (or a shutdown), hyper's path serves the rest of it.
+pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, held: Held) {
+    // hyper's path counts the connection again as it takes it over.
+    ctx.core.frontend.connection_opened();
+    let rest = run(&ctx, stream, &client).await;
+    ctx.core.frontend.connection_closed();
+    if let Some(stream) = rest {
+        crate::data::serve::serve_conn(ctx, stream, client, held).await;
+    }
+}
+
+/// Client bytes read per system call at least (the buffer grows by this much when it runs low).
+const READ_CHUNK: usize = 4096;
+
+/// Node bytes read per system call while a long body is relayed.
+const RELAY_CHUNK: usize = 64 * 1024;
+
+/// A body this long (or less) that came with its head goes out in the same write as the head.
+const COPY_WITH_HEAD: usize = 16 * 1024;
+
+/// One client connection on the lane: its stream and buffers.
+struct Lane<'a, S> {
+    /// The proxy's context (snapshot, counters, lifecycle).
+    ctx: &'a Context,
+    /// Who the client is (`X-Forwarded-For`, balancing, the access log).
+    client: &'a ClientInfo,
+    /// The client, whose writes are cut after `[timeouts] client` without progress.
+    io: SendTimeout<S>,
+    /// Client bytes read and not yet taken: the next request head, or pipelined ones.
+    buf: Vec<u8>,
+    /// The current request as nodes get it (kept for a second attempt).
+    req: Vec<u8>,
+    /// The node's bytes of the current answer.
+    nbuf: Vec<u8>,
+    /// The client's answer head (and the start of its body) before it is written.
+    out: Vec<u8>,
+}
+
+/// A request the lane took, ready for a node.
+struct Job {
+    /// The node its prefix names, if any.
+    pinned: Option<usize>,
+    /// A HEAD: its answer has no body.
+    head_only: bool,
+    /// The client asked to close after the answer.
+    close: bool,
+    /// Its access log line, when the log is on.
+    log: Option<Box<HttpRecord>>,
+}
+
+/// What the client's buffer holds.
+enum Prep {
+    Partial,
+    /// Not for the lane: hyper's path takes the connection from this request on.
+    Other,
+    Job(Job),
+}
+
+/// How one exchange with a node failed before anything went to the client.
+enum Failure {
+    /// The request could not be written.
+    Unsent,
+    /// The node broke the exchange before its answer was whole (no byte went to the client).
+    Broke(ProxyError),
+    /// Nothing more to try.
+    Final(ProxyError),
+    /// No answer within `[timeouts] server`.
+    TimedOut(ProxyError),
+    /// Kuzzle's "not executed" 503: the client's whole answer, passed on if no other node takes
+    /// the request.
+    Refused(Vec<u8>),
+}
+
+/// Serve requests until the client closes, times out or sends one the lane does not take: then
+/// the stream, with what was read of it, for hyper's path.
+async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option<S::Out> {
+    let timeout = ctx.core.config().timeouts.client.0;
+    // One timer and one shutdown watch per connection, re-armed per request (as hyper's).
+    let token = ctx.life.shutdown.clone();
+    let mut stop = pin!(token.cancelled());
+    let mut idle = pin!(tokio::time::sleep(timeout));
+    let mut lane = Lane {
+        ctx,
+        client,
+        io: SendTimeout::new(stream, timeout),
+        buf: Vec::new(),
+        req: Vec::new(),
+        nbuf: Vec::new(),
+        out: Vec::new(),
+    };
+    loop {
+        let snap = ctx.core.snapshot_full();
+        let mut armed = false;
+        let job = loop {
+            if !lane.buf.is_empty() {
+                match lane.prepare(&snap) {
+                    Prep::Job(j) => break j,
+                    Prep::Other => return Some(lane.hand_over()),
+                    Prep::Partial => {}
+                }
+            }
+            if token.is_cancelled() {
+                return Some(lane.hand_over());
+            }
+            if !armed {
+                // hyper's header read timeout: from the start of the wait for a head.
+                idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                armed = true;
+            }
+            if lane.buf.capacity() - lane.buf.len() < READ_CHUNK / 4 {
+                lane.buf.reserve(READ_CHUNK);
+            }
+            tokio::select! {
+                biased;
+                r = lane.io.read_buf(&mut lane.buf) => match r {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                },
+                _ = &mut idle => return None,
+                _ = &mut stop => return Some(lane.hand_over()),
+            }
+        };
+        if !lane.handle(&snap, job).await {
+            let _ = lane.io.shutdown().await;
+            return None;
+        }
+        // A long head or body grew a buffer: an idle connection holds no more than a read's worth.
+        if lane.buf.is_empty() && lane.buf.capacity() > READ_CHUNK {
+            lane.buf = Vec::new();
+        }
+        if lane.nbuf.capacity() > 2 * READ_CHUNK {
+            lane.nbuf = Vec::new();
+        }
+        if lane.out.capacity() > 2 * READ_CHUNK {
+            lane.out = Vec::new();
+        }
+    }
+}
+
+impl<S: Rewind> Lane<'_, S> {
+    /// The stream for hyper's path: what was read and not taken goes first.
+    fn hand_over(self) -> S::Out {
+        self.io.into_inner().rewind(self.buf)
+    }
+
+    /// Judge the buffered head; a request the lane takes is routed and made ready for the nodes.
+    fn prepare(&mut self, snap: &Snapshot) -> Prep {
+        let cfg = &snap.config;
+        // Per-client rates and TLS to the nodes are hyper's path's alone.
+        if !cfg.gateway.fast_lane || cfg.limits.client_rate != 0 || snap.nodes.iter().any(|n| n.tls.is_some()) {
+            return Prep::Other;
+        }
+        let l = &cfg.limits;
+        let limits = wire::Limits { uri: l.uri, headers: l.headers, head: l.request_head };
+        let mut hs = wire::request_headers();
+        let head = match wire::parse_request(&self.buf, &mut hs, limits) {
+            Parsed::Partial => return Prep::Partial,
+            Parsed::Other => return Prep::Other,
+            Parsed::Take(h) => h,
+        };
+        let (path, query) = head.path_query();
+        let Ok(routed) = route::route(path, query, |seg| snap.index_of(seg)) else { return Prep::Other };
+        let proto = match self.client.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let added = wire::Added {
+            forwarded_for: self.client.forwarded_for.as_bytes(),
+            proto,
+            mark: self.ctx.instance.as_bytes(),
+        };
+        self.req.clear();
+        wire::encode_request(&head, &hs, &routed.path_and_query(), &added, &mut self.req);
+        let log = if cfg.access_log.is_some() {
+            let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
+            let uri = http::Uri::try_from(head.target).unwrap_or_default();
+            proxy::begin_log(self.ctx, snap, &method, &uri, self.client)
+        } else {
+            None
+        };
+        let job = Job { pinned: routed.node, head_only: head.head_only(), close: head.close, log };
+        let len = head.len;
+        if len == self.buf.len() {
+            self.buf.clear();
+        } else {
+            self.buf.drain(..len);
+        }
+        Prep::Job(job)
+    }
+
+    /// One request: its answer relayed, or the gateway's own. False: close the connection.
+    async fn handle(&mut self, snap: &Arc<Snapshot>, mut job: Job) -> bool {
+        let f = &self.ctx.core.frontend;
+        f.requests_total.fetch_add(1, Ordering::Relaxed);
+        f.request_rate.tick();
+        match self.attempts(snap, &mut job).await {
+            Ok(keep) => keep,
+            Err(e) => {
+                f.request_errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = job.log.as_mut() {
+                    r.termination = e.termination();
+                }
+                let close = job.close || self.ctx.life.shutdown.is_cancelled();
+                let body = crate::data::envelope::body(e.status, &e.message);
+                self.out.clear();
+                wire::encode_own(e.status, &body, None, close, &date(), &mut self.out);
+                let sent = self.io.write_all(&self.out).await.is_ok();
+                self.finish(&mut job, e.status.as_u16(), body.len() as u64, sent);
+                sent && !close
+            }
+        }
+    }
+
+    /// The request's end: its status counted, its access log line written.
+    fn finish(&self, job: &mut Job, status: u16, sent: u64, whole: bool) {
+        self.ctx.core.frontend.responses.record(status);
+        if let Some(mut r) = job.log.take() {
+            r.status = status;
+            if !whole && r.termination == "--" {
+                r.termination = "CD";
+            }
+            r.log.http(&r, sent);
+        }
+    }
+
+    /// The attempts of one request (the rules of hyper's path, `proxy::attempts`, for a body-less
+    /// idempotent request): pick a node, take or open a connection, exchange; again on another
+    /// node, or on a fresh connection after a keep-alive race, when that is safe.
+    async fn attempts(&mut self, snap: &Arc<Snapshot>, job: &mut Job) -> Result<bool, ProxyError> {
+        let cfg = &snap.config;
+        let attempts = cfg.balance.retries + 1;
+        // Another node may take the request again (hyper's path keeps a copy only then).
+        let others = job.pinned.is_none() && snap.nodes.len() > 1;
+        let mut tried: Vec<usize> = Vec::new();
+        let (mut resent, mut raced, mut fresh_only) = (false, false, false);
+        let mut refused: Option<Vec<u8>> = None;
+        let mut last = ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available");
+        let (mut attempt, mut tries) = (0, 0u32);
+        while attempt < attempts {
+            attempt += 1;
+            let Some(idx) = proxy::choose(self.ctx, snap, job.pinned, self.client, &tried)? else { break };
+            let node = snap.nodes[idx].clone();
+            if tries > 0 {
+                node.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            tries += 1;
+            if let Some(r) = job.log.as_mut() {
+                r.retries = tries - 1;
+                r.node = Some(node.clone());
+            }
+            let guard = node.track();
+            let connecting = job.log.is_some().then(Instant::now);
+            let pooled = if fresh_only { None } else { node.take_raw(cfg.timeouts.pool_idle.0) };
+            fresh_only = false;
+            let reused = pooled.is_some();
+            let stream = match pooled {
+                Some(s) => s,
+                None => match Box::pin(node.connect_tcp(cfg.timeouts.connect.0)).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(node = %node.name, error = %e, "connect failed");
+                        last = ProxyError::connect(&node, e);
+                        last.record(&node, &cfg.health);
+                        if cfg.balance.redispatch && job.pinned.is_none() {
+                            tried.push(idx);
+                            if attempt < attempts {
+                                node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        continue;
+                    }
+                },
+            };
+            if let (Some(r), Some(t)) = (job.log.as_mut(), connecting) {
+                r.connect = Some(t.elapsed());
+            }
+            let err = match self.exchange(snap, &node, guard, stream, job).await {
+                Ok(keep) => return Ok(keep),
+                Err(Failure::Final(e)) => return Err(e),
+                // Never written: a pooled connection that had closed costs no attempt (the pool
+                // is finite); a fresh one counts like a failed connect.
+                Err(Failure::Unsent) if reused => {
+                    attempt -= 1;
+                    continue;
+                }
+                Err(Failure::Unsent) => ProxyError::closed_at_once(&node),
+                // The keep-alive race: once, on a fresh connection, the same node allowed.
+                Err(Failure::Broke(_)) if reused && !raced => {
+                    raced = true;
+                    fresh_only = true;
+                    attempt -= 1;
+                    continue;
+                }
+                Err(Failure::Broke(e)) => e,
+                Err(Failure::TimedOut(e)) => {
+                    if others && cfg.balance.retry_on_timeout && !resent {
+                        resent = true;
+                        tried.push(idx);
+                        node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                        last = e;
+                        continue;
+                    }
+                    return Err(e);
+                }
+                Err(Failure::Refused(answer)) => {
+                    if others {
+                        tried.push(idx);
+                        node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                        refused = Some(answer);
+                        attempt -= 1;
+                        continue;
+                    }
+                    return Ok(self.pass_on(job, answer).await);
+                }
+            };
+            err.record(&node, &cfg.health);
+            if err.progress == Progress::NothingSent {
+                if cfg.balance.redispatch && job.pinned.is_none() {
+                    tried.push(idx);
+                }
+                last = err;
+                continue;
+            }
+            if others && !resent && err.resend_safe(true) {
+                resent = true;
+                tried.push(idx);
+                node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
+                attempt -= 1;
+            } else {
+                return Err(err);
+            }
+        }
+        match refused {
+            Some(answer) => Ok(self.pass_on(job, answer).await),
+            None => Err(last),
+        }
+    }
+
+    /// A node's "not executed" 503 that no other node could take: to the client as it came.
+    async fn pass_on(&mut self, job: &mut Job, answer: Vec<u8>) -> bool {
+        let sent = self.io.write_all(&answer).await.is_ok();
+        self.finish(job, 503, 0, sent);
+        sent && !(job.close || self.ctx.life.shutdown.is_cancelled())
+    }
+
+    /// Read from the node until `deadline`; Ok(0): it closed.
+    async fn node_read(
+        &mut self,
+        stream: &mut TcpStream,
+        deadline: tokio::time::Instant,
+    ) -> Result<usize, Option<std::io::Error>> {
+        if self.nbuf.capacity() - self.nbuf.len() < READ_CHUNK / 4 {
+            self.nbuf.reserve(READ_CHUNK);
+        }
+        match tokio::time::timeout_at(deadline, stream.read_buf(&mut self.nbuf)).await {
+            Err(_) => Err(None),
+            Ok(Err(e)) => Err(Some(e)),
+            Ok(Ok(n)) => Ok(n),
+        }
+    }
+
+    /// Send the request on `stream` and relay the node's answer to the client. Ok(keep): the
+    /// answer went out (whole, or cut: then keep is false).
+    async fn exchange(
+        &mut self,
+        snap: &Snapshot,
+        node: &Arc<Backend>,
+        guard: ActiveGuard,
+        mut stream: TcpStream,
+        job: &mut Job,
+    ) -> Result<bool, Failure> {
+        let cfg = &snap.config;
+        let wait = cfg.timeouts.server.0;
+        if stream.write_all(&self.req).await.is_err() {
+            return Err(Failure::Unsent);
+        }
+        let sent_at = job.log.is_some().then(Instant::now);
+        let deadline = tokio::time::Instant::now() + wait;
+        self.nbuf.clear();
+        // The answer's head (1xx interim answers skipped).
+        let close = job.close || self.ctx.life.shutdown.is_cancelled();
+        let (status, framing, closes, len, refusal) = loop {
+            if !self.nbuf.is_empty() {
+                let mut hs = wire::response_headers();
+                match wire::parse_response(&self.nbuf, &mut hs, job.head_only) {
+                    NodeParsed::Partial => {}
+                    NodeParsed::Bad => return Err(Failure::Broke(ProxyError::broke(node))),
+                    NodeParsed::Head(a) if a.status == 101 => {
+                        // The connection now speaks something the client never asked for.
+                        let e = ProxyError::unrequested_upgrade(node);
+                        e.record(node, &cfg.health);
+                        return Err(Failure::Final(e));
+                    }
+                    NodeParsed::Head(a) if a.status < 200 => {
+                        let n = a.len;
+                        self.nbuf.drain(..n);
+                        continue;
+                    }
+                    NodeParsed::Head(a) => {
+                        if let Some(r) = job.log.as_mut() {
+                            r.wait = sent_at.map(|t| t.elapsed());
+                            r.request_id = hs[..a.count]
+                                .iter()
+                                .find(|h| h.name.eq_ignore_ascii_case("x-kuzzle-request-id"))
+                                .and_then(|h| HeaderValue::from_bytes(h.value).ok());
+                        }
+                        let node_header = match (&snap.node_header, &node.name_value) {
+                            (Some(n), Some(v)) => Some((n.as_str(), v.as_bytes())),
+                            _ => None,
+                        };
+                        let refusal = match a.framing {
+                            Framing::Length(n) if a.status == 503 && n <= resend::REFUSAL_BODY_MAX => Some(n),
+                            _ => None,
+                        };
+                        self.out.clear();
+                        let o = wire::Out { node_header, close, date: &date() };
+                        wire::encode_response(&a, &hs, &o, &mut self.out);
+                        break (a.status, a.framing, a.closes, a.len, refusal);
+                    }
+                }
+            }
+            if self.nbuf.len() > cfg.limits.response_head {
+                return Err(Failure::Broke(ProxyError::broke(node)));
+            }
+            match self.node_read(&mut stream, deadline).await {
+                Ok(0) | Err(Some(_)) => return Err(Failure::Broke(ProxyError::broke(node))),
+                Ok(_) => {}
+                Err(None) => {
+                    let e = ProxyError::timed_out(node, wait);
+                    e.record(node, &cfg.health);
+                    return Err(Failure::TimedOut(e));
+                }
+            }
+        };
+        node.passive_success();
+        node.counters.responses.record(status);
+        if let Some(n) = refusal {
+            return self.refusal(cfg, node, stream, status, len, n, closes, close, job).await;
+        }
+        // The first bytes of the body before the head goes out: a node that sends a head and
+        // then closes (or stalls) gets the client a 502 (504), not an answer cut at once.
+        let needs_body = match framing {
+            Framing::Length(n) => n > 0,
+            Framing::Chunked => true,
+            Framing::None | Framing::UntilClose => false,
+        };
+        if needs_body && self.nbuf.len() == len {
+            match self.node_read(&mut stream, tokio::time::Instant::now() + wait).await {
+                Ok(0) | Err(Some(_)) => {
+                    let e = ProxyError::broke(node);
+                    e.record(node, &cfg.health);
+                    return Err(Failure::Final(e));
+                }
+                Ok(_) => {}
+                Err(None) => {
+                    let e = ProxyError::timed_out(node, wait);
+                    e.record(node, &cfg.health);
+                    return Err(Failure::TimedOut(e));
+                }
+            }
+        }
+        // A chunked body malformed from its first bytes is the node's fault before the head went
+        // out: a 502, as on hyper's path (which reads the first chunk before the head goes out).
+        if framing == Framing::Chunked && wire::Chunks::default().feed(&self.nbuf[len..]).is_err() {
+            let e = ProxyError::broke(node);
+            e.record(node, &cfg.health);
+            return Err(Failure::Final(e));
+        }
+        let relayed = self.relay(cfg, &mut stream, framing, len).await;
+        let (whole, payload, reusable) = match relayed {
+            Ok((payload, reusable)) => (true, payload, reusable),
+            Err((payload, why)) => {
+                if why != "CD" {
+                    // The node broke or stalled mid-body (its connection is never reused).
+                    node.counters.response_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(r) = job.log.as_mut() {
+                    r.termination = why;
+                }
+                (false, payload, false)
+            }
+        };
+        self.ctx.core.frontend.bytes_out.fetch_add(payload, Ordering::Relaxed);
+        node.counters.bytes_out.fetch_add(payload, Ordering::Relaxed);
+        if whole && reusable && !closes {
+            node.release_raw(stream);
+        }
+        drop(guard);
+        self.finish(job, status, payload, whole);
+        Ok(whole && !close)
+    }
+
+    /// The body after the head in `out` (the head included): Ok((payload bytes, the node
+    /// connection may carry another request)), or Err((payload bytes, access log termination))
+    /// when it was cut.
+    async fn relay(
+        &mut self,
+        cfg: &crate::control::config::Config,
+        stream: &mut TcpStream,
+        framing: Framing,
+        len: usize,
+    ) -> Result<(u64, bool), (u64, &'static str)> {
+        let wait = cfg.timeouts.server.0;
+        let cut = |p: u64| move |_| (p, "CD");
+        match framing {
+            Framing::None => {
+                self.io.write_all(&self.out).await.map_err(cut(0))?;
+                Ok((0, self.nbuf.len() == len))
+            }
+            Framing::Length(total) => {
+                let avail = ((self.nbuf.len() - len) as u64).min(total) as usize;
+                let extra = self.nbuf.len() - len > avail;
+                self.write_head_and(len, avail).await.map_err(cut(0))?;
+                let mut left = total - avail as u64;
+                let mut sent = avail as u64;
+                while left > 0 {
+                    self.nbuf.clear();
+                    self.nbuf.reserve(RELAY_CHUNK.min(left as usize));
+                    let n = match self.node_read(stream, tokio::time::Instant::now() + wait).await {
+                        Ok(0) | Err(Some(_)) => return Err((sent, "SD")),
+                        Err(None) => return Err((sent, "sD")),
+                        Ok(n) => n,
+                    };
+                    let take = (n as u64).min(left) as usize;
+                    self.io.write_all(&self.nbuf[..take]).await.map_err(cut(sent))?;
+                    sent += take as u64;
+                    left -= take as u64;
+                    if take < n {
+                        // More than Content-Length: the connection is no longer in step.
+                        return Ok((sent, false));
+                    }
+                }
+                Ok((sent, !extra))
+            }
+            Framing::Chunked => {
+                let mut chunks = wire::Chunks::default();
+                let mut from = len;
+                let mut first = true;
+                loop {
+                    let end = match chunks.feed(&self.nbuf[from..]) {
+                        Ok(e) => e,
+                        Err(_) => return Err((chunks.payload, "SD")),
+                    };
+                    let upto = end.map_or(self.nbuf.len(), |e| from + e);
+                    if first {
+                        self.write_head_and(len, upto - len).await.map_err(cut(0))?;
+                        first = false;
+                    } else {
+                        self.io.write_all(&self.nbuf[from..upto]).await.map_err(cut(chunks.payload))?;
+                    }
+                    if end.is_some() {
+                        return Ok((chunks.payload, upto == self.nbuf.len()));
+                    }
+                    self.nbuf.clear();
+                    from = 0;
+                    match self.node_read(stream, tokio::time::Instant::now() + wait).await {
+                        Ok(0) | Err(Some(_)) => return Err((chunks.payload, "SD")),
+                        Err(None) => return Err((chunks.payload, "sD")),
+                        Ok(_) => {}
+                    }
+                }
+            }
+            Framing::UntilClose => {
+                // Sent on chunked: each read becomes a chunk; the node's close, the last one.
+                let mut sent = 0u64;
+                let mut data = self.nbuf.len() - len;
+                let mut from = len;
+                loop {
+                    if data > 0 {
+                        wire::chunk_header(data, &mut self.out);
+                        self.out.extend_from_slice(&self.nbuf[from..from + data]);
+                        self.out.extend_from_slice(b"\r\n");
+                        sent += data as u64;
+                    }
+                    if !self.out.is_empty() {
+                        self.io.write_all(&self.out).await.map_err(cut(sent))?;
+                        self.out.clear();
+                    }
+                    self.nbuf.clear();
+                    from = 0;
+                    data = match self.node_read(stream, tokio::time::Instant::now() + wait).await {
+                        Ok(0) => break,
+                        Err(Some(_)) => return Err((sent, "SD")),
+                        Err(None) => return Err((sent, "sD")),
+                        Ok(n) => n,
+                    };
+                }
+                self.io.write_all(b"0\r\n\r\n").await.map_err(cut(sent))?;
+                Ok((sent, false))
+            }
+        }
+    }
+
+    /// Write the head in `out` with the `n` body bytes after the node's head (`nbuf[len..]`): in
+    /// one write when they are few.
+    async fn write_head_and(&mut self, len: usize, n: usize) -> std::io::Result<()> {
+        if n <= COPY_WITH_HEAD {
+            self.out.extend_from_slice(&self.nbuf[len..len + n]);
+            return self.io.write_all(&self.out).await;
+        }
+        self.io.write_all(&self.out).await?;
+        self.io.write_all(&self.nbuf[len..len + n]).await
+    }
+
+    /// A node's small 503, read whole to learn whether Kuzzle refused the request unexecuted
+    /// (then another node may take it); anything else goes to the client as it came.
+    #[allow(clippy::too_many_arguments)]
+    async fn refusal(
+        &mut self,
+        cfg: &crate::control::config::Config,
+        node: &Arc<Backend>,
+        mut stream: TcpStream,
+        status: u16,
+        len: usize,
+        n: u64,
+        closes: bool,
+        close: bool,
+        job: &mut Job,
+    ) -> Result<bool, Failure> {
+        let n = n as usize;
+        let deadline = tokio::time::Instant::now() + cfg.timeouts.server.0;
+        while self.nbuf.len() < len + n {
+            match self.node_read(&mut stream, deadline).await {
+                Ok(0) | Err(_) => return Err(Failure::Final(ProxyError::broke(node))),
+                Ok(_) => {}
+            }
+        }
+        node.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        if !closes && self.nbuf.len() == len + n {
+            node.release_raw(stream);
+        }
+        self.out.extend_from_slice(&self.nbuf[len..len + n]);
+        match resend::not_executed(&self.nbuf[len..len + n]) {
+            None => {
+                self.ctx.core.frontend.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                let sent = self.io.write_all(&self.out).await.is_ok();
+                self.finish(job, status, n as u64, sent);
+                Ok(sent && !close)
+            }
+            Some(leaving) => {
+                if leaving {
+                    // A Kuzzle 2 node found from its ID card comes back under a new identity.
+                    let for_good = node.origin == Origin::Kuzzle2;
+                    tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
+                    node.health.note_leaving(for_good);
+                }
+                Err(Failure::Refused(std::mem::take(&mut self.out)))
+            }
+        }
+    }
+}
+
+/// Today's `Date` value (RFC 9110 5.6.7), formatted once a second per worker thread.
+fn date() -> [u8; 29] {
+    thread_local! {
+        static DATE: std::cell::Cell<(u64, [u8; 29])> = const { std::cell::Cell::new((u64::MAX, [0; 29])) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|d| {
+        let (at, v) = d.get();
+        if at == secs {
+            return v;
+        }
+        let mut v = [b' '; 29];
+        let s = httpdate::fmt_http_date(now);
+        let n = s.len().min(29);
+        v[..n].copy_from_slice(&s.as_bytes()[..n]);
+        d.set((secs, v));
+        v
+    })
+}

@@ -1,0 +1,185 @@
+//! The fast lane (src/data/lane): a connection that leaves it mid-way with its bytes, every
+//! framing of a node's answer relayed the same with the lane on and off, and its idle timeout.
+use crate::common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A node that answers each request by its path (see the match) on keep-alive connections; `/echo`
+/// answers with the head it received.
+async fn framing_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    fake_node(|mut c| async move {
+        while let Some(req) = read_request(&mut c).await {
+            let text = String::from_utf8_lossy(&req).into_owned();
+            let line = text.lines().next().unwrap_or_default().to_string();
+            let target = line.split(' ').nth(1).unwrap_or_default();
+            let path = target.split('?').next().unwrap_or_default().to_string();
+            let cl = |body: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            let answer = match path.as_str() {
+                "/cl" => cl("plain body"),
+                "/echo" => cl(&text),
+                "/line" => cl(&line),
+                "/chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n".into(),
+                "/interim" => format!("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n{}", cl("after hints")),
+                "/nocontent" => "HTTP/1.1 204 No Content\r\nx-kept: yes\r\n\r\n".into(),
+                "/hop" => "HTTP/1.1 200 OK\r\nconnection: x-secret\r\nx-secret: 1\r\nkeep-alive: timeout=5\r\nx-kept: yes\r\ncontent-length: 2\r\n\r\nok".into(),
+                "/badchunk" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".into(),
+                "/badlen" => "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\nabcd".into(),
+                "/close" => {
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the close").await;
+                    return;
+                }
+                // Not chunked last: the body ends with the close (RFC 9112 6.3).
+                "/gzip" => {
+                    let _ = c.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxx").await;
+                    return;
+                }
+                _ => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into(),
+            };
+            if c.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+}
+
+/// A gateway in front of `node`, with the lane on or off.
+fn config(node: SocketAddr, lane: bool) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\nfast_lane = {lane}\n[stats]\nlisten = \"127.0.0.1:0\"\n\
+         [health]\ninterval = \"1h\"\npassive = false\n[[node]]\nname = \"n1\"\naddress = \"{node}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_framing_of_a_node_answer_is_relayed_the_same_on_and_off_the_lane() {
+    let (node, task) = framing_node().await;
+    let mut seen = Vec::new();
+    for lane in [true, false] {
+        let gw = gateway(&config(node, lane)).await;
+        let mut got = Vec::new();
+        for path in
+            ["/cl", "/chunked", "/interim", "/nocontent", "/hop", "/badchunk", "/badlen", "/gzip", "/close", "/missing"]
+        {
+            let r = get(gw.http_addr, path).await;
+            let kept = r.headers.get("x-kept").is_some();
+            let hop = ["connection", "x-secret", "keep-alive"].iter().any(|h| r.headers.contains_key(*h));
+            got.push((path, r.status, String::from_utf8_lossy(&r.body).into_owned(), kept, hop));
+        }
+        // What the node sees: the target, X-Forwarded-*, the loop mark; no Connection.
+        let echo = String::from_utf8_lossy(&get(gw.http_addr, "/echo").await.body).to_ascii_lowercase();
+        for h in ["x-forwarded-for: 127.0.0.1", "x-forwarded-proto: http", "x-forwarded-host:", "x-kuzzle-gateway:"] {
+            assert!(echo.contains(h), "lane {lane}: {h} missing from what the node got: {echo}");
+        }
+        assert!(!echo.contains("\nconnection:"), "lane {lane}: Connection reached the node: {echo}");
+        let date = get(gw.http_addr, "/cl").await.headers.get("date").cloned();
+        assert!(date.is_some(), "lane {lane}: no Date added to an answer without one");
+        gw.shutdown().await;
+        seen.push(got);
+    }
+    let expect = [
+        ("/cl", 200, "plain body"),
+        ("/chunked", 200, "hello world"),
+        ("/interim", 200, "after hints"),
+        ("/nocontent", 204, ""),
+        ("/hop", 200, "ok"),
+        ("/badchunk", 502, ""),
+        ("/badlen", 502, ""),
+        ("/gzip", 200, "xx"),
+        ("/close", 200, "until the close"),
+        ("/missing", 404, ""),
+    ];
+    for (i, (path, status, body)) in expect.iter().enumerate() {
+        let (p, s, b, _, hop) = &seen[0][i];
+        assert_eq!((p, s), (path, status), "lane: {path}");
+        if *status < 500 {
+            assert_eq!(b, body, "lane: body of {path}");
+        }
+        assert!(!hop, "lane: hop-by-hop headers of {path} reached the client");
+    }
+    assert!(seen[0][3].3 && seen[0][4].3, "lane: an end-to-end header was lost");
+    for (a, b) in seen[0].iter().zip(&seen[1]) {
+        assert_eq!((a.0, a.1, a.3, a.4), (b.0, b.1, b.3, b.4), "the lane and hyper's path differ");
+        if a.1 < 500 {
+            assert_eq!(a.2, b.2, "the lane and hyper's path differ on {}", a.0);
+        }
+    }
+    task.abort();
+}
+
+/// Read from `s` until `n` answers have come whole (each with a Content-Length), bounded by `T`.
+async fn read_answers(s: &mut TcpStream, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let mut answers = Vec::new();
+        let mut rest = &got[..];
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
+            let len = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if rest.len() < end + 4 + len {
+                break;
+            }
+            answers.push(String::from_utf8_lossy(&rest[end + 4..end + 4 + len]).into_owned());
+            rest = &rest[end + 4 + len..];
+        }
+        if answers.len() >= n {
+            return answers;
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(k)) if k > 0 => got.extend_from_slice(&buf[..k]),
+            other => panic!("{} of {n} answers before {other:?}: {:?}", answers.len(), String::from_utf8_lossy(&got)),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_leaves_the_lane_at_a_request_with_a_body_and_loses_no_byte() {
+    let (node, task) = framing_node().await;
+    let gw = gateway(&config(node, true)).await;
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    // A GET (the lane), a POST with a body (hyper's path from here on) and a GET, in one write:
+    // the POST and the GET are already read by the lane when it hands the connection over.
+    s.write_all(
+        b"GET /line?a=1 HTTP/1.1\r\nHost: x\r\n\r\n\
+          POST /line HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\n\r\nbody\
+          GET /line?b=2 HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let answers = read_answers(&mut s, 3).await;
+    assert_eq!(answers, ["GET /line?a=1 HTTP/1.1", "POST /line HTTP/1.1", "GET /line?b=2 HTTP/1.1"]);
+    // An upgrade-less request with a header the gateway sets itself also leaves the lane, and is
+    // answered.
+    s.write_all(b"GET /line HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n").await.expect("write");
+    assert_eq!(read_answers(&mut s, 1).await, ["GET /line HTTP/1.1"]);
+    task.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_lane_connection_is_closed_after_the_client_timeout() {
+    let (node, task) = framing_node().await;
+    let t = config(node, true);
+    let gw = gateway(&format!("{t}[timeouts]\nclient = \"300ms\"\n")).await;
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(b"GET /cl HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert_eq!(read_answers(&mut s, 1).await, ["plain body"]);
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("closed within 5 s");
+    assert!(matches!(n, Ok(0) | Err(_)), "the idle connection got bytes: {n:?}");
+    assert!(started.elapsed() >= Duration::from_millis(250), "closed before the timeout");
+    task.abort();
+    gw.shutdown().await;
+}
