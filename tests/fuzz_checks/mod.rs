@@ -6,6 +6,7 @@ use kuzzle_gateway::control::cluster::message::{
     self, Candidate, Kind, Reject, Rules, MAX_PAYLOAD, ROOM_HEARTBEAT, ROOM_READY, ROOM_REMOVE,
 };
 use kuzzle_gateway::control::config::{valid_node_name, Config};
+use kuzzle_gateway::data::lane::wire::{self, Framing, NodeParsed, Parsed};
 use kuzzle_gateway::data::route::{self, RouteError};
 use kuzzle_gateway::data::tunnel::FrameTracker;
 
@@ -366,4 +367,342 @@ pub fn ws_frames(data: &[u8]) {
     assert_eq!(pos, stream.len(), "no progress after {step} steps");
     // The same state as feeding the stream whole.
     assert_eq!(format!("{t:?}"), format!("{whole:?}"), "split feeding disagrees with whole feeding");
+}
+
+// ---------------------------------------------------------------------------------------------
+// lane_wire: the fast lane's HTTP/1.1 heads and chunked bodies (src/data/lane/wire.rs)
+
+/// Limits as wide as the lane's header array.
+pub const LANE_WIDE: wire::Limits = wire::Limits { uri: 16 * 1024, headers: wire::MAX_HEADERS, head: 64 * 1024 };
+
+/// Request headers the lane must leave to hyper's path (framing, upgrades, hop-by-hop ones but
+/// `Connection`, what the gateway adds or checks).
+pub const LANE_LONG_WAY: [&str; 15] = [
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
+    "x-kuzzle-gateway",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Response headers never passed to a client (RFC 9110 7.6.1, and the framing the gateway writes).
+pub const LANE_HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
+/// What the checks add to a forwarded request.
+pub const LANE_ADDED: wire::Added<'static> =
+    wire::Added { forwarded_for: b"192.0.2.7", proto: "https", mark: b"0123456789abcdef" };
+
+/// The node header the response check writes.
+pub const LANE_NODE_HEADER: (&str, &[u8]) = ("X-Kuzzle-Node", b"cluster_kuzzle_1");
+
+pub const LANE_DATE: &[u8] = b"Tue, 01 Dec 2026 10:00:00 GMT";
+
+/// Fuzz input: bytes read as a client's buffer (wide, fuzzed and exact limits), as a node's answer
+/// (to a GET and to a HEAD), and as a chunked body (whole, in two pieces cut at `data[0] % len`,
+/// and byte by byte).
+pub fn lane_wire(data: &[u8]) {
+    let taken = lane_request(data, LANE_WIDE);
+    // Limits from the first byte: small enough to be hit.
+    let k = usize::from(data.first().copied().unwrap_or(0));
+    lane_request(data, wire::Limits { uri: k, headers: k % 16, head: 4 * k });
+    // Limits are inclusive: exactly the head's sizes take it, one less anywhere does not.
+    if let Some((uri, headers, head)) = taken {
+        let exact = wire::Limits { uri, headers, head };
+        assert!(lane_request(data, exact).is_some(), "a head at exactly the limits is not taken");
+        // (A taken head has a target and a Host line: none of the three is 0.)
+        for under in [
+            wire::Limits { uri: uri - 1, ..exact },
+            wire::Limits { headers: headers - 1, ..exact },
+            wire::Limits { head: head - 1, ..exact },
+        ] {
+            assert!(lane_request(data, under).is_none(), "a head over {under:?} is taken");
+        }
+    }
+    for head_only in [false, true] {
+        if let Some(body) = lane_response(data, head_only) {
+            lane_chunks(&data[body..]);
+        }
+    }
+    lane_chunks(data);
+}
+
+/// Is `name` (any case) in `list`?
+fn lane_in(list: &[&str], name: &str) -> bool {
+    list.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The comma-separated tokens of every `name` header of `headers`, trimmed.
+fn lane_tokens<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    headers
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.value.split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// One client buffer under `limits`: the taken head's (target, header lines, bytes), if taken.
+pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, usize)> {
+    let mut headers = wire::request_headers();
+    let h = match wire::parse_request(data, &mut headers, limits) {
+        Parsed::Partial => {
+            assert!(data.len() <= limits.head, "{} bytes still partial over the {limits:?}", data.len());
+            return None;
+        }
+        Parsed::Other => return None,
+        Parsed::Take(h) => h,
+    };
+    assert!(h.len <= data.len(), "a head of {} bytes in {} bytes", h.len, data.len());
+    assert!(h.len <= limits.head && h.count <= limits.headers && h.target.len() <= limits.uri, "{limits:?}: {h:?}");
+    assert!(h.count <= wire::MAX_HEADERS);
+    assert!(matches!(h.method, "GET" | "HEAD" | "OPTIONS"), "method {:?} taken", h.method);
+    assert_eq!(h.head_only(), h.method == "HEAD");
+    assert!(
+        h.target.starts_with('/')
+            && h.target.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)),
+        "target {:?} taken",
+        h.target
+    );
+    let (p, q) = h.path_query();
+    assert_eq!(q.map_or(p.to_string(), |q| format!("{p}?{q}")), h.target);
+    let lines = &headers[..h.count];
+    let hosts: Vec<&[u8]> = lines.iter().filter(|l| l.name.eq_ignore_ascii_case("host")).map(|l| l.value).collect();
+    assert_eq!(hosts, [h.host], "exactly one Host, the one given");
+    assert!(!h.host.contains(&b'@'), "userinfo in Host taken: {:?}", String::from_utf8_lossy(h.host));
+    for l in lines {
+        assert!(!lane_in(&LANE_LONG_WAY, l.name), "header {:?} taken", l.name);
+    }
+    for t in lane_tokens(lines, "connection") {
+        assert!(t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"), "Connection {t:?} taken");
+    }
+    assert_eq!(h.close, lane_tokens(lines, "connection").any(|t| t.eq_ignore_ascii_case(b"close")));
+    // The head alone is judged the same: nothing after it counts, and no part of it is taken.
+    {
+        let mut again = wire::request_headers();
+        match wire::parse_request(&data[..h.len], &mut again, limits) {
+            Parsed::Take(g) => assert!(
+                (g.method, g.target, g.host, g.close, g.count, g.len)
+                    == (h.method, h.target, h.host, h.close, h.count, h.len),
+                "the head alone reads {g:?}, with what follows {h:?}"
+            ),
+            other => panic!("the head alone is {other:?}"),
+        }
+        let mut part = wire::request_headers();
+        let p = wire::parse_request(&data[..h.len - 1], &mut part, limits);
+        assert!(!matches!(p, Parsed::Take(_)), "a head less its last byte is taken: {p:?}");
+    }
+    // As a node gets it, with the target as given and as a router may rewrite it.
+    for target in [h.target, "/", p] {
+        let mut out = Vec::new();
+        wire::encode_request(&h, &headers, target, &LANE_ADDED, &mut out);
+        let mut parsed = [httparse::EMPTY_HEADER; 2 * wire::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut parsed);
+        let status = req.parse(&out);
+        assert_eq!(status, Ok(httparse::Status::Complete(out.len())), "{:?}", String::from_utf8_lossy(&out));
+        assert_eq!((req.method, req.path, req.version), (Some(h.method), Some(target), Some(1)));
+        let kept: Vec<(&str, &[u8])> =
+            lines.iter().filter(|l| !l.name.eq_ignore_ascii_case("connection")).map(|l| (l.name, l.value)).collect();
+        let mut want = kept.clone();
+        want.extend([
+            ("x-forwarded-for", LANE_ADDED.forwarded_for),
+            ("x-forwarded-proto", LANE_ADDED.proto.as_bytes()),
+            ("x-forwarded-host", h.host),
+            ("x-kuzzle-gateway", LANE_ADDED.mark),
+        ]);
+        let got: Vec<(&str, &[u8])> = req.headers.iter().map(|l| (l.name, l.value)).collect();
+        assert_eq!(got, want, "the node's header lines");
+    }
+    Some((h.target.len(), h.count, h.len))
+}
+
+/// One node buffer: where the body starts when the answer is chunked.
+pub fn lane_response(data: &[u8], head_only: bool) -> Option<usize> {
+    let mut headers = wire::response_headers();
+    let a = match wire::parse_response(data, &mut headers, head_only) {
+        NodeParsed::Partial | NodeParsed::Bad => return None,
+        NodeParsed::Head(a) => a,
+    };
+    assert!(a.len <= data.len() && a.count <= wire::MAX_RESPONSE_HEADERS, "{a:?}");
+    assert!((100..=999).contains(&a.status), "{a:?}");
+    // HTTP/1.0 with a transfer coding has faulty framing (RFC 9112 6.1): never a head.
+    let mut again = [httparse::EMPTY_HEADER; wire::MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut again);
+    assert_eq!(resp.parse(data), Ok(httparse::Status::Complete(a.len)));
+    if resp.version == Some(0) {
+        assert!(resp.headers.iter().all(|l| !l.name.eq_ignore_ascii_case("transfer-encoding")), "{a:?}");
+    }
+    let lines = &headers[..a.count];
+    let bodyless = head_only || a.status < 200 || a.status == 204 || a.status == 304;
+    assert_eq!(a.framing == Framing::None, bodyless, "{a:?}");
+    match a.framing {
+        Framing::Length(n) => {
+            // Every line and list element says n, in decimal digits only.
+            let decimal = |t: &[u8]| {
+                (!t.is_empty() && t.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
+                    .flatten()
+            };
+            let ls: Vec<Option<u64>> = lane_tokens(lines, "content-length").map(decimal).collect();
+            assert!(!ls.is_empty() && ls.iter().all(|t| *t == Some(n)), "Length({n}) from {ls:?}");
+            assert!(lines.iter().all(|l| !l.name.eq_ignore_ascii_case("transfer-encoding")));
+        }
+        Framing::Chunked => {
+            let last = lane_tokens(lines, "transfer-encoding").filter(|t| !t.is_empty()).last();
+            assert!(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")), "{a:?}");
+        }
+        Framing::UntilClose => {
+            assert!(a.closes, "a body read until close leaves the connection open");
+            // Neither framing header, or a last transfer coding other than chunked (RFC 9112 6.3):
+            // the last Transfer-Encoding line's, as hyper's client reads it (an empty line too).
+            match lines.iter().rev().find(|l| l.name.eq_ignore_ascii_case("transfer-encoding")) {
+                Some(l) => {
+                    let last = l.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).rfind(|t| !t.is_empty());
+                    assert!(!last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")), "{a:?}");
+                }
+                None => assert!(lines.iter().all(|l| !l.name.eq_ignore_ascii_case("content-length")), "{a:?}"),
+            }
+        }
+        Framing::None => {}
+    }
+    // The head alone reads the same.
+    {
+        let mut again = wire::response_headers();
+        match wire::parse_response(&data[..a.len], &mut again, head_only) {
+            NodeParsed::Head(g) => assert!(
+                (g.status, g.reason, g.framing, g.closes, g.count, g.len)
+                    == (a.status, a.reason, a.framing, a.closes, a.count, a.len),
+                "the head alone reads {g:?}, with what follows {a:?}"
+            ),
+            other => panic!("the head alone is {other:?}"),
+        }
+    }
+    for (node_header, close) in [(Some(LANE_NODE_HEADER), false), (None, true)] {
+        let mut out = Vec::new();
+        wire::encode_response(&a, &headers, &wire::Out { node_header, close, date: LANE_DATE }, &mut out);
+        lane_client_head(&a, lines, node_header, close, &out);
+    }
+    (a.framing == Framing::Chunked).then_some(a.len)
+}
+
+/// The client's answer head `out` written for node answer `a` (header lines `lines`).
+fn lane_client_head(
+    a: &wire::Answer<'_>,
+    lines: &[httparse::Header<'_>],
+    node_header: Option<(&str, &[u8])>,
+    close: bool,
+    out: &[u8],
+) {
+    let mut parsed = [httparse::EMPTY_HEADER; 2 * wire::MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut parsed);
+    let status = resp.parse(out);
+    assert_eq!(status, Ok(httparse::Status::Complete(out.len())), "{:?}", String::from_utf8_lossy(out));
+    assert_eq!((resp.version, resp.code, resp.reason), (Some(1), Some(a.status), Some(a.reason)));
+    let got = &*resp.headers;
+    let values = |name: &str| -> Vec<&[u8]> {
+        got.iter().filter(|l| l.name.eq_ignore_ascii_case(name)).map(|l| l.value).collect()
+    };
+    // The node's lines that pass: not hop-by-hop, not named by its Connection (Host always passes),
+    // not the node header, and its length only for a body-less answer.
+    let named = |name: &str| lane_tokens(lines, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
+    let passes = |l: &&httparse::Header<'_>| {
+        !lane_in(&LANE_HOP_BY_HOP, l.name)
+            && (l.name.eq_ignore_ascii_case("host") || !named(l.name))
+            && node_header.is_none_or(|(n, _)| !n.eq_ignore_ascii_case(l.name))
+            && (a.framing == Framing::None || !l.name.eq_ignore_ascii_case("content-length"))
+    };
+    let want: Vec<(&str, &[u8])> = lines.iter().filter(passes).map(|l| (l.name, l.value)).collect();
+    let dated = want.iter().any(|(n, _)| n.eq_ignore_ascii_case("date"));
+    let mut want = want;
+    if let Some((n, v)) = node_header {
+        want.push((n, v));
+    }
+    if !dated {
+        want.push(("date", LANE_DATE));
+    }
+    let length = match a.framing {
+        Framing::Length(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match (&length, a.framing) {
+        (Some(n), _) => want.push(("content-length", n.as_bytes())),
+        (None, Framing::Chunked | Framing::UntilClose) => want.push(("transfer-encoding", b"chunked")),
+        _ => {}
+    }
+    if close {
+        want.push(("connection", b"close"));
+    }
+    let got_lines: Vec<(&str, &[u8])> = got.iter().map(|l| (l.name, l.value)).collect();
+    assert_eq!(got_lines, want, "the client's header lines for {a:?}");
+    assert_eq!(values("connection").len(), usize::from(close));
+    if a.framing != Framing::None {
+        assert_eq!(values("content-length").len() + values("transfer-encoding").len(), 1, "one framing header");
+    }
+}
+
+/// Feed `bytes` to a fresh `Chunks` in pieces cut at `cuts` (increasing); the end as an offset into
+/// `bytes`, and the payload counted.
+pub fn lane_feed(bytes: &[u8], cuts: &[usize]) -> (Result<Option<usize>, wire::BadChunk>, u64) {
+    let mut c = wire::Chunks::default();
+    let mut from = 0;
+    for &to in cuts.iter().chain(std::iter::once(&bytes.len())) {
+        match c.feed(&bytes[from..to]) {
+            Ok(Some(n)) => {
+                assert!(n <= to - from, "feed ended after {n} of {} bytes", to - from);
+                return (Ok(Some(from + n)), c.payload);
+            }
+            Ok(None) => {}
+            Err(e) => return (Err(e), c.payload),
+        }
+        from = to;
+    }
+    (Ok(None), c.payload)
+}
+
+/// A chunked body: the same end and payload whole, in two pieces, byte by byte.
+pub fn lane_chunks(data: &[u8]) {
+    let Some(&first) = data.first() else {
+        assert_eq!(lane_feed(data, &[]), (Ok(None), 0));
+        return;
+    };
+    let whole = lane_feed(data, &[]);
+    let cut = usize::from(first) % data.len();
+    assert_eq!(lane_feed(data, &[cut]), whole, "cut at {cut}");
+    let every: Vec<usize> = (1..data.len()).collect();
+    assert_eq!(lane_feed(data, &every), whole, "byte by byte");
+    let (end, payload) = whole;
+    match end {
+        Ok(Some(n)) => {
+            assert!(n <= data.len() && payload <= n as u64);
+            assert!(data[..n].ends_with(b"\r\n\r\n"), "a body ends with an empty line");
+            // The body alone ends at the same byte.
+            assert_eq!(lane_feed(&data[..n], &[]), (Ok(Some(n)), payload));
+            if n < data.len() {
+                // After its end, nothing more is taken.
+                let mut c = wire::Chunks::default();
+                assert_eq!(c.feed(&data[..n]), Ok(Some(n)));
+                assert_eq!(c.feed(&data[n..]), Ok(Some(0)));
+            }
+        }
+        Ok(None) | Err(_) => assert!(payload <= data.len() as u64),
+    }
 }

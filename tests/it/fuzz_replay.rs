@@ -46,3 +46,8 @@ fn cluster_message_corpus() {
 fn ws_frames_corpus() {
     replay("ws_frames", fuzz_checks::ws_frames);
 }
+
+#[test]
+fn lane_wire_corpus() {
+    replay("lane_wire", fuzz_checks::lane_wire);
+}
