@@ -210,6 +210,15 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     ctx.core.frontend.connection_opened();
+    serve_counted(ctx.clone(), io, client, held).await;
+    ctx.core.frontend.connection_closed();
+}
+
+/// [`serve_conn`] for a connection already counted open (the fast lane hands its own over).
+pub async fn serve_counted<I>(ctx: Arc<Context>, io: I, client: ClientInfo, held: Held)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let slot = Arc::new(crate::data::tunnel::PermitSlot::new(held));
     // One read of the settings for the whole connection (a reload applies to the next one).
     let cfg = ctx.core.config();
@@ -285,10 +294,7 @@ where
                     _ = started.notified() => {}
                     _ = &mut linger => {}
                     _ = ctx.life.close_tunnels.cancelled() => {}
-                    _ = conn.as_mut() => {
-                        ctx.core.frontend.connection_closed();
-                        return;
-                    }
+                    _ = conn.as_mut() => return,
                 }
             }
             conn.as_mut().graceful_shutdown();
@@ -297,5 +303,4 @@ where
             let _ = conn.await;
         }
     }
-    ctx.core.frontend.connection_closed();
 }

@@ -622,13 +622,13 @@ fn lane_client_head(
         got.iter().filter(|l| l.name.eq_ignore_ascii_case(name)).map(|l| l.value).collect()
     };
     // The node's lines that pass: not hop-by-hop, not named by its Connection (Host always passes),
-    // not the node header, and its length only for a body-less answer.
+    // not the node header, and its length only when the answer keeps it (`drop_length`).
     let named = |name: &str| lane_tokens(lines, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
     let passes = |l: &&httparse::Header<'_>| {
         !lane_in(&LANE_HOP_BY_HOP, l.name)
             && (l.name.eq_ignore_ascii_case("host") || !named(l.name))
             && node_header.is_none_or(|(n, _)| !n.eq_ignore_ascii_case(l.name))
-            && (a.framing == Framing::None || !l.name.eq_ignore_ascii_case("content-length"))
+            && (!a.drop_length || !l.name.eq_ignore_ascii_case("content-length"))
     };
     let want: Vec<(&str, &[u8])> = lines.iter().filter(passes).map(|l| (l.name, l.value)).collect();
     let dated = want.iter().any(|(n, _)| n.eq_ignore_ascii_case("date"));

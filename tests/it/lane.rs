@@ -183,3 +183,34 @@ async fn an_idle_lane_connection_is_closed_after_the_client_timeout() {
     task.abort();
     gw.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_node_sends_after_its_answer_never_reach_the_next_request() {
+    // A node that, on a HEAD, answers and then sends a whole second answer of its own a moment
+    // later on the same connection (a body it should not have sent, a desynced node): the pooled
+    // connection must not be reused with those bytes waiting.
+    let (node, task) = fake_node(|mut c| async move {
+        while let Some(req) = read_request(&mut c).await {
+            let ok = "HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nfine";
+            if req.starts_with(b"HEAD") {
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nEVIL").await;
+            } else if c.write_all(ok.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&config(node, true)).await;
+    for i in 0..3 {
+        let r = request(gw.http_addr, "HEAD", "/x", &[], bytes::Bytes::new()).await;
+        assert_eq!(r.status, 200, "HEAD {i}");
+        // The late bytes are in the pooled connection by now.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = get(gw.http_addr, "/x").await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"fine"[..]), "GET {i} got another request's answer");
+    }
+    task.abort();
+    gw.shutdown().await;
+}

@@ -57,13 +57,11 @@ impl Rewind for tokio_rustls::server::TlsStream<ClientStream> {
 /// Serve a client connection (plain, or TLS without ALPN h2) on the fast lane; at the first
 /// request the lane does not take (or a shutdown), hyper's path serves the rest of it.
 pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, held: Held) {
-    // hyper's path counts the connection again as it takes it over.
     ctx.core.frontend.connection_opened();
-    let rest = run(&ctx, stream, &client).await;
-    ctx.core.frontend.connection_closed();
-    if let Some(stream) = rest {
-        crate::data::serve::serve_conn(ctx, stream, client, held).await;
+    if let Some(stream) = run(&ctx, stream, &client).await {
+        crate::data::serve::serve_counted(ctx.clone(), stream, client, held).await;
     }
+    ctx.core.frontend.connection_closed();
 }
 
 /// Client bytes read per system call at least (the buffer grows by this much when it runs low).
@@ -125,7 +123,7 @@ enum Failure {
     TimedOut(ProxyError),
     /// Kuzzle's "not executed" 503: the client's whole answer, passed on if no other node takes
     /// the request.
-    Refused(Vec<u8>),
+    Refused(Vec<u8>, u64),
 }
 
 /// Serve requests until the client closes, times out or sends one the lane does not take: then
@@ -177,7 +175,8 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
                 _ = &mut stop => return Some(lane.hand_over()),
             }
         };
-        if !lane.handle(&snap, job).await {
+        // A TLS stream may hold the end of the answer until flushed (a plain socket has nothing).
+        if !lane.handle(&snap, job).await || lane.io.flush().await.is_err() {
             let _ = lane.io.shutdown().await;
             return None;
         }
@@ -290,7 +289,7 @@ impl<S: Rewind> Lane<'_, S> {
         let others = job.pinned.is_none() && snap.nodes.len() > 1;
         let mut tried: Vec<usize> = Vec::new();
         let (mut resent, mut raced, mut fresh_only) = (false, false, false);
-        let mut refused: Option<Vec<u8>> = None;
+        let mut refused: Option<(Vec<u8>, u64)> = None;
         let mut last = ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available");
         let (mut attempt, mut tries) = (0, 0u32);
         while attempt < attempts {
@@ -307,7 +306,7 @@ impl<S: Rewind> Lane<'_, S> {
             }
             let guard = node.track();
             let connecting = job.log.is_some().then(Instant::now);
-            let pooled = if fresh_only { None } else { node.take_raw(cfg.timeouts.pool_idle.0) };
+            let pooled = if fresh_only { None } else { take_live(&node, cfg.timeouts.pool_idle.0) };
             fresh_only = false;
             let reused = pooled.is_some();
             let stream = match pooled {
@@ -359,15 +358,15 @@ impl<S: Rewind> Lane<'_, S> {
                     }
                     return Err(e);
                 }
-                Err(Failure::Refused(answer)) => {
+                Err(Failure::Refused(answer, body)) => {
                     if others {
                         tried.push(idx);
                         node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                        refused = Some(answer);
+                        refused = Some((answer, body));
                         attempt -= 1;
                         continue;
                     }
-                    return Ok(self.pass_on(job, answer).await);
+                    return Ok(self.pass_on(job, answer, body).await);
                 }
             };
             err.record(&node, &cfg.health);
@@ -388,15 +387,16 @@ impl<S: Rewind> Lane<'_, S> {
             }
         }
         match refused {
-            Some(answer) => Ok(self.pass_on(job, answer).await),
+            Some((answer, body)) => Ok(self.pass_on(job, answer, body).await),
             None => Err(last),
         }
     }
 
     /// A node's "not executed" 503 that no other node could take: to the client as it came.
-    async fn pass_on(&mut self, job: &mut Job, answer: Vec<u8>) -> bool {
+    async fn pass_on(&mut self, job: &mut Job, answer: Vec<u8>, body: u64) -> bool {
         let sent = self.io.write_all(&answer).await.is_ok();
-        self.finish(job, 503, 0, sent);
+        self.ctx.core.frontend.bytes_out.fetch_add(body, Ordering::Relaxed);
+        self.finish(job, 503, body, sent);
         sent && !(job.close || self.ctx.life.shutdown.is_cancelled())
     }
 
@@ -428,14 +428,21 @@ impl<S: Rewind> Lane<'_, S> {
     ) -> Result<bool, Failure> {
         let cfg = &snap.config;
         let wait = cfg.timeouts.server.0;
-        if stream.write_all(&self.req).await.is_err() {
-            return Err(Failure::Unsent);
+        // As on hyper's path, `[timeouts] server` bounds the write and the wait for the head.
+        let deadline = tokio::time::Instant::now() + wait;
+        match tokio::time::timeout_at(deadline, stream.write_all(&self.req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(Failure::Unsent),
+            Err(_) => {
+                let e = ProxyError::timed_out(node, wait);
+                e.record(node, &cfg.health);
+                return Err(Failure::TimedOut(e));
+            }
         }
         let sent_at = job.log.is_some().then(Instant::now);
-        let deadline = tokio::time::Instant::now() + wait;
         self.nbuf.clear();
         // The answer's head (1xx interim answers skipped).
-        let close = job.close || self.ctx.life.shutdown.is_cancelled();
+        let mut close = job.close;
         let (status, framing, closes, len, refusal) = loop {
             if !self.nbuf.is_empty() {
                 let mut hs = wire::response_headers();
@@ -469,6 +476,8 @@ impl<S: Rewind> Lane<'_, S> {
                             Framing::Length(n) if a.status == 503 && n <= resend::REFUSAL_BODY_MAX => Some(n),
                             _ => None,
                         };
+                        // Draining: say so, so the client opens its next request elsewhere.
+                        close |= self.ctx.life.shutdown.is_cancelled();
                         self.out.clear();
                         let o = wire::Out { node_header, close, date: &date() };
                         wire::encode_response(&a, &hs, &o, &mut self.out);
@@ -498,11 +507,13 @@ impl<S: Rewind> Lane<'_, S> {
         // then closes (or stalls) gets the client a 502 (504), not an answer cut at once.
         let needs_body = match framing {
             Framing::Length(n) => n > 0,
-            Framing::Chunked => true,
-            Framing::None | Framing::UntilClose => false,
+            Framing::Chunked | Framing::UntilClose => true,
+            Framing::None => false,
         };
         if needs_body && self.nbuf.len() == len {
             match self.node_read(&mut stream, tokio::time::Instant::now() + wait).await {
+                // A body that ends with the close may be empty.
+                Ok(0) if framing == Framing::UntilClose => {}
                 Ok(0) | Err(Some(_)) => {
                     let e = ProxyError::broke(node);
                     e.record(node, &cfg.health);
@@ -701,10 +712,26 @@ impl<S: Rewind> Lane<'_, S> {
                     tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
                     node.health.note_leaving(for_good);
                 }
-                Err(Failure::Refused(std::mem::take(&mut self.out)))
+                Err(Failure::Refused(std::mem::take(&mut self.out), n as u64))
             }
         }
     }
+}
+
+/// A pooled connection of `node` that has nothing to read: one with bytes waiting (a late body,
+/// a node's 408) or closed by its node is dropped, costing no attempt. The reactor's readiness
+/// is looked at first: a connection it has seen nothing on is taken without a system call.
+fn take_live(node: &Backend, pool_idle: std::time::Duration) -> Option<TcpStream> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    while let Some(s) = node.take_raw(pool_idle) {
+        if s.poll_read_ready(&mut cx).is_pending() {
+            return Some(s);
+        }
+        if matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// Today's `Date` value (RFC 9110 5.6.7), formatted once a second per worker thread.

@@ -196,6 +196,9 @@ pub struct Answer<'b> {
     /// The node closes the connection after it (`Connection: close`, or HTTP/1.0 without
     /// `keep-alive`): not pooled.
     pub closes: bool,
+    /// Its `Content-Length` goes (as on hyper's path): the body is framed otherwise, or it is a
+    /// 1xx, 204 or 304 to anything but a HEAD, or `Transfer-Encoding` came beside it.
+    pub drop_length: bool,
     /// Header lines in the array.
     pub count: usize,
     /// Bytes of the head.
@@ -286,7 +289,10 @@ pub fn parse_response<'b>(
         }
     };
     let closes = close || (version == 0 && !keep_alive) || framing == Framing::UntilClose;
-    NodeParsed::Head(Answer { status, reason, framing, closes, count: resp.headers.len(), len })
+    let drop_length = framing != Framing::None
+        || chunked.is_some()
+        || (!head_only && (status < 200 || status == 204 || status == 304));
+    NodeParsed::Head(Answer { status, reason, framing, closes, drop_length, count: resp.headers.len(), len })
 }
 
 /// A decimal length: digits only (no sign, no space), at most 19 of them.
@@ -351,9 +357,9 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
         if hop_by_hop(n) || (has_connection && !n.eq_ignore_ascii_case("host") && named_by_connection(headers, n)) {
             continue;
         }
-        // The gateway writes the length itself, but for a body-less answer (HEAD, 304) whose
-        // length describes the resource.
-        if a.framing != Framing::None && n.eq_ignore_ascii_case("content-length") {
+        // The gateway writes the length itself, but for a HEAD's answer, whose length describes
+        // the resource.
+        if a.drop_length && n.eq_ignore_ascii_case("content-length") {
             continue;
         }
         if o.node_header.is_some_and(|(name, _)| name.eq_ignore_ascii_case(n)) {
@@ -422,7 +428,7 @@ pub struct Chunks {
     state: ChunkState,
     /// Payload bytes seen (the counters' bytes out).
     pub payload: u64,
-    /// Trailer bytes seen (bounded).
+    /// Trailer and chunk-extension bytes seen (bounded together by [`MAX_TRAILERS`]).
     trailers: usize,
 }
 
@@ -492,6 +498,11 @@ impl Chunks {
                     (SizeAt::Digits | SizeAt::Space, b' ' | b'\t', _) => Size { value, digits, at: SizeAt::Space },
                     (SizeAt::Digits | SizeAt::Space, b';', _) => Size { value, digits, at: SizeAt::Ext },
                     (SizeAt::Ext, _, _) if b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80 => {
+                        // Extensions are bounded like trailers (hyper: 16 KiB).
+                        self.trailers += 1;
+                        if self.trailers > MAX_TRAILERS {
+                            return Err(BadChunk);
+                        }
                         Size { value, digits, at }
                     }
                     _ => return Err(BadChunk),
