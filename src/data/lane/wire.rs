@@ -350,11 +350,18 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
     out.push(b' ');
     out.extend_from_slice(a.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let has_connection = headers.iter().any(|h| h.name.eq_ignore_ascii_case("connection"));
+    // Does a `Connection` value name headers? Most say only `keep-alive` or `close`: then no
+    // header is looked up in it (that cost ~6 % of a request).
+    let names = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).any(|h| {
+        h.value
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|t| !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")))
+    });
     let mut dated = false;
     for h in headers {
         let n = h.name;
-        if hop_by_hop(n) || (has_connection && !n.eq_ignore_ascii_case("host") && named_by_connection(headers, n)) {
+        if hop_by_hop(n) || (names && !n.eq_ignore_ascii_case("host") && named_by_connection(headers, n)) {
             continue;
         }
         // The gateway writes the length itself, but for a HEAD's answer, whose length describes
