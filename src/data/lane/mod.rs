@@ -58,8 +58,10 @@ impl Rewind for tokio_rustls::server::TlsStream<ClientStream> {
 /// request the lane does not take (or a shutdown), hyper's path serves the rest of it.
 pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, held: Held) {
     ctx.core.frontend.connection_opened();
-    if let Some(stream) = run(&ctx, stream, &client).await {
-        crate::data::serve::serve_counted(ctx.clone(), stream, client, held).await;
+    // Both boxed: inline, their states (kilobytes each) made this future as large as both, and
+    // tokio copied it whole as the connection's task began.
+    if let Some(stream) = Box::pin(run(&ctx, stream, &client)).await {
+        Box::pin(crate::data::serve::serve_counted(ctx.clone(), stream, client, held)).await;
     }
     ctx.core.frontend.connection_closed();
 }
@@ -69,6 +71,9 @@ const READ_CHUNK: usize = 4096;
 
 /// Node bytes read per system call while a long body is relayed.
 const RELAY_CHUNK: usize = 64 * 1024;
+
+/// A usual head's room in the request and answer buffers.
+const HEAD_ROOM: usize = 1024;
 
 /// A body this long (or less) that came with its head goes out in the same write as the head.
 const COPY_WITH_HEAD: usize = 16 * 1024;
@@ -139,9 +144,10 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         client,
         io: SendTimeout::new(stream, timeout),
         buf: Vec::new(),
-        req: Vec::new(),
+        // Room for a usual head at once: grown from empty, each took several reallocations.
+        req: Vec::with_capacity(HEAD_ROOM),
         nbuf: Vec::new(),
-        out: Vec::new(),
+        out: Vec::with_capacity(HEAD_ROOM),
     };
     loop {
         let snap = ctx.core.snapshot_full();
