@@ -375,40 +375,6 @@ pub fn ws_frames(data: &[u8]) {
 /// Limits as wide as the lane's header array.
 pub const LANE_WIDE: wire::Limits = wire::Limits { uri: 16 * 1024, headers: wire::MAX_HEADERS, head: 64 * 1024 };
 
-/// Request headers the lane must leave to hyper's path (framing, upgrades, hop-by-hop ones but
-/// `Connection`, what the gateway adds or checks).
-pub const LANE_LONG_WAY: [&str; 15] = [
-    "content-length",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "http2-settings",
-    "x-kuzzle-gateway",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
-
-/// Response headers never passed to a client (RFC 9110 7.6.1, and the framing the gateway writes).
-pub const LANE_HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
-
 /// What the checks add to a forwarded request.
 pub const LANE_ADDED: wire::Added<'static> =
     wire::Added { forwarded_for: b"192.0.2.7", proto: "https", mark: b"0123456789abcdef" };
@@ -445,11 +411,6 @@ pub fn lane_wire(data: &[u8]) {
         }
     }
     lane_chunks(data);
-}
-
-/// Is `name` (any case) in `list`?
-fn lane_in(list: &[&str], name: &str) -> bool {
-    list.iter().any(|n| n.eq_ignore_ascii_case(name))
 }
 
 /// The comma-separated tokens of every `name` header of `headers`, trimmed.
@@ -490,7 +451,7 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
     assert_eq!(hosts, [h.host], "exactly one Host, the one given");
     assert!(!h.host.contains(&b'@'), "userinfo in Host taken: {:?}", String::from_utf8_lossy(h.host));
     for l in lines {
-        assert!(!lane_in(&LANE_LONG_WAY, l.name), "header {:?} taken", l.name);
+        assert!(!wire::listed(&wire::LONG_WAY, l.name), "header {:?} taken", l.name);
     }
     for t in lane_tokens(lines, "connection") {
         assert!(t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"), "Connection {t:?} taken");
@@ -625,7 +586,7 @@ fn lane_client_head(
     // not the node header, and its length only when the answer keeps it (`drop_length`).
     let named = |name: &str| lane_tokens(lines, "connection").any(|t| t.eq_ignore_ascii_case(name.as_bytes()));
     let passes = |l: &&httparse::Header<'_>| {
-        !lane_in(&LANE_HOP_BY_HOP, l.name)
+        !wire::listed(&wire::HOP_BY_HOP, l.name)
             && (l.name.eq_ignore_ascii_case("host") || !named(l.name))
             && node_header.is_none_or(|(n, _)| !n.eq_ignore_ascii_case(l.name))
             && (!a.drop_length || !l.name.eq_ignore_ascii_case("content-length"))

@@ -86,25 +86,27 @@ fn target_byte(b: u8) -> bool {
 
 /// Request headers that send a request the long way: framing and upgrades, hop-by-hop headers
 /// other than `Connection`, and the headers the gateway itself adds or checks.
-fn long_way(name: &str) -> bool {
-    const NAMES: [&str; 15] = [
-        "content-length",
-        "transfer-encoding",
-        "upgrade",
-        "expect",
-        "te",
-        "trailer",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authorization",
-        "proxy-authenticate",
-        "http2-settings",
-        "x-kuzzle-gateway",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "x-forwarded-host",
-    ];
-    NAMES.iter().any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
+pub const LONG_WAY: [&str; 15] = [
+    "content-length",
+    "transfer-encoding",
+    "upgrade",
+    "expect",
+    "te",
+    "trailer",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "http2-settings",
+    "x-kuzzle-gateway",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+/// Is `name` one of `names` (lower case), in any letter case?
+pub fn listed(names: &[&str], name: &str) -> bool {
+    names.iter().any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
 }
 
 /// Read a request head from `buf` and judge it (see [`Parsed`]).
@@ -139,7 +141,7 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
             } else if !v.eq_ignore_ascii_case(b"keep-alive") {
                 return Parsed::Other;
             }
-        } else if long_way(h.name) {
+        } else if listed(&LONG_WAY, h.name) {
             return Parsed::Other;
         }
     }
@@ -305,21 +307,18 @@ fn digits(s: &str) -> Option<u64> {
 
 /// Response headers never passed on: hop-by-hop ones (RFC 9110 7.6.1) and the framing the gateway
 /// writes itself.
-fn hop_by_hop(name: &str) -> bool {
-    const NAMES: [&str; 10] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-    ];
-    NAMES.iter().any(|n| n.len() == name.len() && n.eq_ignore_ascii_case(name))
-}
+pub const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
 
 /// Is `name` one of the headers a `Connection` value of `headers` names (hop-by-hop too)?
 fn named_by_connection(headers: &[Header<'_>], name: &str) -> bool {
@@ -361,7 +360,7 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
     let mut dated = false;
     for h in headers {
         let n = h.name;
-        if hop_by_hop(n) || (names && !n.eq_ignore_ascii_case("host") && named_by_connection(headers, n)) {
+        if listed(&HOP_BY_HOP, n) || (names && !n.eq_ignore_ascii_case("host") && named_by_connection(headers, n)) {
             continue;
         }
         // The gateway writes the length itself, but for a HEAD's answer, whose length describes

@@ -254,25 +254,6 @@ fn connection_naming_anything_else_goes_the_long_way() {
     assert_other(&get_with("Connection: Upgrade\r\nUpgrade: websocket\r\n"));
 }
 
-/// Every name the lane leaves to hyper's path, as `long_way` lists them.
-const LONG_WAY: [&str; 15] = [
-    "content-length",
-    "transfer-encoding",
-    "upgrade",
-    "expect",
-    "te",
-    "trailer",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "http2-settings",
-    "x-kuzzle-gateway",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-];
-
 /// `name` with every other letter in upper case, starting with the first.
 fn mixed_case(name: &str) -> String {
     name.chars().enumerate().map(|(i, c)| if i % 2 == 0 { c.to_ascii_uppercase() } else { c }).collect()
