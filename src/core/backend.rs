@@ -448,13 +448,15 @@ impl Backend {
         Ok(stream)
     }
 
-    /// A fast-lane connection of this worker idle for less than `pool_idle`, if any. Not checked
-    /// for a close by the node: the lane sends a request that meets one again on a fresh
-    /// connection (the keep-alive race), and [`Backend::expire_idle`] closes the rest.
+    /// A fast-lane connection of this worker idle for less than `pool_idle` and with nothing to
+    /// read, if any: one with bytes waiting (a late body, a node's 408) or closed by its node is
+    /// dropped on the way. The reactor's readiness is looked at first: a connection it has seen
+    /// nothing on is taken without a system call.
     pub fn take_raw(&self, pool_idle: Duration) -> Option<TcpStream> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let idle = self.raw.mine();
         while let Some((s, since)) = idle.pop() {
-            if since.elapsed() < pool_idle {
+            if since.elapsed() < pool_idle && (s.poll_read_ready(&mut cx).is_pending() || quiet(&s)) {
                 return Some(s);
             }
         }
@@ -484,13 +486,15 @@ impl Backend {
     /// pass over what is in the pool now.
     pub fn expire_idle(&self, pool_idle: Duration) {
         self.idle.expire(pool_idle, |s| !s.is_closed());
-        // A plain socket the node closed reads its end (or a byte it should not have sent): either
-        // way it is done. One non-blocking read each, off the request path.
-        self.raw.expire(
-            pool_idle,
-            |s| matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
-        );
+        // Off the request path: one non-blocking read each.
+        self.raw.expire(pool_idle, quiet);
     }
+}
+
+/// Has this idle socket nothing to read? One the node closed reads its end, and one with a byte
+/// it should not have sent is out of step: either way it is done.
+fn quiet(s: &TcpStream) -> bool {
+    matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 /// A node's weight when it takes its full share (weights are percents of it).

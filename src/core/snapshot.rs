@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub generation: u64,
     /// `[gateway] node_header`, parsed once per snapshot (None: off).
     pub node_header: Option<http::HeaderName>,
+    /// No node is reached over TLS: the fast lane may take requests (its node sockets are plain).
+    pub plain_nodes: bool,
 }
 
 impl Snapshot {
@@ -29,7 +31,8 @@ impl Snapshot {
         let names = nodes.iter().enumerate().map(|(i, b)| (b.name.clone(), i)).collect();
         // Validated with the configuration; an unparsable name (never expected) means no header.
         let node_header = http::HeaderName::from_bytes(config.gateway.node_header.as_bytes()).ok();
-        Snapshot { config, nodes, names, cursor: AtomicUsize::new(cursor), generation, node_header }
+        let plain_nodes = nodes.iter().all(|b| b.tls.is_none());
+        Snapshot { config, nodes, names, cursor: AtomicUsize::new(cursor), generation, node_header, plain_nodes }
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {

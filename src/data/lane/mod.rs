@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use self::wire::{Framing, NodeParsed, Parsed};
-use crate::core::backend::{ActiveGuard, Backend, Origin};
+use crate::core::backend::{ActiveGuard, Backend};
 use crate::core::snapshot::Snapshot;
 use crate::data::edge::access_log::HttpRecord;
 use crate::data::edge::proxy_protocol::Prefixed;
@@ -209,7 +209,7 @@ impl<S: Rewind> Lane<'_, S> {
     fn prepare(&mut self, snap: &Snapshot) -> Prep {
         let cfg = &snap.config;
         // Per-client rates and TLS to the nodes are hyper's path's alone.
-        if !cfg.gateway.fast_lane || cfg.limits.client_rate != 0 || snap.nodes.iter().any(|n| n.tls.is_some()) {
+        if !cfg.gateway.fast_lane || cfg.limits.client_rate != 0 || !snap.plain_nodes {
             return Prep::Other;
         }
         let l = &cfg.limits;
@@ -312,7 +312,7 @@ impl<S: Rewind> Lane<'_, S> {
             }
             let guard = node.track();
             let connecting = job.log.is_some().then(Instant::now);
-            let pooled = if fresh_only { None } else { take_live(&node, cfg.timeouts.pool_idle.0) };
+            let pooled = if fresh_only { None } else { node.take_raw(cfg.timeouts.pool_idle.0) };
             fresh_only = false;
             let reused = pooled.is_some();
             let stream = match pooled {
@@ -320,15 +320,8 @@ impl<S: Rewind> Lane<'_, S> {
                 None => match Box::pin(node.connect_tcp(cfg.timeouts.connect.0)).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::debug!(node = %node.name, error = %e, "connect failed");
-                        last = ProxyError::connect(&node, e);
-                        last.record(&node, &cfg.health);
-                        if cfg.balance.redispatch && job.pinned.is_none() {
-                            tried.push(idx);
-                            if attempt < attempts {
-                                node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
+                        let at = (idx, job.pinned.is_some(), attempt < attempts);
+                        last = ProxyError::connect_failed(&node, e, cfg, at, &mut tried);
                         continue;
                     }
                 },
@@ -704,40 +697,14 @@ impl<S: Rewind> Lane<'_, S> {
             node.release_raw(stream);
         }
         self.out.extend_from_slice(&self.nbuf[len..len + n]);
-        match resend::not_executed(&self.nbuf[len..len + n]) {
-            None => {
-                self.ctx.core.frontend.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                let sent = self.io.write_all(&self.out).await.is_ok();
-                self.finish(job, status, n as u64, sent);
-                Ok(sent && !close)
-            }
-            Some(leaving) => {
-                if leaving {
-                    // A Kuzzle 2 node found from its ID card comes back under a new identity.
-                    let for_good = node.origin == Origin::Kuzzle2;
-                    tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
-                    node.health.note_leaving(for_good);
-                }
-                Err(Failure::Refused(std::mem::take(&mut self.out), n as u64))
-            }
+        if resend::refused(node, &self.nbuf[len..len + n]) {
+            return Err(Failure::Refused(std::mem::take(&mut self.out), n as u64));
         }
+        self.ctx.core.frontend.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        let sent = self.io.write_all(&self.out).await.is_ok();
+        self.finish(job, status, n as u64, sent);
+        Ok(sent && !close)
     }
-}
-
-/// A pooled connection of `node` that has nothing to read: one with bytes waiting (a late body,
-/// a node's 408) or closed by its node is dropped, costing no attempt. The reactor's readiness
-/// is looked at first: a connection it has seen nothing on is taken without a system call.
-fn take_live(node: &Backend, pool_idle: std::time::Duration) -> Option<TcpStream> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    while let Some(s) = node.take_raw(pool_idle) {
-        if s.poll_read_ready(&mut cx).is_pending() {
-            return Some(s);
-        }
-        if matches!(s.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
-            return Some(s);
-        }
-    }
-    None
 }
 
 /// Today's `Date` value (RFC 9110 5.6.7), formatted once a second per worker thread.

@@ -89,6 +89,28 @@ impl ProxyError {
         Self::node(NodeFault::Connect, Progress::NothingSent, status, message)
     }
 
+    /// A connect to `node` failed during an attempt (both paths, hyper's and the fast lane): logged
+    /// and recorded; with `[balance] redispatch` an unprefixed request leaves the node (`idx`) to
+    /// the others (counted as a redispatch when `more` attempts are left).
+    pub fn connect_failed(
+        node: &Backend,
+        e: ConnectError,
+        cfg: &crate::control::config::Config,
+        (idx, pinned, more): (usize, bool, bool),
+        tried: &mut Vec<usize>,
+    ) -> Self {
+        tracing::debug!(node = %node.name, error = %e, "connect failed");
+        let err = ProxyError::connect(node, e);
+        err.record(node, &cfg.health);
+        if cfg.balance.redispatch && !pinned {
+            tried.push(idx);
+            if more {
+                node.counters.redispatches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        err
+    }
+
     /// A fresh connection that `node` closed before the request went out.
     pub fn closed_at_once(node: &Backend) -> Self {
         let message = format!("no node available: node {} closed the connection at once", node.name);

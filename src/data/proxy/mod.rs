@@ -403,15 +403,8 @@ async fn attempts(
         let (sender, reused) = match checkout {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(node = %node.name, error = %e, "connect failed");
-                last = ProxyError::connect(&node, e);
-                last.record(&node, &cfg.health);
-                if cfg.balance.redispatch && p.pinned.is_none() {
-                    tried.push(idx);
-                    if attempt < attempts {
-                        node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let at = (idx, p.pinned.is_some(), attempt < attempts);
+                last = ProxyError::connect_failed(&node, e, cfg, at, &mut tried);
                 continue;
             }
         };

@@ -102,22 +102,25 @@ pub(super) async fn refusal(
     if let Some(sender) = sender {
         node.release(sender);
     }
-    let verdict = not_executed(&bytes);
+    let refused = refused(node, &bytes);
     let n = bytes.len() as u64;
     let resp = Response::from_parts(parts, DownBody::full(bytes));
-    match verdict {
-        None => {
-            ctx.core.frontend.bytes_out.fetch_add(n, Ordering::Relaxed);
-            Ok(resp)
-        }
-        Some(leaving) => {
-            if leaving {
-                // A Kuzzle 2 node found from its ID card comes back under a new identity.
-                let for_good = node.origin == crate::core::backend::Origin::Kuzzle2;
-                tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
-                node.health.note_leaving(for_good);
-            }
-            Err(Failure::Refused(Box::new(resp)))
-        }
+    if refused {
+        return Err(Failure::Refused(Box::new(resp)));
     }
+    ctx.core.frontend.bytes_out.fetch_add(n, Ordering::Relaxed);
+    Ok(resp)
+}
+
+/// Is this 503 body Kuzzle's "not executed" refusal? A node that says it is shutting down leaves
+/// the rotation at once (both paths, hyper's and the fast lane, judge a refusal here).
+pub(crate) fn refused(node: &Backend, body: &[u8]) -> bool {
+    let Some(leaving) = not_executed(body) else { return false };
+    if leaving {
+        // A Kuzzle 2 node found from its ID card comes back under a new identity.
+        let for_good = node.origin == crate::core::backend::Origin::Kuzzle2;
+        tracing::info!(node = %node.name, for_good, "node is shutting down: out of the rotation");
+        node.health.note_leaving(for_good);
+    }
+    true
 }
