@@ -11,7 +11,7 @@
 //!   "serving" line, its addresses, its output lines, signals, its exit;
 //! - `sim`: `kuzzle-node-sim` as a process (`Sim`), and what a node reports it saw (`seen`, `sim_path`);
 //! - `redis_server`: `RedisServer`, a 3-master `RedisCluster`, a plain `Subscriber`;
-//! - `tcp`: `free_port`, raw exchanges, `unread_bytes`, a counting `Relay`, a `fake_node` (any script), `read_request`, a `rude_node`, a `CannedNode`;
+//! - `tcp`: `free_port`, raw exchanges, `unread_bytes`, a counting `Relay`, a `fake_node` (any script), `read_request` and `message_len`, a `rude_node`, a `CannedNode`;
 //! - `http_client`: `Client`, `Resp`, `request`/`get`/`post`, `ChanBody`, source-bound `conn_from`,
 //!   `ops_auth`/`basic_auth`;
 //! - `websocket`: `ws`, `ws_next_json`, `ws_wait`, `ws_call`;

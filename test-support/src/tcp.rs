@@ -131,20 +131,25 @@ impl Drop for Relay {
 
 /// Read one whole request (head and Content-Length body) from `c`: every byte read, the request
 /// and whatever came behind it in the same reads; None if the peer closed first.
+/// The length of the first whole HTTP/1.1 message in `buf` (head, then a Content-Length body or
+/// none), if it is all there.
+pub fn message_len(buf: &[u8]) -> Option<usize> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let len = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    (buf.len() >= end + 4 + len).then_some(end + 4 + len)
+}
+
 pub async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if got.len() >= end + 4 + len {
-                return Some(got);
-            }
+        if message_len(&got).is_some() {
+            return Some(got);
         }
         match c.read(&mut buf).await {
             Ok(0) | Err(_) => return None,

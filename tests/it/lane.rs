@@ -120,18 +120,10 @@ async fn read_answers(s: &mut TcpStream, n: usize) -> Vec<String> {
     loop {
         let mut answers = Vec::new();
         let mut rest = &got[..];
-        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&rest[..end]).to_ascii_lowercase();
-            let len = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if rest.len() < end + 4 + len {
-                break;
-            }
-            answers.push(String::from_utf8_lossy(&rest[end + 4..end + 4 + len]).into_owned());
-            rest = &rest[end + 4 + len..];
+        while let Some(n) = message_len(rest) {
+            let body = rest.windows(4).position(|w| w == b"\r\n\r\n").map_or(n, |e| e + 4);
+            answers.push(String::from_utf8_lossy(&rest[body..n]).into_owned());
+            rest = &rest[n..];
         }
         if answers.len() >= n {
             return answers;
