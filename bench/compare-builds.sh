@@ -5,12 +5,15 @@
 #
 # Usage: bench/compare-builds.sh BIN [BIN...]     e.g. a copy of target/release/kuzzle-gateway
 #        made before a change, and the new one.
-# Environment: DURATION [10s], CONNS [50], ROUNDS [3], VARIANT [keep-alive|close], SKIP_BUILD [0]
+# Environment: DURATION [10s], CONNS [50; big: 10], ROUNDS [3], SKIP_BUILD [0],
+#              VARIANT [keep-alive|close|big]: close, a new connection per request; big, 1 MiB
+#              answers (Content-Length) from an nginx node on CPU 0 (the per-request CPU figure is
+#              then per MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 DURATION=${DURATION:-10s}
-CONNS=${CONNS:-50}
+CONNS=${CONNS:-$([ "${VARIANT:-}" = big ] && echo 10 || echo 50)}
 ROUNDS=${ROUNDS:-3}
 VARIANT=${VARIANT:-keep-alive}
 [ $# -ge 1 ] || { echo "usage: $0 GATEWAY_BINARY [GATEWAY_BINARY...]" >&2; exit 2; }
@@ -25,19 +28,29 @@ CLK_TCK=$(getconf CLK_TCK)
 
 start_sims 0
 hdr=(); [ "$VARIANT" = close ] && hdr=(-H "Connection: close")
+path=/_now; nodes=("${SIM_PORTS[@]}")
+if [ "$VARIANT" = big ]; then
+  need_tools nginx
+  mkdir -p "$WORK/www"; head -c 1048576 /dev/urandom >"$WORK/www/1m"
+  chmod a+x "$WORK"; chmod -R a+rX "$WORK/www"
+  big=$(pick_port 17670)
+  # Health checks and /_now get a small answer; /1m is the file.
+  nginx_one big 0 "$big" "sendfile on; tcp_nopush on;" "return 200 'ok'; } location = /1m { root $WORK/www;"
+  path=/1m; nodes=("$big" "$big" "$big")
+fi
 declare -A RES
 for r in $(seq 1 "$ROUNDS"); do
   i=0
   for b in "$@"; do
     i=$((i + 1))
     port=$(pick_port 17650); stats=$(pick_port 17660)
-    gateway_config "$WORK/gw$i-$r.toml" "$port" "$stats" 1
+    gateway_config "$WORK/gw$i-$r.toml" "$port" "$stats" 1 "${nodes[@]}"
     RUST_LOG=warn taskset -c 1 "$b" --config "$WORK/gw$i-$r.toml" >"$WORK/gw$i-$r.log" 2>&1 &
     pid=$!; PIDS+=("$pid")
     wait_http "http://127.0.0.1:$port/_now" "$b"
-    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port/_now" >/dev/null
+    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
     c0=$(cpu_ticks "$pid")
-    taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port/_now" >"$WORK/w.txt"
+    taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port$path" >"$WORK/w.txt"
     c1=$(cpu_ticks "$pid")
     line=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" '
       function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }

@@ -13,7 +13,8 @@ read -r -a SIM_ARGS <<<"${SIM_FLAGS-"--keep-alive"}"
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-# Every process started goes into PIDS; the EXIT trap stops them (TERM, then KILL after 5 s).
+# Every process started goes into PIDS; the EXIT trap stops them (TERM, then KILL after 5 s) and
+# removes $WORK (kept on failure, or with KEEP_WORK=1: configurations, logs, strace counts).
 WORK=$(mktemp -d /tmp/kuzzle-bench.XXXXXX)
 PIDS=()
 bench_cleanup() {
@@ -26,6 +27,8 @@ bench_cleanup() {
   wait 2>/dev/null || true
   if [ "$rc" != 0 ]; then
     log "failed (exit $rc); logs kept in $WORK"
+  elif [ "${KEEP_WORK:-0}" = 1 ]; then
+    log "KEEP_WORK=1: logs kept in $WORK"
   else
     rm -rf "$WORK"
   fi

@@ -24,7 +24,7 @@
 #   PING_WINDOW [12; QUICK: 6]  seconds of CPU measured with the ws-ping sockets open and pinging
 #   SDK_PINGS [answer]  the gateway's [gateway] sdk_pings (forward: every heartbeat to the node)
 #   SYSCALLS [0]     1: also count each proxy's system calls (strace -c -f) over one more window of
-#                    get-ka, get-ka-close and the ws-ping cases; prints syscalls per request / ping
+#                    get-ka, get-ka-close, get-close and the ws-ping cases; prints syscalls per request / ping
 #   WS_CLIENTS [50], WS_ROUND_TRIPS [1000; QUICK: 200]  relay: clients x round trips each (1000 makes
 #                    a run of a few seconds, enough CPU ticks for a steady per-CPU figure)
 #   TLS_KEY [ec]     ec: ECDSA P-256 certificate; rsa: RSA 2048
@@ -423,19 +423,20 @@ done
 
 # --- system calls per request (SYSCALLS=1): one more wrk run of each proxy under strace ---------
 if [ "$SYSCALLS" = 1 ]; then
-  for c in get-ka get-ka-close; do
+  for c in get-ka get-ka-close get-close; do
     has_case "$c" || continue
+    hdr=(); [ "$c" = get-close ] && hdr=(-H "Connection: close")
     for t in $(targets_of "$c"); do
       case $t in direct*) continue ;; esac
       # Page faults and context switches first, over a window of their own (strace adds switches).
       read -r f0 s0 <<<"$(kernel_counts "${PID[$t]}")"
-      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" >"$WORK/kc.wrk" 2>&1 || true
+      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" "${hdr[@]}" >"$WORK/kc.wrk" 2>&1 || true
       read -r f1 s1 <<<"$(kernel_counts "${PID[$t]}")"
       awk -v l="$c-$t" -v n="$(awk '/requests in/ { print $1 }' "$WORK/kc.wrk")" -v f="$((f1 - f0))" -v s="$((s1 - s0))" \
         'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per request (%d requests)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), n }' \
         >>"$WORK/syscalls"
       syscalls_begin "$t" "$c-$t"
-      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" >"$WORK/strace.wrk" 2>&1 || true
+      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" "${hdr[@]}" >"$WORK/strace.wrk" 2>&1 || true
       syscalls_end "$(awk '/requests in/ { print $1 }' "$WORK/strace.wrk")"
     done
   done
