@@ -29,6 +29,16 @@ impl<I> SendTimeout<I> {
         SendTimeout { inner, limit, stall: Stall::default() }
     }
 
+    /// The stream, for what goes around these writes (the lane's splice(2)).
+    pub fn get_ref(&self) -> &I {
+        &self.inner
+    }
+
+    /// How long a write may make no progress.
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
+
     /// The stream (a stall in progress is forgotten).
     pub fn into_inner(self) -> I {
         self.inner

@@ -55,7 +55,10 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
             },
             _ = stop.cancelled() => return,
         };
-        let _ = stream.set_nodelay(true);
+        // A plain connection's is set by the fast lane when first needed (`Lane::no_delay`).
+        if scheme == Scheme::Https {
+            let _ = stream.set_nodelay(true);
+        }
         let ctx = door.ctx.clone();
         // TLS clients may speak HTTP/2, whose streams take slots of their own.
         let tls = if scheme == Scheme::Https { door.tls.acceptor().map(|a| (a, limit.clone())) } else { None };

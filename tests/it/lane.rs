@@ -1,5 +1,6 @@
 //! The fast lane (src/data/lane): a connection that leaves it mid-way with its bytes, every
-//! framing of a node's answer relayed the same with the lane on and off, and its idle timeout.
+//! framing of a node's answer relayed the same with the lane on and off, its idle timeout, and
+//! long bodies moved with splice(2).
 use crate::common;
 
 use std::net::SocketAddr;
@@ -203,6 +204,84 @@ async fn bytes_a_node_sends_after_its_answer_never_reach_the_next_request() {
         let r = get(gw.http_addr, "/x").await;
         assert_eq!((r.status, &r.body[..]), (200, &b"fine"[..]), "GET {i} got another request's answer");
     }
+    task.abort();
+    gw.shutdown().await;
+}
+
+/// The byte at `i` of the long bodies below (a pattern a shifted or lost byte breaks).
+fn pattern(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_body_goes_whole_through_splice_and_a_cut_one_stays_cut() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const LEN: usize = 3_000_000;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    // /big: a long body with a Content-Length; /cut: the same head, a third of the body, then the
+    // close; anything else: a short answer. Keep-alive, so the node socket may be pooled.
+    let (node, task) = fake_node(move |mut c| {
+        count.fetch_add(1, Ordering::Relaxed);
+        async move {
+            let body: Vec<u8> = (0..LEN).map(pattern).collect();
+            while let Some(req) = read_request(&mut c).await {
+                let path = String::from_utf8_lossy(&req).split(' ').nth(1).unwrap_or_default().to_string();
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {LEN}\r\n\r\n");
+                let r = match path.as_str() {
+                    "/big" => c.write_all(&[head.as_bytes(), &body].concat()).await,
+                    "/cut" => {
+                        let _ = c.write_all(head.as_bytes()).await;
+                        let _ = c.write_all(&body[..LEN / 3]).await;
+                        return;
+                    }
+                    _ => c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nsmall").await,
+                };
+                if r.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&config(node, true)).await;
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let whole = loop {
+        if let Some(n) = message_len(&got) {
+            break n;
+        }
+        let k = tokio::time::timeout(T, s.read(&mut buf)).await.expect("in time").expect("read");
+        assert!(k > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..k]);
+    };
+    assert_eq!(whole, got.len(), "nothing after the answer");
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    let body = &got[body_at..];
+    assert_eq!(body.len(), LEN);
+    assert!(body.iter().enumerate().all(|(i, b)| *b == pattern(i)), "the body arrives as the node sent it");
+    // The same connections go on in step: the client's, and the node's from the pool (no new
+    // one; the count may include a health probe's).
+    let before = accepted.load(Ordering::Relaxed);
+    s.write_all(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert_eq!(read_answers(&mut s, 1).await, ["small"]);
+    assert_eq!(accepted.load(Ordering::Relaxed), before, "the node connection was not reused after the long body");
+
+    // Cut mid-body: the client gets the head, the bytes that came, then the close (never a
+    // whole-looking answer).
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(b"GET /cut HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(T, s.read_to_end(&mut got)).await.expect("closed in time");
+    assert!(closed.is_ok() || !got.is_empty(), "{closed:?}");
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got[..body_at]));
+    let body = &got[body_at..];
+    assert!(body.len() < LEN, "a cut body looked whole");
+    assert!(body.iter().enumerate().all(|(i, b)| *b == pattern(i)), "what came is in order");
     task.abort();
     gw.shutdown().await;
 }

@@ -2,6 +2,7 @@
 //! are body-less GET, HEAD or OPTIONS, each relayed to a node on a plain pooled socket;
 //! at the first request it does not take, the connection goes on in hyper's path with its bytes.
 
+mod splice;
 pub mod wire;
 
 use std::pin::pin;
@@ -32,6 +33,10 @@ pub trait Rewind: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// The stream with `read` (bytes read from it and not taken) to be read again first.
     fn rewind(self, read: Vec<u8>) -> Self::Out;
+
+    /// The client's socket when nothing stands between it and the gateway (no TLS): a long body
+    /// may go to it with splice(2).
+    fn plain(&self) -> Option<&TcpStream>;
 }
 
 impl Rewind for ClientStream {
@@ -44,6 +49,10 @@ impl Rewind for ClientStream {
         read.extend_from_slice(&pending);
         Prefixed::new(tcp, read)
     }
+
+    fn plain(&self) -> Option<&TcpStream> {
+        Some(self.get_ref())
+    }
 }
 
 impl Rewind for tokio_rustls::server::TlsStream<ClientStream> {
@@ -51,6 +60,10 @@ impl Rewind for tokio_rustls::server::TlsStream<ClientStream> {
 
     fn rewind(self, read: Vec<u8>) -> Self::Out {
         Prefixed::new(self, read)
+    }
+
+    fn plain(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
@@ -94,6 +107,8 @@ struct Lane<'a, S> {
     nbuf: Vec<u8>,
     /// The client's answer head (and the start of its body) before it is written.
     out: Vec<u8>,
+    /// TCP_NODELAY is on (a TLS socket's is set at accept; a plain one's when first needed).
+    nodelay: bool,
 }
 
 /// A request the lane took, ready for a node.
@@ -148,7 +163,9 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         req: Vec::with_capacity(HEAD_ROOM),
         nbuf: Vec::new(),
         out: Vec::with_capacity(HEAD_ROOM),
+        nodelay: false,
     };
+    lane.nodelay = lane.io.get_ref().plain().is_none();
     loop {
         let snap = ctx.core.snapshot_full();
         let mut armed = false;
@@ -183,9 +200,13 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         };
         // A TLS stream may hold the end of the answer until flushed (a plain socket has nothing).
         if !lane.handle(&snap, job).await || lane.io.flush().await.is_err() {
-            let _ = lane.io.shutdown().await;
+            // TLS: its close_notify. A plain socket's close sends the FIN itself: one call fewer.
+            if lane.io.get_ref().plain().is_none() {
+                let _ = lane.io.shutdown().await;
+            }
             return None;
         }
+        lane.no_delay();
         // A long head or body grew a buffer: an idle connection holds no more than a read's worth.
         if lane.buf.is_empty() && lane.buf.capacity() > READ_CHUNK {
             lane.buf = Vec::new();
@@ -201,8 +222,22 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
 
 impl<S: Rewind> Lane<'_, S> {
     /// The stream for hyper's path: what was read and not taken goes first.
-    fn hand_over(self) -> S::Out {
+    fn hand_over(mut self) -> S::Out {
+        self.no_delay();
         self.io.into_inner().rewind(self.buf)
+    }
+
+    /// TCP_NODELAY on a plain client socket, as nginx's `tcp_nodelay`: from the second request on
+    /// or an answer written in several writes (Nagle holds a small write behind unacknowledged
+    /// bytes, up to the client's delayed ACK). A connection closed after a one-write answer, as
+    /// with a new connection per request, never needs it and saves the call.
+    fn no_delay(&mut self) {
+        if !self.nodelay {
+            self.nodelay = true;
+            if let Some(t) = self.io.get_ref().plain() {
+                let _ = t.set_nodelay(true);
+            }
+        }
     }
 
     /// Judge the buffered head; a request the lane takes is routed and made ready for the nodes.
@@ -580,6 +615,21 @@ impl<S: Rewind> Lane<'_, S> {
                 self.write_head_and(len, avail).await.map_err(cut(0))?;
                 let mut left = total - avail as u64;
                 let mut sent = avail as u64;
+                if left > 0 {
+                    self.no_delay();
+                }
+                // A long body on a plain client connection: node to client in the kernel.
+                if let Some(client) = self.io.get_ref().plain().filter(|_| left >= splice::SPLICE_FROM) {
+                    // No pipe to be had (descriptors short): copied as below.
+                    if let Ok(moved) = splice::relay(stream, client, left, wait, self.io.limit()).await {
+                        return match moved {
+                            Ok(n) => Ok((sent + n, true)),
+                            Err((n, splice::Cut::Node)) => Err((sent + n, "SD")),
+                            Err((n, splice::Cut::NodeStalled)) => Err((sent + n, "sD")),
+                            Err((n, splice::Cut::Client)) => Err((sent + n, "CD")),
+                        };
+                    }
+                }
                 while left > 0 {
                     self.nbuf.clear();
                     self.nbuf.reserve(RELAY_CHUNK.min(left as usize));
@@ -612,6 +662,7 @@ impl<S: Rewind> Lane<'_, S> {
                     if first {
                         self.write_head_and(len, upto - len).await.map_err(cut(0))?;
                         first = false;
+                        self.no_delay();
                     } else {
                         self.io.write_all(&self.nbuf[from..upto]).await.map_err(cut(chunks.payload))?;
                     }
@@ -642,6 +693,7 @@ impl<S: Rewind> Lane<'_, S> {
                     if !self.out.is_empty() {
                         self.io.write_all(&self.out).await.map_err(cut(sent))?;
                         self.out.clear();
+                        self.no_delay();
                     }
                     self.nbuf.clear();
                     from = 0;
@@ -666,6 +718,7 @@ impl<S: Rewind> Lane<'_, S> {
             return self.io.write_all(&self.out).await;
         }
         self.io.write_all(&self.out).await?;
+        self.no_delay();
         self.io.write_all(&self.nbuf[len..len + n]).await
     }
 

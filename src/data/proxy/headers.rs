@@ -136,7 +136,27 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// The client's address as an `X-Forwarded-For` value: made once per connection, not per request.
 pub fn forwarded_for(addr: std::net::SocketAddr) -> HeaderValue {
-    HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+    let v = match addr.ip() {
+        // By hand: `Display`'s formatting cost ~1,300 instructions, 6 % of a new connection's.
+        std::net::IpAddr::V4(v4) => {
+            let (mut b, mut n) = ([0u8; 15], 0);
+            for (i, &o) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    b[n] = b'.';
+                    n += 1;
+                }
+                for (at, digit) in [(100, o / 100), (10, o / 10 % 10), (1, o % 10)] {
+                    if o >= at || at == 1 {
+                        b[n] = b'0' + digit;
+                        n += 1;
+                    }
+                }
+            }
+            HeaderValue::from_bytes(&b[..n])
+        }
+        ip => HeaderValue::from_str(&ip.to_string()),
+    };
+    v.unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 pub fn add_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {
@@ -167,6 +187,20 @@ pub fn add_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<Header
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_forwarded_address_is_written_as_display_writes_it() {
+        let mut ips: Vec<std::net::IpAddr> = Vec::new();
+        for o in [0u8, 1, 9, 10, 42, 99, 100, 109, 110, 199, 200, 250, 255] {
+            ips.push(std::net::Ipv4Addr::new(o, 255 - o, o / 2, o.wrapping_mul(7)).into());
+        }
+        ips.push("::1".parse().expect("v6"));
+        ips.push("::ffff:10.0.0.1".parse().expect("mapped"));
+        for ip in ips {
+            let v = forwarded_for(std::net::SocketAddr::new(ip, 7512));
+            assert_eq!(v.to_str().expect("ascii"), ip.to_string());
+        }
+    }
 
     #[test]
     fn a_closing_answer_is_told_apart() {
