@@ -5,8 +5,9 @@
 # User space only: the kernel's share (4 syscalls per keep-alive request, as for haproxy) is not in it.
 #
 # Usage: bench/callgrind.sh [BIN...]     default: target/release/kuzzle-gateway
-# Environment: CASE [http|http-close|new-conn|ws|ws-ping] (http-close: the node closes every connection after its
+# Environment: CASE [http|http-close|new-conn|post|ws|ws-ping] (http-close: the node closes every connection after its
 #              answer, as real Kuzzle 2 does; new-conn: the client opens a connection per request;
+#              post: keep-alive POSTs with a 300-byte JSON body, as an SDK over HTTP sends;
 #              ws-ping: PINGERS [1000] idle WebSockets sending the SDK heartbeat every 2 s, counted
 #              over PING_WINDOW [10] seconds, per heartbeat), N [10000] requests (http, http-close), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
 #              SKIP_BUILD [0]; GW_EXTRA_<i>: configuration appended for the i-th binary (the same
@@ -31,7 +32,7 @@ fi
 
 # Backends: a fixed-answer nginx (http) or one kuzzle-node-sim (ws), so only the gateway is counted.
 BACK=$(pick_port 17800)
-case $CASE in http | http-close | new-conn | ws | ws-ping) ;; *) die "CASE is http, http-close, new-conn, ws or ws-ping, not '$CASE'" ;; esac
+case $CASE in http | http-close | new-conn | post | ws | ws-ping) ;; *) die "CASE is http, http-close, new-conn, post, ws or ws-ping, not '$CASE'" ;; esac
 PINGERS=${PINGERS:-1000}
 PING_WINDOW=${PING_WINDOW:-10}
 if [ "${CASE#ws}" = "$CASE" ]; then
@@ -63,6 +64,12 @@ for bin in "$@"; do
     units=$((PINGERS * PING_WINDOW / 2)); what="heartbeat ($PINGERS WebSockets, one every 2 s each)"
   elif [ "$CASE" != ws ]; then
     close=(); [ "$CASE" = new-conn ] && close=(-H "Connection: close")
+    if [ "$CASE" = post ]; then
+      # A document:create-sized JSON body (h2load sends it with its Content-Length).
+      printf '{"controller":"document","action":"create","index":"bench","collection":"c","body":{%s}}' \
+        "$(for k in $(seq 1 12); do printf '"field%02d":"value of field %02d",' "$k" "$k"; done | sed 's/,$//')" >"$WORK/post.json"
+      close=(-d "$WORK/post.json" -H "Content-Type: application/json")
+    fi
     h2load --h1 -n 2000 -c 16 "${close[@]}" "http://127.0.0.1:$port/" >/dev/null 2>&1
     callgrind_control -z "$pid" >/dev/null
     h2load --h1 -n "$N" -c 16 "${close[@]}" "http://127.0.0.1:$port/" | grep -q "$N succeeded" || die "$bin: not all $N requests succeeded"

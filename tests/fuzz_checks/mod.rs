@@ -373,7 +373,8 @@ pub fn ws_frames(data: &[u8]) {
 // lane_wire: the fast lane's HTTP/1.1 heads and chunked bodies (src/data/lane/wire.rs)
 
 /// Limits as wide as the lane's header array.
-pub const LANE_WIDE: wire::Limits = wire::Limits { uri: 16 * 1024, headers: wire::MAX_HEADERS, head: 64 * 1024 };
+pub const LANE_WIDE: wire::Limits =
+    wire::Limits { uri: 16 * 1024, headers: wire::MAX_HEADERS, head: 64 * 1024, body: 64 * 1024 };
 
 /// What the checks add to a forwarded request.
 pub const LANE_ADDED: wire::Added<'static> =
@@ -391,17 +392,21 @@ pub fn lane_wire(data: &[u8]) {
     let taken = lane_request(data, LANE_WIDE);
     // Limits from the first byte: small enough to be hit.
     let k = usize::from(data.first().copied().unwrap_or(0));
-    lane_request(data, wire::Limits { uri: k, headers: k % 16, head: 4 * k });
+    lane_request(data, wire::Limits { uri: k, headers: k % 16, head: 4 * k, body: k as u64 });
     // Limits are inclusive: exactly the head's sizes take it, one less anywhere does not.
-    if let Some((uri, headers, head)) = taken {
-        let exact = wire::Limits { uri, headers, head };
+    if let Some((uri, headers, head, body)) = taken {
+        let exact = wire::Limits { uri, headers, head, body };
         assert!(lane_request(data, exact).is_some(), "a head at exactly the limits is not taken");
         // (A taken head has a target and a Host line: none of the three is 0.)
-        for under in [
+        let mut unders = vec![
             wire::Limits { uri: uri - 1, ..exact },
             wire::Limits { headers: headers - 1, ..exact },
             wire::Limits { head: head - 1, ..exact },
-        ] {
+        ];
+        if body > 0 {
+            unders.push(wire::Limits { body: body - 1, ..exact });
+        }
+        for under in unders {
             assert!(lane_request(data, under).is_none(), "a head over {under:?} is taken");
         }
     }
@@ -422,8 +427,9 @@ fn lane_tokens<'a>(headers: &'a [httparse::Header<'a>], name: &'a str) -> impl I
         .map(<[u8]>::trim_ascii)
 }
 
-/// One client buffer under `limits`: the taken head's (target, header lines, bytes), if taken.
-pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, usize)> {
+/// One client buffer under `limits`: the taken head's (target, header lines, bytes, body bytes),
+/// if taken.
+pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, usize, u64)> {
     let mut headers = wire::request_headers();
     let h = match wire::parse_request(data, &mut headers, limits) {
         Parsed::Partial => {
@@ -436,8 +442,10 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
     assert!(h.len <= data.len(), "a head of {} bytes in {} bytes", h.len, data.len());
     assert!(h.len <= limits.head && h.count <= limits.headers && h.target.len() <= limits.uri, "{limits:?}: {h:?}");
     assert!(h.count <= wire::MAX_HEADERS);
-    assert!(matches!(h.method, "GET" | "HEAD" | "OPTIONS"), "method {:?} taken", h.method);
+    let bodiless = matches!(h.method, "GET" | "HEAD" | "OPTIONS");
+    assert!(bodiless || matches!(h.method, "POST" | "PUT" | "PATCH" | "DELETE"), "method {:?} taken", h.method);
     assert_eq!(h.head_only(), h.method == "HEAD");
+    assert_eq!(h.idempotent(), bodiless);
     assert!(
         h.target.starts_with('/')
             && h.target.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)),
@@ -450,8 +458,22 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
     let hosts: Vec<&[u8]> = lines.iter().filter(|l| l.name.eq_ignore_ascii_case("host")).map(|l| l.value).collect();
     assert_eq!(hosts, [h.host], "exactly one Host, the one given");
     assert!(!h.host.contains(&b'@'), "userinfo in Host taken: {:?}", String::from_utf8_lossy(h.host));
+    // A body only by one plain decimal Content-Length, within the limit.
+    let lengths: Vec<&[u8]> =
+        lines.iter().filter(|l| l.name.eq_ignore_ascii_case("content-length")).map(|l| l.value).collect();
+    match lengths[..] {
+        [] => assert_eq!(h.body, 0),
+        [v] => {
+            assert!(!bodiless, "{} with a Content-Length taken", h.method);
+            assert!(!v.is_empty() && v.iter().all(u8::is_ascii_digit), "Content-Length {v:?} taken");
+            assert_eq!(std::str::from_utf8(v).ok().and_then(|t| t.parse::<u64>().ok()), Some(h.body));
+        }
+        _ => panic!("{} Content-Length lines taken", lengths.len()),
+    }
+    assert!(h.body <= limits.body, "a body of {} over {limits:?}", h.body);
     for l in lines {
-        assert!(!wire::listed(&wire::LONG_WAY, l.name), "header {:?} taken", l.name);
+        let cl = l.name.eq_ignore_ascii_case("content-length");
+        assert!(cl || !wire::listed(&wire::LONG_WAY, l.name), "header {:?} taken", l.name);
     }
     for t in lane_tokens(lines, "connection") {
         assert!(t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"), "Connection {t:?} taken");
@@ -462,8 +484,8 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
         let mut again = wire::request_headers();
         match wire::parse_request(&data[..h.len], &mut again, limits) {
             Parsed::Take(g) => assert!(
-                (g.method, g.target, g.host, g.close, g.count, g.len)
-                    == (h.method, h.target, h.host, h.close, h.count, h.len),
+                (g.method, g.target, g.host, g.close, g.count, g.len, g.body)
+                    == (h.method, h.target, h.host, h.close, h.count, h.len, h.body),
                 "the head alone reads {g:?}, with what follows {h:?}"
             ),
             other => panic!("the head alone is {other:?}"),
@@ -493,7 +515,7 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
         let got: Vec<(&str, &[u8])> = req.headers.iter().map(|l| (l.name, l.value)).collect();
         assert_eq!(got, want, "the node's header lines");
     }
-    Some((h.target.len(), h.count, h.len))
+    Some((h.target.len(), h.count, h.len, h.body))
 }
 
 /// One node buffer: where the body starts when the answer is chunked.

@@ -92,16 +92,21 @@ async fn a_pooled_connection_closed_by_the_node_is_retried_fresh_also_by_prefix(
         assert_eq!(r.status, 200, "request {i} ({path}): {:?}", String::from_utf8_lossy(&r.body));
     }
     assert_eq!(answered.load(Ordering::SeqCst), 4, "each request answered once");
-    // HEAD and OPTIONS are as safe; a POST is not re-sent (the node may have run it). The GETs
-    // went on the fast lane, whose node connections are its own: a first POST (hyper's path)
-    // leaves one in hyper's pool, which the second meets closing.
+    // HEAD and OPTIONS are as safe; a POST is not re-sent (the node may have run it). The POSTs
+    // go on the fast lane as the GETs did, on its node connections: the first meets the one the
+    // last GET left, closing; the second a fresh one, which the third then meets closing.
     let post = || request(gw.http_addr, "POST", "/racy/x", &[("content-length", "2")], Bytes::from_static(b"{}"));
     let (r0, r, r2) = (post().await, post().await, post().await);
     assert_eq!(
         (r0.status, r.status, r2.status),
-        (200, 502, 200),
-        "a POST on the racing connection gets the 502, the next one a fresh connection"
+        (502, 200, 502),
+        "a POST on a racing connection gets the 502, the next one a fresh connection"
     );
+    // The same on hyper's path (a chunked body leaves the lane): its own pool, the same rule.
+    let chunked =
+        || request(gw.http_addr, "POST", "/racy/x", &[("transfer-encoding", "chunked")], Bytes::from_static(b"{}"));
+    let (r0, r) = (chunked().await, chunked().await);
+    assert_eq!((r0.status, r.status), (200, 502), "hyper's path: a fresh connection, then the racing one");
     gw.shutdown().await;
 }
 

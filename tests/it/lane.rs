@@ -137,21 +137,26 @@ async fn read_answers(s: &mut TcpStream, n: usize) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_connection_leaves_the_lane_at_a_request_with_a_body_and_loses_no_byte() {
+async fn a_connection_leaves_the_lane_at_a_chunked_body_and_loses_no_byte() {
     let (node, task) = framing_node().await;
     let gw = gateway(&config(node, true)).await;
     let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
-    // A GET (the lane), a POST with a body (hyper's path from here on) and a GET, in one write:
-    // the POST and the GET are already read by the lane when it hands the connection over.
+    // A GET and a POST with a short Content-Length body (the lane), a chunked POST (hyper's path
+    // from here on) and a GET, in one write: the last two are already read by the lane when it
+    // hands the connection over.
     s.write_all(
         b"GET /line?a=1 HTTP/1.1\r\nHost: x\r\n\r\n\
           POST /line HTTP/1.1\r\nHost: x\r\ncontent-length: 4\r\n\r\nbody\
+          POST /line?c HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n\
           GET /line?b=2 HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await
     .expect("write");
-    let answers = read_answers(&mut s, 3).await;
-    assert_eq!(answers, ["GET /line?a=1 HTTP/1.1", "POST /line HTTP/1.1", "GET /line?b=2 HTTP/1.1"]);
+    let answers = read_answers(&mut s, 4).await;
+    assert_eq!(
+        answers,
+        ["GET /line?a=1 HTTP/1.1", "POST /line HTTP/1.1", "POST /line?c HTTP/1.1", "GET /line?b=2 HTTP/1.1"]
+    );
     // An upgrade-less request with a header the gateway sets itself also leaves the lane, and is
     // answered.
     s.write_all(b"GET /line HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n").await.expect("write");
@@ -282,6 +287,59 @@ async fn a_long_body_goes_whole_through_splice_and_a_cut_one_stays_cut() {
     let body = &got[body_at..];
     assert!(body.len() < LEN, "a cut body looked whole");
     assert!(body.iter().enumerate().all(|(i, b)| *b == pattern(i)), "what came is in order");
+    task.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_body_reaches_the_node_whole_even_in_pieces_on_and_off_the_lane() {
+    let (node, task) = framing_node().await;
+    let body = "{\"controller\":\"document\",\"action\":\"create\",\"body\":{\"a\":1}}";
+    for lane in [true, false] {
+        let gw = gateway(&config(node, lane)).await;
+        let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+        let head = format!(
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        // The head, then the body in two pieces a moment apart (a client that writes them apart).
+        s.write_all(head.as_bytes()).await.expect("write");
+        for piece in [&body[..10], &body[10..]] {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            s.write_all(piece.as_bytes()).await.expect("write");
+        }
+        // Then a PUT and a DELETE without a body, in one write.
+        s.write_all(
+            b"PUT /line HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\nDELETE /line HTTP/1.1\r\nHost: x\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let answers = read_answers(&mut s, 3).await;
+        let echo = answers[0].to_ascii_lowercase();
+        assert!(echo.ends_with(&body.to_ascii_lowercase()), "lane {lane}: the node got {echo:?}");
+        let length = format!("content-length: {}", body.len());
+        for h in [length.as_str(), "x-forwarded-for: 127.0.0.1", "x-kuzzle-gateway:"] {
+            assert!(echo.contains(h), "lane {lane}: {h} missing from what the node got: {echo}");
+        }
+        assert_eq!(answers[1..], ["PUT /line HTTP/1.1", "DELETE /line HTTP/1.1"], "lane {lane}");
+        gw.shutdown().await;
+    }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_mid_body_gets_408_from_hypers_path() {
+    // The node reads the head and waits for the body as a real node would.
+    let (node, task) = framing_node().await;
+    let t = config(node, true);
+    let gw = gateway(&format!("{t}[timeouts]\nclient = \"300ms\"\nserver = \"600ms\"\n")).await;
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    s.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhalf").await.expect("write");
+    let mut got = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got)).await.expect("answered within 5 s");
+    let text = String::from_utf8_lossy(&got);
+    assert!(read.is_ok() && text.starts_with("HTTP/1.1 408"), "{read:?} {text:?}");
     task.abort();
     gw.shutdown().await;
 }

@@ -1,5 +1,6 @@
 //! Data plane, fast lane: an HTTP/1.1 client connection served without hyper while its requests
-//! are body-less GET, HEAD or OPTIONS, each relayed to a node on a plain pooled socket;
+//! are body-less GET, HEAD or OPTIONS or carry a short Content-Length body, each relayed to a
+//! node on a plain pooled socket;
 //! at the first request it does not take, the connection goes on in hyper's path with its bytes.
 
 mod splice;
@@ -17,7 +18,7 @@ use tokio::net::TcpStream;
 use self::wire::{Framing, NodeParsed, Parsed};
 use crate::core::backend::{ActiveGuard, Backend};
 use crate::core::snapshot::Snapshot;
-use crate::data::edge::access_log::HttpRecord;
+use crate::data::edge::access_log::{BytesIn, HttpRecord};
 use crate::data::edge::proxy_protocol::Prefixed;
 use crate::data::proxy::error::{Progress, ProxyError};
 use crate::data::proxy::{self, resend, ClientInfo, Context, Scheme};
@@ -109,6 +110,9 @@ struct Lane<'a, S> {
     out: Vec<u8>,
     /// TCP_NODELAY is on (a TLS socket's is set at accept; a plain one's when first needed).
     nodelay: bool,
+    /// A whole head is read and its body is still coming: hyper's path takes the connection if
+    /// the client stalls (it answers 408; the lane only closes between requests).
+    awaiting_body: bool,
 }
 
 /// A request the lane took, ready for a node.
@@ -117,6 +121,10 @@ struct Job {
     pinned: Option<usize>,
     /// A HEAD: its answer has no body.
     head_only: bool,
+    /// A body-less GET, HEAD or OPTIONS: another try after the node may have read it is safe.
+    idempotent: bool,
+    /// Bytes of its body (at the end of the request in `Lane::req`): counted for each node tried.
+    body: u64,
     /// The client asked to close after the answer.
     close: bool,
     /// Its access log line, when the log is on.
@@ -164,6 +172,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         nbuf: Vec::new(),
         out: Vec::with_capacity(HEAD_ROOM),
         nodelay: false,
+        awaiting_body: false,
     };
     lane.nodelay = lane.io.get_ref().plain().is_none();
     loop {
@@ -194,7 +203,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
-                _ = &mut idle => return None,
+                _ = &mut idle => return lane.awaiting_body.then(|| lane.hand_over()),
                 _ = &mut stop => return Some(lane.hand_over()),
             }
         };
@@ -248,13 +257,24 @@ impl<S: Rewind> Lane<'_, S> {
             return Prep::Other;
         }
         let l = &cfg.limits;
-        let limits = wire::Limits { uri: l.uri, headers: l.headers, head: l.request_head };
+        let body = cfg.balance.resend_body as u64;
+        let limits = wire::Limits { uri: l.uri, headers: l.headers, head: l.request_head, body };
         let mut hs = wire::request_headers();
         let head = match wire::parse_request(&self.buf, &mut hs, limits) {
             Parsed::Partial => return Prep::Partial,
             Parsed::Other => return Prep::Other,
             Parsed::Take(h) => h,
         };
+        // The body is read whole first (it is short): a second try can send it again.
+        let whole = head.len + head.body as usize;
+        self.awaiting_body = self.buf.len() < whole;
+        if self.awaiting_body {
+            let missing = whole - self.buf.len();
+            if self.buf.capacity() - self.buf.len() < missing {
+                self.buf.reserve(missing.max(READ_CHUNK));
+            }
+            return Prep::Partial;
+        }
         let (path, query) = head.path_query();
         let Ok(routed) = route::route(path, query, |seg| snap.index_of(seg)) else { return Prep::Other };
         let proto = match self.client.scheme {
@@ -268,6 +288,7 @@ impl<S: Rewind> Lane<'_, S> {
         };
         self.req.clear();
         wire::encode_request(&head, &hs, &routed.path_and_query(), &added, &mut self.req);
+        self.req.extend_from_slice(&self.buf[head.len..whole]);
         let log = if cfg.access_log.is_some() {
             let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
             let uri = http::Uri::try_from(head.target).unwrap_or_default();
@@ -275,8 +296,21 @@ impl<S: Rewind> Lane<'_, S> {
         } else {
             None
         };
-        let job = Job { pinned: routed.node, head_only: head.head_only(), close: head.close, log };
-        let len = head.len;
+        if head.body > 0 {
+            self.ctx.core.frontend.bytes_in.fetch_add(head.body, Ordering::Relaxed);
+        }
+        let mut job = Job {
+            pinned: routed.node,
+            head_only: head.head_only(),
+            idempotent: head.idempotent(),
+            body: head.body,
+            close: head.close,
+            log,
+        };
+        if let Some(r) = job.log.as_mut().filter(|_| head.body > 0) {
+            r.bytes_in = BytesIn::Known(head.body);
+        }
+        let len = whole;
         if len == self.buf.len() {
             self.buf.clear();
         } else {
@@ -320,9 +354,10 @@ impl<S: Rewind> Lane<'_, S> {
         }
     }
 
-    /// The attempts of one request (the rules of hyper's path, `proxy::attempts`, for a body-less
-    /// idempotent request): pick a node, take or open a connection, exchange; again on another
-    /// node, or on a fresh connection after a keep-alive race, when that is safe.
+    /// The attempts of one request (the rules of hyper's path, `proxy::attempts`, for a request
+    /// whose body, if any, is read whole): pick a node, take or open a connection, exchange; again
+    /// on another node, or on a fresh connection after a keep-alive race, when that is safe (after
+    /// the node may have read it: only a body-less GET, HEAD or OPTIONS).
     async fn attempts(&mut self, snap: &Arc<Snapshot>, job: &mut Job) -> Result<bool, ProxyError> {
         let cfg = &snap.config;
         let attempts = cfg.balance.retries + 1;
@@ -375,7 +410,7 @@ impl<S: Rewind> Lane<'_, S> {
                 }
                 Err(Failure::Unsent) => ProxyError::closed_at_once(&node),
                 // The keep-alive race: once, on a fresh connection, the same node allowed.
-                Err(Failure::Broke(_)) if reused && !raced => {
+                Err(Failure::Broke(_)) if reused && !raced && job.idempotent => {
                     raced = true;
                     fresh_only = true;
                     attempt -= 1;
@@ -383,7 +418,7 @@ impl<S: Rewind> Lane<'_, S> {
                 }
                 Err(Failure::Broke(e)) => e,
                 Err(Failure::TimedOut(e)) => {
-                    if others && cfg.balance.retry_on_timeout && !resent {
+                    if others && cfg.balance.retry_on_timeout && !resent && job.idempotent {
                         resent = true;
                         tried.push(idx);
                         node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
@@ -411,7 +446,7 @@ impl<S: Rewind> Lane<'_, S> {
                 last = err;
                 continue;
             }
-            if others && !resent && err.resend_safe(true) {
+            if others && !resent && err.resend_safe(job.idempotent) {
                 resent = true;
                 tried.push(idx);
                 node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
@@ -464,6 +499,9 @@ impl<S: Rewind> Lane<'_, S> {
         let wait = cfg.timeouts.server.0;
         // As on hyper's path, `[timeouts] server` bounds the write and the wait for the head.
         let deadline = tokio::time::Instant::now() + wait;
+        if job.body > 0 {
+            node.counters.bytes_in.fetch_add(job.body, Ordering::Relaxed);
+        }
         match tokio::time::timeout_at(deadline, stream.write_all(&self.req)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return Err(Failure::Unsent),

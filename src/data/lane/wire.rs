@@ -30,6 +30,9 @@ pub struct Limits {
     pub headers: usize,
     /// `[limits] request_head`: the head's bytes.
     pub head: usize,
+    /// `[balance] resend_body`: the longest `Content-Length` body the lane reads whole (a longer
+    /// one is streamed by hyper's path).
+    pub body: u64,
 }
 
 /// What a client's buffer holds.
@@ -37,18 +40,19 @@ pub struct Limits {
 pub enum Parsed<'b> {
     /// Not a whole head yet, and under the limits.
     Partial,
-    /// Not for the fast lane: a body, an upgrade, HTTP/1.0, a malformed or over-limit head, a
-    /// header the gateway must look at (its loop mark, `X-Forwarded-*`, `Expect`...). hyper's
+    /// Not for the fast lane: a chunked or long body, an upgrade, HTTP/1.0, a malformed or
+    /// over-limit head, a header the gateway must look at (its loop mark, `X-Forwarded-*`, `Expect`...). hyper's
     /// path reads it from the same bytes and answers it.
     Other,
     /// A head the fast lane forwards as it is (`headers[..count]` hold its lines).
     Take(Head<'b>),
 }
 
-/// A request head the fast lane forwards: a body-less GET, HEAD or OPTIONS in origin form.
+/// A request head the fast lane forwards: a body-less GET, HEAD or OPTIONS, or a POST, PUT,
+/// PATCH or DELETE with a short `Content-Length` body (or none), in origin form.
 #[derive(Debug)]
 pub struct Head<'b> {
-    /// `GET`, `HEAD` or `OPTIONS`.
+    /// `GET`, `HEAD`, `OPTIONS`, `POST`, `PUT`, `PATCH` or `DELETE`.
     pub method: &'b str,
     /// The target as sent (origin form: starts with `/`).
     pub target: &'b str,
@@ -58,11 +62,18 @@ pub struct Head<'b> {
     pub close: bool,
     /// Header lines in the array.
     pub count: usize,
-    /// Bytes of the head, blank line included: where the next request starts.
+    /// Bytes of the head, blank line included: where the body (or the next request) starts.
     pub len: usize,
+    /// Bytes of the body after the head (its `Content-Length`; 0 without).
+    pub body: u64,
 }
 
 impl Head<'_> {
+    /// A GET, HEAD or OPTIONS (body-less): sent again whatever happened to a first try.
+    pub fn idempotent(&self) -> bool {
+        matches!(self.method, "GET" | "HEAD" | "OPTIONS")
+    }
+
     /// A HEAD request: its answer has no body whatever its headers say.
     pub fn head_only(&self) -> bool {
         self.method == "HEAD"
@@ -122,11 +133,18 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
     if len > limits.head || count > limits.headers || target.len() > limits.uri {
         return Parsed::Other;
     }
-    if !matches!(method, "GET" | "HEAD" | "OPTIONS") || !target.starts_with('/') || !target.bytes().all(target_byte) {
+    // Methods that may carry a body take one given by a single plain `Content-Length`.
+    let may_body = match method {
+        "GET" | "HEAD" | "OPTIONS" => false,
+        "POST" | "PUT" | "PATCH" | "DELETE" => true,
+        _ => return Parsed::Other,
+    };
+    if !target.starts_with('/') || !target.bytes().all(target_byte) {
         return Parsed::Other;
     }
     let mut host = None;
     let mut close = false;
+    let mut body = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
             if host.is_some() || h.value.contains(&b'@') {
@@ -141,12 +159,23 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
             } else if !v.eq_ignore_ascii_case(b"keep-alive") {
                 return Parsed::Other;
             }
+        } else if may_body && h.name.eq_ignore_ascii_case("content-length") {
+            // Digits only, once (a list, a sign or a second line: hyper's path judges it).
+            let v = h.value;
+            if body.is_some() || v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                return Parsed::Other;
+            }
+            body = Some(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')));
         } else if listed(&LONG_WAY, h.name) {
             return Parsed::Other;
         }
     }
     let Some(host) = host else { return Parsed::Other };
-    Parsed::Take(Head { method, target, host, close, count, len })
+    let body = body.unwrap_or(0);
+    if body > limits.body {
+        return Parsed::Other;
+    }
+    Parsed::Take(Head { method, target, host, close, count, len, body })
 }
 
 /// What the gateway adds to every request it forwards.
