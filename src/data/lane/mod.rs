@@ -226,6 +226,10 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         if lane.out.capacity() > 2 * READ_CHUNK {
             lane.out = Vec::new();
         }
+        // A request with a body (up to `resend_body`) is kept whole for a second try until answered.
+        if lane.req.capacity() > 2 * READ_CHUNK {
+            lane.req = Vec::with_capacity(HEAD_ROOM);
+        }
     }
 }
 
