@@ -425,6 +425,8 @@ impl Backend {
     /// an unbounded head.
     pub async fn connect(&self, connect_timeout: Duration, max_head: usize) -> Result<Sender, ConnectError> {
         let stream = self.connect_tcp(connect_timeout).await?;
+        // hyper may write a request's head and body apart: Nagle must not hold the second.
+        let _ = stream.set_nodelay(true);
         match &self.tls {
             None => handshake(NodeStream(stream), max_head).await,
             Some(tls) => match tls.connect(stream, self.addr.ip(), connect_timeout).await {
@@ -435,7 +437,8 @@ impl Backend {
         }
     }
 
-    /// A plain TCP connection to the node (no TLS: the fast lane, and the start of `connect`).
+    /// A plain TCP connection to the node (no TLS: the fast lane, and the start of `connect`),
+    /// TCP_NODELAY left to the caller (the lane writes a request at once: a short one needs none).
     pub async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, ConnectError> {
         let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await {
             Err(_) => return Err(ConnectError::Timeout),
@@ -444,7 +447,6 @@ impl Backend {
             Ok(Err(e)) => return Err(ConnectError::Io(e.kind())),
             Ok(Ok(s)) => s,
         };
-        let _ = stream.set_nodelay(true);
         Ok(stream)
     }
 

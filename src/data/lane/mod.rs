@@ -86,6 +86,9 @@ const READ_CHUNK: usize = 4096;
 /// Node bytes read per system call while a long body is relayed.
 const RELAY_CHUNK: usize = 64 * 1024;
 
+/// Bytes of a request that surely fit one TCP segment (an IPv6 minimum MTU less the headers).
+const ONE_SEGMENT: usize = 1200;
+
 /// A usual head's room in the request and answer buffers.
 const HEAD_ROOM: usize = 1024;
 
@@ -505,6 +508,13 @@ impl<S: Rewind> Lane<'_, S> {
         let deadline = tokio::time::Instant::now() + wait;
         if job.body > 0 {
             node.counters.bytes_in.fetch_add(job.body, Ordering::Relaxed);
+        }
+        // One write: a request in one segment is never held by Nagle (the answer to the last
+        // one acknowledged everything before it); a longer one's last segment could be, until
+        // the node acknowledges the others. Node connections that close after every answer (as
+        // real Kuzzle's) save the call.
+        if self.req.len() > ONE_SEGMENT {
+            let _ = stream.set_nodelay(true);
         }
         match tokio::time::timeout_at(deadline, stream.write_all(&self.req)).await {
             Ok(Ok(())) => {}
