@@ -16,10 +16,15 @@ pub fn raise_nofile() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
+/// Pipes the fast lane's splice(2) may hold at once, the whole process (2 files each): past them,
+/// long bodies are copied.
+pub const SPLICE_PIPES: usize = 8;
+
 /// Files kept free for everything but client connections: node connections of in-flight requests
-/// come out of the per-connection share; this covers health checks, ops, Redis, listeners, logs.
+/// come out of the per-connection share; this covers health checks, ops, Redis, listeners, logs,
+/// and the splice pipes.
 pub fn reserve(nofile: u64) -> u64 {
-    (nofile / 16).clamp(32, 4096)
+    (nofile / 16).clamp(32, 4096) + 2 * SPLICE_PIPES as u64
 }
 
 /// How many client connections fit in `nofile` open files: each may hold a node connection too.
@@ -54,11 +59,11 @@ mod tests {
 
     #[test]
     fn derived_cap_leaves_a_reserve() {
-        assert_eq!(fitting_connections(1024), (1024 - 64) / 2);
-        assert_eq!(fitting_connections(128), (128 - 32) / 2);
-        assert_eq!(fitting_connections(1_048_576), (1_048_576 - 4096) / 2);
+        assert_eq!(fitting_connections(1024), (1024 - 64 - 16) / 2);
+        assert_eq!(fitting_connections(128), (128 - 32 - 16) / 2);
+        assert_eq!(fitting_connections(1_048_576), (1_048_576 - 4096 - 16) / 2);
         assert_eq!(fitting_connections(10), 1, "never zero");
-        assert_eq!(max_connections(0, Some(1024)), 480);
+        assert_eq!(max_connections(0, Some(1024)), 472);
         assert_eq!(max_connections(100, Some(1024)), 100, "a configured cap that fits is kept");
         assert_eq!(max_connections(5000, Some(1024)), 5000, "kept (and warned about)");
     }

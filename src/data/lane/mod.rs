@@ -3,6 +3,7 @@
 //! node on a plain pooled socket;
 //! at the first request it does not take, the connection goes on in hyper's path with its bytes.
 
+mod answer;
 mod splice;
 pub mod wire;
 
@@ -113,9 +114,10 @@ struct Lane<'a, S> {
     out: Vec<u8>,
     /// TCP_NODELAY is on (a TLS socket's is set at accept; a plain one's when first needed).
     nodelay: bool,
-    /// A whole head is read and its body is still coming: hyper's path takes the connection if
-    /// the client stalls (it answers 408; the lane only closes between requests).
-    awaiting_body: bool,
+    /// A whole head is read and its body is still coming: the bytes the request takes in all
+    /// (nothing is parsed again before they are here). A stall or a half-close now is answered
+    /// (408, 400) rather than met with a silent close.
+    awaiting_body: Option<usize>,
 }
 
 /// A request the lane took, ready for a node.
@@ -175,7 +177,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         nbuf: Vec::new(),
         out: Vec::with_capacity(HEAD_ROOM),
         nodelay: false,
-        awaiting_body: false,
+        awaiting_body: None,
     };
     lane.nodelay = lane.io.get_ref().plain().is_none();
     loop {
@@ -203,10 +205,21 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
             tokio::select! {
                 biased;
                 r = lane.io.read_buf(&mut lane.buf) => match r {
+                    Ok(0) if lane.awaiting_body.is_some() => {
+                        let cut = ProxyError::client(StatusCode::BAD_REQUEST, crate::data::proxy::error::BODY_CUT_SHORT);
+                        lane.body_stopped(&snap, cut).await;
+                        return None;
+                    }
                     Ok(0) | Err(_) => return None,
                     Ok(_) => {}
                 },
-                _ = &mut idle => return lane.awaiting_body.then(|| lane.hand_over()),
+                _ = &mut idle => {
+                    if lane.awaiting_body.is_some() {
+                        let late = format!("request body not received within {timeout:?}");
+                        lane.body_stopped(&snap, ProxyError::client(StatusCode::REQUEST_TIMEOUT, late)).await;
+                    }
+                    return None;
+                }
                 _ = &mut stop => return Some(lane.hand_over()),
             }
         };
@@ -222,6 +235,9 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         // A long head or body grew a buffer: an idle connection holds no more than a read's worth.
         if lane.buf.is_empty() && lane.buf.capacity() > READ_CHUNK {
             lane.buf = Vec::new();
+        } else if lane.buf.capacity() > 2 * READ_CHUNK && lane.buf.len() <= READ_CHUNK {
+            // A few pipelined bytes behind a long body.
+            lane.buf.shrink_to(READ_CHUNK);
         }
         if lane.nbuf.capacity() > 2 * READ_CHUNK {
             lane.nbuf = Vec::new();
@@ -263,19 +279,19 @@ impl<S: Rewind> Lane<'_, S> {
         if !cfg.gateway.fast_lane || cfg.limits.client_rate != 0 || !snap.plain_nodes {
             return Prep::Other;
         }
-        let l = &cfg.limits;
-        let body = cfg.balance.resend_body as u64;
-        let limits = wire::Limits { uri: l.uri, headers: l.headers, head: l.request_head, body };
+        if self.awaiting_body.is_some_and(|whole| self.buf.len() < whole) {
+            return Prep::Partial;
+        }
         let mut hs = wire::request_headers();
-        let head = match wire::parse_request(&self.buf, &mut hs, limits) {
+        let head = match wire::parse_request(&self.buf, &mut hs, limits(cfg)) {
             Parsed::Partial => return Prep::Partial,
             Parsed::Other => return Prep::Other,
             Parsed::Take(h) => h,
         };
         // The body is read whole first (it is short): a second try can send it again.
         let whole = head.len + head.body as usize;
-        self.awaiting_body = self.buf.len() < whole;
-        if self.awaiting_body {
+        self.awaiting_body = (self.buf.len() < whole).then_some(whole);
+        if self.awaiting_body.is_some() {
             let missing = whole - self.buf.len();
             if self.buf.capacity() - self.buf.len() < missing {
                 self.buf.reserve(missing.max(READ_CHUNK));
@@ -296,13 +312,7 @@ impl<S: Rewind> Lane<'_, S> {
         self.req.clear();
         wire::encode_request(&head, &hs, &routed.path_and_query(), &added, &mut self.req);
         self.req.extend_from_slice(&self.buf[head.len..whole]);
-        let log = if cfg.access_log.is_some() {
-            let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
-            let uri = http::Uri::try_from(head.target).unwrap_or_default();
-            proxy::begin_log(self.ctx, snap, &method, &uri, self.client)
-        } else {
-            None
-        };
+        let log = self.log_of(snap, &head);
         if head.body > 0 {
             self.ctx.core.frontend.bytes_in.fetch_add(head.body, Ordering::Relaxed);
         }
@@ -333,20 +343,46 @@ impl<S: Rewind> Lane<'_, S> {
         f.request_rate.tick();
         match self.attempts(snap, &mut job).await {
             Ok(keep) => keep,
-            Err(e) => {
-                f.request_errors.fetch_add(1, Ordering::Relaxed);
-                if let Some(r) = job.log.as_mut() {
-                    r.termination = e.termination();
-                }
-                let close = job.close || self.ctx.life.shutdown.is_cancelled();
-                let body = crate::data::envelope::body(e.status, &e.message);
-                self.out.clear();
-                wire::encode_own(e.status, &body, None, close, &date(), &mut self.out);
-                let sent = self.io.write_all(&self.out).await.is_ok();
-                self.finish(&mut job, e.status.as_u16(), body.len() as u64, sent);
-                sent && !close
-            }
+            Err(e) => self.fail(&mut job, e).await,
         }
+    }
+
+    /// The gateway's own answer to a request that failed, in Kuzzle's envelope. False: close.
+    async fn fail(&mut self, job: &mut Job, e: ProxyError) -> bool {
+        self.ctx.core.frontend.request_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(r) = job.log.as_mut() {
+            r.termination = e.termination();
+        }
+        let close = job.close || self.ctx.life.shutdown.is_cancelled();
+        let body = crate::data::envelope::body(e.status, &e.message);
+        self.out.clear();
+        wire::encode_own(e.status, &body, None, close, &date(), &mut self.out);
+        let sent = self.io.write_all(&self.out).await.is_ok();
+        self.finish(job, e.status.as_u16(), body.len() as u64, sent);
+        sent && !close
+    }
+
+    /// A request whose body stopped coming: `why` answered as hyper's path answers it (408 after
+    /// `[timeouts] client`, `cR`; 400 when the client half-closed mid-body, `CR`), then the close.
+    async fn body_stopped(&mut self, snap: &Snapshot, why: ProxyError) {
+        let f = &self.ctx.core.frontend;
+        f.requests_total.fetch_add(1, Ordering::Relaxed);
+        f.request_rate.tick();
+        let mut hs = wire::request_headers();
+        let log = match wire::parse_request(&self.buf, &mut hs, limits(&snap.config)) {
+            Parsed::Take(h) => self.log_of(snap, &h),
+            _ => None,
+        };
+        let mut job = Job { pinned: None, head_only: false, idempotent: false, body: 0, close: true, log };
+        self.fail(&mut job, why).await;
+    }
+
+    /// The access log line of a request, when the log is on.
+    fn log_of(&self, snap: &Snapshot, head: &wire::Head<'_>) -> Option<Box<HttpRecord>> {
+        snap.config.access_log.as_ref()?;
+        let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
+        let uri = http::Uri::try_from(head.target).unwrap_or_default();
+        proxy::begin_log(self.ctx, snap, &method, &uri, self.client)
     }
 
     /// The request's end: its status counted, its access log line written.
@@ -643,173 +679,13 @@ impl<S: Rewind> Lane<'_, S> {
         self.finish(job, status, payload, whole);
         Ok(whole && !close)
     }
+}
 
-    /// The body after the head in `out` (the head included): Ok((payload bytes, the node
-    /// connection may carry another request)), or Err((payload bytes, access log termination))
-    /// when it was cut.
-    async fn relay(
-        &mut self,
-        cfg: &crate::control::config::Config,
-        stream: &mut TcpStream,
-        framing: Framing,
-        len: usize,
-    ) -> Result<(u64, bool), (u64, &'static str)> {
-        let wait = cfg.timeouts.server.0;
-        let cut = |p: u64| move |_| (p, "CD");
-        match framing {
-            Framing::None => {
-                self.io.write_all(&self.out).await.map_err(cut(0))?;
-                Ok((0, self.nbuf.len() == len))
-            }
-            Framing::Length(total) => {
-                let avail = ((self.nbuf.len() - len) as u64).min(total) as usize;
-                let extra = self.nbuf.len() - len > avail;
-                self.write_head_and(len, avail).await.map_err(cut(0))?;
-                let mut left = total - avail as u64;
-                let mut sent = avail as u64;
-                if left > 0 {
-                    self.no_delay();
-                }
-                // A long body on a plain client connection: node to client in the kernel.
-                if let Some(client) = self.io.get_ref().plain().filter(|_| left >= splice::SPLICE_FROM) {
-                    // No pipe to be had (descriptors short): copied as below.
-                    if let Ok(moved) = splice::relay(stream, client, left, wait, self.io.limit()).await {
-                        return match moved {
-                            Ok(n) => Ok((sent + n, true)),
-                            Err((n, splice::Cut::Node)) => Err((sent + n, "SD")),
-                            Err((n, splice::Cut::NodeStalled)) => Err((sent + n, "sD")),
-                            Err((n, splice::Cut::Client)) => Err((sent + n, "CD")),
-                        };
-                    }
-                }
-                while left > 0 {
-                    self.nbuf.clear();
-                    self.nbuf.reserve(RELAY_CHUNK.min(left as usize));
-                    let n = match self.node_read(stream, tokio::time::Instant::now() + wait).await {
-                        Ok(0) | Err(Some(_)) => return Err((sent, "SD")),
-                        Err(None) => return Err((sent, "sD")),
-                        Ok(n) => n,
-                    };
-                    let take = (n as u64).min(left) as usize;
-                    self.io.write_all(&self.nbuf[..take]).await.map_err(cut(sent))?;
-                    sent += take as u64;
-                    left -= take as u64;
-                    if take < n {
-                        // More than Content-Length: the connection is no longer in step.
-                        return Ok((sent, false));
-                    }
-                }
-                Ok((sent, !extra))
-            }
-            Framing::Chunked => {
-                let mut chunks = wire::Chunks::default();
-                let mut from = len;
-                let mut first = true;
-                loop {
-                    let end = match chunks.feed(&self.nbuf[from..]) {
-                        Ok(e) => e,
-                        Err(_) => return Err((chunks.payload, "SD")),
-                    };
-                    let upto = end.map_or(self.nbuf.len(), |e| from + e);
-                    if first {
-                        self.write_head_and(len, upto - len).await.map_err(cut(0))?;
-                        first = false;
-                        self.no_delay();
-                    } else {
-                        self.io.write_all(&self.nbuf[from..upto]).await.map_err(cut(chunks.payload))?;
-                    }
-                    if end.is_some() {
-                        return Ok((chunks.payload, upto == self.nbuf.len()));
-                    }
-                    self.nbuf.clear();
-                    from = 0;
-                    match self.node_read(stream, tokio::time::Instant::now() + wait).await {
-                        Ok(0) | Err(Some(_)) => return Err((chunks.payload, "SD")),
-                        Err(None) => return Err((chunks.payload, "sD")),
-                        Ok(_) => {}
-                    }
-                }
-            }
-            Framing::UntilClose => {
-                // Sent on chunked: each read becomes a chunk; the node's close, the last one.
-                let mut sent = 0u64;
-                let mut data = self.nbuf.len() - len;
-                let mut from = len;
-                loop {
-                    if data > 0 {
-                        wire::chunk_header(data, &mut self.out);
-                        self.out.extend_from_slice(&self.nbuf[from..from + data]);
-                        self.out.extend_from_slice(b"\r\n");
-                        sent += data as u64;
-                    }
-                    if !self.out.is_empty() {
-                        self.io.write_all(&self.out).await.map_err(cut(sent))?;
-                        self.out.clear();
-                        self.no_delay();
-                    }
-                    self.nbuf.clear();
-                    from = 0;
-                    data = match self.node_read(stream, tokio::time::Instant::now() + wait).await {
-                        Ok(0) => break,
-                        Err(Some(_)) => return Err((sent, "SD")),
-                        Err(None) => return Err((sent, "sD")),
-                        Ok(n) => n,
-                    };
-                }
-                self.io.write_all(b"0\r\n\r\n").await.map_err(cut(sent))?;
-                Ok((sent, false))
-            }
-        }
-    }
-
-    /// Write the head in `out` with the `n` body bytes after the node's head (`nbuf[len..]`): in
-    /// one write when they are few.
-    async fn write_head_and(&mut self, len: usize, n: usize) -> std::io::Result<()> {
-        if n <= COPY_WITH_HEAD {
-            self.out.extend_from_slice(&self.nbuf[len..len + n]);
-            return self.io.write_all(&self.out).await;
-        }
-        self.io.write_all(&self.out).await?;
-        self.no_delay();
-        self.io.write_all(&self.nbuf[len..len + n]).await
-    }
-
-    /// A node's small 503, read whole to learn whether Kuzzle refused the request unexecuted
-    /// (then another node may take it); anything else goes to the client as it came.
-    #[allow(clippy::too_many_arguments)]
-    async fn refusal(
-        &mut self,
-        cfg: &crate::control::config::Config,
-        node: &Arc<Backend>,
-        mut stream: TcpStream,
-        status: u16,
-        len: usize,
-        n: u64,
-        closes: bool,
-        close: bool,
-        job: &mut Job,
-    ) -> Result<bool, Failure> {
-        let n = n as usize;
-        let deadline = tokio::time::Instant::now() + cfg.timeouts.server.0;
-        while self.nbuf.len() < len + n {
-            match self.node_read(&mut stream, deadline).await {
-                Ok(0) | Err(_) => return Err(Failure::Final(ProxyError::broke(node))),
-                Ok(_) => {}
-            }
-        }
-        node.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        if !closes && self.nbuf.len() == len + n {
-            node.release_raw(stream);
-        }
-        self.out.extend_from_slice(&self.nbuf[len..len + n]);
-        if resend::refused(node, &self.nbuf[len..len + n]) {
-            return Err(Failure::Refused(std::mem::take(&mut self.out), n as u64));
-        }
-        self.ctx.core.frontend.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        let sent = self.io.write_all(&self.out).await.is_ok();
-        self.finish(job, status, n as u64, sent);
-        Ok(sent && !close)
-    }
+/// What a request must be under to take the lane: `[limits]`, and `[balance] resend_body` for
+/// a body (read whole so that it can be sent again).
+fn limits(cfg: &crate::control::config::Config) -> wire::Limits {
+    let l = &cfg.limits;
+    wire::Limits { uri: l.uri, headers: l.headers, head: l.request_head, body: cfg.balance.resend_body as u64 }
 }
 
 /// Today's `Date` value (RFC 9110 5.6.7), formatted once a second per worker thread.

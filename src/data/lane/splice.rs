@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
@@ -18,8 +19,9 @@ pub const SPLICE_FROM: u64 = 64 * 1024;
 /// the per-user pipe allowance (`/proc/sys/fs/pipe-user-pages-soft`) with every worker's pool.
 const PIPE_SIZE: usize = 256 * 1024;
 
-/// Empty pipes kept per worker for the next long body (creating one costs 2 system calls).
-const POOL: usize = 8;
+/// Pipes open in the process, pooled or moving a body: at most `fds::SPLICE_PIPES`, which the
+/// open-files reserve counts (`fds::reserve`), so splices never take the files health checks need.
+static OPEN: AtomicUsize = AtomicUsize::new(0);
 
 /// A pipe: the kernel's buffer between the two sockets.
 struct Pipe {
@@ -37,24 +39,36 @@ thread_local! {
 }
 
 impl Pipe {
-    /// An empty pipe from the worker's pool, or a new one.
+    /// An empty pipe from the worker's pool, or a new one while under the process's allowance.
     fn take() -> io::Result<Pipe> {
         if let Some(p) = PIPES.with_borrow_mut(Vec::pop) {
             return Ok(p);
         }
-        let (read, write) = pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+        if OPEN.fetch_add(1, Ordering::Relaxed) >= crate::control::fds::SPLICE_PIPES {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let made = pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK);
+        let (read, write) = made.inspect_err(|_| {
+            OPEN.fetch_sub(1, Ordering::Relaxed);
+        })?;
         // A smaller pipe (the kernel's 64 KiB) still works: only more calls per body.
-        let size = pipe::fcntl_setpipe_size(&write, PIPE_SIZE).or_else(|_| pipe::fcntl_getpipe_size(&write))?;
-        Ok(Pipe { read, write, size })
+        // From here on, dropping the pipe gives its place back (`Drop`).
+        let mut p = Pipe { read, write, size: 0 };
+        p.size = pipe::fcntl_setpipe_size(&p.write, PIPE_SIZE).or_else(|_| pipe::fcntl_getpipe_size(&p.write))?;
+        Ok(p)
     }
 
-    /// Back to the pool: only an empty pipe (one cut mid-body still holds bytes and is closed).
+    /// Back to the worker's pool: only an empty pipe (one cut mid-body still holds bytes and is
+    /// closed).
     fn put_back(self) {
-        PIPES.with_borrow_mut(|p| {
-            if p.len() < POOL {
-                p.push(self);
-            }
-        });
+        PIPES.with_borrow_mut(|p| p.push(self));
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -84,6 +98,9 @@ pub async fn relay(
     // Why the node side ended early: what it gave before goes to the client first.
     let mut node_cut = None;
     let moved = loop {
+        // A long body between two fast sockets never has to wait: leave the worker to its other
+        // connections now and then, as tokio's own reads and writes do.
+        tokio::task::coop::consume_budget().await;
         if held == 0 {
             if let Some(why) = node_cut {
                 break Err((sent, why));
@@ -123,9 +140,9 @@ pub async fn relay(
                 continue;
             }
         }
-        // Drain: to the client, telling TCP more follows while the body is not whole.
-        let flags = if left > 0 { SpliceFlags::NONBLOCK | SpliceFlags::MORE } else { SpliceFlags::NONBLOCK };
-        let drain = || pipe::splice(&p.read, None, client, None, held, flags).map_err(io::Error::from);
+        // Drain: to the client. No SPLICE_F_MORE: it corks the socket, and bytes sent before the
+        // node pauses would wait for the next ones (up to 200 ms) where a copy sends them at once.
+        let drain = || pipe::splice(&p.read, None, client, None, held, SpliceFlags::NONBLOCK).map_err(io::Error::from);
         match client.try_io(Interest::WRITABLE, drain) {
             Ok(0) => break Err((sent, Cut::Client)),
             Ok(n) => {
@@ -216,6 +233,31 @@ mod tests {
         node_end.write_all(&[7u8; 10]).await.expect("write");
         let r = relay(&gw_node, &gw_client, 200_000, Duration::from_millis(200), t).await.expect("pipe");
         assert_eq!(r, Err((10, Cut::NodeStalled)));
+    }
+
+    #[tokio::test]
+    async fn what_came_before_the_node_pauses_reaches_the_client_at_once() {
+        // (Review finding: SPLICE_F_MORE corked the client socket, ~200 ms per pause.)
+        let ((mut node_end, gw_node), (gw_client, mut client)) = pairs().await;
+        gw_client.set_nodelay(true).expect("nodelay");
+        let relay = tokio::spawn(async move {
+            let t = Duration::from_secs(5);
+            relay(&gw_node, &gw_client, 1_000_000, t, t).await.expect("pipe")
+        });
+        let (mut got, mut buf) = (0usize, vec![0u8; 1 << 16]);
+        for round in 0..3 {
+            node_end.write_all(&[7u8; 10_000]).await.expect("write");
+            let t0 = std::time::Instant::now();
+            while got < (round + 1) * 10_000 {
+                match tokio::time::timeout(Duration::from_secs(1), client.read(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => got += n,
+                    other => panic!("round {round}: {got} bytes, then {other:?}"),
+                }
+            }
+            assert!(t0.elapsed() < Duration::from_millis(100), "round {round}: held {:?}", t0.elapsed());
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        relay.abort();
     }
 
     #[tokio::test]
