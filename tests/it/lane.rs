@@ -366,3 +366,42 @@ async fn a_body_that_stops_coming_is_answered_as_on_hypers_path_once_the_client_
         took[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_at_the_limit_stays_on_the_lane_and_a_longer_one_reaches_the_node_whole_too() {
+    let (node, task) = framing_node().await;
+    let gw = gateway(&config(node, true)).await;
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    // `[balance] resend_body` is 64 KiB: the first is read whole by the lane, the second and
+    // third are hyper's path's (streamed), on the same connection, then a GET.
+    for n in [64 * 1024, 64 * 1024 + 1, 300_000] {
+        let body: String = (0..n).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let head = format!("POST /echo?n={n} HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n");
+        s.write_all(head.as_bytes()).await.expect("write");
+        s.write_all(body.as_bytes()).await.expect("write");
+        let echo = read_answers(&mut s, 1).await.remove(0);
+        assert!(echo.starts_with(&format!("POST /echo?n={n} HTTP/1.1")), "{n}: {:?}", &echo[..60.min(echo.len())]);
+        assert!(echo.to_ascii_lowercase().contains(&format!("content-length: {n}\r\n")), "{n}: length changed");
+        assert!(echo.ends_with(&body), "{n}: the body did not reach the node whole");
+    }
+    s.write_all(b"GET /line HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    assert_eq!(read_answers(&mut s, 1).await, ["GET /line HTTP/1.1"]);
+    task.abort();
+    gw.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_looks_like_a_request_is_a_body() {
+    let (node, task) = framing_node().await;
+    let gw = gateway(&config(node, true)).await;
+    let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+    let inner = "GET /evil HTTP/1.1\r\nHost: x\r\n\r\n";
+    let req = format!(
+        "POST /line HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{inner}GET /line?after HTTP/1.1\r\nHost: x\r\n\r\n",
+        inner.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    assert_eq!(read_answers(&mut s, 2).await, ["POST /line HTTP/1.1", "GET /line?after HTTP/1.1"]);
+    task.abort();
+    gw.shutdown().await;
+}
