@@ -19,6 +19,9 @@ pub const SPLICE_FROM: u64 = 64 * 1024;
 /// the per-user pipe allowance (`/proc/sys/fs/pipe-user-pages-soft`) with every worker's pool.
 const PIPE_SIZE: usize = 256 * 1024;
 
+/// Empty pipes kept per worker for the next long body (creating one costs 2 system calls).
+const POOL: usize = 2;
+
 /// Pipes open in the process, pooled or moving a body: at most `fds::SPLICE_PIPES`, which the
 /// open-files reserve counts (`fds::reserve`), so splices never take the files health checks need.
 static OPEN: AtomicUsize = AtomicUsize::new(0);
@@ -60,9 +63,14 @@ impl Pipe {
     }
 
     /// Back to the worker's pool: only an empty pipe (one cut mid-body still holds bytes and is
-    /// closed).
+    /// closed), and only a few per worker, so that one worker's pool cannot hold every pipe the
+    /// process may have.
     fn put_back(self) {
-        PIPES.with_borrow_mut(|p| p.push(self));
+        PIPES.with_borrow_mut(|p| {
+            if p.len() < POOL {
+                p.push(self);
+            }
+        });
     }
 }
 
