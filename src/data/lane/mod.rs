@@ -288,6 +288,9 @@ impl<S: Rewind> Lane<'_, S> {
             Parsed::Other => return Prep::Other,
             Parsed::Take(h) => h,
         };
+        // A path the router refuses is hyper's path's to answer at once, body or not.
+        let (path, query) = head.path_query();
+        let Ok(routed) = route::route(path, query, |seg| snap.index_of(seg)) else { return Prep::Other };
         // The body is read whole first (it is short): a second try can send it again.
         let whole = head.len + head.body as usize;
         self.awaiting_body = (self.buf.len() < whole).then_some(whole);
@@ -298,8 +301,6 @@ impl<S: Rewind> Lane<'_, S> {
             }
             return Prep::Partial;
         }
-        let (path, query) = head.path_query();
-        let Ok(routed) = route::route(path, query, |seg| snap.index_of(seg)) else { return Prep::Other };
         let proto = match self.client.scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
