@@ -136,27 +136,16 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// The client's address as an `X-Forwarded-For` value: made once per connection, not per request.
 pub fn forwarded_for(addr: std::net::SocketAddr) -> HeaderValue {
-    let v = match addr.ip() {
-        // By hand: `Display`'s formatting cost ~1,300 instructions, 6 % of a new connection's.
+    let text = match addr.ip() {
+        // Without `fmt`: its formatting was 6 % of a new connection's instructions.
         std::net::IpAddr::V4(v4) => {
-            let (mut b, mut n) = ([0u8; 15], 0);
-            for (i, &o) in v4.octets().iter().enumerate() {
-                if i > 0 {
-                    b[n] = b'.';
-                    n += 1;
-                }
-                for (at, digit) in [(100, o / 100), (10, o / 10 % 10), (1, o % 10)] {
-                    if o >= at || at == 1 {
-                        b[n] = b'0' + digit;
-                        n += 1;
-                    }
-                }
-            }
-            HeaderValue::from_bytes(&b[..n])
+            let mut s = String::with_capacity(15);
+            crate::util::push_ipv4(&mut s, v4);
+            s
         }
-        ip => HeaderValue::from_str(&ip.to_string()),
+        ip => ip.to_string(),
     };
-    v.unwrap_or(HeaderValue::from_static("unknown"))
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 pub fn add_forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<HeaderValue>) {

@@ -24,6 +24,7 @@ use crate::control::config::{Config, LogFormat};
 use crate::core::backend::Backend;
 use crate::core::counters::{AccessLogCounters, FrontendCounters};
 use crate::core::Lifecycle;
+use crate::util::push_decimal as num;
 
 /// A worker's buffer is handed to the writer once it holds this much.
 pub const BATCH: usize = 64 * 1024;
@@ -596,24 +597,6 @@ fn time_text(line: &mut String, clock: &mut Clock, at: Instant) {
     line.push('Z');
 }
 
-/// An unsigned integer in decimal, without `fmt` (a digit is one push: no validation, no copy call).
-fn num(line: &mut String, mut n: u64) {
-    if n < 10 {
-        line.push(char::from(b'0' + n as u8));
-        return;
-    }
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    while n > 0 {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    for d in &digits[i..] {
-        line.push(char::from(*d));
-    }
-}
-
 /// The request's client, formatted once per connection when it could be.
 fn client(line: &mut String, r: &HttpRecord) {
     match r.client_label.as_ref().and_then(|v| v.to_str().ok()) {
@@ -633,12 +616,7 @@ fn pad3(line: &mut String, n: u32) {
 fn addr(line: &mut String, a: SocketAddr) {
     match a {
         SocketAddr::V4(v4) => {
-            for (i, o) in v4.ip().octets().iter().enumerate() {
-                if i > 0 {
-                    line.push('.');
-                }
-                num(line, u64::from(*o));
-            }
+            crate::util::push_ipv4(line, *v4.ip());
             line.push(':');
             num(line, u64::from(v4.port()));
         }
