@@ -44,12 +44,7 @@ impl<S: Rewind> Lane<'_, S> {
                 if let Some(client) = self.io.get_ref().plain().filter(|_| left >= splice::SPLICE_FROM) {
                     // No pipe to be had (descriptors short): copied as below.
                     if let Ok(moved) = splice::relay(stream, client, left, wait, self.io.limit()).await {
-                        return match moved {
-                            Ok(n) => Ok((sent + n, true)),
-                            Err((n, splice::Cut::Node)) => Err((sent + n, "SD")),
-                            Err((n, splice::Cut::NodeStalled)) => Err((sent + n, "sD")),
-                            Err((n, splice::Cut::Client)) => Err((sent + n, "CD")),
-                        };
+                        return moved.map(|n| (sent + n, true)).map_err(|(n, why)| (sent + n, why));
                     }
                 }
                 while left > 0 {

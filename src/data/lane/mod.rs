@@ -167,6 +167,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
     let token = ctx.life.shutdown.clone();
     let mut stop = pin!(token.cancelled());
     let mut idle = pin!(tokio::time::sleep(timeout));
+    let stream_is_tls = stream.plain().is_none();
     let mut lane = Lane {
         ctx,
         client,
@@ -176,10 +177,10 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         req: Vec::with_capacity(HEAD_ROOM),
         nbuf: Vec::new(),
         out: Vec::with_capacity(HEAD_ROOM),
-        nodelay: false,
+        // A TLS socket's is set at accept.
+        nodelay: stream_is_tls,
         awaiting_body: None,
     };
-    lane.nodelay = lane.io.get_ref().plain().is_none();
     loop {
         let snap = ctx.core.snapshot_full();
         let mut armed = false;

@@ -80,27 +80,18 @@ impl Drop for Pipe {
     }
 }
 
-/// How a spliced body ended early.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Cut {
-    /// The node closed or failed before the body was whole.
-    Node,
-    /// The node sent nothing for `[timeouts] server`.
-    NodeStalled,
-    /// The client failed, or took nothing for `[timeouts] client`.
-    Client,
-}
-
 /// Move `len` bytes from `node` to `client`. `Ok(len)` when whole; else the bytes the client was
-/// given and why it stopped. `Err` before anything moved only when no pipe could be made (the
-/// caller copies instead).
+/// given and why it stopped, as the access log's termination (the copy's codes): `SD` the node
+/// closed or failed, `sD` it sent nothing for `[timeouts] server`, `CD` the client failed or took
+/// nothing for `[timeouts] client`. `Err` before anything moved only when no pipe could be made
+/// (the caller copies instead).
 pub async fn relay(
     node: &TcpStream,
     client: &TcpStream,
     len: u64,
     server_wait: Duration,
     client_wait: Duration,
-) -> io::Result<Result<u64, (u64, Cut)>> {
+) -> io::Result<Result<u64, (u64, &'static str)>> {
     let p = Pipe::take()?;
     let (mut left, mut held, mut sent) = (len, 0usize, 0u64);
     // Why the node side ended early: what it gave before goes to the client first.
@@ -126,7 +117,7 @@ pub async fn relay(
             // part of a page), not that the node has nothing: the node's readiness is kept then.
             let r = if held == 0 { node.try_io(Interest::READABLE, fill) } else { fill() };
             match r {
-                Ok(0) => node_cut = Some(Cut::Node),
+                Ok(0) => node_cut = Some("SD"),
                 Ok(n) => {
                     held += n;
                     left -= n as u64;
@@ -136,13 +127,13 @@ pub async fn relay(
                     if held == 0 {
                         match tokio::time::timeout(server_wait, node.readable()).await {
                             Ok(Ok(())) => {}
-                            Ok(Err(_)) => node_cut = Some(Cut::Node),
-                            Err(_) => node_cut = Some(Cut::NodeStalled),
+                            Ok(Err(_)) => node_cut = Some("SD"),
+                            Err(_) => node_cut = Some("sD"),
                         }
                         continue;
                     }
                 }
-                Err(_) => node_cut = Some(Cut::Node),
+                Err(_) => node_cut = Some("SD"),
             }
             if held == 0 {
                 continue;
@@ -152,7 +143,7 @@ pub async fn relay(
         // node pauses would wait for the next ones (up to 200 ms) where a copy sends them at once.
         let drain = || pipe::splice(&p.read, None, client, None, held, SpliceFlags::NONBLOCK).map_err(io::Error::from);
         match client.try_io(Interest::WRITABLE, drain) {
-            Ok(0) => break Err((sent, Cut::Client)),
+            Ok(0) => break Err((sent, "CD")),
             Ok(n) => {
                 held -= n;
                 sent += n as u64;
@@ -160,10 +151,10 @@ pub async fn relay(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 match tokio::time::timeout(client_wait, client.writable()).await {
                     Ok(Ok(())) => {}
-                    _ => break Err((sent, Cut::Client)),
+                    _ => break Err((sent, "CD")),
                 }
             }
-            Err(_) => break Err((sent, Cut::Client)),
+            Err(_) => break Err((sent, "CD")),
         }
     };
     if held == 0 {
@@ -233,14 +224,14 @@ mod tests {
         });
         let t = Duration::from_secs(5);
         let r = relay(&gw_node, &gw_client, 200_000, t, t).await.expect("pipe");
-        assert_eq!(r, Err((100_000, Cut::Node)));
+        assert_eq!(r, Err((100_000, "SD")));
         drop(gw_client);
         assert_eq!(drain.await.expect("drain"), 100_000);
 
         let ((mut node_end, gw_node), (gw_client, _client)) = pairs().await;
         node_end.write_all(&[7u8; 10]).await.expect("write");
         let r = relay(&gw_node, &gw_client, 200_000, Duration::from_millis(200), t).await.expect("pipe");
-        assert_eq!(r, Err((10, Cut::NodeStalled)));
+        assert_eq!(r, Err((10, "sD")));
     }
 
     #[tokio::test]
@@ -278,7 +269,7 @@ mod tests {
             .await
             .expect("pipe");
         match r {
-            Err((n, Cut::Client)) => assert!(n < 64 << 20, "cut before the end ({n})"),
+            Err((n, "CD")) => assert!(n < 64 << 20, "cut before the end ({n})"),
             other => panic!("expected a client cut, got {other:?}"),
         }
         writer.abort();
