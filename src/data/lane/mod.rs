@@ -417,14 +417,7 @@ impl<S: Rewind> Lane<'_, S> {
             attempt += 1;
             let Some(idx) = proxy::choose(self.ctx, snap, job.pinned, self.client, &tried)? else { break };
             let node = snap.nodes[idx].clone();
-            if tries > 0 {
-                node.counters.retries.fetch_add(1, Ordering::Relaxed);
-            }
-            tries += 1;
-            if let Some(r) = job.log.as_mut() {
-                r.retries = tries - 1;
-                r.node = Some(node.clone());
-            }
+            proxy::count_try(&node, &mut tries, job.log.as_deref_mut());
             let guard = node.track();
             let connecting = job.log.is_some().then(Instant::now);
             let pooled = if fresh_only { None } else { node.take_raw(cfg.timeouts.pool_idle.0) };

@@ -320,6 +320,19 @@ struct Prepared {
     log: Option<Box<HttpRecord>>,
 }
 
+/// A try of a request on `node` (both paths' attempts): a retry counted on the node after the
+/// first try, and the access log told the node and the retries so far.
+pub(crate) fn count_try(node: &Arc<Backend>, tries: &mut u32, log: Option<&mut HttpRecord>) {
+    if *tries > 0 {
+        node.counters.retries.fetch_add(1, Ordering::Relaxed);
+    }
+    *tries += 1;
+    if let Some(r) = log {
+        r.retries = *tries - 1;
+        r.node = Some(node.clone());
+    }
+}
+
 async fn forward(
     ctx: &Context,
     snap: &Arc<Snapshot>,
@@ -376,14 +389,7 @@ async fn attempts(
         attempt += 1;
         let Some(idx) = choose(ctx, snap, p.pinned, client, &tried)? else { break };
         let node = snap.nodes[idx].clone();
-        if tries > 0 {
-            node.counters.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        tries += 1;
-        if let Some(r) = p.log.as_mut() {
-            r.retries = tries - 1;
-            r.node = Some(node.clone());
-        }
+        count_try(&node, &mut tries, p.log.as_deref_mut());
         let guard = node.track();
         let connecting = Instant::now();
         // A pooled connection is taken without a future; only a new one is awaited (boxed: the
