@@ -511,6 +511,27 @@ enum SizeAt {
 pub struct BadChunk;
 
 impl Chunks {
+    /// Follow `bytes` as if they came in pieces cut at `cuts` (increasing offsets), from a fresh
+    /// state: where the body ended (an offset into `bytes`) and its payload. What a relay sees of
+    /// a body whatever its reads; the unit tests and the `lane_wire` fuzz check compare cuttings.
+    pub fn in_pieces(bytes: &[u8], cuts: &[usize]) -> (Result<Option<usize>, BadChunk>, u64) {
+        let mut c = Chunks::default();
+        let mut from = 0;
+        for &to in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            match c.feed(&bytes[from..to]) {
+                Ok(Some(n)) => {
+                    // `feed`'s promise, checked wherever tests and the fuzzer run this.
+                    debug_assert!(n <= to - from, "feed ended after {n} of {} bytes", to - from);
+                    return (Ok(Some(from + n)), c.payload);
+                }
+                Ok(None) => {}
+                Err(e) => return (Err(e), c.payload),
+            }
+            from = to;
+        }
+        (Ok(None), c.payload)
+    }
+
     /// Follow `bytes`; `Some(n)`: the body ended after `n` of them.
     pub fn feed(&mut self, bytes: &[u8]) -> Result<Option<usize>, BadChunk> {
         use ChunkState::*;

@@ -151,27 +151,12 @@ fn values<'a>(lines: &'a [(String, String)], name: &str) -> Vec<&'a str> {
     lines.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
 }
 
-/// Feed `bytes` to a fresh [`Chunks`] in pieces cut at `cuts` (increasing offsets); the end as an
-/// offset into `bytes`, and the payload counted.
 fn chunks_in_pieces(bytes: &[u8], cuts: &[usize]) -> (Result<Option<usize>, BadChunk>, u64) {
-    let mut c = Chunks::default();
-    let mut from = 0;
-    for &to in cuts.iter().chain(std::iter::once(&bytes.len())) {
-        match c.feed(&bytes[from..to]) {
-            Ok(Some(n)) => {
-                assert!(n <= to - from, "feed consumed {n} of {} bytes", to - from);
-                return (Ok(Some(from + n)), c.payload);
-            }
-            Ok(None) => {}
-            Err(e) => return (Err(e), c.payload),
-        }
-        from = to;
-    }
-    (Ok(None), c.payload)
+    Chunks::in_pieces(bytes, cuts)
 }
 
 fn chunks_whole(bytes: &[u8]) -> (Result<Option<usize>, BadChunk>, u64) {
-    chunks_in_pieces(bytes, &[])
+    Chunks::in_pieces(bytes, &[])
 }
 
 // ---------------------------------------------------------------------------------------------
