@@ -129,13 +129,18 @@ impl Drop for Relay {
     }
 }
 
-/// Read one whole request (head and Content-Length body) from `c`: every byte read, the request
-/// and whatever came behind it in the same reads; None if the peer closed first.
-/// The length of the first whole HTTP/1.1 message in `buf` (head, then a Content-Length body or
-/// none), if it is all there.
+/// The length of the first whole HTTP/1.1 message in `buf` (head, then a Content-Length or a
+/// chunked body, or none), if it is all there.
 pub fn message_len(buf: &[u8]) -> Option<usize> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let chunked =
+        head.lines().find_map(|l| l.strip_prefix("transfer-encoding:")).is_some_and(|v| v.trim().ends_with("chunked"));
+    if chunked {
+        // A sender may write the head and the chunks apart: the message ends after the last
+        // chunk and its trailers, not at the head.
+        return chunked_end(buf, end + 4);
+    }
     let len = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length:"))
@@ -144,6 +149,34 @@ pub fn message_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= end + 4 + len).then_some(end + 4 + len)
 }
 
+/// Where a chunked body starting at `at` ends (after the empty line closing its trailers).
+fn chunked_end(buf: &[u8], mut at: usize) -> Option<usize> {
+    let line = |from: usize| buf.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|p| from + p);
+    loop {
+        let eol = line(at)?;
+        let text = String::from_utf8_lossy(&buf[at..eol]);
+        let size = usize::from_str_radix(text.split(';').next().unwrap_or("").trim(), 16).ok()?;
+        at = eol + 2;
+        if size == 0 {
+            // Trailers, then an empty line.
+            loop {
+                let eol = line(at)?;
+                let empty = eol == at;
+                at = eol + 2;
+                if empty {
+                    return Some(at);
+                }
+            }
+        }
+        at += size + 2;
+        if buf.len() < at {
+            return None;
+        }
+    }
+}
+
+/// Read one whole request (head and Content-Length or chunked body) from `c`: every byte read,
+/// the request and whatever came behind it in the same reads; None if the peer closed first.
 pub async fn read_request(c: &mut TcpStream) -> Option<Vec<u8>> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -228,5 +261,22 @@ impl CannedNode {
 impl Drop for CannedNode {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::message_len;
+
+    #[test]
+    fn a_chunked_message_ends_after_its_last_chunk_and_trailers() {
+        let m = b"POST /c HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n4;x=1\r\nbody\r\n0\r\nt: 1\r\n\r\nGET / HTTP/1.1\r\n\r\n";
+        let whole = m.len() - b"GET / HTTP/1.1\r\n\r\n".len();
+        assert_eq!(message_len(m), Some(whole));
+        for cut in [47, 50, 58, whole - 1] {
+            assert_eq!(message_len(&m[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(message_len(b"GET / HTTP/1.1\r\ncontent-length: 2\r\n\r\nab"), Some(39));
+        assert_eq!(message_len(b"GET / HTTP/1.1\r\ncontent-length: 2\r\n\r\na"), None);
     }
 }
