@@ -36,7 +36,7 @@ use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
 use crate::core::{Core, Lifecycle};
 use crate::data::balance;
-use crate::data::edge::access_log::{BytesIn, HttpRecord, WsRecord};
+use crate::data::edge::access_log::{self, BytesIn, HttpRecord, Target, WsRecord};
 use crate::data::edge::limits::{Place, RateVerdict};
 use crate::data::edge::Edge;
 use crate::data::route::{self, RouteError};
@@ -146,7 +146,7 @@ pub struct ClientInfo {
     pub place: Option<Place>,
     /// `addr` as the access log writes it (`ip:port`), made once per connection when the log is
     /// on (formatting it per request cost a tenth of a line).
-    pub label: Option<HeaderValue>,
+    pub label: Option<Arc<str>>,
 }
 
 impl ClientInfo {
@@ -156,7 +156,7 @@ impl ClientInfo {
 
     /// The same, with its access log label made now.
     pub fn labelled(mut self) -> ClientInfo {
-        self.label = HeaderValue::from_str(&self.addr.to_string()).ok();
+        self.label = Some(access_log::label(self.addr));
         self
     }
 }
@@ -225,23 +225,13 @@ pub fn begin_log(
     client: &ClientInfo,
 ) -> Option<Box<HttpRecord>> {
     snap.config.access_log.as_ref()?;
-    Some(Box::new(HttpRecord {
-        config: snap.config.clone(),
-        log: ctx.edge.log.clone(),
-        start: Instant::now(),
-        client: client.addr,
-        client_label: client.label.clone(),
-        method: method.clone(),
-        uri: uri.clone(),
-        status: 0,
-        node: None,
-        connect: None,
-        wait: None,
-        retries: 0,
-        termination: "--",
-        request_id: None,
-        bytes_in: BytesIn::None,
-    }))
+    Some(Box::new(HttpRecord::new(
+        snap.config.clone(),
+        ctx.edge.log.clone(),
+        (client.addr, client.label.clone()),
+        method.clone(),
+        Target::Uri(uri.clone()),
+    )))
 }
 
 /// The response with its access log line, written when its body ends.
@@ -391,7 +381,7 @@ async fn attempts(
         let node = snap.nodes[idx].clone();
         count_try(&node, &mut tries, p.log.as_deref_mut());
         let guard = node.track();
-        let connecting = Instant::now();
+        let connecting = p.log.is_some().then(Instant::now);
         // A pooled connection is taken without a future; only a new one is awaited (boxed: the
         // connect future is large, and inline it would be copied around with every request's).
         let pooled = if fresh_only { None } else { node.take_idle(cfg.timeouts.pool_idle.0) };
@@ -415,7 +405,7 @@ async fn attempts(
             }
         };
         if let Some(r) = p.log.as_mut() {
-            r.connect = Some(connecting.elapsed());
+            r.connect = connecting.map(|t| t.elapsed());
         }
         let Some(request) = pending.take() else { break };
         // What a re-send after a keep-alive race needs, kept only when that race is possible.
@@ -671,7 +661,7 @@ async fn exchange(
                     log: r.log,
                     start: r.start,
                     client: r.client,
-                    uri: r.uri,
+                    uri: r.target.into_uri(),
                     node: node.clone(),
                 })
             });

@@ -31,7 +31,7 @@ fn numbers_and_addresses_without_fmt() {
 fn times_and_durations() {
     // An anchor at a known wall-clock time: an instant 123 ms later reads 123 ms later.
     let now = Instant::now();
-    let wall = UNIX_EPOCH + Duration::from_millis(1_764_633_600_000);
+    let wall = Duration::from_millis(1_764_633_600_000);
     let mut clock = Clock { anchor: Some((now, wall)), second: u64::MAX, text: String::new() };
     let mut s = String::new();
     time_json(&mut s, &mut clock, now + Duration::from_millis(123));
@@ -41,13 +41,41 @@ fn times_and_durations() {
     assert_eq!(s, "2025-12-02T00:00:00.200Z");
     // An anchor a second old is renewed from the clocks.
     let mut old = Clock { anchor: Some((now - Duration::from_secs(5), wall)), second: u64::MAX, text: String::new() };
-    let w = old.wall(Instant::now());
+    let w = UNIX_EPOCH + old.since_epoch(Instant::now());
     let off = w.duration_since(SystemTime::now()).unwrap_or_else(|e| e.duration());
     assert!(off < Duration::from_secs(1), "the anchor was renewed from the clocks: {w:?}");
     let mut s = String::new();
     ms(&mut s, Some(Duration::from_micros(1234)));
     ms_text(&mut s, None);
     assert_eq!(s, "1.234-");
+    // A request that began before the anchor was read: read back from it.
+    let mut s = String::new();
+    time_text(&mut s, &mut clock, now - Duration::from_millis(5));
+    assert_eq!(s, "2025-12-01T23:59:59.995Z");
+    let mut s = String::new();
+    ms(&mut s, Some(Duration::new(3, 999_999_999)));
+    assert_eq!(s, "3999.999", "microseconds, truncated");
+}
+
+/// The fast lane's target is written as sent (its bytes need no escaping), masks applied; hyper's
+/// path's is escaped; a client label made once reads as the address does.
+#[test]
+fn lane_targets_masks_and_labels() {
+    let mask = vec!["jwt".to_string()];
+    let mut s = String::new();
+    target(&mut s, &Target::Plain("/_now?jwt=abc&x=1".into()), &mask, true);
+    s.push(' ');
+    target(&mut s, &Target::Plain("/a/b".into()), &mask, true);
+    s.push(' ');
+    target(&mut s, &Target::Uri(Uri::from_static("/q?jwt=1")), &mask, true);
+    assert_eq!(s, "/_now?jwt=***&x=1 /a/b /q?jwt=***");
+    assert_eq!(Target::Plain("/p?q=1".into()).into_uri(), Uri::from_static("/p?q=1"));
+    assert_eq!(&*label("203.0.113.7:40001".parse().expect("v4")), "203.0.113.7:40001");
+    assert_eq!(&*label("[2001:db8::7]:5".parse().expect("v6")), "[2001:db8::7]:5");
+    let mut s = String::new();
+    json_escape(&mut s, "cluster_kuzzle_1 with a longer name than sixteen bytes");
+    json_escape(&mut s, "\u{1f}");
+    assert_eq!(s, "cluster_kuzzle_1 with a longer name than sixteen bytes\\u001f");
 }
 
 /// A record of a request to `/x` for a log at `path`.
@@ -60,7 +88,7 @@ fn record(log: &Arc<AccessLog>, path: &std::path::Path) -> HttpRecord {
         client: "127.0.0.1:9".parse().expect("addr"),
         client_label: None,
         method: Method::GET,
-        uri: Uri::from_static("/x"),
+        target: Target::Uri(Uri::from_static("/x")),
         status: 200,
         node: None,
         connect: None,
