@@ -15,7 +15,12 @@ pub struct Rate {
 
 impl Rate {
     pub fn tick(&self) {
-        let sec = crate::util::epoch_secs() & 0xffff_ffff;
+        self.tick_at(crate::util::epoch_secs());
+    }
+
+    /// `tick` for a caller that has read the clock (`now`: seconds since the epoch).
+    pub fn tick_at(&self, now: u64) {
+        let sec = now & 0xffff_ffff;
         let cur = self.cur.load(Ordering::Relaxed);
         if cur >> 32 == sec {
             self.cur.fetch_add(1, Ordering::Relaxed);
@@ -229,8 +234,10 @@ impl NodeCounters {
     pub fn session_started(&self, active_now: u64) {
         self.sessions_total.fetch_add(1, Ordering::Relaxed);
         self.max_active.fetch_max(active_now, Ordering::Relaxed);
-        self.session_rate.tick();
-        self.last_session.store(crate::util::epoch_secs(), Ordering::Relaxed);
+        // One clock read for both (~70 instructions a request).
+        let now = crate::util::epoch_secs();
+        self.session_rate.tick_at(now);
+        self.last_session.store(now, Ordering::Relaxed);
     }
 }
 
