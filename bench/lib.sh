@@ -147,17 +147,20 @@ kernel_counts() {
 }
 # cpu_ticks PID: the TOTAL of cpu_split.
 cpu_ticks() { cpu_split "$1" | cut -d' ' -f1; }
-# Busy and total ticks of each CPU, "busy total" per line (cpu0 first), from /proc/stat.
-cpu_lines() { awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+# Busy, total and stolen ticks of each CPU, "busy total steal" per line (cpu0 first), from
+# /proc/stat (steal: time the hypervisor ran something else; it counts as busy).
+cpu_lines() { awk '/^cpu[0-9]/ { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t, $9 }' /proc/stat; }
 
 # with_cpu PID CMD...: run CMD (output is the caller's to redirect); set CPU_S to the CPU seconds
 # PID and its descendants used meanwhile (user + system), USER_PCT to the user share of it (%), WALL_S to the wall-clock seconds and
 # BUSY to how busy each CPU of the machine was meanwhile, all processes counted ("93 71": % of
-# cpu0, of cpu1): shows whether the load side was saturated, and what else ran on the proxy's CPU.
+# cpu0, of cpu1): shows whether the load side was saturated, and what else ran on the proxy's CPU;
+# STEAL to the share of each CPU the hypervisor gave to other machines meanwhile ("0 12", %): on
+# a shared host, a window with steal charges the proxy more CPU for the same work.
 CLK_TCK=$(getconf CLK_TCK)
-# shellcheck disable=SC2034  # CPU_S, WALL_S and BUSY are the callers' to read
+# shellcheck disable=SC2034  # CPU_S, WALL_S, BUSY and STEAL are the callers' to read
 with_cpu() {
-  local pid=$1 c0 u0 c1 u1 t0 s0 rc=0 c
+  local pid=$1 c0 u0 c1 u1 t0 s0 s1 rc=0 c
   shift
   read -r c0 u0 <<<"$(cpu_split "$pid")"; t0=$(date +%s%N); s0=$(cpu_lines)
   "$@" || rc=$?
@@ -166,8 +169,11 @@ with_cpu() {
   CPU_S=$(awk -v c="$c" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", c / hz }')
   USER_PCT=$(awk -v u="$((u1 - u0))" -v c="$c" 'BEGIN { printf "%.0f", (c > 0) ? 100 * u / c : 0 }')
   WALL_S=$(awk -v ns="$(($(date +%s%N) - t0))" 'BEGIN { printf "%.3f", ns / 1e9 }')
-  BUSY=$(paste -d' ' <(echo "$s0") <(cpu_lines) |
-    awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), ($4 > $2) ? 100 * ($3 - $1) / ($4 - $2) : 0 }')
+  s1=$(cpu_lines)
+  BUSY=$(paste -d' ' <(echo "$s0") <(echo "$s1") |
+    awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), ($5 > $2) ? 100 * ($4 - $1) / ($5 - $2) : 0 }')
+  STEAL=$(paste -d' ' <(echo "$s0") <(echo "$s1") |
+    awk '{ printf "%s%.0f", (NR > 1 ? " " : ""), ($5 > $2) ? 100 * ($6 - $3) / ($5 - $2) : 0 }')
   return "$rc"
 }
 

@@ -29,6 +29,8 @@
 #                    a run of a few seconds, enough CPU ticks for a steady per-CPU figure)
 #   TLS_KEY [ec]     ec: ECDSA P-256 certificate; rsa: RSA 2048
 #   GW_BIN           gateway binary [$CARGO_TARGET_DIR or target, /release/kuzzle-gateway]
+#   STEAL_MAX [10]   a measurement in which the hypervisor stole more than this % of CPU 1 is
+#                    taken again (at most twice; the least stolen one is kept)
 #   SKIP_BUILD [0]   1: build nothing (else cargo builds the sim, the load tools and, when GW_BIN
 #                    is the default, the gateway; cargo rebuilds only what changed)
 set -euo pipefail
@@ -49,6 +51,7 @@ WS_ROUND_TRIPS=${WS_ROUND_TRIPS:-$([ "$QUICK" = 1 ] && echo 200 || echo 1000)}
 TLS_KEY=${TLS_KEY:-ec}
 PING_WINDOW=${PING_WINDOW:-$([ "$QUICK" = 1 ] && echo 6 || echo 12)}
 SYSCALLS=${SYSCALLS:-0}
+STEAL_MAX=${STEAL_MAX:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u '+%Y-%m-%d %H:%M')
@@ -387,6 +390,7 @@ targets_of() {
 # (no pipe, no $(...)), so that what it starts is known to the exit trap and BUSY comes back.
 measure() {
   local c=$1 t=$2
+  STEAL="0 0"
   case $c in
     get-ka | two-cores | get-ka-log | get-ka-close) wrk_measure "$t" "$CONNS" "http://${URL[$t]}/_now" ;;
     get-close) wrk_measure "$t" "$CONNS" "http://${URL[$t]}/_now" -H "Connection: close" ;;
@@ -398,11 +402,12 @@ measure() {
     ws-ping-1k) ws_ping_measure "$t" 1000 ;;
     ws-ping-9k) ws_ping_measure "$t" 9000 ;;
   esac >"$WORK/measure.line"
-  echo "$(<"$WORK/measure.line") $BUSY ${USER_PCT:--}"
+  echo "$(<"$WORK/measure.line") $BUSY ${USER_PCT:--} ${STEAL##* }"
 }
 
 # --- the rounds: every case, every target, order rotated each round ---------------------------
 declare -A RES
+RETRIED=0
 for r in $(seq 1 "$ROUNDS"); do
   for c in $CASES; do
     read -ra ts <<<"$(targets_of "$c")"
@@ -412,11 +417,21 @@ for r in $(seq 1 "$ROUNDS"); do
       if [ "$r" = 1 ] && [ "$c" != ws-idle ] && [ "$c" != ws-relay ] && [ "${c#ws-ping}" = "$c" ]; then
         DURATION=1 measure "$c" "$t" >/dev/null    # warm-up: pools, caches, page faults
       fi
-      # Not in a $(...) subshell: what measure starts must be known to the exit trap.
-      measure "$c" "$t" >"$WORK/line"
-      line=$(<"$WORK/line")
+      # Not in a $(...) subshell: what measure starts must be known to the exit trap. A window
+      # in which the hypervisor took more than STEAL_MAX % of the proxy's CPU is measured again
+      # (twice at most; the least stolen is kept): such windows charged every proxy 2-5 x its
+      # CPU for the same heartbeats (2026-12-03, steal up to 56 %).
+      for try in 0 1 2; do
+        measure "$c" "$t" >"$WORK/line"
+        steal=$(awk '{ print $10 + 0 }' "$WORK/line")
+        if [ "$try" = 0 ] || [ "$steal" -lt "$kept_steal" ]; then line=$(<"$WORK/line"); kept_steal=$steal; fi
+        [ "$steal" -le "$STEAL_MAX" ] && break
+        log "round $r/$ROUNDS $c $t: $steal % of CPU 1 stolen by the hypervisor meanwhile$([ "$try" -lt 2 ] && echo ': measured again in 5 s')"
+        RETRIED=$((RETRIED + 1))
+        [ "$try" -lt 2 ] && sleep 5
+      done
       RES[$c,$t]="${RES[$c,$t]:-}$line"$'\n'
-      log "round $r/$ROUNDS $c $t: $line (value p50 p99 errors cpu% per-cpu-s cpu0% cpu1% user%)"
+      log "round $r/$ROUNDS $c $t: $line (value p50 p99 errors cpu% per-cpu-s cpu0% cpu1% user% steal%)"
     done
   done
 done
@@ -496,6 +511,15 @@ foreign_load() {
     END { if (NR) printf "median %d %%, max %d %% of the core (%d measurements)", a[int((NR + 1) / 2)], a[NR], NR; else print "n/a" }'
 }
 
+# stolen: the steal % of CPU 1 over the kept measurements (10th field of each line).
+stolen() {
+  local c t
+  for c in $CASES; do
+    for t in $(targets_of "$c"); do printf '%s' "${RES[$c,$t]:-}" | awk 'NF { print $10 + 0 }'; done
+  done | sort -g | awk '{ a[NR] = $1 }
+    END { if (NR) printf "median %d %%, max %d %%", a[int((NR + 1) / 2)], a[NR]; else print "n/a" }'
+}
+
 mkdir -p "$ROOT/target/bench"
 OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
 {
@@ -508,6 +532,7 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
     awk -v t="$t" '/^requests/ { printf "%s %s %s %s; ", t, $14, $16, $18 }' "$WORK/tls-$t.out"; done)certificate: $TLS_KEY"
   echo "load average at start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine)"
   echo "CPU 1 busy beyond the measured proxy: $(foreign_load)"
+  echo "CPU 1 stolen by the hypervisor during the kept measurements: $(stolen) ($RETRIED measured again for more than $STEAL_MAX %)"
   if has_case get-ka-log; then
     echo "access log (get-ka-log): $(wc -l <"$WORK/access.log") lines, $(mib $(($(stat -c %s "$WORK/access.log") / 1024))) MiB written; first line: $(head -c 400 "$WORK/access.log" | head -1)"
     # Each round measures both back to back: the ratio of each pair drifts less with the machine's
@@ -547,6 +572,12 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
       r = (a > 0) ? b / a : 0
       printf "| ws-ping 9k / 1k | CPU per 1,000 connections at 9,000 over at 1,000 | %.2f | - | - | - | gateway at 1k | %.2f | <= 1.10 | %s |\n",
         r, r, (r <= 1.10) ? "PASS" : "MISS" }'
+  fi
+  if has_case ws-ping-1k && has_case ws-ping-9k; then
+    # What one more connection costs, the baseline and what the opening left in the allocator's
+    # pages taken out: (9,000 x per-connection at 9k - 1,000 x per-connection at 1k) / 8,000.
+    m() { awk -v a="$(med ws-ping-1k "$1" 2)" -v b="$(med ws-ping-9k "$1" 2)" 'BEGIN { printf "%.2f", (9000 * b - 1000 * a) / 8000 }'; }
+    echo "| ws-ping 1k..9k | RSS KiB per connection added from 1,000 to 9,000 | $(m kuzzle-gateway) | $(m nginx) | $(m haproxy) | - | - | - | - | (figure) |"
   fi
   has_case ws-idle && row ws-idle "RSS KiB per WebSocket ($WS_IDLE open)" 1 kuzzle-gateway nginx haproxy - - "4 KiB" le 4
   if has_case ws-relay; then
@@ -600,14 +631,14 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
     "per CPU-s: requests, messages or handshakes per CPU-second of it; CPU0/CPU1 busy: the whole machine's use of" \
     "each CPU meanwhile, every process counted; CPU 1 well above the target's CPU % means other work shared its core;" \
     "user % of CPU: the share of the target's CPU time spent in its own code, the rest in the kernel on its behalf;" \
-    "all rounds: lowest-highest of the rounds):"
+    "steal %: CPU 1's time the hypervisor gave to other machines meanwhile; all rounds: lowest-highest of the rounds):"
   echo
-  echo "| case | target | value | p50 ms | p99 ms | errors | CPU % | per CPU-s | CPU0 busy % | CPU1 busy % | user % of CPU | value, all rounds | per CPU-s, all rounds |"
-  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+  echo "| case | target | value | p50 ms | p99 ms | errors | CPU % | per CPU-s | CPU0 busy % | CPU1 busy % | user % of CPU | steal % | value, all rounds | per CPU-s, all rounds |"
+  echo "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
   for c in $CASES; do
     for t in $(targets_of "$c"); do
       printf '| %s | %s |' "$c" "$t"
-      for f in 1 2 3 4 5 6 7 8 9; do printf ' %s |' "$(med "$c" "$t" "$f")"; done
+      for f in 1 2 3 4 5 6 7 8 9 10; do printf ' %s |' "$(med "$c" "$t" "$f")"; done
       echo " $(spread "$c" "$t" 1) | $(spread "$c" "$t" 6) |"
     done
   done
