@@ -974,3 +974,14 @@ fn decimal_lengths() {
         assert_eq!(digits(bad), None, "{bad:?}");
     }
 }
+
+/// The access log writes a lane target as it is (`access_log::Target::Plain`): no byte JSON would
+/// escape may pass.
+#[test]
+fn no_target_byte_needs_json_escaping() {
+    for b in 0..=255u8 {
+        if target_byte(b) {
+            assert!(b >= 0x20 && b != b'"' && b != b'\\' && b < 0x7f, "byte {b:#x}");
+        }
+    }
+}
