@@ -57,6 +57,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 STARTED=$(date -u '+%Y-%m-%d %H:%M')
 
 . "$ROOT/bench/lib.sh"
+[[ $STEAL_MAX =~ ^[0-9]+$ ]] || die "STEAL_MAX is a whole percentage, not '$STEAL_MAX'"
 GW_BIN=${GW_BIN:-$BIN_DIR/kuzzle-gateway}
 WS_BIN=$BIN_DIR/examples/ws_idle
 TLS_BIN=$BIN_DIR/examples/tls_load
@@ -252,7 +253,8 @@ done
 log "backend nginx :${BK_PORTS[*]}, sims :${SIM_PORTS[*]}; proxies on CPU $PROXY_CPUS; load on CPU $LOAD_CPUS"
 
 # --- measurements: each prints "value p50_ms p99_ms errors cpu_pct per_cpu_s", and measure adds
-# the busy % of CPU 0 and CPU 1 (whole machine) during the measurement.
+# the busy % of CPU 0 and CPU 1 (whole machine) during the measurement, the user share of the
+# target's CPU and the steal % of the CPU it ran on.
 # wrk_measure PROC CONNS URL [wrk options]: value = requests/s; per_cpu_s = requests per CPU-second
 # of PROC (the proxy, or the backend for direct).
 wrk_measure() {
@@ -304,7 +306,7 @@ start_fresh() {
 # WebSocket with WS_IDLE open; the p50 column carries the seconds it took to open them.
 ws_idle_measure() {
   local kind=$1 name=idle-$1 rss0 rss1 out=$WORK/ws-idle.out
-  BUSY="- -"; USER_PCT=-
+  BUSY="- -"; USER_PCT=-; STEAL="- -"
   start_fresh "$kind" "$name"
   rss0=$(rss_kib "${PID[$name]}")
   ws_open idle "ws://${URL[$name]}/" "$WS_IDLE"
@@ -386,8 +388,10 @@ targets_of() {
   esac
 }
 
-# measure CASE TARGET: one measurement, its line plus the busy % of both CPUs. Runs in this shell
-# (no pipe, no $(...)), so that what it starts is known to the exit trap and BUSY comes back.
+# measure CASE TARGET: one measurement, its line plus the busy % of CPU 0 and 1, the user share
+# and the steal % of the target's CPU (CPU 0 for direct*, the larger of both for two-cores). Runs
+# in this shell (no pipe, no $(...)), so that what it starts is known to the exit trap and BUSY,
+# USER_PCT and STEAL come back.
 measure() {
   local c=$1 t=$2
   STEAL="0 0"
@@ -402,7 +406,15 @@ measure() {
     ws-ping-1k) ws_ping_measure "$t" 1000 ;;
     ws-ping-9k) ws_ping_measure "$t" 9000 ;;
   esac >"$WORK/measure.line"
-  echo "$(<"$WORK/measure.line") $BUSY ${USER_PCT:--} ${STEAL##* }"
+  local b0 b1 s0 s1 st
+  read -r b0 b1 _ <<<"$BUSY"
+  read -r s0 s1 _ <<<"$STEAL"
+  case $t in
+    direct*) st=$s0 ;;
+    *-2cores) st=$(awk -v a="$s0" -v b="$s1" 'BEGIN { print (a > b) ? a : b }') ;;
+    *) st=$s1 ;;
+  esac
+  echo "$(<"$WORK/measure.line") $b0 $b1 ${USER_PCT:--} $st"
 }
 
 # --- the rounds: every case, every target, order rotated each round ---------------------------
@@ -427,8 +439,7 @@ for r in $(seq 1 "$ROUNDS"); do
         if [ "$try" = 0 ] || [ "$steal" -lt "$kept_steal" ]; then line=$(<"$WORK/line"); kept_steal=$steal; fi
         [ "$steal" -le "$STEAL_MAX" ] && break
         log "round $r/$ROUNDS $c $t: $steal % of CPU 1 stolen by the hypervisor meanwhile$([ "$try" -lt 2 ] && echo ': measured again in 5 s')"
-        RETRIED=$((RETRIED + 1))
-        [ "$try" -lt 2 ] && sleep 5
+        [ "$try" -lt 2 ] && RETRIED=$((RETRIED + 1)) && sleep 5
       done
       RES[$c,$t]="${RES[$c,$t]:-}$line"$'\n'
       log "round $r/$ROUNDS $c $t: $line (value p50 p99 errors cpu% per-cpu-s cpu0% cpu1% user% steal%)"
@@ -459,7 +470,8 @@ fi
 
 # --- report ----------------------------------------------------------------------------------
 # med CASE TARGET FIELD: median over the rounds of one column (1 value, 2 p50, 3 p99, 4 errors,
-# 5 cpu %, 6 per CPU-second, 7 and 8 busy % of CPU 0 and 1, 9 user share of the target's CPU %);
+# 5 cpu %, 6 per CPU-second, 7 and 8 busy % of CPU 0 and 1, 9 user share of the target's CPU %,
+# 10 steal % of the target's CPU);
 # each column has its own median.
 med() {
   printf '%s' "${RES[$1,$2]:-}" | awk -v f="$3" 'NF { print $f }' | sort -g |
@@ -515,7 +527,7 @@ foreign_load() {
 stolen() {
   local c t
   for c in $CASES; do
-    for t in $(targets_of "$c"); do printf '%s' "${RES[$c,$t]:-}" | awk 'NF { print $10 + 0 }'; done
+    for t in $(targets_of "$c"); do printf '%s' "${RES[$c,$t]:-}" | awk 'NF && $10 != "-" { print $10 + 0 }'; done
   done | sort -g | awk '{ a[NR] = $1 }
     END { if (NR) printf "median %d %%, max %d %%", a[int((NR + 1) / 2)], a[NR]; else print "n/a" }'
 }

@@ -130,7 +130,8 @@ impl Drop for Relay {
 }
 
 /// The length of the first whole HTTP/1.1 message in `buf` (head, then a Content-Length or a
-/// chunked body, or none), if it is all there.
+/// chunked body, or none), if it is all there. The head alone decides: an answer that has no body
+/// whatever its headers say (to a HEAD; a 204 or 304) must not be read with it.
 pub fn message_len(buf: &[u8]) -> Option<usize> {
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
@@ -168,7 +169,7 @@ fn chunked_end(buf: &[u8], mut at: usize) -> Option<usize> {
                 }
             }
         }
-        at += size + 2;
+        at = at.checked_add(size)?.checked_add(2)?;
         if buf.len() < at {
             return None;
         }
@@ -208,7 +209,7 @@ where
     (addr, task)
 }
 
-/// A fake node that reads each whole request (head and Content-Length body), then closes without
+/// A fake node that reads each whole request (head and Content-Length or chunked body), then closes without
 /// answering: it may have acted on the request, so only idempotent ones may be re-sent.
 /// Stops when the returned task is aborted (or the runtime ends).
 pub async fn rude_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::FutureExt as _;
@@ -381,10 +381,11 @@ async fn attempts(
         let node = snap.nodes[idx].clone();
         count_try(&node, &mut tries, p.log.as_deref_mut());
         let guard = node.track();
-        let connecting = p.log.is_some().then(Instant::now);
         // A pooled connection is taken without a future; only a new one is awaited (boxed: the
         // connect future is large, and inline it would be copied around with every request's).
         let pooled = if fresh_only { None } else { node.take_idle(cfg.timeouts.pool_idle.0) };
+        // Taken from the pool at once: no time to log (as on the lane); else the wait is timed.
+        let connecting = (p.log.is_some() && pooled.is_none()).then(Instant::now);
         let checkout = match pooled {
             Some(s) => Ok((s, true)),
             None if fresh_only => {
@@ -405,7 +406,7 @@ async fn attempts(
             }
         };
         if let Some(r) = p.log.as_mut() {
-            r.connect = connecting.map(|t| t.elapsed());
+            r.connect = Some(connecting.map_or(Duration::ZERO, |t| t.elapsed()));
         }
         let Some(request) = pending.take() else { break };
         // What a re-send after a keep-alive race needs, kept only when that race is possible.
