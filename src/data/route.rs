@@ -78,7 +78,10 @@ pub fn route<'a, T>(
 
 /// Cheap test: does any segment look like a dot segment (possibly encoded)?
 fn needs_dot_resolution(path: &str) -> bool {
-    path.split('/').any(is_dot_like)
+    // A segment that is "." or ".." once decoded holds a `.` or a `%`: most paths have neither,
+    // and one scan of bytes is cheaper than splitting them into segments (~120 instructions a
+    // request on the fast lane).
+    path.bytes().any(|b| b == b'.' || b == b'%') && path.split('/').any(is_dot_like)
 }
 
 fn is_dot_like(seg: &str) -> bool {
@@ -160,6 +163,20 @@ mod tests {
         let names = ["cluster_kuzzle_1", "cluster_kuzzle_2", "cluster_kuzzle_10"];
         route(path, query, |s| names.iter().position(|n| *n == s).map(|i| i as u8 + 1))
             .map(|x| (x.node, x.path_and_query().into_owned()))
+    }
+
+    /// The byte scan before the segments skips only paths whose dots need no resolving.
+    #[test]
+    fn the_quick_dot_check_skips_only_paths_dots_leave_alone() {
+        for p in ["/e", "/2e", "/E/2", "/_now", "/a/b", "/", "//", "/x.y", "/a/./b", "/a/../b", "/%2e%2E/x", "/%2", "/a/.%2e"] {
+            let slow = p.split('/').any(is_dot_like);
+            if !needs_dot_resolution(p) {
+                assert_eq!(resolve_dots(p).as_deref(), Ok(p), "{p}: skipped, yet resolving changes it");
+            } else {
+                assert!(slow, "{p}");
+            }
+        }
+        assert!(needs_dot_resolution("/a/%2e%2e/b") && !needs_dot_resolution("/e/2e"));
     }
 
     #[test]
