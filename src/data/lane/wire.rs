@@ -412,7 +412,7 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
     match a.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
+            crate::util::push_decimal_bytes(out, n);
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked | Framing::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
@@ -445,9 +445,9 @@ pub fn encode_own(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\ncontent-type: application/json\r\n");
     if let Some(s) = retry_after {
-        line(out, b"retry-after", s.to_string().as_bytes());
+        line(out, b"retry-after", crate::util::decimal(s, &mut [0; 20]));
     }
-    line(out, b"content-length", body.len().to_string().as_bytes());
+    line(out, b"content-length", crate::util::decimal(body.len() as u64, &mut [0; 20]));
     line(out, b"date", date);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
