@@ -168,7 +168,21 @@ mod tests {
     /// The byte scan before the segments skips only paths whose dots need no resolving.
     #[test]
     fn the_quick_dot_check_skips_only_paths_dots_leave_alone() {
-        for p in ["/e", "/2e", "/E/2", "/_now", "/a/b", "/", "//", "/x.y", "/a/./b", "/a/../b", "/%2e%2E/x", "/%2", "/a/.%2e"] {
+        for p in [
+            "/e",
+            "/2e",
+            "/E/2",
+            "/_now",
+            "/a/b",
+            "/",
+            "//",
+            "/x.y",
+            "/a/./b",
+            "/a/../b",
+            "/%2e%2E/x",
+            "/%2",
+            "/a/.%2e",
+        ] {
             let slow = p.split('/').any(is_dot_like);
             if !needs_dot_resolution(p) {
                 assert_eq!(resolve_dots(p).as_deref(), Ok(p), "{p}: skipped, yet resolving changes it");
