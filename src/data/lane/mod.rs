@@ -207,8 +207,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
                 biased;
                 r = lane.io.read_buf(&mut lane.buf) => match r {
                     Ok(0) if lane.awaiting_body.is_some() => {
-                        let cut = ProxyError::client(StatusCode::BAD_REQUEST, crate::data::proxy::error::BODY_CUT_SHORT);
-                        lane.body_stopped(&snap, cut).await;
+                        lane.body_stopped(&snap, ProxyError::body_cut_short()).await;
                         return None;
                     }
                     Ok(0) | Err(_) => return None,
@@ -216,8 +215,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
                 },
                 _ = &mut idle => {
                     if lane.awaiting_body.is_some() {
-                        let late = format!("request body not received within {timeout:?}");
-                        lane.body_stopped(&snap, ProxyError::client(StatusCode::REQUEST_TIMEOUT, late)).await;
+                        lane.body_stopped(&snap, ProxyError::body_late(timeout)).await;
                     }
                     return None;
                 }

@@ -129,6 +129,16 @@ impl ProxyError {
         Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::BAD_GATEWAY, message)
     }
 
+    /// The client's body stopped before its end (a half-close): 400, `CR` in the access log.
+    pub fn body_cut_short() -> Self {
+        Self::client(StatusCode::BAD_REQUEST, BODY_CUT_SHORT)
+    }
+
+    /// The client's body did not come within `wait`: 408.
+    pub fn body_late(wait: std::time::Duration) -> Self {
+        Self::client(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {wait:?}"))
+    }
+
     /// `node` did not answer in time.
     pub fn timed_out(node: &Backend, after: std::time::Duration) -> Self {
         let message = format!("node {} did not answer within {after:?}", node.name);

@@ -623,8 +623,7 @@ async fn exchange(
     let mut resp = match tokio::time::timeout(wait, sender.try_send_request(request)).await {
         Err(_) if upload_done.as_ref().is_some_and(|d| !d.load(Ordering::Relaxed)) => {
             // The client is still uploading: its slowness, not the node's.
-            let msg = format!("request body not received within {wait:?}");
-            return Err(Failure::Final(ProxyError::client(StatusCode::REQUEST_TIMEOUT, msg)));
+            return Err(Failure::Final(ProxyError::body_late(wait)));
         }
         Err(_) => {
             let e = ProxyError::timed_out(node, wait);
@@ -746,7 +745,7 @@ fn classify(node: &Backend, mut e: TrySendError<Request<UpBody>>) -> Failure {
     if e.error().is_user() {
         // The client's own body failed (it went away mid-upload): not the node's fault, and the
         // node must not be marked down for it.
-        return Failure::Final(ProxyError::client(StatusCode::BAD_REQUEST, error::BODY_CUT_SHORT));
+        return Failure::Final(ProxyError::body_cut_short());
     }
     tracing::debug!(node = %node.name, error = %e.error(), "node broke the exchange");
     Failure::Broke(ProxyError::broke(node))

@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::Incoming;
 
-use super::error::{self, ProxyError};
+use super::error::ProxyError;
 use super::{build, Context, DownBody, Failure};
 use crate::core::backend::{Backend, Sender, UpBody};
 
@@ -43,10 +43,8 @@ impl Template {
 pub(super) async fn read_whole(body: Incoming, limit: usize, wait: std::time::Duration) -> Result<Bytes, ProxyError> {
     match tokio::time::timeout(wait, http_body_util::Limited::new(body, limit).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) => Err(ProxyError::client(StatusCode::BAD_REQUEST, error::BODY_CUT_SHORT)),
-        Err(_) => {
-            Err(ProxyError::client(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {wait:?}")))
-        }
+        Ok(Err(_)) => Err(ProxyError::body_cut_short()),
+        Err(_) => Err(ProxyError::body_late(wait)),
     }
 }
 
