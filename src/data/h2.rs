@@ -329,7 +329,10 @@ fn refuse(ctx: &Context, client: &ClientInfo, (method, uri): (&http::Method, &Ur
     f.request_errors.fetch_add(1, Ordering::Relaxed);
     f.responses.record(400);
     let snap = ctx.core.snapshot_full();
-    let log = proxy::begin_log(ctx, &snap, method, uri, client).map(|mut r| {
+    let log = proxy::begin_log(ctx, &snap, client, || {
+        (method.clone(), crate::data::edge::access_log::Target::Uri(uri.clone()))
+    })
+    .map(|mut r| {
         r.termination = "PR";
         r
     });

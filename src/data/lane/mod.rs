@@ -379,15 +379,10 @@ impl<S: Rewind> Lane<'_, S> {
 
     /// The access log line of a request, when the log is on.
     fn log_of(&self, snap: &Snapshot, head: &wire::Head<'_>) -> Option<Box<HttpRecord>> {
-        snap.config.access_log.as_ref()?;
-        let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
-        Some(Box::new(HttpRecord::new(
-            snap.config.clone(),
-            self.ctx.edge.log.clone(),
-            (self.client.addr, self.client.label.clone()),
-            method,
-            Target::Plain(head.target.to_owned()),
-        )))
+        proxy::begin_log(self.ctx, snap, self.client, || {
+            let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or_default();
+            (method, Target::Plain(head.target.to_owned()))
+        })
     }
 
     /// The request's end: its status counted, its access log line written.

@@ -192,7 +192,7 @@ pub async fn handle(
     frontend.requests_total.fetch_add(1, Ordering::Relaxed);
     frontend.request_rate.tick();
     let snap = ctx.core.snapshot_full();
-    let mut log = begin_log(&ctx, &snap, req.method(), req.uri(), &client);
+    let mut log = begin_log(&ctx, &snap, &client, || (req.method().clone(), Target::Uri(req.uri().clone())));
     // Refused here, before any await: the refusal is no part of the request's future (which
     // every request allocates and moves whole).
     if let Some(refused) = admit(&ctx, &snap, &client) {
@@ -216,22 +216,18 @@ pub async fn handle(
     Ok(with_log(resp, log))
 }
 
-/// The access log line of a request, when the access log is on.
+/// The access log line of a request, when the access log is on (`request`: its method and
+/// target, made only then).
 pub fn begin_log(
     ctx: &Context,
     snap: &Snapshot,
-    method: &Method,
-    uri: &Uri,
     client: &ClientInfo,
+    request: impl FnOnce() -> (Method, Target),
 ) -> Option<Box<HttpRecord>> {
     snap.config.access_log.as_ref()?;
-    Some(Box::new(HttpRecord::new(
-        snap.config.clone(),
-        ctx.edge.log.clone(),
-        (client.addr, client.label.clone()),
-        method.clone(),
-        Target::Uri(uri.clone()),
-    )))
+    let (method, target) = request();
+    let config = snap.config.clone();
+    Some(Box::new(HttpRecord::new(config, ctx.edge.log.clone(), (client.addr, client.label.clone()), method, target)))
 }
 
 /// The response with its access log line, written when its body ends.

@@ -81,23 +81,11 @@ fn lane_targets_masks_and_labels() {
 /// A record of a request to `/x` for a log at `path`.
 fn record(log: &Arc<AccessLog>, path: &std::path::Path) -> HttpRecord {
     let text = format!("[access_log]\npath = {:?}\n", path.display().to_string());
-    HttpRecord {
-        config: Arc::new(Config::parse(&text, "t.toml").expect("config")),
-        log: log.clone(),
-        start: Instant::now(),
-        client: "127.0.0.1:9".parse().expect("addr"),
-        client_label: None,
-        method: Method::GET,
-        target: Target::Uri(Uri::from_static("/x")),
-        status: 200,
-        node: None,
-        connect: None,
-        wait: None,
-        retries: 0,
-        termination: "--",
-        request_id: None,
-        bytes_in: BytesIn::None,
-    }
+    let config = Arc::new(Config::parse(&text, "t.toml").expect("config"));
+    let client = ("127.0.0.1:9".parse().expect("addr"), None);
+    let mut r = HttpRecord::new(config, log.clone(), client, Method::GET, Target::Uri(Uri::from_static("/x")));
+    r.status = 200;
+    r
 }
 
 /// A worker (a current-thread runtime) buffers its lines: none is written until its flusher
