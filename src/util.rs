@@ -27,14 +27,8 @@ pub fn push_decimal(out: &mut String, n: u64) {
     }
 }
 
-/// The same into bytes (the fast lane's heads: `to_string` cost an allocation and `fmt` per
-/// answer).
-pub fn push_decimal_bytes(out: &mut Vec<u8>, n: u64) {
-    let mut buf = [0u8; 20];
-    out.extend_from_slice(decimal(n, &mut buf));
-}
-
-/// `n`'s decimal digits, written at the end of `buf`.
+/// `n`'s decimal digits, written at the end of `buf` (the fast lane's heads: `to_string` cost an
+/// allocation and `fmt` per answer).
 pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
@@ -100,8 +94,7 @@ mod tests {
         for n in cases {
             let mut s = String::new();
             super::push_decimal(&mut s, n);
-            let mut b = Vec::new();
-            super::push_decimal_bytes(&mut b, n);
+            let b = super::decimal(n, &mut [0; 20]).to_vec();
             assert_eq!((s.as_str(), b.as_slice()), (n.to_string().as_str(), n.to_string().as_bytes()), "{n}");
         }
     }

@@ -412,7 +412,7 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
     match a.framing {
         Framing::Length(n) => {
             out.extend_from_slice(b"content-length: ");
-            crate::util::push_decimal_bytes(out, n);
+            out.extend_from_slice(crate::util::decimal(n, &mut [0; 20]));
             out.extend_from_slice(b"\r\n");
         }
         Framing::Chunked | Framing::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),

@@ -614,16 +614,16 @@ impl Clock {
     /// The wall-clock time of the monotonic instant `at`, since the epoch (read from the anchor,
     /// renewed when it is a second old: one subtraction a line).
     fn since_epoch(&mut self, at: Instant) -> Duration {
-        if let Some(w) = self.anchor.and_then(|a| Self::from(a, at)) {
+        if let Some(w) = self.anchor.and_then(|a| Self::read(a, at)) {
             return w;
         }
         let a = (Instant::now(), SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
         self.anchor = Some(a);
-        Self::from(a, at).unwrap_or(a.1)
+        Self::read(a, at).unwrap_or(a.1)
     }
 
     /// `at` read from the anchor `(i, w)`, unless it is a second or more after it.
-    fn from((i, w): (Instant, Duration), at: Instant) -> Option<Duration> {
+    fn read((i, w): (Instant, Duration), at: Instant) -> Option<Duration> {
         match at.checked_duration_since(i) {
             Some(d) if d < Duration::from_secs(1) => Some(w + d),
             Some(_) => None,
