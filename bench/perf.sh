@@ -519,17 +519,21 @@ foreign_load() {
       case $t in direct* | *-2cores) continue ;; esac
       printf '%s' "${RES[$c,$t]:-}" | awk 'NF { print $8 - $5 }'
     done
-  done | sort -g | awk '{ a[NR] = $1 }
-    END { if (NR) printf "median %d %%, max %d %% of the core (%d measurements)", a[int((NR + 1) / 2)], a[NR], NR; else print "n/a" }'
+  done | median_max
 }
 
-# stolen: the steal % of CPU 1 over the kept measurements (10th field of each line).
+# stolen: the steal % of the target's CPU over the kept measurements (10th field of each line).
 stolen() {
   local c t
   for c in $CASES; do
     for t in $(targets_of "$c"); do printf '%s' "${RES[$c,$t]:-}" | awk 'NF && $10 != "-" { print $10 + 0 }'; done
-  done | sort -g | awk '{ a[NR] = $1 }
-    END { if (NR) printf "median %d %%, max %d %%", a[int((NR + 1) / 2)], a[NR]; else print "n/a" }'
+  done | median_max
+}
+
+# median_max: "median M %, max X % (N measurements)" of the numbers on stdin, "n/a" without any.
+median_max() {
+  sort -g | awk '{ a[NR] = $1 }
+    END { if (NR) printf "median %d %%, max %d %% (%d measurements)", a[int((NR + 1) / 2)], a[NR], NR; else print "n/a" }'
 }
 
 mkdir -p "$ROOT/target/bench"
@@ -543,8 +547,8 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
   has_case tls-new && echo "TLS negotiated by tls_load: $(for t in $(targets_of tls-new); do
     awk -v t="$t" '/^requests/ { printf "%s %s %s %s; ", t, $14, $16, $18 }' "$WORK/tls-$t.out"; done)certificate: $TLS_KEY"
   echo "load average at start: $LOAD_START, at the end: $(cut -d' ' -f1-3 /proc/loadavg) (a shared machine)"
-  echo "CPU 1 busy beyond the measured proxy: $(foreign_load)"
-  echo "CPU 1 stolen by the hypervisor during the kept measurements: $(stolen) ($RETRIED measured again for more than $STEAL_MAX %)"
+  echo "CPU 1 busy beyond the measured proxy, % of the core: $(foreign_load)"
+  echo "the measured CPU stolen by the hypervisor, kept measurements: $(stolen); $RETRIED measured again for more than $STEAL_MAX %"
   if has_case get-ka-log; then
     echo "access log (get-ka-log): $(wc -l <"$WORK/access.log") lines, $(mib $(($(stat -c %s "$WORK/access.log") / 1024))) MiB written; first line: $(head -c 400 "$WORK/access.log" | head -1)"
     # Each round measures both back to back: the ratio of each pair drifts less with the machine's
