@@ -327,11 +327,10 @@ impl<S: Rewind> Lane<'_, S> {
         if let Some(r) = job.log.as_mut().filter(|_| head.body > 0) {
             r.bytes_in = BytesIn::Known(head.body);
         }
-        let len = whole;
-        if len == self.buf.len() {
+        if whole == self.buf.len() {
             self.buf.clear();
         } else {
-            self.buf.drain(..len);
+            self.buf.drain(..whole);
         }
         Prep::Job(job)
     }
