@@ -5,11 +5,12 @@
 # User space only: the kernel's share (4 syscalls per keep-alive request, as for haproxy) is not in it.
 #
 # Usage: bench/callgrind.sh [BIN...]     default: target/release/kuzzle-gateway
-# Environment: CASE [http|http-close|new-conn|post|ws|ws-ping] (http-close: the node closes every connection after its
+# Environment: CASE [http|http-close|new-conn|post|ws|ws-open|ws-ping] (http-close: the node closes every connection after its
 #              answer, as real Kuzzle 2 does; new-conn: the client opens a connection per request;
 #              post: keep-alive POSTs with a 300-byte JSON body, as an SDK over HTTP sends;
 #              ws-ping: PINGERS [1000] idle WebSockets sending the SDK heartbeat every 2 s, counted
-#              over PING_WINDOW [10] seconds, per heartbeat), N [10000] requests (http, http-close), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
+#              over PING_WINDOW [10] seconds, per heartbeat; ws-open: OPENERS [1000] WebSockets
+#              opened, 50 at a time, per WebSocket: the handshake and the tunnel's start), N [10000] requests (http, http-close), WS_CLIENTS [20] x ROUND_TRIPS [200] (ws),
 #              SKIP_BUILD [0]; GW_EXTRA_<i>: configuration appended for the i-th binary (the same
 #              binary twice compares two configurations, e.g. GW_EXTRA_2 with an [access_log]).
 #              Prints one line per binary; its profile is kept as target/bench/callgrind-CASE-i.out
@@ -32,7 +33,7 @@ fi
 
 # Backends: a fixed-answer nginx (http) or one kuzzle-node-sim (ws), so only the gateway is counted.
 BACK=$(pick_port 17800)
-case $CASE in http | http-close | new-conn | post | ws | ws-ping) ;; *) die "CASE is http, http-close, new-conn, post, ws or ws-ping, not '$CASE'" ;; esac
+case $CASE in http | http-close | new-conn | post | ws | ws-open | ws-ping) ;; *) die "CASE is http, http-close, new-conn, post, ws, ws-open or ws-ping, not '$CASE'" ;; esac
 PINGERS=${PINGERS:-1000}
 PING_WINDOW=${PING_WINDOW:-10}
 if [ "${CASE#ws}" = "$CASE" ]; then
@@ -56,7 +57,11 @@ for bin in "$@"; do
   RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --config "$WORK/gw$i.toml" >"$WORK/gw$i.log" 2>&1 &
   pid=$!; PIDS+=("$pid")
   for _ in $(seq 1 300); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.2; done
-  if [ "$CASE" = ws-ping ]; then
+  if [ "$CASE" = ws-open ]; then
+    callgrind_control -z "$pid" >/dev/null
+    ws_open open "ws://127.0.0.1:$port/" "${OPENERS:-1000}" 0
+    units=${OPENERS:-1000}; what="WebSocket opened (handshake and tunnel start, 50 at a time)"
+  elif [ "$CASE" = ws-ping ]; then
     ws_open ping "ws://127.0.0.1:$port/" "$PINGERS" 0 --ping-every 2
     sleep 3    # every socket has sent a heartbeat: steady state
     callgrind_control -z "$pid" >/dev/null
@@ -81,7 +86,7 @@ for bin in "$@"; do
     units=$((WS_CLIENTS * ROUND_TRIPS)); what="round trip (2 messages, closes included)"
   fi
   callgrind_control -d "$pid" >/dev/null
-  [ "$CASE" != ws-ping ] || ws_release
+  [ "$CASE" != ws-ping ] && [ "$CASE" != ws-open ] || ws_release
   stop_proc "$pid"
   total=$(callgrind_annotate "$out.1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   [ -n "$total" ] || die "$bin: no profile in $out.1"

@@ -25,6 +25,10 @@
 #   SDK_PINGS [answer]  the gateway's [gateway] sdk_pings (forward: every heartbeat to the node)
 #   SYSCALLS [0]     1: also count each proxy's system calls (strace -c -f) over one more window of
 #                    get-ka, get-ka-close, get-close and the ws-ping cases; prints syscalls per request / ping
+#   PROFILE [0]      1: also `perf record` each proxy over one more window of get-ka, get-close,
+#                    get-ka-close and ws-relay; prints each one's top symbols (self time, kernel and
+#                    user) and its kernel share, saved beside the table (perf-<date>-profile.txt);
+#                    2: the same with call chains, each perf-CASE-TARGET.data kept in target/bench
 #   WS_CLIENTS [50], WS_ROUND_TRIPS [1000; QUICK: 200]  relay: clients x round trips each (1000 makes
 #                    a run of a few seconds, enough CPU ticks for a steady per-CPU figure)
 #   TLS_KEY [ec]     ec: ECDSA P-256 certificate; rsa: RSA 2048
@@ -51,6 +55,7 @@ WS_ROUND_TRIPS=${WS_ROUND_TRIPS:-$([ "$QUICK" = 1 ] && echo 200 || echo 1000)}
 TLS_KEY=${TLS_KEY:-ec}
 PING_WINDOW=${PING_WINDOW:-$([ "$QUICK" = 1 ] && echo 6 || echo 12)}
 SYSCALLS=${SYSCALLS:-0}
+PROFILE=${PROFILE:-0}
 STEAL_MAX=${STEAL_MAX:-10}
 SKIP_BUILD=${SKIP_BUILD:-0}
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -68,6 +73,7 @@ has_case() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (proxies on CPU 1, load and backends on CPU 0)"
 need_tools wrk nginx haproxy curl openssl taskset:util-linux ss:iproute2
 [ "$SYSCALLS" = 1 ] && need_tools strace
+[ "$PROFILE" != 0 ] && need_tools perf:linux-perf
 
 if [ "$SKIP_BUILD" != 1 ]; then
   build=(--workspace --bin kuzzle-node-sim --example ws_idle --example tls_load)
@@ -466,6 +472,62 @@ if [ "$SYSCALLS" = 1 ]; then
       syscalls_end "$(awk '/requests in/ { print $1 }' "$WORK/strace.wrk")"
     done
   done
+  # WebSocket relay: an event is one message relayed (a round trip is two).
+  if has_case ws-relay; then
+    for t in $(targets_of ws-relay); do
+      case $t in direct*) continue ;; esac
+      ws_open relay "ws://${URL[$t]}/" "$WS_CLIENTS" "$WS_ROUND_TRIPS"
+      read -r f0 s0 <<<"$(kernel_counts "${PID[$t]}")"
+      ws_release
+      read -r f1 s1 <<<"$(kernel_counts "${PID[$t]}")"
+      n=$((2 * $(awk '/^relay/ { print $2 }' "$WORK/ws-relay.out")))
+      awk -v l="ws-relay-$t" -v n="$n" -v f="$((f1 - f0))" -v s="$((s1 - s0))" \
+        'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per message (%d messages)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), n }' \
+        >>"$WORK/syscalls"
+      ws_open relay "ws://${URL[$t]}/" "$WS_CLIENTS" "$WS_ROUND_TRIPS"
+      syscalls_begin "$t" "ws-relay-$t"
+      ws_release
+      syscalls_end "$((2 * $(awk '/^relay/ { print $2 }' "$WORK/ws-relay.out")))"
+    done
+  fi
+fi
+
+# --- where each proxy's CPU goes (PROFILE=1): one more load of each under perf record ----------
+# profile_one CASE TARGET CMD...: perf record of TARGET's processes while CMD runs; appends its top
+# symbols (self time) to $WORK/profile.
+profile_one() {
+  local c=$1 t=$2 p pids
+  shift 2
+  pids=$(proc_tree "${PID[$t]}" | paste -sd,)
+  local g=(); [ "$PROFILE" = 2 ] && g=(-g)
+  perf record -F 999 "${g[@]}" -p "$pids" -o "$WORK/perf-$c-$t.data" -- sleep "$((DURATION + 1))" >/dev/null 2>"$WORK/perf.log" &
+  p=$!
+  "$@" >/dev/null 2>&1 || true
+  wait "$p" || { log "perf record failed on $t: $(tail -2 "$WORK/perf.log")"; return 0; }
+  {
+    echo "== $c $t: top symbols by self time (k: kernel, .: user) =="
+    perf report -i "$WORK/perf-$c-$t.data" --stdio --no-children --sort sym 2>/dev/null |
+      awk '/^#/ || NF == 0 { next } { pct = $1; sub(/%/, "", pct); all += pct; if ($2 == "[k]") k += pct
+        if (++n <= 25) print } END { printf "kernel share of samples: %.1f %%\n\n", (all > 0 ? 100 * k / all : 0) }'
+  } >>"$WORK/profile"
+  # PROFILE=2: kernel call chains too (perf report -i target/bench/perf-CASE-TARGET.data -G).
+  [ "$PROFILE" = 2 ] && mkdir -p "$ROOT/target/bench" && cp "$WORK/perf-$c-$t.data" "$ROOT/target/bench/"
+  return 0
+}
+if [ "$PROFILE" != 0 ]; then
+  for c in get-ka get-close get-ka-close ws-relay; do
+    has_case "$c" || continue
+    for t in $(targets_of "$c"); do
+      case $t in direct*) continue ;; esac
+      if [ "$c" = ws-relay ]; then
+        ws_open relay "ws://${URL[$t]}/" "$WS_CLIENTS" "$WS_ROUND_TRIPS"
+        profile_one "$c" "$t" ws_release
+      else
+        hdr=(); [ "$c" = get-close ] && hdr=(-H "Connection: close")
+        profile_one "$c" "$t" taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" "${hdr[@]}"
+      fi
+    done
+  done
 fi
 
 # --- report ----------------------------------------------------------------------------------
@@ -660,3 +722,7 @@ OUT=$ROOT/target/bench/perf-$(date -u +%Y%m%d-%H%M).md
   done
 } | tee "$OUT"
 log "saved to $OUT"
+if [ "$PROFILE" != 0 ] && [ -s "$WORK/profile" ]; then
+  cp "$WORK/profile" "${OUT%.md}-profile.txt"
+  log "profiles (top symbols per proxy) saved to ${OUT%.md}-profile.txt"
+fi

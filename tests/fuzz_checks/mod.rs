@@ -445,7 +445,7 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
     let bodiless = matches!(h.method, "GET" | "HEAD" | "OPTIONS");
     assert!(bodiless || matches!(h.method, "POST" | "PUT" | "PATCH" | "DELETE"), "method {:?} taken", h.method);
     assert_eq!(h.head_only(), h.method == "HEAD");
-    assert_eq!(h.idempotent(), bodiless);
+    assert_eq!(h.idempotent(), bodiless && !h.upgrade);
     assert!(
         h.target.starts_with('/')
             && h.target.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?%".contains(&b)),
@@ -473,19 +473,37 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
     assert!(h.body <= limits.body, "a body of {} over {limits:?}", h.body);
     for l in lines {
         let cl = l.name.eq_ignore_ascii_case("content-length");
-        assert!(cl || !wire::listed(&wire::LONG_WAY, l.name), "header {:?} taken", l.name);
+        let up = h.upgrade && l.name.eq_ignore_ascii_case("upgrade");
+        assert!(cl || up || !wire::listed(&wire::LONG_WAY, l.name), "header {:?} taken", l.name);
     }
     for t in lane_tokens(lines, "connection") {
-        assert!(t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"), "Connection {t:?} taken");
+        let up = h.upgrade && t.eq_ignore_ascii_case(b"upgrade");
+        assert!(
+            up || t.eq_ignore_ascii_case(b"close") || t.eq_ignore_ascii_case(b"keep-alive"),
+            "Connection {t:?} taken"
+        );
     }
     assert_eq!(h.close, lane_tokens(lines, "connection").any(|t| t.eq_ignore_ascii_case(b"close")));
+    // A WebSocket upgrade: a GET with `Connection: upgrade` and exactly one `Upgrade: websocket`,
+    // never with a close.
+    if h.upgrade {
+        let ups: Vec<&[u8]> =
+            lines.iter().filter(|l| l.name.eq_ignore_ascii_case("upgrade")).map(|l| l.value).collect();
+        assert!(
+            h.method == "GET" && !h.close && ups.len() == 1 && ups[0].trim_ascii().eq_ignore_ascii_case(b"websocket"),
+            "an upgrade taken: {h:?}"
+        );
+        assert!(lane_tokens(lines, "connection").any(|t| t.eq_ignore_ascii_case(b"upgrade")), "{h:?}");
+    } else {
+        assert!(lines.iter().all(|l| !l.name.eq_ignore_ascii_case("upgrade")), "an Upgrade line taken: {h:?}");
+    }
     // The head alone is judged the same: nothing after it counts, and no part of it is taken.
     {
         let mut again = wire::request_headers();
         match wire::parse_request(&data[..h.len], &mut again, limits) {
             Parsed::Take(g) => assert!(
-                (g.method, g.target, g.host, g.close, g.count, g.len, g.body)
-                    == (h.method, h.target, h.host, h.close, h.count, h.len, h.body),
+                (g.method, g.target, g.host, g.close, g.upgrade, g.count, g.len, g.body)
+                    == (h.method, h.target, h.host, h.close, h.upgrade, h.count, h.len, h.body),
                 "the head alone reads {g:?}, with what follows {h:?}"
             ),
             other => panic!("the head alone is {other:?}"),
@@ -512,6 +530,9 @@ pub fn lane_request(data: &[u8], limits: wire::Limits) -> Option<(usize, usize, 
             ("x-forwarded-host", h.host),
             ("x-kuzzle-gateway", LANE_ADDED.mark),
         ]);
+        if h.upgrade {
+            want.push(("connection", b"upgrade"));
+        }
         let got: Vec<(&str, &[u8])> = req.headers.iter().map(|l| (l.name, l.value)).collect();
         assert_eq!(got, want, "the node's header lines");
     }
@@ -581,7 +602,12 @@ pub fn lane_response(data: &[u8], head_only: bool) -> Option<usize> {
     }
     for (node_header, close) in [(Some(LANE_NODE_HEADER), false), (None, true)] {
         let mut out = Vec::new();
-        wire::encode_response(&a, &headers, &wire::Out { node_header, close, date: LANE_DATE }, &mut out);
+        wire::encode_response(
+            &a,
+            &headers,
+            &wire::Out { node_header, close, upgrade: None, date: LANE_DATE },
+            &mut out,
+        );
         lane_client_head(&a, lines, node_header, close, &out);
     }
     (a.framing == Framing::Chunked).then_some(a.len)

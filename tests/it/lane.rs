@@ -405,3 +405,135 @@ async fn a_body_that_looks_like_a_request_is_a_body() {
     task.abort();
     gw.shutdown().await;
 }
+
+/// A node for WebSocket upgrades: `/ws` switches (its `101` and a first frame in one write) and
+/// then echoes every byte; `/refuse` answers the upgrade with a 426 on a keep-alive connection;
+/// anything else gets `ok`. Each request head it reads (but health checks) goes to `heads`.
+async fn upgrade_node(heads: tokio::sync::mpsc::UnboundedSender<String>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    fake_node(move |mut c| {
+        let heads = heads.clone();
+        async move {
+            while let Some(req) = read_request(&mut c).await {
+                let text = String::from_utf8_lossy(&req).into_owned();
+                // Health checks are not the client's requests.
+                if !text.contains("kuzzle-gateway-health") {
+                    let _ = heads.send(text.clone());
+                }
+                let answer: &[u8] = if text.starts_with("GET /ws") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                      Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Node-Kept: 1\r\n\r\n\x81\x0anode-first"
+                } else if text.starts_with("GET /refuse ") {
+                    b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 4\r\n\r\nnope"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                };
+                if c.write_all(answer).await.is_err() {
+                    return;
+                }
+                if text.starts_with("GET /ws") {
+                    // A tunnel now: echo until the gateway closes it.
+                    let mut buf = [0u8; 4096];
+                    while let Ok(n) = c.read(&mut buf).await {
+                        if n == 0 || c.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// The status and header lines (name, value) of a response head.
+fn lines_of(head: &str) -> (u16, Vec<(String, String)>) {
+    let mut lines = head.trim_end().split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let headers = lines.filter_map(|l| l.split_once(':')).map(|(n, v)| (n.to_string(), v.trim().to_string())).collect();
+    (status, headers)
+}
+
+/// Read from `s` until `want` ends what was read, bounded by `T`.
+async fn read_until(s: &mut TcpStream, want: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(want) {
+        match tokio::time::timeout(T, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            other => panic!("{want:?} never came ({other:?}): {:?}", String::from_utf8_lossy(&got)),
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_upgrade_is_relayed_the_same_on_and_off_the_lane() {
+    let (tx, mut heads) = tokio::sync::mpsc::unbounded_channel();
+    let (node, task) = upgrade_node(tx).await;
+    for lane in [true, false] {
+        let gw = gateway(&config(node, lane)).await;
+        let mut c = TcpStream::connect(gw.http_addr).await.expect("connect");
+        // Firefox's Connection list; a masked frame right behind the head.
+        let mut hello =
+            b"GET /ws?x=1 HTTP/1.1\r\nHost: gw\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+            Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                .to_vec();
+        hello.extend_from_slice(b"\x81\x8c\x00\x00\x00\x00client-first");
+        c.write_all(&hello).await.expect("write");
+        let got = read_until(&mut c, b"client-first").await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        let head_end = text.find("\r\n\r\n").expect("a head") + 4;
+        let (status, lines) = lines_of(&text[..head_end]);
+        assert_eq!(status, 101, "lane {lane}: {text:?}");
+        let value = |n: &str| -> Vec<String> {
+            lines.iter().filter(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.to_ascii_lowercase()).collect()
+        };
+        assert_eq!(value("connection"), ["upgrade"], "lane {lane}: {text:?}");
+        assert_eq!(value("upgrade"), ["websocket"], "lane {lane}: {text:?}");
+        assert_eq!(value("sec-websocket-accept").len(), 1, "lane {lane}: {text:?}");
+        assert_eq!(value("x-node-kept"), ["1"], "lane {lane}: {text:?}");
+        assert!(value("content-length").is_empty() && value("transfer-encoding").is_empty(), "lane {lane}: {text:?}");
+        // The node's first frame, then the client's echoed back: bytes pass unchanged both ways.
+        assert_eq!(&got[head_end..], b"\x81\x0anode-first\x81\x8c\x00\x00\x00\x00client-first", "lane {lane}");
+        eventually(T, "the tunnel counted", || async {
+            (gw.core.frontend.tunnels.load(std::sync::atomic::Ordering::Relaxed) == 1).then_some(())
+        })
+        .await;
+        c.write_all(b"\x81\x82\x00\x00\x00\x00hi").await.expect("write");
+        read_until(&mut c, b"\x81\x82\x00\x00\x00\x00hi").await;
+
+        // What the node got: one Connection line (upgrade), the Upgrade line, the forwarding
+        // headers. The lane passes header lines as sent; hyper's path writes names in lower case.
+        let head = heads.recv().await.expect("the node's head");
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("GET /ws?x=1 HTTP/1.1\r\n"), "lane {lane}: {head:?}");
+        assert_eq!(lower.matches("\r\nconnection:").count(), 1, "lane {lane}: {head:?}");
+        assert!(lower.contains("\r\nconnection: upgrade\r\n"), "lane {lane}: {head:?}");
+        assert!(lower.contains("\r\nupgrade: websocket\r\n"), "lane {lane}: {head:?}");
+        assert!(lower.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"), "lane {lane}: {head:?}");
+        assert_eq!(head.contains("\r\nSec-WebSocket-Key: "), lane, "which path took it (lane {lane}): {head:?}");
+
+        // An upgrade the node refuses is an answer like any other; the connection goes on.
+        let mut d = TcpStream::connect(gw.http_addr).await.expect("connect");
+        d.write_all(
+            b"GET /refuse HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+              GET /after HTTP/1.1\r\nHost: gw\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        assert_eq!(read_answers(&mut d, 2).await, ["nope", "ok"], "lane {lane}");
+        assert!(heads.recv().await.expect("head").starts_with("GET /refuse "));
+        assert!(heads.recv().await.expect("head").starts_with("GET /after "));
+
+        // The client's close ends the tunnel.
+        drop(c);
+        eventually(T, "the tunnel closed", || async {
+            (gw.core.frontend.tunnels.load(std::sync::atomic::Ordering::Relaxed) == 0).then_some(())
+        })
+        .await;
+        gw.shutdown().await;
+    }
+    task.abort();
+}

@@ -1,6 +1,6 @@
 //! Data plane, fast lane: an HTTP/1.1 client connection served without hyper while its requests
 //! are body-less GET, HEAD or OPTIONS or carry a short Content-Length body, each relayed to a
-//! node on a plain pooled socket;
+//! node on a plain pooled socket, and a WebSocket upgrade becomes a tunnel on both raw sockets;
 //! at the first request it does not take, the connection goes on in hyper's path with its bytes.
 
 mod answer;
@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use self::wire::{Framing, NodeParsed, Parsed};
+use crate::control::config::SdkPings;
 use crate::core::backend::{ActiveGuard, Backend};
 use crate::core::snapshot::Snapshot;
 use crate::data::edge::access_log::{BytesIn, HttpRecord, Target};
@@ -26,7 +27,7 @@ use crate::data::proxy::{self, resend, ClientInfo, Context, Scheme};
 use crate::data::route;
 use crate::data::send_timeout::SendTimeout;
 use crate::data::serve::ClientStream;
-use crate::data::tunnel::Held;
+use crate::data::tunnel::{self, Held, Tunnel};
 
 /// A client stream the lane can hand to hyper's path, the bytes it read put back in front.
 pub trait Rewind: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -73,12 +74,44 @@ impl Rewind for tokio_rustls::server::TlsStream<ClientStream> {
 /// request the lane does not take (or a shutdown), hyper's path serves the rest of it.
 pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, held: Held) {
     ctx.core.frontend.connection_opened();
-    // Both boxed: inline, their states (kilobytes each) made this future as large as both, and
-    // tokio copied it whole as the connection's task began.
-    if let Some(stream) = Box::pin(run(&ctx, stream, &client)).await {
-        Box::pin(crate::data::serve::serve_counted(ctx.clone(), stream, client, held)).await;
+    // All boxed: inline, their states (kilobytes each) made this future as large as all, and
+    // tokio copied it whole as the connection's task began. The lane's box is freed before what
+    // comes next (a `match` on it would keep it for as long as a tunnel lasts).
+    let next = Box::pin(run(&ctx, stream, &client)).await;
+    match next {
+        Next::Closed => {}
+        Next::Hyper(stream) => {
+            Box::pin(crate::data::serve::serve_counted(ctx.clone(), stream, client, held)).await;
+        }
+        Next::Tunnel(io, t) => {
+            // As after hyper's upgrade: the connection ends, the tunnel counts on its own and
+            // keeps the connection's place (`held`) until it closes.
+            ctx.core.frontend.connection_closed();
+            Box::pin(tunnel::relay(&ctx.core.frontend, &ctx.life.close_tunnels, t.tunnel, io, t.node)).await;
+            drop(held);
+            return;
+        }
     }
     ctx.core.frontend.connection_closed();
+}
+
+/// How the lane lets go of a client connection.
+enum Next<S: Rewind> {
+    /// It is over (closed, timed out, or answered and closed).
+    Closed,
+    /// hyper's path serves the rest of it.
+    Hyper(S::Out),
+    /// A WebSocket the node accepted: the client (behind the bytes it sent after its upgrade
+    /// request) and the node, relayed both ways.
+    Tunnel(Prefixed<SendTimeout<S>>, Switched),
+}
+
+/// A WebSocket the node accepted (its `101` went to the client): the node's side of the tunnel.
+struct Switched {
+    /// The node's socket, behind what it sent after its `101` head.
+    node: Prefixed<TcpStream>,
+    /// The tunnel's rules, node guard, kill switch and log line.
+    tunnel: Tunnel,
 }
 
 /// Client bytes read per system call at least (the buffer grows by this much when it runs low).
@@ -118,6 +151,8 @@ struct Lane<'a, S> {
     /// (nothing is parsed again before they are here). A stall or a half-close now is answered
     /// (408, 400) rather than met with a silent close.
     awaiting_body: Option<usize>,
+    /// Set when a node switched the connection to a WebSocket: the lane ends, the tunnel begins.
+    switched: Option<Switched>,
 }
 
 /// A request the lane took, ready for a node.
@@ -128,6 +163,8 @@ struct Job {
     head_only: bool,
     /// A body-less GET, HEAD or OPTIONS: another try after the node may have read it is safe.
     idempotent: bool,
+    /// A WebSocket upgrade: a `101` makes a tunnel of the connection.
+    upgrade: bool,
     /// Bytes of its body (at the end of the request in `Lane::req`): counted for each node tried.
     body: u64,
     /// The client asked to close after the answer.
@@ -159,9 +196,9 @@ enum Failure {
     Refused(Vec<u8>, u64),
 }
 
-/// Serve requests until the client closes, times out or sends one the lane does not take: then
-/// the stream, with what was read of it, for hyper's path.
-async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option<S::Out> {
+/// Serve requests until the client closes, times out, sends one the lane does not take (then
+/// the stream, with what was read of it, for hyper's path) or switches to a WebSocket.
+async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Next<S> {
     let timeout = ctx.core.config().timeouts.client.0;
     // One timer and one shutdown watch per connection, re-armed per request (as hyper's).
     let token = ctx.life.shutdown.clone();
@@ -180,6 +217,7 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
         // A TLS socket's is set at accept.
         nodelay: stream_is_tls,
         awaiting_body: None,
+        switched: None,
     };
     loop {
         let snap = ctx.core.snapshot_full();
@@ -188,12 +226,12 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
             if !lane.buf.is_empty() {
                 match lane.prepare(&snap) {
                     Prep::Job(j) => break j,
-                    Prep::Other => return Some(lane.hand_over()),
+                    Prep::Other => return Next::Hyper(lane.hand_over()),
                     Prep::Partial => {}
                 }
             }
             if token.is_cancelled() {
-                return Some(lane.hand_over());
+                return Next::Hyper(lane.hand_over());
             }
             if !armed {
                 // hyper's header read timeout: from the start of the wait for a head.
@@ -208,27 +246,34 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Option
                 r = lane.io.read_buf(&mut lane.buf) => match r {
                     Ok(0) if lane.awaiting_body.is_some() => {
                         lane.body_stopped(&snap, ProxyError::body_cut_short()).await;
-                        return None;
+                        return Next::Closed;
                     }
-                    Ok(0) | Err(_) => return None,
+                    Ok(0) | Err(_) => return Next::Closed,
                     Ok(_) => {}
                 },
                 _ = &mut idle => {
                     if lane.awaiting_body.is_some() {
                         lane.body_stopped(&snap, ProxyError::body_late(timeout)).await;
                     }
-                    return None;
+                    return Next::Closed;
                 }
-                _ = &mut stop => return Some(lane.hand_over()),
+                _ = &mut stop => return Next::Hyper(lane.hand_over()),
             }
         };
         // A TLS stream may hold the end of the answer until flushed (a plain socket has nothing).
         if !lane.handle(&snap, job).await || lane.io.flush().await.is_err() {
+            if let Some(sw) = lane.switched.take() {
+                lane.no_delay();
+                // The client's first frames may have come behind its upgrade request; an empty
+                // read buffer is not kept for the tunnel's life.
+                let early = if lane.buf.is_empty() { Vec::new() } else { std::mem::take(&mut lane.buf) };
+                return Next::Tunnel(Prefixed::new(lane.io, early), sw);
+            }
             // TLS: its close_notify. A plain socket's close sends the FIN itself: one call fewer.
             if lane.io.get_ref().plain().is_none() {
                 let _ = lane.io.shutdown().await;
             }
-            return None;
+            return Next::Closed;
         }
         lane.no_delay();
         // A long head or body grew a buffer: an idle connection holds no more than a read's worth.
@@ -320,6 +365,7 @@ impl<S: Rewind> Lane<'_, S> {
             pinned: routed.node,
             head_only: head.head_only(),
             idempotent: head.idempotent(),
+            upgrade: head.upgrade,
             body: head.body,
             close: head.close,
             log,
@@ -372,7 +418,8 @@ impl<S: Rewind> Lane<'_, S> {
             Parsed::Take(h) => self.log_of(snap, &h),
             _ => None,
         };
-        let mut job = Job { pinned: None, head_only: false, idempotent: false, body: 0, close: true, log };
+        let mut job =
+            Job { pinned: None, head_only: false, idempotent: false, upgrade: false, body: 0, close: true, log };
         self.fail(&mut job, why).await;
     }
 
@@ -533,6 +580,8 @@ impl<S: Rewind> Lane<'_, S> {
     ) -> Result<bool, Failure> {
         let cfg = &snap.config;
         let wait = cfg.timeouts.server.0;
+        // Taken before the exchange: a node marked DOWN meanwhile must still close this tunnel.
+        let kill = job.upgrade.then(|| node.tunnel_kill_token());
         // As on hyper's path, `[timeouts] server` bounds the write and the wait for the head.
         let deadline = tokio::time::Instant::now() + wait;
         if job.body > 0 {
@@ -565,10 +614,22 @@ impl<S: Rewind> Lane<'_, S> {
                     NodeParsed::Partial => {}
                     NodeParsed::Bad => return Err(Failure::Broke(ProxyError::broke(node))),
                     NodeParsed::Head(a) if a.status == 101 => {
-                        // The connection now speaks something the client never asked for.
-                        let e = ProxyError::unrequested_upgrade(node);
-                        e.record(node, &cfg.health);
-                        return Err(Failure::Final(e));
+                        let Some(kill) = kill else {
+                            // The connection now speaks something the client never asked for.
+                            let e = ProxyError::unrequested_upgrade(node);
+                            e.record(node, &cfg.health);
+                            return Err(Failure::Final(e));
+                        };
+                        let upgrade = hs[..a.count]
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                            .map_or(&b"websocket"[..], |h| h.value);
+                        self.out.clear();
+                        let node_header = node_header(snap, node);
+                        let o = wire::Out { node_header, close: false, upgrade: Some(upgrade), date: &date() };
+                        wire::encode_response(&a, &hs, &o, &mut self.out);
+                        let early = self.nbuf[a.len..].to_vec();
+                        return self.switch(snap, node, guard, kill, stream, early, job, sent_at).await;
                     }
                     NodeParsed::Head(a) if a.status < 200 => {
                         let n = a.len;
@@ -583,10 +644,7 @@ impl<S: Rewind> Lane<'_, S> {
                                 .find(|h| h.name.eq_ignore_ascii_case("x-kuzzle-request-id"))
                                 .and_then(|h| HeaderValue::from_bytes(h.value).ok());
                         }
-                        let node_header = match (&snap.node_header, &node.name_value) {
-                            (Some(n), Some(v)) => Some((n.as_str(), v.as_bytes())),
-                            _ => None,
-                        };
+                        let node_header = node_header(snap, node);
                         let refusal = match a.framing {
                             Framing::Length(n) if a.status == 503 && n <= resend::REFUSAL_BODY_MAX => Some(n),
                             _ => None,
@@ -594,7 +652,7 @@ impl<S: Rewind> Lane<'_, S> {
                         // Draining: say so, so the client opens its next request elsewhere.
                         close |= self.ctx.life.shutdown.is_cancelled();
                         self.out.clear();
-                        let o = wire::Out { node_header, close, date: &date() };
+                        let o = wire::Out { node_header, close, upgrade: None, date: &date() };
                         wire::encode_response(&a, &hs, &o, &mut self.out);
                         break (a.status, a.framing, a.closes, a.len, refusal);
                     }
@@ -665,12 +723,53 @@ impl<S: Rewind> Lane<'_, S> {
         };
         self.ctx.core.frontend.bytes_out.fetch_add(payload, Ordering::Relaxed);
         node.counters.bytes_out.fetch_add(payload, Ordering::Relaxed);
-        if whole && reusable && !closes {
+        // A connection that was asked to switch and did not is not trusted with another request.
+        if whole && reusable && !closes && !job.upgrade {
             node.release_raw(stream);
         }
         drop(guard);
         self.finish(job, status, payload, whole);
         Ok(whole && !close)
+    }
+
+    /// The node switched to a WebSocket (its `101` head is in `self.out`, `early` is what it sent
+    /// behind it): the answer goes to the client and the lane hands both sockets to a tunnel
+    /// (`Ok(false)`: the lane's loop ends, [`Lane::switched`] is set).
+    #[allow(clippy::too_many_arguments)]
+    async fn switch(
+        &mut self,
+        snap: &Snapshot,
+        node: &Arc<Backend>,
+        guard: ActiveGuard,
+        kill: tokio_util::sync::CancellationToken,
+        stream: TcpStream,
+        early: Vec<u8>,
+        job: &mut Job,
+        sent_at: Option<Instant>,
+    ) -> Result<bool, Failure> {
+        let cfg = &snap.config;
+        node.passive_success();
+        node.counters.responses.record(101);
+        self.ctx.core.frontend.responses.record(101);
+        let log = job.log.take().map(|mut r| {
+            r.wait = sent_at.map(|t| t.elapsed());
+            Box::new(r.into_websocket(node.clone()))
+        });
+        let sent = self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok();
+        if !sent {
+            // The client left before its answer: no session (hyper's path logs none either).
+            return Ok(false);
+        }
+        // Frames go out as they come, as on every other tunnel.
+        let _ = stream.set_nodelay(true);
+        let opts = tunnel::RunOpts {
+            websocket: true,
+            idle: cfg.timeouts.tunnel.0,
+            pings: (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0),
+        };
+        let tunnel = Tunnel { opts, guard, kill, log };
+        self.switched = Some(Switched { node: Prefixed::new(stream, early), tunnel });
+        Ok(false)
     }
 }
 
@@ -679,6 +778,14 @@ impl<S: Rewind> Lane<'_, S> {
 fn limits(cfg: &crate::control::config::Config) -> wire::Limits {
     let l = &cfg.limits;
     wire::Limits { uri: l.uri, headers: l.headers, head: l.request_head, body: cfg.balance.resend_body as u64 }
+}
+
+/// `[gateway] node_header` and the node's name, when the answers name their node.
+fn node_header<'a>(snap: &'a Snapshot, node: &'a Backend) -> Option<(&'a str, &'a [u8])> {
+    match (&snap.node_header, &node.name_value) {
+        (Some(n), Some(v)) => Some((n.as_str(), v.as_bytes())),
+        _ => None,
+    }
 }
 
 /// Today's `Date` value (RFC 9110 5.6.7), formatted once a second per worker thread.

@@ -40,7 +40,8 @@ pub struct Limits {
 pub enum Parsed<'b> {
     /// Not a whole head yet, and under the limits.
     Partial,
-    /// Not for the fast lane: a chunked or long body, an upgrade, HTTP/1.0, a malformed or
+    /// Not for the fast lane: a chunked or long body, an upgrade other than a plain WebSocket
+    /// one, HTTP/1.0, a malformed or
     /// over-limit head, a header the gateway must look at (its loop mark, `X-Forwarded-*`, `Expect`...). hyper's
     /// path reads it from the same bytes and answers it.
     Other,
@@ -48,8 +49,9 @@ pub enum Parsed<'b> {
     Take(Head<'b>),
 }
 
-/// A request head the fast lane forwards: a body-less GET, HEAD or OPTIONS, or a POST, PUT,
-/// PATCH or DELETE with a short `Content-Length` body (or none), in origin form.
+/// A request head the fast lane forwards: a body-less GET, HEAD or OPTIONS (a GET may ask for a
+/// WebSocket), or a POST, PUT, PATCH or DELETE with a short `Content-Length` body (or none), in
+/// origin form.
 #[derive(Debug)]
 pub struct Head<'b> {
     /// `GET`, `HEAD`, `OPTIONS`, `POST`, `PUT`, `PATCH` or `DELETE`.
@@ -60,6 +62,9 @@ pub struct Head<'b> {
     pub host: &'b [u8],
     /// The client asked to close after this answer (`Connection: close`).
     pub close: bool,
+    /// A GET asking for a WebSocket (`Connection: upgrade` and `Upgrade: websocket`, nothing
+    /// else in either): a `101` answer turns the connection into a tunnel.
+    pub upgrade: bool,
     /// Header lines in the array.
     pub count: usize,
     /// Bytes of the head, blank line included: where the body (or the next request) starts.
@@ -69,9 +74,10 @@ pub struct Head<'b> {
 }
 
 impl Head<'_> {
-    /// A GET, HEAD or OPTIONS (body-less): sent again whatever happened to a first try.
+    /// A GET, HEAD or OPTIONS (body-less): sent again whatever happened to a first try. Not an
+    /// upgrade: a node that read one may have opened a session for it (as on hyper's path).
     pub fn idempotent(&self) -> bool {
-        matches!(self.method, "GET" | "HEAD" | "OPTIONS")
+        !self.upgrade && matches!(self.method, "GET" | "HEAD" | "OPTIONS")
     }
 
     /// A HEAD request: its answer has no body whatever its headers say.
@@ -145,6 +151,8 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
     let mut host = None;
     let mut close = false;
     let mut body = None;
+    // `Connection: upgrade` and `Upgrade: websocket` seen (both needed, on a GET).
+    let (mut conn_upgrade, mut websocket) = (false, false);
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("host") {
             if host.is_some() || h.value.contains(&b'@') {
@@ -152,13 +160,29 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
             }
             host = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("connection") {
-            // One token, `keep-alive` or `close`: any other names headers to drop (the long way).
+            // Tokens `keep-alive`, `close` or `upgrade`: any other names headers to drop (the
+            // long way). One token is the common case: no split.
             let v = h.value.trim_ascii();
             if v.eq_ignore_ascii_case(b"close") {
                 close = true;
+            } else if v.eq_ignore_ascii_case(b"upgrade") {
+                conn_upgrade = true;
             } else if !v.eq_ignore_ascii_case(b"keep-alive") {
+                for t in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                    if t.eq_ignore_ascii_case(b"upgrade") {
+                        conn_upgrade = true;
+                    } else if !t.eq_ignore_ascii_case(b"keep-alive") {
+                        return Parsed::Other;
+                    }
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            // One line naming exactly `websocket`; a list, a version or another protocol (`h2c`)
+            // is hyper's path's to judge.
+            if websocket || method != "GET" || !h.value.trim_ascii().eq_ignore_ascii_case(b"websocket") {
                 return Parsed::Other;
             }
+            websocket = true;
         } else if may_body && h.name.eq_ignore_ascii_case("content-length") {
             // Digits only, once (a list, a sign or a second line: hyper's path judges it).
             let v = h.value;
@@ -175,7 +199,11 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
     if body > limits.body {
         return Parsed::Other;
     }
-    Parsed::Take(Head { method, target, host, close, count, len, body })
+    // Half an upgrade (either header alone), or one that also asks to close: hyper's path.
+    if conn_upgrade != websocket || (websocket && close) {
+        return Parsed::Other;
+    }
+    Parsed::Take(Head { method, target, host, close, upgrade: websocket, count, len, body })
 }
 
 /// What the gateway adds to every request it forwards.
@@ -189,7 +217,8 @@ pub struct Added<'a> {
 }
 
 /// The request as a node gets it, into `out`: the target rewritten, `Connection` left out (the
-/// node connection is the gateway's), `X-Forwarded-*` and the loop mark added.
+/// node connection is the gateway's; `Connection: upgrade` for a WebSocket, whose `Upgrade`
+/// line goes on as sent), `X-Forwarded-*` and the loop mark added.
 pub fn encode_request(head: &Head<'_>, headers: &[Header<'_>], target: &str, added: &Added<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
@@ -205,6 +234,9 @@ pub fn encode_request(head: &Head<'_>, headers: &[Header<'_>], target: &str, add
     line(out, b"x-forwarded-proto", added.proto.as_bytes());
     line(out, b"x-forwarded-host", head.host);
     line(out, b"x-kuzzle-gateway", added.mark);
+    if head.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
     out.extend_from_slice(b"\r\n");
 }
 
@@ -363,6 +395,8 @@ pub struct Out<'a> {
     pub node_header: Option<(&'a str, &'a [u8])>,
     /// Close after this answer (`Connection: close`).
     pub close: bool,
+    /// A `101` to a WebSocket request: the `Upgrade` value sent back, with `Connection: upgrade`.
+    pub upgrade: Option<&'a [u8]>,
     /// Today's `Date` value, written when the node sent none.
     pub date: &'a [u8],
 }
@@ -418,7 +452,10 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
         Framing::Chunked | Framing::UntilClose => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::None => {}
     }
-    if o.close {
+    if let Some(u) = o.upgrade {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+        line(out, b"upgrade", u);
+    } else if o.close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");

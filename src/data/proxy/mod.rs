@@ -36,7 +36,7 @@ use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
 use crate::core::{Core, Lifecycle};
 use crate::data::balance;
-use crate::data::edge::access_log::{self, BytesIn, HttpRecord, Target, WsRecord};
+use crate::data::edge::access_log::{self, BytesIn, HttpRecord, Target};
 use crate::data::edge::limits::{Place, RateVerdict};
 use crate::data::edge::Edge;
 use crate::data::route::{self, RouteError};
@@ -651,17 +651,9 @@ async fn exchange(
                 pings: (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0),
             };
             // The session gets its own line when it ends, in place of the request's.
-            let log = p.log.take().map(|r| {
-                Box::new(WsRecord {
-                    config: r.config,
-                    log: r.log,
-                    start: r.start,
-                    client: r.client,
-                    uri: r.target.into_uri(),
-                    node: node.clone(),
-                })
-            });
-            tunnel::spawn(&ctx.life, &ctx.core.frontend, opts, guard, kill, permit, client_up, node_up, log);
+            let log = p.log.take().map(|r| Box::new(r.into_websocket(node.clone())));
+            let t = tunnel::Tunnel { opts, guard, kill, log };
+            tunnel::spawn(&ctx.life, &ctx.core.frontend, t, permit, client_up, node_up);
             let (mut parts, _) = resp.into_parts();
             let kept = parts.headers.get(header::UPGRADE).cloned().unwrap_or(proto);
             strip_hop_by_hop(&mut parts.headers, Some(kept));

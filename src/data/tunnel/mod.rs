@@ -140,18 +140,27 @@ impl PermitSlot {
     }
 }
 
-/// Start the tunnel task once both sides have switched protocols.
-#[allow(clippy::too_many_arguments)]
+/// What a tunnel needs besides its two streams.
+pub struct Tunnel {
+    /// What it is for (WebSocket or not, idle timeout, SDK heartbeats).
+    pub opts: RunOpts,
+    /// Its node, counted busy until the tunnel ends.
+    pub guard: ActiveGuard,
+    /// Cancelled when the node goes down or into maintenance (taken before the exchange, so a node
+    /// marked down meanwhile still closes this tunnel).
+    pub kill: CancellationToken,
+    /// The session's access log line, written when it ends (None: no access log).
+    pub log: Option<Box<WsRecord>>,
+}
+
+/// Start the tunnel task once both sides have switched protocols (hyper's path).
 pub fn spawn(
     life: &Lifecycle,
     frontend: &Arc<FrontendCounters>,
-    opts: RunOpts,
-    guard: ActiveGuard,
-    kill: CancellationToken,
+    t: Tunnel,
     permit: Option<Held>,
     client: OnUpgrade,
     node: OnUpgrade,
-    log: Option<Box<WsRecord>>,
 ) {
     let frontend = frontend.clone();
     let close_all = life.close_tunnels.clone();
@@ -160,40 +169,51 @@ pub fn spawn(
             Ok(pair) => pair,
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
-                if let Some(r) = log {
+                if let Some(r) = t.log {
                     let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
                     r.log.websocket(&r, end);
                 }
                 return;
             }
         };
-        let backend = guard.backend.clone();
-        let f = &frontend;
-        let c = &backend.counters;
-        f.tunnels.fetch_add(1, Ordering::Relaxed);
-        f.tunnels_total.fetch_add(1, Ordering::Relaxed);
-        c.tunnels.fetch_add(1, Ordering::Relaxed);
-        c.tunnels_total.fetch_add(1, Ordering::Relaxed);
-        let io = TunnelIo {
-            bytes_in: [&f.bytes_in, &c.bytes_in],
-            bytes_out: [&f.bytes_out, &c.bytes_out],
-            pings_answered: &f.sdk_pings_answered,
-            session: log.as_ref().map(|_| Session::default()),
-        };
-        let draw = Some((&backend.shed, crate::util::epoch_ms()));
         // Plain TCP on both sides (the common case) skips hyper's `Upgraded` on every read and write.
         let client = side::<SendTimeout<ClientStream>, _>(client, |s| s);
         let node = side::<NodeStream, _>(node, NodeStream::into_inner);
-        let end = run(client, node, opts, &kill, &close_all, draw, &io).await;
-        tracing::debug!(node = %backend.name, ?end, "tunnel closed");
-        if let (Some(r), Some(s)) = (log, &io.session) {
-            r.log.websocket(&r, s.end(end));
-        }
-        f.tunnels.fetch_sub(1, Ordering::Relaxed);
-        c.tunnels.fetch_sub(1, Ordering::Relaxed);
-        drop(guard);
+        relay(&frontend, &close_all, t, client, node).await;
         drop(permit);
     });
+}
+
+/// Relay a switched connection both ways until it ends, counted as a tunnel of the frontend and
+/// of its node, its access log line written at the end.
+pub async fn relay<C, N>(frontend: &FrontendCounters, close_all: &CancellationToken, t: Tunnel, client: C, node: N)
+where
+    C: AsyncRead + AsyncWrite + Send,
+    N: AsyncRead + AsyncWrite + Send,
+{
+    let Tunnel { opts, guard, kill, log } = t;
+    let backend = guard.backend.clone();
+    let f = frontend;
+    let c = &backend.counters;
+    f.tunnels.fetch_add(1, Ordering::Relaxed);
+    f.tunnels_total.fetch_add(1, Ordering::Relaxed);
+    c.tunnels.fetch_add(1, Ordering::Relaxed);
+    c.tunnels_total.fetch_add(1, Ordering::Relaxed);
+    let io = TunnelIo {
+        bytes_in: [&f.bytes_in, &c.bytes_in],
+        bytes_out: [&f.bytes_out, &c.bytes_out],
+        pings_answered: &f.sdk_pings_answered,
+        session: log.as_ref().map(|_| Session::default()),
+    };
+    let draw = Some((&backend.shed, crate::util::epoch_ms()));
+    let end = run(client, node, opts, &kill, close_all, draw, &io).await;
+    tracing::debug!(node = %backend.name, ?end, "tunnel closed");
+    if let (Some(r), Some(s)) = (log, &io.session) {
+        r.log.websocket(&r, s.end(end));
+    }
+    f.tunnels.fetch_sub(1, Ordering::Relaxed);
+    c.tunnels.fetch_sub(1, Ordering::Relaxed);
+    drop(guard);
 }
 
 /// Counters one tunnel feeds.

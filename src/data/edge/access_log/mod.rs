@@ -183,6 +183,19 @@ impl HttpRecord {
             bytes_in: BytesIn::None,
         }
     }
+
+    /// The record of an upgrade the node accepted: the session gets its own line when it ends,
+    /// in place of the request's.
+    pub fn into_websocket(self, node: Arc<Backend>) -> WsRecord {
+        WsRecord {
+            config: self.config,
+            log: self.log,
+            start: self.start,
+            client: self.client,
+            uri: self.target.into_uri(),
+            node,
+        }
+    }
 }
 
 impl Target {

@@ -15,10 +15,12 @@ struct Taken {
     target: String,
     host: Vec<u8>,
     close: bool,
+    upgrade: bool,
     count: usize,
     len: usize,
     body: u64,
     head_only: bool,
+    idempotent: bool,
     headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -40,10 +42,12 @@ fn judge_with(buf: &[u8], limits: Limits) -> Judged {
             target: h.target.to_string(),
             host: h.host.to_vec(),
             close: h.close,
+            upgrade: h.upgrade,
             count: h.count,
             len: h.len,
             body: h.body,
             head_only: h.head_only(),
+            idempotent: h.idempotent(),
             headers: headers[..h.count].iter().map(|x| (x.name.to_string(), x.value.to_vec())).collect(),
         }),
     }
@@ -130,7 +134,7 @@ fn client_head(raw: &str, head_only: bool, node_header: Option<(&str, &[u8])>, c
         panic!("not a head: {raw:?}")
     };
     let mut out = Vec::new();
-    encode_response(&a, &headers, &Out { node_header, close, date: DATE }, &mut out);
+    encode_response(&a, &headers, &Out { node_header, close, upgrade: None, date: DATE }, &mut out);
     String::from_utf8(out).expect("ASCII head")
 }
 
@@ -268,7 +272,54 @@ fn connection_naming_anything_else_goes_the_long_way() {
         assert_other(&get_with(&format!("Connection: {v}\r\n")));
     }
     assert_other(&get_with("Connection: close\r\nConnection: x-foo\r\n"));
-    assert_other(&get_with("Connection: Upgrade\r\nUpgrade: websocket\r\n"));
+}
+
+#[test]
+fn a_websocket_upgrade_is_taken_and_marked() {
+    for extra in [
+        "Connection: Upgrade\r\nUpgrade: websocket\r\n",
+        "connection: upgrade\r\nupgrade:  WebSocket \r\n",
+        // Firefox's.
+        "Connection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n",
+        "Upgrade: websocket\r\nConnection: keep-alive\r\nConnection: upgrade\r\n",
+    ] {
+        let t = taken(&get_with(&format!(
+            "{extra}Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        )));
+        assert!(t.upgrade, "{extra:?}");
+        assert!(!t.close && !t.idempotent, "an upgrade is never sent twice: {extra:?}");
+    }
+    let plain = taken(&get_with(""));
+    assert!(!plain.upgrade && plain.idempotent);
+}
+
+#[test]
+fn any_other_upgrade_goes_the_long_way() {
+    for extra in [
+        // Half an upgrade.
+        "Connection: Upgrade\r\n",
+        "Upgrade: websocket\r\n",
+        "Connection: keep-alive\r\nUpgrade: websocket\r\n",
+        // Another protocol, a list, a version, twice.
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAA\r\n",
+        "Connection: Upgrade\r\nUpgrade: h2c\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket, h2c\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket/13\r\n",
+        "Connection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: websocket\r\n",
+        "Connection: Upgrade\r\nUpgrade:\r\n",
+        // With a close, or naming another header.
+        "Connection: Upgrade\r\nConnection: close\r\nUpgrade: websocket\r\n",
+        "Connection: Upgrade, x-foo\r\nUpgrade: websocket\r\n",
+        "Connection: Upgrade,\r\nUpgrade: websocket\r\n",
+    ] {
+        assert_other(&get_with(extra));
+    }
+    for method in ["HEAD", "OPTIONS", "POST", "DELETE"] {
+        assert_other(
+            format!("{method} / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").as_bytes(),
+        );
+    }
+    assert_other(b"GET / HTTP/1.0\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
 }
 
 /// `name` with every other letter in upper case, starting with the first.
@@ -469,6 +520,22 @@ fn encode_request_drops_every_connection_line_and_keeps_the_rest() {
     assert_eq!(lines[4].1, b"h");
 }
 
+#[test]
+fn encode_request_asks_the_node_for_the_websocket() {
+    let buf =
+        b"GET /cluster_kuzzle_2/ HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+                Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let (method, target, lines) = lines_of_request(&node_request(buf, "/"));
+    assert_eq!((method.as_str(), target.as_str()), ("GET", "/"));
+    let named = |n: &str| -> Vec<&[u8]> {
+        lines.iter().filter(|(k, _)| k.eq_ignore_ascii_case(n)).map(|(_, v)| v.as_slice()).collect()
+    };
+    assert_eq!(named("connection"), [&b"upgrade"[..]], "one Connection line: the gateway's");
+    assert_eq!(named("upgrade"), [&b"websocket"[..]]);
+    assert_eq!(named("sec-websocket-key"), [&b"dGhlIHNhbXBsZSBub25jZQ=="[..]]);
+    assert_eq!(named("sec-websocket-version"), [&b"13"[..]]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // parse_response: a node's answer and its framing
 
@@ -665,6 +732,32 @@ fn encode_response_strips_hop_by_hop_headers() {
     assert_eq!((status, reason.as_str()), (200, "OK"));
     let names: Vec<&str> = lines.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["X-Kept", "date", "transfer-encoding"]);
+}
+
+#[test]
+fn a_switch_to_websocket_keeps_its_upgrade_pair_and_nothing_else_hop_by_hop() {
+    let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\nConnection: Upgrade, X-Secret\r\n\
+               Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\n\r\n";
+    let mut headers = response_headers();
+    let NodeParsed::Head(a) = parse_response(raw.as_bytes(), &mut headers, false) else { panic!("not a head") };
+    assert_eq!((a.status, a.framing), (101, Framing::None));
+    let mut out = Vec::new();
+    let o = Out { node_header: Some(("X-Kuzzle-Node", b"n1")), close: true, upgrade: Some(b"WebSocket"), date: DATE };
+    encode_response(&a, &headers, &o, &mut out);
+    let (status, reason, lines) = lines_of_response(std::str::from_utf8(&out).expect("ASCII"));
+    assert_eq!((status, reason.as_str()), (101, "Switching Protocols"));
+    let lines: Vec<(&str, &str)> = lines.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(
+        lines,
+        [
+            ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ("X-Kuzzle-Node", "n1"),
+            ("date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+            ("connection", "upgrade"),
+            ("upgrade", "WebSocket"),
+        ],
+        "no close, no length, the node's hop-by-hop lines gone"
+    );
 }
 
 #[test]
