@@ -407,23 +407,33 @@ async fn a_body_that_looks_like_a_request_is_a_body() {
 }
 
 /// A node for WebSocket upgrades: `/ws` switches (its `101` and a first frame in one write) and
-/// then echoes every byte; `/refuse` answers the upgrade with a 426 on a keep-alive connection;
-/// anything else gets `ok`. Each request head it reads (but health checks) goes to `heads`.
-async fn upgrade_node(heads: tokio::sync::mpsc::UnboundedSender<String>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// then echoes every byte; `/refuse` answers the upgrade with a 426 and `/busy` with a short 503,
+/// both on a keep-alive connection; `/evil` switches to another protocol; anything else gets
+/// `ok`. Each request head it reads (but health checks) goes to `heads`, with the number of the
+/// connection it came on.
+async fn upgrade_node(
+    heads: tokio::sync::mpsc::UnboundedSender<(usize, String)>,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     fake_node(move |mut c| {
         let heads = heads.clone();
+        let conn = conns.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             while let Some(req) = read_request(&mut c).await {
                 let text = String::from_utf8_lossy(&req).into_owned();
                 // Health checks are not the client's requests.
                 if !text.contains("kuzzle-gateway-health") {
-                    let _ = heads.send(text.clone());
+                    let _ = heads.send((conn, text.clone()));
                 }
                 let answer: &[u8] = if text.starts_with("GET /ws") {
                     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                       Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nX-Node-Kept: 1\r\n\r\n\x81\x0anode-first"
                 } else if text.starts_with("GET /refuse ") {
                     b"HTTP/1.1 426 Upgrade Required\r\ncontent-length: 4\r\n\r\nnope"
+                } else if text.starts_with("GET /busy ") {
+                    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\nbusy"
+                } else if text.starts_with("GET /evil ") {
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\nConnection: Upgrade\r\n\r\n"
                 } else {
                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
                 };
@@ -505,7 +515,7 @@ async fn a_websocket_upgrade_is_relayed_the_same_on_and_off_the_lane() {
 
         // What the node got: one Connection line (upgrade), the Upgrade line, the forwarding
         // headers. The lane passes header lines as sent; hyper's path writes names in lower case.
-        let head = heads.recv().await.expect("the node's head");
+        let (_, head) = heads.recv().await.expect("the node's head");
         let lower = head.to_ascii_lowercase();
         assert!(head.starts_with("GET /ws?x=1 HTTP/1.1\r\n"), "lane {lane}: {head:?}");
         assert_eq!(lower.matches("\r\nconnection:").count(), 1, "lane {lane}: {head:?}");
@@ -514,18 +524,39 @@ async fn a_websocket_upgrade_is_relayed_the_same_on_and_off_the_lane() {
         assert!(lower.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"), "lane {lane}: {head:?}");
         assert_eq!(head.contains("\r\nSec-WebSocket-Key: "), lane, "which path took it (lane {lane}): {head:?}");
 
-        // An upgrade the node refuses is an answer like any other; the connection goes on.
-        let mut d = TcpStream::connect(gw.http_addr).await.expect("connect");
-        d.write_all(
-            b"GET /refuse HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
-              GET /after HTTP/1.1\r\nHost: gw\r\n\r\n",
+        // An upgrade the node refuses is an answer like any other and the client's connection
+        // goes on; the node's, asked to switch, never carries another request.
+        for (path, body) in [("/refuse", "nope"), ("/busy", "busy")] {
+            let mut d = TcpStream::connect(gw.http_addr).await.expect("connect");
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                 Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+                 GET /after HTTP/1.1\r\nHost: gw\r\n\r\n"
+            );
+            d.write_all(req.as_bytes()).await.expect("write");
+            assert_eq!(read_answers(&mut d, 2).await, [body, "ok"], "lane {lane}: {path}");
+            let (refused_on, h) = heads.recv().await.expect("head");
+            assert!(h.starts_with(&format!("GET {path} ")), "{h:?}");
+            let (after_on, h) = heads.recv().await.expect("head");
+            assert!(h.starts_with("GET /after "), "{h:?}");
+            assert_ne!(refused_on, after_on, "lane {lane}: the connection of a refused upgrade ({path}) was pooled");
+        }
+
+        // A switch to anything but a WebSocket is the node's fault: a 502, no tunnel.
+        let mut e = TcpStream::connect(gw.http_addr).await.expect("connect");
+        e.write_all(
+            b"GET /evil HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+              Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
         )
         .await
         .expect("write");
-        assert_eq!(read_answers(&mut d, 2).await, ["nope", "ok"], "lane {lane}");
-        assert!(heads.recv().await.expect("head").starts_with("GET /refuse "));
-        assert!(heads.recv().await.expect("head").starts_with("GET /after "));
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(T, e.read(&mut answer)).await.expect("an answer").expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 502 "), "lane {lane}: {answer:?}");
+        assert!(answer.contains("protocol other than websocket"), "lane {lane}: {answer:?}");
+        assert!(heads.recv().await.expect("head").1.starts_with("GET /evil "));
+        assert_eq!(gw.core.frontend.tunnels.load(std::sync::atomic::Ordering::Relaxed), 1, "lane {lane}");
 
         // The client's close ends the tunnel.
         drop(c);

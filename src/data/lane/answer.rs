@@ -163,7 +163,8 @@ impl<S: Rewind> Lane<'_, S> {
             }
         }
         node.counters.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        if !closes && self.nbuf.len() == len + n {
+        // An upgrade's connection is not trusted with another request (as in `exchange`).
+        if !closes && !job.upgrade && self.nbuf.len() == len + n {
             node.release_raw(stream);
         }
         self.out.extend_from_slice(&self.nbuf[len..len + n]);

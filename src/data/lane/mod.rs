@@ -20,7 +20,7 @@ use self::wire::{Framing, NodeParsed, Parsed};
 use crate::control::config::SdkPings;
 use crate::core::backend::{ActiveGuard, Backend};
 use crate::core::snapshot::Snapshot;
-use crate::data::edge::access_log::{BytesIn, HttpRecord, Target};
+use crate::data::edge::access_log::{BytesIn, HttpRecord, Target, WsEnd};
 use crate::data::edge::proxy_protocol::Prefixed;
 use crate::data::proxy::error::{Progress, ProxyError};
 use crate::data::proxy::{self, resend, ClientInfo, Context, Scheme};
@@ -85,10 +85,15 @@ pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, 
         }
         Next::Tunnel(io, t) => {
             // As after hyper's upgrade: the connection ends, the tunnel counts on its own and
-            // keeps the connection's place (`held`) until it closes.
+            // keeps the connection's place (`held`) until it closes. A task of its own: the
+            // connection's (sized for a TLS handshake and the lane) is freed now, not held for as
+            // long as the WebSocket lasts.
             ctx.core.frontend.connection_closed();
-            Box::pin(tunnel::relay(&ctx.core.frontend, &ctx.life.close_tunnels, t.tunnel, io, t.node)).await;
-            drop(held);
+            let (frontend, close_all) = (ctx.core.frontend.clone(), ctx.life.close_tunnels.clone());
+            ctx.life.connections.spawn(async move {
+                tunnel::relay(&frontend, &close_all, t.tunnel, io, t.node).await;
+                drop(held);
+            });
             return;
         }
     }
@@ -620,10 +625,19 @@ impl<S: Rewind> Lane<'_, S> {
                             e.record(node, &cfg.health);
                             return Err(Failure::Final(e));
                         };
-                        let upgrade = hs[..a.count]
+                        // Only a switch to what the client asked for (RFC 6455 4.1).
+                        let Some(upgrade) = hs[..a.count]
                             .iter()
                             .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                            .map_or(&b"websocket"[..], |h| h.value);
+                            .map(|h| h.value)
+                            .filter(|v| {
+                                v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+                            })
+                        else {
+                            let e = ProxyError::not_websocket(node);
+                            e.record(node, &cfg.health);
+                            return Err(Failure::Final(e));
+                        };
                         self.out.clear();
                         let node_header = node_header(snap, node);
                         let o = wire::Out { node_header, close: false, upgrade: Some(upgrade), date: &date() };
@@ -757,7 +771,11 @@ impl<S: Rewind> Lane<'_, S> {
         });
         let sent = self.io.write_all(&self.out).await.is_ok() && self.io.flush().await.is_ok();
         if !sent {
-            // The client left before its answer: no session (hyper's path logs none either).
+            // The client left before its answer: the session's line says so, as on hyper's path.
+            if let Some(r) = log {
+                let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
+                r.log.websocket(&r, end);
+            }
             return Ok(false);
         }
         // Frames go out as they come, as on every other tunnel.

@@ -129,6 +129,13 @@ impl ProxyError {
         Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::BAD_GATEWAY, message)
     }
 
+    /// A WebSocket upgrade the node answered with a `101` to another protocol, or to none: what
+    /// it speaks now is not what the client asked for (RFC 6455 4.1: the handshake fails).
+    pub fn not_websocket(node: &Backend) -> Self {
+        let message = format!("node {} switched to a protocol other than websocket", node.name);
+        Self::node(NodeFault::Response, Progress::NoAnswer, StatusCode::BAD_GATEWAY, message)
+    }
+
     /// The client's body stopped before its end (a half-close): 400, `CR` in the access log.
     pub fn body_cut_short() -> Self {
         Self::client(StatusCode::BAD_REQUEST, BODY_CUT_SHORT)

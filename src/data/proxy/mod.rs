@@ -639,6 +639,13 @@ async fn exchange(
         e.record(node, &cfg.health);
         return Err(Failure::Final(e));
     }
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && !resp.headers().get_all(header::UPGRADE).iter().any(is_websocket)
+    {
+        let e = ProxyError::not_websocket(node);
+        e.record(node, &cfg.health);
+        return Err(Failure::Final(e));
+    }
     node.passive_success();
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some((proto, client_up)) = p.upgrade.take() {
@@ -666,7 +673,9 @@ async fn exchange(
     let (mut parts, body) = resp.into_parts();
     // A connection the node closes after this answer goes back to no pool: the next request
     // would only find it closing (Kuzzle 2 closes after every answer).
-    let sender = (!closes_connection(&parts.headers, parts.version)).then_some(sender);
+    // Nor does one asked to switch protocols that answered otherwise: it is not trusted with
+    // another request (as on the lane).
+    let sender = (!closes_connection(&parts.headers, parts.version) && p.upgrade.is_none()).then_some(sender);
     // Transfer-Encoding wins (RFC 9112 6.3): hyper read the body chunked, so a Content-Length
     // beside it would make the client cut the body short.
     if parts.headers.contains_key(header::TRANSFER_ENCODING) {
