@@ -90,10 +90,8 @@ pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, 
             // long as the WebSocket lasts.
             ctx.core.frontend.connection_closed();
             let (frontend, close_all) = (ctx.core.frontend.clone(), ctx.life.close_tunnels.clone());
-            ctx.life.connections.spawn(async move {
-                tunnel::relay(&frontend, &close_all, t.tunnel, io, t.node).await;
-                drop(held);
-            });
+            let relay = tunnel::relay(frontend, close_all, t.tunnel, io, t.node, Some(held));
+            ctx.life.connections.spawn(relay);
             return;
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use std::io;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 use tokio_util::sync::CancellationToken;
 
 use crate::core::backend::{ActiveGuard, NodeStream};
@@ -51,17 +51,19 @@ impl Pump {
     /// Read what `r` has and write it to `w`, all of it before this returns. `keep` sees the bytes
     /// read and says how many of the first ones go on (the rest are dropped: a close after a
     /// frame boundary). Returns (bytes read, bytes written); (0, 0) at end of stream.
-    pub async fn pump<R, W>(
-        &mut self,
-        r: &mut R,
-        w: &mut W,
-        mut keep: impl FnMut(&[u8]) -> usize,
-    ) -> io::Result<(usize, usize)>
+    /// A plain future, not an `async fn`: one wrapping the `poll_fn` stored its references twice,
+    /// in every tunnel's task (for as long as the WebSocket is open).
+    pub fn pump<'a, R, W>(
+        &'a mut self,
+        r: &'a mut R,
+        w: &'a mut W,
+        mut keep: impl FnMut(&[u8]) -> usize + 'a,
+    ) -> impl Future<Output = io::Result<(usize, usize)>> + 'a
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        std::future::poll_fn(|cx| {
+        std::future::poll_fn(move |cx| {
             if !self.pending.is_empty() {
                 // An earlier poll read more than the writer took: finish that first.
                 while self.written < self.pending.len() {
@@ -106,7 +108,6 @@ impl Pump {
                 Poll::Ready(Ok((n, upto)))
             })
         })
-        .await
     }
 
     /// Whether a buffer is held now (tests, memory accounting).
@@ -179,41 +180,54 @@ pub fn spawn(
         // Plain TCP on both sides (the common case) skips hyper's `Upgraded` on every read and write.
         let client = side::<SendTimeout<ClientStream>, _>(client, |s| s);
         let node = side::<NodeStream, _>(node, NodeStream::into_inner);
-        relay(&frontend, &close_all, t, client, node).await;
-        drop(permit);
+        relay(frontend, close_all, t, client, node, permit).await;
     });
 }
 
 /// Relay a switched connection both ways until it ends, counted as a tunnel of the frontend and
-/// of its node, its access log line written at the end.
-pub async fn relay<C, N>(frontend: &FrontendCounters, close_all: &CancellationToken, t: Tunnel, client: C, node: N)
+/// of its node, its access log line written at the end; `held` (the connection's places) is let
+/// go then. The streams are split here, before the future is made: a task holds every WebSocket
+/// for as long as it is open, and streams moved into a future's own future are stored twice
+/// (each time it was ~100 bytes a side, in every tunnel's task).
+pub fn relay<C, N>(
+    frontend: Arc<FrontendCounters>,
+    close_all: CancellationToken,
+    t: Tunnel,
+    client: C,
+    node: N,
+    held: Option<Held>,
+) -> impl Future<Output = ()> + Send
 where
     C: AsyncRead + AsyncWrite + Send,
     N: AsyncRead + AsyncWrite + Send,
 {
-    let Tunnel { opts, guard, kill, log } = t;
-    let backend = guard.backend.clone();
-    let f = frontend;
-    let c = &backend.counters;
-    f.tunnels.fetch_add(1, Ordering::Relaxed);
-    f.tunnels_total.fetch_add(1, Ordering::Relaxed);
-    c.tunnels.fetch_add(1, Ordering::Relaxed);
-    c.tunnels_total.fetch_add(1, Ordering::Relaxed);
-    let io = TunnelIo {
-        bytes_in: [&f.bytes_in, &c.bytes_in],
-        bytes_out: [&f.bytes_out, &c.bytes_out],
-        pings_answered: &f.sdk_pings_answered,
-        session: log.as_ref().map(|_| Session::default()),
-    };
-    let draw = Some((&backend.shed, crate::util::epoch_ms()));
-    let end = run(client, node, opts, &kill, close_all, draw, &io).await;
-    tracing::debug!(node = %backend.name, ?end, "tunnel closed");
-    if let (Some(r), Some(s)) = (log, &io.session) {
-        r.log.websocket(&r, s.end(end));
+    let (client, node) = (tokio::io::split(client), tokio::io::split(node));
+    async move {
+        // The tunnel's fields are used where they are (copies of them would widen the task).
+        let backend = &t.guard.backend;
+        let f = &frontend;
+        let c = &backend.counters;
+        f.tunnels.fetch_add(1, Ordering::Relaxed);
+        f.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        c.tunnels.fetch_add(1, Ordering::Relaxed);
+        c.tunnels_total.fetch_add(1, Ordering::Relaxed);
+        let io = TunnelIo {
+            bytes_in: [&f.bytes_in, &c.bytes_in],
+            bytes_out: [&f.bytes_out, &c.bytes_out],
+            pings_answered: &f.sdk_pings_answered,
+            session: t.log.as_ref().map(|_| Session::default()),
+        };
+        let draw = Some((&backend.shed, crate::util::epoch_ms()));
+        let end = run_split(client, node, t.opts, &t.kill, &close_all, draw, &io).await;
+        tracing::debug!(node = %backend.name, ?end, "tunnel closed");
+        if let (Some(r), Some(s)) = (&t.log, &io.session) {
+            r.log.websocket(r, s.end(end));
+        }
+        f.tunnels.fetch_sub(1, Ordering::Relaxed);
+        c.tunnels.fetch_sub(1, Ordering::Relaxed);
+        drop(t);
+        drop(held);
     }
-    f.tunnels.fetch_sub(1, Ordering::Relaxed);
-    c.tunnels.fetch_sub(1, Ordering::Relaxed);
-    drop(guard);
 }
 
 /// Counters one tunnel feeds.
@@ -303,9 +317,26 @@ fn is_sdk_ping(d: &[u8]) -> bool {
 /// Copy both ways until one side ends, a stop signal fires, or nothing moves for `opts.idle`.
 /// `draw`: the node's rebalancing draws and when this tunnel opened (epoch ms); a drawn tunnel
 /// closes with [`REBALANCE_CLOSE`].
-pub async fn run<C, N>(
+pub fn run<'a, C, N>(
     client: C,
     node: N,
+    opts: RunOpts,
+    kill: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+    draw: Option<(&'a Shed, u64)>,
+    io: &'a TunnelIo<'a>,
+) -> impl Future<Output = TunnelEnd> + Send + 'a
+where
+    C: AsyncRead + AsyncWrite + Send + 'a,
+    N: AsyncRead + AsyncWrite + Send + 'a,
+{
+    run_split(tokio::io::split(client), tokio::io::split(node), opts, kill, shutdown, draw, io)
+}
+
+/// [`run`] on the two streams' halves (split before the future is made: see [`relay`]).
+async fn run_split<C, N>(
+    client: (ReadHalf<C>, WriteHalf<C>),
+    node: (ReadHalf<N>, WriteHalf<N>),
     opts: RunOpts,
     kill: &CancellationToken,
     shutdown: &CancellationToken,
@@ -317,8 +348,8 @@ where
     N: AsyncRead + AsyncWrite + Send,
 {
     let RunOpts { websocket, idle, pings } = opts;
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut nr, mut nw) = tokio::io::split(node);
+    let (mut cr, mut cw) = client;
+    let (mut nr, mut nw) = node;
     // tokio's clock, the one the idle timer runs on (and tests pause).
     let start = tokio::time::Instant::now();
     let last = AtomicU64::new(0);

@@ -365,3 +365,24 @@ async fn a_close_waits_for_the_rest_of_a_frame_the_client_has_not_taken_yet() {
     let (end, _node) = tokio::join!(run(client, node, opts(true, 60), &kill, &shutdown, None, &io), steer);
     assert_eq!(end, TunnelEnd::NodeGone);
 }
+
+/// Every open WebSocket holds one tunnel's future for its whole life: its size is memory per
+/// connection (ws-idle, ws-ping in bench/perf.sh). It was 1,656 bytes with plain sockets before
+/// the streams were split ahead of the future and `Pump::pump` stopped being an `async fn`
+/// (their references and streams were stored twice), 1,472 after; this fails if it grows back.
+#[tokio::test]
+async fn a_tunnels_future_stays_small() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (a, b) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+    let (a, (b, _)) = (a.expect("connect"), b.expect("accept"));
+    let m = Meters::default();
+    let io = m.io();
+    let (kill, shutdown) = tokens();
+    // The plain sockets' types, as the lane's tunnels have them.
+    let client = crate::data::edge::proxy_protocol::Prefixed::new(a, Vec::new());
+    let node = crate::data::edge::proxy_protocol::Prefixed::new(b, Vec::new());
+    let fut = run(client, node, opts(true, 60), &kill, &shutdown, None, &io);
+    let size = std::mem::size_of_val(&fut);
+    assert!(size <= 1536, "a tunnel's future is {size} bytes (1,472 when this test was written, 1,656 before)");
+}
