@@ -628,9 +628,7 @@ impl<S: Rewind> Lane<'_, S> {
                             .iter()
                             .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
                             .map(|h| h.value)
-                            .filter(|v| {
-                                v.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
-                            })
+                            .filter(|v| crate::data::proxy::headers::names_websocket(v))
                         else {
                             let e = ProxyError::not_websocket(node);
                             e.record(node, &cfg.health);

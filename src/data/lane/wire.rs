@@ -3,6 +3,8 @@
 
 use httparse::{Header, Status, EMPTY_HEADER};
 
+use crate::util::tokens;
+
 /// Header lines the fast lane reads in a request (more: hyper's path, which counts them against
 /// `[limits] headers`).
 pub const MAX_HEADERS: usize = 64;
@@ -168,7 +170,7 @@ pub fn parse_request<'b>(buf: &'b [u8], headers: &mut [Header<'b>; MAX_HEADERS],
             } else if v.eq_ignore_ascii_case(b"upgrade") {
                 conn_upgrade = true;
             } else if !v.eq_ignore_ascii_case(b"keep-alive") {
-                for t in v.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                for t in tokens(v) {
                     if t.eq_ignore_ascii_case(b"upgrade") {
                         conn_upgrade = true;
                     } else if !t.eq_ignore_ascii_case(b"keep-alive") {
@@ -316,8 +318,8 @@ pub fn parse_response<'b>(
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             // Several lines or a list must all say the same number.
-            for v in h.value.split(|b| *b == b',') {
-                let Some(n) = std::str::from_utf8(v.trim_ascii()).ok().and_then(digits) else {
+            for v in tokens(h.value) {
+                let Some(n) = std::str::from_utf8(v).ok().and_then(digits) else {
                     return NodeParsed::Bad;
                 };
                 if length.is_some_and(|l| l != n) {
@@ -327,10 +329,10 @@ pub fn parse_response<'b>(
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             // Chunked must be the last coding; another last coding cannot be delimited here.
-            let last = h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).rfind(|t| !t.is_empty());
+            let last = tokens(h.value).rfind(|t| !t.is_empty());
             chunked = Some(last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")));
         } else if h.name.eq_ignore_ascii_case("connection") {
-            for t in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+            for t in tokens(h.value) {
                 close |= t.eq_ignore_ascii_case(b"close");
                 keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
             }
@@ -386,7 +388,7 @@ fn named_by_connection(headers: &[Header<'_>], name: &str) -> bool {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
+        .any(|h| tokens(h.value).any(|t| t.eq_ignore_ascii_case(name.as_bytes())))
 }
 
 /// How the client's answer is written.
@@ -415,9 +417,7 @@ pub fn encode_response(a: &Answer<'_>, headers: &[Header<'_>], o: &Out<'_>, out:
     // Does a `Connection` value name headers? Most say only `keep-alive` or `close`: then no
     // header is looked up in it (that cost ~6 % of a request).
     let names = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")).any(|h| {
-        h.value
-            .split(|b| *b == b',')
-            .map(<[u8]>::trim_ascii)
+        tokens(h.value)
             .any(|t| !(t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close")))
     });
     let mut dated = false;

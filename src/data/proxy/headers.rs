@@ -4,6 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use super::{ClientInfo, Scheme};
+use crate::util::tokens;
 
 /// Headers that concern one connection only (RFC 9110 section 7.6.1), never forwarded.
 const HOP_COUNT: usize = 9;
@@ -50,18 +51,13 @@ pub fn instance_id() -> HeaderValue {
 /// allocated, and with no mark it is one failed lookup); a comma-joined list counts too.
 #[inline]
 pub fn crossed(h: &HeaderMap, id: &HeaderValue) -> bool {
-    h.get_all(&GATEWAY_MARK).iter().any(|v| v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii() == id.as_bytes()))
+    h.get_all(&GATEWAY_MARK).iter().any(|v| tokens(v.as_bytes()).any(|t| t == id.as_bytes()))
 }
 
 /// Does this response end its connection (`Connection: close`, or HTTP/1.0 without
 /// `keep-alive`)? Real Kuzzle 2 closes after every answer: such a connection is not pooled.
 pub fn closes_connection(h: &HeaderMap, version: http::Version) -> bool {
-    let tokens = || {
-        h.get_all(http::header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(|t| t.trim_ascii())
-    };
+    let tokens = || h.get_all(http::header::CONNECTION).iter().flat_map(|v| tokens(v.as_bytes()));
     if version == http::Version::HTTP_10 {
         return !tokens().any(|t| t.eq_ignore_ascii_case(b"keep-alive"));
     }
@@ -88,8 +84,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, upgrade: Option<HeaderValue>) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
+            .flat_map(|v| tokens(v.as_bytes()))
             .filter(|t| !([&b"keep-alive"[..], b"upgrade", b"close", b""].iter().any(|c| t.eq_ignore_ascii_case(c))))
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
@@ -127,7 +122,12 @@ pub fn upgrade_of(h: &HeaderMap) -> Option<HeaderValue> {
 }
 
 pub fn is_websocket(v: &HeaderValue) -> bool {
-    v.to_str().is_ok_and(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket")))
+    v.to_str().is_ok() && names_websocket(v.as_bytes())
+}
+
+/// Does an `Upgrade` value name `websocket` among its protocols (any letter case)?
+pub fn names_websocket(v: &[u8]) -> bool {
+    tokens(v).any(|t| t.eq_ignore_ascii_case(b"websocket"))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
