@@ -17,10 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use self::wire::{Framing, NodeParsed, Parsed};
-use crate::control::config::SdkPings;
 use crate::core::backend::{ActiveGuard, Backend};
 use crate::core::snapshot::Snapshot;
-use crate::data::edge::access_log::{BytesIn, HttpRecord, Target, WsEnd};
+use crate::data::edge::access_log::{BytesIn, HttpRecord, Target};
 use crate::data::edge::proxy_protocol::Prefixed;
 use crate::data::proxy::error::{Progress, ProxyError};
 use crate::data::proxy::{self, resend, ClientInfo, Context, Scheme};
@@ -757,7 +756,6 @@ impl<S: Rewind> Lane<'_, S> {
         job: &mut Job,
         sent_at: Option<Instant>,
     ) -> Result<bool, Failure> {
-        let cfg = &snap.config;
         node.passive_success();
         node.counters.responses.record(101);
         self.ctx.core.frontend.responses.record(101);
@@ -769,18 +767,13 @@ impl<S: Rewind> Lane<'_, S> {
         if !sent {
             // The client left before its answer: the session's line says so, as on hyper's path.
             if let Some(r) = log {
-                let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
-                r.log.websocket(&r, end);
+                r.never_opened();
             }
             return Ok(false);
         }
         // Frames go out as they come, as on every other tunnel.
         let _ = stream.set_nodelay(true);
-        let opts = tunnel::RunOpts {
-            websocket: true,
-            idle: cfg.timeouts.tunnel.0,
-            pings: (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0),
-        };
+        let opts = tunnel::RunOpts::of(&snap.config, true);
         let tunnel = Tunnel { opts, guard, kill, log };
         self.switched = Some(Switched { node: Prefixed::new(stream, early), tunnel });
         Ok(false)

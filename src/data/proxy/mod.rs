@@ -30,7 +30,6 @@ use self::headers::{
 };
 use self::resend::{read_whole, refusal, refusal_length, Template};
 use self::strict::{strict_framing, strict_target};
-use crate::control::config::SdkPings;
 use crate::core::backend::{ActiveGuard, Backend, Sender, UpBody};
 use crate::core::body::{BodyError, Counted, Direction, Tracked};
 use crate::core::snapshot::Snapshot;
@@ -652,11 +651,7 @@ async fn exchange(
             let node_up = hyper::upgrade::on(&mut resp);
             let kill = kill.unwrap_or_else(|| node.tunnel_kill_token());
             let permit = p.slot.as_ref().and_then(|s| s.take());
-            let opts = tunnel::RunOpts {
-                websocket: is_websocket(&proto),
-                idle: cfg.timeouts.tunnel.0,
-                pings: (cfg.gateway.sdk_pings == SdkPings::Answer).then_some(cfg.gateway.sdk_ping_forward.0),
-            };
+            let opts = tunnel::RunOpts::of(cfg, is_websocket(&proto));
             // The session gets its own line when it ends, in place of the request's.
             let log = p.log.take().map(|r| Box::new(r.into_websocket(node.clone())));
             let t = tunnel::Tunnel { opts, guard, kill, log };

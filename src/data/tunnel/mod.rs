@@ -171,8 +171,7 @@ pub fn spawn(
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade failed");
                 if let Some(r) = t.log {
-                    let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
-                    r.log.websocket(&r, end);
+                    r.never_opened();
                 }
                 return;
             }
@@ -299,6 +298,15 @@ pub struct RunOpts {
     /// `[gateway] sdk_pings = "answer"`: SDK heartbeats are answered here but for one in this
     /// long, which goes on to the node (WebSockets only).
     pub pings: Option<Duration>,
+}
+
+impl RunOpts {
+    /// A tunnel's rules as the configuration gives them (`websocket`: the upgrade was to it).
+    pub fn of(cfg: &crate::control::config::Config, websocket: bool) -> Self {
+        let pings = (cfg.gateway.sdk_pings == crate::control::config::SdkPings::Answer)
+            .then_some(cfg.gateway.sdk_ping_forward.0);
+        RunOpts { websocket, idle: cfg.timeouts.tunnel.0, pings }
+    }
 }
 
 /// The official SDKs' heartbeat answer, as Kuzzle sends it: an unmasked text frame `{"p":2}`.

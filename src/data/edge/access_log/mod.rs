@@ -244,6 +244,15 @@ pub struct WsRecord {
     pub node: Arc<Backend>,
 }
 
+impl WsRecord {
+    /// The line of a session accepted by its node that never opened (the client or the upgrade
+    /// failed before the tunnel began).
+    pub fn never_opened(&self) {
+        let end = WsEnd { bytes_in: 0, bytes_out: 0, close_code: None, closed_by: "error" };
+        self.log.websocket(self, end);
+    }
+}
+
 /// How a WebSocket session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WsEnd {
