@@ -121,6 +121,8 @@ pin_project_lite::pin_project! {
 
 impl<I> Prefixed<I> {
     pub fn new(inner: I, rest: Vec<u8>) -> Self {
+        // An empty buffer's capacity is not kept: a tunnel's side lasts as long as its WebSocket.
+        let rest = if rest.is_empty() { Vec::new() } else { rest };
         Prefixed { inner, rest, pos: 0 }
     }
 
@@ -249,5 +251,13 @@ mod tests {
         let mut out = String::new();
         p.read_to_string(&mut out).await.expect("read");
         assert_eq!(out, "hello world");
+    }
+
+    #[test]
+    fn an_empty_rest_holds_no_buffer() {
+        // The lane hands its read buffer over as it is: a WebSocket must not keep its capacity.
+        let p = Prefixed::new((), Vec::with_capacity(4096));
+        assert_eq!(p.rest.capacity(), 0);
+        assert_eq!(Prefixed::new((), b"x".to_vec()).pending(), b"x");
     }
 }

@@ -266,10 +266,8 @@ async fn run<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> Next<S
         if !lane.handle(&snap, job).await || lane.io.flush().await.is_err() {
             if let Some(sw) = lane.switched.take() {
                 lane.no_delay();
-                // The client's first frames may have come behind its upgrade request; an empty
-                // read buffer is not kept for the tunnel's life.
-                let early = if lane.buf.is_empty() { Vec::new() } else { std::mem::take(&mut lane.buf) };
-                return Next::Tunnel(Prefixed::new(lane.io, early), sw);
+                // The client's first frames may have come behind its upgrade request.
+                return Next::Tunnel(Prefixed::new(lane.io, lane.buf), sw);
             }
             // TLS: its close_notify. A plain socket's close sends the FIN itself: one call fewer.
             if lane.io.get_ref().plain().is_none() {
