@@ -454,21 +454,30 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 # --- system calls per request (SYSCALLS=1): one more wrk run of each proxy under strace ---------
+# wrk_once CASE TARGET: one more load of an HTTP case on TARGET (wrk's report on stdout).
+wrk_once() {
+  local hdr=()
+  [ "$1" = get-close ] && hdr=(-H "Connection: close")
+  taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$2]}/_now" "${hdr[@]}"
+}
+# kernel_line LABEL UNIT EVENTS FAULTS SWITCHES: page faults and context switches per event.
+kernel_line() {
+  awk -v l="$1" -v u="$2" -v n="$3" -v f="$4" -v s="$5" \
+    'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per %s (%d %ss)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), u, n, u }' \
+    >>"$WORK/syscalls"
+}
 if [ "$SYSCALLS" = 1 ]; then
   for c in get-ka get-ka-close get-close; do
     has_case "$c" || continue
-    hdr=(); [ "$c" = get-close ] && hdr=(-H "Connection: close")
     for t in $(targets_of "$c"); do
       case $t in direct*) continue ;; esac
       # Page faults and context switches first, over a window of their own (strace adds switches).
       read -r f0 s0 <<<"$(kernel_counts "${PID[$t]}")"
-      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" "${hdr[@]}" >"$WORK/kc.wrk" 2>&1 || true
+      wrk_once "$c" "$t" >"$WORK/kc.wrk" 2>&1 || true
       read -r f1 s1 <<<"$(kernel_counts "${PID[$t]}")"
-      awk -v l="$c-$t" -v n="$(awk '/requests in/ { print $1 }' "$WORK/kc.wrk")" -v f="$((f1 - f0))" -v s="$((s1 - s0))" \
-        'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per request (%d requests)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), n }' \
-        >>"$WORK/syscalls"
+      kernel_line "$c-$t" request "$(awk '/requests in/ { print $1 }' "$WORK/kc.wrk")" "$((f1 - f0))" "$((s1 - s0))"
       syscalls_begin "$t" "$c-$t"
-      taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" "${hdr[@]}" >"$WORK/strace.wrk" 2>&1 || true
+      wrk_once "$c" "$t" >"$WORK/strace.wrk" 2>&1 || true
       syscalls_end "$(awk '/requests in/ { print $1 }' "$WORK/strace.wrk")"
     done
   done
@@ -480,10 +489,7 @@ if [ "$SYSCALLS" = 1 ]; then
       read -r f0 s0 <<<"$(kernel_counts "${PID[$t]}")"
       ws_release
       read -r f1 s1 <<<"$(kernel_counts "${PID[$t]}")"
-      n=$((2 * $(awk '/^relay/ { print $2 }' "$WORK/ws-relay.out")))
-      awk -v l="ws-relay-$t" -v n="$n" -v f="$((f1 - f0))" -v s="$((s1 - s0))" \
-        'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per message (%d messages)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), n }' \
-        >>"$WORK/syscalls"
+      kernel_line "ws-relay-$t" message "$((2 * $(awk '/^relay/ { print $2 }' "$WORK/ws-relay.out")))" "$((f1 - f0))" "$((s1 - s0))"
       ws_open relay "ws://${URL[$t]}/" "$WS_CLIENTS" "$WS_ROUND_TRIPS"
       syscalls_begin "$t" "ws-relay-$t"
       ws_release
@@ -523,8 +529,7 @@ if [ "$PROFILE" != 0 ]; then
         ws_open relay "ws://${URL[$t]}/" "$WS_CLIENTS" "$WS_ROUND_TRIPS"
         profile_one "$c" "$t" ws_release
       else
-        hdr=(); [ "$c" = get-close ] && hdr=(-H "Connection: close")
-        profile_one "$c" "$t" taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$t]}/_now" "${hdr[@]}"
+        profile_one "$c" "$t" wrk_once "$c" "$t"
       fi
     done
   done
