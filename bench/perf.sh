@@ -24,7 +24,8 @@
 #   PING_WINDOW [12; QUICK: 6]  seconds of CPU measured with the ws-ping sockets open and pinging
 #   SDK_PINGS [answer]  the gateway's [gateway] sdk_pings (forward: every heartbeat to the node)
 #   SYSCALLS [0]     1: also count each proxy's system calls (strace -c -f) over one more window of
-#                    get-ka, get-ka-close, get-close and the ws-ping cases; prints syscalls per request / ping
+#                    get-ka, get-ka-close, get-close and the ws-ping cases; prints syscalls per request / ping,
+#                    with context switches and (nstat) TCP segments per request
 #   PROFILE [0]      1: also `perf record` each proxy over one more window of get-ka, get-close,
 #                    get-ka-close and ws-relay; prints each one's top symbols (self time, kernel and
 #                    user) and its kernel share, saved beside the table (perf-<date>-profile.txt);
@@ -72,7 +73,7 @@ done
 has_case() { case " $CASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 [ "$(nproc)" -ge 2 ] || die "needs 2 CPUs (proxies on CPU 1, load and backends on CPU 0)"
 need_tools wrk nginx haproxy curl openssl taskset:util-linux ss:iproute2
-[ "$SYSCALLS" = 1 ] && need_tools strace
+[ "$SYSCALLS" = 1 ] && need_tools strace nstat:iproute2
 [ "$PROFILE" != 0 ] && need_tools perf:linux-perf
 
 if [ "$SKIP_BUILD" != 1 ]; then
@@ -460,12 +461,17 @@ wrk_once() {
   [ "$1" = get-close ] && hdr=(-H "Connection: close")
   taskset -c "$LOAD_CPUS" wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s "http://${URL[$2]}/_now" "${hdr[@]}"
 }
-# kernel_line LABEL UNIT EVENTS FAULTS SWITCHES: page faults and context switches per event.
+# kernel_line LABEL UNIT EVENTS FAULTS SWITCHES [SEGMENTS]: page faults and context switches per
+# event (and TCP segments sent on the loopback, by every party, per event).
 kernel_line() {
-  awk -v l="$1" -v u="$2" -v n="$3" -v f="$4" -v s="$5" \
-    'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per %s (%d %ss)\n", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), u, n, u }' \
+  awk -v l="$1" -v u="$2" -v n="$3" -v f="$4" -v s="$5" -v g="${6:-}" \
+    'BEGIN { printf "%s: %.4f minor page faults and %.4f context switches per %s", l, (n > 0 ? f / n : 0), (n > 0 ? s / n : 0), u
+      if (g != "") printf ", %.2f TCP segments on the loopback per %s (client, proxy and node)", (n > 0 ? g / n : 0), u
+      printf " (%d %ss)\n", n, u }' \
     >>"$WORK/syscalls"
 }
+# segments: TCP segments sent on this machine since the last call (nstat keeps the count).
+segments() { nstat -z TcpOutSegs 2>/dev/null | awk '$1 == "TcpOutSegs" { print $2 }'; }
 if [ "$SYSCALLS" = 1 ]; then
   for c in get-ka get-ka-close get-close; do
     has_case "$c" || continue
@@ -473,9 +479,11 @@ if [ "$SYSCALLS" = 1 ]; then
       case $t in direct*) continue ;; esac
       # Page faults and context switches first, over a window of their own (strace adds switches).
       read -r f0 s0 <<<"$(kernel_counts "${PID[$t]}")"
+      segments >/dev/null
       wrk_once "$c" "$t" >"$WORK/kc.wrk" 2>&1 || true
+      g=$(segments)
       read -r f1 s1 <<<"$(kernel_counts "${PID[$t]}")"
-      kernel_line "$c-$t" request "$(awk '/requests in/ { print $1 }' "$WORK/kc.wrk")" "$((f1 - f0))" "$((s1 - s0))"
+      kernel_line "$c-$t" request "$(awk '/requests in/ { print $1 }' "$WORK/kc.wrk")" "$((f1 - f0))" "$((s1 - s0))" "$g"
       syscalls_begin "$t" "$c-$t"
       wrk_once "$c" "$t" >"$WORK/strace.wrk" 2>&1 || true
       syscalls_end "$(awk '/requests in/ { print $1 }' "$WORK/strace.wrk")"

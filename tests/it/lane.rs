@@ -596,3 +596,73 @@ async fn a_websocket_upgrade_is_relayed_the_same_on_and_off_the_lane() {
     }
     task.abort();
 }
+
+/// Everything a client gets on a connection until the gateway ends it: Ok(bytes) at a clean end
+/// (FIN), Err((bytes, error)) when it was reset or stalled past `T`.
+async fn read_to_end(s: &mut TcpStream) -> Result<Vec<u8>, (Vec<u8>, String)> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Ok(Ok(0)) => return Ok(got),
+            Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
+            Ok(Err(e)) => return Err((got, e.to_string())),
+            Err(_) => return Err((got, "no end within T".into())),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_connections_last_answer_arrives_whole_before_its_end() {
+    // The lane sends a closing connection's last answer and its FIN together (MSG_MORE, then
+    // shutdown): nothing of the answer may be held back or lost, on any of its paths, and bytes
+    // the client sent behind its `Connection: close` request must not cost it the answer.
+    let (node, task) = framing_node().await;
+    for lane in [true, false] {
+        let gw = gateway(&config(node, lane)).await;
+        let cases: [(&str, &str, u16, &str); 5] = [
+            ("GET /cl", "", 200, "plain body"),
+            ("GET /nocontent", "", 204, ""),
+            ("HEAD /cl", "", 200, ""),
+            // The gateway's own answer (the node's is malformed).
+            ("GET /badlen", "", 502, "\"status\":502"),
+            // A pipelined request behind the close: never answered, and the first answer whole.
+            ("GET /cl", "GET /line HTTP/1.1\r\nhost: x\r\n\r\n", 200, "plain body"),
+        ];
+        for (line, behind, status, body) in cases {
+            let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
+            let req = format!("{line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+            s.write_all(req.as_bytes()).await.expect("write");
+            // A write of its own: it may come after the gateway read the request, and stay unread.
+            if !behind.is_empty() {
+                let _ = s.write_all(behind.as_bytes()).await;
+            }
+            let got = read_to_end(&mut s).await;
+            let bytes = match &got {
+                Ok(b) => b.clone(),
+                // A reset after the answer (bytes left unread by the gateway) is allowed: the
+                // answer must have come before it.
+                Err((b, _)) if !behind.is_empty() => b.clone(),
+                Err((b, e)) => panic!("lane {lane}, {line}: {e} after {:?}", String::from_utf8_lossy(b)),
+            };
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let (code, headers) = lines_of(&text);
+            assert_eq!(code, status, "lane {lane}, {line}: {text}");
+            assert!(
+                headers.iter().any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close")),
+                "lane {lane}, {line}: no Connection: close on the last answer: {text}"
+            );
+            let n = if line.starts_with("HEAD") {
+                bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(usize::MAX, |e| e + 4)
+            } else {
+                message_len(&bytes).unwrap_or(usize::MAX)
+            };
+            assert_eq!(n, bytes.len(), "lane {lane}, {line}: bytes after the last answer: {text}");
+            let start = text.find("\r\n\r\n").map_or(text.len(), |e| e + 4);
+            assert!(text[start..].contains(body), "lane {lane}, {line}: body {:?} not in {text}", body);
+        }
+        gw.shutdown().await;
+    }
+    task.abort();
+}

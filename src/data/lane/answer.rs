@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::wire::{self, Framing};
-use super::{splice, Failure, Job, Lane, Rewind, COPY_WITH_HEAD, RELAY_CHUNK};
+use super::{splice, write_last, Failure, Job, Lane, Rewind, COPY_WITH_HEAD, RELAY_CHUNK};
 use crate::core::backend::Backend;
 use crate::data::proxy::error::ProxyError;
 use crate::data::proxy::resend;
@@ -16,25 +16,28 @@ use crate::data::proxy::resend;
 impl<S: Rewind> Lane<'_, S> {
     /// The body after the head in `out` (the head included): Ok((payload bytes, the node
     /// connection may carry another request)), or Err((payload bytes, access log termination))
-    /// when it was cut.
+    /// when it was cut. `close`: the connection ends after this answer.
     pub(super) async fn relay(
         &mut self,
         cfg: &crate::control::config::Config,
         stream: &mut TcpStream,
         framing: Framing,
         len: usize,
+        close: bool,
     ) -> Result<(u64, bool), (u64, &'static str)> {
         let wait = cfg.timeouts.server.0;
         let cut = |p: u64| move |_| (p, "CD");
         match framing {
             Framing::None => {
-                self.io.write_all(&self.out).await.map_err(cut(0))?;
+                let w =
+                    if close { write_last(&mut self.io, &self.out).await } else { self.io.write_all(&self.out).await };
+                w.map_err(cut(0))?;
                 Ok((0, self.nbuf.len() == len))
             }
             Framing::Length(total) => {
                 let avail = ((self.nbuf.len() - len) as u64).min(total) as usize;
                 let extra = self.nbuf.len() - len > avail;
-                self.write_head_and(len, avail).await.map_err(cut(0))?;
+                self.write_head_and(len, avail, close && avail as u64 == total).await.map_err(cut(0))?;
                 let mut left = total - avail as u64;
                 let mut sent = avail as u64;
                 if left > 0 {
@@ -77,7 +80,7 @@ impl<S: Rewind> Lane<'_, S> {
                     };
                     let upto = end.map_or(self.nbuf.len(), |e| from + e);
                     if first {
-                        self.write_head_and(len, upto - len).await.map_err(cut(0))?;
+                        self.write_head_and(len, upto - len, false).await.map_err(cut(0))?;
                         first = false;
                         self.no_delay();
                     } else {
@@ -128,10 +131,13 @@ impl<S: Rewind> Lane<'_, S> {
     }
 
     /// Write the head in `out` with the `n` body bytes after the node's head (`nbuf[len..]`): in
-    /// one write when they are few.
-    pub(super) async fn write_head_and(&mut self, len: usize, n: usize) -> std::io::Result<()> {
+    /// one write when they are few. `last`: nothing follows them on this connection.
+    pub(super) async fn write_head_and(&mut self, len: usize, n: usize, last: bool) -> std::io::Result<()> {
         if n <= COPY_WITH_HEAD {
             self.out.extend_from_slice(&self.nbuf[len..len + n]);
+            if last {
+                return write_last(&mut self.io, &self.out).await;
+            }
             return self.io.write_all(&self.out).await;
         }
         self.io.write_all(&self.out).await?;
