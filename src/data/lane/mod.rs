@@ -97,6 +97,12 @@ pub async fn serve<S: Rewind>(ctx: Arc<Context>, stream: S, client: ClientInfo, 
     ctx.core.frontend.connection_closed();
 }
 
+/// The size of the lane's future for one connection (a unit test bounds it).
+#[cfg(test)]
+pub fn run_future_size<S: Rewind>(ctx: &Context, stream: S, client: &ClientInfo) -> usize {
+    std::mem::size_of_val(&run(ctx, stream, client))
+}
+
 /// How the lane lets go of a client connection.
 enum Next<S: Rewind> {
     /// It is over (closed, timed out, or answered and closed).
@@ -414,10 +420,13 @@ impl<S: Rewind> Lane<'_, S> {
         let f = &self.ctx.core.frontend;
         f.requests_total.fetch_add(1, Ordering::Relaxed);
         f.request_rate.tick();
-        let mut hs = wire::request_headers();
-        let log = match wire::parse_request(&self.buf, &mut hs, limits(&snap.config)) {
-            Parsed::Take(h) => self.log_of(snap, &h),
-            _ => None,
+        // In a block: the header array (2 KiB) is not kept in this future's state.
+        let log = {
+            let mut hs = wire::request_headers();
+            match wire::parse_request(&self.buf, &mut hs, limits(&snap.config)) {
+                Parsed::Take(h) => self.log_of(snap, &h),
+                _ => None,
+            }
         };
         let mut job =
             Job { pinned: None, head_only: false, idempotent: false, upgrade: false, body: 0, close: true, log };
@@ -582,7 +591,7 @@ impl<S: Rewind> Lane<'_, S> {
         let cfg = &snap.config;
         let wait = cfg.timeouts.server.0;
         // Taken before the exchange: a node marked DOWN meanwhile must still close this tunnel.
-        let kill = job.upgrade.then(|| node.tunnel_kill_token());
+        let mut kill = job.upgrade.then(|| node.tunnel_kill_token());
         // As on hyper's path, `[timeouts] server` bounds the write and the wait for the head.
         let deadline = tokio::time::Instant::now() + wait;
         if job.body > 0 {
@@ -609,13 +618,16 @@ impl<S: Rewind> Lane<'_, S> {
         // The answer's head (1xx interim answers skipped).
         let mut close = job.close;
         let (status, framing, closes, len, refusal) = loop {
+            // A switch's kill token and the node's bytes behind its `101`. Set in the block below
+            // and awaited after it: the header array (3 KiB) is not kept in this future's state.
+            let mut switched = None;
             if !self.nbuf.is_empty() {
                 let mut hs = wire::response_headers();
                 match wire::parse_response(&self.nbuf, &mut hs, job.head_only) {
                     NodeParsed::Partial => {}
                     NodeParsed::Bad => return Err(Failure::Broke(ProxyError::broke(node))),
                     NodeParsed::Head(a) if a.status == 101 => {
-                        let Some(kill) = kill else {
+                        let Some(kill) = kill.take() else {
                             // The connection now speaks something the client never asked for.
                             let e = ProxyError::unrequested_upgrade(node);
                             e.record(node, &cfg.health);
@@ -636,8 +648,7 @@ impl<S: Rewind> Lane<'_, S> {
                         let node_header = node_header(snap, node);
                         let o = wire::Out { node_header, close: false, upgrade: Some(upgrade), date: &date() };
                         wire::encode_response(&a, &hs, &o, &mut self.out);
-                        let early = self.nbuf[a.len..].to_vec();
-                        return self.switch(snap, node, guard, kill, stream, early, job, sent_at).await;
+                        switched = Some((kill, self.nbuf[a.len..].to_vec()));
                     }
                     NodeParsed::Head(a) if a.status < 200 => {
                         let n = a.len;
@@ -665,6 +676,9 @@ impl<S: Rewind> Lane<'_, S> {
                         break (a.status, a.framing, a.closes, a.len, refusal);
                     }
                 }
+            }
+            if let Some((kill, early)) = switched {
+                return self.switch(snap, node, guard, kill, stream, early, job, sent_at).await;
             }
             if self.nbuf.len() > cfg.limits.response_head {
                 return Err(Failure::Broke(ProxyError::broke(node)));
