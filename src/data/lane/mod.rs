@@ -800,13 +800,15 @@ impl<S: Rewind> Lane<'_, S> {
 /// Not the held bytes and `close()` alone: a close with unread client bytes resets the connection
 /// and drops what it holds unsent.
 async fn write_last<S: Rewind>(io: &mut SendTimeout<S>, buf: &[u8]) -> std::io::Result<()> {
+    use rustix::net::{send, shutdown, SendFlags, Shutdown};
     let mut from = 0;
     if let Some(t) = io.get_ref().plain() {
-        let more = || rustix::net::send(t, buf, rustix::net::SendFlags::MORE).map_err(std::io::Error::from);
+        // NOSIGNAL: a client that reset is an error here, never a SIGPIPE.
+        let more = || send(t, buf, SendFlags::MORE | SendFlags::NOSIGNAL).map_err(std::io::Error::from);
         match t.try_io(tokio::io::Interest::WRITABLE, more) {
             Ok(n) if n == buf.len() => {
                 // A failure here (the client reset) is the close's to meet: nothing is lost.
-                let _ = rustix::net::shutdown(t, rustix::net::Shutdown::Write);
+                let _ = shutdown(t, Shutdown::Write);
                 return Ok(());
             }
             // The rest goes below, without MSG_MORE: that write sends what is held.
