@@ -6,9 +6,10 @@
 # Usage: bench/compare-builds.sh BIN [BIN...]     e.g. a copy of target/release/kuzzle-gateway
 #        made before a change, and the new one.
 # Environment: DURATION [10s], CONNS [50; big: 10], ROUNDS [3], SKIP_BUILD [0],
-#              VARIANT [keep-alive|close|big]: close, a new connection per request; big, 1 MiB
+#              VARIANT [keep-alive|close|big|idle]: close, a new connection per request; big, 1 MiB
 #              answers (Content-Length) from an nginx node on CPU 0 (the per-request CPU figure is
-#              then per MiB)
+#              then per MiB); idle, IDLE [3000] keep-alive connections that made one request each
+#              and stay open: the gateway's RSS per idle HTTP connection (printed instead of p99)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,6 +49,32 @@ for r in $(seq 1 "$ROUNDS"); do
     RUST_LOG=warn taskset -c 1 "$b" --config "$WORK/gw$i-$r.toml" >"$WORK/gw$i-$r.log" 2>&1 &
     pid=$!; PIDS+=("$pid")
     wait_http "http://127.0.0.1:$port/_now" "$b"
+    if [ "$VARIANT" = idle ]; then
+      # One request on each connection, then every one of them held open and idle.
+      r0=$(rss_kib "$pid")
+      taskset -c 0 python3 -c '
+import socket, sys, time
+n, port = int(sys.argv[1]), int(sys.argv[2])
+held = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /_now HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += s.recv(4096)
+    held.append(s)
+print("ready", flush=True)
+time.sleep(600)' "${IDLE:-3000}" "$port" >"$WORK/idle.out" 2>&1 &
+      holder=$!
+      wait_for_line "$WORK/idle.out" ready "idle connections" 60
+      r1=$(rss_kib "$pid")
+      line=$(awk -v a="$r0" -v b="$r1" -v n="${IDLE:-3000}" 'BEGIN { printf "%d %.2f 0", n, (b - a) / n }')
+      kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+      RES[$i]="${RES[$i]:-}$line"$'\n'
+      log "round $r $b: $line (connections, RSS KiB per idle connection)"
+      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+      continue
+    fi
     taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
     c0=$(cpu_ticks "$pid")
     taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port$path" >"$WORK/w.txt"
@@ -61,6 +88,18 @@ for r in $(seq 1 "$ROUNDS"); do
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
+if [ "$VARIANT" = idle ]; then
+  echo "${IDLE:-3000} idle keep-alive connections (one request each), $ROUNDS interleaved rounds, median shown"
+  printf '| %-40s | %11s | %16s |\n' build connections "RSS KiB per idle"
+  printf '|%s|%s|%s|\n' ------------------------------------------ ------------: -----------------:
+  i=0
+  for b in "$@"; do
+    i=$((i + 1))
+    read -r n kib _ < <(printf '%s' "${RES[$i]}" | grep -v '^$' | sort -g -k2,2 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }')
+    printf '| %-40s | %11s | %16s |\n' "$b" "$n" "$kib"
+  done
+  exit 0
+fi
 echo "wrk --latency -t1 -c$CONNS -d$DURATION ($VARIANT), $ROUNDS interleaved rounds, median req/s round shown"
 printf '| %-40s | %9s | %8s | %10s |\n' build "req/s" "p99 ms" "CPU us/req"
 printf '|%s|%s|%s|%s|\n' ------------------------------------------ ----------: ---------: -----------:
