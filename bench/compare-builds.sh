@@ -50,7 +50,11 @@ for r in $(seq 1 "$ROUNDS"); do
     pid=$!; PIDS+=("$pid")
     wait_http "http://127.0.0.1:$port/_now" "$b"
     if [ "$VARIANT" = idle ]; then
-      # One request on each connection, then every one of them held open and idle.
+      # One request on each connection, then every one of them held open and idle (the holder
+      # needs a descriptor per connection: the soft limit is often 1024).
+      ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+      [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt "$((${IDLE:-3000} + 100))" ] ||
+        die "IDLE=${IDLE:-3000} needs more open files than this shell may have ($(ulimit -n))"
       r0=$(rss_kib "$pid")
       taskset -c 0 python3 -c '
 import socket, sys, time

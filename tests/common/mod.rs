@@ -19,6 +19,13 @@ pub fn gateway_toml(extra: &str) -> String {
     format!("[gateway]\nlisten = \"127.0.0.1:0\"\nshutdown_grace = \"1s\"\n[stats]\nlisten = \"127.0.0.1:0\"\n{extra}")
 }
 
+/// A [`gateway_toml`] configuration with `[gateway] fast_lane` set (tests that run on the lane
+/// and on hyper's path).
+pub fn with_fast_lane(toml: &str, lane: bool) -> String {
+    assert!(toml.starts_with("[gateway]\n"), "not a gateway_toml configuration: {toml}");
+    toml.replacen("[gateway]\n", &format!("[gateway]\nfast_lane = {lane}\n"), 1)
+}
+
 /// Start an in-process gateway from configuration text.
 pub async fn gateway(toml: &str) -> Handle {
     let cfg = Config::parse(toml, "<test>").unwrap_or_else(|e| panic!("test config invalid: {e}"));

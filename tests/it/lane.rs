@@ -22,6 +22,8 @@ async fn framing_node() -> (SocketAddr, tokio::task::JoinHandle<()>) {
             let cl = |body: &str| format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
             let answer = match path.as_str() {
                 "/cl" => cl("plain body"),
+                // More than a small client window holds, less than one write of the lane.
+                "/big" => cl(&"b".repeat(14_000)),
                 "/echo" => cl(&text),
                 "/line" => cl(&line),
                 "/chunked" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: 1\r\n\r\n".into(),
@@ -621,29 +623,38 @@ async fn a_closing_connections_last_answer_arrives_whole_before_its_end() {
     let (node, task) = framing_node().await;
     for lane in [true, false] {
         let gw = gateway(&config(node, lane)).await;
-        let cases: [(&str, &str, u16, &str); 5] = [
-            ("GET /cl", "", 200, "plain body"),
-            ("GET /nocontent", "", 204, ""),
-            ("HEAD /cl", "", 200, ""),
+        // (request line, bytes behind it, sent in the same write, status, a part of the body)
+        let cases: [(&str, &str, bool, u16, &str); 6] = [
+            ("GET /cl", "", false, 200, "plain body"),
+            ("GET /nocontent", "", false, 204, ""),
+            ("HEAD /cl", "", false, 200, ""),
             // The gateway's own answer (the node's is malformed).
-            ("GET /badlen", "", 502, "\"status\":502"),
+            ("GET /badlen", "", false, 502, "\"status\":502"),
             // A pipelined request behind the close: never answered, and the first answer whole.
-            ("GET /cl", "GET /line HTTP/1.1\r\nhost: x\r\n\r\n", 200, "plain body"),
+            // In a write of its own, it may come after the gateway's last read and stay unread
+            // (a reset after the answer is allowed then).
+            ("GET /cl", "GET /line HTTP/1.1\r\nhost: x\r\n\r\n", false, 200, "plain body"),
+            // In the same write, the lane has read it with the first one: its close resets
+            // nothing, and the client gets the answer and a clean end.
+            ("GET /cl", "GET /line HTTP/1.1\r\nhost: x\r\n\r\n", true, 200, "plain body"),
         ];
-        for (line, behind, status, body) in cases {
+        for (line, behind, together, status, body) in cases {
             let mut s = TcpStream::connect(gw.http_addr).await.expect("connect");
             let req = format!("{line} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
-            s.write_all(req.as_bytes()).await.expect("write");
-            // A write of its own: it may come after the gateway read the request, and stay unread.
-            if !behind.is_empty() {
-                let _ = s.write_all(behind.as_bytes()).await;
+            if together {
+                s.write_all(format!("{req}{behind}").as_bytes()).await.expect("write");
+            } else {
+                s.write_all(req.as_bytes()).await.expect("write");
+                if !behind.is_empty() {
+                    let _ = s.write_all(behind.as_bytes()).await;
+                }
             }
             let got = read_to_end(&mut s).await;
             let bytes = match &got {
                 Ok(b) => b.clone(),
                 // A reset after the answer (bytes left unread by the gateway) is allowed: the
                 // answer must have come before it.
-                Err((b, _)) if !behind.is_empty() => b.clone(),
+                Err((b, _)) if !behind.is_empty() && !(together && lane) => b.clone(),
                 Err((b, e)) => panic!("lane {lane}, {line}: {e} after {:?}", String::from_utf8_lossy(b)),
             };
             let text = String::from_utf8_lossy(&bytes).into_owned();
@@ -664,5 +675,32 @@ async fn a_closing_connections_last_answer_arrives_whole_before_its_end() {
         }
         gw.shutdown().await;
     }
+    task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_answer_longer_than_the_clients_window_is_not_lost_to_a_reset() {
+    // A client with a small receive window pipelines a request behind a `Connection: close` one
+    // and reads slowly: the answer (held with MSG_MORE, then sent with the FIN) is still in the
+    // gateway's send queue when the gateway closes. The pipelined bytes were read with the first
+    // request, so the close does not reset the connection: the client gets the whole answer and
+    // a clean end.
+    let (node, task) = framing_node().await;
+    let gw = gateway(&config(node, true)).await;
+    for _ in 0..3 {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.set_recv_buffer_size(2048).expect("SO_RCVBUF");
+        let mut s = sock.connect(gw.http_addr).await.expect("connect");
+        let req = "GET /big HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\nGET /cl HTTP/1.1\r\nhost: x\r\n\r\n";
+        s.write_all(req.as_bytes()).await.expect("write");
+        // The gateway writes what the window takes and is done with the connection meanwhile.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let got = read_to_end(&mut s).await;
+        let bytes = got.unwrap_or_else(|(b, e)| panic!("{e} after {} bytes of the answer", b.len()));
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(message_len(&bytes), Some(bytes.len()), "{} bytes, not one whole answer", bytes.len());
+        assert!(text.ends_with(&"b".repeat(14_000)), "{} bytes: the body is not whole", bytes.len());
+    }
+    gw.shutdown().await;
     task.abort();
 }

@@ -8,7 +8,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::wire::{self, Framing};
-use super::{splice, write_last, Failure, Job, Lane, Rewind, COPY_WITH_HEAD, RELAY_CHUNK};
+use super::{splice, Failure, Job, Lane, Rewind, COPY_WITH_HEAD, RELAY_CHUNK};
 use crate::core::backend::Backend;
 use crate::data::proxy::error::ProxyError;
 use crate::data::proxy::resend;
@@ -29,9 +29,7 @@ impl<S: Rewind> Lane<'_, S> {
         let cut = |p: u64| move |_| (p, "CD");
         match framing {
             Framing::None => {
-                let w =
-                    if close { write_last(&mut self.io, &self.out).await } else { self.io.write_all(&self.out).await };
-                w.map_err(cut(0))?;
+                self.write_out(close).await.map_err(cut(0))?;
                 Ok((0, self.nbuf.len() == len))
             }
             Framing::Length(total) => {
@@ -135,10 +133,7 @@ impl<S: Rewind> Lane<'_, S> {
     pub(super) async fn write_head_and(&mut self, len: usize, n: usize, last: bool) -> std::io::Result<()> {
         if n <= COPY_WITH_HEAD {
             self.out.extend_from_slice(&self.nbuf[len..len + n]);
-            if last {
-                return write_last(&mut self.io, &self.out).await;
-            }
-            return self.io.write_all(&self.out).await;
+            return self.write_out(last).await;
         }
         self.io.write_all(&self.out).await?;
         self.no_delay();
@@ -178,7 +173,7 @@ impl<S: Rewind> Lane<'_, S> {
             return Err(Failure::Refused(std::mem::take(&mut self.out), n as u64));
         }
         self.ctx.core.frontend.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        let sent = self.io.write_all(&self.out).await.is_ok();
+        let sent = self.write_out(close).await.is_ok();
         self.finish(job, status, n as u64, sent);
         Ok(sent && !close)
     }

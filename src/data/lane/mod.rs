@@ -309,6 +309,15 @@ impl<S: Rewind> Lane<'_, S> {
         self.io.into_inner().rewind(self.buf)
     }
 
+    /// Write `out`; `last`: nothing follows it on this connection ([`write_last`]).
+    async fn write_out(&mut self, last: bool) -> std::io::Result<()> {
+        if last {
+            write_last(&mut self.io, &self.out).await
+        } else {
+            self.io.write_all(&self.out).await
+        }
+    }
+
     /// TCP_NODELAY on a plain client socket, as nginx's `tcp_nodelay`: from the second request on
     /// or an answer written in several writes (Nagle holds a small write behind unacknowledged
     /// bytes, up to the client's delayed ACK). A connection closed after a one-write answer, as
@@ -408,8 +417,7 @@ impl<S: Rewind> Lane<'_, S> {
         let body = crate::data::envelope::body(e.status, &e.message);
         self.out.clear();
         wire::encode_own(e.status, &body, None, close, &date(), &mut self.out);
-        let sent = if close { write_last(&mut self.io, &self.out).await } else { self.io.write_all(&self.out).await };
-        let sent = sent.is_ok();
+        let sent = self.write_out(close).await.is_ok();
         self.finish(job, e.status.as_u16(), body.len() as u64, sent);
         sent && !close
     }
@@ -797,8 +805,8 @@ impl<S: Rewind> Lane<'_, S> {
 /// segment: `send(MSG_MORE)` holds the bytes, `shutdown(SHUT_WR)` tacks the FIN on and sends both.
 /// A FIN of its own cost a loopback segment, the client's ACK of it and a wake-up of the client
 /// per closed connection (`SYSCALLS=1 bench/perf.sh`: 12 -> 10 segments per new-connection request).
-/// Not the held bytes and `close()` alone: a close with unread client bytes resets the connection
-/// and drops what it holds unsent.
+/// Not the held bytes and `close()` alone: a close with client bytes unread in the kernel resets
+/// the connection and drops what it holds unsent; the shutdown sends them first.
 async fn write_last<S: Rewind>(io: &mut SendTimeout<S>, buf: &[u8]) -> std::io::Result<()> {
     use rustix::net::{send, shutdown, SendFlags, Shutdown};
     let mut from = 0;
@@ -807,7 +815,7 @@ async fn write_last<S: Rewind>(io: &mut SendTimeout<S>, buf: &[u8]) -> std::io::
         let more = || send(t, buf, SendFlags::MORE | SendFlags::NOSIGNAL).map_err(std::io::Error::from);
         match t.try_io(tokio::io::Interest::WRITABLE, more) {
             Ok(n) if n == buf.len() => {
-                // A failure here (the client reset) is the close's to meet: nothing is lost.
+                // A failure here (the client reset) leaves nothing to send.
                 let _ = shutdown(t, Shutdown::Write);
                 return Ok(());
             }

@@ -8,8 +8,7 @@ async fn websocket_session_through_the_gateway() {
     let refs: Vec<&Sim> = sims.iter().collect();
     // The lane relays upgrades (the default); hyper's path, with it off, must behave the same.
     for lane in [true, false] {
-        let toml = gateway_toml(&nodes_toml(&refs));
-        let gw = gateway(&toml.replacen("[gateway]\n", &format!("[gateway]\nfast_lane = {lane}\n"), 1)).await;
+        let gw = gateway(&with_fast_lane(&gateway_toml(&nodes_toml(&refs)), lane)).await;
         let mut w = ws(gw.http_addr, "/").await;
 
         // Request / response: requestId echoed, room = requestId (what the SDKs match on).
@@ -193,11 +192,8 @@ async fn frames_sent_with_the_upgrade_exchange_are_relayed() {
     })
     .await;
     for lane in [true, false] {
-        let gw = gateway(
-            &gateway_toml(&format!("[health]\ninterval = \"1h\"\n[[node]]\nname = \"n1\"\naddress = \"{node}\"\n"))
-                .replacen("[gateway]\n", &format!("[gateway]\nfast_lane = {lane}\n"), 1),
-        )
-        .await;
+        let extra = format!("[health]\ninterval = \"1h\"\n[[node]]\nname = \"n1\"\naddress = \"{node}\"\n");
+        let gw = gateway(&with_fast_lane(&gateway_toml(&extra), lane)).await;
         let mut c = TcpStream::connect(gw.http_addr).await.expect("connect");
         let mut hello = b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
