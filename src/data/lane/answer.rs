@@ -170,7 +170,7 @@ impl<S: Rewind> Lane<'_, S> {
         }
         self.out.extend_from_slice(&self.nbuf[len..len + n]);
         if resend::refused(node, &self.nbuf[len..len + n]) {
-            return Err(Failure::Refused(std::mem::take(&mut self.out), n as u64));
+            return Err(Failure::Refused(std::mem::take(&mut self.out), n as u64, close));
         }
         self.ctx.core.frontend.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         let sent = self.write_out(close).await.is_ok();

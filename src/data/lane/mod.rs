@@ -201,7 +201,8 @@ enum Failure {
     TimedOut(ProxyError),
     /// Kuzzle's "not executed" 503: the client's whole answer, passed on if no other node takes
     /// the request.
-    Refused(Vec<u8>, u64),
+    /// Its bool: the answer says `Connection: close` (the connection ends after it).
+    Refused(Vec<u8>, u64, bool),
 }
 
 /// Serve requests until the client closes, times out, sends one the lane does not take (then
@@ -472,7 +473,7 @@ impl<S: Rewind> Lane<'_, S> {
         let others = job.pinned.is_none() && snap.nodes.len() > 1;
         let mut tried: Vec<usize> = Vec::new();
         let (mut resent, mut raced, mut fresh_only) = (false, false, false);
-        let mut refused: Option<(Vec<u8>, u64)> = None;
+        let mut refused: Option<(Vec<u8>, u64, bool)> = None;
         let mut last = ProxyError::gateway(StatusCode::SERVICE_UNAVAILABLE, "no node available");
         let (mut attempt, mut tries) = (0, 0u32);
         while attempt < attempts {
@@ -528,15 +529,15 @@ impl<S: Rewind> Lane<'_, S> {
                     }
                     return Err(e);
                 }
-                Err(Failure::Refused(answer, body)) => {
+                Err(Failure::Refused(answer, body, closes)) => {
                     if others {
                         tried.push(idx);
                         node.counters.redispatches.fetch_add(1, Ordering::Relaxed);
-                        refused = Some((answer, body));
+                        refused = Some((answer, body, closes));
                         attempt -= 1;
                         continue;
                     }
-                    return Ok(self.pass_on(job, answer, body).await);
+                    return Ok(self.pass_on(job, answer, body, closes).await);
                 }
             };
             err.record(&node, &cfg.health);
@@ -557,17 +558,20 @@ impl<S: Rewind> Lane<'_, S> {
             }
         }
         match refused {
-            Some((answer, body)) => Ok(self.pass_on(job, answer, body).await),
+            Some((answer, body, closes)) => Ok(self.pass_on(job, answer, body, closes).await),
             None => Err(last),
         }
     }
 
     /// A node's "not executed" 503 that no other node could take: to the client as it came.
-    async fn pass_on(&mut self, job: &mut Job, answer: Vec<u8>, body: u64) -> bool {
-        let sent = self.io.write_all(&answer).await.is_ok();
+    /// `closes`: it says `Connection: close`, decided when it was encoded (a drain that began since
+    /// is met at the next request, which hyper's path answers with the close).
+    async fn pass_on(&mut self, job: &mut Job, answer: Vec<u8>, body: u64, closes: bool) -> bool {
+        self.out = answer;
+        let sent = self.write_out(closes).await.is_ok();
         self.ctx.core.frontend.bytes_out.fetch_add(body, Ordering::Relaxed);
         self.finish(job, 503, body, sent);
-        sent && !(job.close || self.ctx.life.shutdown.is_cancelled())
+        sent && !closes
     }
 
     /// Read from the node until `deadline`; Ok(0): it closed.
