@@ -72,10 +72,10 @@ time.sleep(600)' "${IDLE:-3000}" "$port" >"$WORK/idle.out" 2>&1 &
       holder=$!
       wait_for_line "$WORK/idle.out" ready "idle connections" 60
       r1=$(rss_kib "$pid")
-      line=$(awk -v a="$r0" -v b="$r1" -v n="${IDLE:-3000}" 'BEGIN { printf "%d %.2f 0", n, (b - a) / n }')
+      line=$(awk -v a="$r0" -v b="$r1" -v n="${IDLE:-3000}" 'BEGIN { printf "%.2f %d", (b - a) / n, n }')
       kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
       RES[$i]="${RES[$i]:-}$line"$'\n'
-      log "round $r $b: $line (connections, RSS KiB per idle connection)"
+      log "round $r $b: $line (RSS KiB per idle connection, connections)"
       kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
       continue
     fi
@@ -99,7 +99,7 @@ if [ "$VARIANT" = idle ]; then
   i=0
   for b in "$@"; do
     i=$((i + 1))
-    read -r n kib _ < <(printf '%s' "${RES[$i]}" | grep -v '^$' | sort -g -k2,2 | awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }')
+    read -r kib n < <(printf '%s' "${RES[$i]}" | median_line)
     printf '| %-40s | %11s | %16s |\n' "$b" "$n" "$kib"
   done
   exit 0
@@ -110,7 +110,6 @@ printf '|%s|%s|%s|%s|\n' ------------------------------------------ ----------: 
 i=0
 for b in "$@"; do
   i=$((i + 1))
-  read -r rps p99 us < <(printf '%s' "${RES[$i]}" | grep -v '^$' | sort -n -k1,1 |
-    awk '{ a[NR] = $0 } END { print a[int((NR + 1) / 2)] }')
+  read -r rps p99 us < <(printf '%s' "${RES[$i]}" | median_line)
   printf '| %-40s | %9s | %8s | %10s |\n' "$b" "$rps" "$p99" "$us"
 done

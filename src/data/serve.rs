@@ -61,7 +61,8 @@ pub async fn accept_loop(door: Arc<Frontdoor>, listener: TcpListener, scheme: Sc
         // Two kinds of task: a plain connection's future is sized for the lane alone, not for a
         // TLS session and HTTP/2 (7,616 bytes for both in one future, each plain connection's).
         if scheme == Scheme::Https {
-            // A plain connection's is set by the fast lane when first needed (`Lane::no_delay`).
+            // TCP_NODELAY at accept for TLS (a plain connection's is set by the lane when first
+            // needed: `Lane::no_delay`).
             let _ = stream.set_nodelay(true);
             // TLS clients may speak HTTP/2, whose streams take slots of their own.
             let tls = door.tls.acceptor().map(|a| (a, limit.clone()));

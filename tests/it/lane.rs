@@ -601,17 +601,13 @@ async fn a_websocket_upgrade_is_relayed_the_same_on_and_off_the_lane() {
 
 /// Everything a client gets on a connection until the gateway ends it: Ok(bytes) at a clean end
 /// (FIN), Err((bytes, error)) when it was reset or stalled past `T`.
-async fn read_to_end(s: &mut TcpStream) -> Result<Vec<u8>, (Vec<u8>, String)> {
+async fn read_to_close(s: &mut TcpStream) -> Result<Vec<u8>, (Vec<u8>, String)> {
     let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
-            Ok(Ok(0)) => return Ok(got),
-            Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
-            Ok(Err(e)) => return Err((got, e.to_string())),
-            Err(_) => return Err((got, "no end within T".into())),
-        }
+    // tokio's read_to_end keeps what it read before an error (or the timeout) in `got`.
+    match tokio::time::timeout(T, s.read_to_end(&mut got)).await {
+        Ok(Ok(_)) => Ok(got),
+        Ok(Err(e)) => Err((got, e.to_string())),
+        Err(_) => Err((got, "no end within T".into())),
     }
 }
 
@@ -649,7 +645,7 @@ async fn a_closing_connections_last_answer_arrives_whole_before_its_end() {
                     let _ = s.write_all(behind.as_bytes()).await;
                 }
             }
-            let got = read_to_end(&mut s).await;
+            let got = read_to_close(&mut s).await;
             // A clean end is owed unless bytes behind the request may have stayed unread.
             let clean_end_owed = behind.is_empty() || (together && lane);
             let bytes = match &got {
@@ -697,7 +693,7 @@ async fn a_closing_answer_longer_than_the_clients_window_is_not_lost_to_a_reset(
         s.write_all(req.as_bytes()).await.expect("write");
         // The gateway writes what the window takes and is done with the connection meanwhile.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let got = read_to_end(&mut s).await;
+        let got = read_to_close(&mut s).await;
         let bytes = got.unwrap_or_else(|(b, e)| panic!("{e} after {} bytes of the answer", b.len()));
         let text = String::from_utf8_lossy(&bytes);
         assert_eq!(message_len(&bytes), Some(bytes.len()), "{} bytes, not one whole answer", bytes.len());

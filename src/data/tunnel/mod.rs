@@ -322,9 +322,9 @@ fn is_sdk_ping(d: &[u8]) -> bool {
     d.len() == 13 && d[0] == 0x81 && d[1] == 0x87 && (0..7).all(|i| d[6 + i] ^ d[2 + i % 4] == PING[i])
 }
 
-/// Copy both ways until one side ends, a stop signal fires, or nothing moves for `opts.idle`.
-/// `draw`: the node's rebalancing draws and when this tunnel opened (epoch ms); a drawn tunnel
-/// closes with [`REBALANCE_CLOSE`].
+/// [`run_split`] on whole streams: what the unit tests drive (the gateway's tunnels go through
+/// [`relay`], which splits them itself).
+#[cfg(test)]
 pub fn run<'a, C, N>(
     client: C,
     node: N,
@@ -341,7 +341,10 @@ where
     run_split(tokio::io::split(client), tokio::io::split(node), opts, kill, shutdown, draw, io)
 }
 
-/// [`run`] on the two streams' halves (split before the future is made: see [`relay`]).
+/// Copy both ways until one side ends, a stop signal fires, or nothing moves for `opts.idle`.
+/// `draw`: the node's rebalancing draws and when this tunnel opened (epoch ms); a drawn tunnel
+/// closes with [`REBALANCE_CLOSE`]. The streams come split (before the future is made: see
+/// [`relay`]).
 async fn run_split<C, N>(
     client: (ReadHalf<C>, WriteHalf<C>),
     node: (ReadHalf<N>, WriteHalf<N>),
