@@ -39,24 +39,12 @@ if [ "$VARIANT" = big ]; then
   nginx_one big 0 "$big" "sendfile on; tcp_nopush on;" "return 200 'ok'; } location = /1m { root $WORK/www;"
   path=/1m; nodes=("$big" "$big" "$big")
 fi
-declare -A RES
-for r in $(seq 1 "$ROUNDS"); do
-  i=0
-  for b in "$@"; do
-    i=$((i + 1))
-    port=$(pick_port 17650); stats=$(pick_port 17660)
-    gateway_config "$WORK/gw$i-$r.toml" "$port" "$stats" 1 "${nodes[@]}"
-    RUST_LOG=warn taskset -c 1 "$b" --config "$WORK/gw$i-$r.toml" >"$WORK/gw$i-$r.log" 2>&1 &
-    pid=$!; PIDS+=("$pid")
-    wait_http "http://127.0.0.1:$port/_now" "$b"
-    if [ "$VARIANT" = idle ]; then
-      # One request on each connection, then every one of them held open and idle (the holder
-      # needs a descriptor per connection: the soft limit is often 1024).
-      ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-      [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt "$((${IDLE:-3000} + 100))" ] ||
-        die "IDLE=${IDLE:-3000} needs more open files than this shell may have ($(ulimit -n))"
-      r0=$(rss_kib "$pid")
-      taskset -c 0 python3 -c '
+# measure_idle PID PORT: "KIB N", the gateway's RSS per idle keep-alive connection: one request
+# on each of IDLE connections, then every one of them held open and idle.
+measure_idle() {
+  local pid=$1 port=$2 r0 r1 holder
+  r0=$(rss_kib "$pid")
+  taskset -c 0 python3 -c '
 import socket, sys, time
 n, port = int(sys.argv[1]), int(sys.argv[2])
 held = []
@@ -68,32 +56,57 @@ for i in range(n):
         got += s.recv(4096)
     held.append(s)
 print("ready", flush=True)
-time.sleep(600)' "${IDLE:-3000}" "$port" >"$WORK/idle.out" 2>&1 &
-      holder=$!
-      wait_for_line "$WORK/idle.out" ready "idle connections" 60
-      r1=$(rss_kib "$pid")
-      line=$(awk -v a="$r0" -v b="$r1" -v n="${IDLE:-3000}" 'BEGIN { printf "%.2f %d", (b - a) / n, n }')
-      kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
-      RES[$i]="${RES[$i]:-}$line"$'\n'
-      log "round $r $b: $line (RSS KiB per idle connection, connections)"
-      kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
-      continue
+time.sleep(600)' "$IDLE" "$port" >"$WORK/idle.out" 2>&1 &
+  holder=$!
+  wait_for_line "$WORK/idle.out" ready "idle connections" 60
+  r1=$(rss_kib "$pid")
+  kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+  awk -v a="$r0" -v b="$r1" -v n="$IDLE" 'BEGIN { printf "%.2f %d", (b - a) / n, n }'
+}
+
+# measure_load PID PORT: "REQ/S P99-MS CPU-US/REQ" of one wrk load (after a 2 s warm-up).
+measure_load() {
+  local pid=$1 port=$2 c0 c1
+  taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
+  c0=$(cpu_ticks "$pid")
+  taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port$path" >"$WORK/w.txt"
+  c1=$(cpu_ticks "$pid")
+  awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    $1 == "99%" { p99 = ms($2) } /requests in/ { n = $1 } /^Requests\/sec:/ { rps = $2 }
+    END { printf "%.0f %.2f %.1f", rps, p99, (n > 0 ? 1e6 * c / hz / n : 0) }' "$WORK/w.txt"
+}
+
+if [ "$VARIANT" = idle ]; then
+  IDLE=${IDLE:-3000}
+  # The holder needs a descriptor per connection: the soft limit is often 1024.
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+  [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -gt "$((IDLE + 100))" ] ||
+    die "IDLE=$IDLE needs more open files than this shell may have ($(ulimit -n))"
+fi
+
+declare -A RES
+for r in $(seq 1 "$ROUNDS"); do
+  i=0
+  for b in "$@"; do
+    i=$((i + 1))
+    port=$(pick_port 17650); stats=$(pick_port 17660)
+    gateway_config "$WORK/gw$i-$r.toml" "$port" "$stats" 1 "${nodes[@]}"
+    RUST_LOG=warn taskset -c 1 "$b" --config "$WORK/gw$i-$r.toml" >"$WORK/gw$i-$r.log" 2>&1 &
+    pid=$!; PIDS+=("$pid")
+    wait_http "http://127.0.0.1:$port/_now" "$b"
+    if [ "$VARIANT" = idle ]; then
+      line=$(measure_idle "$pid" "$port"); what="RSS KiB per idle connection, connections"
+    else
+      line=$(measure_load "$pid" "$port"); what="req/s p99-ms cpu-us/req"
     fi
-    taskset -c 0 wrk -t1 -c"$CONNS" -d2s "${hdr[@]}" "http://127.0.0.1:$port$path" >/dev/null
-    c0=$(cpu_ticks "$pid")
-    taskset -c 0 wrk --latency -t1 -c"$CONNS" -d"$DURATION" "${hdr[@]}" "http://127.0.0.1:$port$path" >"$WORK/w.txt"
-    c1=$(cpu_ticks "$pid")
-    line=$(awk -v c="$((c1 - c0))" -v hz="$CLK_TCK" '
-      function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-      $1 == "99%" { p99 = ms($2) } /requests in/ { n = $1 } /^Requests\/sec:/ { rps = $2 }
-      END { printf "%.0f %.2f %.1f", rps, p99, (n > 0 ? 1e6 * c / hz / n : 0) }' "$WORK/w.txt")
     RES[$i]="${RES[$i]:-}$line"$'\n'
-    log "round $r $b: $line (req/s p99-ms cpu-us/req)"
+    log "round $r $b: $line ($what)"
     kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
 if [ "$VARIANT" = idle ]; then
-  echo "${IDLE:-3000} idle keep-alive connections (one request each), $ROUNDS interleaved rounds, median shown"
+  echo "$IDLE idle keep-alive connections (one request each), $ROUNDS interleaved rounds, median shown"
   printf '| %-40s | %11s | %16s |\n' build connections "RSS KiB per idle"
   printf '|%s|%s|%s|\n' ------------------------------------------ ------------: -----------------:
   i=0
